@@ -1,0 +1,131 @@
+//! Command-line types only (clap derive). No behaviour lives here: each subcommand's
+//! arguments are handed to the matching function in `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Render a chapter manifest's pages through one or more ComfyUI servers.
+#[derive(Debug, Parser)]
+#[command(name = "plasma-batch", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a manifest and its workflow templates; print every problem at once.
+    Validate(ValidateArgs),
+    /// Print the jobs a manifest expands to, without running anything.
+    Plan(PlanArgs),
+    /// Render every job of a manifest and write images, ledger and run report.
+    Run(RunArgs),
+    /// Re-submit exactly what a run report recorded, as new image versions.
+    Rerun(RerunArgs),
+    /// Serve a ComfyUI-compatible simulator (no GPU needed).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The chapter manifest (TOML).
+    pub manifest: PathBuf,
+    /// Also check node classes and model names against this ComfyUI server's `/object_info`.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The chapter manifest (TOML).
+    pub manifest: PathBuf,
+    /// Print the jobs as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The chapter manifest (TOML).
+    pub manifest: PathBuf,
+    /// ComfyUI server URL (repeatable). Overrides `[comfy] servers` and `PLASMA_COMFY_URL`.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+    /// Start the built-in simulator in-process and run against it.
+    #[arg(long, conflicts_with = "servers")]
+    pub sim: bool,
+    /// Output root; images go to `<out>/ch-XX/raw/comfyui/`, reports to `<out>/ch-XX/reports/`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub out: PathBuf,
+    /// Per-job timeout in seconds, counted from `execution_start` (default: manifest, else 90).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Prompts in flight per server (default: manifest, else 2).
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<usize>,
+    /// Only run jobs whose key starts with KEY (repeatable), e.g. `ch01_p003`.
+    #[arg(long = "only", value_name = "KEY")]
+    pub only: Vec<String>,
+    /// Render every selected job again as new versions, even if the ledger has its image.
+    #[arg(long)]
+    pub force: bool,
+    /// Retry jobs that failed deterministically (validation, node error, timeout) too.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Print only the final summary.
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Print the report path and totals as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// A run report (`<out>/ch-XX/reports/<run-id>.json`).
+    pub report: PathBuf,
+    /// Only these job keys (repeatable); default: every job with a recorded workflow.
+    #[arg(long = "job", value_name = "KEY")]
+    pub jobs: Vec<String>,
+    /// ComfyUI server URL (repeatable); default: the servers the report names.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+    /// Start the built-in simulator in-process and run against it.
+    #[arg(long, conflicts_with = "servers")]
+    pub sim: bool,
+    /// Output root (default: the one the report was written under).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the comparison as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0 picks a free one).
+    #[arg(long, default_value_t = 8188)]
+    pub port: u16,
+    /// Milliseconds per KSampler step.
+    #[arg(long, default_value_t = 5)]
+    pub step_ms: u64,
+    /// Extra latency in milliseconds on every HTTP response and WebSocket frame.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Checkpoint names the server offers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoints: Option<Vec<String>>,
+    /// LoRA names the server offers (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub loras: Option<Vec<String>>,
+    /// Where SaveImage writes (default: a temporary directory removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Inject a fault (repeatable); see docs/simulator.md for the syntax.
+    #[arg(long = "fault", value_name = "SPEC")]
+    pub faults: Vec<String>,
+}

@@ -1,0 +1,46 @@
+//! One function per subcommand: glue between parsed arguments and the library.
+//! Commands return data and diagnostics; only `main.rs` renders them and exits.
+
+pub mod plan;
+pub mod rerun;
+pub mod run;
+pub mod sim;
+pub mod validate;
+
+use crate::cli::{Cli, Command};
+
+/// A user-facing diagnostic: what failed, where, and what to try.
+pub type Diagnostic = Box<dyn miette::Diagnostic + Send + Sync + 'static>;
+
+/// A command that could not do its job: the exit code and every problem found.
+#[derive(Debug)]
+pub struct CmdError {
+    pub exit_code: i32,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl CmdError {
+    pub fn new(
+        exit_code: i32,
+        diagnostic: impl miette::Diagnostic + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            exit_code,
+            diagnostics: vec![Box::new(diagnostic)],
+        }
+    }
+}
+
+/// On success, the exit code to end with (a run with failed jobs still "succeeds" as a command).
+pub type CmdResult = Result<i32, CmdError>;
+
+/// Dispatch a parsed command line.
+pub async fn execute(cli: Cli) -> CmdResult {
+    match cli.command {
+        Command::Validate(args) => validate::validate(args).await,
+        Command::Plan(args) => plan::plan(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Rerun(args) => rerun::rerun(args).await,
+        Command::Sim(args) => sim::sim(args).await,
+    }
+}

@@ -1,0 +1,19 @@
+//! plasma-batch: turn a declarative TOML chapter manifest into images rendered by ComfyUI.
+//!
+//! Data flows one way:
+//! `cli -> manifest -> plan -> engine (comfy client, output store) -> events -> reporters`.
+//! `main.rs` only parses arguments, builds the runtime, renders errors and maps exit codes;
+//! everything else lives here so tests can drive it in-process.
+
+pub mod cli;
+pub mod cmd;
+pub mod comfy;
+pub mod engine;
+pub mod events;
+pub mod exit_codes;
+pub mod manifest;
+pub mod output;
+pub mod plan;
+pub mod report;
+pub mod sim;
+pub mod workflow;

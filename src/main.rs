@@ -1,0 +1,31 @@
+//! The binary: parse arguments, build the runtime, render diagnostics, exit with a code.
+//! No logic lives here; see `plasma_batch::cmd`.
+
+use clap::Parser;
+use plasma_batch::{cli::Cli, cmd, exit_codes};
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            std::process::exit(exit_codes::IO_ERROR);
+        }
+    };
+    let code = match runtime.block_on(cmd::execute(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            for diagnostic in err.diagnostics {
+                eprintln!("{:?}", miette::Report::new_boxed(diagnostic));
+            }
+            err.exit_code
+        }
+    };
+    // Dropping the runtime would wait for detached tasks; the run is over, so do not wait.
+    runtime.shutdown_background();
+    std::process::exit(code);
+}
