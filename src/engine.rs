@@ -1,1 +1,1270 @@
-//! engine
+//! Bounded execution of jobs over one or more ComfyUI servers. Emits [`Event`]s; never prints.
+//!
+//! Per server there is one WebSocket with its own `clientId`, kept open by a connection task.
+//! A job is posted only while that socket is confirmed open (first `status` frame received),
+//! with a `prompt_id` we generate and route *before* the POST, so no message can arrive for
+//! a prompt we do not know yet. A prompt is finished only on `executing {node: null}` for its
+//! id (or, when the socket was lost, when `/history` has its entry); `execution_error` and
+//! `execution_interrupted` seen before that decide failure.
+//!
+//! Each server has `in_flight` slots (default 2: one prompt rendering, one waiting on the
+//! server so the GPU never idles). A slot is held from the POST until the server is done with
+//! the prompt; downloading and writing images happen after the slot is released, overlapping
+//! the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::comfy::protocol::{ExecutionError, PromptRequest};
+use crate::comfy::ws::{WsConnection, WsEvent};
+use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, ImageRef, PostOutcome, ServerMessage};
+use crate::events::{
+    ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState, Timings,
+};
+use crate::ledger::{LEDGER_VERSION, Ledger, LedgerRecord};
+use crate::output::{ImageStore, StageError, StagedImage};
+use crate::plan::Job;
+
+/// Largest image body accepted from `/view`.
+const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+/// Tunables of the executor. `Default` is what `plasma-batch run` uses.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Prompts posted to one server and not yet finished there.
+    pub in_flight: usize,
+    /// Per-job limit, counted from `execution_start`.
+    pub timeout: Duration,
+    /// Extra attempts after a transient failure (socket drop, 5xx, lost prompt).
+    pub transient_retries: u32,
+    /// Also retry deterministic failures (validation, node error, timeout) once.
+    pub retry_failed: bool,
+    /// With no message about a prompt for this long, ask `/queue` and `/history` about it.
+    pub stall: Duration,
+    /// WebSocket pings, so a dead link is noticed even while nothing happens.
+    pub ping_interval: Duration,
+    /// A server unreachable for this long is taken out of rotation; its jobs move on.
+    pub retire_after: Duration,
+    /// Waiting for the first `status` frame after connecting.
+    pub handshake_timeout: Duration,
+    /// Image downloads at once, over all servers.
+    pub downloads: usize,
+    /// First delay between retries; doubles each time, with jitter.
+    pub backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            in_flight: 2,
+            timeout: Duration::from_secs(90),
+            transient_retries: 2,
+            retry_failed: false,
+            stall: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(10),
+            retire_after: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            downloads: 8,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where a run writes, and how it reports.
+pub struct RunContext {
+    pub run_id: String,
+    /// The output root (`--out`); image paths in records are relative to it.
+    pub out_root: PathBuf,
+    /// `<out>/ch-XX`; ledger paths are relative to it.
+    pub chapter_root: PathBuf,
+    pub store: Arc<ImageStore>,
+    pub ledger: Arc<Ledger>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Becomes `true` when the run must stop (Ctrl-C, SIGTERM).
+    pub cancel: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+impl RunContext {
+    fn emit(&self, event: Event) {
+        // A reporter that went away must not stop the run.
+        let _ = self.events.send(event);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+}
+
+/// Run every job; returns one outcome per job (in completion order).
+pub async fn execute(
+    config: EngineConfig,
+    servers: Vec<ComfyClient>,
+    jobs: Vec<Arc<Job>>,
+    ctx: Arc<RunContext>,
+) -> Vec<JobOutcome> {
+    let shared = Arc::new(Shared {
+        queue: JobQueue::new(jobs.into_iter().map(Task::new).collect()),
+        outcomes: Mutex::new(Vec::new()),
+        downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
+        config,
+        ctx,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = JoinSet::new();
+    for (index, client) in servers.into_iter().enumerate() {
+        let conn = Arc::new(ServerConn::new(index, client));
+        workers.spawn(server_main(shared.clone(), conn, stop_rx.clone()));
+    }
+    // Cancellation: stop handing out work; running attempts see the flag themselves.
+    let canceller = {
+        let shared = shared.clone();
+        let mut cancel = shared.ctx.cancel.clone();
+        tokio::spawn(async move {
+            if cancel.wait_for(|c| *c).await.is_ok() {
+                for task in shared.queue.close() {
+                    shared.finish(task.fail(
+                        JobStatus::Cancelled,
+                        JobError::new(
+                            ErrorKind::Cancelled,
+                            "the run was cancelled before this job was submitted",
+                        ),
+                    ));
+                }
+            }
+        })
+    };
+    while workers.join_next().await.is_some() {}
+    let _ = stop_tx.send(true);
+    canceller.abort();
+    // Every server is gone (retired) while jobs remain: they cannot run anywhere.
+    for task in shared.queue.close() {
+        let (status, error) = if shared.ctx.cancelled() {
+            (
+                JobStatus::Cancelled,
+                JobError::new(
+                    ErrorKind::Cancelled,
+                    "the run was cancelled before this job was submitted",
+                ),
+            )
+        } else {
+            (
+                JobStatus::Failed,
+                JobError::new(
+                    ErrorKind::Server,
+                    "no server is left to run this job: every server was taken out of rotation",
+                ),
+            )
+        };
+        shared.finish(task.fail(status, error));
+    }
+    let _ = shared.ctx.ledger.sync();
+    std::mem::take(&mut *shared.outcomes.lock().expect("outcomes poisoned"))
+}
+
+struct Shared {
+    config: EngineConfig,
+    ctx: Arc<RunContext>,
+    queue: JobQueue,
+    outcomes: Mutex<Vec<JobOutcome>>,
+    downloads: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn finish(&self, outcome: JobOutcome) {
+        let job_hash = self.queue.hash_of(&outcome.key);
+        let _ = self.ctx.ledger.append(&LedgerRecord::Finished {
+            v: LEDGER_VERSION,
+            run_id: self.ctx.run_id.clone(),
+            key: outcome.key.clone(),
+            job_hash,
+            status: outcome.status.as_str().to_owned(),
+        });
+        self.ctx.emit(Event::Finished(Box::new(outcome.clone())));
+        self.outcomes
+            .lock()
+            .expect("outcomes poisoned")
+            .push(outcome);
+        self.queue.finish_one();
+    }
+
+    /// Exponential backoff with jitter for the n-th retry (1-based).
+    fn backoff(&self, retry: u32) -> Duration {
+        let base = self
+            .config
+            .backoff
+            .saturating_mul(1 << retry.saturating_sub(1).min(6));
+        base.min(Duration::from_secs(10)).mul_f64(0.5 + jitter())
+    }
+}
+
+/// A job and what happened to it so far.
+struct Task {
+    job: Arc<Job>,
+    key: Arc<str>,
+    /// Attempts made so far (posted or tried to post).
+    attempts: u32,
+    transient_failures: u32,
+    deterministic_failures: u32,
+    server: Option<String>,
+    prompt_id: Option<String>,
+    timings: Timings,
+}
+
+impl Task {
+    fn new(job: Arc<Job>) -> Task {
+        Task {
+            key: Arc::from(job.key.as_str()),
+            job,
+            attempts: 0,
+            transient_failures: 0,
+            deterministic_failures: 0,
+            server: None,
+            prompt_id: None,
+            timings: Timings::default(),
+        }
+    }
+
+    fn outcome(
+        self,
+        status: JobStatus,
+        error: Option<JobError>,
+        images: Vec<ImageRecord>,
+    ) -> JobOutcome {
+        JobOutcome {
+            key: self.job.key.clone(),
+            status,
+            server: self.server,
+            prompt_id: self.prompt_id,
+            attempts: self.attempts,
+            error,
+            images,
+            timings: self.timings,
+        }
+    }
+
+    fn fail(self, status: JobStatus, error: JobError) -> JobOutcome {
+        self.outcome(status, Some(error), Vec::new())
+    }
+}
+
+/// Our queue of jobs not yet posted. `outstanding` counts jobs not yet finished anywhere, so
+/// a server waits while another server's attempt might still come back for a retry.
+struct JobQueue {
+    state: Mutex<QueueState>,
+    changed: Notify,
+    hashes: HashMap<String, String>,
+}
+
+struct QueueState {
+    ready: std::collections::VecDeque<Task>,
+    outstanding: usize,
+    closed: bool,
+}
+
+impl JobQueue {
+    fn new(tasks: Vec<Task>) -> JobQueue {
+        let hashes = tasks
+            .iter()
+            .map(|t| (t.job.key.clone(), t.job.hash.clone()))
+            .collect();
+        JobQueue {
+            state: Mutex::new(QueueState {
+                outstanding: tasks.len(),
+                ready: tasks.into(),
+                closed: false,
+            }),
+            changed: Notify::new(),
+            hashes,
+        }
+    }
+
+    fn hash_of(&self, key: &str) -> String {
+        self.hashes.get(key).cloned().unwrap_or_default()
+    }
+
+    /// The next job, or `None` when every job is finished or the queue is closed.
+    async fn next(&self) -> Option<Task> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state.lock().expect("queue poisoned");
+                if state.closed {
+                    return None;
+                }
+                if let Some(task) = state.ready.pop_front() {
+                    return Some(task);
+                }
+                if state.outstanding == 0 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn requeue(&self, task: Task) {
+        let mut state = self.state.lock().expect("queue poisoned");
+        if state.closed {
+            // Cancelled meanwhile: the closer already accounted for the ready tasks; this
+            // one must still finish, so hand it back to the caller's path via front insert.
+            state.ready.push_front(task);
+        } else {
+            state.ready.push_back(task);
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn finish_one(&self) {
+        let mut state = self.state.lock().expect("queue poisoned");
+        state.outstanding = state.outstanding.saturating_sub(1);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Close the queue and take every job not yet handed out.
+    fn close(&self) -> Vec<Task> {
+        let mut state = self.state.lock().expect("queue poisoned");
+        state.closed = true;
+        let tasks = state.ready.drain(..).collect();
+        drop(state);
+        self.changed.notify_waiters();
+        tasks
+    }
+}
+
+/// What a prompt's waiter hears from the connection task.
+enum Signal {
+    Message(ServerMessage),
+    /// The socket dropped: messages may have been lost; reconcile over HTTP.
+    Disconnected,
+}
+
+/// One server: its client, its socket state, and the routes of its prompts.
+struct ServerConn {
+    index: usize,
+    client: ComfyClient,
+    client_id: String,
+    routes: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
+    /// `true` while the socket is open and confirmed.
+    up: watch::Sender<bool>,
+    retired: AtomicBool,
+    retired_notify: Notify,
+}
+
+impl ServerConn {
+    fn new(index: usize, client: ComfyClient) -> ServerConn {
+        ServerConn {
+            index,
+            client,
+            client_id: uuid::Uuid::new_v4().to_string(),
+            routes: Mutex::new(HashMap::new()),
+            up: watch::channel(false).0,
+            retired: AtomicBool::new(false),
+            retired_notify: Notify::new(),
+        }
+    }
+
+    fn route(&self, prompt_id: &str) -> mpsc::UnboundedReceiver<Signal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .expect("routes poisoned")
+            .insert(prompt_id.to_owned(), tx);
+        rx
+    }
+
+    fn unroute(&self, prompt_id: &str) {
+        self.routes
+            .lock()
+            .expect("routes poisoned")
+            .remove(prompt_id);
+    }
+
+    fn dispatch(&self, message: ServerMessage) {
+        let Some(prompt_id) = message.prompt_id() else {
+            return;
+        };
+        let routes = self.routes.lock().expect("routes poisoned");
+        if let Some(route) = routes.get(prompt_id) {
+            let _ = route.send(Signal::Message(message));
+        }
+    }
+
+    fn broadcast_disconnect(&self) {
+        for route in self.routes.lock().expect("routes poisoned").values() {
+            let _ = route.send(Signal::Disconnected);
+        }
+    }
+
+    fn has_routes(&self) -> bool {
+        !self.routes.lock().expect("routes poisoned").is_empty()
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.retired_notify.notify_waiters();
+        self.broadcast_disconnect();
+    }
+
+    /// Wait until the socket is confirmed open. `false` if the server was retired.
+    async fn wait_up(&self) -> bool {
+        let mut up = self.up.subscribe();
+        loop {
+            if self.is_retired() {
+                return false;
+            }
+            if *up.borrow_and_update() {
+                return true;
+            }
+            let retired = self.retired_notify.notified();
+            tokio::select! {
+                changed = up.changed() => if changed.is_err() { return false },
+                _ = retired => {}
+            }
+        }
+    }
+}
+
+/// One server's loop: keep the socket, take jobs while slots are free.
+async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, stop: watch::Receiver<bool>) {
+    let connection = tokio::spawn(connection_task(shared.clone(), conn.clone(), stop.clone()));
+    let slots = Arc::new(Semaphore::new(shared.config.in_flight.max(1)));
+    let mut attempts = JoinSet::new();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        if !conn.wait_up().await {
+            break;
+        }
+        let retired = conn.retired_notify.notified();
+        let task = tokio::select! {
+            task = shared.queue.next() => task,
+            _ = retired => None,
+        };
+        let Some(task) = task else { break };
+        if conn.is_retired() {
+            shared.queue.requeue(task);
+            break;
+        }
+        attempts.spawn(run_task(shared.clone(), conn.clone(), task, permit));
+        // Reap finished attempts so the set does not grow with the run.
+        while attempts.try_join_next().is_some() {}
+    }
+    while attempts.join_next().await.is_some() {}
+    // This server's part is over; the connection task ends when the run stops.
+    if conn.is_retired() {
+        connection.abort();
+    } else {
+        let _ = connection.await;
+    }
+}
+
+/// Keep the socket open: connect, read and route frames, ping, reconnect with backoff.
+async fn connection_task(
+    shared: Arc<Shared>,
+    conn: Arc<ServerConn>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = &shared.config;
+    let mut down_since: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match WsConnection::connect(&conn.client, &conn.client_id, config.handshake_timeout).await {
+            Ok(mut ws) => {
+                failures = 0;
+                let _ = conn.up.send(true);
+                shared.ctx.emit(Event::Server {
+                    server: conn.index,
+                    state: ServerState::Connected,
+                });
+                let reason = pump(&shared, &conn, &mut ws, &mut stop).await;
+                let _ = conn.up.send(false);
+                // Close before the same clientId is used again (protocol §1.1): a late close
+                // of this socket would otherwise unregister the new one.
+                ws.close().await;
+                conn.broadcast_disconnect();
+                match reason {
+                    None => return,
+                    Some(reason) => shared.ctx.emit(Event::Server {
+                        server: conn.index,
+                        state: ServerState::Reconnecting(reason),
+                    }),
+                }
+                down_since = Some(Instant::now());
+            }
+            Err(error) => {
+                failures += 1;
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= config.retire_after {
+                    conn.retire();
+                    shared.ctx.emit(Event::Server {
+                        server: conn.index,
+                        state: ServerState::Retired(format!(
+                            "unreachable for {:.0} s: {error}",
+                            since.elapsed().as_secs_f64()
+                        )),
+                    });
+                    return;
+                }
+                shared.ctx.emit(Event::Server {
+                    server: conn.index,
+                    state: ServerState::Reconnecting(error.to_string()),
+                });
+            }
+        }
+        let delay = shared.backoff(failures.max(1));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Read frames until the socket closes (returns the reason) or the run stops (`None`).
+async fn pump(
+    shared: &Shared,
+    conn: &ServerConn,
+    ws: &mut WsConnection,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let ping_interval = shared.config.ping_interval;
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut last_frame = Instant::now();
+    loop {
+        tokio::select! {
+            event = ws.next_event() => match event {
+                WsEvent::Message(message) => {
+                    last_frame = Instant::now();
+                    conn.dispatch(message);
+                }
+                WsEvent::Ignored => last_frame = Instant::now(),
+                WsEvent::Closed(reason) => {
+                    return Some(format!("the socket closed{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
+                }
+            },
+            _ = ping.tick() => {
+                // Not even a pong for three ping periods while we wait on prompts: the link
+                // is dead even if TCP has not noticed. Reconnect; waiters reconcile over HTTP.
+                if conn.has_routes() && last_frame.elapsed() > ping_interval * 3 {
+                    return Some(format!("no frame for {:.0} s", last_frame.elapsed().as_secs_f64()));
+                }
+                if let Err(error) = ws.ping().await {
+                    return Some(error.to_string());
+                }
+            }
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Succeeded(Vec<ImageRecord>),
+    /// Worth another attempt (maybe elsewhere).
+    Transient(String),
+    /// The job failed for a reason that retrying will not fix.
+    Failed(JobStatus, JobError),
+}
+
+/// Run attempts of one job on this server until it succeeds, fails, or must move on.
+async fn run_task(
+    shared: Arc<Shared>,
+    conn: Arc<ServerConn>,
+    mut task: Task,
+    permit: OwnedSemaphorePermit,
+) {
+    task.attempts += 1;
+    task.server = Some(conn.client.url().to_owned());
+    let attempt = attempt(&shared, &conn, &mut task, permit).await;
+    match attempt {
+        Attempt::Succeeded(images) => {
+            shared.finish(task.outcome(JobStatus::Succeeded, None, images))
+        }
+        Attempt::Failed(status, error) => {
+            if shared.ctx.cancelled() {
+                let error = JobError::new(
+                    ErrorKind::Cancelled,
+                    "the run was cancelled while this job was running",
+                );
+                return shared.finish(task.fail(JobStatus::Cancelled, error));
+            }
+            let retry = shared.config.retry_failed
+                && task.deterministic_failures == 0
+                && !matches!(error.kind, ErrorKind::Io | ErrorKind::Cancelled);
+            if retry {
+                task.deterministic_failures += 1;
+                shared.ctx.emit(Event::Retrying {
+                    key: task.key.clone(),
+                    server: conn.index,
+                    reason: error.message.clone(),
+                });
+                shared.queue.requeue(task);
+            } else {
+                shared.finish(task.fail(status, error));
+            }
+        }
+        Attempt::Transient(reason) => {
+            if shared.ctx.cancelled() {
+                let error = JobError::new(
+                    ErrorKind::Cancelled,
+                    "the run was cancelled while this job was running",
+                );
+                return shared.finish(task.fail(JobStatus::Cancelled, error));
+            }
+            task.transient_failures += 1;
+            if task.transient_failures > shared.config.transient_retries {
+                let error = JobError::new(
+                    ErrorKind::Server,
+                    format!("gave up after {} attempts; last: {reason}", task.attempts),
+                );
+                return shared.finish(task.fail(JobStatus::Failed, error));
+            }
+            shared.ctx.emit(Event::Retrying {
+                key: task.key.clone(),
+                server: conn.index,
+                reason,
+            });
+            let delay = shared.backoff(task.transient_failures);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                shared.queue.requeue(task);
+            });
+        }
+    }
+}
+
+/// What the waiter learned about a prompt.
+enum Terminal {
+    /// `executing null` arrived; the history entry is written.
+    Finished { error: Option<JobError> },
+    /// `/history` had the entry although the socket missed the end.
+    FromHistory(HistoryEntry),
+}
+
+/// One attempt: post, wait for the end, release the slot, fetch and write the images.
+async fn attempt(
+    shared: &Arc<Shared>,
+    conn: &Arc<ServerConn>,
+    task: &mut Task,
+    permit: OwnedSemaphorePermit,
+) -> Attempt {
+    let ctx = &shared.ctx;
+    let client = &conn.client;
+    let prompt_id = uuid::Uuid::new_v4().to_string();
+    let mut signals = conn.route(&prompt_id);
+    let _unroute = Unroute {
+        conn,
+        prompt_id: &prompt_id,
+    };
+    task.prompt_id = Some(prompt_id.clone());
+    if let Err(error) = ctx.ledger.append(&LedgerRecord::Submitted {
+        v: LEDGER_VERSION,
+        run_id: ctx.run_id.clone(),
+        key: task.job.key.clone(),
+        job_hash: task.job.hash.clone(),
+        server: client.url().to_owned(),
+        prompt_id: prompt_id.clone(),
+        attempt: task.attempts,
+    }) {
+        return Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, error.to_string()),
+        );
+    }
+    ctx.emit(Event::Submitted {
+        key: task.key.clone(),
+        server: conn.index,
+        prompt_id: prompt_id.clone(),
+        attempt: task.attempts,
+    });
+    let request = PromptRequest {
+        prompt: &task.job.workflow,
+        client_id: &conn.client_id,
+        prompt_id: &prompt_id,
+    };
+    match client.post_prompt(&request).await {
+        Err(error) if error.is_transient() => return Attempt::Transient(error.to_string()),
+        Err(error) => {
+            return Attempt::Failed(
+                JobStatus::Failed,
+                JobError::new(ErrorKind::Server, error.to_string()),
+            );
+        }
+        Ok(PostOutcome::Rejected(rejected)) => {
+            let mut error = JobError::new(
+                ErrorKind::Validation,
+                format!(
+                    "{} rejected the prompt: {}{}",
+                    client.url(),
+                    rejected.error.message,
+                    describe_node_errors(&rejected.node_errors)
+                ),
+            );
+            set_first_node(&mut error, &rejected.node_errors);
+            error.details = serde_json::to_value(&rejected).unwrap_or_default();
+            return Attempt::Failed(JobStatus::Failed, error);
+        }
+        Ok(PostOutcome::Accepted(accepted)) if !accepted.node_errors.is_empty() => {
+            // Some outputs were dropped; the rest would still run. Take it back.
+            cancel_on_server(client, &prompt_id).await;
+            let mut error = JobError::new(
+                ErrorKind::Validation,
+                format!(
+                    "{} accepted the prompt but dropped outputs:{}",
+                    client.url(),
+                    describe_node_errors(&accepted.node_errors)
+                ),
+            );
+            set_first_node(&mut error, &accepted.node_errors);
+            error.details = serde_json::to_value(&accepted.node_errors).unwrap_or_default();
+            return Attempt::Failed(JobStatus::Failed, error);
+        }
+        Ok(PostOutcome::Accepted(_)) => task.timings.queued = Some(ctx.elapsed_ms()),
+    }
+
+    let terminal = match wait_for_end(shared, conn, task, &prompt_id, &mut signals).await {
+        Ok(terminal) => terminal,
+        Err(attempt) => return attempt,
+    };
+    task.timings.executed = Some(ctx.elapsed_ms());
+    // The server is done with this prompt: let the next one in while we download.
+    drop(permit);
+
+    let entry = match terminal {
+        Terminal::Finished { error: Some(error) } => {
+            let status = JobStatus::Failed;
+            return Attempt::Failed(status, error);
+        }
+        Terminal::Finished { error: None } => match fetch_history(shared, client, &prompt_id).await
+        {
+            Ok(entry) => entry,
+            Err(attempt) => return attempt,
+        },
+        Terminal::FromHistory(entry) => {
+            if let Some(error) = error_from_history(&entry) {
+                return Attempt::Failed(JobStatus::Failed, error);
+            }
+            entry
+        }
+    };
+    let images = entry.images_of(&task.job.output_nodes);
+    if images.is_empty() {
+        return Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(
+                ErrorKind::NoImages,
+                format!(
+                    "the prompt finished on {} without images on output node(s) {}",
+                    client.url(),
+                    task.job.output_nodes.join(", ")
+                ),
+            ),
+        );
+    }
+    let records = match write_images(shared, client, task, &prompt_id, &images).await {
+        Ok(records) => records,
+        Err(attempt) => return attempt,
+    };
+    task.timings.downloaded = Some(ctx.elapsed_ms());
+    Attempt::Succeeded(records)
+}
+
+/// Removes a prompt's route when the attempt ends, however it ends.
+struct Unroute<'a> {
+    conn: &'a ServerConn,
+    prompt_id: &'a str,
+}
+
+impl Drop for Unroute<'_> {
+    fn drop(&mut self) {
+        self.conn.unroute(self.prompt_id);
+    }
+}
+
+/// Wait for the prompt's end, enforcing the timeout and reconciling when the socket is lost
+/// or silent. `Err` carries the attempt's result when it ended without a normal finish.
+async fn wait_for_end(
+    shared: &Arc<Shared>,
+    conn: &Arc<ServerConn>,
+    task: &mut Task,
+    prompt_id: &str,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+) -> Result<Terminal, Attempt> {
+    let ctx = &shared.ctx;
+    let config = &shared.config;
+    let mut cancel = ctx.cancel.clone();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut error: Option<JobError> = None;
+    let mut check_at = tokio::time::Instant::now() + config.stall;
+    let mut http_failures: u32 = 0;
+    loop {
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            // A dropped sender means nobody can cancel any more, not that we were cancelled.
+            _ = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+                cancel_on_server(&conn.client, prompt_id).await;
+                return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "the run was cancelled while this job was running; it was removed or interrupted on the server")));
+            }
+            signal = signals.recv() => {
+                let Some(signal) = signal else {
+                    return Err(Attempt::Transient("the prompt's route closed".to_owned()));
+                };
+                match signal {
+                    Signal::Message(message) => {
+                        check_at = tokio::time::Instant::now() + config.stall;
+                        match message {
+                            ServerMessage::ExecutionStart { .. } => {
+                                if task.timings.started.is_none() {
+                                    task.timings.started = Some(ctx.elapsed_ms());
+                                }
+                                deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.timeout);
+                                ctx.emit(Event::Started { key: task.key.clone(), server: conn.index });
+                            }
+                            ServerMessage::Progress { value, max, .. } => {
+                                ctx.emit(Event::Progress { key: task.key.clone(), server: conn.index, value, max });
+                            }
+                            ServerMessage::ExecutionError(e) if !e.is_blocker() => {
+                                error = Some(node_error(conn.client.url(), &e));
+                            }
+                            ServerMessage::ExecutionInterrupted { node_id, node_type, .. } => {
+                                let mut e = JobError::new(ErrorKind::Interrupted, format!("the prompt was interrupted on {} (not by this run)", conn.client.url()));
+                                e.node_id = node_id;
+                                e.node_class = node_type;
+                                error = Some(e);
+                            }
+                            ServerMessage::Executing { node: None, .. } => {
+                                return Ok(Terminal::Finished { error });
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Messages may have been lost: ask over HTTP right away.
+                    Signal::Disconnected => check_at = tokio::time::Instant::now(),
+                }
+            }
+            _ = timeout => {
+                cancel_on_server(&conn.client, prompt_id).await;
+                return Err(Attempt::Failed(JobStatus::TimedOut, JobError::new(
+                    ErrorKind::Timeout,
+                    format!("the job ran longer than {:.0} s on {}; it was interrupted there and no image was written", config.timeout.as_secs_f64(), conn.client.url()),
+                )));
+            }
+            _ = tokio::time::sleep_until(check_at) => {
+                match reconcile(&conn.client, prompt_id).await {
+                    Ok(Reconciled::Waiting { running }) => {
+                        http_failures = 0;
+                        if running && deadline.is_none() {
+                            // Started while we could not hear it: the timeout still applies.
+                            task.timings.started.get_or_insert(ctx.elapsed_ms());
+                            deadline = Some(tokio::time::Instant::now() + config.timeout);
+                        }
+                        let up = *conn.up.borrow();
+                        check_at = tokio::time::Instant::now() + if up { config.stall } else { shared.backoff(1) };
+                    }
+                    Ok(Reconciled::Finished(entry)) => return Ok(Terminal::FromHistory(entry)),
+                    Ok(Reconciled::Lost) => {
+                        return Err(Attempt::Transient(format!("{} no longer knows the prompt (it restarted?)", conn.client.url())));
+                    }
+                    Err(err) => {
+                        http_failures += 1;
+                        if conn.is_retired() {
+                            return Err(Attempt::Transient(format!("{} was taken out of rotation: {err}", conn.client.url())));
+                        }
+                        check_at = tokio::time::Instant::now() + shared.backoff(http_failures);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Reconciled {
+    Waiting { running: bool },
+    Finished(HistoryEntry),
+    Lost,
+}
+
+/// Where is the prompt? Ask `/queue` first, then `/history`: an entry leaves the queue only
+/// after its history is written, so "not queued, then not in history" really means gone.
+async fn reconcile(client: &ComfyClient, prompt_id: &str) -> Result<Reconciled, ComfyError> {
+    let queue = client.queue().await?;
+    if queue.contains(prompt_id) {
+        return Ok(Reconciled::Waiting {
+            running: queue.running.iter().any(|id| id == prompt_id),
+        });
+    }
+    match client.history(prompt_id).await? {
+        Some(entry) => Ok(Reconciled::Finished(entry)),
+        None => Ok(Reconciled::Lost),
+    }
+}
+
+/// Remove a prompt of ours: delete it if pending, interrupt it (targeted) if running.
+/// Best effort: the server may be gone, which also ends the prompt.
+async fn cancel_on_server(client: &ComfyClient, prompt_id: &str) {
+    let ids = [prompt_id.to_owned()];
+    let _ = client.delete_queued(&ids).await;
+    let _ = client.interrupt(prompt_id).await;
+}
+
+/// `executing null` came, so history is written; retry briefly in case a proxy or cache lags.
+async fn fetch_history(
+    shared: &Shared,
+    client: &ComfyClient,
+    prompt_id: &str,
+) -> Result<HistoryEntry, Attempt> {
+    let mut last = String::new();
+    for attempt in 1..=5u32 {
+        match client.history(prompt_id).await {
+            Ok(Some(entry)) => return Ok(entry),
+            Ok(None) => last = format!("{} has no history for the finished prompt", client.url()),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(shared.backoff(attempt)).await;
+    }
+    Err(Attempt::Transient(last))
+}
+
+fn error_from_history(entry: &HistoryEntry) -> Option<JobError> {
+    let status = entry.status.as_ref()?;
+    if status.status_str != "error" {
+        return None;
+    }
+    for message in status.messages.iter().rev() {
+        let (Some(kind), Some(data)) = (message.get(0).and_then(|k| k.as_str()), message.get(1))
+        else {
+            continue;
+        };
+        match kind {
+            "execution_error" => {
+                if let Ok(e) = serde_json::from_value::<ExecutionError>(data.clone()) {
+                    return Some(node_error("the server", &e));
+                }
+            }
+            "execution_interrupted" => {
+                let mut e = JobError::new(
+                    ErrorKind::Interrupted,
+                    "the prompt was interrupted on the server",
+                );
+                e.node_id = data
+                    .get("node_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+                e.node_class = data
+                    .get("node_type")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+                return Some(e);
+            }
+            _ => {}
+        }
+    }
+    Some(JobError::new(
+        ErrorKind::NodeError,
+        "the server recorded the prompt as failed",
+    ))
+}
+
+fn node_error(server: &str, e: &ExecutionError) -> JobError {
+    let mut error = JobError::new(
+        ErrorKind::NodeError,
+        format!(
+            "node {} ({}) raised {} on {server}: {}",
+            e.node_id.as_deref().unwrap_or("?"),
+            e.node_type.as_deref().unwrap_or("?"),
+            e.exception_type,
+            e.exception_message.trim_end()
+        ),
+    );
+    error.node_id = e.node_id.clone();
+    error.node_class = e.node_type.clone();
+    error.details = serde_json::json!({
+        "exception_type": e.exception_type,
+        "exception_message": e.exception_message,
+        "traceback": e.traceback,
+        "current_inputs": e.current_inputs,
+    });
+    error
+}
+
+/// "; node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'x' not in [...]"
+fn describe_node_errors(
+    node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> String {
+    let mut text = String::new();
+    for (node, entry) in node_errors {
+        let class = entry
+            .get("class_type")
+            .and_then(|c| c.as_str())
+            .unwrap_or("?");
+        let errors = entry
+            .get("errors")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for error in errors {
+            let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
+            let details = error.get("details").and_then(|d| d.as_str()).unwrap_or("");
+            text.push_str(&format!("; node {node} ({class}): {message}"));
+            if !details.is_empty() {
+                text.push_str(&format!(": {details}"));
+            }
+        }
+    }
+    text
+}
+
+fn set_first_node(
+    error: &mut JobError,
+    node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    if let Some((node, entry)) = node_errors.iter().next() {
+        error.node_id = Some(node.clone());
+        error.node_class = entry
+            .get("class_type")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned);
+    }
+}
+
+/// A server-chosen name is only ever a query parameter for `/view`; refuse names that try
+/// to leave the output folder even there.
+fn unsafe_image_name(image: &ImageRef) -> bool {
+    let bad = |s: &str| s.starts_with('/') || s.contains('\\') || s.split('/').any(|p| p == "..");
+    image.filename.is_empty()
+        || image.filename.contains('/')
+        || bad(&image.filename)
+        || bad(&image.subfolder)
+}
+
+/// Download every image to temp files, check them, then give each its final name.
+/// Nothing gets a final name unless every image of the job is good.
+async fn write_images(
+    shared: &Arc<Shared>,
+    client: &ComfyClient,
+    task: &Task,
+    prompt_id: &str,
+    images: &[ImageRef],
+) -> Result<Vec<ImageRecord>, Attempt> {
+    let ctx = &shared.ctx;
+    if let Some(image) = images.iter().find(|i| unsafe_image_name(i)) {
+        return Err(Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(
+                ErrorKind::Download,
+                format!(
+                    "{} named an unsafe output file (filename {:?}, subfolder {:?}); nothing was fetched",
+                    client.url(),
+                    image.filename,
+                    image.subfolder
+                ),
+            ),
+        ));
+    }
+    let _download = shared.downloads.clone().acquire_owned().await.ok();
+    let expected = Some((task.job.params.width, task.job.params.height));
+    let mut staged = Vec::with_capacity(images.len());
+    for image in images {
+        let mut last_error = None;
+        for try_no in 1..=3u32 {
+            match download(shared, client, image, expected).await {
+                Ok(image) => {
+                    staged.push(image);
+                    last_error = None;
+                    break;
+                }
+                Err(DownloadError::Io(error)) => {
+                    return Err(Attempt::Failed(
+                        JobStatus::Failed,
+                        JobError::new(ErrorKind::Io, error),
+                    ));
+                }
+                Err(DownloadError::Bad(error)) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(shared.backoff(try_no)).await;
+                }
+            }
+        }
+        if let Some(error) = last_error {
+            return Err(Attempt::Failed(
+                JobStatus::Failed,
+                JobError::new(
+                    ErrorKind::Download,
+                    format!("{} (image {:?})", error, image.filename),
+                ),
+            ));
+        }
+    }
+
+    let store = ctx.store.clone();
+    let ledger = ctx.ledger.clone();
+    let job = task.job.clone();
+    let run_id = ctx.run_id.clone();
+    let prompt_id = prompt_id.to_owned();
+    let chapter_root = ctx.chapter_root.clone();
+    let out_root = ctx.out_root.clone();
+    let committed = tokio::task::spawn_blocking(move || -> Result<Vec<ImageRecord>, String> {
+        let mut records = Vec::with_capacity(staged.len());
+        for image in staged {
+            let (bytes, sha256, width, height) =
+                (image.bytes, image.sha256.clone(), image.width, image.height);
+            let target = store
+                .commit(image, job.page, |target| {
+                    ledger.append(&LedgerRecord::Image {
+                        v: LEDGER_VERSION,
+                        run_id: run_id.clone(),
+                        key: job.key.clone(),
+                        job_hash: job.hash.clone(),
+                        prompt_id: prompt_id.clone(),
+                        seed: job.seed,
+                        file: relative(&chapter_root, &target.path),
+                        bytes,
+                        sha256: sha256.clone(),
+                        width,
+                        height,
+                    })
+                })
+                .map_err(|e| e.to_string())?;
+            records.push(ImageRecord {
+                path: relative(&out_root, &target.path),
+                bytes,
+                sha256,
+                width,
+                height,
+            });
+        }
+        Ok(records)
+    })
+    .await;
+    match committed {
+        Ok(Ok(records)) => Ok(records),
+        Ok(Err(error)) => Err(Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, error),
+        )),
+        Err(join) => Err(Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, format!("writing images panicked: {join}")),
+        )),
+    }
+}
+
+enum DownloadError {
+    /// Local trouble: no point in fetching again.
+    Io(String),
+    /// The server's answer was bad or broke off.
+    Bad(String),
+}
+
+/// Stream one image into a temp file, fsync and check it.
+async fn download(
+    shared: &Shared,
+    client: &ComfyClient,
+    image: &ImageRef,
+    expected: Option<(u32, u32)>,
+) -> Result<StagedImage, DownloadError> {
+    let store = shared.ctx.store.clone();
+    let temp = store
+        .temp_file()
+        .map_err(|e| DownloadError::Io(e.to_string()))?;
+    let file = temp
+        .reopen()
+        .map_err(|e| DownloadError::Io(format!("failed to open {}: {e}", temp.path().display())))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let response = client
+        .view(image)
+        .await
+        .map_err(|e| DownloadError::Bad(e.to_string()))?;
+    let declared = response.content_length();
+    let mut stream = response.bytes_stream();
+    let mut written: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            DownloadError::Bad(format!(
+                "the download from {} broke off: {}",
+                client.url(),
+                crate::comfy::error::error_chain(&e)
+            ))
+        })?;
+        written += chunk.len() as u64;
+        if written > MAX_IMAGE_BYTES {
+            return Err(DownloadError::Bad(format!(
+                "{} sent more than {MAX_IMAGE_BYTES} bytes",
+                client.url()
+            )));
+        }
+        file.write_all(&chunk).await.map_err(|e| {
+            DownloadError::Io(format!("failed to write {}: {e}", temp.path().display()))
+        })?;
+    }
+    file.flush().await.map_err(|e| {
+        DownloadError::Io(format!("failed to write {}: {e}", temp.path().display()))
+    })?;
+    if let Some(declared) = declared
+        && declared != written
+    {
+        return Err(DownloadError::Bad(format!(
+            "{} declared {declared} bytes but sent {written}",
+            client.url()
+        )));
+    }
+    drop(file);
+    let staged = tokio::task::spawn_blocking(move || store.stage(temp, expected))
+        .await
+        .map_err(|e| DownloadError::Io(format!("checking the image panicked: {e}")))?;
+    staged.map_err(|e| match e {
+        StageError::Io(e) => DownloadError::Io(e.to_string()),
+        StageError::NotPng(reason) => DownloadError::Bad(format!("{}: {reason}", client.url())),
+    })
+}
+
+/// `path` relative to `root`, `/`-separated (for records that must read the same anywhere).
+fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (nanos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    mixed as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,273 @@
+//! The chapter ledger: an append-only JSON-lines file (`<out>/ch-XX/ledger.jsonl`) that maps
+//! job hashes to the images they produced and records every submission.
+//!
+//! Crash safety: each record is one `write` of one line on an `O_APPEND` file, so records of
+//! concurrent runners never interleave and a `kill -9` loses at most the line being written.
+//! A torn last line is skipped on reading and fenced off with a newline before appending.
+//! An `image` record is written *before* the image gets its final name and is trusted only if
+//! a file with that name and that sha256 exists, so neither order of crash can produce an
+//! image the ledger does not know or a record that lies.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::{PathError, digest_file, open_append};
+
+/// Ledger format version, written in every record.
+pub const LEDGER_VERSION: u32 = 1;
+
+/// One line of the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LedgerRecord {
+    /// A prompt is about to be posted (written before `POST /prompt`).
+    Submitted {
+        v: u32,
+        run_id: String,
+        key: String,
+        job_hash: String,
+        server: String,
+        prompt_id: String,
+        attempt: u32,
+    },
+    /// An image is about to get its final name (written before the link).
+    Image {
+        v: u32,
+        run_id: String,
+        key: String,
+        job_hash: String,
+        prompt_id: String,
+        seed: u64,
+        /// Relative to the chapter folder, `/`-separated: `raw/comfyui/ch01_p001_v1.png`.
+        file: String,
+        bytes: u64,
+        sha256: String,
+        width: u32,
+        height: u32,
+    },
+    /// A job reached a final state in a run.
+    Finished {
+        v: u32,
+        run_id: String,
+        key: String,
+        job_hash: String,
+        status: String,
+    },
+}
+
+/// An image the ledger vouches for and the disk confirms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedImage {
+    pub key: String,
+    pub path: PathBuf,
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub width: u32,
+    pub height: u32,
+    pub prompt_id: String,
+    pub run_id: String,
+}
+
+/// An open ledger, shared by every task of a run.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Ledger {
+    /// Open (or create) the ledger and read every intact record in it.
+    pub fn open(path: &Path) -> Result<(Ledger, Vec<LedgerRecord>), PathError> {
+        let mut file = open_append(path)?;
+        let records = read_records(path)?;
+        // Fence off a torn last line left by a crash so the next record starts on its own line.
+        let len = file
+            .metadata()
+            .map_err(|e| PathError::new("read", path, e))?
+            .len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            let mut reader = File::open(path).map_err(|e| PathError::new("open", path, e))?;
+            reader
+                .seek(SeekFrom::Start(len - 1))
+                .and_then(|_| reader.read_exact(&mut last))
+                .map_err(|e| PathError::new("read", path, e))?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")
+                    .map_err(|e| PathError::new("append to", path, e))?;
+            }
+        }
+        Ok((
+            Ledger {
+                path: path.to_owned(),
+                file: Mutex::new(file),
+            },
+            records,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one record as one write (not fsynced; see [`Ledger::sync`]).
+    pub fn append(&self, record: &LedgerRecord) -> Result<(), PathError> {
+        let mut line = serde_json::to_vec(record).expect("ledger records serialize");
+        line.push(b'\n');
+        let mut file = self.file.lock().expect("ledger lock poisoned");
+        file.write_all(&line)
+            .map_err(|e| PathError::new("append to", &self.path, e))
+    }
+
+    /// Flush the ledger to stable storage (at the end of a run; a process crash loses nothing
+    /// already appended, only a power loss needs this).
+    pub fn sync(&self) -> Result<(), PathError> {
+        let file = self.file.lock().expect("ledger lock poisoned");
+        file.sync_data()
+            .map_err(|e| PathError::new("fsync", &self.path, e))
+    }
+}
+
+/// Every parsable record; unparsable lines (a torn write, a future format) are skipped.
+pub fn read_records(path: &Path) -> Result<Vec<LedgerRecord>, PathError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("open", path, e)),
+    };
+    let mut records = Vec::new();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| PathError::new("read", path, e))?;
+        if let Ok(record) = serde_json::from_slice::<LedgerRecord>(&line) {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// The verified images of each job hash, oldest first. `chapter_root` is `<out>/ch-XX`.
+/// Each file is hashed once: a record only counts if the file still has that content.
+pub fn verified_images(
+    chapter_root: &Path,
+    records: &[LedgerRecord],
+) -> HashMap<String, Vec<VerifiedImage>> {
+    let mut by_hash: HashMap<String, Vec<VerifiedImage>> = HashMap::new();
+    let mut digests: HashMap<String, Option<(u64, String)>> = HashMap::new();
+    for record in records {
+        let LedgerRecord::Image {
+            key,
+            job_hash,
+            prompt_id,
+            file,
+            bytes,
+            sha256,
+            width,
+            height,
+            run_id,
+            ..
+        } = record
+        else {
+            continue;
+        };
+        // Only plain relative names we wrote ourselves; never follow a path out of the folder.
+        if file
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            continue;
+        }
+        let path = chapter_root.join(file);
+        let digest = digests
+            .entry(file.clone())
+            .or_insert_with(|| digest_file(&path).ok());
+        if digest.as_ref() != Some(&(*bytes, sha256.clone())) {
+            continue;
+        }
+        let images = by_hash.entry(job_hash.clone()).or_default();
+        if images.iter().any(|image| image.file == *file) {
+            continue;
+        }
+        images.push(VerifiedImage {
+            key: key.clone(),
+            path,
+            file: file.clone(),
+            bytes: *bytes,
+            sha256: sha256.clone(),
+            width: *width,
+            height: *height,
+            prompt_id: prompt_id.clone(),
+            run_id: run_id.clone(),
+        });
+    }
+    by_hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(file: &str, sha256: &str, bytes: u64) -> LedgerRecord {
+        LedgerRecord::Image {
+            v: LEDGER_VERSION,
+            run_id: "r".into(),
+            key: "ch01_p001_s1".into(),
+            job_hash: "h1".into(),
+            prompt_id: "p".into(),
+            seed: 1,
+            file: file.into(),
+            bytes,
+            sha256: sha256.into(),
+            width: 8,
+            height: 8,
+        }
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped_and_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, records) = Ledger::open(&path).unwrap();
+        assert!(records.is_empty());
+        ledger.append(&image("raw/a.png", "x", 1)).unwrap();
+        drop(ledger);
+        // A crash in the middle of a write.
+        let mut file = open_append(&path).unwrap();
+        file.write_all(br#"{"event":"image","v":1,"run_"#).unwrap();
+        drop(file);
+        let (ledger, records) = Ledger::open(&path).unwrap();
+        assert_eq!(records.len(), 1);
+        ledger.append(&image("raw/b.png", "y", 2)).unwrap();
+        let records = read_records(&path).unwrap();
+        assert_eq!(
+            records.len(),
+            2,
+            "the record after the torn line must survive"
+        );
+    }
+
+    #[test]
+    fn only_images_that_exist_with_their_digest_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("raw")).unwrap();
+        std::fs::write(dir.path().join("raw/good.png"), b"good").unwrap();
+        std::fs::write(dir.path().join("raw/changed.png"), b"changed!").unwrap();
+        let (good_bytes, good_sha) = digest_file(&dir.path().join("raw/good.png")).unwrap();
+        let records = vec![
+            image("raw/good.png", &good_sha, good_bytes),
+            image("raw/changed.png", &good_sha, good_bytes),
+            image("raw/missing.png", &good_sha, good_bytes),
+            image("../raw/good.png", &good_sha, good_bytes),
+            image("raw/good.png", &good_sha, good_bytes),
+        ];
+        let verified = verified_images(dir.path(), &records);
+        let images = &verified["h1"];
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].file, "raw/good.png");
+    }
+}

@@ -1,0 +1,283 @@
+//! Before anything is submitted: is every server reachable, and does it have every node
+//! class, model and option the jobs name? One clear error instead of a run of failed jobs.
+//!
+//! The check is generic over the workflow: every literal input of every node is compared with
+//! the server's `/object_info` spec for that input (combo lists such as `ckpt_name`,
+//! `lora_name`, `sampler_name`, `scheduler`; numeric min/max).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::comfy::ComfyClient;
+use crate::plan::Job;
+
+/// What the report records about a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub comfyui_version: Option<String>,
+}
+
+/// One preflight problem, with where it comes from and what to try.
+#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(plasma_batch::preflight))]
+pub struct PreflightError {
+    pub message: String,
+    #[help]
+    pub help: Option<String>,
+}
+
+/// Probe every server, then check the jobs against each server's node catalogue.
+pub async fn check(
+    servers: &[ComfyClient],
+    jobs: &[Arc<Job>],
+) -> Result<Vec<ServerInfo>, Vec<PreflightError>> {
+    let probes = futures::future::join_all(servers.iter().map(|server| probe(server, jobs))).await;
+    let mut infos = Vec::new();
+    let mut problems = Vec::new();
+    for probe in probes {
+        match probe {
+            Ok(info) => infos.push(info),
+            Err(mut errors) => problems.append(&mut errors),
+        }
+    }
+    if problems.is_empty() {
+        Ok(infos)
+    } else {
+        Err(problems)
+    }
+}
+
+async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Vec<PreflightError>> {
+    let unreachable = |error: crate::comfy::ComfyError| {
+        vec![PreflightError {
+            message: format!("server {} is not usable: {error}", server.url()),
+            help: Some(format!(
+                "start ComfyUI at {} (or fix the URL in [comfy] servers / --server / PLASMA_COMFY_URL), or use --sim to run on the built-in simulator",
+                server.url()
+            )),
+        }]
+    };
+    let stats = server.system_stats().await.map_err(unreachable)?;
+    let object_info = server.object_info().await.map_err(unreachable)?;
+    let problems = check_jobs(server.url(), &object_info, jobs);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ServerInfo {
+        url: server.url().to_owned(),
+        comfyui_version: stats
+            .pointer("/system/comfyui_version")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// Compare every node of every job with the catalogue. Problems are grouped so that a model
+/// missing on all 200 jobs is one line naming the jobs, not 200 lines.
+pub fn check_jobs(server: &str, object_info: &Value, jobs: &[Arc<Job>]) -> Vec<PreflightError> {
+    // (problem text) -> job keys
+    let mut found: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
+    let mut note = |text: String, help: Option<String>, key: &str| {
+        let entry = found.entry(text).or_insert_with(|| (help, Vec::new()));
+        entry.1.push(key.to_owned());
+    };
+    for job in jobs {
+        let Some(nodes) = job.workflow.as_object() else {
+            continue;
+        };
+        for (node_id, node) in nodes {
+            let class = node.get("class_type").and_then(Value::as_str).unwrap_or("");
+            let Some(info) = object_info.get(class) else {
+                note(
+                    format!("node {node_id}: class {class} does not exist on {server}"),
+                    Some(format!(
+                        "install the custom node that provides {class} on {server}, or change the workflow"
+                    )),
+                    &job.key,
+                );
+                continue;
+            };
+            let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
+                continue;
+            };
+            for (name, value) in inputs {
+                let Some(spec) = input_spec(info, name) else {
+                    continue;
+                };
+                if let Some(problem) = check_value(spec, value) {
+                    note(
+                        format!("node {node_id} ({class}): {name} {problem} on {server}"),
+                        None,
+                        &job.key,
+                    );
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(text, (help, keys))| {
+            let shown: Vec<&str> = keys.iter().take(5).map(String::as_str).collect();
+            let more = if keys.len() > shown.len() {
+                format!(" and {} more", keys.len() - shown.len())
+            } else {
+                String::new()
+            };
+            PreflightError {
+                message: format!("{text} (jobs {}{more})", shown.join(", ")),
+                help: help.or_else(|| {
+                    Some("install the missing model or change the manifest; `plasma-batch validate --server URL` repeats this check".to_owned())
+                }),
+            }
+        })
+        .collect()
+}
+
+fn input_spec<'a>(info: &'a Value, name: &str) -> Option<&'a Value> {
+    let input = info.get("input")?;
+    input
+        .get("required")
+        .and_then(|r| r.get(name))
+        .or_else(|| input.get("optional").and_then(|o| o.get(name)))
+}
+
+/// `None` if the value is acceptable (or a link, or not checkable).
+fn check_value(spec: &Value, value: &Value) -> Option<String> {
+    if is_link(value) {
+        return None;
+    }
+    let kind = spec.get(0)?;
+    let options = spec.get(1);
+    // Classic combo: `[["a", "b"], {...}]`; V3 combo: `["COMBO", {"options": [...]}]`.
+    let choices = kind.as_array().or_else(|| {
+        (kind == "COMBO")
+            .then(|| options?.get("options")?.as_array())
+            .flatten()
+    });
+    if let Some(choices) = choices {
+        if choices.iter().any(|choice| choice == value) {
+            return None;
+        }
+        let listed: BTreeSet<String> = choices
+            .iter()
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| c.to_string())
+            })
+            .collect();
+        let listed: Vec<String> = listed.into_iter().collect();
+        let available = if listed.is_empty() {
+            "none are available".to_owned()
+        } else if listed.len() > 12 {
+            format!(
+                "{} are available, e.g. {}",
+                listed.len(),
+                listed[..12].join(", ")
+            )
+        } else {
+            format!("available: {}", listed.join(", "))
+        };
+        return Some(format!("{value} is not available ({available})"));
+    }
+    if let (Some(number), Some(options)) = (value.as_f64(), options) {
+        if let Some(min) = options.get("min").and_then(Value::as_f64)
+            && number < min
+        {
+            return Some(format!("{value} is below the minimum {min}"));
+        }
+        if let Some(max) = options.get("max").and_then(Value::as_f64)
+            && number > max
+        {
+            return Some(format!("{value} is above the maximum {max}"));
+        }
+    }
+    None
+}
+
+fn is_link(value: &Value) -> bool {
+    matches!(value.as_array(), Some(a) if a.len() == 2 && a[0].is_string() && a[1].is_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(workflow: Value) -> Arc<Job> {
+        Arc::new(Job {
+            key: "ch01_p001_s1".into(),
+            chapter: 1,
+            page: 1,
+            variant: 1,
+            seed: 1,
+            params: crate::plan::JobParams {
+                prompt: "p".into(),
+                negative: "n".into(),
+                checkpoint: "a.safetensors".into(),
+                steps: 20,
+                cfg: 7.0,
+                sampler: "euler".into(),
+                scheduler: "normal".into(),
+                width: 512,
+                height: 768,
+                lora: None,
+                workflow_path: "w.json".into(),
+                filename_prefix: "x".into(),
+                seed_source: crate::plan::SeedSource::Derived,
+            },
+            workflow,
+            output_nodes: vec!["9".into()],
+            hash: "h".into(),
+            workflow_sha256: "w".into(),
+        })
+    }
+
+    #[test]
+    fn finds_missing_class_model_and_out_of_range_value() {
+        let info = json!({
+            "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors"], {}]}}},
+            "KSampler": {"input": {"required": {
+                "model": ["MODEL", {}],
+                "steps": ["INT", {"min": 1, "max": 10000}],
+                "sampler_name": ["COMBO", {"options": ["euler", "ddim"]}]
+            }}}
+        });
+        let ok = job(json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "steps": 20, "sampler_name": "euler"}}
+        }));
+        assert!(check_jobs("http://s", &info, &[ok]).is_empty());
+        let bad = job(json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "steps": 0, "sampler_name": "nope"}},
+            "9": {"class_type": "FancySave", "inputs": {}}
+        }));
+        let problems = check_jobs("http://s", &info, &[bad.clone(), bad]);
+        let text: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
+        assert_eq!(problems.len(), 4, "{text:#?}");
+        assert!(text.iter().any(|t| {
+            t.contains("\"missing.safetensors\" is not available (available: a.safetensors)")
+        }));
+        assert!(
+            text.iter()
+                .any(|t| t.contains("steps 0 is below the minimum 1"))
+        );
+        assert!(text.iter().any(|t| t.contains("\"nope\" is not available")));
+        assert!(
+            text.iter()
+                .any(|t| t.contains("class FancySave does not exist on http://s"))
+        );
+        // Grouped: both jobs named once each in the same line.
+        assert!(
+            text[0].contains("(jobs ch01_p001_s1, ch01_p001_s1)"),
+            "{}",
+            text[0]
+        );
+    }
+}

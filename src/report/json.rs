@@ -1,0 +1,353 @@
+//! The run report `<out>/ch-XX/reports/<run-id>.json` (schema: `docs/report.schema.json`).
+//!
+//! The report is kept current while the run goes: it is rewritten atomically (temp file +
+//! rename) whenever the number of newly finished jobs reaches an eighth of those already
+//! written, or a second has passed. The geometric rule keeps the total work O(jobs) however
+//! many jobs finish; the time rule keeps a crash from losing more than about a second of
+//! progress (the ledger has the rest). A crash therefore always leaves a valid report of
+//! what had finished, with `complete: false` and the unfinished jobs as `pending`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
+use crate::output::{PathError, write_atomic};
+use crate::plan::{Job, JobParams};
+use crate::preflight::ServerInfo;
+
+/// Bumped when a field changes meaning or disappears.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub tool: Tool,
+    pub run_id: String,
+    /// `false` while the run is going (or if it crashed): unfinished jobs are `pending`.
+    pub complete: bool,
+    pub manifest: ManifestRef,
+    pub chapter: u16,
+    pub title: Option<String>,
+    /// The output root the image paths are relative to, as given on the command line.
+    pub output_root: String,
+    pub servers: Vec<ServerRecord>,
+    pub settings: Settings,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub totals: Totals,
+    pub jobs: Vec<JobReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRef {
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub url: String,
+    pub comfyui_version: Option<String>,
+}
+
+impl From<&ServerInfo> for ServerRecord {
+    fn from(info: &ServerInfo) -> Self {
+        ServerRecord {
+            url: info.url.clone(),
+            comfyui_version: info.comfyui_version.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub timeout_secs: f64,
+    pub in_flight: usize,
+    pub force: bool,
+    pub only: Vec<String>,
+    pub simulator: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub jobs: usize,
+    pub succeeded: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub timed_out: usize,
+    pub cancelled: usize,
+    pub pending: usize,
+}
+
+/// `pending` appears only in a report of a run that has not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    Pending,
+    Succeeded,
+    Skipped,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl From<JobStatus> for ReportStatus {
+    fn from(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Succeeded => ReportStatus::Succeeded,
+            JobStatus::Skipped => ReportStatus::Skipped,
+            JobStatus::Failed => ReportStatus::Failed,
+            JobStatus::TimedOut => ReportStatus::TimedOut,
+            JobStatus::Cancelled => ReportStatus::Cancelled,
+        }
+    }
+}
+
+/// Everything about one job: enough to reproduce its image from the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReport {
+    pub key: String,
+    pub page: u16,
+    pub variant: u32,
+    pub seed: u64,
+    pub params: JobParams,
+    pub job_hash: String,
+    pub workflow_sha256: String,
+    pub output_nodes: Vec<String>,
+    pub server: Option<String>,
+    pub prompt_id: Option<String>,
+    pub attempts: u32,
+    pub status: ReportStatus,
+    pub error: Option<JobError>,
+    pub images: Vec<ImageRecord>,
+    pub timings: Timings,
+    /// The filled API-format workflow exactly as sent (`rerun` sends it again).
+    pub prompt: serde_json::Value,
+}
+
+impl JobReport {
+    pub fn pending(job: &Job) -> JobReport {
+        JobReport {
+            key: job.key.clone(),
+            page: job.page,
+            variant: job.variant,
+            seed: job.seed,
+            params: job.params.clone(),
+            job_hash: job.hash.clone(),
+            workflow_sha256: job.workflow_sha256.clone(),
+            output_nodes: job.output_nodes.clone(),
+            server: None,
+            prompt_id: None,
+            attempts: 0,
+            status: ReportStatus::Pending,
+            error: None,
+            images: Vec::new(),
+            timings: Timings::default(),
+            prompt: job.workflow.clone(),
+        }
+    }
+
+    /// The `Job` this entry describes (what `rerun` submits).
+    pub fn to_job(&self, chapter: u16) -> Job {
+        Job {
+            key: self.key.clone(),
+            chapter,
+            page: self.page,
+            variant: self.variant,
+            seed: self.seed,
+            params: self.params.clone(),
+            workflow: self.prompt.clone(),
+            output_nodes: self.output_nodes.clone(),
+            hash: self.job_hash.clone(),
+            workflow_sha256: self.workflow_sha256.clone(),
+        }
+    }
+}
+
+impl RunReport {
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals {
+            jobs: self.jobs.len(),
+            ..Totals::default()
+        };
+        for job in &self.jobs {
+            match job.status {
+                ReportStatus::Pending => totals.pending += 1,
+                ReportStatus::Succeeded => totals.succeeded += 1,
+                ReportStatus::Skipped => totals.skipped += 1,
+                ReportStatus::Failed => totals.failed += 1,
+                ReportStatus::TimedOut => totals.timed_out += 1,
+                ReportStatus::Cancelled => totals.cancelled += 1,
+            }
+        }
+        totals
+    }
+
+    pub fn read(path: &Path) -> Result<RunReport, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{}:{}:{}: not a plasma-batch run report: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })
+    }
+}
+
+/// Keeps a report current on disk as outcomes arrive.
+pub struct ReportWriter {
+    report: RunReport,
+    path: PathBuf,
+    index: HashMap<String, usize>,
+    finished: usize,
+    written_finished: usize,
+    last_write: Instant,
+}
+
+impl ReportWriter {
+    pub fn new(report: RunReport, path: PathBuf) -> ReportWriter {
+        let index = report
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| (job.key.clone(), i))
+            .collect();
+        let finished = report
+            .jobs
+            .iter()
+            .filter(|j| j.status != ReportStatus::Pending)
+            .count();
+        ReportWriter {
+            report,
+            path,
+            index,
+            finished,
+            written_finished: 0,
+            last_write: Instant::now(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn report(&self) -> &RunReport {
+        &self.report
+    }
+
+    /// Record an outcome; rewrite the file when the rule above says so.
+    pub fn record(&mut self, outcome: &JobOutcome) -> Result<(), PathError> {
+        if let Some(&i) = self.index.get(&outcome.key) {
+            let job = &mut self.report.jobs[i];
+            if job.status == ReportStatus::Pending {
+                self.finished += 1;
+            }
+            job.status = outcome.status.into();
+            job.server = outcome.server.clone();
+            job.prompt_id = outcome.prompt_id.clone();
+            job.attempts = outcome.attempts;
+            job.error = outcome.error.clone();
+            job.images = outcome.images.clone();
+            job.timings = outcome.timings.clone();
+        }
+        let new = self.finished - self.written_finished;
+        if new * 8 >= self.written_finished.max(8)
+            || self.last_write.elapsed() >= Duration::from_secs(1)
+        {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    /// Write the current state now.
+    pub fn write(&mut self) -> Result<(), PathError> {
+        self.report.totals = self.report.totals();
+        let bytes = serde_json::to_vec_pretty(&self.report).expect("reports serialize");
+        write_atomic(&self.path, &bytes)?;
+        self.written_finished = self.finished;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Mark the run over and write the final report.
+    pub fn finish(mut self, ended_at: SystemTime) -> Result<RunReport, PathError> {
+        self.report.complete = true;
+        self.report.ended_at = Some(rfc3339(ended_at));
+        self.write()?;
+        Ok(self.report)
+    }
+}
+
+/// `2026-11-25T19:30:00.123Z` (UTC), without a date-time dependency.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// A sortable run id: `20261125T193000Z-1a2b3c4d`.
+pub fn new_run_id(time: SystemTime) -> String {
+    let stamp = rfc3339(time);
+    let compact: String = stamp[..19]
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{compact}Z-{suffix}")
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_632_441_262);
+        assert_eq!(rfc3339(t), "2026-11-25T18:47:21.262Z");
+        // A leap day.
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+        let id = new_run_id(t);
+        assert!(
+            id.starts_with("20000229T000000Z-") && id.len() == 25,
+            "{id}"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! What a person sees while a run goes, and the thread that keeps the report current.
+//!
+//! On a terminal: an overall bar (counts, ETA) and one line per server with its current job
+//! and sampler step. Elsewhere (CI): one plain line per finished job. `--quiet` and `--json`
+//! print nothing per job. All of it goes to stderr; stdout is kept for `--json`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+
+use super::json::ReportWriter;
+use crate::events::{Event, JobOutcome, JobStatus, ServerState};
+use crate::output::PathError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live bars (stderr is a terminal).
+    Live,
+    /// One line per finished job.
+    Plain,
+    /// Nothing per job.
+    Quiet,
+}
+
+/// The result of the collector thread.
+pub struct Collected {
+    pub writer: ReportWriter,
+    /// The first report write that failed (the run goes on; the final write tries again).
+    pub write_error: Option<PathError>,
+}
+
+/// Consume engine events on a thread of its own until the engine's sender is dropped.
+pub fn spawn_collector(
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut writer: ReportWriter,
+    mode: Mode,
+    total: usize,
+    already_done: usize,
+) -> std::thread::JoinHandle<Collected> {
+    std::thread::spawn(move || {
+        let mut display = Display::new(mode, total, already_done);
+        let mut write_error = None;
+        while let Some(event) = events.blocking_recv() {
+            if let Event::Finished(outcome) = &event
+                && let Err(error) = writer.record(outcome)
+                && write_error.is_none()
+            {
+                write_error = Some(error);
+            }
+            display.show(&event);
+        }
+        display.finish();
+        Collected {
+            writer,
+            write_error,
+        }
+    })
+}
+
+struct Display {
+    mode: Mode,
+    multi: Option<MultiProgress>,
+    overall: Option<ProgressBar>,
+    servers: Vec<ProgressBar>,
+    server_urls: Vec<String>,
+}
+
+impl Display {
+    fn new(mode: Mode, total: usize, already_done: usize) -> Display {
+        let (multi, overall) = if mode == Mode::Live {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let bar = multi.add(ProgressBar::new(total as u64));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} jobs  {msg}  ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_position(already_done as u64);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            (Some(multi), Some(bar))
+        } else {
+            (None, None)
+        };
+        Display {
+            mode,
+            multi,
+            overall,
+            servers: Vec::new(),
+            server_urls: Vec::new(),
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(text);
+            }
+            None => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{text}");
+            }
+        }
+    }
+
+    fn show(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted { servers, .. } => {
+                self.server_urls = servers.clone();
+                if let Some(multi) = &self.multi {
+                    for url in servers {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("  {prefix}  {msg}")
+                                .expect("valid template"),
+                        );
+                        bar.set_prefix(url.clone());
+                        bar.set_message("connecting");
+                        self.servers.push(bar);
+                    }
+                }
+            }
+            Event::Started { key, server } => {
+                self.server_message(*server, format!("{key}  starting"))
+            }
+            Event::Progress {
+                key,
+                server,
+                value,
+                max,
+            } => self.server_message(*server, format!("{key}  step {value}/{max}")),
+            Event::Server { server, state } => {
+                let url = self.server_urls.get(*server).cloned().unwrap_or_default();
+                match state {
+                    ServerState::Connected => self.server_message(*server, "connected".to_owned()),
+                    ServerState::Reconnecting(reason) => {
+                        self.server_message(*server, format!("reconnecting: {reason}"));
+                        if self.mode == Mode::Plain {
+                            self.line(format!("warn {url}: reconnecting: {reason}"));
+                        }
+                    }
+                    ServerState::Retired(reason) => {
+                        self.server_message(*server, format!("out of rotation: {reason}"));
+                        if self.mode != Mode::Quiet {
+                            self.line(format!("warn {url} taken out of rotation: {reason}"));
+                        }
+                    }
+                }
+            }
+            Event::Retrying { key, reason, .. } => {
+                if self.mode != Mode::Quiet {
+                    self.line(format!("retry {key}: {reason}"));
+                }
+            }
+            Event::Finished(outcome) => {
+                if let Some(bar) = &self.overall {
+                    bar.inc(1);
+                    if !outcome.status.is_ok() {
+                        bar.set_message(format!("last failure: {}", outcome.key));
+                    }
+                }
+                if self.mode != Mode::Quiet {
+                    self.line(finished_line(outcome));
+                }
+            }
+            Event::Submitted { .. } => {}
+        }
+    }
+
+    fn server_message(&self, server: usize, message: String) {
+        if let Some(bar) = self.servers.get(server) {
+            bar.set_message(message);
+        }
+    }
+
+    fn finish(&self) {
+        for bar in &self.servers {
+            bar.finish_and_clear();
+        }
+        if let Some(bar) = &self.overall {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `  ok ch01_p001_s1 -> ch-01/raw/comfyui/ch01_p001_v1.png (1.4 s, http://...)`
+pub fn finished_line(outcome: &JobOutcome) -> String {
+    let took = match (
+        outcome.timings.queued,
+        outcome.timings.downloaded.or(outcome.timings.executed),
+    ) {
+        (Some(start), Some(end)) => format!("{:.1} s, ", end.saturating_sub(start) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    let server = outcome.server.as_deref().unwrap_or("-");
+    let images = outcome
+        .images
+        .iter()
+        .map(|i| i.path.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match outcome.status {
+        JobStatus::Succeeded => format!("  ok {} -> {images} ({took}{server})", outcome.key),
+        JobStatus::Skipped => format!("skip {} (already rendered: {images})", outcome.key),
+        status => {
+            let tag = match status {
+                JobStatus::TimedOut => "TIME",
+                JobStatus::Cancelled => "STOP",
+                _ => "FAIL",
+            };
+            let reason = outcome
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or("unknown error");
+            format!("{tag} {}: {reason}", outcome.key)
+        }
+    }
+}
