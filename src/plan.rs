@@ -1,11 +1,65 @@
-//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files).
+//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). [`expand`]
+//! is the planner; [`load_plan`] is the one entry point that reads files (the manifest and
+//! its workflow templates) and then calls it. Seeds, keys and hashes are documented in
+//! `docs/manifest.md`.
 //!
 //! OWNED BY THE MANIFEST WORK (issue 2). The `Job` shape below is the contract the engine,
 //! the report and `rerun` build on: extend it, but keep these fields and their meaning.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cmd::Diagnostic;
+use crate::manifest::model::{
+    DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
+    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
+    DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
+};
+use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
+use crate::workflow::{Placeholder, SlotValues, Template};
+
+/// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
+pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
+
+/// A whole chapter's plan: the manifest's identity, its server settings and every job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The manifest path as given.
+    pub manifest_path: PathBuf,
+    /// sha256 (hex) of the manifest's bytes.
+    pub manifest_sha256: String,
+    pub chapter: u16,
+    pub title: Option<String>,
+    pub comfy: ComfySettings,
+    /// Page ascending, then variant ascending.
+    pub jobs: Vec<Job>,
+}
+
+impl Plan {
+    /// How many distinct pages the jobs cover.
+    pub fn page_count(&self) -> usize {
+        self.jobs
+            .iter()
+            .map(|j| j.page)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// `[comfy]` from the manifest; CLI flags and `PLASMA_COMFY_URL` override it (executor side).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComfySettings {
+    /// May be empty: the command line or the environment then has to name a server.
+    pub servers: Vec<String>,
+    pub timeout_secs: f64,
+    pub in_flight: Option<usize>,
+}
 
 /// One image request: a page variant with its resolved parameters and filled workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,4 +115,423 @@ pub struct LoraParams {
 pub enum SeedSource {
     Explicit,
     Derived,
+}
+
+/// Read a manifest and the workflow templates it names, check everything, and plan every job.
+/// On failure, returns every problem found (manifest problems first, in file order).
+pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
+    let file = read_manifest(manifest).map_err(|p| vec![Box::new(p) as Diagnostic])?;
+    let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
+    let (parsed, mut problems) = parse_manifest(&file);
+    let Some(parsed) = parsed else {
+        return Err(finish(problems, file.name()));
+    };
+    let base = manifest.parent().unwrap_or(Path::new(""));
+    let templates = load_templates(&parsed, base, &mut problems);
+    match expand(&parsed, &templates) {
+        Ok(jobs) if problems.is_empty() => Ok(Plan {
+            manifest_path: manifest.to_path_buf(),
+            manifest_sha256,
+            chapter: parsed.chapter.number,
+            title: parsed.chapter.title.clone(),
+            comfy: ComfySettings {
+                servers: parsed.comfy.servers.clone(),
+                timeout_secs: parsed.comfy.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+                in_flight: parsed.comfy.in_flight,
+            },
+            jobs,
+        }),
+        Ok(_) => Err(finish(problems, file.name())),
+        Err(more) => {
+            problems.extend(more);
+            Err(finish(problems, file.name()))
+        }
+    }
+}
+
+/// Templates by the path as written in the manifest. One that failed to load is absent (its
+/// problem is already recorded), and pages using it are not planned.
+pub type Templates = BTreeMap<String, Template>;
+
+/// Load every template the manifest names, once each, relative to the manifest's directory.
+fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>) -> Templates {
+    let mut templates = Templates::new();
+    let mut tried = BTreeSet::new();
+    let all_settings =
+        std::iter::once(&manifest.defaults).chain(manifest.pages.iter().map(|p| &p.settings));
+    for settings in all_settings {
+        for written in [&settings.workflow, &settings.lora_workflow]
+            .into_iter()
+            .flatten()
+        {
+            if !tried.insert(written.get_ref().as_str()) {
+                continue;
+            }
+            let path = base.join(written.get_ref());
+            let shown = tidy_path(&path).display().to_string();
+            match std::fs::read(&path) {
+                Ok(bytes) => match Template::parse(&shown, bytes) {
+                    Ok(template) => {
+                        templates.insert(written.get_ref().clone(), template);
+                    }
+                    Err(found) => problems.extend(found),
+                },
+                Err(err) => problems.push(
+                    Problem::at(
+                        "manifest::workflow_unreadable",
+                        &manifest.file,
+                        written.span(),
+                        format!("failed to read workflow `{shown}`: {err}"),
+                        "this workflow file",
+                    )
+                    .with_help(
+                        "workflow paths are relative to the manifest's directory, e.g. \
+                         \"../workflows/txt2img.json\"",
+                    ),
+                ),
+            }
+        }
+    }
+    templates
+}
+
+/// `a/b/../c` -> `a/c`, for display only (the file is read through the path as joined).
+fn tidy_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Manifest problems first, then each workflow file's, in the order the files were first
+/// named; within a file, in source order.
+fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Diagnostic> {
+    let mut rank: BTreeMap<String, usize> = BTreeMap::new();
+    rank.insert(manifest_name.to_owned(), 0);
+    for p in &problems {
+        let name = p.file_name().unwrap_or(manifest_name).to_owned();
+        let next = rank.len();
+        rank.entry(name).or_insert(next);
+    }
+    problems.sort_by_key(|p| (rank[p.file_name().unwrap_or(manifest_name)], p.offset()));
+    problems
+        .into_iter()
+        .map(|p| Box::new(p) as Diagnostic)
+        .collect()
+}
+
+/// A page's settings with the defaults applied.
+struct Resolved<'m> {
+    page: &'m Page,
+    workflow: Option<&'m toml::Spanned<String>>,
+    output_node: Option<&'m toml::Spanned<String>>,
+    lora: Option<(&'m LoraParams, Range<usize>)>,
+}
+
+fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
+    let (d, s) = (&manifest.defaults, &page.settings);
+    let lora = s
+        .lora
+        .as_ref()
+        .or(d.lora.as_ref())
+        .and_then(|l| match l.get_ref() {
+            LoraSetting::Use(params) => Some((params, l.span())),
+            LoraSetting::Off => None,
+        });
+    // A page's own `workflow` wins; a page with a LoRA then takes `lora_workflow` if any.
+    let workflow = s.workflow.as_ref().or_else(|| {
+        lora.as_ref()
+            .and_then(|_| s.lora_workflow.as_ref().or(d.lora_workflow.as_ref()))
+            .or(d.workflow.as_ref())
+    });
+    Resolved {
+        page,
+        workflow,
+        output_node: s.output_node.as_ref().or(d.output_node.as_ref()),
+        lora,
+    }
+}
+
+/// Plan every job of a checked manifest, given its loaded templates. Pure: no files, clock or
+/// network. Returns the problems that need both the manifest and the templates to see.
+pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
+    let mut pages: Vec<&Page> = manifest.pages.iter().collect();
+    pages.sort_by_key(|p| p.page);
+
+    let resolved: Vec<Resolved<'_>> = pages.iter().map(|p| resolve(manifest, p)).collect();
+    let no_workflow: Vec<&Resolved<'_>> =
+        resolved.iter().filter(|r| r.workflow.is_none()).collect();
+    if let Some(first) = no_workflow.first() {
+        problems.push(
+            Problem::at(
+                "manifest::no_workflow",
+                &manifest.file,
+                first.page.header.clone(),
+                format!(
+                    "page {} has no workflow ({} page(s) in all)",
+                    first.page.page,
+                    no_workflow.len()
+                ),
+                "no workflow for this page",
+            )
+            .with_help(
+                "set `workflow = \"../workflows/txt2img.json\"` in [defaults] (relative to the \
+                 manifest), or on the page",
+            ),
+        );
+    }
+
+    // Pages without a value for a template's LoRA slots, per template.
+    let mut lacking_lora: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for r in &resolved {
+        let Some(written) = r.workflow else { continue };
+        let Some(template) = templates.get(written.get_ref()) else {
+            continue;
+        };
+        let output_nodes = match r.output_node {
+            Some(id) if template.has_node(id.get_ref()) => vec![id.get_ref().clone()],
+            Some(id) => {
+                if reported.insert(("output", written.get_ref().clone(), id.span().start)) {
+                    problems.push(
+                        Problem::at(
+                            "manifest::unknown_output_node",
+                            &manifest.file,
+                            id.span(),
+                            format!(
+                                "output node `{}` is not in workflow `{}`",
+                                id.get_ref(),
+                                template.file().name()
+                            ),
+                            "no such node",
+                        )
+                        .with_help("name the id of the node whose `images` are the output"),
+                    );
+                }
+                continue;
+            }
+            None if template.save_nodes().is_empty() => {
+                if reported.insert(("no_output", written.get_ref().clone(), 0)) {
+                    problems.push(template.no_output_problem());
+                }
+                continue;
+            }
+            None => template.save_nodes().to_vec(),
+        };
+        match &r.lora {
+            Some((_, span)) if !template.uses(Placeholder::LoraName) => {
+                if reported.insert(("lora_ignored", written.get_ref().clone(), span.start)) {
+                    problems.push(
+                        Problem::at(
+                            "manifest::lora_unused",
+                            &manifest.file,
+                            span.clone(),
+                            format!(
+                                "page {} has a LoRA, but workflow `{}` has no `{{{{lora_name}}}}` slot",
+                                r.page.page,
+                                template.file().name()
+                            ),
+                            "this LoRA would be ignored",
+                        )
+                        .with_help(
+                            "set `lora_workflow = \"../workflows/txt2img-lora.json\"` in \
+                             [defaults], or `workflow` on the page, to a workflow with a LoraLoader",
+                        ),
+                    );
+                }
+                continue;
+            }
+            None if Placeholder::ALL
+                .iter()
+                .any(|p| p.needs_lora() && template.uses(*p)) =>
+            {
+                lacking_lora
+                    .entry(written.get_ref().as_str())
+                    .or_default()
+                    .push(r.page.page);
+                continue;
+            }
+            _ => {}
+        }
+        if problems.is_empty() {
+            page_jobs(manifest, r, template, output_nodes, &mut jobs);
+        }
+    }
+    for (written, pages) in lacking_lora {
+        let template = &templates[written];
+        let placeholder = Placeholder::ALL
+            .into_iter()
+            .find(|p| p.needs_lora() && template.uses(*p))
+            .unwrap_or(Placeholder::LoraName);
+        problems.push(template.missing_value_problem(placeholder, &pages));
+    }
+    if problems.is_empty() {
+        Ok(jobs)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The jobs of one page, appended in variant order.
+fn page_jobs(
+    manifest: &Manifest,
+    r: &Resolved<'_>,
+    template: &Template,
+    output_nodes: Vec<String>,
+    jobs: &mut Vec<Job>,
+) {
+    let (d, s) = (&manifest.defaults, &r.page.settings);
+    let chapter = manifest.chapter.number;
+    let page = r.page.page;
+    let seeds: Vec<(u64, SeedSource)> = match &r.page.seeds {
+        PageSeeds::Explicit(seeds) => seeds.iter().map(|s| (*s, SeedSource::Explicit)).collect(),
+        PageSeeds::Derived => {
+            let chapter_seed = manifest.chapter.seed.unwrap_or(DEFAULT_CHAPTER_SEED);
+            let count = s.variants.or(d.variants).unwrap_or(DEFAULT_VARIANTS);
+            (1..=count)
+                .map(|v| {
+                    (
+                        derive_seed(chapter, chapter_seed, page, v),
+                        SeedSource::Derived,
+                    )
+                })
+                .collect()
+        }
+    };
+    let pick = |own: &Option<String>, default: &Option<String>, fallback: &str| {
+        own.as_ref()
+            .or(default.as_ref())
+            .map_or_else(|| fallback.to_owned(), Clone::clone)
+    };
+    let base = JobParams {
+        prompt: r.page.prompt.clone(),
+        negative: pick(&s.negative, &d.negative, DEFAULT_NEGATIVE),
+        checkpoint: pick(&s.checkpoint, &d.checkpoint, DEFAULT_CHECKPOINT),
+        steps: s.steps.or(d.steps).unwrap_or(DEFAULT_STEPS),
+        cfg: s.cfg.or(d.cfg).unwrap_or(DEFAULT_CFG),
+        sampler: pick(&s.sampler, &d.sampler, DEFAULT_SAMPLER),
+        scheduler: pick(&s.scheduler, &d.scheduler, DEFAULT_SCHEDULER),
+        width: s.width.or(d.width).unwrap_or(DEFAULT_WIDTH),
+        height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
+        lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
+        workflow_path: PathBuf::from(template.file().name()),
+        filename_prefix: String::new(),
+        seed_source: SeedSource::Derived,
+    };
+    for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
+        let variant = index as u32 + 1;
+        let key = job_key(chapter, page, variant);
+        let params = JobParams {
+            filename_prefix: format!("plasma/ch{chapter:02}/{key}"),
+            seed_source,
+            ..base.clone()
+        };
+        let workflow = template
+            .fill(&slot_values(seed, &params))
+            .expect("every placeholder was checked to have a value");
+        jobs.push(Job {
+            hash: job_hash(&workflow),
+            key,
+            chapter,
+            page,
+            variant,
+            seed,
+            params,
+            workflow,
+            output_nodes: output_nodes.clone(),
+            workflow_sha256: template.sha256().to_owned(),
+        });
+    }
+}
+
+fn slot_values(seed: u64, p: &JobParams) -> SlotValues {
+    let mut v = SlotValues::default();
+    v.set(Placeholder::Seed, seed);
+    v.set(Placeholder::Prompt, p.prompt.as_str());
+    v.set(Placeholder::Negative, p.negative.as_str());
+    v.set(Placeholder::Checkpoint, p.checkpoint.as_str());
+    v.set(Placeholder::Steps, p.steps);
+    v.set(Placeholder::Cfg, p.cfg);
+    v.set(Placeholder::Sampler, p.sampler.as_str());
+    v.set(Placeholder::Scheduler, p.scheduler.as_str());
+    v.set(Placeholder::Width, p.width);
+    v.set(Placeholder::Height, p.height);
+    v.set(Placeholder::FilenamePrefix, p.filename_prefix.as_str());
+    if let Some(lora) = &p.lora {
+        v.set(Placeholder::LoraName, lora.name.as_str());
+        v.set(Placeholder::LoraStrengthModel, lora.strength_model);
+        v.set(Placeholder::LoraStrengthClip, lora.strength_clip);
+    }
+    v
+}
+
+/// `ch01_p003_s2`: chapter (2 digits at least), page (3 digits), 1-based variant.
+pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
+    format!("ch{chapter:02}_p{page:03}_s{variant}")
+}
+
+/// The seed of a variant without an explicit seed: the first 8 bytes (big-endian) of
+/// sha256(`plasma-batch/seed/v1:{chapter}:{chapter_seed}:{page}:{variant}`), masked to 53 bits.
+pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> u64 {
+    let input = format!("plasma-batch/seed/v1:{chapter}:{chapter_seed}:{page}:{variant}");
+    let digest = Sha256::digest(input.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) & DERIVED_SEED_MASK
+}
+
+/// sha256 (hex) of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled
+/// workflow: serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
+pub fn job_hash(workflow: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"plasma-batch/job/v1\n");
+    write_canonical(workflow, &mut hasher);
+    hex::encode(hasher.finalize())
+}
+
+fn write_canonical(value: &Value, out: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.update(b"{");
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                write_json(&Value::from(key.as_str()), out);
+                out.update(b":");
+                write_canonical(item, out);
+            }
+            out.update(b"}");
+        }
+        Value::Array(items) => {
+            out.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                write_canonical(item, out);
+            }
+            out.update(b"]");
+        }
+        scalar => write_json(scalar, out),
+    }
+}
+
+fn write_json(value: &Value, out: &mut Sha256) {
+    // Writing into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+    let _ = out.flush();
 }

@@ -1,11 +1,23 @@
-//! `plasma-batch validate`.
+//! `plasma-batch validate`: check a manifest and its workflow templates; print a one-line
+//! summary, or every problem at once. Writes nothing.
 
 use crate::cli::ValidateArgs;
-use crate::cmd::CmdResult;
+use crate::cmd::{CmdError, CmdResult};
+use crate::exit_codes;
+use crate::plan::load_plan;
 
-pub async fn validate(_args: ValidateArgs) -> CmdResult {
-    Err(crate::cmd::CmdError::new(
-        crate::exit_codes::USAGE,
-        miette::MietteDiagnostic::new("`validate` is not built yet"),
-    ))
+pub async fn validate(args: ValidateArgs) -> CmdResult {
+    // `args.servers` (the `/object_info` preflight) is wired in by the executor work.
+    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
+        exit_code: exit_codes::INVALID_MANIFEST,
+        diagnostics,
+    })?;
+    println!(
+        "ok: {}: chapter {}, {} pages, {} jobs",
+        plan.manifest_path.display(),
+        plan.chapter,
+        plan.page_count(),
+        plan.jobs.len()
+    );
+    Ok(exit_codes::OK)
 }

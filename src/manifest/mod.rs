@@ -1,1 +1,13 @@
-//! manifest
+//! The manifest language: the only code that reads manifest files. It turns TOML text into a
+//! checked [`Manifest`] or a list of spanned problems; it knows nothing of workflows or jobs.
+//! The language is documented in `docs/manifest.md`.
+
+pub mod diagnostic;
+pub mod model;
+pub mod parse;
+pub mod read;
+
+pub use diagnostic::{Problem, SourceFile};
+pub use model::Manifest;
+pub use parse::parse_manifest;
+pub use read::{MAX_MANIFEST_BYTES, read_manifest};

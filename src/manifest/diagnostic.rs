@@ -1,0 +1,183 @@
+//! Spanned, user-facing problems in a manifest or a workflow template.
+//!
+//! Each problem carries the file it is about and the exact bytes to underline, so miette can
+//! print `file:line:col` with the source. Manifest and workflow checks both build these;
+//! nothing here reads files or decides what is wrong.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode};
+
+/// A file as shown under a diagnostic: its display name and its full text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    name: String,
+    text: Arc<String>,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            text: Arc::new(text.into()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// One problem: what is wrong, where (labels in one file), and what to do about it.
+#[derive(Debug)]
+pub struct Problem {
+    code: &'static str,
+    message: String,
+    source: Option<Box<NamedSource<Arc<String>>>>,
+    labels: Vec<LabeledSpan>,
+    help: Option<String>,
+    /// Where the first label starts; problems are listed in file order.
+    offset: usize,
+}
+
+impl Problem {
+    /// A problem underlining `span` of `file`.
+    pub fn at(
+        code: &'static str,
+        file: &SourceFile,
+        span: Range<usize>,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Self {
+        let span = clamp(span, file.text().len());
+        Self {
+            code,
+            message: message.into(),
+            source: Some(Box::new(NamedSource::new(
+                &file.name,
+                Arc::clone(&file.text),
+            ))),
+            offset: span.start,
+            labels: vec![LabeledSpan::new_primary_with_span(Some(label.into()), span)],
+            help: None,
+        }
+    }
+
+    /// A problem that is about no particular bytes (an unreadable file, for instance).
+    pub fn bare(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            source: None,
+            labels: Vec::new(),
+            help: None,
+            offset: 0,
+        }
+    }
+
+    /// Underline more bytes of the same file.
+    pub fn with_label(mut self, span: Range<usize>, label: impl Into<String>) -> Self {
+        let len = self.source.as_ref().map_or(0, |s| s.inner().len());
+        self.labels.push(LabeledSpan::new_with_span(
+            Some(label.into()),
+            clamp(span, len),
+        ));
+        self
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The name of the file this problem is about, if any.
+    pub fn file_name(&self) -> Option<&str> {
+        self.source.as_ref().map(|s| s.name())
+    }
+
+    /// Byte offset of the primary label, for ordering problems within a file.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+}
+
+/// Keep a span inside the text so a renderer never indexes past the end.
+fn clamp(span: Range<usize>, len: usize) -> Range<usize> {
+    let start = span.start.min(len);
+    start..span.end.clamp(start, len)
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl Diagnostic for Problem {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.source.as_deref().map(|s| s as &dyn SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if self.labels.is_empty() {
+            None
+        } else {
+            Some(Box::new(self.labels.iter().cloned()))
+        }
+    }
+}
+
+/// The closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let keys = ["steps", "sampler", "scheduler"];
+        assert_eq!(did_you_mean("setps", &keys), Some("steps"));
+        assert_eq!(did_you_mean("schedular", &keys), Some("scheduler"));
+        assert_eq!(did_you_mean("banana", &keys), None);
+    }
+
+    #[test]
+    fn spans_are_clamped_to_the_text() {
+        assert_eq!(clamp(5..9, 7), 5..7);
+        assert_eq!(clamp(9..12, 7), 7..7);
+    }
+}

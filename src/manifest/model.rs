@@ -1,0 +1,94 @@
+//! The checked manifest: every value typed and in range, with the spans later checks point at.
+//! Built only by `manifest::parse`; read by planning.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::diagnostic::SourceFile;
+use crate::plan::LoraParams;
+
+/// The default checkpoint when neither `[defaults]` nor a page names one.
+pub const DEFAULT_CHECKPOINT: &str = "AnythingXL_inkBase.safetensors";
+/// The default negative prompt.
+pub const DEFAULT_NEGATIVE: &str = "lowres, bad anatomy, bad hands, text, error, missing fingers";
+pub const DEFAULT_STEPS: u32 = 20;
+pub const DEFAULT_CFG: f64 = 7.0;
+pub const DEFAULT_SAMPLER: &str = "euler";
+pub const DEFAULT_SCHEDULER: &str = "normal";
+pub const DEFAULT_WIDTH: u32 = 512;
+pub const DEFAULT_HEIGHT: u32 = 768;
+pub const DEFAULT_VARIANTS: u32 = 1;
+/// Per-job timeout when `[comfy] timeout` is absent.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 90.0;
+/// The chapter seed when `[chapter] seed` is absent.
+pub const DEFAULT_CHAPTER_SEED: u64 = 0;
+
+/// A manifest that passed every check that needs only the manifest itself.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: SourceFile,
+    pub chapter: Chapter,
+    pub comfy: Comfy,
+    pub defaults: Settings,
+    /// In manifest order; page numbers are unique.
+    pub pages: Vec<Page>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chapter {
+    pub number: u16,
+    pub title: Option<String>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Comfy {
+    pub servers: Vec<String>,
+    pub timeout_secs: Option<f64>,
+    pub in_flight: Option<usize>,
+}
+
+/// The settings `[defaults]` gives and a page may override; `None` means "not set here".
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub workflow: Option<Spanned<String>>,
+    pub lora_workflow: Option<Spanned<String>>,
+    pub output_node: Option<Spanned<String>>,
+    pub checkpoint: Option<String>,
+    pub negative: Option<String>,
+    pub steps: Option<u32>,
+    pub cfg: Option<f64>,
+    pub sampler: Option<String>,
+    pub scheduler: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub lora: Option<Spanned<LoraSetting>>,
+    pub variants: Option<u32>,
+}
+
+/// `lora = { ... }` uses a LoRA; `lora = false` on a page drops the default one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoraSetting {
+    Use(LoraParams),
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub page: u16,
+    /// The `[[pages]]` header, for problems about the page as a whole.
+    pub header: Range<usize>,
+    pub prompt: String,
+    pub settings: Settings,
+    pub seeds: PageSeeds,
+}
+
+/// How a page's variants and their seeds are given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageSeeds {
+    /// `seed = N` or `seeds = [..]`: one variant per seed, used as given.
+    Explicit(Vec<u64>),
+    /// No seed: `variants` (page, else `[defaults]`, else 1) derived seeds.
+    Derived,
+}

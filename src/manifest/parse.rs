@@ -1,0 +1,667 @@
+//! Manifest text -> [`Manifest`], checking every key and value by hand so that all problems
+//! are reported at once, each underlining the exact bytes (no serde derive: its errors stop at
+//! the first problem and lose the span of unknown keys).
+
+use std::collections::BTreeMap;
+use std::ops::{Range, RangeInclusive};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostic::{Problem, SourceFile, did_you_mean};
+use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
+use crate::plan::LoraParams;
+
+const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
+const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
+const COMFY_KEYS: &[&str] = &["servers", "timeout", "in_flight"];
+const SETTING_KEYS: &[&str] = &[
+    "workflow",
+    "lora_workflow",
+    "output_node",
+    "checkpoint",
+    "negative",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "width",
+    "height",
+    "lora",
+    "variants",
+];
+const PAGE_KEYS: &[&str] = &[
+    "page",
+    "prompt",
+    "seed",
+    "seeds",
+    "workflow",
+    "lora_workflow",
+    "output_node",
+    "checkpoint",
+    "negative",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "width",
+    "height",
+    "lora",
+    "variants",
+];
+const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
+
+/// KSampler's schedulers in ComfyUI 0.8.0 (`comfy.samplers.SCHEDULER_NAMES`).
+pub const SCHEDULERS: &[&str] = &[
+    "simple",
+    "sgm_uniform",
+    "karras",
+    "exponential",
+    "ddim_uniform",
+    "beta",
+    "normal",
+    "linear_quadratic",
+    "kl_optimal",
+];
+
+/// KSampler's seed input range.
+const SEED_RANGE: RangeInclusive<i128> = 0..=u64::MAX as i128;
+const SEED_HELP: &str = "seeds are integers in KSampler's range 0..=18446744073709551615";
+
+/// Parse and check a manifest. The manifest is `None` only when the TOML itself is broken;
+/// otherwise it holds everything that could be checked, and is usable only if `problems` is
+/// empty.
+pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
+    let (doc, errors) = DeTable::parse_recoverable(file.text());
+    if !errors.is_empty() {
+        let problems = errors
+            .iter()
+            .map(|err| {
+                Problem::at(
+                    "manifest::syntax",
+                    file,
+                    err.span().unwrap_or(0..0),
+                    format!("invalid TOML: {}", err.message().trim_end()),
+                    "here",
+                )
+                .with_help("fix the TOML syntax (see docs/manifest.md for the manifest language)")
+            })
+            .collect();
+        return (None, problems);
+    }
+    let mut c = Checker {
+        file,
+        problems: Vec::new(),
+    };
+    let root = doc.get_ref();
+    c.unknown_keys(root, TOP_KEYS, "the manifest's top level");
+    let chapter = c.chapter(root.get("chapter"));
+    let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
+    let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
+        Some(t) => {
+            c.unknown_keys(t, SETTING_KEYS, "[defaults]");
+            c.settings(t)
+        }
+        None => Settings::default(),
+    };
+    let pages = c.pages(root.get("pages"));
+    let manifest = Manifest {
+        file: file.clone(),
+        chapter,
+        comfy,
+        defaults,
+        pages,
+    };
+    (Some(manifest), c.problems)
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Checker<'f> {
+    file: &'f SourceFile,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn error(
+        &mut self,
+        code: &'static str,
+        span: Range<usize>,
+        message: String,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.problems
+            .push(Problem::at(code, self.file, span, message, label).with_help(help));
+    }
+
+    fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], place: &str) {
+        for key in table.keys() {
+            let name: &str = key.get_ref();
+            if known.contains(&name) {
+                continue;
+            }
+            let help = match did_you_mean(name, known) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None => format!("{place} takes: {}", known.join(", ")),
+            };
+            self.error(
+                "manifest::unknown_key",
+                key.span(),
+                format!("unknown key `{name}` in {place}"),
+                "unknown key",
+                help,
+            );
+        }
+    }
+
+    fn wrong_type(&mut self, v: &Value<'_>, name: &str, expected: &str) {
+        let found = v.get_ref().type_str();
+        self.error(
+            "manifest::wrong_type",
+            v.span(),
+            format!("`{name}` must be {expected}, found {found}"),
+            format!("expected {expected}"),
+            format!("write `{name}` as {expected}"),
+        );
+    }
+
+    fn missing(&mut self, span: Range<usize>, name: &str, place: &str, help: &str) {
+        self.error(
+            "manifest::missing_key",
+            span,
+            format!("missing `{name}` in {place}"),
+            format!("`{name}` is required here"),
+            help,
+        );
+    }
+
+    fn table<'v, 'i>(&mut self, v: &'v Value<'i>, name: &str) -> Option<&'v DeTable<'i>> {
+        let table = v.get_ref().as_table();
+        if table.is_none() {
+            self.wrong_type(v, name, "a table");
+        }
+        table
+    }
+
+    fn integer(
+        &mut self,
+        v: &Value<'_>,
+        name: &str,
+        range: RangeInclusive<i128>,
+        help: &str,
+    ) -> Option<i128> {
+        let DeValue::Integer(int) = v.get_ref() else {
+            self.wrong_type(v, name, "an integer");
+            return None;
+        };
+        // A value too large even for i128 is simply out of range.
+        let value = i128::from_str_radix(int.as_str(), int.radix()).ok();
+        match value {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                let (lo, hi) = (range.start(), range.end());
+                self.error(
+                    "manifest::out_of_range",
+                    v.span(),
+                    format!("`{name}` must be between {lo} and {hi}, found {int}"),
+                    "out of range",
+                    help,
+                );
+                None
+            }
+        }
+    }
+
+    fn float(
+        &mut self,
+        v: &Value<'_>,
+        name: &str,
+        range: RangeInclusive<f64>,
+        help: &str,
+    ) -> Option<f64> {
+        let value = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => {
+                self.wrong_type(v, name, "a number");
+                return None;
+            }
+        };
+        match value {
+            Some(x) if range.contains(&x) => Some(x),
+            _ => {
+                let (lo, hi) = (range.start(), range.end());
+                let found = &self.file.text()[v.span()];
+                self.error(
+                    "manifest::out_of_range",
+                    v.span(),
+                    format!("`{name}` must be between {lo:?} and {hi:?}, found {found}"),
+                    "out of range",
+                    help,
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Value<'_>, name: &str, allow_empty: bool) -> Option<String> {
+        let Some(s) = v.get_ref().as_str() else {
+            self.wrong_type(v, name, "a string");
+            return None;
+        };
+        if !allow_empty && s.trim().is_empty() {
+            self.error(
+                "manifest::empty",
+                v.span(),
+                format!("`{name}` must not be empty"),
+                "empty",
+                format!("give `{name}` a value, or remove the key to use the default"),
+            );
+            return None;
+        }
+        Some(s.to_owned())
+    }
+
+    fn spanned_string(&mut self, v: &Value<'_>, name: &str) -> Option<Spanned<String>> {
+        self.string(v, name, false)
+            .map(|s| Spanned::new(v.span(), s))
+    }
+
+    fn chapter(&mut self, v: Option<&Value<'_>>) -> Chapter {
+        let mut chapter = Chapter {
+            number: 0,
+            title: None,
+            seed: None,
+        };
+        let Some(v) = v else {
+            self.missing(
+                0..0,
+                "[chapter]",
+                "the manifest",
+                "start the manifest with `[chapter]` and `number = 1`",
+            );
+            return chapter;
+        };
+        let Some(t) = self.table(v, "chapter") else {
+            return chapter;
+        };
+        self.unknown_keys(t, CHAPTER_KEYS, "[chapter]");
+        match t.get("number") {
+            Some(n) => {
+                if let Some(n) = self.integer(n, "number", 1..=999, "chapter numbers are 1..=999") {
+                    chapter.number = n as u16;
+                }
+            }
+            None => self.missing(
+                v.span(),
+                "number",
+                "[chapter]",
+                "add `number = 1` (1..=999)",
+            ),
+        }
+        if let Some(title) = t.get("title") {
+            chapter.title = self.string(title, "title", true);
+        }
+        if let Some(seed) = t.get("seed") {
+            chapter.seed = self
+                .integer(seed, "seed", SEED_RANGE, SEED_HELP)
+                .map(|s| s as u64);
+        }
+        chapter
+    }
+
+    fn comfy(&mut self, v: &Value<'_>) -> Comfy {
+        let mut comfy = Comfy::default();
+        let Some(t) = self.table(v, "comfy") else {
+            return comfy;
+        };
+        self.unknown_keys(t, COMFY_KEYS, "[comfy]");
+        if let Some(servers) = t.get("servers") {
+            match servers.get_ref().as_array() {
+                Some(list) => {
+                    for server in list.iter() {
+                        let Some(url) = self.string(server, "servers", false) else {
+                            continue;
+                        };
+                        if url.starts_with("http://") || url.starts_with("https://") {
+                            comfy.servers.push(url);
+                        } else {
+                            self.error(
+                                "manifest::bad_server",
+                                server.span(),
+                                format!("server `{url}` is not an http:// or https:// URL"),
+                                "not a URL",
+                                "write servers as base URLs, e.g. \"http://127.0.0.1:8188\"",
+                            );
+                        }
+                    }
+                }
+                None => self.wrong_type(servers, "servers", "an array of URLs"),
+            }
+        }
+        if let Some(timeout) = t.get("timeout") {
+            comfy.timeout_secs = self.float(
+                timeout,
+                "timeout",
+                1.0..=86400.0,
+                "`timeout` is seconds per job, counted from when the server starts it",
+            );
+        }
+        if let Some(n) = t.get("in_flight") {
+            comfy.in_flight = self
+                .integer(
+                    n,
+                    "in_flight",
+                    1..=64,
+                    "`in_flight` is prompts queued per server",
+                )
+                .map(|n| n as usize);
+        }
+        comfy
+    }
+
+    /// The settings keys of `[defaults]` or a page (unknown keys are checked by the caller).
+    fn settings(&mut self, t: &DeTable<'_>) -> Settings {
+        let mut s = Settings::default();
+        if let Some(v) = t.get("workflow") {
+            s.workflow = self.spanned_string(v, "workflow");
+        }
+        if let Some(v) = t.get("lora_workflow") {
+            s.lora_workflow = self.spanned_string(v, "lora_workflow");
+        }
+        if let Some(v) = t.get("output_node") {
+            s.output_node = self.spanned_string(v, "output_node");
+        }
+        if let Some(v) = t.get("checkpoint") {
+            s.checkpoint = self.string(v, "checkpoint", false);
+        }
+        if let Some(v) = t.get("negative") {
+            s.negative = self.string(v, "negative", true);
+        }
+        if let Some(v) = t.get("steps") {
+            s.steps = self
+                .integer(v, "steps", 1..=10000, "KSampler takes 1..=10000 steps")
+                .map(|n| n as u32);
+        }
+        if let Some(v) = t.get("cfg") {
+            s.cfg = self.float(
+                v,
+                "cfg",
+                0.0..=100.0,
+                "KSampler takes cfg from 0.0 to 100.0",
+            );
+        }
+        if let Some(v) = t.get("sampler") {
+            s.sampler = self.string(v, "sampler", false);
+        }
+        if let Some(v) = t.get("scheduler") {
+            s.scheduler = self.scheduler(v);
+        }
+        if let Some(v) = t.get("width") {
+            s.width = self.dimension(v, "width");
+        }
+        if let Some(v) = t.get("height") {
+            s.height = self.dimension(v, "height");
+        }
+        if let Some(v) = t.get("lora") {
+            s.lora = self.lora(v).map(|l| Spanned::new(v.span(), l));
+        }
+        if let Some(v) = t.get("variants") {
+            s.variants = self
+                .integer(
+                    v,
+                    "variants",
+                    1..=1000,
+                    "`variants` is images per page, 1..=1000",
+                )
+                .map(|n| n as u32);
+        }
+        s
+    }
+
+    fn scheduler(&mut self, v: &Value<'_>) -> Option<String> {
+        let name = self.string(v, "scheduler", false)?;
+        if SCHEDULERS.contains(&name.as_str()) {
+            return Some(name);
+        }
+        let help = match did_you_mean(&name, SCHEDULERS) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("KSampler's schedulers are: {}", SCHEDULERS.join(", ")),
+        };
+        self.error(
+            "manifest::unknown_scheduler",
+            v.span(),
+            format!("unknown scheduler `{name}`"),
+            "not a KSampler scheduler",
+            help,
+        );
+        None
+    }
+
+    fn dimension(&mut self, v: &Value<'_>, name: &str) -> Option<u32> {
+        let help = "EmptyLatentImage takes 16..=16384 pixels, in multiples of 8";
+        let n = self.integer(v, name, 16..=16384, help)?;
+        if n % 8 != 0 {
+            let (down, up) = (n / 8 * 8, n / 8 * 8 + 8);
+            self.error(
+                "manifest::not_multiple_of_8",
+                v.span(),
+                format!("`{name}` must be a multiple of 8, found {n}"),
+                "not a multiple of 8",
+                format!("use {down} or {up}: latent images are 1/8 of the pixel size"),
+            );
+            return None;
+        }
+        Some(n as u32)
+    }
+
+    fn lora(&mut self, v: &Value<'_>) -> Option<LoraSetting> {
+        if v.get_ref().as_bool() == Some(false) {
+            return Some(LoraSetting::Off);
+        }
+        let Some(t) = v.get_ref().as_table() else {
+            self.wrong_type(
+                v,
+                "lora",
+                "a table `{ name = \"...\", strength_model = 1.0, strength_clip = 1.0 }` or `false`",
+            );
+            return None;
+        };
+        self.unknown_keys(t, LORA_KEYS, "`lora`");
+        let help = "LoraLoader takes strengths from -100.0 to 100.0 (1.0 is full strength)";
+        let name = match t.get("name") {
+            Some(n) => self.string(n, "name", false),
+            None => {
+                self.missing(
+                    v.span(),
+                    "name",
+                    "`lora`",
+                    "name the LoRA file, e.g. `name = \"inkline_v2.safetensors\"`",
+                );
+                None
+            }
+        };
+        let mut strength = |key: &str| match t.get(key) {
+            Some(x) => self.float(x, key, -100.0..=100.0, help),
+            None => Some(1.0),
+        };
+        let strength_model = strength("strength_model");
+        let strength_clip = strength("strength_clip");
+        Some(LoraSetting::Use(LoraParams {
+            name: name?,
+            strength_model: strength_model?,
+            strength_clip: strength_clip?,
+        }))
+    }
+
+    fn pages(&mut self, v: Option<&Value<'_>>) -> Vec<Page> {
+        let help = "add pages as `[[pages]]` tables, each with `page = N` and `prompt = \"...\"`";
+        let Some(v) = v else {
+            self.missing(0..0, "[[pages]]", "the manifest", help);
+            return Vec::new();
+        };
+        let Some(list) = v.get_ref().as_array() else {
+            self.wrong_type(v, "pages", "an array of tables (`[[pages]]`)");
+            return Vec::new();
+        };
+        if list.is_empty() {
+            self.error(
+                "manifest::no_pages",
+                v.span(),
+                "the manifest has no pages".to_owned(),
+                "empty",
+                help,
+            );
+        }
+        let mut pages = Vec::with_capacity(list.len());
+        let mut seen: BTreeMap<u16, Range<usize>> = BTreeMap::new();
+        for item in list.iter() {
+            let Some(t) = self.table(item, "pages") else {
+                continue;
+            };
+            if let Some(page) = self.page(item.span(), t) {
+                let span = t.get("page").map(|p| p.span()).unwrap_or_default();
+                if let Some(first) = seen.get(&page.page) {
+                    let number = page.page;
+                    self.problems.push(
+                        Problem::at(
+                            "manifest::duplicate_page",
+                            self.file,
+                            span,
+                            format!("page {number} is defined twice"),
+                            "defined again here",
+                        )
+                        .with_label(first.clone(), "first defined here")
+                        .with_help(
+                            "page numbers must be unique; use `variants` or `seeds` for more \
+                             images of one page",
+                        ),
+                    );
+                } else {
+                    seen.insert(page.page, span);
+                    pages.push(page);
+                }
+            }
+        }
+        pages
+    }
+
+    fn page(&mut self, header: Range<usize>, t: &DeTable<'_>) -> Option<Page> {
+        self.unknown_keys(t, PAGE_KEYS, "[[pages]]");
+        let number = match t.get("page") {
+            Some(p) => self.integer(p, "page", 1..=999, "page numbers are 1..=999"),
+            None => {
+                self.missing(
+                    header.clone(),
+                    "page",
+                    "[[pages]]",
+                    "add `page = N` (1..=999)",
+                );
+                None
+            }
+        };
+        let prompt = match t.get("prompt") {
+            Some(p) => self.string(p, "prompt", false),
+            None => {
+                self.missing(
+                    header.clone(),
+                    "prompt",
+                    "[[pages]]",
+                    "add `prompt = \"...\"` describing the page",
+                );
+                None
+            }
+        };
+        let settings = self.settings(t);
+        let seeds = self.page_seeds(t, settings.variants);
+        Some(Page {
+            page: number? as u16,
+            header,
+            prompt: prompt?,
+            settings,
+            seeds: seeds?,
+        })
+    }
+
+    fn page_seeds(&mut self, t: &DeTable<'_>, variants: Option<u32>) -> Option<PageSeeds> {
+        let seed = t.get("seed");
+        let seeds = t.get("seeds");
+        if let (Some(_), Some(list)) = (seed, seeds) {
+            self.error(
+                "manifest::seed_conflict",
+                list.span(),
+                "a page cannot have both `seed` and `seeds`".to_owned(),
+                "second way to give seeds",
+                "use `seed = N` for one image, or `seeds = [..]` for one image per seed",
+            );
+            return None;
+        }
+        let explicit = match (seed, seeds) {
+            (Some(s), _) => vec![self.integer(s, "seed", SEED_RANGE, SEED_HELP)? as u64],
+            (None, Some(list)) => self.seed_list(list)?,
+            (None, None) => return Some(PageSeeds::Derived),
+        };
+        if let (Some(n), Some(v)) = (variants, t.get("variants")) {
+            if n as usize != explicit.len() {
+                let count = explicit.len();
+                self.error(
+                    "manifest::seed_conflict",
+                    v.span(),
+                    format!("`variants = {n}` but the page gives {count} explicit seed(s)"),
+                    "does not match the seeds",
+                    "with explicit seeds a page has one image per seed; remove `variants`",
+                );
+                return None;
+            }
+        }
+        Some(PageSeeds::Explicit(explicit))
+    }
+
+    fn seed_list(&mut self, v: &Value<'_>) -> Option<Vec<u64>> {
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, "seeds", "an array of integers");
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                "manifest::empty",
+                v.span(),
+                "`seeds` must not be empty".to_owned(),
+                "empty",
+                "list at least one seed, or remove `seeds` to derive them",
+            );
+            return None;
+        }
+        let mut seeds = Vec::with_capacity(items.len());
+        let mut seen: BTreeMap<u64, Range<usize>> = BTreeMap::new();
+        let mut ok = true;
+        for item in items.iter() {
+            let Some(seed) = self.integer(item, "seeds", SEED_RANGE, SEED_HELP) else {
+                ok = false;
+                continue;
+            };
+            let seed = seed as u64;
+            if let Some(first) = seen.get(&seed) {
+                self.problems.push(
+                    Problem::at(
+                        "manifest::duplicate_seed",
+                        self.file,
+                        item.span(),
+                        format!("seed {seed} is listed twice"),
+                        "listed again here",
+                    )
+                    .with_label(first.clone(), "first listed here")
+                    .with_help("the same seed with the same settings renders the same image"),
+                );
+                ok = false;
+            } else {
+                seen.insert(seed, item.span());
+                seeds.push(seed);
+            }
+        }
+        ok.then_some(seeds)
+    }
+}

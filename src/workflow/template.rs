@@ -1,0 +1,545 @@
+//! A parsed, checked API-format workflow template, with its placeholder slots indexed once so
+//! filling a job is a clone plus a few writes.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
+use super::spans::{SpanTree, index};
+use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
+
+/// The class whose nodes are a job's outputs unless the manifest names an `output_node`.
+pub const SAVE_IMAGE: &str = "SaveImage";
+
+const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (\"Export (API)\"): \
+    {\"<node id>\": {\"class_type\": \"...\", \"inputs\": {...}}, ...}";
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    file: SourceFile,
+    sha256: String,
+    graph: Value,
+    slots: Vec<Slot>,
+    save_nodes: Vec<String>,
+    /// Where each placeholder is first used: node id and the span of the string.
+    uses: BTreeMap<Placeholder, (String, Range<usize>)>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    /// From the graph root: node id, "inputs", input name, then any nesting.
+    path: Vec<Step>,
+    fill: Fill,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Fill {
+    Whole(Placeholder),
+    Pieces(Vec<Piece>),
+}
+
+impl Template {
+    /// Parse and check a template file's bytes; `name` is how diagnostics show the file.
+    pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Template, Vec<Problem>> {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => {
+                let at = err.utf8_error().valid_up_to();
+                let file = SourceFile::new(name, String::from_utf8_lossy(err.as_bytes()));
+                return Err(vec![
+                    Problem::at(
+                        "workflow::not_utf8",
+                        &file,
+                        at..at + char::REPLACEMENT_CHARACTER.len_utf8(),
+                        format!("workflow `{name}` is not valid UTF-8 (offset {at})"),
+                        "not UTF-8",
+                    )
+                    .with_help("JSON files must be UTF-8"),
+                ]);
+            }
+        };
+        let file = SourceFile::new(name, text);
+        let graph: Value = match serde_json::from_str(file.text()) {
+            Ok(graph) => graph,
+            Err(err) => return Err(vec![not_json(&file, &err)]),
+        };
+        let tree = index(file.text());
+        let mut checker = Checker {
+            file: &file,
+            problems: Vec::new(),
+            slots: Vec::new(),
+            uses: BTreeMap::new(),
+        };
+        let save_nodes = checker.graph(&graph, &tree);
+        if !checker.problems.is_empty() {
+            return Err(checker.problems);
+        }
+        let (slots, uses) = (checker.slots, checker.uses);
+        Ok(Template {
+            file,
+            sha256,
+            graph,
+            slots,
+            save_nodes,
+            uses,
+        })
+    }
+
+    pub fn file(&self) -> &SourceFile {
+        &self.file
+    }
+
+    /// sha256 (hex) of the template file's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn has_node(&self, id: &str) -> bool {
+        self.graph.get(id).is_some()
+    }
+
+    /// Ids of the `SaveImage` nodes, in file order.
+    pub fn save_nodes(&self) -> &[String] {
+        &self.save_nodes
+    }
+
+    pub fn uses(&self, placeholder: Placeholder) -> bool {
+        self.uses.contains_key(&placeholder)
+    }
+
+    /// The template with every placeholder replaced, or the first placeholder with no value.
+    ///
+    /// Substitution is one pass over the template's own strings: text that a value brings in
+    /// (a prompt containing `{{seed}}`, say) is never scanned again.
+    pub fn fill(&self, values: &SlotValues) -> Result<Value, Placeholder> {
+        let mut graph = self.graph.clone();
+        for slot in &self.slots {
+            let filled = match &slot.fill {
+                Fill::Whole(p) => values.get(*p).ok_or(*p)?.clone(),
+                Fill::Pieces(pieces) => {
+                    let mut text = String::new();
+                    for piece in pieces {
+                        match piece {
+                            Piece::Text(t) => text.push_str(t),
+                            Piece::Slot(p) => as_text(values.get(*p).ok_or(*p)?, &mut text),
+                        }
+                    }
+                    Value::String(text)
+                }
+            };
+            let mut target = &mut graph;
+            for step in &slot.path {
+                target = match step {
+                    Step::Key(k) => target.get_mut(k.as_str()),
+                    Step::Index(i) => target.get_mut(*i),
+                }
+                .expect("slot paths are taken from this template's own graph");
+            }
+            *target = filled;
+        }
+        Ok(graph)
+    }
+
+    /// A template with no output node, for jobs that name none.
+    pub fn no_output_problem(&self) -> Problem {
+        Problem::at(
+            "workflow::no_output",
+            &self.file,
+            0..1,
+            format!("workflow `{}` has no output node", self.file.name()),
+            "no SaveImage node in this workflow",
+        )
+        .with_help(
+            "add a SaveImage node, or name the node whose `images` are the output with \
+             `output_node = \"<id>\"` in the manifest",
+        )
+    }
+
+    /// A placeholder the template uses but some pages have no value for.
+    pub fn missing_value_problem(&self, placeholder: Placeholder, pages: &[u16]) -> Problem {
+        let (node, span) = self.uses.get(&placeholder).cloned().unwrap_or_default();
+        let name = placeholder.name();
+        let shown: Vec<String> = pages.iter().take(8).map(u16::to_string).collect();
+        let more = if pages.len() > 8 { ", ..." } else { "" };
+        let help = if placeholder.needs_lora() {
+            format!(
+                "page(s) {}{more} have no LoRA: give them `lora = {{ name = \"...\" }}`, or a \
+                 workflow without LoRA slots (a page must never send an empty LoRA name)",
+                shown.join(", ")
+            )
+        } else {
+            format!("page(s) {}{more} have no value for it", shown.join(", "))
+        };
+        Problem::at(
+            "workflow::no_value",
+            &self.file,
+            span,
+            format!(
+                "node `{node}` of workflow `{}` uses `{{{{{name}}}}}`, which some pages do not set",
+                self.file.name()
+            ),
+            "no value for this placeholder",
+        )
+        .with_help(help)
+    }
+}
+
+fn not_json(file: &SourceFile, err: &serde_json::Error) -> Problem {
+    let text = file.text();
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(err.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let at = (line_start + err.column().saturating_sub(1)).min(text.len());
+    let message = err.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
+    Problem::at(
+        "workflow::not_json",
+        file,
+        at..(at + 1).min(text.len()),
+        format!("workflow `{}` is not valid JSON: {message}", file.name()),
+        "here",
+    )
+    .with_help(API_FORMAT_HELP)
+}
+
+struct Checker<'f> {
+    file: &'f SourceFile,
+    problems: Vec<Problem>,
+    slots: Vec<Slot>,
+    uses: BTreeMap<Placeholder, (String, Range<usize>)>,
+}
+
+impl Checker<'_> {
+    fn error(
+        &mut self,
+        code: &'static str,
+        span: Range<usize>,
+        message: String,
+        label: &str,
+        help: String,
+    ) {
+        self.problems
+            .push(Problem::at(code, self.file, span, message, label).with_help(help));
+    }
+
+    /// Check every node; returns the `SaveImage` node ids.
+    fn graph(&mut self, graph: &Value, tree: &SpanTree) -> Vec<String> {
+        let name = self.file.name().to_owned();
+        let Some(nodes) = graph.as_object() else {
+            self.error(
+                "workflow::not_api_format",
+                tree.span(),
+                format!("workflow `{name}` is not an object of nodes"),
+                "expected an object",
+                API_FORMAT_HELP.to_owned(),
+            );
+            return Vec::new();
+        };
+        if nodes.is_empty() {
+            self.error(
+                "workflow::no_nodes",
+                tree.span(),
+                format!("workflow `{name}` has no nodes"),
+                "empty",
+                API_FORMAT_HELP.to_owned(),
+            );
+        }
+        let mut save_nodes = Vec::new();
+        for (id, node) in nodes {
+            let Some(entry) = tree.entry(id) else {
+                continue;
+            };
+            let node_span = entry.key_span.clone();
+            let Some(fields) = node.as_object() else {
+                self.error(
+                    "workflow::bad_node",
+                    entry.value.span(),
+                    format!("node `{id}` of workflow `{name}` is not an object"),
+                    "expected {\"class_type\": ..., \"inputs\": {...}}",
+                    API_FORMAT_HELP.to_owned(),
+                );
+                continue;
+            };
+            match fields.get("class_type") {
+                Some(Value::String(class)) if !class.is_empty() => {
+                    if class == SAVE_IMAGE {
+                        save_nodes.push(id.clone());
+                    }
+                }
+                Some(_) => {
+                    let span = entry.value.entry("class_type").map(|e| e.value.span());
+                    self.error(
+                        "workflow::no_class_type",
+                        span.unwrap_or(node_span.clone()),
+                        format!("node `{id}` of workflow `{name}` has a `class_type` that is not a node class name"),
+                        "expected a class name string",
+                        "set `class_type` to the node's class, e.g. \"KSampler\"".to_owned(),
+                    );
+                }
+                None => self.error(
+                    "workflow::no_class_type",
+                    node_span.clone(),
+                    format!("node `{id}` of workflow `{name}` has no `class_type`"),
+                    "this node has no class_type",
+                    "every node needs `class_type`, e.g. \"KSampler\"; ComfyUI refuses the whole \
+                     prompt otherwise"
+                        .to_owned(),
+                ),
+            }
+            let inputs_tree = entry.value.entry("inputs").map(|e| &e.value);
+            match (fields.get("inputs"), inputs_tree) {
+                (Some(Value::Object(inputs)), Some(inputs_tree)) => {
+                    for (input, value) in inputs {
+                        let Some(input_entry) = inputs_tree.entry(input) else {
+                            continue;
+                        };
+                        let path = vec![
+                            Step::Key(id.clone()),
+                            Step::Key("inputs".to_owned()),
+                            Step::Key(input.clone()),
+                        ];
+                        if let Value::Array(items) = value {
+                            self.link(nodes, id, input, items, &input_entry.value);
+                        } else {
+                            self.literal(id, value, &input_entry.value, path);
+                        }
+                    }
+                }
+                (None, _) => self.error(
+                    "workflow::bad_node",
+                    node_span,
+                    format!("node `{id}` of workflow `{name}` has no `inputs`"),
+                    "no inputs",
+                    "add `\"inputs\": {}` (an object, even when empty)".to_owned(),
+                ),
+                (Some(_), tree) => self.error(
+                    "workflow::bad_node",
+                    tree.map_or(node_span, SpanTree::span),
+                    format!("the `inputs` of node `{id}` in workflow `{name}` are not an object"),
+                    "expected an object",
+                    API_FORMAT_HELP.to_owned(),
+                ),
+            }
+        }
+        save_nodes
+    }
+
+    /// An input that is a list is a link: `["<node id>", <output index>]` to an existing node.
+    fn link(
+        &mut self,
+        nodes: &serde_json::Map<String, Value>,
+        id: &str,
+        input: &str,
+        items: &[Value],
+        tree: &SpanTree,
+    ) {
+        let name = self.file.name().to_owned();
+        let target = match items {
+            [Value::String(target), Value::Number(slot)] if slot.is_u64() => target,
+            _ => {
+                let help = match items {
+                    [Value::Number(n), _] => format!(
+                        "node ids in links are strings: write [\"{n}\", ...]; a literal list \
+                         must be wrapped as {{\"__value__\": [...]}}"
+                    ),
+                    _ => "a link is [\"<node id>\", <output index>], e.g. [\"4\", 0]; a literal \
+                          list must be wrapped as {\"__value__\": [...]}"
+                        .to_owned(),
+                };
+                self.error(
+                    "workflow::bad_link",
+                    tree.span(),
+                    format!("bad link in node `{id}` input `{input}` of workflow `{name}`"),
+                    "not [\"<node id>\", <output index>]",
+                    help,
+                );
+                return;
+            }
+        };
+        if !nodes.contains_key(target) {
+            let ids: Vec<&str> = nodes.keys().map(String::as_str).collect();
+            let help = match did_you_mean(target, &ids) {
+                Some(close) if ids.len() < 30 => {
+                    format!("did you mean node `{close}`? nodes: {}", ids.join(", "))
+                }
+                _ => format!("link to one of the workflow's nodes: {}", ids.join(", ")),
+            };
+            let span = tree.item(0).map_or(tree.span(), SpanTree::span);
+            self.error(
+                "workflow::dangling_link",
+                span,
+                format!(
+                    "node `{id}` input `{input}` of workflow `{name}` links to node `{target}`, \
+                     which does not exist"
+                ),
+                "no such node",
+                help,
+            );
+        }
+    }
+
+    /// Strings anywhere in a literal input may hold placeholders.
+    fn literal(&mut self, node: &str, value: &Value, tree: &SpanTree, path: Vec<Step>) {
+        match value {
+            Value::String(s) => match scan(s) {
+                Ok(Scanned::Literal) => {}
+                Ok(Scanned::Whole(p)) => self.slot(node, tree, path, Fill::Whole(p), &[p]),
+                Ok(Scanned::Pieces(pieces)) => {
+                    let used: Vec<Placeholder> = pieces
+                        .iter()
+                        .filter_map(|piece| match piece {
+                            Piece::Slot(p) => Some(*p),
+                            Piece::Text(_) => None,
+                        })
+                        .collect();
+                    self.slot(node, tree, path, Fill::Pieces(pieces), &used);
+                }
+                Err(unknown) => {
+                    for name in unknown {
+                        let help = match did_you_mean(&name, &Placeholder::NAMES) {
+                            Some(close) => format!("did you mean `{{{{{close}}}}}`?"),
+                            None => format!("placeholders are: {}", Placeholder::NAMES.join(", ")),
+                        };
+                        self.error(
+                            "workflow::unknown_placeholder",
+                            tree.span(),
+                            format!(
+                                "unknown placeholder `{{{{{name}}}}}` in node `{node}` of workflow `{}`",
+                                self.file.name()
+                            ),
+                            "unknown placeholder",
+                            help,
+                        );
+                    }
+                }
+            },
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(t) = tree.item(i) {
+                        let mut path = path.clone();
+                        path.push(Step::Index(i));
+                        self.literal(node, item, t, path);
+                    }
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if let Some(e) = tree.entry(key) {
+                        let mut path = path.clone();
+                        path.push(Step::Key(key.clone()));
+                        self.literal(node, item, &e.value, path);
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    fn slot(
+        &mut self,
+        node: &str,
+        tree: &SpanTree,
+        path: Vec<Step>,
+        fill: Fill,
+        used: &[Placeholder],
+    ) {
+        for p in used {
+            self.uses
+                .entry(*p)
+                .or_insert_with(|| (node.to_owned(), tree.span()));
+        }
+        self.slots.push(Slot { path, fill });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const GRAPH: &str = r#"{
+      "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": 64}},
+      "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "run/{{filename_prefix}}_{{seed}}"}}
+    }"#;
+
+    fn values() -> SlotValues {
+        let mut v = SlotValues::default();
+        v.set(Placeholder::Width, 512);
+        v.set(Placeholder::Seed, 7u64);
+        v.set(Placeholder::FilenamePrefix, "p");
+        v
+    }
+
+    #[test]
+    fn fills_typed_and_text_slots() {
+        let t = Template::parse("t.json", GRAPH.into()).unwrap();
+        assert_eq!(t.save_nodes(), ["2"]);
+        let filled = t.fill(&values()).unwrap();
+        assert_eq!(filled["1"]["inputs"]["width"], json!(512));
+        assert_eq!(filled["2"]["inputs"]["filename_prefix"], json!("run/p_7"));
+    }
+
+    #[test]
+    fn a_missing_value_is_named() {
+        let t = Template::parse("t.json", GRAPH.into()).unwrap();
+        let mut v = SlotValues::default();
+        v.set(Placeholder::Seed, 1u64);
+        v.set(Placeholder::FilenamePrefix, "p");
+        assert_eq!(t.fill(&v), Err(Placeholder::Width));
+    }
+
+    #[test]
+    fn filled_values_are_not_scanned_again() {
+        let t = Template::parse(
+            "t.json",
+            r#"{"9": {"class_type": "SaveImage", "inputs": {"a": "{{prompt}}", "b": "x {{prompt}}"}}}"#.into(),
+        )
+        .unwrap();
+        let mut v = SlotValues::default();
+        v.set(Placeholder::Prompt, "{{seed}} \"q\" \\ \n 🦀 שלום");
+        let filled = t.fill(&v).unwrap();
+        assert_eq!(
+            filled["9"]["inputs"]["a"],
+            json!("{{seed}} \"q\" \\ \n 🦀 שלום")
+        );
+        assert_eq!(
+            filled["9"]["inputs"]["b"],
+            json!("x {{seed}} \"q\" \\ \n 🦀 שלום")
+        );
+    }
+
+    #[test]
+    fn reports_every_broken_node() {
+        let problems = Template::parse(
+            "t.json",
+            r#"{"1": {"inputs": {}}, "2": {"class_type": "X", "inputs": {"a": [1, 0], "b": ["7", 0], "c": "{{sead}}"}}}"#.into(),
+        )
+        .unwrap_err();
+        let codes: Vec<&str> = problems.iter().map(Problem::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "workflow::no_class_type",
+                "workflow::bad_link",
+                "workflow::dangling_link",
+                "workflow::unknown_placeholder"
+            ]
+        );
+    }
+}
