@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub downloads: usize,
     /// First delay between retries; doubles each time, with jitter.
     pub backoff: Duration,
+    /// Transient failures in a row after which a server is taken out of rotation.
+    pub server_failures_to_retire: u32,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +76,7 @@ impl Default for EngineConfig {
             handshake_timeout: Duration::from_secs(10),
             downloads: 8,
             backoff: Duration::from_millis(200),
+            server_failures_to_retire: 4,
         }
     }
 }
@@ -91,6 +94,16 @@ pub struct RunContext {
     /// Becomes `true` when the run must stop (Ctrl-C, SIGTERM).
     pub cancel: watch::Receiver<bool>,
     pub started: Instant,
+    /// Prompts a previous run of these jobs posted and never saw finish (it was killed):
+    /// job key -> where. Such a job is first looked for on that server, not posted again.
+    pub reattach: HashMap<String, Reattach>,
+}
+
+/// A prompt of a previous run that may still be queued, running or finished on its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reattach {
+    pub server: String,
+    pub prompt_id: String,
 }
 
 impl RunContext {
@@ -115,8 +128,21 @@ pub async fn execute(
     jobs: Vec<Arc<Job>>,
     ctx: Arc<RunContext>,
 ) -> Vec<JobOutcome> {
+    let urls: Vec<&str> = servers.iter().map(ComfyClient::url).collect();
+    let tasks = jobs
+        .into_iter()
+        .map(|job| {
+            let mut task = Task::new(job);
+            if let Some(previous) = ctx.reattach.get(&task.job.key)
+                && urls.contains(&previous.server.as_str())
+            {
+                task.reattach = Some(previous.clone());
+            }
+            task
+        })
+        .collect();
     let shared = Arc::new(Shared {
-        queue: JobQueue::new(jobs.into_iter().map(Task::new).collect()),
+        queue: JobQueue::new(tasks),
         outcomes: Mutex::new(Vec::new()),
         downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
         config,
@@ -124,9 +150,16 @@ pub async fn execute(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = JoinSet::new();
+    let mut connections = JoinSet::new();
     for (index, client) in servers.into_iter().enumerate() {
         let conn = Arc::new(ServerConn::new(index, client));
-        workers.spawn(server_main(shared.clone(), conn, stop_rx.clone()));
+        connections.spawn(connection_task(
+            shared.clone(),
+            conn.clone(),
+            stop_rx.clone(),
+        ));
+        let reattach = shared.queue.take_reattach(conn.client.url());
+        workers.spawn(server_main(shared.clone(), conn, reattach));
     }
     // Cancellation: stop handing out work; running attempts see the flag themselves.
     let canceller = {
@@ -148,6 +181,7 @@ pub async fn execute(
     };
     while workers.join_next().await.is_some() {}
     let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
     canceller.abort();
     // Every server is gone (retired) while jobs remain: they cannot run anywhere.
     for task in shared.queue.close() {
@@ -184,6 +218,26 @@ struct Shared {
 
 impl Shared {
     fn finish(&self, outcome: JobOutcome) {
+        let local_failure = outcome
+            .error
+            .as_ref()
+            .filter(|e| e.kind == ErrorKind::Io)
+            .map(|e| e.message.clone());
+        self.record(outcome);
+        // A local write failure (disk full, permissions) will hit every job: stop posting
+        // work the GPU would render for nothing, and say why.
+        if let Some(message) = local_failure {
+            for task in self.queue.close() {
+                let error = JobError::new(
+                    ErrorKind::Io,
+                    format!("not started after a local write failure: {message}"),
+                );
+                self.record(task.fail(JobStatus::Failed, error));
+            }
+        }
+    }
+
+    fn record(&self, outcome: JobOutcome) {
         let job_hash = self.queue.hash_of(&outcome.key);
         let _ = self.ctx.ledger.append(&LedgerRecord::Finished {
             v: LEDGER_VERSION,
@@ -221,11 +275,13 @@ struct Task {
     server: Option<String>,
     prompt_id: Option<String>,
     timings: Timings,
+    reattach: Option<Reattach>,
 }
 
 impl Task {
     fn new(job: Arc<Job>) -> Task {
         Task {
+            reattach: None,
             key: Arc::from(job.key.as_str()),
             job,
             attempts: 0,
@@ -270,6 +326,8 @@ struct JobQueue {
 
 struct QueueState {
     ready: std::collections::VecDeque<Task>,
+    /// Re-attachments, handed to their own server's loop at start.
+    reattach: Vec<Task>,
     outstanding: usize,
     closed: bool,
 }
@@ -280,15 +338,29 @@ impl JobQueue {
             .iter()
             .map(|t| (t.job.key.clone(), t.job.hash.clone()))
             .collect();
+        let outstanding = tasks.len();
+        let (reattach, ready): (Vec<Task>, Vec<Task>) =
+            tasks.into_iter().partition(|t| t.reattach.is_some());
         JobQueue {
             state: Mutex::new(QueueState {
-                outstanding: tasks.len(),
-                ready: tasks.into(),
+                outstanding,
+                ready: ready.into(),
+                reattach,
                 closed: false,
             }),
             changed: Notify::new(),
             hashes,
         }
+    }
+
+    /// The re-attachments that belong to the server at `url`.
+    fn take_reattach(&self, url: &str) -> Vec<Task> {
+        let mut state = self.state.lock().expect("queue poisoned");
+        let (mine, rest): (Vec<Task>, Vec<Task>) = std::mem::take(&mut state.reattach)
+            .into_iter()
+            .partition(|t| t.reattach.as_ref().is_some_and(|r| r.server == url));
+        state.reattach = rest;
+        mine
     }
 
     fn hash_of(&self, key: &str) -> String {
@@ -341,7 +413,8 @@ impl JobQueue {
     fn close(&self) -> Vec<Task> {
         let mut state = self.state.lock().expect("queue poisoned");
         state.closed = true;
-        let tasks = state.ready.drain(..).collect();
+        let mut tasks: Vec<Task> = state.ready.drain(..).collect();
+        tasks.append(&mut state.reattach);
         drop(state);
         self.changed.notify_waiters();
         tasks
@@ -365,6 +438,8 @@ struct ServerConn {
     up: watch::Sender<bool>,
     retired: AtomicBool,
     retired_notify: Notify,
+    /// Transient failures since the last success on this server.
+    consecutive_failures: AtomicU32,
 }
 
 impl ServerConn {
@@ -377,6 +452,7 @@ impl ServerConn {
             up: watch::channel(false).0,
             retired: AtomicBool::new(false),
             retired_notify: Notify::new(),
+            consecutive_failures: AtomicU32::new(0),
         }
     }
 
@@ -445,11 +521,12 @@ impl ServerConn {
     }
 }
 
-/// One server's loop: keep the socket, take jobs while slots are free.
-async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, stop: watch::Receiver<bool>) {
-    let connection = tokio::spawn(connection_task(shared.clone(), conn.clone(), stop.clone()));
+/// One server's loop: take jobs while slots are free and the socket is up.
+/// `reattach` are prompts a previous (killed) run left on this server: they come first.
+async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<Task>) {
     let slots = Arc::new(Semaphore::new(shared.config.in_flight.max(1)));
     let mut attempts = JoinSet::new();
+    let mut reattach = reattach.into_iter();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
@@ -458,9 +535,12 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, stop: watch::Re
             break;
         }
         let retired = conn.retired_notify.notified();
-        let task = tokio::select! {
-            task = shared.queue.next() => task,
-            _ = retired => None,
+        let task = match reattach.next() {
+            Some(task) => Some(task),
+            None => tokio::select! {
+                task = shared.queue.next() => task,
+                _ = retired => None,
+            },
         };
         let Some(task) = task else { break };
         if conn.is_retired() {
@@ -471,13 +551,11 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, stop: watch::Re
         // Reap finished attempts so the set does not grow with the run.
         while attempts.try_join_next().is_some() {}
     }
-    while attempts.join_next().await.is_some() {}
-    // This server's part is over; the connection task ends when the run stops.
-    if conn.is_retired() {
-        connection.abort();
-    } else {
-        let _ = connection.await;
+    // A retired server hands its unstarted re-attachments to the others.
+    for task in reattach {
+        shared.queue.requeue(task);
     }
+    while attempts.join_next().await.is_some() {}
 }
 
 /// Keep the socket open: connect, read and route frames, ping, reconnect with backoff.
@@ -495,14 +573,15 @@ async fn connection_task(
         }
         match WsConnection::connect(&conn.client, &conn.client_id, config.handshake_timeout).await {
             Ok(mut ws) => {
+                tracing::debug!(server = conn.client.url(), sid = %ws.sid, "socket confirmed");
                 failures = 0;
-                let _ = conn.up.send(true);
+                let _ = conn.up.send_replace(true);
                 shared.ctx.emit(Event::Server {
                     server: conn.index,
                     state: ServerState::Connected,
                 });
                 let reason = pump(&shared, &conn, &mut ws, &mut stop).await;
-                let _ = conn.up.send(false);
+                let _ = conn.up.send_replace(false);
                 // Close before the same clientId is used again (protocol §1.1): a late close
                 // of this socket would otherwise unregister the new one.
                 ws.close().await;
@@ -603,6 +682,7 @@ async fn run_task(
     let attempt = attempt(&shared, &conn, &mut task, permit).await;
     match attempt {
         Attempt::Succeeded(images) => {
+            conn.consecutive_failures.store(0, Ordering::SeqCst);
             shared.finish(task.outcome(JobStatus::Succeeded, None, images))
         }
         Attempt::Failed(status, error) => {
@@ -644,17 +724,30 @@ async fn run_task(
                 );
                 return shared.finish(task.fail(JobStatus::Failed, error));
             }
+            // A server that keeps failing is taken out of rotation; its jobs move on.
+            let in_a_row = conn.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+            if in_a_row >= shared.config.server_failures_to_retire && !conn.is_retired() {
+                conn.retire();
+                shared.ctx.emit(Event::Server {
+                    server: conn.index,
+                    state: ServerState::Retired(format!(
+                        "{in_a_row} failures in a row; last: {reason}"
+                    )),
+                });
+            }
             shared.ctx.emit(Event::Retrying {
                 key: task.key.clone(),
                 server: conn.index,
                 reason,
             });
+            // Wait here (not in a detached task) so the run cannot end while a retry is due.
             let delay = shared.backoff(task.transient_failures);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                shared.queue.requeue(task);
-            });
+            let mut cancel = shared.ctx.cancel.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.wait_for(|c| *c) => {}
+            }
+            shared.queue.requeue(task);
         }
     }
 }
@@ -676,79 +769,96 @@ async fn attempt(
 ) -> Attempt {
     let ctx = &shared.ctx;
     let client = &conn.client;
-    let prompt_id = uuid::Uuid::new_v4().to_string();
+    // A prompt a killed run left on this server is looked for, not posted again.
+    let reattached = task.reattach.take();
+    let prompt_id = match &reattached {
+        Some(previous) => previous.prompt_id.clone(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let mut signals = conn.route(&prompt_id);
     let _unroute = Unroute {
         conn,
         prompt_id: &prompt_id,
     };
     task.prompt_id = Some(prompt_id.clone());
-    if let Err(error) = ctx.ledger.append(&LedgerRecord::Submitted {
-        v: LEDGER_VERSION,
-        run_id: ctx.run_id.clone(),
-        key: task.job.key.clone(),
-        job_hash: task.job.hash.clone(),
-        server: client.url().to_owned(),
-        prompt_id: prompt_id.clone(),
-        attempt: task.attempts,
-    }) {
-        return Attempt::Failed(
-            JobStatus::Failed,
-            JobError::new(ErrorKind::Io, error.to_string()),
-        );
-    }
-    ctx.emit(Event::Submitted {
-        key: task.key.clone(),
-        server: conn.index,
-        prompt_id: prompt_id.clone(),
-        attempt: task.attempts,
-    });
-    let request = PromptRequest {
-        prompt: &task.job.workflow,
-        client_id: &conn.client_id,
-        prompt_id: &prompt_id,
-    };
-    match client.post_prompt(&request).await {
-        Err(error) if error.is_transient() => return Attempt::Transient(error.to_string()),
-        Err(error) => {
+    if reattached.is_none() {
+        if let Err(error) = ctx.ledger.append(&LedgerRecord::Submitted {
+            v: LEDGER_VERSION,
+            run_id: ctx.run_id.clone(),
+            key: task.job.key.clone(),
+            job_hash: task.job.hash.clone(),
+            server: client.url().to_owned(),
+            prompt_id: prompt_id.clone(),
+            attempt: task.attempts,
+        }) {
             return Attempt::Failed(
                 JobStatus::Failed,
-                JobError::new(ErrorKind::Server, error.to_string()),
+                JobError::new(ErrorKind::Io, error.to_string()),
             );
         }
-        Ok(PostOutcome::Rejected(rejected)) => {
-            let mut error = JobError::new(
-                ErrorKind::Validation,
-                format!(
-                    "{} rejected the prompt: {}{}",
-                    client.url(),
-                    rejected.error.message,
-                    describe_node_errors(&rejected.node_errors)
-                ),
-            );
-            set_first_node(&mut error, &rejected.node_errors);
-            error.details = serde_json::to_value(&rejected).unwrap_or_default();
-            return Attempt::Failed(JobStatus::Failed, error);
+        ctx.emit(Event::Submitted {
+            key: task.key.clone(),
+            server: conn.index,
+            prompt_id: prompt_id.clone(),
+            attempt: task.attempts,
+        });
+        let request = PromptRequest {
+            prompt: &task.job.workflow,
+            client_id: &conn.client_id,
+            prompt_id: &prompt_id,
+        };
+        tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
+        match client.post_prompt(&request).await {
+            Err(error) if error.is_transient() => return Attempt::Transient(error.to_string()),
+            Err(error) => {
+                return Attempt::Failed(
+                    JobStatus::Failed,
+                    JobError::new(ErrorKind::Server, error.to_string()),
+                );
+            }
+            Ok(PostOutcome::Rejected(rejected)) => {
+                let mut error = JobError::new(
+                    ErrorKind::Validation,
+                    format!(
+                        "{} rejected the prompt: {}{}",
+                        client.url(),
+                        rejected.error.message,
+                        describe_node_errors(&rejected.node_errors)
+                    ),
+                );
+                set_first_node(&mut error, &rejected.node_errors);
+                error.details = serde_json::to_value(&rejected).unwrap_or_default();
+                return Attempt::Failed(JobStatus::Failed, error);
+            }
+            Ok(PostOutcome::Accepted(accepted)) if !accepted.node_errors.is_empty() => {
+                // Some outputs were dropped; the rest would still run. Take it back.
+                cancel_on_server(client, &prompt_id).await;
+                let mut error = JobError::new(
+                    ErrorKind::Validation,
+                    format!(
+                        "{} accepted the prompt but dropped outputs:{}",
+                        client.url(),
+                        describe_node_errors(&accepted.node_errors)
+                    ),
+                );
+                set_first_node(&mut error, &accepted.node_errors);
+                error.details = serde_json::to_value(&accepted.node_errors).unwrap_or_default();
+                return Attempt::Failed(JobStatus::Failed, error);
+            }
+            Ok(PostOutcome::Accepted(_)) => task.timings.queued = Some(ctx.elapsed_ms()),
         }
-        Ok(PostOutcome::Accepted(accepted)) if !accepted.node_errors.is_empty() => {
-            // Some outputs were dropped; the rest would still run. Take it back.
-            cancel_on_server(client, &prompt_id).await;
-            let mut error = JobError::new(
-                ErrorKind::Validation,
-                format!(
-                    "{} accepted the prompt but dropped outputs:{}",
-                    client.url(),
-                    describe_node_errors(&accepted.node_errors)
-                ),
-            );
-            set_first_node(&mut error, &accepted.node_errors);
-            error.details = serde_json::to_value(&accepted.node_errors).unwrap_or_default();
-            return Attempt::Failed(JobStatus::Failed, error);
-        }
-        Ok(PostOutcome::Accepted(_)) => task.timings.queued = Some(ctx.elapsed_ms()),
+    } else {
+        ctx.emit(Event::Submitted {
+            key: task.key.clone(),
+            server: conn.index,
+            prompt_id: prompt_id.clone(),
+            attempt: task.attempts,
+        });
     }
 
-    let terminal = match wait_for_end(shared, conn, task, &prompt_id, &mut signals).await {
+    // Our socket never hears about a re-attached prompt (another clientId posted it): poll.
+    let poll = reattached.is_some();
+    let terminal = match wait_for_end(shared, conn, task, &prompt_id, &mut signals, poll).await {
         Ok(terminal) => terminal,
         Err(attempt) => return attempt,
     };
@@ -815,13 +925,19 @@ async fn wait_for_end(
     task: &mut Task,
     prompt_id: &str,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
+    poll: bool,
 ) -> Result<Terminal, Attempt> {
     let ctx = &shared.ctx;
     let config = &shared.config;
+    let stall = if poll {
+        config.stall.min(Duration::from_secs(1))
+    } else {
+        config.stall
+    };
     let mut cancel = ctx.cancel.clone();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut error: Option<JobError> = None;
-    let mut check_at = tokio::time::Instant::now() + config.stall;
+    let mut check_at = tokio::time::Instant::now() + if poll { Duration::ZERO } else { stall };
     let mut http_failures: u32 = 0;
     loop {
         let timeout = async {
@@ -841,9 +957,11 @@ async fn wait_for_end(
                 let Some(signal) = signal else {
                     return Err(Attempt::Transient("the prompt's route closed".to_owned()));
                 };
+                tracing::trace!(%prompt_id, "signal");
                 match signal {
                     Signal::Message(message) => {
-                        check_at = tokio::time::Instant::now() + config.stall;
+                        tracing::debug!(%prompt_id, ?message, "message");
+                        check_at = tokio::time::Instant::now() + stall;
                         match message {
                             ServerMessage::ExecutionStart { .. } => {
                                 if task.timings.started.is_none() {
@@ -882,7 +1000,9 @@ async fn wait_for_end(
                 )));
             }
             _ = tokio::time::sleep_until(check_at) => {
-                match reconcile(&conn.client, prompt_id).await {
+                let reconciled = reconcile(&conn.client, prompt_id).await;
+                tracing::debug!(%prompt_id, ok = reconciled.is_ok(), "reconciled");
+                match reconciled {
                     Ok(Reconciled::Waiting { running }) => {
                         http_failures = 0;
                         if running && deadline.is_none() {
@@ -891,7 +1011,7 @@ async fn wait_for_end(
                             deadline = Some(tokio::time::Instant::now() + config.timeout);
                         }
                         let up = *conn.up.borrow();
-                        check_at = tokio::time::Instant::now() + if up { config.stall } else { shared.backoff(1) };
+                        check_at = tokio::time::Instant::now() + if up { stall } else { shared.backoff(1) };
                     }
                     Ok(Reconciled::Finished(entry)) => return Ok(Terminal::FromHistory(entry)),
                     Ok(Reconciled::Lost) => {
@@ -1246,12 +1366,12 @@ async fn download(
         .map_err(|e| DownloadError::Io(format!("checking the image panicked: {e}")))?;
     staged.map_err(|e| match e {
         StageError::Io(e) => DownloadError::Io(e.to_string()),
-        StageError::NotPng(reason) => DownloadError::Bad(format!("{}: {reason}", client.url())),
+        e @ StageError::NotPng(_) => DownloadError::Bad(format!("{}: {e}", client.url())),
     })
 }
 
 /// `path` relative to `root`, `/`-separated (for records that must read the same anywhere).
-fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
+pub(crate) fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     rel.components()
         .map(|c| c.as_os_str().to_string_lossy())

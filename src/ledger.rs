@@ -208,6 +208,55 @@ pub fn verified_images(
     by_hash
 }
 
+/// A submission whose run never recorded an end for it (the runner was killed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSubmission {
+    pub job_hash: String,
+    pub server: String,
+    pub prompt_id: String,
+}
+
+/// Per job key, the latest submission that no `finished` or `image` record closed.
+pub fn open_submissions(records: &[LedgerRecord]) -> HashMap<String, OpenSubmission> {
+    let mut latest: HashMap<String, (String, OpenSubmission)> = HashMap::new();
+    for record in records {
+        match record {
+            LedgerRecord::Submitted {
+                run_id,
+                key,
+                job_hash,
+                server,
+                prompt_id,
+                ..
+            } => {
+                let open = OpenSubmission {
+                    job_hash: job_hash.clone(),
+                    server: server.clone(),
+                    prompt_id: prompt_id.clone(),
+                };
+                latest.insert(key.clone(), (run_id.clone(), open));
+            }
+            LedgerRecord::Finished { run_id, key, .. } => {
+                if latest.get(key).is_some_and(|(run, _)| run == run_id) {
+                    latest.remove(key);
+                }
+            }
+            LedgerRecord::Image { key, prompt_id, .. } => {
+                if latest
+                    .get(key)
+                    .is_some_and(|(_, open)| open.prompt_id == *prompt_id)
+                {
+                    latest.remove(key);
+                }
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(key, (_, open))| (key, open))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +275,45 @@ mod tests {
             width: 8,
             height: 8,
         }
+    }
+
+    fn submitted(run: &str, key: &str, prompt: &str) -> LedgerRecord {
+        LedgerRecord::Submitted {
+            v: LEDGER_VERSION,
+            run_id: run.into(),
+            key: key.into(),
+            job_hash: "h".into(),
+            server: "http://s".into(),
+            prompt_id: prompt.into(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn open_submissions_are_those_a_killed_run_left() {
+        let finished = |run: &str, key: &str| LedgerRecord::Finished {
+            v: LEDGER_VERSION,
+            run_id: run.into(),
+            key: key.into(),
+            job_hash: "h".into(),
+            status: "failed".into(),
+        };
+        let records = vec![
+            submitted("r1", "a", "p1"),
+            finished("r1", "a"),
+            submitted("r1", "b", "p2"),
+            submitted("r1", "c", "p3"),
+            // Run r2 was killed after posting a and c again.
+            submitted("r2", "a", "p4"),
+            submitted("r2", "c", "p5"),
+        ];
+        let open = open_submissions(&records);
+        let mut keys: Vec<(&str, &str)> = open
+            .iter()
+            .map(|(k, o)| (k.as_str(), o.prompt_id.as_str()))
+            .collect();
+        keys.sort();
+        assert_eq!(keys, [("a", "p4"), ("b", "p2"), ("c", "p5")]);
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod output;
 pub mod plan;
 pub mod preflight;
 pub mod report;
+pub mod runner;
 pub mod sim;
 pub mod workflow;

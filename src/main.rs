@@ -6,6 +6,11 @@ use plasma_batch::{cli::Cli, cmd, exit_codes};
 
 fn main() {
     let cli = Cli::parse();
+    // Diagnostics for developers: `PLASMA_LOG=plasma_batch=debug`. Off by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PLASMA_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

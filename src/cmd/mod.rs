@@ -44,3 +44,46 @@ pub async fn execute(cli: Cli) -> CmdResult {
         Command::Sim(args) => sim::sim(args).await,
     }
 }
+
+/// A plain user-facing problem: what failed, and what to try.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+pub struct UserError {
+    pub message: String,
+    #[help]
+    pub help: Option<String>,
+}
+
+impl UserError {
+    pub fn new(message: impl Into<String>, help: Option<String>) -> UserError {
+        UserError {
+            message: message.into(),
+            help,
+        }
+    }
+}
+
+impl From<crate::output::PathError> for CmdError {
+    fn from(error: crate::output::PathError) -> Self {
+        let help = error.hint().map(str::to_owned);
+        CmdError::new(
+            crate::exit_codes::IO_ERROR,
+            UserError::new(error.to_string(), help),
+        )
+    }
+}
+
+impl From<crate::runner::RunError> for CmdError {
+    fn from(error: crate::runner::RunError) -> Self {
+        match error {
+            crate::runner::RunError::Preflight(problems) => CmdError {
+                exit_code: crate::exit_codes::PREFLIGHT_FAILED,
+                diagnostics: problems
+                    .into_iter()
+                    .map(|p| Box::new(p) as Diagnostic)
+                    .collect(),
+            },
+            crate::runner::RunError::Io(error) => error.into(),
+        }
+    }
+}

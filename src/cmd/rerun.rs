@@ -1,11 +1,167 @@
-//! `plasma-batch rerun`.
+//! `plasma-batch rerun REPORT`: submit exactly what a run report recorded (the same filled
+//! workflow, so the same seed) again, as new image versions, and say whether each new image
+//! is byte-identical to the recorded one. Exits 1 if any job failed or any image differs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
-use crate::cmd::CmdResult;
+use crate::cmd::run::{build_clients, resolve_servers, watch_signals};
+use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::engine::EngineConfig;
+use crate::exit_codes;
+use crate::report::RunReport;
+use crate::report::progress::Mode;
+use crate::runner::{self, RunOptions};
+use crate::sim::{Sim, SimConfig};
 
-pub async fn rerun(_args: RerunArgs) -> CmdResult {
-    Err(crate::cmd::CmdError::new(
-        crate::exit_codes::USAGE,
-        miette::MietteDiagnostic::new("`rerun` is not built yet"),
-    ))
+/// One job's comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Comparison {
+    pub key: String,
+    pub status: String,
+    pub old_sha256: Vec<String>,
+    pub new_sha256: Vec<String>,
+    pub new_images: Vec<String>,
+    pub identical: bool,
+}
+
+pub async fn rerun(args: RerunArgs) -> CmdResult {
+    let report = RunReport::read(&args.report).map_err(|message| {
+        CmdError::new(
+            exit_codes::INVALID_MANIFEST,
+            UserError::new(message, Some("pass a report written by `plasma-batch run` (<out>/ch-XX/reports/<run-id>.json)".to_owned())),
+        )
+    })?;
+    let selected: Vec<_> = report
+        .jobs
+        .iter()
+        .filter(|job| {
+            args.jobs.is_empty() || args.jobs.iter().any(|k| job.key.starts_with(k.as_str()))
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!(
+                    "no job of {} matches --job {}",
+                    args.report.display(),
+                    args.jobs.join(", ")
+                ),
+                Some("the report's job keys are listed under \"jobs\"[].key".to_owned()),
+            ),
+        ));
+    }
+    let old: BTreeMap<String, Vec<String>> = selected
+        .iter()
+        .map(|job| {
+            (
+                job.key.clone(),
+                job.images.iter().map(|i| i.sha256.clone()).collect(),
+            )
+        })
+        .collect();
+    let jobs = selected
+        .iter()
+        .map(|job| Arc::new(job.to_job(report.chapter)))
+        .collect();
+
+    let sim = if args.sim {
+        Some(Sim::start(SimConfig::default()).await.map_err(|e| {
+            CmdError::new(
+                exit_codes::IO_ERROR,
+                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            )
+        })?)
+    } else {
+        None
+    };
+    let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
+    let urls = match &sim {
+        Some(sim) => vec![sim.url()],
+        None => resolve_servers(&args.servers, &recorded),
+    };
+    let clients = build_clients(&urls)?;
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    tokio::spawn(watch_signals(cancel_tx));
+    let options = RunOptions {
+        out_root: args
+            .out
+            .clone()
+            .unwrap_or_else(|| report.output_root.clone().into()),
+        chapter: report.chapter,
+        title: report.title.clone(),
+        manifest_path: report.manifest.path.clone(),
+        manifest_sha256: report.manifest.sha256.clone(),
+        force: true,
+        only: selected.iter().map(|j| j.key.clone()).collect(),
+        simulator: args.sim,
+        engine: EngineConfig {
+            timeout: std::time::Duration::from_secs_f64(report.settings.timeout_secs.max(1.0)),
+            in_flight: report.settings.in_flight.max(1),
+            ..EngineConfig::default()
+        },
+        mode: if args.json { Mode::Quiet } else { Mode::Plain },
+    };
+    let result = runner::run_jobs(options, clients, jobs, cancel_rx).await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    let summary = result?;
+    let comparisons: Vec<Comparison> = summary
+        .outcomes
+        .iter()
+        .map(|outcome| {
+            let old_sha256 = old.get(&outcome.key).cloned().unwrap_or_default();
+            let new_sha256: Vec<String> = outcome.images.iter().map(|i| i.sha256.clone()).collect();
+            Comparison {
+                key: outcome.key.clone(),
+                status: outcome.status.as_str().to_owned(),
+                identical: !new_sha256.is_empty() && old_sha256 == new_sha256,
+                old_sha256,
+                new_sha256,
+                new_images: outcome.images.iter().map(|i| i.path.clone()).collect(),
+            }
+        })
+        .collect();
+    let differing = comparisons.iter().filter(|c| !c.identical).count();
+    if args.json {
+        let value = serde_json::json!({
+            "report": summary.report_path,
+            "jobs": comparisons,
+            "identical": comparisons.len() - differing,
+            "different": differing,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serializes")
+        );
+    } else {
+        for c in &comparisons {
+            let verdict = if c.identical {
+                "identical"
+            } else if c.status == "succeeded" {
+                "DIFFERENT"
+            } else {
+                "FAILED"
+            };
+            println!("{verdict:>9} {} -> {}", c.key, c.new_images.join(", "));
+        }
+        println!(
+            "{} of {} jobs reproduced byte-identical images; report: {}",
+            comparisons.len() - differing,
+            comparisons.len(),
+            summary.report_path.display()
+        );
+    }
+    if summary.cancelled {
+        Ok(exit_codes::INTERRUPTED)
+    } else if differing > 0 {
+        Ok(exit_codes::JOBS_FAILED)
+    } else {
+        Ok(exit_codes::OK)
+    }
 }

@@ -1,11 +1,264 @@
-//! `plasma-batch run`.
+//! `plasma-batch run`: validate, choose servers, preflight, render, report.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::cli::RunArgs;
-use crate::cmd::CmdResult;
+use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::comfy::{ComfyClient, http_client};
+use crate::engine::EngineConfig;
+use crate::exit_codes;
+use crate::plan::{Job, load_plan};
+use crate::report::progress::Mode;
+use crate::runner::{self, RunOptions, RunSummary};
+use crate::sim::{Sim, SimConfig};
 
-pub async fn run(_args: RunArgs) -> CmdResult {
-    Err(crate::cmd::CmdError::new(
-        crate::exit_codes::USAGE,
-        miette::MietteDiagnostic::new("`run` is not built yet"),
-    ))
+/// Environment variable naming the server(s), comma-separated; beaten by `--server`.
+pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
+/// Where ComfyUI listens by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
+
+pub async fn run(args: RunArgs) -> CmdResult {
+    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
+        exit_code: exit_codes::INVALID_MANIFEST,
+        diagnostics,
+    })?;
+    let jobs = select_jobs(plan.jobs, &args.only)?;
+    let timeout = args.timeout.unwrap_or(plan.comfy.timeout_secs);
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!("--timeout must be a positive number of seconds, not {timeout}"),
+                None,
+            ),
+        ));
+    }
+    let in_flight = args.in_flight.or(plan.comfy.in_flight).unwrap_or(2);
+    if in_flight == 0 {
+        return Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new("--in-flight must be at least 1", None),
+        ));
+    }
+
+    let sim = if args.sim {
+        Some(Sim::start(SimConfig::default()).await.map_err(|e| {
+            CmdError::new(
+                exit_codes::IO_ERROR,
+                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            )
+        })?)
+    } else {
+        None
+    };
+    let urls = match &sim {
+        Some(sim) => vec![sim.url()],
+        None => resolve_servers(&args.servers, &plan.comfy.servers),
+    };
+    let clients = build_clients(&urls)?;
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    tokio::spawn(watch_signals(cancel_tx));
+
+    let options = RunOptions {
+        out_root: args.out.clone(),
+        chapter: plan.chapter,
+        title: plan.title.clone(),
+        manifest_path: plan.manifest_path.display().to_string(),
+        manifest_sha256: plan.manifest_sha256.clone(),
+        force: args.force,
+        only: args.only.clone(),
+        simulator: args.sim,
+        engine: EngineConfig {
+            in_flight,
+            timeout: Duration::from_secs_f64(timeout),
+            retry_failed: args.retry_failed,
+            ..EngineConfig::default()
+        },
+        mode: if args.quiet || args.json {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Live
+        } else {
+            Mode::Plain
+        },
+    };
+    let result = runner::run_jobs(options, clients, jobs, cancel_rx).await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    let summary = result?;
+    print_summary(&summary, args.json);
+    Ok(summary.exit_code())
+}
+
+/// `--server` flags, else `PLASMA_COMFY_URL`, else the manifest, else the local default.
+pub fn resolve_servers(flags: &[String], manifest: &[String]) -> Vec<String> {
+    if !flags.is_empty() {
+        return flags.to_vec();
+    }
+    if let Ok(env) = std::env::var(SERVER_ENV) {
+        let from_env: Vec<String> = env
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !from_env.is_empty() {
+            return from_env;
+        }
+    }
+    if !manifest.is_empty() {
+        return manifest.to_vec();
+    }
+    vec![DEFAULT_SERVER.to_owned()]
+}
+
+/// One client per URL; a malformed URL is a preflight failure naming it.
+pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
+    let http = http_client();
+    let mut clients = Vec::new();
+    let mut problems = Vec::new();
+    for url in urls {
+        match ComfyClient::new(url, http.clone()) {
+            Ok(client) => {
+                if clients.iter().any(|c: &ComfyClient| c.url() == client.url()) {
+                    continue;
+                }
+                clients.push(client)
+            }
+            Err(e) => problems.push(Box::new(UserError::new(
+                e.to_string(),
+                Some("a server URL looks like http://127.0.0.1:8188 or https://user:password@host/prefix".to_owned()),
+            )) as crate::cmd::Diagnostic),
+        }
+    }
+    if problems.is_empty() {
+        Ok(clients)
+    } else {
+        Err(CmdError {
+            exit_code: exit_codes::PREFLIGHT_FAILED,
+            diagnostics: problems,
+        })
+    }
+}
+
+/// Keep the jobs whose key starts with one of the selectors; every selector must match.
+pub fn select_jobs(jobs: Vec<Job>, only: &[String]) -> Result<Vec<Arc<Job>>, CmdError> {
+    if only.is_empty() {
+        return Ok(jobs.into_iter().map(Arc::new).collect());
+    }
+    let unmatched: Vec<&String> = only
+        .iter()
+        .filter(|selector| {
+            !jobs
+                .iter()
+                .any(|job| job.key.starts_with(selector.as_str()))
+        })
+        .collect();
+    if !unmatched.is_empty() {
+        let examples: Vec<&str> = jobs.iter().take(4).map(|j| j.key.as_str()).collect();
+        return Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!(
+                    "--only {} matches no job of this manifest",
+                    unmatched
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(format!(
+                    "job keys look like {} (`plasma-batch plan MANIFEST` lists them all)",
+                    examples.join(", ")
+                )),
+            ),
+        ));
+    }
+    Ok(jobs
+        .into_iter()
+        .filter(|job| {
+            only.iter()
+                .any(|selector| job.key.starts_with(selector.as_str()))
+        })
+        .map(Arc::new)
+        .collect())
+}
+
+/// First Ctrl-C or SIGTERM: stop cleanly. Second: exit at once (the ledger and the report
+/// are written atomically, so they stay consistent).
+pub async fn watch_signals(cancel: watch::Sender<bool>) {
+    #[cfg(unix)]
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => Some(signal),
+            Err(_) => None,
+        };
+    let mut seen = 0;
+    loop {
+        #[cfg(unix)]
+        let term = async {
+            match terminate.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => if result.is_err() { return },
+            _ = term => {}
+        }
+        seen += 1;
+        if seen == 1 {
+            eprintln!(
+                "stopping: removing queued prompts and interrupting running ones; press Ctrl-C again to exit at once"
+            );
+            let _ = cancel.send(true);
+        } else {
+            eprintln!("exiting at once; the ledger and the last written report are consistent");
+            std::process::exit(exit_codes::INTERRUPTED);
+        }
+    }
+}
+
+fn print_summary(summary: &RunSummary, json: bool) {
+    let t = &summary.totals;
+    if json {
+        let value = serde_json::json!({
+            "run_id": summary.run_id,
+            "report": summary.report_path,
+            "contact_sheet": summary.contact_sheet_path,
+            "totals": t,
+            "cancelled": summary.cancelled,
+            "exit_code": summary.exit_code(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("summary serializes")
+        );
+        return;
+    }
+    eprintln!(
+        "{} jobs: {} succeeded, {} skipped, {} failed, {} timed out, {} cancelled{}",
+        t.jobs,
+        t.succeeded,
+        t.skipped,
+        t.failed,
+        t.timed_out,
+        t.cancelled,
+        if summary.cancelled {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    eprintln!("report: {}", summary.report_path.display());
+    eprintln!("contact sheet: {}", summary.contact_sheet_path.display());
 }

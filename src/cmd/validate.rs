@@ -7,7 +7,6 @@ use crate::exit_codes;
 use crate::plan::load_plan;
 
 pub async fn validate(args: ValidateArgs) -> CmdResult {
-    // `args.servers` (the `/object_info` preflight) is wired in by the executor work.
     let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
         exit_code: exit_codes::INVALID_MANIFEST,
         diagnostics,
@@ -19,5 +18,23 @@ pub async fn validate(args: ValidateArgs) -> CmdResult {
         plan.page_count(),
         plan.jobs.len()
     );
+    if !args.servers.is_empty() {
+        // The same check `run` makes before submitting anything.
+        let clients = crate::cmd::run::build_clients(&args.servers)?;
+        let jobs: Vec<_> = plan.jobs.into_iter().map(std::sync::Arc::new).collect();
+        let servers = crate::preflight::check(&clients, &jobs)
+            .await
+            .map_err(crate::runner::RunError::Preflight)?;
+        for server in servers {
+            println!(
+                "ok: {} (ComfyUI {}) has every node class, model and option the jobs use",
+                server.url,
+                server
+                    .comfyui_version
+                    .as_deref()
+                    .unwrap_or("version unknown")
+            );
+        }
+    }
     Ok(exit_codes::OK)
 }

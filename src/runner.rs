@@ -1,0 +1,248 @@
+//! One run of a list of jobs against a set of servers, from output folders to final report:
+//! used by `run`, `rerun` and the tests (in-process). It never prints except through the
+//! progress display it is given.
+//!
+//! Order: prepare the chapter folders and ledger (a local problem stops here, before any
+//! server is bothered), skip jobs whose image the ledger vouches for, preflight the servers
+//! for the rest, then execute and keep the report current.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::comfy::ComfyClient;
+use crate::engine::{self, EngineConfig, Reattach, RunContext};
+use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
+use crate::ledger::{self, Ledger};
+use crate::output::{ChapterDirs, ImageStore, PathError, remove_stale_temp_files, write_atomic};
+use crate::plan::Job;
+use crate::preflight::{self, PreflightError, ServerInfo};
+use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
+use crate::report::progress::{self, Mode};
+use crate::report::{JobReport, ReportWriter, RunReport, Totals, html};
+
+/// Everything a run needs besides the jobs and the servers.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out_root: PathBuf,
+    pub chapter: u16,
+    pub title: Option<String>,
+    pub manifest_path: String,
+    pub manifest_sha256: String,
+    /// Render again even when the ledger has a verified image.
+    pub force: bool,
+    /// The `--only` selectors, for the report.
+    pub only: Vec<String>,
+    pub simulator: bool,
+    pub engine: EngineConfig,
+    pub mode: Mode,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub report_path: PathBuf,
+    pub contact_sheet_path: PathBuf,
+    pub totals: Totals,
+    pub cancelled: bool,
+    pub outcomes: Vec<JobOutcome>,
+}
+
+impl RunSummary {
+    /// The process exit code for this result.
+    pub fn exit_code(&self) -> i32 {
+        if self.cancelled {
+            crate::exit_codes::INTERRUPTED
+        } else if self.totals.failed + self.totals.timed_out + self.totals.cancelled > 0 {
+            crate::exit_codes::JOBS_FAILED
+        } else {
+            crate::exit_codes::OK
+        }
+    }
+}
+
+/// Why a run could not start (or could not write its report).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preflight failed")]
+    Preflight(Vec<PreflightError>),
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+/// Run `jobs` on `servers` and write images, ledger, report and contact sheet.
+pub async fn run_jobs(
+    options: RunOptions,
+    servers: Vec<ComfyClient>,
+    jobs: Vec<Arc<Job>>,
+    cancel: watch::Receiver<bool>,
+) -> Result<RunSummary, RunError> {
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    let run_id = crate::report::json::new_run_id(started_at);
+    let dirs = ChapterDirs::new(&options.out_root, options.chapter);
+    dirs.create()?;
+    remove_stale_temp_files(&dirs.reports);
+    let (ledger, records) = Ledger::open(&dirs.ledger())?;
+    let store = ImageStore::open(&dirs.images, options.chapter)?;
+
+    // Incremental: a job whose hash has a verified image on disk is done already.
+    let mut skipped = Vec::new();
+    let mut to_run: Vec<Arc<Job>> = Vec::new();
+    if options.force {
+        to_run = jobs.clone();
+    } else {
+        let verified = ledger::verified_images(&dirs.root, &records);
+        for job in &jobs {
+            match verified.get(&job.hash) {
+                Some(images) if !images.is_empty() => {
+                    skipped.push(skipped_outcome(job, images, &options.out_root))
+                }
+                _ => to_run.push(job.clone()),
+            }
+        }
+    }
+
+    // Prompts a killed run left on a server are looked for there before anything is posted.
+    let open = ledger::open_submissions(&records);
+    let reattach = to_run
+        .iter()
+        .filter_map(|job| {
+            let open = open.get(&job.key).filter(|o| o.job_hash == job.hash)?;
+            Some((
+                job.key.clone(),
+                Reattach {
+                    server: open.server.clone(),
+                    prompt_id: open.prompt_id.clone(),
+                },
+            ))
+        })
+        .collect();
+
+    let server_infos = if to_run.is_empty() {
+        servers
+            .iter()
+            .map(|s| ServerInfo {
+                url: s.url().to_owned(),
+                comfyui_version: None,
+            })
+            .collect()
+    } else {
+        preflight::check(&servers, &to_run)
+            .await
+            .map_err(RunError::Preflight)?
+    };
+
+    let report = RunReport {
+        schema_version: crate::report::json::REPORT_SCHEMA_VERSION,
+        tool: Tool {
+            name: env!("CARGO_PKG_NAME").to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        run_id: run_id.clone(),
+        complete: false,
+        manifest: ManifestRef {
+            path: options.manifest_path.clone(),
+            sha256: options.manifest_sha256.clone(),
+        },
+        chapter: options.chapter,
+        title: options.title.clone(),
+        output_root: options.out_root.display().to_string(),
+        servers: server_infos.iter().map(ServerRecord::from).collect(),
+        settings: Settings {
+            timeout_secs: options.engine.timeout.as_secs_f64(),
+            in_flight: options.engine.in_flight,
+            force: options.force,
+            only: options.only.clone(),
+            simulator: options.simulator,
+        },
+        started_at: crate::report::json::rfc3339(started_at),
+        ended_at: None,
+        totals: Totals::default(),
+        jobs: jobs.iter().map(|job| JobReport::pending(job)).collect(),
+    };
+    let report_path = dirs.reports.join(format!("{run_id}.json"));
+    let contact_sheet_path = dirs.reports.join(format!("{run_id}.html"));
+    let mut writer = ReportWriter::new(report, report_path.clone());
+    for outcome in &skipped {
+        // Not yet on disk: the first write below covers these.
+        let _ = writer.record(outcome);
+    }
+    writer.write()?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let collector = progress::spawn_collector(events_rx, writer, options.mode, jobs.len(), 0);
+    for outcome in &skipped {
+        let _ = events_tx.send(Event::Finished(Box::new(outcome.clone())));
+    }
+    let _ = events_tx.send(Event::RunStarted {
+        total: jobs.len(),
+        servers: servers.iter().map(|s| s.url().to_owned()).collect(),
+    });
+    let ctx = Arc::new(RunContext {
+        run_id: run_id.clone(),
+        out_root: options.out_root.clone(),
+        chapter_root: dirs.root.clone(),
+        store: Arc::new(store),
+        ledger: Arc::new(ledger),
+        events: events_tx,
+        cancel: cancel.clone(),
+        started,
+        reattach,
+    });
+    let mut outcomes = if to_run.is_empty() {
+        Vec::new()
+    } else {
+        engine::execute(options.engine.clone(), servers, to_run, ctx.clone()).await
+    };
+    drop(ctx);
+    let collected = tokio::task::spawn_blocking(move || collector.join())
+        .await
+        .expect("the collector thread is joined")
+        .expect("the collector thread does not panic");
+    let cancelled = *cancel.borrow();
+    let report = collected.writer.finish(SystemTime::now())?;
+    let sheet = html::contact_sheet(&report, &options.out_root);
+    write_atomic(&contact_sheet_path, sheet.as_bytes())?;
+
+    outcomes.extend(skipped);
+    let seen: HashSet<&str> = outcomes.iter().map(|o| o.key.as_str()).collect();
+    debug_assert_eq!(seen.len(), outcomes.len(), "each job ends exactly once");
+    Ok(RunSummary {
+        run_id,
+        report_path,
+        contact_sheet_path,
+        totals: report.totals,
+        cancelled,
+        outcomes,
+    })
+}
+
+fn skipped_outcome(job: &Job, images: &[ledger::VerifiedImage], out_root: &Path) -> JobOutcome {
+    let latest_run = images.last().map(|i| i.run_id.clone());
+    JobOutcome {
+        key: job.key.clone(),
+        status: JobStatus::Skipped,
+        server: None,
+        prompt_id: images.last().map(|i| i.prompt_id.clone()),
+        attempts: 0,
+        error: None,
+        // The images of the most recent run that rendered this job.
+        images: images
+            .iter()
+            .filter(|i| Some(&i.run_id) == latest_run.as_ref())
+            .map(|i| ImageRecord {
+                path: crate::engine::relative(out_root, &i.path),
+                bytes: i.bytes,
+                sha256: i.sha256.clone(),
+                width: i.width,
+                height: i.height,
+            })
+            .collect(),
+        timings: Timings::default(),
+    }
+}

@@ -1,0 +1,191 @@
+//! The real binary: exit codes, messages, `run --sim`, `rerun`.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+use crate::support::*;
+
+fn bin() -> Command {
+    let mut cmd = Command::cargo_bin("plasma-batch").unwrap();
+    cmd.env_remove("PLASMA_COMFY_URL")
+        .env_remove("PLASMA_COMFY_TOKEN");
+    cmd
+}
+
+#[test]
+fn run_on_the_built_in_simulator_then_rerun_reproduces_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 2, 1, "");
+    let out = dir.path().join("out");
+    let output = bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["totals"]["succeeded"], 2);
+    assert_eq!(summary["exit_code"], 0);
+    let report = summary["report"].as_str().unwrap().to_owned();
+    assert!(std::path::Path::new(&report).exists());
+    assert!(std::path::Path::new(summary["contact_sheet"].as_str().unwrap()).exists());
+    assert!(out.join("ch-07/raw/comfyui/ch07_p002_v1.png").exists());
+
+    let output = bin()
+        .args(["rerun", &report, "--sim", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rerun: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rerun["identical"], 2, "{rerun:#}");
+    assert_eq!(rerun["different"], 0);
+    // New versions, never overwriting the old ones.
+    assert!(out.join("ch-07/raw/comfyui/ch07_p001_v2.png").exists());
+    assert_eq!(
+        sha256_file(&out.join("ch-07/raw/comfyui/ch07_p001_v1.png")),
+        sha256_file(&out.join("ch-07/raw/comfyui/ch07_p001_v2.png"))
+    );
+}
+
+#[test]
+fn plain_output_has_one_line_per_finished_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 3, 1, "");
+    let out = dir.path().join("out");
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--out"])
+        .arg(&out)
+        .assert()
+        .code(0)
+        .stderr(
+            predicate::str::contains("  ok ch07_p001_s1 -> ch-07/raw/comfyui/ch07_p001_v1.png")
+                .and(predicate::str::contains("  ok ch07_p003_s1"))
+                .and(predicate::str::contains(
+                    "3 jobs: 3 succeeded, 0 skipped, 0 failed",
+                )),
+        );
+    // Second run: everything is skipped.
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--out"])
+        .arg(&out)
+        .assert()
+        .code(0)
+        .stderr(
+            predicate::str::contains("skip ch07_p002_s1")
+                .and(predicate::str::contains("3 skipped")),
+        );
+}
+
+#[test]
+fn unreachable_server_is_one_clear_error_before_any_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 1, "");
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--server", &url, "--out"])
+        .arg(dir.path().join("out"))
+        .assert()
+        .code(plasma_batch::exit_codes::PREFLIGHT_FAILED)
+        .stderr(predicate::str::contains(url.as_str()).and(predicate::str::contains("--sim")));
+    assert!(
+        !dir.path()
+            .join("out/ch-07/raw/comfyui/ch07_p001_v1.png")
+            .exists()
+    );
+}
+
+#[test]
+fn missing_model_is_reported_by_preflight_and_validate_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 2, 1, "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "[defaults]\n",
+        "[defaults]\ncheckpoint = \"nowhere_v9.safetensors\"\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime.block_on(sim(&[]));
+    let out = dir.path().join("out");
+    let mut run = bin();
+    run.arg("run")
+        .arg(&manifest)
+        .args(["--server", &sim.url(), "--out"])
+        .arg(&out);
+    let mut validate = bin();
+    validate
+        .arg("validate")
+        .arg(&manifest)
+        .args(["--server", &sim.url()]);
+    for mut command in [run, validate] {
+        command
+            .assert()
+            .code(plasma_batch::exit_codes::PREFLIGHT_FAILED)
+            .stderr(
+                predicate::str::contains("nowhere_v9.safetensors")
+                    .and(predicate::str::contains("ch07_p001_s1")),
+            );
+    }
+    assert_eq!(
+        sim.stats().prompts_accepted + sim.stats().prompts_rejected,
+        0,
+        "nothing was submitted"
+    );
+    runtime.block_on(sim.shutdown());
+}
+
+#[test]
+fn usage_and_input_errors_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 1, "");
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--only", "ch07_p099"])
+        .assert()
+        .code(plasma_batch::exit_codes::USAGE)
+        .stderr(
+            predicate::str::contains("ch07_p099").and(predicate::str::contains("ch07_p001_s1")),
+        );
+    std::fs::write(dir.path().join("broken.toml"), "[chapter]\nnumber = 0\n").unwrap();
+    bin()
+        .arg("run")
+        .arg(dir.path().join("broken.toml"))
+        .arg("--sim")
+        .assert()
+        .code(plasma_batch::exit_codes::INVALID_MANIFEST);
+    // The output root is a file: a local error naming the path, before any server is used.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--out"])
+        .arg(&blocked)
+        .assert()
+        .code(plasma_batch::exit_codes::IO_ERROR)
+        .stderr(predicate::str::contains(blocked.display().to_string()));
+}

@@ -1,0 +1,6 @@
+//! The one integration-test binary (see STYLE.md): each module is one area.
+
+mod cli;
+mod report_schema;
+mod run;
+mod support;

@@ -1,0 +1,190 @@
+//! Helpers shared by the integration tests: small manifests, an in-process simulator, run
+//! options with short timings, and the invariants every run must keep.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plasma_batch::comfy::{ComfyClient, http_client};
+use plasma_batch::engine::EngineConfig;
+use plasma_batch::events::JobStatus;
+use plasma_batch::plan::{Job, Plan, load_plan};
+use plasma_batch::report::RunReport;
+use plasma_batch::report::progress::Mode;
+use plasma_batch::runner::{RunOptions, RunSummary};
+use plasma_batch::sim::{Fault, Sim, SimConfig};
+use sha2::{Digest, Sha256};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A manifest with `pages` pages of `variants` small (64x96, 3-step) images each, written
+/// into `dir`, using the shipped txt2img workflow.
+pub fn small_manifest(dir: &Path, pages: u16, variants: u32, prompt_suffix: &str) -> PathBuf {
+    let mut text = format!(
+        "[chapter]\nnumber = 7\ntitle = \"test chapter\"\nseed = 99\n\n[defaults]\nworkflow = \"{}\"\nsteps = 3\nwidth = 64\nheight = 96\nvariants = {variants}\n",
+        repo().join("workflows/txt2img.json").display()
+    );
+    for page in 1..=pages {
+        text.push_str(&format!(
+            "\n[[pages]]\npage = {page}\nprompt = \"panel {page}: a quiet harbour at night{prompt_suffix}\"\n"
+        ));
+    }
+    let path = dir.join("chapter.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn plan(manifest: &Path) -> Plan {
+    load_plan(manifest).unwrap_or_else(|d| panic!("{} problems in {}", d.len(), manifest.display()))
+}
+
+pub fn jobs(plan: &Plan) -> Vec<Arc<Job>> {
+    plan.jobs.iter().cloned().map(Arc::new).collect()
+}
+
+pub async fn sim(faults: &[&str]) -> Sim {
+    let config = SimConfig {
+        step_ms: 1,
+        faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
+        ..SimConfig::default()
+    };
+    Sim::start(config).await.unwrap()
+}
+
+pub fn client(url: &str) -> ComfyClient {
+    ComfyClient::with_token(url, http_client(), None).unwrap()
+}
+
+/// Short timings so fault paths finish quickly.
+pub fn engine() -> EngineConfig {
+    EngineConfig {
+        timeout: Duration::from_secs(20),
+        stall: Duration::from_millis(500),
+        ping_interval: Duration::from_millis(500),
+        retire_after: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(5),
+        backoff: Duration::from_millis(20),
+        ..EngineConfig::default()
+    }
+}
+
+pub fn options(plan: &Plan, out: &Path, engine: EngineConfig) -> RunOptions {
+    RunOptions {
+        out_root: out.to_owned(),
+        chapter: plan.chapter,
+        title: plan.title.clone(),
+        manifest_path: plan.manifest_path.display().to_string(),
+        manifest_sha256: plan.manifest_sha256.clone(),
+        force: false,
+        only: Vec::new(),
+        simulator: true,
+        engine,
+        mode: Mode::Quiet,
+    }
+}
+
+pub fn no_cancel() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // Keep the sender alive for the whole test process: a dropped sender is not a cancel.
+    std::mem::forget(tx);
+    rx
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+pub fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height)
+}
+
+/// Every file under `root`, relative, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The invariants of every run: each job in the report exactly once with the status of
+/// its outcome; every succeeded image exists, is a valid PNG of the job's size and matches
+/// its sha256; nothing else appeared under the output root.
+pub fn check_run(summary: &RunSummary, plan_jobs: &[Arc<Job>], out: &Path) -> RunReport {
+    let report = RunReport::read(&summary.report_path).unwrap();
+    assert!(report.complete, "the final report is complete");
+    let keys: Vec<&str> = report.jobs.iter().map(|j| j.key.as_str()).collect();
+    let unique: HashSet<&str> = keys.iter().copied().collect();
+    assert_eq!(
+        keys.len(),
+        unique.len(),
+        "a job appears twice in the report"
+    );
+    for job in plan_jobs {
+        assert!(
+            unique.contains(job.key.as_str()),
+            "{} missing from the report",
+            job.key
+        );
+    }
+    assert_eq!(
+        summary.outcomes.len(),
+        plan_jobs.len(),
+        "one outcome per job"
+    );
+    let mut expected_files: HashSet<String> = HashSet::new();
+    for outcome in &summary.outcomes {
+        let entry = report.jobs.iter().find(|j| j.key == outcome.key).unwrap();
+        assert_eq!(
+            serde_json::to_value(entry.status).unwrap(),
+            serde_json::to_value(outcome.status).unwrap(),
+            "{}",
+            outcome.key
+        );
+        if outcome.status == JobStatus::Succeeded || outcome.status == JobStatus::Skipped {
+            assert!(!outcome.images.is_empty(), "{} has no image", outcome.key);
+        } else {
+            assert!(
+                outcome.images.is_empty(),
+                "{} failed but recorded images",
+                outcome.key
+            );
+        }
+        for image in &outcome.images {
+            let path = out.join(&image.path);
+            assert!(path.exists(), "{} is missing", path.display());
+            assert_eq!(sha256_file(&path), image.sha256, "{}", image.path);
+            assert_eq!(png_size(&path), (entry.params.width, entry.params.height));
+            expected_files.insert(image.path.clone());
+        }
+    }
+    // Images of earlier runs in the same output root are allowed; a stray file is not.
+    for file in files_under(out) {
+        let name = file.rsplit('/').next().unwrap();
+        let allowed = expected_files.contains(&file)
+            || name == "ledger.jsonl"
+            || (file.contains("/reports/") && (name.ends_with(".json") || name.ends_with(".html")))
+            || (file.contains("/raw/comfyui/") && name.ends_with(".png") && !name.starts_with('.'));
+        assert!(allowed, "unexpected file under the output root: {file}");
+    }
+    report
+}
