@@ -50,6 +50,17 @@ impl Plan {
             .collect::<BTreeSet<_>>()
             .len()
     }
+
+    /// `chapter 1, 9 pages, 14 jobs`.
+    pub fn summary(&self) -> String {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "chapter {}, {}, {}",
+            self.chapter,
+            count(self.page_count(), "page"),
+            count(self.jobs.len(), "job")
+        )
+    }
 }
 
 /// `[comfy]` from the manifest; CLI flags and `PLASMA_COMFY_URL` override it (executor side).
@@ -128,7 +139,12 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
     let templates = load_templates(&parsed, base, &mut problems);
-    match expand(&parsed, &templates) {
+    let checked = if parsed.defaults_complete {
+        expand(&parsed, &templates)
+    } else {
+        Err(Vec::new())
+    };
+    match checked {
         Ok(jobs) if problems.is_empty() => Ok(Plan {
             manifest_path: manifest.to_path_buf(),
             manifest_sha256,

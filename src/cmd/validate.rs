@@ -12,12 +12,6 @@ pub async fn validate(args: ValidateArgs) -> CmdResult {
         exit_code: exit_codes::INVALID_MANIFEST,
         diagnostics,
     })?;
-    println!(
-        "ok: {}: chapter {}, {} pages, {} jobs",
-        plan.manifest_path.display(),
-        plan.chapter,
-        plan.page_count(),
-        plan.jobs.len()
-    );
+    println!("ok: {}: {}", plan.manifest_path.display(), plan.summary());
     Ok(exit_codes::OK)
 }

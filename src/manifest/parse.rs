@@ -74,8 +74,15 @@ const SEED_HELP: &str = "seeds are integers in KSampler's range 0..=184467440737
 pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let (doc, errors) = DeTable::parse_recoverable(file.text());
     if !errors.is_empty() {
+        // The parser recovers and goes on, so one mistake often yields several errors on the
+        // same line; the first one on a line is the one worth reading.
+        let mut lines_seen = std::collections::BTreeSet::new();
         let problems = errors
             .iter()
+            .filter(|err| {
+                let at = err.span().map_or(0, |s| s.start).min(file.text().len());
+                lines_seen.insert(file.text()[..at].matches('\n').count())
+            })
             .map(|err| {
                 Problem::at(
                     "manifest::syntax",
@@ -97,6 +104,7 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     c.unknown_keys(root, TOP_KEYS, "the manifest's top level");
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
+    let before_defaults = c.problems.len();
     let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
@@ -104,12 +112,14 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
         }
         None => Settings::default(),
     };
+    let defaults_complete = c.problems.len() == before_defaults;
     let pages = c.pages(root.get("pages"));
     let manifest = Manifest {
         file: file.clone(),
         chapter,
         comfy,
         defaults,
+        defaults_complete,
         pages,
     };
     (Some(manifest), c.problems)
@@ -136,11 +146,18 @@ impl Checker<'_> {
     }
 
     fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], place: &str) {
-        for key in table.keys() {
+        for (key, value) in table.iter() {
             let name: &str = key.get_ref();
             if known.contains(&name) {
                 continue;
             }
+            let what = match value.get_ref() {
+                DeValue::Table(_) => "table",
+                DeValue::Array(a) if a.iter().all(|v| v.get_ref().is_table()) && !a.is_empty() => {
+                    "table"
+                }
+                _ => "key",
+            };
             let help = match did_you_mean(name, known) {
                 Some(close) => format!("did you mean `{close}`?"),
                 None => format!("{place} takes: {}", known.join(", ")),
@@ -148,8 +165,8 @@ impl Checker<'_> {
             self.error(
                 "manifest::unknown_key",
                 key.span(),
-                format!("unknown key `{name}` in {place}"),
-                "unknown key",
+                format!("unknown {what} `{name}` in {place}"),
+                format!("unknown {what}"),
                 help,
             );
         }
@@ -157,12 +174,21 @@ impl Checker<'_> {
 
     fn wrong_type(&mut self, v: &Value<'_>, name: &str, expected: &str) {
         let found = v.get_ref().type_str();
+        let quoted_number = v
+            .get_ref()
+            .as_str()
+            .is_some_and(|s| s.trim().parse::<f64>().is_ok());
+        let help = if quoted_number && matches!(expected, "a number" | "an integer") {
+            format!("remove the quotes: numbers are written bare, e.g. `{name} = 20`")
+        } else {
+            format!("write `{name}` as {expected}")
+        };
         self.error(
             "manifest::wrong_type",
             v.span(),
             format!("`{name}` must be {expected}, found {found}"),
             format!("expected {expected}"),
-            format!("write `{name}` as {expected}"),
+            help,
         );
     }
 
@@ -463,11 +489,7 @@ impl Checker<'_> {
             return Some(LoraSetting::Off);
         }
         let Some(t) = v.get_ref().as_table() else {
-            self.wrong_type(
-                v,
-                "lora",
-                "a table `{ name = \"...\", strength_model = 1.0, strength_clip = 1.0 }` or `false`",
-            );
+            self.wrong_type(v, "lora", "a table `{ name = \"...\" }` or `false`");
             return None;
         };
         self.unknown_keys(t, LORA_KEYS, "`lora`");
@@ -549,7 +571,9 @@ impl Checker<'_> {
         pages
     }
 
+    /// A page, or `None` if it has any problem (later checks would only echo it).
     fn page(&mut self, header: Range<usize>, t: &DeTable<'_>) -> Option<Page> {
+        let before = self.problems.len();
         self.unknown_keys(t, PAGE_KEYS, "[[pages]]");
         let number = match t.get("page") {
             Some(p) => self.integer(p, "page", 1..=999, "page numbers are 1..=999"),
@@ -577,6 +601,9 @@ impl Checker<'_> {
         };
         let settings = self.settings(t);
         let seeds = self.page_seeds(t, settings.variants);
+        if self.problems.len() > before {
+            return None;
+        }
         Some(Page {
             page: number? as u16,
             header,

@@ -14,8 +14,8 @@ use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
 /// The class whose nodes are a job's outputs unless the manifest names an `output_node`.
 pub const SAVE_IMAGE: &str = "SaveImage";
 
-const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (\"Export (API)\"): \
-    {\"<node id>\": {\"class_type\": \"...\", \"inputs\": {...}}, ...}";
+const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (in ComfyUI: Workflow > \
+    Export (API)): {\"<node id>\": {\"class_type\": \"...\", \"inputs\": {...}}, ...}";
 
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -259,6 +259,16 @@ impl Checker<'_> {
                 "empty",
                 API_FORMAT_HELP.to_owned(),
             );
+        }
+        if let (Some(Value::Array(_)), Some(entry)) = (nodes.get("nodes"), tree.entry("nodes")) {
+            self.error(
+                "workflow::not_api_format",
+                entry.key_span.clone(),
+                format!("workflow `{name}` is in ComfyUI's UI format, not the API format"),
+                "UI-format workflows have `nodes` and `links` lists",
+                API_FORMAT_HELP.to_owned(),
+            );
+            return Vec::new();
         }
         let mut save_nodes = Vec::new();
         for (id, node) in nodes {
