@@ -7,7 +7,6 @@
 //! the report and `rerun` build on: extend it, but keep these fields and their meaning.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
@@ -453,18 +452,18 @@ fn page_jobs(
             seed_source,
             ..base.clone()
         };
-        let workflow = template
+        let filled = template
             .fill(&slot_values(seed, &params))
             .expect("every placeholder was checked to have a value");
         jobs.push(Job {
-            hash: job_hash(&workflow),
+            hash: filled.hash,
+            workflow: filled.workflow,
             key,
             chapter,
             page,
             variant,
             seed,
             params,
-            workflow,
             output_nodes: output_nodes.clone(),
             workflow_sha256: template.sha256().to_owned(),
         });
@@ -510,44 +509,89 @@ pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> 
 /// sha256 (hex) of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled
 /// workflow: serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
 pub fn job_hash(workflow: &Value) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"plasma-batch/job/v1\n");
-    write_canonical(workflow, &mut hasher);
-    hex::encode(hasher.finalize())
+    crate::workflow::canonical::job_hash(workflow)
 }
 
-fn write_canonical(value: &Value, out: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.update(b"{");
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                write_json(&Value::from(key.as_str()), out);
-                out.update(b":");
-                write_canonical(item, out);
-            }
-            out.update(b"}");
-        }
-        Value::Array(items) => {
-            out.update(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                write_canonical(item, out);
-            }
-            out.update(b"]");
-        }
-        scalar => write_json(scalar, out),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::SourceFile;
+
+    #[test]
+    fn keys_are_padded() {
+        assert_eq!(job_key(1, 3, 2), "ch01_p003_s2");
+        assert_eq!(job_key(123, 45, 10), "ch123_p045_s10");
     }
-}
 
-fn write_json(value: &Value, out: &mut Sha256) {
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
-    let _ = out.flush();
+    #[test]
+    fn derived_seeds_are_stable_and_53_bit() {
+        // The documented example in docs/manifest.md.
+        assert_eq!(derive_seed(1, 20261125, 1, 1), 5966607474532519);
+        let seeds: BTreeSet<u64> = [
+            derive_seed(1, 0, 1, 1),
+            derive_seed(1, 0, 1, 2),
+            derive_seed(1, 0, 2, 1),
+            derive_seed(2, 0, 1, 1),
+            derive_seed(1, 1, 1, 1),
+        ]
+        .into();
+        assert_eq!(seeds.len(), 5);
+        assert!(seeds.iter().all(|s| *s <= DERIVED_SEED_MASK));
+    }
+
+    fn templates() -> Templates {
+        let plain = include_str!("../workflows/txt2img.json");
+        let lora = include_str!("../workflows/txt2img-lora.json");
+        [("plain.json", plain), ("lora.json", lora)]
+            .into_iter()
+            .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
+            .collect()
+    }
+
+    fn expand_text(text: &str) -> Result<Vec<Job>, Vec<Problem>> {
+        let (manifest, problems) = parse_manifest(&SourceFile::new("m.toml", text));
+        assert!(problems.is_empty(), "{problems:?}");
+        expand(&manifest.unwrap(), &templates())
+    }
+
+    const HEAD: &str = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\nlora_workflow = \"lora.json\"\nlora = { name = \"ink.safetensors\" }\n";
+
+    #[test]
+    fn pages_with_a_lora_take_the_lora_workflow() {
+        let jobs = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 2\nprompt = \"a\"\nlora = false\nvariants = 2\n[[pages]]\npage = 1\nprompt = \"b\"\n"
+        ))
+        .unwrap();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        assert_eq!(keys, ["ch01_p001_s1", "ch01_p002_s1", "ch01_p002_s2"]);
+        assert_eq!(jobs[0].params.workflow_path, Path::new("lora.json"));
+        assert_eq!(
+            jobs[0].workflow["10"]["inputs"]["lora_name"],
+            "ink.safetensors"
+        );
+        assert_eq!(jobs[0].workflow["10"]["inputs"]["strength_model"], 1.0);
+        assert_eq!(jobs[1].params.workflow_path, Path::new("plain.json"));
+        assert!(jobs[1].params.lora.is_none());
+        assert_ne!(jobs[1].seed, jobs[2].seed);
+        assert_eq!(jobs[1].workflow["5"]["inputs"]["width"], 512);
+        assert_eq!(jobs[1].workflow["3"]["inputs"]["cfg"], 7.0);
+    }
+
+    #[test]
+    fn a_lora_page_on_a_plain_workflow_is_an_error() {
+        let problems = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nworkflow = \"plain.json\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(problems[0].code(), "manifest::lora_unused");
+    }
+
+    #[test]
+    fn a_page_without_lora_on_a_lora_workflow_is_an_error() {
+        let problems = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nlora = false\nworkflow = \"lora.json\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(problems[0].code(), "workflow::no_value");
+    }
 }

@@ -692,3 +692,108 @@ impl Checker<'_> {
         ok.then_some(seeds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Option<Manifest>, Vec<Problem>) {
+        parse_manifest(&SourceFile::new("m.toml", text))
+    }
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        parse(text).1.iter().map(Problem::code).collect()
+    }
+
+    const MINIMAL: &str = "[chapter]\nnumber = 2\n[[pages]]\npage = 1\nprompt = \"p\"\n";
+
+    #[test]
+    fn reads_defaults_and_page_overrides() {
+        let text = r#"
+[chapter]
+number = 7
+seed = 18446744073709551615
+[defaults]
+workflow = "w.json"
+steps = 0x10
+cfg = 7
+lora = { name = "l.safetensors", strength_clip = 0.5 }
+[[pages]]
+page = 3
+prompt = "p"
+lora = false
+seeds = [1, 2]
+[[pages]]
+page = 1
+prompt = "q"
+"#;
+        let (manifest, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = manifest.unwrap();
+        assert_eq!(m.chapter.number, 7);
+        assert_eq!(m.chapter.seed, Some(u64::MAX));
+        assert_eq!(m.defaults.steps, Some(16));
+        assert_eq!(m.defaults.cfg, Some(7.0));
+        let lora = m.defaults.lora.as_ref().unwrap().get_ref();
+        assert_eq!(
+            lora,
+            &LoraSetting::Use(LoraParams {
+                name: "l.safetensors".into(),
+                strength_model: 1.0,
+                strength_clip: 0.5
+            })
+        );
+        assert_eq!(
+            m.pages[0].settings.lora.as_ref().unwrap().get_ref(),
+            &LoraSetting::Off
+        );
+        assert_eq!(m.pages[0].seeds, PageSeeds::Explicit(vec![1, 2]));
+        assert_eq!(m.pages[1].seeds, PageSeeds::Derived);
+        assert!(m.defaults_complete);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = "[chapter]\nnumber = 0\n[defaults]\nsteps = -1\ncfg = 101\n[[pages]]\npage = 1\nprompt = \"\"\nsead = 3\n";
+        assert_eq!(
+            codes(text),
+            [
+                "manifest::out_of_range",
+                "manifest::out_of_range",
+                "manifest::out_of_range",
+                "manifest::unknown_key",
+                "manifest::empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broken_default_marks_the_defaults_incomplete() {
+        let (m, _) = parse(&format!("{MINIMAL}[defaults]\nlora = 3\n"));
+        assert!(!m.unwrap().defaults_complete);
+    }
+
+    #[test]
+    fn seed_rules() {
+        assert_eq!(
+            codes(&format!("{MINIMAL}seed = 1\nseeds = [2]\n")),
+            ["manifest::seed_conflict"]
+        );
+        assert_eq!(
+            codes(&format!("{MINIMAL}seeds = [2]\nvariants = 2\n")),
+            ["manifest::seed_conflict"]
+        );
+        assert!(codes(&format!("{MINIMAL}seeds = [2, 3]\nvariants = 2\n")).is_empty());
+        assert_eq!(
+            codes(&format!("{MINIMAL}seed = 18446744073709551616\n")),
+            ["manifest::out_of_range"]
+        );
+    }
+
+    #[test]
+    fn quoted_numbers_get_a_hint() {
+        let (_, problems) = parse(&format!("{MINIMAL}steps = \"20\"\n"));
+        let help = miette::Diagnostic::help(&problems[0]).unwrap().to_string();
+        assert!(help.contains("remove the quotes"), "{help}");
+    }
+}
