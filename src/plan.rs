@@ -309,7 +309,7 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
 
     // Pages without a value for a template's LoRA slots, per template.
     let mut lacking_lora: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    let mut jobs = Vec::new();
+    let mut work: Vec<PageWork<'_>> = Vec::with_capacity(resolved.len());
     for r in &resolved {
         let Some(written) = r.workflow else { continue };
         let Some(template) = templates.get(written.get_ref()) else {
@@ -379,9 +379,11 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
             }
             _ => {}
         }
-        if problems.is_empty() {
-            page_jobs(manifest, r, template, output_nodes, &mut jobs);
-        }
+        work.push(PageWork {
+            resolved: r,
+            template,
+            output_nodes,
+        });
     }
     for (written, pages) in lacking_lora {
         let template = &templates[written];
@@ -392,20 +394,62 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
         problems.push(template.missing_value_problem(placeholder, &pages));
     }
     if problems.is_empty() {
-        Ok(jobs)
+        Ok(build_jobs(manifest, &work))
     } else {
         Err(problems)
     }
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(
-    manifest: &Manifest,
-    r: &Resolved<'_>,
-    template: &Template,
+/// A page that passed every check, with what its jobs need.
+struct PageWork<'m> {
+    resolved: &'m Resolved<'m>,
+    template: &'m Template,
     output_nodes: Vec<String>,
-    jobs: &mut Vec<Job>,
-) {
+}
+
+/// Pages per thread below which threads are not worth starting.
+const PAGES_PER_THREAD: usize = 64;
+
+/// Every page's jobs, in page order. Large plans are built on several threads, each taking a
+/// contiguous run of pages, and joined in order, so the result is the same as sequentially.
+fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Job> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len() / PAGES_PER_THREAD)
+        .max(1);
+    let build = |pages: &[PageWork<'_>]| {
+        let mut jobs = Vec::new();
+        for w in pages {
+            page_jobs(manifest, w, &mut jobs);
+        }
+        jobs
+    };
+    if threads == 1 {
+        return build(work);
+    }
+    let parts: Vec<Vec<Job>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks(work.len().div_ceil(threads))
+            .map(|pages| scope.spawn(move || build(pages)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut jobs = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        jobs.extend(part);
+    }
+    jobs
+}
+
+/// The jobs of one page, appended in variant order.
+fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
+    let (r, template) = (work.resolved, work.template);
     let (d, s) = (&manifest.defaults, &r.page.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
@@ -444,6 +488,8 @@ fn page_jobs(
         filename_prefix: String::new(),
         seed_source: SeedSource::Derived,
     };
+    // The page's values once; each variant only changes its seed and prefix.
+    let mut values = page_values(&base);
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
         let key = job_key(chapter, page, variant);
@@ -452,8 +498,10 @@ fn page_jobs(
             seed_source,
             ..base.clone()
         };
+        values.set(Placeholder::Seed, seed);
+        values.set(Placeholder::FilenamePrefix, params.filename_prefix.as_str());
         let filled = template
-            .fill(&slot_values(seed, &params))
+            .fill(&values)
             .expect("every placeholder was checked to have a value");
         jobs.push(Job {
             hash: filled.hash,
@@ -464,15 +512,15 @@ fn page_jobs(
             variant,
             seed,
             params,
-            output_nodes: output_nodes.clone(),
+            output_nodes: work.output_nodes.clone(),
             workflow_sha256: template.sha256().to_owned(),
         });
     }
 }
 
-fn slot_values(seed: u64, p: &JobParams) -> SlotValues {
+/// The placeholder values a page's variants share (all but seed and filename prefix).
+fn page_values(p: &JobParams) -> SlotValues {
     let mut v = SlotValues::default();
-    v.set(Placeholder::Seed, seed);
     v.set(Placeholder::Prompt, p.prompt.as_str());
     v.set(Placeholder::Negative, p.negative.as_str());
     v.set(Placeholder::Checkpoint, p.checkpoint.as_str());
@@ -482,7 +530,6 @@ fn slot_values(seed: u64, p: &JobParams) -> SlotValues {
     v.set(Placeholder::Scheduler, p.scheduler.as_str());
     v.set(Placeholder::Width, p.width);
     v.set(Placeholder::Height, p.height);
-    v.set(Placeholder::FilenamePrefix, p.filename_prefix.as_str());
     if let Some(lora) = &p.lora {
         v.set(Placeholder::LoraName, lora.name.as_str());
         v.set(Placeholder::LoraStrengthModel, lora.strength_model);

@@ -251,7 +251,12 @@ fn ch01_exercises_the_language() {
             );
         }
         assert_eq!(job.workflow["3"]["inputs"]["seed"], job.seed);
-        assert_eq!(job.hash, plasma_batch::plan::job_hash(&job.workflow), "{}", job.key);
+        assert_eq!(
+            job.hash,
+            plasma_batch::plan::job_hash(&job.workflow),
+            "{}",
+            job.key
+        );
         assert_eq!(job.output_nodes, ["9"]);
         assert_eq!(
             job.params.filename_prefix,
