@@ -1,6 +1,6 @@
-//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). [`expand`]
-//! is the planner; [`load_plan`] is the one entry point that reads files (the manifest and
-//! its workflow templates) and then calls it. Seeds, keys and hashes are documented in
+//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). `expand` is
+//! the planner; [`load_plan`] is the one entry point that reads files (the manifest and its
+//! workflow templates) and then calls it. Seeds, keys and hashes are documented in
 //! `docs/manifest.md`.
 //!
 //! OWNED BY THE MANIFEST WORK (issue 2). The `Job` shape below is the contract the engine,
@@ -166,7 +166,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
 
 /// Templates by the path as written in the manifest. One that failed to load is absent (its
 /// problem is already recorded), and pages using it are not planned.
-pub type Templates = BTreeMap<String, Template>;
+type Templates = BTreeMap<String, Template>;
 
 /// Load every template the manifest names, once each, relative to the manifest's directory.
 fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>) -> Templates {
@@ -278,7 +278,9 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
 
 /// Plan every job of a checked manifest, given its loaded templates. Pure: no files, clock or
 /// network. Returns the problems that need both the manifest and the templates to see.
-pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
+/// Pages whose template is absent from `templates` (it failed to load, and that problem is
+/// already recorded) are skipped.
+fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
     let mut pages: Vec<&Page> = manifest.pages.iter().collect();

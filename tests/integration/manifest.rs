@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use plasma_batch::plan::{Plan, load_plan};
-use predicates::prelude::*;
 
 const BAD_MANIFESTS: &str = "tests/fixtures/manifests/bad";
 /// One manifest per broken template in `tests/fixtures/workflows/bad`, named alike.
@@ -117,19 +116,33 @@ fn every_broken_workflow_is_reported_with_file_line_and_column() {
 }
 
 #[test]
-fn every_broken_fixture_fails_validate_with_exit_code_3() {
-    let all = fixtures(BAD_MANIFESTS, "toml")
+fn every_broken_fixture_fails_validate_and_plan_with_exit_code_3() {
+    let manifests = fixtures(BAD_MANIFESTS, "toml")
         .into_iter()
-        .chain(fixtures(BAD_WORKFLOW_MANIFESTS, "toml"));
-    for path in all {
+        .map(|p| (p.clone(), p));
+    let workflows = fixtures(BAD_WORKFLOW_MANIFESTS, "toml")
+        .into_iter()
+        .map(|p| {
+            (
+                p.clone(),
+                Path::new(BAD_WORKFLOWS).join(format!("{}.json", stem(&p))),
+            )
+        });
+    for (manifest, named) in manifests.chain(workflows) {
         for command in ["validate", "plan"] {
-            bin()
+            let out = bin()
                 .arg(command)
-                .arg(&path)
+                .arg(&manifest)
                 .assert()
                 .code(3)
-                .stdout("")
-                .stderr(predicate::str::contains(":").and(predicate::str::is_empty().not()));
+                .stdout("");
+            let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+            assert!(
+                names_file_and_position(&stderr, &named.display().to_string()),
+                "{command} {}: stderr does not name {} with line:col:\n{stderr}",
+                manifest.display(),
+                named.display()
+            );
         }
     }
 }
