@@ -127,6 +127,23 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
+/// Where a key that is unknown in one table does belong, for the hint.
+fn belongs_in(name: &str) -> Option<&'static str> {
+    if name == "seed" {
+        Some("[chapter] (the base for derived seeds) or on a page (that page's seed)")
+    } else if CHAPTER_KEYS.contains(&name) {
+        Some("[chapter]")
+    } else if COMFY_KEYS.contains(&name) {
+        Some("[comfy]")
+    } else if SETTING_KEYS.contains(&name) {
+        Some("[defaults] or on a page")
+    } else if PAGE_KEYS.contains(&name) {
+        Some("[[pages]]")
+    } else {
+        None
+    }
+}
+
 struct Checker<'f> {
     file: &'f SourceFile,
     problems: Vec<Problem>,
@@ -158,9 +175,10 @@ impl Checker<'_> {
                 }
                 _ => "key",
             };
-            let help = match did_you_mean(name, known) {
-                Some(close) => format!("did you mean `{close}`?"),
-                None => format!("{place} takes: {}", known.join(", ")),
+            let help = match (did_you_mean(name, known), belongs_in(name)) {
+                (Some(close), _) => format!("did you mean `{close}`?"),
+                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+                (None, None) => format!("{place} takes: {}", known.join(", ")),
             };
             self.error(
                 "manifest::unknown_key",
@@ -787,6 +805,24 @@ prompt = "q"
         assert_eq!(
             codes(&format!("{MINIMAL}seed = 18446744073709551616\n")),
             ["manifest::out_of_range"]
+        );
+    }
+
+    #[test]
+    fn misplaced_keys_say_where_they_belong() {
+        let text = "[chapter]\nnumber = 1\nsteps = 4\n[defaults]\nprompt = \"p\"\n[[pages]]\npage = 1\nprompt = \"p\"\ntimeout = 9\n";
+        let helps: Vec<String> = parse(text)
+            .1
+            .iter()
+            .map(|p| miette::Diagnostic::help(p).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            helps,
+            [
+                "`steps` belongs in [defaults] or on a page",
+                "`prompt` belongs in [[pages]]",
+                "`timeout` belongs in [comfy]",
+            ]
         );
     }
 
