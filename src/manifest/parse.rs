@@ -30,25 +30,8 @@ const SETTING_KEYS: &[&str] = &[
     "lora",
     "variants",
 ];
-const PAGE_KEYS: &[&str] = &[
-    "page",
-    "prompt",
-    "seed",
-    "seeds",
-    "workflow",
-    "lora_workflow",
-    "output_node",
-    "checkpoint",
-    "negative",
-    "steps",
-    "cfg",
-    "sampler",
-    "scheduler",
-    "width",
-    "height",
-    "lora",
-    "variants",
-];
+/// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
+const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
 const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
 
 /// KSampler's schedulers in ComfyUI 0.8.0 (`comfy.samplers.SCHEDULER_NAMES`).
@@ -137,7 +120,7 @@ fn belongs_in(name: &str) -> Option<&'static str> {
         Some("[comfy]")
     } else if SETTING_KEYS.contains(&name) {
         Some("[defaults] or on a page")
-    } else if PAGE_KEYS.contains(&name) {
+    } else if PAGE_ONLY_KEYS.contains(&name) {
         Some("[[pages]]")
     } else {
         None
@@ -592,7 +575,8 @@ impl Checker<'_> {
     /// A page, or `None` if it has any problem (later checks would only echo it).
     fn page(&mut self, header: Range<usize>, t: &DeTable<'_>) -> Option<Page> {
         let before = self.problems.len();
-        self.unknown_keys(t, PAGE_KEYS, "[[pages]]");
+        let known: Vec<&str> = PAGE_ONLY_KEYS.iter().chain(SETTING_KEYS).copied().collect();
+        self.unknown_keys(t, &known, "[[pages]]");
         let number = match t.get("page") {
             Some(p) => self.integer(p, "page", 1..=999, "page numbers are 1..=999"),
             None => {
