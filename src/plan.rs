@@ -369,10 +369,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Pr
                 }
                 continue;
             }
-            None if Placeholder::ALL
-                .iter()
-                .any(|p| p.needs_lora() && template.uses(*p)) =>
-            {
+            None if template.lora_placeholder().is_some() => {
                 lacking_lora
                     .entry(written.get_ref().as_str())
                     .or_default()
@@ -389,11 +386,9 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Pr
     }
     for (written, pages) in lacking_lora {
         let template = &templates[written];
-        let placeholder = Placeholder::ALL
-            .into_iter()
-            .find(|p| p.needs_lora() && template.uses(*p))
-            .unwrap_or(Placeholder::LoraName);
-        problems.push(template.missing_value_problem(placeholder, &pages));
+        if let Some(placeholder) = template.lora_placeholder() {
+            problems.push(template.missing_value_problem(placeholder, &pages));
+        }
     }
     if problems.is_empty() {
         Ok(build_jobs(manifest, &work))

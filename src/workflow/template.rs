@@ -147,6 +147,12 @@ impl Template {
         self.uses.contains_key(&placeholder)
     }
 
+    /// The first LoRA placeholder the template uses, if any: a page without a LoRA cannot
+    /// fill it.
+    pub fn lora_placeholder(&self) -> Option<Placeholder> {
+        self.uses.keys().copied().find(|p| p.needs_lora())
+    }
+
     /// The template with every placeholder replaced, or the first placeholder with no value.
     ///
     /// Substitution is one pass over the template's own strings: text that a value brings in
