@@ -1,13 +1,12 @@
-//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). [`expand`]
-//! is the planner; [`load_plan`] is the one entry point that reads files (the manifest and
-//! its workflow templates) and then calls it. Seeds, keys and hashes are documented in
+//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). `expand` is
+//! the planner; [`load_plan`] is the one entry point that reads files (the manifest and its
+//! workflow templates) and then calls it. Seeds, keys and hashes are documented in
 //! `docs/manifest.md`.
 //!
 //! OWNED BY THE MANIFEST WORK (issue 2). The `Job` shape below is the contract the engine,
 //! the report and `rerun` build on: extend it, but keep these fields and their meaning.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
@@ -49,6 +48,17 @@ impl Plan {
             .map(|j| j.page)
             .collect::<BTreeSet<_>>()
             .len()
+    }
+
+    /// `chapter 1, 9 pages, 14 jobs`.
+    pub fn summary(&self) -> String {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "chapter {}, {}, {}",
+            self.chapter,
+            count(self.page_count(), "page"),
+            count(self.jobs.len(), "job")
+        )
     }
 }
 
@@ -128,7 +138,12 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
     let templates = load_templates(&parsed, base, &mut problems);
-    match expand(&parsed, &templates) {
+    let checked = if parsed.defaults_complete {
+        expand(&parsed, &templates)
+    } else {
+        Err(Vec::new())
+    };
+    match checked {
         Ok(jobs) if problems.is_empty() => Ok(Plan {
             manifest_path: manifest.to_path_buf(),
             manifest_sha256,
@@ -151,7 +166,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
 
 /// Templates by the path as written in the manifest. One that failed to load is absent (its
 /// problem is already recorded), and pages using it are not planned.
-pub type Templates = BTreeMap<String, Template>;
+type Templates = BTreeMap<String, Template>;
 
 /// Load every template the manifest names, once each, relative to the manifest's directory.
 fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>) -> Templates {
@@ -263,7 +278,9 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
 
 /// Plan every job of a checked manifest, given its loaded templates. Pure: no files, clock or
 /// network. Returns the problems that need both the manifest and the templates to see.
-pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
+/// Pages whose template is absent from `templates` (it failed to load, and that problem is
+/// already recorded) are skipped.
+fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
     let mut pages: Vec<&Page> = manifest.pages.iter().collect();
@@ -294,7 +311,7 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
 
     // Pages without a value for a template's LoRA slots, per template.
     let mut lacking_lora: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    let mut jobs = Vec::new();
+    let mut work: Vec<PageWork<'_>> = Vec::with_capacity(resolved.len());
     for r in &resolved {
         let Some(written) = r.workflow else { continue };
         let Some(template) = templates.get(written.get_ref()) else {
@@ -352,10 +369,7 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
                 }
                 continue;
             }
-            None if Placeholder::ALL
-                .iter()
-                .any(|p| p.needs_lora() && template.uses(*p)) =>
-            {
+            None if template.lora_placeholder().is_some() => {
                 lacking_lora
                     .entry(written.get_ref().as_str())
                     .or_default()
@@ -364,33 +378,75 @@ pub fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Ve
             }
             _ => {}
         }
-        if problems.is_empty() {
-            page_jobs(manifest, r, template, output_nodes, &mut jobs);
-        }
+        work.push(PageWork {
+            resolved: r,
+            template,
+            output_nodes,
+        });
     }
     for (written, pages) in lacking_lora {
         let template = &templates[written];
-        let placeholder = Placeholder::ALL
-            .into_iter()
-            .find(|p| p.needs_lora() && template.uses(*p))
-            .unwrap_or(Placeholder::LoraName);
-        problems.push(template.missing_value_problem(placeholder, &pages));
+        if let Some(placeholder) = template.lora_placeholder() {
+            problems.push(template.missing_value_problem(placeholder, &pages));
+        }
     }
     if problems.is_empty() {
-        Ok(jobs)
+        Ok(build_jobs(manifest, &work))
     } else {
         Err(problems)
     }
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(
-    manifest: &Manifest,
-    r: &Resolved<'_>,
-    template: &Template,
+/// A page that passed every check, with what its jobs need.
+struct PageWork<'m> {
+    resolved: &'m Resolved<'m>,
+    template: &'m Template,
     output_nodes: Vec<String>,
-    jobs: &mut Vec<Job>,
-) {
+}
+
+/// Pages per thread below which threads are not worth starting.
+const PAGES_PER_THREAD: usize = 64;
+
+/// Every page's jobs, in page order. Large plans are built on several threads, each taking a
+/// contiguous run of pages, and joined in order, so the result is the same as sequentially.
+fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Job> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len() / PAGES_PER_THREAD)
+        .max(1);
+    let build = |pages: &[PageWork<'_>]| {
+        let mut jobs = Vec::new();
+        for w in pages {
+            page_jobs(manifest, w, &mut jobs);
+        }
+        jobs
+    };
+    if threads == 1 {
+        return build(work);
+    }
+    let parts: Vec<Vec<Job>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks(work.len().div_ceil(threads))
+            .map(|pages| scope.spawn(move || build(pages)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut jobs = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        jobs.extend(part);
+    }
+    jobs
+}
+
+/// The jobs of one page, appended in variant order.
+fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
+    let (r, template) = (work.resolved, work.template);
     let (d, s) = (&manifest.defaults, &r.page.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
@@ -429,6 +485,8 @@ fn page_jobs(
         filename_prefix: String::new(),
         seed_source: SeedSource::Derived,
     };
+    // The page's values once; each variant only changes its seed and prefix.
+    let mut values = page_values(&base);
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
         let key = job_key(chapter, page, variant);
@@ -437,27 +495,29 @@ fn page_jobs(
             seed_source,
             ..base.clone()
         };
-        let workflow = template
-            .fill(&slot_values(seed, &params))
+        values.set(Placeholder::Seed, seed);
+        values.set(Placeholder::FilenamePrefix, params.filename_prefix.as_str());
+        let filled = template
+            .fill(&values)
             .expect("every placeholder was checked to have a value");
         jobs.push(Job {
-            hash: job_hash(&workflow),
+            hash: filled.hash,
+            workflow: filled.workflow,
             key,
             chapter,
             page,
             variant,
             seed,
             params,
-            workflow,
-            output_nodes: output_nodes.clone(),
+            output_nodes: work.output_nodes.clone(),
             workflow_sha256: template.sha256().to_owned(),
         });
     }
 }
 
-fn slot_values(seed: u64, p: &JobParams) -> SlotValues {
+/// The placeholder values a page's variants share (all but seed and filename prefix).
+fn page_values(p: &JobParams) -> SlotValues {
     let mut v = SlotValues::default();
-    v.set(Placeholder::Seed, seed);
     v.set(Placeholder::Prompt, p.prompt.as_str());
     v.set(Placeholder::Negative, p.negative.as_str());
     v.set(Placeholder::Checkpoint, p.checkpoint.as_str());
@@ -467,7 +527,6 @@ fn slot_values(seed: u64, p: &JobParams) -> SlotValues {
     v.set(Placeholder::Scheduler, p.scheduler.as_str());
     v.set(Placeholder::Width, p.width);
     v.set(Placeholder::Height, p.height);
-    v.set(Placeholder::FilenamePrefix, p.filename_prefix.as_str());
     if let Some(lora) = &p.lora {
         v.set(Placeholder::LoraName, lora.name.as_str());
         v.set(Placeholder::LoraStrengthModel, lora.strength_model);
@@ -494,44 +553,89 @@ pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> 
 /// sha256 (hex) of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled
 /// workflow: serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
 pub fn job_hash(workflow: &Value) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"plasma-batch/job/v1\n");
-    write_canonical(workflow, &mut hasher);
-    hex::encode(hasher.finalize())
+    crate::workflow::canonical::job_hash(workflow)
 }
 
-fn write_canonical(value: &Value, out: &mut Sha256) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.update(b"{");
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                write_json(&Value::from(key.as_str()), out);
-                out.update(b":");
-                write_canonical(item, out);
-            }
-            out.update(b"}");
-        }
-        Value::Array(items) => {
-            out.update(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                write_canonical(item, out);
-            }
-            out.update(b"]");
-        }
-        scalar => write_json(scalar, out),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::SourceFile;
+
+    #[test]
+    fn keys_are_padded() {
+        assert_eq!(job_key(1, 3, 2), "ch01_p003_s2");
+        assert_eq!(job_key(123, 45, 10), "ch123_p045_s10");
     }
-}
 
-fn write_json(value: &Value, out: &mut Sha256) {
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
-    let _ = out.flush();
+    #[test]
+    fn derived_seeds_are_stable_and_53_bit() {
+        // The documented example in docs/manifest.md.
+        assert_eq!(derive_seed(1, 20261125, 1, 1), 5966607474532519);
+        let seeds: BTreeSet<u64> = [
+            derive_seed(1, 0, 1, 1),
+            derive_seed(1, 0, 1, 2),
+            derive_seed(1, 0, 2, 1),
+            derive_seed(2, 0, 1, 1),
+            derive_seed(1, 1, 1, 1),
+        ]
+        .into();
+        assert_eq!(seeds.len(), 5);
+        assert!(seeds.iter().all(|s| *s <= DERIVED_SEED_MASK));
+    }
+
+    fn templates() -> Templates {
+        let plain = include_str!("../workflows/txt2img.json");
+        let lora = include_str!("../workflows/txt2img-lora.json");
+        [("plain.json", plain), ("lora.json", lora)]
+            .into_iter()
+            .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
+            .collect()
+    }
+
+    fn expand_text(text: &str) -> Result<Vec<Job>, Vec<Problem>> {
+        let (manifest, problems) = parse_manifest(&SourceFile::new("m.toml", text));
+        assert!(problems.is_empty(), "{problems:?}");
+        expand(&manifest.unwrap(), &templates())
+    }
+
+    const HEAD: &str = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\nlora_workflow = \"lora.json\"\nlora = { name = \"ink.safetensors\" }\n";
+
+    #[test]
+    fn pages_with_a_lora_take_the_lora_workflow() {
+        let jobs = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 2\nprompt = \"a\"\nlora = false\nvariants = 2\n[[pages]]\npage = 1\nprompt = \"b\"\n"
+        ))
+        .unwrap();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        assert_eq!(keys, ["ch01_p001_s1", "ch01_p002_s1", "ch01_p002_s2"]);
+        assert_eq!(jobs[0].params.workflow_path, Path::new("lora.json"));
+        assert_eq!(
+            jobs[0].workflow["10"]["inputs"]["lora_name"],
+            "ink.safetensors"
+        );
+        assert_eq!(jobs[0].workflow["10"]["inputs"]["strength_model"], 1.0);
+        assert_eq!(jobs[1].params.workflow_path, Path::new("plain.json"));
+        assert!(jobs[1].params.lora.is_none());
+        assert_ne!(jobs[1].seed, jobs[2].seed);
+        assert_eq!(jobs[1].workflow["5"]["inputs"]["width"], 512);
+        assert_eq!(jobs[1].workflow["3"]["inputs"]["cfg"], 7.0);
+    }
+
+    #[test]
+    fn a_lora_page_on_a_plain_workflow_is_an_error() {
+        let problems = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nworkflow = \"plain.json\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(problems[0].code(), "manifest::lora_unused");
+    }
+
+    #[test]
+    fn a_page_without_lora_on_a_lora_workflow_is_an_error() {
+        let problems = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nlora = false\nworkflow = \"lora.json\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(problems[0].code(), "workflow::no_value");
+    }
 }

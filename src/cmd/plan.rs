@@ -105,12 +105,7 @@ pub fn plan_table(plan: &Plan) -> String {
     for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
-    let title = plan.title.as_deref().unwrap_or("untitled");
-    out.push_str(&format!(
-        "{} jobs, {} pages: chapter {} ({title})\n",
-        plan.jobs.len(),
-        plan.page_count(),
-        plan.chapter
-    ));
+    out.push_str(&plan.summary());
+    out.push('\n');
     out
 }

@@ -11,13 +11,7 @@ pub async fn validate(args: ValidateArgs) -> CmdResult {
         exit_code: exit_codes::INVALID_MANIFEST,
         diagnostics,
     })?;
-    println!(
-        "ok: {}: chapter {}, {} pages, {} jobs",
-        plan.manifest_path.display(),
-        plan.chapter,
-        plan.page_count(),
-        plan.jobs.len()
-    );
+    println!("ok: {}: {}", plan.manifest_path.display(), plan.summary());
     if !args.servers.is_empty() {
         // The same check `run` makes before submitting anything.
         let clients = crate::cmd::run::build_clients(&args.servers)?;

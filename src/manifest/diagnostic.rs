@@ -55,7 +55,7 @@ impl Problem {
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> Self {
-        let span = clamp(span, file.text().len());
+        let span = clamp(span, file.text());
         Self {
             code,
             message: message.into(),
@@ -83,11 +83,10 @@ impl Problem {
 
     /// Underline more bytes of the same file.
     pub fn with_label(mut self, span: Range<usize>, label: impl Into<String>) -> Self {
-        let len = self.source.as_ref().map_or(0, |s| s.inner().len());
-        self.labels.push(LabeledSpan::new_with_span(
-            Some(label.into()),
-            clamp(span, len),
-        ));
+        let text = self.source.as_ref().map_or("", |s| s.inner().as_str());
+        let span = clamp(span, text);
+        self.labels
+            .push(LabeledSpan::new_with_span(Some(label.into()), span));
         self
     }
 
@@ -115,10 +114,18 @@ impl Problem {
     }
 }
 
-/// Keep a span inside the text so a renderer never indexes past the end.
-fn clamp(span: Range<usize>, len: usize) -> Range<usize> {
-    let start = span.start.min(len);
-    start..span.end.clamp(start, len)
+/// Keep a span inside the text and on character boundaries, so a renderer never indexes
+/// past the end or into the middle of a character.
+fn clamp(span: Range<usize>, text: &str) -> Range<usize> {
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = span.end.clamp(start, text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    start..end
 }
 
 impl fmt::Display for Problem {
@@ -176,8 +183,11 @@ mod tests {
     }
 
     #[test]
-    fn spans_are_clamped_to_the_text() {
-        assert_eq!(clamp(5..9, 7), 5..7);
-        assert_eq!(clamp(9..12, 7), 7..7);
+    fn spans_are_clamped_to_the_text_and_its_characters() {
+        assert_eq!(clamp(5..9, "1234567"), 5..7);
+        assert_eq!(clamp(9..12, "1234567"), 7..7);
+        // "é" is bytes 1..3: a span starting or ending inside it grows to cover it.
+        assert_eq!(clamp(2..3, "aéb"), 1..3);
+        assert_eq!(clamp(0..2, "aéb"), 0..3);
     }
 }

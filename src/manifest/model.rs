@@ -31,7 +31,10 @@ pub struct Manifest {
     pub chapter: Chapter,
     pub comfy: Comfy,
     pub defaults: Settings,
-    /// In manifest order; page numbers are unique.
+    /// False when a `[defaults]` key was present but invalid: checks that combine the
+    /// defaults with the templates are then skipped, as they would only echo that problem.
+    pub defaults_complete: bool,
+    /// In manifest order; page numbers are unique. A page with a problem is left out.
     pub pages: Vec<Page>,
 }
 

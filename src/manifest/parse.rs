@@ -30,25 +30,8 @@ const SETTING_KEYS: &[&str] = &[
     "lora",
     "variants",
 ];
-const PAGE_KEYS: &[&str] = &[
-    "page",
-    "prompt",
-    "seed",
-    "seeds",
-    "workflow",
-    "lora_workflow",
-    "output_node",
-    "checkpoint",
-    "negative",
-    "steps",
-    "cfg",
-    "sampler",
-    "scheduler",
-    "width",
-    "height",
-    "lora",
-    "variants",
-];
+/// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
+const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
 const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
 
 /// KSampler's schedulers in ComfyUI 0.8.0 (`comfy.samplers.SCHEDULER_NAMES`).
@@ -74,8 +57,15 @@ const SEED_HELP: &str = "seeds are integers in KSampler's range 0..=184467440737
 pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let (doc, errors) = DeTable::parse_recoverable(file.text());
     if !errors.is_empty() {
+        // The parser recovers and goes on, so one mistake often yields several errors on the
+        // same line; the first one on a line is the one worth reading.
+        let mut lines_seen = std::collections::BTreeSet::new();
         let problems = errors
             .iter()
+            .filter(|err| {
+                let at = err.span().map_or(0, |s| s.start).min(file.text().len());
+                lines_seen.insert(file.text()[..at].matches('\n').count())
+            })
             .map(|err| {
                 Problem::at(
                     "manifest::syntax",
@@ -97,6 +87,7 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     c.unknown_keys(root, TOP_KEYS, "the manifest's top level");
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
+    let before_defaults = c.problems.len();
     let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
@@ -104,18 +95,37 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
         }
         None => Settings::default(),
     };
+    let defaults_complete = c.problems.len() == before_defaults;
     let pages = c.pages(root.get("pages"));
     let manifest = Manifest {
         file: file.clone(),
         chapter,
         comfy,
         defaults,
+        defaults_complete,
         pages,
     };
     (Some(manifest), c.problems)
 }
 
 type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Where a key that is unknown in one table does belong, for the hint.
+fn belongs_in(name: &str) -> Option<&'static str> {
+    if name == "seed" {
+        Some("[chapter] (the base for derived seeds) or on a page (that page's seed)")
+    } else if CHAPTER_KEYS.contains(&name) {
+        Some("[chapter]")
+    } else if COMFY_KEYS.contains(&name) {
+        Some("[comfy]")
+    } else if SETTING_KEYS.contains(&name) {
+        Some("[defaults] or on a page")
+    } else if PAGE_ONLY_KEYS.contains(&name) {
+        Some("[[pages]]")
+    } else {
+        None
+    }
+}
 
 struct Checker<'f> {
     file: &'f SourceFile,
@@ -136,20 +146,28 @@ impl Checker<'_> {
     }
 
     fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], place: &str) {
-        for key in table.keys() {
+        for (key, value) in table.iter() {
             let name: &str = key.get_ref();
             if known.contains(&name) {
                 continue;
             }
-            let help = match did_you_mean(name, known) {
-                Some(close) => format!("did you mean `{close}`?"),
-                None => format!("{place} takes: {}", known.join(", ")),
+            let what = match value.get_ref() {
+                DeValue::Table(_) => "table",
+                DeValue::Array(a) if a.iter().all(|v| v.get_ref().is_table()) && !a.is_empty() => {
+                    "table"
+                }
+                _ => "key",
+            };
+            let help = match (did_you_mean(name, known), belongs_in(name)) {
+                (Some(close), _) => format!("did you mean `{close}`?"),
+                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+                (None, None) => format!("{place} takes: {}", known.join(", ")),
             };
             self.error(
                 "manifest::unknown_key",
                 key.span(),
-                format!("unknown key `{name}` in {place}"),
-                "unknown key",
+                format!("unknown {what} `{name}` in {place}"),
+                format!("unknown {what}"),
                 help,
             );
         }
@@ -157,12 +175,21 @@ impl Checker<'_> {
 
     fn wrong_type(&mut self, v: &Value<'_>, name: &str, expected: &str) {
         let found = v.get_ref().type_str();
+        let quoted_number = v
+            .get_ref()
+            .as_str()
+            .is_some_and(|s| s.trim().parse::<f64>().is_ok());
+        let help = if quoted_number && matches!(expected, "a number" | "an integer") {
+            format!("remove the quotes: numbers are written bare, e.g. `{name} = 20`")
+        } else {
+            format!("write `{name}` as {expected}")
+        };
         self.error(
             "manifest::wrong_type",
             v.span(),
             format!("`{name}` must be {expected}, found {found}"),
             format!("expected {expected}"),
-            format!("write `{name}` as {expected}"),
+            help,
         );
     }
 
@@ -463,11 +490,7 @@ impl Checker<'_> {
             return Some(LoraSetting::Off);
         }
         let Some(t) = v.get_ref().as_table() else {
-            self.wrong_type(
-                v,
-                "lora",
-                "a table `{ name = \"...\", strength_model = 1.0, strength_clip = 1.0 }` or `false`",
-            );
+            self.wrong_type(v, "lora", "a table `{ name = \"...\" }` or `false`");
             return None;
         };
         self.unknown_keys(t, LORA_KEYS, "`lora`");
@@ -549,8 +572,11 @@ impl Checker<'_> {
         pages
     }
 
+    /// A page, or `None` if it has any problem (later checks would only echo it).
     fn page(&mut self, header: Range<usize>, t: &DeTable<'_>) -> Option<Page> {
-        self.unknown_keys(t, PAGE_KEYS, "[[pages]]");
+        let before = self.problems.len();
+        let known: Vec<&str> = PAGE_ONLY_KEYS.iter().chain(SETTING_KEYS).copied().collect();
+        self.unknown_keys(t, &known, "[[pages]]");
         let number = match t.get("page") {
             Some(p) => self.integer(p, "page", 1..=999, "page numbers are 1..=999"),
             None => {
@@ -577,6 +603,9 @@ impl Checker<'_> {
         };
         let settings = self.settings(t);
         let seeds = self.page_seeds(t, settings.variants);
+        if self.problems.len() > before {
+            return None;
+        }
         Some(Page {
             page: number? as u16,
             header,
@@ -663,5 +692,128 @@ impl Checker<'_> {
             }
         }
         ok.then_some(seeds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Option<Manifest>, Vec<Problem>) {
+        parse_manifest(&SourceFile::new("m.toml", text))
+    }
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        parse(text).1.iter().map(Problem::code).collect()
+    }
+
+    const MINIMAL: &str = "[chapter]\nnumber = 2\n[[pages]]\npage = 1\nprompt = \"p\"\n";
+
+    #[test]
+    fn reads_defaults_and_page_overrides() {
+        let text = r#"
+[chapter]
+number = 7
+seed = 18446744073709551615
+[defaults]
+workflow = "w.json"
+steps = 0x10
+cfg = 7
+lora = { name = "l.safetensors", strength_clip = 0.5 }
+[[pages]]
+page = 3
+prompt = "p"
+lora = false
+seeds = [1, 2]
+[[pages]]
+page = 1
+prompt = "q"
+"#;
+        let (manifest, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = manifest.unwrap();
+        assert_eq!(m.chapter.number, 7);
+        assert_eq!(m.chapter.seed, Some(u64::MAX));
+        assert_eq!(m.defaults.steps, Some(16));
+        assert_eq!(m.defaults.cfg, Some(7.0));
+        let lora = m.defaults.lora.as_ref().unwrap().get_ref();
+        assert_eq!(
+            lora,
+            &LoraSetting::Use(LoraParams {
+                name: "l.safetensors".into(),
+                strength_model: 1.0,
+                strength_clip: 0.5
+            })
+        );
+        assert_eq!(
+            m.pages[0].settings.lora.as_ref().unwrap().get_ref(),
+            &LoraSetting::Off
+        );
+        assert_eq!(m.pages[0].seeds, PageSeeds::Explicit(vec![1, 2]));
+        assert_eq!(m.pages[1].seeds, PageSeeds::Derived);
+        assert!(m.defaults_complete);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = "[chapter]\nnumber = 0\n[defaults]\nsteps = -1\ncfg = 101\n[[pages]]\npage = 1\nprompt = \"\"\nsead = 3\n";
+        assert_eq!(
+            codes(text),
+            [
+                "manifest::out_of_range",
+                "manifest::out_of_range",
+                "manifest::out_of_range",
+                "manifest::unknown_key",
+                "manifest::empty",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broken_default_marks_the_defaults_incomplete() {
+        let (m, _) = parse(&format!("{MINIMAL}[defaults]\nlora = 3\n"));
+        assert!(!m.unwrap().defaults_complete);
+    }
+
+    #[test]
+    fn seed_rules() {
+        assert_eq!(
+            codes(&format!("{MINIMAL}seed = 1\nseeds = [2]\n")),
+            ["manifest::seed_conflict"]
+        );
+        assert_eq!(
+            codes(&format!("{MINIMAL}seeds = [2]\nvariants = 2\n")),
+            ["manifest::seed_conflict"]
+        );
+        assert!(codes(&format!("{MINIMAL}seeds = [2, 3]\nvariants = 2\n")).is_empty());
+        assert_eq!(
+            codes(&format!("{MINIMAL}seed = 18446744073709551616\n")),
+            ["manifest::out_of_range"]
+        );
+    }
+
+    #[test]
+    fn misplaced_keys_say_where_they_belong() {
+        let text = "[chapter]\nnumber = 1\nsteps = 4\n[defaults]\nprompt = \"p\"\n[[pages]]\npage = 1\nprompt = \"p\"\ntimeout = 9\n";
+        let helps: Vec<String> = parse(text)
+            .1
+            .iter()
+            .map(|p| miette::Diagnostic::help(p).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            helps,
+            [
+                "`steps` belongs in [defaults] or on a page",
+                "`prompt` belongs in [[pages]]",
+                "`timeout` belongs in [comfy]",
+            ]
+        );
+    }
+
+    #[test]
+    fn quoted_numbers_get_a_hint() {
+        let (_, problems) = parse(&format!("{MINIMAL}steps = \"20\"\n"));
+        let help = miette::Diagnostic::help(&problems[0]).unwrap().to_string();
+        assert!(help.contains("remove the quotes"), "{help}");
     }
 }

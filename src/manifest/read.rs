@@ -40,7 +40,7 @@ pub fn check_manifest_bytes(name: &str, bytes: Vec<u8>) -> Result<SourceFile, Pr
             &file,
             0..0,
             format!(
-                "manifest `{name}` is larger than the {} MiB limit",
+                "manifest is larger than the {} MiB limit",
                 MAX_MANIFEST_BYTES / (1024 * 1024)
             ),
             "this file is over the limit",
@@ -59,7 +59,7 @@ pub fn check_manifest_bytes(name: &str, bytes: Vec<u8>) -> Result<SourceFile, Pr
                 "manifest::not_utf8",
                 &file,
                 at..at + width,
-                format!("manifest `{name}` is not valid UTF-8: byte 0x{bad:02X} at offset {at}"),
+                format!("manifest is not valid UTF-8: byte 0x{bad:02X} at offset {at}"),
                 "not UTF-8",
             )
             .with_help("save the manifest as UTF-8 (TOML files must be UTF-8)"))

@@ -1,9 +1,10 @@
 //! API-format workflow templates and typed, JSON-safe placeholder filling. Knows nothing of
 //! manifests or jobs: it checks a template file and fills it from a set of values.
 
+pub mod canonical;
 pub mod placeholder;
 pub mod spans;
 pub mod template;
 
 pub use placeholder::{Placeholder, SlotValues};
-pub use template::Template;
+pub use template::{Filled, Template};

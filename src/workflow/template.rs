@@ -1,12 +1,13 @@
 //! A parsed, checked API-format workflow template, with its placeholder slots indexed once so
 //! filling a job is a clone plus a few writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::canonical::{Segments, Step};
 use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
 use super::spans::{SpanTree, index};
 use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
@@ -14,8 +15,8 @@ use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
 /// The class whose nodes are a job's outputs unless the manifest names an `output_node`.
 pub const SAVE_IMAGE: &str = "SaveImage";
 
-const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (\"Export (API)\"): \
-    {\"<node id>\": {\"class_type\": \"...\", \"inputs\": {...}}, ...}";
+const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (in ComfyUI: Workflow > \
+    Export (API)): {\"<node id>\": {\"class_type\": \"...\", \"inputs\": {...}}, ...}";
 
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -26,6 +27,16 @@ pub struct Template {
     save_nodes: Vec<String>,
     /// Where each placeholder is first used: node id and the span of the string.
     uses: BTreeMap<Placeholder, (String, Range<usize>)>,
+    /// The canonical JSON with a hole per slot, for the job hash.
+    canonical: Segments,
+}
+
+/// A filled template: the workflow to send and its job hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filled {
+    pub workflow: Value,
+    /// [`super::canonical::job_hash`] of `workflow`, computed from the template's holes.
+    pub hash: String,
 }
 
 #[derive(Debug, Clone)]
@@ -35,10 +46,22 @@ struct Slot {
     fill: Fill,
 }
 
-#[derive(Debug, Clone)]
-enum Step {
-    Key(String),
-    Index(usize),
+impl Slot {
+    fn value(&self, values: &SlotValues) -> Result<Value, Placeholder> {
+        Ok(match &self.fill {
+            Fill::Whole(p) => values.get(*p).ok_or(*p)?.clone(),
+            Fill::Pieces(pieces) => {
+                let mut text = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => text.push_str(t),
+                        Piece::Slot(p) => as_text(values.get(*p).ok_or(*p)?, &mut text),
+                    }
+                }
+                Value::String(text)
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +108,12 @@ impl Template {
             return Err(checker.problems);
         }
         let (slots, uses) = (checker.slots, checker.uses);
+        let holes: HashMap<Vec<Step>, usize> = slots
+            .iter()
+            .enumerate()
+            .map(|(n, slot)| (slot.path.clone(), n))
+            .collect();
+        let canonical = Segments::new(&graph, &holes);
         Ok(Template {
             file,
             sha256,
@@ -92,6 +121,7 @@ impl Template {
             slots,
             save_nodes,
             uses,
+            canonical,
         })
     }
 
@@ -117,27 +147,26 @@ impl Template {
         self.uses.contains_key(&placeholder)
     }
 
+    /// The first LoRA placeholder the template uses, if any: a page without a LoRA cannot
+    /// fill it.
+    pub fn lora_placeholder(&self) -> Option<Placeholder> {
+        self.uses.keys().copied().find(|p| p.needs_lora())
+    }
+
     /// The template with every placeholder replaced, or the first placeholder with no value.
     ///
     /// Substitution is one pass over the template's own strings: text that a value brings in
     /// (a prompt containing `{{seed}}`, say) is never scanned again.
-    pub fn fill(&self, values: &SlotValues) -> Result<Value, Placeholder> {
-        let mut graph = self.graph.clone();
-        for slot in &self.slots {
-            let filled = match &slot.fill {
-                Fill::Whole(p) => values.get(*p).ok_or(*p)?.clone(),
-                Fill::Pieces(pieces) => {
-                    let mut text = String::new();
-                    for piece in pieces {
-                        match piece {
-                            Piece::Text(t) => text.push_str(t),
-                            Piece::Slot(p) => as_text(values.get(*p).ok_or(*p)?, &mut text),
-                        }
-                    }
-                    Value::String(text)
-                }
-            };
-            let mut target = &mut graph;
+    pub fn fill(&self, values: &SlotValues) -> Result<Filled, Placeholder> {
+        let filled = self
+            .slots
+            .iter()
+            .map(|slot| slot.value(values))
+            .collect::<Result<Vec<Value>, Placeholder>>()?;
+        let hash = self.canonical.job_hash(&filled);
+        let mut workflow = self.graph.clone();
+        for (slot, value) in self.slots.iter().zip(filled) {
+            let mut target = &mut workflow;
             for step in &slot.path {
                 target = match step {
                     Step::Key(k) => target.get_mut(k.as_str()),
@@ -145,9 +174,9 @@ impl Template {
                 }
                 .expect("slot paths are taken from this template's own graph");
             }
-            *target = filled;
+            *target = value;
         }
-        Ok(graph)
+        Ok(Filled { workflow, hash })
     }
 
     /// A template with no output node, for jobs that name none.
@@ -259,6 +288,16 @@ impl Checker<'_> {
                 "empty",
                 API_FORMAT_HELP.to_owned(),
             );
+        }
+        if let (Some(Value::Array(_)), Some(entry)) = (nodes.get("nodes"), tree.entry("nodes")) {
+            self.error(
+                "workflow::not_api_format",
+                entry.key_span.clone(),
+                format!("workflow `{name}` is in ComfyUI's UI format, not the API format"),
+                "UI-format workflows have `nodes` and `links` lists",
+                API_FORMAT_HELP.to_owned(),
+            );
+            return Vec::new();
         }
         let mut save_nodes = Vec::new();
         for (id, node) in nodes {
@@ -490,7 +529,7 @@ mod tests {
     fn fills_typed_and_text_slots() {
         let t = Template::parse("t.json", GRAPH.into()).unwrap();
         assert_eq!(t.save_nodes(), ["2"]);
-        let filled = t.fill(&values()).unwrap();
+        let filled = t.fill(&values()).unwrap().workflow;
         assert_eq!(filled["1"]["inputs"]["width"], json!(512));
         assert_eq!(filled["2"]["inputs"]["filename_prefix"], json!("run/p_7"));
     }
@@ -501,7 +540,7 @@ mod tests {
         let mut v = SlotValues::default();
         v.set(Placeholder::Seed, 1u64);
         v.set(Placeholder::FilenamePrefix, "p");
-        assert_eq!(t.fill(&v), Err(Placeholder::Width));
+        assert_eq!(t.fill(&v).map(|f| f.hash), Err(Placeholder::Width));
     }
 
     #[test]
@@ -514,6 +553,11 @@ mod tests {
         let mut v = SlotValues::default();
         v.set(Placeholder::Prompt, "{{seed}} \"q\" \\ \n 🦀 שלום");
         let filled = t.fill(&v).unwrap();
+        assert_eq!(
+            filled.hash,
+            super::super::canonical::job_hash(&filled.workflow)
+        );
+        let filled = filled.workflow;
         assert_eq!(
             filled["9"]["inputs"]["a"],
             json!("{{seed}} \"q\" \\ \n 🦀 שלום")
