@@ -13,7 +13,7 @@
 //! the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use crate::events::{
     ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState, Timings,
 };
 use crate::ledger::{LEDGER_VERSION, Ledger, LedgerRecord};
-use crate::output::{ImageStore, StageError, StagedImage};
+use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
 use crate::plan::Job;
 
 /// Largest image body accepted from `/view`.
@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub backoff: Duration,
     /// Transient failures in a row after which a server is taken out of rotation.
     pub server_failures_to_retire: u32,
+    /// After a local write failure (disk full), fail the jobs not yet posted instead of
+    /// rendering images that cannot be saved. A long-lived service turns this off.
+    pub stop_on_local_failure: bool,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +80,7 @@ impl Default for EngineConfig {
             downloads: 8,
             backoff: Duration::from_millis(200),
             server_failures_to_retire: 4,
+            stop_on_local_failure: true,
         }
     }
 }
@@ -86,10 +90,8 @@ pub struct RunContext {
     pub run_id: String,
     /// The output root (`--out`); image paths in records are relative to it.
     pub out_root: PathBuf,
-    /// `<out>/ch-XX`; ledger paths are relative to it.
-    pub chapter_root: PathBuf,
-    pub store: Arc<ImageStore>,
-    pub ledger: Arc<Ledger>,
+    /// Image folders and ledgers, per chapter.
+    pub outputs: Arc<Outputs>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Becomes `true` when the run must stop (Ctrl-C, SIGTERM).
     pub cancel: watch::Receiver<bool>,
@@ -121,6 +123,79 @@ impl RunContext {
     }
 }
 
+/// The image folder and ledger of one chapter.
+#[derive(Debug)]
+pub struct ChapterOutput {
+    pub dirs: ChapterDirs,
+    pub store: ImageStore,
+    pub ledger: Ledger,
+}
+
+impl ChapterOutput {
+    /// Create the folders, open the ledger (returning its records) and scan the images.
+    pub fn open(
+        out_root: &Path,
+        chapter: u16,
+    ) -> Result<(ChapterOutput, Vec<LedgerRecord>), PathError> {
+        let dirs = ChapterDirs::new(out_root, chapter);
+        dirs.create()?;
+        let (ledger, records) = Ledger::open(&dirs.ledger())?;
+        let store = ImageStore::open(&dirs.images, chapter)?;
+        Ok((
+            ChapterOutput {
+                dirs,
+                store,
+                ledger,
+            },
+            records,
+        ))
+    }
+}
+
+/// Every chapter's output under one root, opened on first use.
+#[derive(Debug)]
+pub struct Outputs {
+    out_root: PathBuf,
+    chapters: Mutex<HashMap<u16, Arc<ChapterOutput>>>,
+}
+
+impl Outputs {
+    pub fn new(out_root: &Path) -> Outputs {
+        Outputs {
+            out_root: out_root.to_owned(),
+            chapters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Register a chapter opened by the caller (who wanted its ledger records).
+    pub fn insert(&self, chapter: u16, output: ChapterOutput) -> Arc<ChapterOutput> {
+        let output = Arc::new(output);
+        self.chapters
+            .lock()
+            .expect("outputs poisoned")
+            .insert(chapter, output.clone());
+        output
+    }
+
+    pub fn chapter(&self, chapter: u16) -> Result<Arc<ChapterOutput>, PathError> {
+        let mut chapters = self.chapters.lock().expect("outputs poisoned");
+        if let Some(output) = chapters.get(&chapter) {
+            return Ok(output.clone());
+        }
+        let (output, _) = ChapterOutput::open(&self.out_root, chapter)?;
+        let output = Arc::new(output);
+        chapters.insert(chapter, output.clone());
+        Ok(output)
+    }
+
+    /// fsync every open ledger.
+    pub fn sync(&self) {
+        for output in self.chapters.lock().expect("outputs poisoned").values() {
+            let _ = output.ledger.sync();
+        }
+    }
+}
+
 /// Run every job; returns one outcome per job (in completion order).
 pub async fn execute(
     config: EngineConfig,
@@ -128,84 +203,156 @@ pub async fn execute(
     jobs: Vec<Arc<Job>>,
     ctx: Arc<RunContext>,
 ) -> Vec<JobOutcome> {
-    let urls: Vec<&str> = servers.iter().map(ComfyClient::url).collect();
-    let tasks = jobs
-        .into_iter()
-        .map(|job| {
-            let mut task = Task::new(job);
-            if let Some(previous) = ctx.reattach.get(&task.job.key)
-                && urls.contains(&previous.server.as_str())
-            {
-                task.reattach = Some(previous.clone());
-            }
-            task
-        })
-        .collect();
-    let shared = Arc::new(Shared {
-        queue: JobQueue::new(tasks),
-        outcomes: Mutex::new(Vec::new()),
-        downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
-        config,
-        ctx,
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = JoinSet::new();
-    let mut connections = JoinSet::new();
-    for (index, client) in servers.into_iter().enumerate() {
-        let conn = Arc::new(ServerConn::new(index, client));
-        connections.spawn(connection_task(
-            shared.clone(),
-            conn.clone(),
-            stop_rx.clone(),
-        ));
-        let reattach = shared.queue.take_reattach(conn.client.url());
-        workers.spawn(server_main(shared.clone(), conn, reattach));
-    }
-    // Cancellation: stop handing out work; running attempts see the flag themselves.
-    let canceller = {
-        let shared = shared.clone();
-        let mut cancel = shared.ctx.cancel.clone();
-        tokio::spawn(async move {
-            if cancel.wait_for(|c| *c).await.is_ok() {
-                for task in shared.queue.close() {
-                    shared.finish(task.fail(
-                        JobStatus::Cancelled,
-                        JobError::new(
-                            ErrorKind::Cancelled,
-                            "the run was cancelled before this job was submitted",
-                        ),
-                    ));
+    Engine::start(config, servers, jobs, ctx, true)
+        .finish()
+        .await
+}
+
+/// A running executor. `execute` is the batch form; the job service keeps one open and
+/// submits jobs as they come.
+pub struct Engine {
+    shared: Arc<Shared>,
+    workers: JoinSet<()>,
+    connections: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    canceller: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Connect to every server and start on `initial` (which may re-attach to prompts of a
+    /// killed run, see [`RunContext::reattach`]). With `keep_outcomes`, [`Engine::finish`]
+    /// returns every outcome; a long-lived engine reads them from the events instead.
+    pub fn start(
+        config: EngineConfig,
+        servers: Vec<ComfyClient>,
+        initial: Vec<Arc<Job>>,
+        ctx: Arc<RunContext>,
+        keep_outcomes: bool,
+    ) -> Engine {
+        let urls: Vec<&str> = servers.iter().map(ComfyClient::url).collect();
+        let tasks = initial
+            .into_iter()
+            .map(|job| {
+                let mut task = Task::new(job);
+                if let Some(previous) = ctx.reattach.get(&task.job.key)
+                    && urls.contains(&previous.server.as_str())
+                {
+                    task.reattach = Some(previous.clone());
                 }
-            }
-        })
-    };
-    while workers.join_next().await.is_some() {}
-    let _ = stop_tx.send(true);
-    while connections.join_next().await.is_some() {}
-    canceller.abort();
-    // Every server is gone (retired) while jobs remain: they cannot run anywhere.
-    for task in shared.queue.close() {
-        let (status, error) = if shared.ctx.cancelled() {
-            (
-                JobStatus::Cancelled,
-                JobError::new(
-                    ErrorKind::Cancelled,
-                    "the run was cancelled before this job was submitted",
-                ),
-            )
-        } else {
-            (
-                JobStatus::Failed,
-                JobError::new(
-                    ErrorKind::Server,
-                    "no server is left to run this job: every server was taken out of rotation",
-                ),
-            )
+                task
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            queue: JobQueue::new(tasks),
+            outcomes: Mutex::new(Vec::new()),
+            keep_outcomes,
+            job_cancels: Mutex::new(HashMap::new()),
+            downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
+            config,
+            ctx,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut workers = JoinSet::new();
+        let mut connections = JoinSet::new();
+        for (index, client) in servers.into_iter().enumerate() {
+            let conn = Arc::new(ServerConn::new(index, client));
+            connections.spawn(connection_task(
+                shared.clone(),
+                conn.clone(),
+                stop_rx.clone(),
+            ));
+            let reattach = shared.queue.take_reattach(conn.client.url());
+            workers.spawn(server_main(shared.clone(), conn, reattach));
+        }
+        // Cancellation: stop handing out work; running attempts see the flag themselves.
+        let canceller = {
+            let shared = shared.clone();
+            let mut cancel = shared.ctx.cancel.clone();
+            tokio::spawn(async move {
+                if cancel.wait_for(|c| *c).await.is_ok() {
+                    for task in shared.queue.close() {
+                        shared.finish(task.fail(
+                            JobStatus::Cancelled,
+                            JobError::new(
+                                ErrorKind::Cancelled,
+                                "the run was cancelled before this job was submitted",
+                            ),
+                        ));
+                    }
+                }
+            })
         };
-        shared.finish(task.fail(status, error));
+        Engine {
+            shared,
+            workers,
+            connections,
+            stop,
+            canceller,
+        }
     }
-    let _ = shared.ctx.ledger.sync();
-    std::mem::take(&mut *shared.outcomes.lock().expect("outcomes poisoned"))
+
+    /// Queue one more job. Returns `false` if the engine no longer takes jobs.
+    pub fn submit(&self, job: Arc<Job>) -> bool {
+        self.shared.queue.push(Task::new(job))
+    }
+
+    /// Cancel one job: a queued job is removed, a posted one deleted or interrupted on its
+    /// server (only ever with its own `prompt_id`). `false` if the job is not known here.
+    pub fn cancel_job(&self, key: &str) -> bool {
+        if let Some(task) = self.shared.queue.remove(key) {
+            self.shared.finish(task.fail(
+                JobStatus::Cancelled,
+                JobError::new(ErrorKind::Cancelled, "cancelled before it was submitted"),
+            ));
+            return true;
+        }
+        match self
+            .shared
+            .job_cancels
+            .lock()
+            .expect("cancels poisoned")
+            .get(key)
+        {
+            Some(cancel) => {
+                cancel.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take no more jobs, wait for every job to end, disconnect; the outcomes if kept.
+    pub async fn finish(mut self) -> Vec<JobOutcome> {
+        self.shared.queue.stop_accepting();
+        while self.workers.join_next().await.is_some() {}
+        let _ = self.stop.send(true);
+        while self.connections.join_next().await.is_some() {}
+        self.canceller.abort();
+        let shared = &self.shared;
+        // Every server is gone (retired) while jobs remain: they cannot run anywhere.
+        for task in shared.queue.close() {
+            let (status, error) = if shared.ctx.cancelled() {
+                (
+                    JobStatus::Cancelled,
+                    JobError::new(
+                        ErrorKind::Cancelled,
+                        "the run was cancelled before this job was submitted",
+                    ),
+                )
+            } else {
+                (
+                    JobStatus::Failed,
+                    JobError::new(
+                        ErrorKind::Server,
+                        "no server is left to run this job: every server was taken out of rotation",
+                    ),
+                )
+            };
+            shared.finish(task.fail(status, error));
+        }
+        shared.ctx.outputs.sync();
+        std::mem::take(&mut *shared.outcomes.lock().expect("outcomes poisoned"))
+    }
 }
 
 struct Shared {
@@ -213,20 +360,32 @@ struct Shared {
     ctx: Arc<RunContext>,
     queue: JobQueue,
     outcomes: Mutex<Vec<JobOutcome>>,
+    keep_outcomes: bool,
+    /// Per-job cancel switches of attempts in flight.
+    job_cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
     downloads: Arc<Semaphore>,
 }
 
+/// A job's end, with the job it belongs to.
+struct Done {
+    job: Arc<Job>,
+    outcome: JobOutcome,
+}
+
 impl Shared {
-    fn finish(&self, outcome: JobOutcome) {
-        let local_failure = outcome
+    fn finish(&self, done: Done) {
+        let local_failure = done
+            .outcome
             .error
             .as_ref()
             .filter(|e| e.kind == ErrorKind::Io)
             .map(|e| e.message.clone());
-        self.record(outcome);
+        self.record(done);
         // A local write failure (disk full, permissions) will hit every job: stop posting
         // work the GPU would render for nothing, and say why.
-        if let Some(message) = local_failure {
+        if let Some(message) = local_failure
+            && self.config.stop_on_local_failure
+        {
             for task in self.queue.close() {
                 let error = JobError::new(
                     ErrorKind::Io,
@@ -237,20 +396,24 @@ impl Shared {
         }
     }
 
-    fn record(&self, outcome: JobOutcome) {
-        let job_hash = self.queue.hash_of(&outcome.key);
-        let _ = self.ctx.ledger.append(&LedgerRecord::Finished {
-            v: LEDGER_VERSION,
-            run_id: self.ctx.run_id.clone(),
-            key: outcome.key.clone(),
-            job_hash,
-            status: outcome.status.as_str().to_owned(),
-        });
+    fn record(&self, done: Done) {
+        let Done { job, outcome } = done;
+        if let Ok(output) = self.ctx.outputs.chapter(job.chapter) {
+            let _ = output.ledger.append(&LedgerRecord::Finished {
+                v: LEDGER_VERSION,
+                run_id: self.ctx.run_id.clone(),
+                key: outcome.key.clone(),
+                job_hash: job.hash.clone(),
+                status: outcome.status.as_str().to_owned(),
+            });
+        }
         self.ctx.emit(Event::Finished(Box::new(outcome.clone())));
-        self.outcomes
-            .lock()
-            .expect("outcomes poisoned")
-            .push(outcome);
+        if self.keep_outcomes {
+            self.outcomes
+                .lock()
+                .expect("outcomes poisoned")
+                .push(outcome);
+        }
         self.queue.finish_one();
     }
 
@@ -293,13 +456,8 @@ impl Task {
         }
     }
 
-    fn outcome(
-        self,
-        status: JobStatus,
-        error: Option<JobError>,
-        images: Vec<ImageRecord>,
-    ) -> JobOutcome {
-        JobOutcome {
+    fn outcome(self, status: JobStatus, error: Option<JobError>, images: Vec<ImageRecord>) -> Done {
+        let outcome = JobOutcome {
             key: self.job.key.clone(),
             status,
             server: self.server,
@@ -308,10 +466,14 @@ impl Task {
             error,
             images,
             timings: self.timings,
+        };
+        Done {
+            job: self.job,
+            outcome,
         }
     }
 
-    fn fail(self, status: JobStatus, error: JobError) -> JobOutcome {
+    fn fail(self, status: JobStatus, error: JobError) -> Done {
         self.outcome(status, Some(error), Vec::new())
     }
 }
@@ -321,7 +483,6 @@ impl Task {
 struct JobQueue {
     state: Mutex<QueueState>,
     changed: Notify,
-    hashes: HashMap<String, String>,
 }
 
 struct QueueState {
@@ -329,15 +490,13 @@ struct QueueState {
     /// Re-attachments, handed to their own server's loop at start.
     reattach: Vec<Task>,
     outstanding: usize,
+    /// New jobs may still come (a long-lived engine); the loops wait even when idle.
+    accepting: bool,
     closed: bool,
 }
 
 impl JobQueue {
     fn new(tasks: Vec<Task>) -> JobQueue {
-        let hashes = tasks
-            .iter()
-            .map(|t| (t.job.key.clone(), t.job.hash.clone()))
-            .collect();
         let outstanding = tasks.len();
         let (reattach, ready): (Vec<Task>, Vec<Task>) =
             tasks.into_iter().partition(|t| t.reattach.is_some());
@@ -346,10 +505,10 @@ impl JobQueue {
                 outstanding,
                 ready: ready.into(),
                 reattach,
+                accepting: true,
                 closed: false,
             }),
             changed: Notify::new(),
-            hashes,
         }
     }
 
@@ -363,11 +522,8 @@ impl JobQueue {
         mine
     }
 
-    fn hash_of(&self, key: &str) -> String {
-        self.hashes.get(key).cloned().unwrap_or_default()
-    }
-
-    /// The next job, or `None` when every job is finished or the queue is closed.
+    /// The next job, or `None` when every job is finished (and no more may come) or the
+    /// queue is closed.
     async fn next(&self) -> Option<Task> {
         loop {
             let notified = self.changed.notified();
@@ -381,7 +537,7 @@ impl JobQueue {
                 if let Some(task) = state.ready.pop_front() {
                     return Some(task);
                 }
-                if state.outstanding == 0 {
+                if state.outstanding == 0 && !state.accepting {
                     return None;
                 }
             }
@@ -389,16 +545,38 @@ impl JobQueue {
         }
     }
 
-    fn requeue(&self, task: Task) {
+    /// A new job; `false` once the queue is closed or no longer accepting.
+    fn push(&self, task: Task) -> bool {
         let mut state = self.state.lock().expect("queue poisoned");
-        if state.closed {
-            // Cancelled meanwhile: the closer already accounted for the ready tasks; this
-            // one must still finish, so hand it back to the caller's path via front insert.
-            state.ready.push_front(task);
-        } else {
-            state.ready.push_back(task);
+        if state.closed || !state.accepting {
+            return false;
         }
+        state.outstanding += 1;
+        state.ready.push_back(task);
         drop(state);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Take a job that is waiting (not posted) out of the queue.
+    fn remove(&self, key: &str) -> Option<Task> {
+        let mut state = self.state.lock().expect("queue poisoned");
+        let index = state.ready.iter().position(|t| t.job.key == key)?;
+        state.ready.remove(index)
+    }
+
+    fn stop_accepting(&self) {
+        self.state.lock().expect("queue poisoned").accepting = false;
+        self.changed.notify_waiters();
+    }
+
+    fn requeue(&self, task: Task) {
+        // Also when closed: whoever closed it, or `Engine::finish`, drains `ready` after.
+        self.state
+            .lock()
+            .expect("queue poisoned")
+            .ready
+            .push_back(task);
         self.changed.notify_waiters();
     }
 
@@ -679,7 +857,18 @@ async fn run_task(
 ) {
     task.attempts += 1;
     task.server = Some(conn.client.url().to_owned());
-    let attempt = attempt(&shared, &conn, &mut task, permit).await;
+    let (cancel_tx, job_cancel) = watch::channel(false);
+    shared
+        .job_cancels
+        .lock()
+        .expect("cancels poisoned")
+        .insert(task.job.key.clone(), cancel_tx);
+    let attempt = attempt(&shared, &conn, &mut task, permit, job_cancel).await;
+    shared
+        .job_cancels
+        .lock()
+        .expect("cancels poisoned")
+        .remove(&task.job.key);
     match attempt {
         Attempt::Succeeded(images) => {
             conn.consecutive_failures.store(0, Ordering::SeqCst);
@@ -766,6 +955,7 @@ async fn attempt(
     conn: &Arc<ServerConn>,
     task: &mut Task,
     permit: OwnedSemaphorePermit,
+    job_cancel: watch::Receiver<bool>,
 ) -> Attempt {
     let ctx = &shared.ctx;
     let client = &conn.client;
@@ -782,15 +972,18 @@ async fn attempt(
     };
     task.prompt_id = Some(prompt_id.clone());
     if reattached.is_none() {
-        if let Err(error) = ctx.ledger.append(&LedgerRecord::Submitted {
-            v: LEDGER_VERSION,
-            run_id: ctx.run_id.clone(),
-            key: task.job.key.clone(),
-            job_hash: task.job.hash.clone(),
-            server: client.url().to_owned(),
-            prompt_id: prompt_id.clone(),
-            attempt: task.attempts,
-        }) {
+        let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {
+            output.ledger.append(&LedgerRecord::Submitted {
+                v: LEDGER_VERSION,
+                run_id: ctx.run_id.clone(),
+                key: task.job.key.clone(),
+                job_hash: task.job.hash.clone(),
+                server: client.url().to_owned(),
+                prompt_id: prompt_id.clone(),
+                attempt: task.attempts,
+            })
+        });
+        if let Err(error) = appended {
             return Attempt::Failed(
                 JobStatus::Failed,
                 JobError::new(ErrorKind::Io, error.to_string()),
@@ -858,7 +1051,17 @@ async fn attempt(
 
     // Our socket never hears about a re-attached prompt (another clientId posted it): poll.
     let poll = reattached.is_some();
-    let terminal = match wait_for_end(shared, conn, task, &prompt_id, &mut signals, poll).await {
+    let terminal = match wait_for_end(
+        shared,
+        conn,
+        task,
+        &prompt_id,
+        &mut signals,
+        poll,
+        job_cancel,
+    )
+    .await
+    {
         Ok(terminal) => terminal,
         Err(attempt) => return attempt,
     };
@@ -926,6 +1129,7 @@ async fn wait_for_end(
     prompt_id: &str,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
     poll: bool,
+    mut job_cancel: watch::Receiver<bool>,
 ) -> Result<Terminal, Attempt> {
     let ctx = &shared.ctx;
     let config = &shared.config;
@@ -948,6 +1152,10 @@ async fn wait_for_end(
         };
         tokio::select! {
             biased;
+            _ = async { if job_cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+                cancel_on_server(&conn.client, prompt_id).await;
+                return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "cancelled while it was on the server; it was removed or interrupted there")));
+            }
             // A dropped sender means nobody can cancel any more, not that we were cancelled.
             _ = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
                 cancel_on_server(&conn.client, prompt_id).await;
@@ -1219,7 +1427,7 @@ async fn write_images(
     for image in images {
         let mut last_error = None;
         for try_no in 1..=3u32 {
-            match download(shared, client, image, expected).await {
+            match download(shared, client, image, task.job.chapter, expected).await {
                 Ok(image) => {
                     staged.push(image);
                     last_error = None;
@@ -1248,28 +1456,32 @@ async fn write_images(
         }
     }
 
-    let store = ctx.store.clone();
-    let ledger = ctx.ledger.clone();
+    let output = ctx.outputs.chapter(task.job.chapter).map_err(|e| {
+        Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, e.to_string()),
+        )
+    })?;
     let job = task.job.clone();
     let run_id = ctx.run_id.clone();
     let prompt_id = prompt_id.to_owned();
-    let chapter_root = ctx.chapter_root.clone();
     let out_root = ctx.out_root.clone();
     let committed = tokio::task::spawn_blocking(move || -> Result<Vec<ImageRecord>, String> {
         let mut records = Vec::with_capacity(staged.len());
         for image in staged {
             let (bytes, sha256, width, height) =
                 (image.bytes, image.sha256.clone(), image.width, image.height);
-            let target = store
+            let target = output
+                .store
                 .commit(image, job.page, |target| {
-                    ledger.append(&LedgerRecord::Image {
+                    output.ledger.append(&LedgerRecord::Image {
                         v: LEDGER_VERSION,
                         run_id: run_id.clone(),
                         key: job.key.clone(),
                         job_hash: job.hash.clone(),
                         prompt_id: prompt_id.clone(),
                         seed: job.seed,
-                        file: relative(&chapter_root, &target.path),
+                        file: relative(&output.dirs.root, &target.path),
                         bytes,
                         sha256: sha256.clone(),
                         width,
@@ -1313,10 +1525,16 @@ async fn download(
     shared: &Shared,
     client: &ComfyClient,
     image: &ImageRef,
+    chapter: u16,
     expected: Option<(u32, u32)>,
 ) -> Result<StagedImage, DownloadError> {
-    let store = shared.ctx.store.clone();
-    let temp = store
+    let output = shared
+        .ctx
+        .outputs
+        .chapter(chapter)
+        .map_err(|e| DownloadError::Io(e.to_string()))?;
+    let temp = output
+        .store
         .temp_file()
         .map_err(|e| DownloadError::Io(e.to_string()))?;
     let file = temp
@@ -1361,7 +1579,7 @@ async fn download(
         )));
     }
     drop(file);
-    let staged = tokio::task::spawn_blocking(move || store.stage(temp, expected))
+    let staged = tokio::task::spawn_blocking(move || output.store.stage(temp, expected))
         .await
         .map_err(|e| DownloadError::Io(format!("checking the image panicked: {e}")))?;
     staged.map_err(|e| match e {

@@ -14,10 +14,10 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::comfy::ComfyClient;
-use crate::engine::{self, EngineConfig, Reattach, RunContext};
+use crate::engine::{self, ChapterOutput, EngineConfig, Outputs, Reattach, RunContext};
 use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
-use crate::ledger::{self, Ledger};
-use crate::output::{ChapterDirs, ImageStore, PathError, remove_stale_temp_files, write_atomic};
+use crate::ledger;
+use crate::output::{PathError, remove_stale_temp_files, write_atomic};
 use crate::plan::Job;
 use crate::preflight::{self, PreflightError, ServerInfo};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
@@ -84,11 +84,11 @@ pub async fn run_jobs(
     let started_at = SystemTime::now();
     let started = Instant::now();
     let run_id = crate::report::json::new_run_id(started_at);
-    let dirs = ChapterDirs::new(&options.out_root, options.chapter);
-    dirs.create()?;
+    let (chapter, records) = ChapterOutput::open(&options.out_root, options.chapter)?;
+    let dirs = chapter.dirs.clone();
     remove_stale_temp_files(&dirs.reports);
-    let (ledger, records) = Ledger::open(&dirs.ledger())?;
-    let store = ImageStore::open(&dirs.images, options.chapter)?;
+    let outputs = Arc::new(Outputs::new(&options.out_root));
+    outputs.insert(options.chapter, chapter);
 
     // Incremental: a job whose hash has a verified image on disk is done already.
     let mut skipped = Vec::new();
@@ -186,9 +186,7 @@ pub async fn run_jobs(
     let ctx = Arc::new(RunContext {
         run_id: run_id.clone(),
         out_root: options.out_root.clone(),
-        chapter_root: dirs.root.clone(),
-        store: Arc::new(store),
-        ledger: Arc::new(ledger),
+        outputs,
         events: events_tx,
         cancel: cancel.clone(),
         started,

@@ -194,10 +194,7 @@ pub fn select_jobs(jobs: Vec<Job>, only: &[String]) -> Result<Vec<Arc<Job>>, Cmd
 pub async fn watch_signals(cancel: watch::Sender<bool>) {
     #[cfg(unix)]
     let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => Some(signal),
-            Err(_) => None,
-        };
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut seen = 0;
     loop {
         #[cfg(unix)]

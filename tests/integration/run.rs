@@ -319,17 +319,13 @@ async fn server_rejections_are_failures_with_node_details() {
     partial.workflow["22"] = serde_json::json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "y", "images": ["21", 0]}});
     jobs[1] = Arc::new(partial);
     // Preflight would stop page 1 before it is sent; drive the engine directly.
-    let ctx_dir = out.join("ch-07");
-    let dirs = plasma_batch::output::ChapterDirs::new(&out, 7);
-    dirs.create().unwrap();
-    let (ledger, _) = plasma_batch::ledger::Ledger::open(&dirs.ledger()).unwrap();
+    let outputs = plasma_batch::engine::Outputs::new(&out);
+    let images = outputs.chapter(7).unwrap().dirs.images.clone();
     let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(plasma_batch::engine::RunContext {
         run_id: "test".into(),
         out_root: out.clone(),
-        chapter_root: ctx_dir,
-        store: Arc::new(plasma_batch::output::ImageStore::open(&dirs.images, 7).unwrap()),
-        ledger: Arc::new(ledger),
+        outputs: Arc::new(outputs),
         events,
         cancel: no_cancel(),
         started: std::time::Instant::now(),
@@ -352,7 +348,7 @@ async fn server_rejections_are_failures_with_node_details() {
     let error = partial.error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::Validation, "{error:?}");
     assert_eq!(error.node_id.as_deref(), Some("21"));
-    assert!(files_under(&dirs.images).is_empty());
+    assert!(files_under(&images).is_empty());
     sim.shutdown().await;
 }
 
