@@ -1,0 +1,4 @@
+mod sim;
+mod sim_conformance;
+mod sim_faults;
+mod sim_support;
