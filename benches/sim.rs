@@ -12,15 +12,27 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let total = args.first().copied().unwrap_or(4000);
     let in_flight = args.get(1).copied().unwrap_or(16);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(run(total, in_flight));
 }
 
 async fn run(total: usize, in_flight: usize) {
-    let sim = Sim::start(SimConfig { step_ms: 0, ..SimConfig::default() }).await.expect("start");
+    let sim = Sim::start(SimConfig {
+        step_ms: 0,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start");
     let base = sim.url();
     let ws_url = format!("{}/ws?clientId=bench", base.replacen("http://", "ws://", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws");
@@ -29,7 +41,9 @@ async fn run(total: usize, in_flight: usize) {
     let reader = tokio::spawn(async move {
         let mut done = 0;
         while done < total {
-            let Some(Ok(Message::Text(t))) = ws.next().await else { panic!("socket ended") };
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("socket ended")
+            };
             let v: Value = serde_json::from_str(t.as_str()).expect("json");
             if v["type"] == "executing" && v["data"]["node"].is_null() {
                 done += 1;
@@ -45,7 +59,9 @@ async fn run(total: usize, in_flight: usize) {
             "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": i}},
             "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "bench", "images": ["1", 0]}}
         });
-        let req = client.post(format!("{base}/prompt")).json(&json!({"prompt": prompt, "client_id": "bench"}));
+        let req = client
+            .post(format!("{base}/prompt"))
+            .json(&json!({"prompt": prompt, "client_id": "bench"}));
         tokio::spawn(async move {
             let resp = req.send().await.expect("post");
             assert_eq!(resp.status(), 200);

@@ -295,7 +295,13 @@ async fn supervise(
                     st.stats.crashes += 1;
                     st.idle_since = None;
                 }
-                tokio::time::sleep(down_for).await;
+                // Down: refuse connections, but still obey a shutdown.
+                tokio::select! {
+                    _ = tokio::time::sleep(down_for) => {}
+                    cmd = ctrl.recv() => if matches!(cmd, Some(Ctrl::Shutdown) | None) {
+                        return;
+                    },
+                }
             }
             Some(Ctrl::Shutdown) | None => {
                 tasks.stop().await;
