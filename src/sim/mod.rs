@@ -8,6 +8,7 @@
 
 mod fault;
 mod image;
+mod jpeg;
 mod nodes;
 mod pyjson;
 mod server;

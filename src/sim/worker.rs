@@ -859,7 +859,8 @@ impl<'a> Run<'a> {
                 return Err(NodeFail::Interrupted);
             }
             self.progress_state(node, json!(value), json!(steps), "running");
-            let png = self.preview.then(|| {
+            // Latent previews are JPEG, as `latent_preview` sends them (quality 95).
+            let jpeg = self.preview.then(|| {
                 let preview = image::render_preview(
                     seed,
                     text,
@@ -867,27 +868,27 @@ impl<'a> Run<'a> {
                     (h / 8).max(1),
                     value as f32 / steps as f32,
                 );
-                image::encode_png(&preview, 0, &[])
+                super::jpeg::encode(&preview.frame(0), preview.width, preview.height, 95)
             });
-            if let (Some(png), true) = (&png, metadata) {
+            if let (Some(jpeg), true) = (&jpeg, metadata) {
                 let meta = pyjson::dumps(&json!({
                     "node_id": node, "prompt_id": pid, "display_node_id": node,
-                    "parent_node_id": null, "real_node_id": node, "image_type": "image/png",
+                    "parent_node_id": null, "real_node_id": node, "image_type": "image/jpeg",
                 }));
-                let mut frame = Vec::with_capacity(8 + meta.len() + png.len());
+                let mut frame = Vec::with_capacity(8 + meta.len() + jpeg.len());
                 frame.extend_from_slice(&4u32.to_be_bytes());
                 frame.extend_from_slice(&(meta.len() as u32).to_be_bytes());
                 frame.extend_from_slice(meta.as_bytes());
-                frame.extend_from_slice(png);
+                frame.extend_from_slice(jpeg);
                 self.to_client_or_all(Message::Binary(frame.into()));
             }
             let progress = json!({"value": value, "max": steps, "prompt_id": pid, "node": node});
             self.to_client_or_all(Shared::frame("progress", &progress));
-            if let (Some(png), false) = (png, metadata) {
-                let mut frame = Vec::with_capacity(8 + png.len());
+            if let (Some(jpeg), false) = (jpeg, metadata) {
+                let mut frame = Vec::with_capacity(8 + jpeg.len());
                 frame.extend_from_slice(&1u32.to_be_bytes());
-                frame.extend_from_slice(&2u32.to_be_bytes());
-                frame.extend_from_slice(&png);
+                frame.extend_from_slice(&1u32.to_be_bytes());
+                frame.extend_from_slice(&jpeg);
                 self.to_client_or_all(Message::Binary(frame.into()));
             }
         }

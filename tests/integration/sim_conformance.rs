@@ -94,16 +94,21 @@ fn normalise_filename(s: &str) -> String {
 fn frame_key(norm: &Norm, f: &Frame) -> Value {
     match f {
         Frame::Json(v) => norm.value(v),
-        // Narrower: the real server's latent previews are JPEG (image_type 1); the
-        // simulator sends PNG (image_type 2, which the protocol allows). Compare the event.
-        Frame::Binary(b) => json!({"binary_event": u32::from_be_bytes([b[0], b[1], b[2], b[3]])}),
+        // Narrower: the JPEG bytes themselves differ (a random-weight model vs a drawing);
+        // compare the event, the image type and the JPEG/JFIF start.
+        Frame::Binary(b) => json!({
+            "binary_event": u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            "image_type": u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            "head": hex::encode(&b[8..12]),
+        }),
         Frame::Closed(_) => json!("closed"),
     }
 }
 
 fn recorded_key(norm: &Norm, line: &Value) -> Value {
     if line["kind"] == "ws_binary" {
-        json!({"binary_event": line["event"]})
+        let head = line["head_hex"].as_str().unwrap_or("");
+        json!({"binary_event": line["event"], "image_type": line["image_type"], "head": head.get(16..24).unwrap_or("")})
     } else {
         norm.value(&line["msg"])
     }
