@@ -331,23 +331,28 @@ pub fn render_preview(seed: u64, text: &str, width: u32, height: u32, progress: 
 fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
     let mut rng = Rng(key);
     let hue = (rng.next() % 360) as u32;
-    let paper = hsv(hue + 30, 0.08 + rng.unit() * 0.08, 0.95);
-    let accent = hsv(hue, 0.45 + rng.unit() * 0.3, 0.55 + rng.unit() * 0.3);
+    // Toned paper, a muted wash and a dark ink of a neighbouring hue.
+    let paper = hsv(
+        40 + (rng.next() % 20) as u32,
+        0.05 + rng.unit() * 0.06,
+        0.94 + rng.unit() * 0.04,
+    );
+    let accent = hsv(hue, 0.22 + rng.unit() * 0.22, 0.62 + rng.unit() * 0.22);
     let ink = hsv(
-        hue + 180 + (rng.next() % 60) as u32,
-        0.35 + rng.unit() * 0.3,
-        0.12 + rng.unit() * 0.12,
+        hue + 10 + (rng.next() % 40) as u32,
+        0.18 + rng.unit() * 0.2,
+        0.1 + rng.unit() * 0.1,
     );
     let mut lut = [[0u8; 3]; 256];
     for (t, entry) in lut.iter_mut().enumerate() {
         // A few soft bands, like layered washes of ink.
         let mut f = t as f32 / 255.0;
-        f += 0.04 * (((t / 24) % 2) as f32 - 0.5);
+        f += 0.035 * (((t / 20) % 2) as f32 - 0.5);
         let f = f.clamp(0.0, 1.0);
-        let (a, b, k) = if f < 0.55 {
-            (paper, accent, f / 0.55)
+        let (a, b, k) = if f < 0.6 {
+            (paper, accent, f / 0.6)
         } else {
-            (accent, ink, (f - 0.55) / 0.45)
+            (accent, ink, (f - 0.6) / 0.4)
         };
         let k = k * k * (3.0 - 2.0 * k);
         *entry = [0, 1, 2].map(|c| to_u8(a[c] + (b[c] - a[c]) * k));
@@ -357,24 +362,27 @@ fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
     let gw = (w / CELL + 2) as usize;
     let gh = (h / CELL + 2) as usize;
     let min_side = w.min(h).max(1) as f32;
-    let blobs: Vec<[f32; 4]> = (0..4 + rng.next() % 4)
+    let blobs: Vec<[f32; 4]> = (0..5 + rng.next() % 5)
         .map(|_| {
-            let r = min_side * (0.12 + rng.unit() * 0.4);
-            let weight = if rng.next() % 4 == 0 {
-                -0.35
+            let r = min_side * (0.05 + rng.unit() * 0.22);
+            let weight = if rng.next() % 5 == 0 {
+                -0.3
             } else {
-                0.35 + rng.unit() * 0.5
+                0.25 + rng.unit() * 0.55
             };
             [rng.unit() * w as f32, rng.unit() * h as f32, r * r, weight]
         })
         .collect();
-    let tilt = rng.unit() * 0.25;
+    // A soft horizon: the lower part of the picture carries a light wash.
+    let horizon = 0.45 + rng.unit() * 0.35;
+    let tilt = 0.15 + rng.unit() * 0.25;
     let mut field = vec![0i32; gw * gh];
     for gy in 0..gh {
         let py = (gy as u32 * CELL) as f32;
         for gx in 0..gw {
             let px = (gx as u32 * CELL) as f32;
-            let mut f = tilt * py / h.max(1) as f32;
+            let below = (py / h.max(1) as f32 - horizon).max(0.0);
+            let mut f = tilt * (below * 4.0).min(1.0);
             for [cx, cy, r2, wgt] in &blobs {
                 let d2 = (px - cx) * (px - cx) + (py - cy) * (py - cy);
                 f += wgt * r2 / (r2 + d2);

@@ -906,9 +906,7 @@ impl<'a> Run<'a> {
         } else {
             (&shared.output_dir, "output", prefix.to_string())
         };
-        let prefix = prefix
-            .replace("%width%", &img.width.to_string())
-            .replace("%height%", &img.height.to_string());
+        let prefix = compute_vars(&prefix, img.width, img.height);
         let Some(norm) = normpath(&prefix) else {
             return Err(exception(
                 "Exception",
@@ -962,6 +960,34 @@ impl<'a> Run<'a> {
         }
         Ok(json!({"images": images}))
     }
+}
+
+/// `folder_paths.compute_vars`: size and date placeholders (UTC here; ComfyUI uses local time).
+fn compute_vars(prefix: &str, width: u32, height: u32) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    prefix
+        .replace("%width%", &width.to_string())
+        .replace("%height%", &height.to_string())
+        .replace("%year%", &year.to_string())
+        .replace("%month%", &format!("{month:02}"))
+        .replace("%day%", &format!("{day:02}"))
+        .replace("%hour%", &format!("{:02}", rem / 3600))
+        .replace("%minute%", &format!("{:02}", rem % 3600 / 60))
+        .replace("%second%", &format!("{:02}", rem % 60))
 }
 
 /// Lexical `os.path.normpath`; None when the path leaves its base (absolute or leading `..`).
@@ -1132,5 +1158,22 @@ impl ExecList {
                 *c = c.saturating_sub(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_placeholders_and_paths() {
+        let p = compute_vars("%year%-%month%-%day%/img_%width%x%height%", 64, 48);
+        let (date, rest) = p.split_once('/').unwrap();
+        assert_eq!(rest, "img_64x48");
+        assert_eq!(date.len(), 10, "{date}");
+        assert!(date.starts_with("20"));
+        assert_eq!(normpath("a/./b/../c"), Some("a/c".into()));
+        assert_eq!(normpath("../x"), None);
+        assert_eq!(normpath("/abs"), None);
     }
 }
