@@ -77,4 +77,58 @@ async fn run(total: usize, in_flight: usize) {
         stats.executed
     );
     sim.shutdown().await;
+    render_timing().await;
+}
+
+/// Wall time of one full-size txt2img prompt (render, PNG encode, write), zero step time.
+async fn render_timing() {
+    let sim = Sim::start(SimConfig {
+        step_ms: 0,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start");
+    let base = sim.url();
+    let client = reqwest::Client::new();
+    let rounds = 20;
+    let started = Instant::now();
+    for seed in 0..rounds {
+        let prompt = json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "AnythingXL_inkBase.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk, ink", "clip": ["4", 1]}},
+            "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 1, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "big", "images": ["8", 0]}}
+        });
+        let resp: Value = client
+            .post(format!("{base}/prompt"))
+            .json(&json!({"prompt": prompt}))
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
+        let pid = resp["prompt_id"].as_str().expect("id").to_string();
+        loop {
+            let h: Value = client
+                .get(format!("{base}/history/{pid}"))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            if h.get(&pid).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    println!(
+        "sim: 512x768 txt2img prompt end to end: {:.1} ms each",
+        started.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+    );
+    sim.shutdown().await;
 }

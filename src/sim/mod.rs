@@ -129,10 +129,17 @@ impl Sim {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
         let mut tempdirs = Vec::new();
+        // RAM-backed when possible: creating a file on this project's CI disks can cost a
+        // millisecond, which would make the disk, not the simulator, the bottleneck.
+        let shm = Path::new("/dev/shm");
         let mut tempdir = |name: &str| -> io::Result<PathBuf> {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("plasma-sim-{name}-"))
-                .tempdir()?;
+            let prefix = format!("plasma-sim-{name}-");
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(&prefix);
+            let dir = match shm.is_dir().then(|| builder.tempdir_in(shm)) {
+                Some(Ok(dir)) => dir,
+                _ => builder.tempdir()?,
+            };
             let path = dir.path().to_path_buf();
             tempdirs.push(dir);
             Ok(path)

@@ -579,3 +579,27 @@ fn cli_prints_the_listening_url() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn reconnect_gets_the_executing_hint_without_prompt_id() {
+    let sim = Sim::start(SimConfig {
+        faults: vec!["hang:SaveImage".parse().unwrap()],
+        ..quick()
+    })
+    .await
+    .unwrap();
+    let base = sim.url();
+    let mut ws = Ws::connect(&base, "hint").await;
+    let pid = submit(&base, Some("hint"), &empty_save("hint", 1)).await;
+    ws.until(|f| f["type"] == "executing" && f["data"]["node"] == "9")
+        .await;
+    let mut again = Ws::connect(&base, "hint").await;
+    let status = again.next_json().await;
+    assert_eq!(status["data"]["status"]["exec_info"]["queue_remaining"], 1);
+    assert_eq!(
+        again.next_json().await,
+        json!({"type": "executing", "data": {"node": "9"}})
+    );
+    post_json(&base, "/interrupt", &json!({"prompt_id": pid})).await;
+    again.until_done(&pid).await;
+}

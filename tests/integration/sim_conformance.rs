@@ -400,10 +400,10 @@ async fn transcripts_01_to_07_replay_against_one_simulator() {
         // The recording server had no checkpoints installed (06 shows an empty list).
         checkpoints: vec![],
         // 04 and 07 need a blur chain that is still running when the interrupt or the kill
-        // arrives; on the recording CPU each 2048x2048 blur took ~5 s. Here it takes 300 ms.
+        // arrives; on the recording CPU each 2048x2048 blur took ~5 s. Here it takes 500 ms.
         faults: vec![Fault::SlowNode {
             class: "ImageBlur".into(),
-            ms: 300,
+            ms: 500,
         }],
         ..SimConfig::default()
     })
@@ -448,7 +448,7 @@ async fn transcripts_01_to_07_replay_against_one_simulator() {
 async fn transcript_08_sampler_replays() {
     let sim = Sim::start(SimConfig {
         // Long enough that the recorded interrupt (sent after `progress` 2) lands in step 3.
-        step_ms: 60,
+        step_ms: 150,
         checkpoints: vec!["AnythingXL_inkBase.safetensors".into()],
         ..SimConfig::default()
     })
