@@ -255,10 +255,10 @@ fn box_pass(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: usize, horizontal
 // Rendering
 
 /// SplitMix64: tiny, fast, good enough to spread a seed.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -270,14 +270,20 @@ impl Rng {
     }
 }
 
-/// FNV-1a over the text, mixed with the seed.
-pub fn render_key(seed: u64, text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: continue hashing `bytes` from `h`.
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100_0000_01b3);
     }
-    Rng(h ^ seed.rotate_left(17)).next()
+    h
+}
+
+/// The text's hash mixed with the seed.
+pub fn render_key(seed: u64, text: &str) -> u64 {
+    Rng(fnv1a(FNV_OFFSET, text.as_bytes()) ^ seed.rotate_left(17)).next()
 }
 
 fn hsv(h: u32, s: f32, v: f32) -> [f32; 3] {

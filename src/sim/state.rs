@@ -128,11 +128,9 @@ impl Shared {
     /// A uniform number in [0, 1) from the seeded generator.
     pub fn random(&self) -> f64 {
         let mut state = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let mut rng = super::image::Rng(*state);
+        let z = rng.next();
+        *state = rng.0;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 

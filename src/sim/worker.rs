@@ -79,6 +79,21 @@ struct CachedNode {
     ui: Option<Value>,
 }
 
+/// The value on a link: from this prompt's results, else from the cache.
+fn resolve<'c>(
+    from: &str,
+    slot: usize,
+    results: &'c HashMap<String, Vec<Val>>,
+    sigs: &HashMap<String, u64>,
+    cache: &'c HashMap<u64, CachedNode>,
+) -> Option<&'c Val> {
+    results.get(from).and_then(|o| o.get(slot)).or_else(|| {
+        sigs.get(from)
+            .and_then(|s| cache.get(s))
+            .and_then(|c| c.outputs.get(slot))
+    })
+}
+
 /// Why a node did not finish.
 enum NodeFail {
     Interrupted,
@@ -502,11 +517,7 @@ impl<'a> Run<'a> {
                     .any(|(k, _)| k == name)
             });
             if let Some((from, slot)) = is_link(value) {
-                let val = results.get(from).and_then(|o| o.get(slot)).or_else(|| {
-                    sigs.get(from)
-                        .and_then(|s| cache.get(s))
-                        .and_then(|c| c.outputs.get(slot))
-                });
+                let val = resolve(from, slot, results, sigs, cache);
                 if let Some(v) = val {
                     out.insert(name.clone(), json!([v.py_str()]));
                 }
@@ -572,11 +583,7 @@ impl<'a> Run<'a> {
         let mut links: HashMap<&str, Val> = HashMap::new();
         for (name, value) in raw {
             if let Some((from, slot)) = is_link(value) {
-                let val = results.get(from).and_then(|o| o.get(slot)).or_else(|| {
-                    sigs.get(from)
-                        .and_then(|s| cache.get(s))
-                        .and_then(|c| c.outputs.get(slot))
-                });
+                let val = resolve(from, slot, results, sigs, cache);
                 if let Some(v) = val {
                     links.insert(name.as_str(), v.clone());
                 }
@@ -1031,13 +1038,7 @@ fn highest_counter(folder: &std::path::Path, filename: &str) -> u64 {
 
 /// ComfyUI's input signature per node: class, literal inputs and the ancestors' signatures.
 fn signatures(prompt: &Map<String, Value>, input_dir: &std::path::Path) -> HashMap<String, u64> {
-    fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-        h
-    }
+    use super::image::{FNV_OFFSET, fnv1a as fnv};
     fn sig(
         id: &str,
         prompt: &Map<String, Value>,
@@ -1056,7 +1057,7 @@ fn signatures(prompt: &Map<String, Value>, input_dir: &std::path::Path) -> HashM
             .and_then(|n| n.get("class_type"))
             .and_then(|c| c.as_str())
             .unwrap_or("");
-        let mut h = fnv(0xcbf2_9ce4_8422_2325, class.as_bytes());
+        let mut h = fnv(FNV_OFFSET, class.as_bytes());
         let empty = Map::new();
         let inputs = node
             .and_then(|n| n.get("inputs"))
