@@ -469,12 +469,15 @@ impl<'a> Run<'a> {
             shared.broadcast_status(core.queue_remaining());
             core.pending.is_empty()
         };
-        self.to_client("executing", &json!({"node": null, "prompt_id": self.pid()}));
-        let mut st = shared.stats_mut();
-        st.stats.executed += 1;
-        if idle_now {
-            st.idle_since = Some(Instant::now());
+        {
+            // Counted before the last message, so a client that saw it sees the count.
+            let mut st = shared.stats_mut();
+            st.stats.executed += 1;
+            if idle_now {
+                st.idle_since = Some(Instant::now());
+            }
         }
+        self.to_client("executing", &json!({"node": null, "prompt_id": self.pid()}));
     }
 
     /// `ExecutionList.ux_friendly_pick_node`.

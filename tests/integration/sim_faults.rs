@@ -80,9 +80,9 @@ async fn crash_after_n_prompts_loses_everything_and_comes_back_on_the_same_port(
     let mut ws = Ws::connect(&base, "c").await;
     let first = submit(&base, Some("c"), &empty_save("c", 1)).await;
     ws.until_done(&first).await;
-    let second = submit(&base, Some("c"), &empty_save("c", 2)).await;
-    ws.until(|f| f["type"] == "executing" && f["data"]["prompt_id"] == second)
-        .await;
+    // The first prompt finished; the crash comes while the second runs (its `executing`
+    // may or may not get out before the connection dies).
+    submit(&base, Some("c"), &empty_save("c", 2)).await;
     ws.closed().await;
     assert!(
         http()
