@@ -79,6 +79,16 @@ struct CachedNode {
     ui: Option<Value>,
 }
 
+/// `[u32 BE event][u32 BE word][head][body]`, the shape of every binary frame.
+fn binary_frame(event: u32, word: u32, head: &[u8], body: &[u8]) -> Message {
+    let mut frame = Vec::with_capacity(8 + head.len() + body.len());
+    frame.extend_from_slice(&event.to_be_bytes());
+    frame.extend_from_slice(&word.to_be_bytes());
+    frame.extend_from_slice(head);
+    frame.extend_from_slice(body);
+    Message::Binary(frame.into())
+}
+
 /// The value on a link: from this prompt's results, else from the cache.
 fn resolve<'c>(
     from: &str,
@@ -753,11 +763,7 @@ impl<'a> Run<'a> {
                 (vec![Val::Image(img)], None)
             }
             "SaveImage" | "PreviewImage" => {
-                let img = image(if raw.contains_key("images") {
-                    "images"
-                } else {
-                    "image"
-                })?;
+                let img = image("images")?;
                 let ui = self.save_images(
                     &img,
                     class_name == "PreviewImage",
@@ -885,21 +891,14 @@ impl<'a> Run<'a> {
                     "node_id": node, "prompt_id": pid, "display_node_id": node,
                     "parent_node_id": null, "real_node_id": node, "image_type": "image/jpeg",
                 }));
-                let mut frame = Vec::with_capacity(8 + meta.len() + jpeg.len());
-                frame.extend_from_slice(&4u32.to_be_bytes());
-                frame.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-                frame.extend_from_slice(meta.as_bytes());
-                frame.extend_from_slice(jpeg);
-                self.to_client_or_all(Message::Binary(frame.into()));
+                // PREVIEW_IMAGE_WITH_METADATA: [u32 4][u32 json_len][json][image].
+                self.to_client_or_all(binary_frame(4, meta.len() as u32, meta.as_bytes(), jpeg));
             }
             let progress = json!({"value": value, "max": steps, "prompt_id": pid, "node": node});
             self.to_client_or_all(Shared::frame("progress", &progress));
             if let (Some(jpeg), false) = (jpeg, metadata) {
-                let mut frame = Vec::with_capacity(8 + jpeg.len());
-                frame.extend_from_slice(&1u32.to_be_bytes());
-                frame.extend_from_slice(&1u32.to_be_bytes());
-                frame.extend_from_slice(&jpeg);
-                self.to_client_or_all(Message::Binary(frame.into()));
+                // PREVIEW_IMAGE: [u32 1][u32 image type, 1 = JPEG][image].
+                self.to_client_or_all(binary_frame(1, 1, &[], &jpeg));
             }
         }
         Ok(())
