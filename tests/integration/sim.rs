@@ -604,3 +604,53 @@ async fn reconnect_gets_the_executing_hint_without_prompt_id() {
     post_json(&base, "/interrupt", &json!({"prompt_id": pid})).await;
     again.until_done(&pid).await;
 }
+
+#[tokio::test]
+async fn a_bad_output_is_dropped_and_reported_on_200() {
+    let sim = Sim::start(quick()).await.unwrap();
+    let base = sim.url();
+    let mut ws = Ws::connect(&base, "p").await;
+    let mut g = empty_save("good", 5);
+    g["2"] = json!({"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}});
+    g["8"] = json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "bad", "images": ["2", 0]}});
+    let pid = uuid::Uuid::new_v4().to_string();
+    let (status, body) = post_json(
+        &base,
+        "/prompt",
+        &json!({"prompt": g, "client_id": "p", "prompt_id": pid}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["node_errors"]["2"]["errors"][0]["type"],
+        "value_smaller_than_min"
+    );
+    assert_eq!(body["node_errors"]["2"]["dependent_outputs"], json!(["8"]));
+    ws.until_done(&pid).await;
+    let entry = wait_history(&base, &pid).await;
+    assert_eq!(entry["prompt"][4], json!(["9"]));
+    assert_eq!(
+        entry["outputs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["9"]
+    );
+    // partial_execution_targets selects outputs.
+    let pid = uuid::Uuid::new_v4().to_string();
+    let mut g = empty_save("one", 6);
+    g["8"] = json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "two", "images": ["1", 0]}});
+    let body = json!({"prompt": g, "client_id": "p", "prompt_id": pid, "partial_execution_targets": ["8"]});
+    assert_eq!(post_json(&base, "/prompt", &body).await.0, 200);
+    ws.until_done(&pid).await;
+    let entry = wait_history(&base, &pid).await;
+    assert_eq!(
+        entry["outputs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["8"]
+    );
+}
