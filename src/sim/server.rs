@@ -366,7 +366,7 @@ async fn post_history(State(s): S, body: Bytes) -> Response {
         core.history.clear();
     }
     for id in ids(body.get("delete")) {
-        core.history.shift_remove(&id);
+        core.history.remove(&id);
     }
     StatusCode::OK.into_response()
 }

@@ -3,7 +3,7 @@
 //! bookkeeping. Every lock here is a short synchronous critical section, never held across
 //! an `.await`. Lock order where two are taken: `core` before `sockets`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -61,12 +61,71 @@ impl QueueItem {
 
 pub const MAX_HISTORY: usize = 10000;
 
+/// `PromptQueue.history`: a dict in insertion order, the oldest entry evicted when full.
+/// Kept as a sequence-keyed tree plus an index so eviction and deletes never shift memory.
+#[derive(Default)]
+pub struct History {
+    by_seq: BTreeMap<u64, (String, Value)>,
+    seq_of: HashMap<String, u64>,
+    next: u64,
+}
+
+impl History {
+    /// `task_done`: evict the oldest entry if over the limit, then `history[id] = entry`
+    /// (a reused id keeps its place, as a Python dict assignment does).
+    pub fn insert(&mut self, id: &str, entry: Value) {
+        if self.by_seq.len() > MAX_HISTORY
+            && let Some((_, (old, _))) = self.by_seq.pop_first()
+        {
+            self.seq_of.remove(&old);
+        }
+        match self.seq_of.get(id) {
+            Some(seq) => {
+                if let Some(slot) = self.by_seq.get_mut(seq) {
+                    slot.1 = entry;
+                }
+            }
+            None => {
+                self.next += 1;
+                self.seq_of.insert(id.to_string(), self.next);
+                self.by_seq.insert(self.next, (id.to_string(), entry));
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Value> {
+        self.seq_of
+            .get(id)
+            .and_then(|s| self.by_seq.get(s))
+            .map(|(_, v)| v)
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(seq) = self.seq_of.remove(id) {
+            self.by_seq.remove(&seq);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.by_seq.clear();
+        self.seq_of.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.by_seq.values().map(|(k, v)| (k, v))
+    }
+}
+
 #[derive(Default)]
 pub struct Core {
     pub number: i64,
     pub pending: Vec<QueueItem>,
     pub running: Option<QueueItem>,
-    pub history: Map<String, Value>,
+    pub history: History,
     /// `POST /free {"free_memory": true}` asks the worker to drop its cache.
     pub free_memory: bool,
     /// The running prompt's client id and node, for the reconnect `executing` hint.
@@ -207,5 +266,35 @@ impl Shared {
 
     pub fn preview_metadata(&self, sid: &str) -> bool {
         self.sockets().get(sid).is_some_and(|e| e.preview_metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_dict_semantics() {
+        let mut h = History::default();
+        h.insert("a", json!(1));
+        h.insert("b", json!(2));
+        h.insert("a", json!(3));
+        let order: Vec<(&String, &Value)> = h.iter().collect();
+        assert_eq!(
+            order,
+            [(&"a".to_string(), &json!(3)), (&"b".to_string(), &json!(2))]
+        );
+        h.remove("a");
+        assert_eq!(h.get("a"), None);
+        for i in 0..MAX_HISTORY + 5 {
+            h.insert(&i.to_string(), json!(i));
+        }
+        // Evicts one before each insert once over the limit: at most MAX + 1 entries.
+        assert_eq!(h.len(), MAX_HISTORY + 1);
+        assert_eq!(h.get("b"), None);
+        assert_eq!(
+            h.get(&(MAX_HISTORY + 4).to_string()),
+            Some(&json!(MAX_HISTORY + 4))
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::fault::Fault;
 use super::image::{self, Image, Mask};
 use super::nodes::NodeClass;
-use super::state::{MAX_HISTORY, QueueItem, Shared};
+use super::state::{QueueItem, Shared};
 use super::{Ctrl, pyjson};
 
 /// A value flowing along a link.
@@ -450,15 +450,7 @@ impl<'a> Run<'a> {
             _ => None,
         });
         let write = |core: &mut super::state::Core| {
-            core.history.shift_remove(&self.item.prompt_id);
-            core.history
-                .insert(self.item.prompt_id.clone(), entry.clone());
-            while core.history.len() > MAX_HISTORY {
-                let oldest = core.history.keys().next().cloned();
-                if let Some(k) = oldest {
-                    core.history.shift_remove(&k);
-                }
-            }
+            core.history.insert(&self.item.prompt_id, entry.clone())
         };
         let idle_now = if let Some(ms) = late {
             {
