@@ -3,7 +3,7 @@
 //! bookkeeping. Every lock here is a short synchronous critical section, never held across
 //! an `.await`. Lock order where two are taken: `core` before `sockets`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -123,7 +123,7 @@ impl History {
 #[derive(Default)]
 pub struct Core {
     pub number: i64,
-    pub pending: Vec<QueueItem>,
+    pub pending: VecDeque<QueueItem>,
     pub running: Option<QueueItem>,
     pub history: History,
     /// `POST /free {"free_memory": true}` asks the worker to drop its cache.

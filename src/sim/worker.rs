@@ -163,14 +163,12 @@ pub async fn run(shared: Arc<Shared>) {
                 if std::mem::take(&mut core.free_memory) {
                     cache.clear();
                 }
-                if core.pending.is_empty() {
-                    None
-                } else {
-                    let item = core.pending.remove(0);
+                let item = core.pending.pop_front();
+                if let Some(item) = &item {
                     core.running = Some(item.clone());
                     shared.broadcast_status(core.queue_remaining());
-                    Some(item)
                 }
+                item
             };
             match next {
                 Some(item) => break item,

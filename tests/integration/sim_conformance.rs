@@ -167,14 +167,15 @@ struct Replay {
     names: HashMap<String, usize>,
 }
 
-type FramePredicate = fn(&Value) -> bool;
+/// A condition on the frames one socket has received so far.
+type FramesPredicate = fn(&[Value]) -> bool;
 
 /// Per-transcript adjustments, each explained where it is used.
 struct Hooks {
     order: Order,
     numbers: bool,
-    /// Before the HTTP request with this index, wait for a frame matching the predicate.
-    wait_before: Option<(usize, FramePredicate)>,
+    /// Before the HTTP request with this index, wait until socket "a"'s frames satisfy this.
+    wait_before: &'static [(usize, FramesPredicate)],
     /// `/system_stats` differs in machine values: compare the shape only.
     shape_only_paths: &'static [&'static str],
 }
@@ -235,11 +236,12 @@ impl Replay {
                     for s in &mut self.sockets {
                         s.catch_up(&norm).await;
                     }
-                    if let Some((idx, pred)) = hooks.wait_before
-                        && idx == request_index
-                    {
+                    for (idx, pred) in hooks.wait_before {
+                        if *idx != request_index {
+                            continue;
+                        }
                         let s = &mut self.sockets[self.names["a"]];
-                        while !s.got.iter().any(pred) {
+                        while !pred(&s.got) {
                             let f = s.ws.next().await;
                             s.got.push(frame_key(&norm, &f));
                         }
@@ -389,7 +391,7 @@ impl Replay {
 const EXACT: Hooks = Hooks {
     order: Order::Exact,
     numbers: false,
-    wait_before: None,
+    wait_before: &[],
     shape_only_paths: &[],
 };
 
@@ -426,7 +428,18 @@ async fn transcripts_01_to_07_replay_against_one_simulator() {
             // The recorded client saw `executing 1` when it interrupted, but the server's
             // socket lagged: the interrupt landed while node 10 ran (it hit at node 11 with
             // executed ["1","10"]). Reproduce that server state: interrupt once node 10 runs.
-            wait_before: Some((5, |f| f["type"] == "executing" && f["data"]["node"] == "10")),
+            wait_before: &[
+                // The recorded server had taken the first prompt (its second `status`)
+                // before the second POST arrived; wait for that so the queue_remaining
+                // values come out the same.
+                (1, |got| {
+                    got.iter().filter(|f| f["type"] == "status").count() >= 3
+                }),
+                (5, |got| {
+                    got.iter()
+                        .any(|f| f["type"] == "executing" && f["data"]["node"] == "10")
+                }),
+            ],
             ..EXACT
         },
     )
