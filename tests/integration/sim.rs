@@ -654,3 +654,23 @@ async fn a_bad_output_is_dropped_and_reported_on_200() {
         ["8"]
     );
 }
+
+#[tokio::test]
+async fn idle_time_counts_only_between_prompts() {
+    let sim = Sim::start(quick()).await.unwrap();
+    let base = sim.url();
+    let mut ws = Ws::connect(&base, "i").await;
+    // Idle before the first prompt does not count. (These sleeps are the idle time being
+    // measured, not synchronisation.)
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let a = submit(&base, Some("i"), &empty_save("i", 1)).await;
+    ws.until_done(&a).await;
+    assert!(sim.stats().worker_idle_ms_while_outstanding < 40);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let b = submit(&base, Some("i"), &empty_save("i", 2)).await;
+    ws.until_done(&b).await;
+    let (_, stats) = get_json(&base, "/sim/stats").await;
+    let idle = stats["worker_idle_ms_while_outstanding"].as_u64().unwrap();
+    assert!((120..2000).contains(&idle), "{idle}");
+    assert_eq!(stats["executed"], 2);
+}
