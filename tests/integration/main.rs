@@ -4,4 +4,8 @@ mod cli;
 mod manifest;
 mod report_schema;
 mod run;
+mod sim;
+mod sim_conformance;
+mod sim_faults;
+mod sim_support;
 mod support;
