@@ -248,9 +248,15 @@ async fn validation_errors_have_comfyui_shapes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 500);
+    // A JSON list passes the server's membership tests: no_prompt, and `number` advances.
+    let (status, body) = post_json(&base, "/prompt", &json!(["x"])).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("no_prompt"))
+    );
     // `number` counts every POST, invalid ones included.
     let (_, ok) = post_json(&base, "/api/prompt", &json!({"prompt": empty_save("n", 0)})).await;
-    assert_eq!(ok["number"], 2);
+    assert_eq!(ok["number"], 3);
     let s = sim.stats();
     assert_eq!(
         (
@@ -258,7 +264,7 @@ async fn validation_errors_have_comfyui_shapes() {
             s.prompts_rejected,
             s.posts_without_socket
         ),
-        (1, 3, 4)
+        (1, 4, 5)
     );
 }
 
