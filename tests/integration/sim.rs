@@ -562,29 +562,75 @@ async fn several_simulators_run_side_by_side_and_free_their_ports() {
     drop(ws);
 }
 
-#[test]
-fn cli_prints_the_listening_url() {
+/// The binary serves the shipped txt2img+LoRA workflow end to end for a plain client.
+#[tokio::test]
+async fn cli_serves_a_workflow_end_to_end() {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
-        .args(["sim", "--port", "0", "--step-ms", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap();
-    let _ = child.wait();
-    assert!(
-        line.starts_with("plasma-batch sim listening on http://127.0.0.1:"),
-        "{line}"
+    /// Stops the server even when an assertion fails.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Server(
+        std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
+            .args(["sim", "--port", "0", "--step-ms", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("plasma-batch sim listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let mut ws = Ws::connect(&base, "cli").await;
+    let pid = submit(
+        &base,
+        Some("cli"),
+        &txt2img(42, 4, "a lighthouse at dusk", "ch01/p001"),
+    )
+    .await;
+    let frames = ws.until_done(&pid).await;
+    assert_eq!(
+        types(&frames).iter().filter(|t| *t == "progress").count(),
+        4
+    );
+    let entry = wait_history(&base, &pid).await;
+    let name = entry["outputs"]["9"]["images"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = view(
+        &base,
+        &format!("filename={name}&subfolder=ch01&type=output"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().starts_with(b"\x89PNG"));
+}
+
+#[test]
+fn cli_rejects_a_bad_fault_spec() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
         .args(["sim", "--fault", "bogus:1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fault name"));
 }
 
 #[tokio::test]
