@@ -568,6 +568,21 @@ async fn cli_serves_a_workflow_end_to_end() {
     use std::io::BufRead;
     /// Stops the server even when an assertion fails.
     struct Server(std::process::Child);
+    impl Server {
+        /// SIGTERM, and whether it exited cleanly (removing its temporary directories).
+        fn terminate(&mut self) -> Option<i32> {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.id().to_string())
+                .status();
+            for _ in 0..500 {
+                if let Ok(Some(status)) = self.0.try_wait() {
+                    return status.code();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+    }
     impl Drop for Server {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -621,6 +636,11 @@ async fn cli_serves_a_workflow_end_to_end() {
     .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    assert_eq!(
+        child.terminate(),
+        Some(0),
+        "SIGTERM did not stop the server cleanly"
+    );
 }
 
 #[test]
