@@ -159,6 +159,15 @@ async fn post_prompt(State(s): S, body: Bytes) -> Response {
     });
     let body = match parsed {
         Ok(Value::Object(body)) if !injected => body,
+        // A JSON list or string passes the server's `"number" in json_data` and
+        // `"prompt" in json_data` membership tests: `number` advances and the answer is
+        // `no_prompt`, unless "prompt" is in it and indexing it raises.
+        Ok(Value::Array(items)) if !injected && !items.contains(&json!("prompt")) => {
+            return no_prompt(&s, true);
+        }
+        Ok(Value::String(text)) if !injected && !text.contains("prompt") => {
+            return no_prompt(&s, true);
+        }
         _ => {
             s.stats_mut().stats.prompts_rejected += 1;
             return internal_error();
@@ -190,12 +199,7 @@ async fn post_prompt(State(s): S, body: Bytes) -> Response {
         }
     };
     let Some(prompt) = body.get("prompt") else {
-        s.stats_mut().stats.prompts_rejected += 1;
-        let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
-        return json_resp(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": error, "node_errors": {}}),
-        );
+        return no_prompt(&s, false);
     };
     let prompt_id = match body.get("prompt_id") {
         Some(v) => pyjson::str_value(v),
@@ -266,6 +270,19 @@ async fn post_prompt(State(s): S, body: Bytes) -> Response {
             internal_error()
         }
     }
+}
+
+/// 400 `no_prompt`; `count_number` when `number` has not been advanced yet.
+fn no_prompt(s: &Shared, count_number: bool) -> Response {
+    if count_number {
+        s.core().number += 1;
+    }
+    s.stats_mut().stats.prompts_rejected += 1;
+    let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
+    json_resp(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": error, "node_errors": {}}),
+    )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -248,9 +248,15 @@ async fn validation_errors_have_comfyui_shapes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 500);
+    // A JSON list passes the server's membership tests: no_prompt, and `number` advances.
+    let (status, body) = post_json(&base, "/prompt", &json!(["x"])).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("no_prompt"))
+    );
     // `number` counts every POST, invalid ones included.
     let (_, ok) = post_json(&base, "/api/prompt", &json!({"prompt": empty_save("n", 0)})).await;
-    assert_eq!(ok["number"], 2);
+    assert_eq!(ok["number"], 3);
     let s = sim.stats();
     assert_eq!(
         (
@@ -258,7 +264,7 @@ async fn validation_errors_have_comfyui_shapes() {
             s.prompts_rejected,
             s.posts_without_socket
         ),
-        (1, 3, 4)
+        (1, 4, 5)
     );
 }
 
@@ -556,29 +562,95 @@ async fn several_simulators_run_side_by_side_and_free_their_ports() {
     drop(ws);
 }
 
-#[test]
-fn cli_prints_the_listening_url() {
+/// The binary serves the shipped txt2img+LoRA workflow end to end for a plain client.
+#[tokio::test]
+async fn cli_serves_a_workflow_end_to_end() {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
-        .args(["sim", "--port", "0", "--step-ms", "0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap();
-    let _ = child.wait();
-    assert!(
-        line.starts_with("plasma-batch sim listening on http://127.0.0.1:"),
-        "{line}"
+    /// Stops the server even when an assertion fails.
+    struct Server(std::process::Child);
+    impl Server {
+        /// SIGTERM, and whether it exited cleanly (removing its temporary directories).
+        fn terminate(&mut self) -> Option<i32> {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.id().to_string())
+                .status();
+            for _ in 0..500 {
+                if let Ok(Some(status)) = self.0.try_wait() {
+                    return status.code();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Server(
+        std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
+            .args(["sim", "--port", "0", "--step-ms", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("plasma-batch sim listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let mut ws = Ws::connect(&base, "cli").await;
+    let pid = submit(
+        &base,
+        Some("cli"),
+        &txt2img(42, 4, "a lighthouse at dusk", "ch01/p001"),
+    )
+    .await;
+    let frames = ws.until_done(&pid).await;
+    assert_eq!(
+        types(&frames).iter().filter(|t| *t == "progress").count(),
+        4
+    );
+    let entry = wait_history(&base, &pid).await;
+    let name = entry["outputs"]["9"]["images"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = view(
+        &base,
+        &format!("filename={name}&subfolder=ch01&type=output"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    assert_eq!(
+        child.terminate(),
+        Some(0),
+        "SIGTERM did not stop the server cleanly"
+    );
+}
+
+#[test]
+fn cli_rejects_a_bad_fault_spec() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_plasma-batch"))
         .args(["sim", "--fault", "bogus:1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fault name"));
 }
 
 #[tokio::test]
