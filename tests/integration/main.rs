@@ -1,5 +1,6 @@
 //! The one integration-test binary (see STYLE.md): each module is one area.
 
+mod auth;
 mod cli;
 mod manifest;
 mod report_schema;
