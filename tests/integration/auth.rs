@@ -13,8 +13,11 @@ use axum::routing::get;
 use plasma_batch::comfy::ws::WsConnection;
 use plasma_batch::comfy::{ComfyClient, http_client};
 
+/// (path, Authorization, Origin) of each request.
+type Request = (String, Option<String>, Option<String>);
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>);
+struct Seen(Arc<Mutex<Vec<Request>>>);
 
 impl Seen {
     fn record(&self, path: &str, headers: &HeaderMap) {
