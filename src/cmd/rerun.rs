@@ -8,14 +8,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
-use crate::cmd::run::{build_clients, resolve_servers, watch_signals};
+use crate::cmd::run::{connect, watch_signals};
 use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
-use crate::sim::{Sim, SimConfig};
 
 /// One job's comparison.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,22 +68,8 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         .map(|job| Arc::new(job.to_job(report.chapter)))
         .collect();
 
-    let sim = if args.sim {
-        Some(Sim::start(SimConfig::default()).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
-            )
-        })?)
-    } else {
-        None
-    };
     let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
-    let urls = match &sim {
-        Some(sim) => vec![sim.url()],
-        None => resolve_servers(&args.servers, &recorded),
-    };
-    let clients = build_clients(&urls)?;
+    let (sim, clients) = connect(args.sim, &args.servers, &recorded).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(watch_signals(cancel_tx));
     let options = RunOptions {

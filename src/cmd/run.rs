@@ -45,21 +45,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         ));
     }
 
-    let sim = if args.sim {
-        Some(Sim::start(SimConfig::default()).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
-            )
-        })?)
-    } else {
-        None
-    };
-    let urls = match &sim {
-        Some(sim) => vec![sim.url()],
-        None => resolve_servers(&args.servers, &plan.comfy.servers),
-    };
-    let clients = build_clients(&urls)?;
+    let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(watch_signals(cancel_tx));
 
@@ -93,6 +79,30 @@ pub async fn run(args: RunArgs) -> CmdResult {
     let summary = result?;
     print_summary(&summary, args.json);
     Ok(summary.exit_code())
+}
+
+/// The servers to run on: the built-in simulator (started here, shut down by the caller),
+/// or the resolved server URLs.
+pub async fn connect(
+    sim: bool,
+    flags: &[String],
+    fallback: &[String],
+) -> Result<(Option<Sim>, Vec<ComfyClient>), CmdError> {
+    let sim = if sim {
+        Some(Sim::start(SimConfig::default()).await.map_err(|e| {
+            CmdError::new(
+                exit_codes::IO_ERROR,
+                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            )
+        })?)
+    } else {
+        None
+    };
+    let urls = match &sim {
+        Some(sim) => vec![sim.url()],
+        None => resolve_servers(flags, fallback),
+    };
+    Ok((sim, build_clients(&urls)?))
 }
 
 /// `--server` flags, else `PLASMA_COMFY_URL`, else the manifest, else the local default.

@@ -1,7 +1,5 @@
 //! Real run reports validate against the committed JSON Schema (docs/report.schema.json).
 
-use plasma_batch::runner::run_jobs;
-
 use crate::support::*;
 
 fn validator() -> jsonschema::Validator {
@@ -30,14 +28,7 @@ async fn reports_of_successful_skipped_and_failed_jobs_match_the_schema() {
     let out = dir.path().join("out");
     let sim = sim(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 2, 2, ""));
-    let summary = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&plan),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let summary = run_on(&plan, &out, &[sim.url()], false).await;
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary.report_path).unwrap()).unwrap();
     assert_valid(&validator, &report);
@@ -50,14 +41,7 @@ async fn reports_of_successful_skipped_and_failed_jobs_match_the_schema() {
     );
 
     // Skipped jobs.
-    let again = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&plan),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let again = run_on(&plan, &out, &[sim.url()], false).await;
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&again.report_path).unwrap()).unwrap();
     assert_valid(&validator, &report);
@@ -66,16 +50,7 @@ async fn reports_of_successful_skipped_and_failed_jobs_match_the_schema() {
 
     // Failed jobs, with error details.
     let failing = crate::support::sim(&["raise:KSampler"]).await;
-    let mut forced = options(&plan, &out, engine());
-    forced.force = true;
-    let failed = run_jobs(
-        forced,
-        vec![client(&failing.url())],
-        jobs(&plan),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let failed = run_on(&plan, &out, &[failing.url()], true).await;
     let mut report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&failed.report_path).unwrap()).unwrap();
     assert_valid(&validator, &report);

@@ -15,14 +15,7 @@ async fn renders_every_job_with_versions_report_and_contact_sheet() {
     let jobs = jobs(&plan);
     let sim = sim(&[]).await;
     let out = dir.path().join("out");
-    let summary = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs.clone(),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let summary = run_on(&plan, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.succeeded, 6, "{:#?}", summary.outcomes);
     assert_eq!(summary.exit_code(), 0);
     let report = check_run(&summary, &jobs, &out);
@@ -77,26 +70,12 @@ async fn incremental_runs_skip_unchanged_jobs_and_render_changed_ones() {
     let out = dir.path().join("out");
     let sim = sim(&[]).await;
     let first = plan(&small_manifest(dir.path(), 2, 1, ""));
-    let summary = run_jobs(
-        options(&first, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&first),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let summary = run_on(&first, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.succeeded, 2);
 
     // Same manifest: nothing to do, and the server is not asked for anything.
     let accepted_before = sim.stats().prompts_accepted;
-    let again = run_jobs(
-        options(&first, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&first),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let again = run_on(&first, &out, &[sim.url()], false).await;
     assert_eq!(again.totals.skipped, 2, "{:#?}", again.outcomes);
     assert_eq!(sim.stats().prompts_accepted, accepted_before);
     check_run(&again, &jobs(&first), &out);
@@ -109,14 +88,7 @@ async fn incremental_runs_skip_unchanged_jobs_and_render_changed_ones() {
     );
     std::fs::write(&manifest, text).unwrap();
     let changed = plan(&manifest);
-    let third = run_jobs(
-        options(&changed, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&changed),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let third = run_on(&changed, &out, &[sim.url()], false).await;
     assert_eq!((third.totals.skipped, third.totals.succeeded), (1, 1));
     let rendered = third
         .outcomes
@@ -132,14 +104,7 @@ async fn incremental_runs_skip_unchanged_jobs_and_render_changed_ones() {
 
     // A deleted image is not "verified" any more: the job renders again.
     std::fs::remove_file(out.join("ch-07/raw/comfyui/ch07_p001_v1.png")).unwrap();
-    let fourth = run_jobs(
-        options(&changed, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&changed),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let fourth = run_on(&changed, &out, &[sim.url()], false).await;
     assert_eq!((fourth.totals.skipped, fourth.totals.succeeded), (1, 1));
     sim.shutdown().await;
 }
@@ -150,21 +115,10 @@ async fn forced_rerun_completes_on_cached_prompts_with_identical_bytes() {
     let out = dir.path().join("out");
     let sim = sim(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
-    let first = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&plan),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
-    let mut forced = options(&plan, &out, engine());
-    forced.force = true;
+    let first = run_on(&plan, &out, &[sim.url()], false).await;
     // The identical prompt right after is fully cached on the server: no node runs, the
     // outputs are the previous files, and the job must still complete on `executing` null.
-    let second = run_jobs(forced, vec![client(&sim.url())], jobs(&plan), no_cancel())
-        .await
-        .unwrap();
+    let second = run_on(&plan, &out, &[sim.url()], true).await;
     assert_eq!(second.totals.succeeded, 1, "{:#?}", second.outcomes);
     assert_eq!(
         second.outcomes[0].images[0].path,
@@ -184,14 +138,7 @@ async fn node_exception_fails_the_job_and_writes_no_image() {
     let sim = sim(&["raise:VAEDecode"]).await;
     let plan = plan(&small_manifest(dir.path(), 2, 1, ""));
     let jobs = jobs(&plan);
-    let summary = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs.clone(),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let summary = run_on(&plan, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.failed, 2);
     assert_eq!(summary.exit_code(), plasma_batch::exit_codes::JOBS_FAILED);
     for outcome in &summary.outcomes {
@@ -283,14 +230,7 @@ async fn interrupt_by_someone_else_fails_the_job_without_image() {
         }
         panic!("the prompt never started");
     });
-    let summary = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs.clone(),
-        no_cancel(),
-    )
-    .await
-    .unwrap();
+    let summary = run_on(&plan, &out, &[sim.url()], false).await;
     other.await.unwrap();
     let error = summary.outcomes[0].error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::Interrupted, "{error:?}");
@@ -364,14 +304,7 @@ async fn unsafe_and_broken_images_from_the_server_are_rejected() {
         let sim = sim(&[fault]).await;
         let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
         let jobs = jobs(&plan);
-        let summary = run_jobs(
-            options(&plan, &out, engine()),
-            vec![client(&sim.url())],
-            jobs.clone(),
-            no_cancel(),
-        )
-        .await
-        .unwrap();
+        let summary = run_on(&plan, &out, &[sim.url()], false).await;
         let error = summary.outcomes[0]
             .error
             .as_ref()

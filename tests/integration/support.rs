@@ -86,6 +86,16 @@ pub fn options(plan: &Plan, out: &Path, engine: EngineConfig) -> RunOptions {
     }
 }
 
+/// One run of `plan` on the servers at `urls` with the short test timings.
+pub async fn run_on(plan: &Plan, out: &Path, urls: &[String], force: bool) -> RunSummary {
+    let mut options = options(plan, out, engine());
+    options.force = force;
+    let clients = urls.iter().map(|url| client(url)).collect();
+    plasma_batch::runner::run_jobs(options, clients, jobs(plan), no_cancel())
+        .await
+        .unwrap()
+}
+
 pub fn no_cancel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     // Keep the sender alive for the whole test process: a dropped sender is not a cancel.
