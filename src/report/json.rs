@@ -335,6 +335,112 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::JobStatus;
+
+    fn report(jobs: usize) -> RunReport {
+        let params = JobParams {
+            prompt: "p".into(),
+            negative: "n".into(),
+            checkpoint: "c".into(),
+            steps: 1,
+            cfg: 1.0,
+            sampler: "euler".into(),
+            scheduler: "normal".into(),
+            width: 64,
+            height: 64,
+            lora: None,
+            workflow_path: "w.json".into(),
+            filename_prefix: "x".into(),
+            seed_source: crate::plan::SeedSource::Derived,
+        };
+        let job = |i: usize| Job {
+            key: format!("ch01_p{i:03}_s1"),
+            chapter: 1,
+            page: i as u16,
+            variant: 1,
+            seed: i as u64,
+            params: params.clone(),
+            workflow: serde_json::json!({}),
+            output_nodes: vec!["9".into()],
+            hash: "0".repeat(64),
+            workflow_sha256: "0".repeat(64),
+        };
+        RunReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            tool: Tool {
+                name: "plasma-batch".into(),
+                version: "0".into(),
+            },
+            run_id: "r".into(),
+            complete: false,
+            manifest: ManifestRef {
+                path: "m.toml".into(),
+                sha256: "0".repeat(64),
+            },
+            chapter: 1,
+            title: None,
+            output_root: "out".into(),
+            servers: Vec::new(),
+            settings: Settings {
+                timeout_secs: 90.0,
+                in_flight: 2,
+                force: false,
+                only: Vec::new(),
+                simulator: true,
+            },
+            started_at: rfc3339(SystemTime::UNIX_EPOCH),
+            ended_at: None,
+            totals: Totals::default(),
+            jobs: (1..=jobs).map(|i| JobReport::pending(&job(i))).collect(),
+        }
+    }
+
+    #[test]
+    fn the_file_on_disk_is_always_a_valid_report_at_most_an_eighth_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let mut writer = ReportWriter::new(report(200), path.clone());
+        writer.write().unwrap();
+        let mut writes = 0;
+        let mut last = std::fs::metadata(&path).unwrap().modified().unwrap();
+        for i in 1..=200 {
+            let outcome = JobOutcome {
+                key: format!("ch01_p{i:03}_s1"),
+                status: JobStatus::Failed,
+                server: None,
+                prompt_id: None,
+                attempts: 1,
+                error: Some(JobError::new(crate::events::ErrorKind::Server, "x")),
+                images: Vec::new(),
+                timings: Timings::default(),
+            };
+            writer.record(&outcome).unwrap();
+            // What a crash right now would leave: a parsable, incomplete report.
+            let on_disk = RunReport::read(&path).unwrap();
+            assert!(!on_disk.complete);
+            let finished = on_disk
+                .jobs
+                .iter()
+                .filter(|j| j.status != ReportStatus::Pending)
+                .count();
+            assert_eq!(on_disk.totals.failed, finished);
+            assert_eq!(on_disk.totals.pending, 200 - finished);
+            assert!(
+                finished * 9 >= i * 8 || i - finished <= 1,
+                "{finished} of {i} on disk"
+            );
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            if modified != last {
+                writes += 1;
+                last = modified;
+            }
+        }
+        // Geometric rewrites: far fewer than one per job (the 1 s rule does not fire here).
+        assert!(writes < 60, "{writes} rewrites for 200 jobs");
+        let done = writer.finish(SystemTime::now()).unwrap();
+        assert!(done.complete && done.ended_at.is_some());
+        assert!(RunReport::read(&path).unwrap().complete);
+    }
 
     #[test]
     fn formats_utc_timestamps() {

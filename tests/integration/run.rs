@@ -385,3 +385,37 @@ async fn jobs_spread_over_several_servers() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_image_of_a_batch_is_kept_as_its_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = sim(&[]).await;
+    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
+    let mut job = (*jobs(&plan)[0]).clone();
+    job.workflow["5"]["inputs"]["batch_size"] = 3.into();
+    let jobs = vec![Arc::new(job)];
+    let summary = run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&sim.url())],
+        jobs.clone(),
+        no_cancel(),
+    )
+    .await
+    .unwrap();
+    let images = &summary.outcomes[0].images;
+    let paths: Vec<&str> = images.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "ch-07/raw/comfyui/ch07_p001_v1.png",
+            "ch-07/raw/comfyui/ch07_p001_v2.png",
+            "ch-07/raw/comfyui/ch07_p001_v3.png"
+        ]
+    );
+    let distinct: std::collections::HashSet<&str> =
+        images.iter().map(|i| i.sha256.as_str()).collect();
+    assert_eq!(distinct.len(), 3, "the batch images should differ");
+    check_run(&summary, &jobs, &out);
+    sim.shutdown().await;
+}
