@@ -1,0 +1,108 @@
+//! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file in the style of
+//! the chapter ledger. A job's record is appended when it is created and again when it ends;
+//! on start the last record of each job wins. A torn last line (a crash mid-write) is
+//! skipped. After replay the file is rewritten atomically with one line per job, so it grows
+//! with the number of jobs, not with the number of restarts.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::jobs::JobRecord;
+use crate::output::{PathError, open_append, write_atomic};
+
+/// Journal format version, written in every line.
+pub const JOURNAL_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    v: u32,
+    job: JobRecord,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    /// Read every job (in creation order), compact the file, and open it for appending.
+    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), PathError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
+        }
+        let jobs = read(path)?;
+        let mut compact = Vec::new();
+        for job in &jobs {
+            append_line(&mut compact, job);
+        }
+        write_atomic(path, &compact)?;
+        let file = open_append(path)?;
+        Ok((
+            Journal {
+                path: path.to_owned(),
+                file: Mutex::new(file),
+            },
+            jobs,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
+    pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
+        let mut line = Vec::new();
+        append_line(&mut line, job);
+        let mut file = self.file.lock().expect("journal poisoned");
+        file.write_all(&line)
+            .map_err(|e| PathError::new("append to", &self.path, e))
+    }
+
+    /// To stable storage (at shutdown; a process crash loses nothing already appended).
+    pub fn sync(&self) -> Result<(), PathError> {
+        let file = self.file.lock().expect("journal poisoned");
+        file.sync_data()
+            .map_err(|e| PathError::new("fsync", &self.path, e))
+    }
+}
+
+fn append_line(out: &mut Vec<u8>, job: &JobRecord) {
+    let line = Line {
+        v: JOURNAL_VERSION,
+        job: job.clone(),
+    };
+    serde_json::to_writer(&mut *out, &line).expect("journal lines serialize");
+    out.push(b'\n');
+}
+
+/// The latest record of every job, in the order the jobs were first recorded.
+fn read(path: &Path) -> Result<Vec<JobRecord>, PathError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("open", path, e)),
+    };
+    let mut jobs: Vec<JobRecord> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| PathError::new("read", path, e))?;
+        let Ok(Line { job, .. }) = serde_json::from_slice::<Line>(&line) else {
+            continue;
+        };
+        match index.get(&job.job_id) {
+            Some(&at) => jobs[at] = job,
+            None => {
+                index.insert(job.job_id.clone(), jobs.len());
+                jobs.push(job);
+            }
+        }
+    }
+    Ok(jobs)
+}
