@@ -315,6 +315,20 @@ impl Table {
         self.lock().shutting_down = true;
     }
 
+    /// Wait until no job is on a server (running, or posted and waiting there).
+    pub async fn wait_none_posted(&self) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            let posted = self.lock().jobs.values().any(|e| {
+                e.record.status == Status::Running
+                    || (e.record.status == Status::Queued && e.record.prompt_id.is_some())
+            });
+            if !posted || changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Keys of the jobs not yet posted to any server.
     pub fn unposted_keys(&self) -> Vec<String> {
         self.lock()

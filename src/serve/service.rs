@@ -33,6 +33,9 @@ const TXT2IMG_LORA: (&str, &str) = (
     include_str!("../../workflows/txt2img-lora.json"),
 );
 
+/// How long shutdown waits for the engine's last events once its tasks were stopped.
+const EVENTS_DRAIN: Duration = Duration::from_secs(5);
+
 /// What to do with jobs on a ComfyUI server when the service stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShutdownMode {
@@ -424,10 +427,25 @@ impl Service {
         }
         let engine = self.app.engine.lock().expect("engine slot poisoned").take();
         if let Some(engine) = engine {
-            engine.finish().await;
+            // `finish` also waits for every server's socket, and a server that is down is
+            // waited for, never retired, in a service. Once no job of ours is on a server
+            // there is nothing left to wait for: stop the engine's tasks instead. A job
+            // caught between our queue and its POST is still open in the journal (and, once
+            // posted, in the chapter ledger), so the next start runs or re-attaches it.
+            let mut finish = Box::pin(engine.finish());
+            let finished = tokio::select! {
+                _ = &mut finish => true,
+                _ = self.app.table.wait_none_posted() => false,
+            };
+            if !finished {
+                // Dropping the engine aborts its tasks; the cancel switch ends its
+                // canceller, the last holder of the event sender.
+                drop(finish);
+                let _ = self.cancel.send(true);
+            }
         }
         // The engine (and with it the last event sender) is gone: drain the events.
-        let _ = (&mut self.events).await;
+        let _ = tokio::time::timeout(EVENTS_DRAIN, &mut self.events).await;
         self.app.table.sync()?;
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());

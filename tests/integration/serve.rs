@@ -798,3 +798,39 @@ async fn the_binary_serves_jobs_on_the_simulator_and_stops_on_sigterm() {
     let journal = std::fs::read_to_string(dir.path().join("serve/jobs.jsonl")).unwrap();
     assert!(journal.contains(&id) && journal.contains("\"complete\""));
 }
+
+#[tokio::test]
+async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut cfg = config(&[], &out);
+    cfg.servers = vec![client(&dead)];
+    cfg.on_shutdown = ShutdownMode::Finish;
+    let service = start(cfg).await;
+    let url = service.url();
+    let (status, ready, _) = call("get", &url, "/readyz", "/readyz", None).await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert_eq!(ready["servers"][0]["reachable"], false);
+    let (status, _, _) = call("get", &url, "/healthz", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    assert_eq!(get_job(&url, &id).await["status"], "queued");
+    // Stopping does not wait for a server that is down.
+    tokio::time::timeout(DEADLINE, service.shutdown())
+        .await
+        .expect("shutdown returned")
+        .unwrap();
+
+    let good = sim(&[]).await;
+    let service = start(config(&[&good], &out)).await;
+    let (job, _) = wait_job(&service.url(), &id, status_is("complete")).await;
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p001_v1.png");
+    service.shutdown().await.unwrap();
+}
