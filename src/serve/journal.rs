@@ -106,3 +106,44 @@ fn read(path: &Path) -> Result<Vec<JobRecord>, PathError> {
     }
     Ok(jobs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::jobs::Status;
+    use crate::serve::request::parse;
+
+    fn record(id: &str) -> JobRecord {
+        let checked = parse(br#"{"prompt_text": "a", "seed": 1}"#).unwrap();
+        JobRecord::new(
+            id.to_owned(),
+            format!("ch01_p001_j{id}"),
+            checked.request,
+            false,
+        )
+    }
+
+    #[test]
+    fn the_last_line_of_a_job_wins_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let (journal, jobs) = Journal::open(&path).unwrap();
+        assert!(jobs.is_empty());
+        let (a, b) = (record("aaaaaaaa"), record("bbbbbbbb"));
+        journal.append(&a).unwrap();
+        journal.append(&b).unwrap();
+        let mut done = a.clone();
+        done.status = Status::Complete;
+        journal.append(&done).unwrap();
+        drop(journal);
+        let mut file = open_append(&path).unwrap();
+        file.write_all(br#"{"v":1,"job":{"jobId":"cc"#).unwrap();
+        drop(file);
+        let (journal, jobs) = Journal::open(&path).unwrap();
+        assert_eq!(jobs, [done, b]);
+        // Compacted: one line per job, and appending goes on after it.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        journal.append(&record("cccccccc")).unwrap();
+        assert_eq!(Journal::open(&path).unwrap().1.len(), 3);
+    }
+}

@@ -834,3 +834,39 @@ async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
     assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p001_v1.png");
     service.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let lora = json!({"lora": {"name": "inkline_v2.safetensors", "strength_clip": 0.5}});
+    let id = id_of(&post_job(&url, &small(lora.clone())).await.1);
+    let (job, _) = wait_job(&url, &id, |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    assert_eq!(
+        job["request"]["lora"],
+        json!({"name": "inkline_v2.safetensors", "strength_model": 1.0, "strength_clip": 0.5})
+    );
+    service.shutdown().await.unwrap();
+
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.workflow = Some(repo().join("workflows/txt2img.json"));
+    let service = start(cfg).await;
+    let (status, error) = post_job(&service.url(), &small(lora)).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["field"], "lora");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no {{lora_name}} slot"),
+        "{error}"
+    );
+    assert_eq!(post_job(&service.url(), &small(json!({}))).await.0, 202);
+    service.shutdown().await.unwrap();
+}
