@@ -166,7 +166,7 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
     let url = service.url();
 
     // With one slot, the second job waits in our queue while the first renders.
-    let body = small(json!({"chapter": 3, "page": 4, "steps": 10}));
+    let body = small(json!({"chapter": 3, "page": 4, "steps": 25}));
     let (status, first) = post_job(&url, &body).await;
     assert_eq!(status, 202);
     assert_eq!(first["status"], "queued");
@@ -868,5 +868,64 @@ async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
         "{error}"
     );
     assert_eq!(post_job(&service.url(), &small(json!({}))).await.0, 202);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_again() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            &sim.url(),
+            "--out",
+        ])
+        .arg(dir.path())
+        .env_remove("PLASMA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("plasma-batch serve listening on ")
+        .unwrap()
+        .to_owned();
+    let id = id_of(
+        &post_job(&url, &small(json!({"steps": 100, "page": 6})))
+            .await
+            .1,
+    );
+    let (running, _) = wait_job(&url, &id, status_is("running")).await;
+    child.kill().await.unwrap(); // SIGKILL: no shutdown, nothing synced
+    assert_eq!(sim.stats().prompts_accepted, 1);
+
+    let service = start(config(&[&sim], dir.path())).await;
+    let (job, _) = wait_job(&service.url(), &id, status_is("complete")).await;
+    assert_eq!(
+        job["promptId"], running["promptId"],
+        "the same prompt, found again"
+    );
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p006_v1.png");
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        1,
+        "the prompt was posted twice"
+    );
     service.shutdown().await.unwrap();
 }
