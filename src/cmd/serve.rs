@@ -72,6 +72,8 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         None => resolve_servers(&args.servers, &[]),
     };
     let servers = build_clients(&urls)?;
+    // Without credentials: a URL may carry `user:password@`.
+    let shown: Vec<String> = servers.iter().map(|s| s.url().to_owned()).collect();
     let config = ServeConfig {
         listen,
         servers,
@@ -106,7 +108,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         "plasma-batch serve listening on http://{}",
         service.addr()
     );
-    let _ = writeln!(out, "servers: {}", urls.join(", "));
+    let _ = writeln!(out, "servers: {}", shown.join(", "));
     let _ = out.flush();
 
     wait_for_signal().await;

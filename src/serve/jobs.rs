@@ -195,15 +195,6 @@ impl Table {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Jobs queued or running.
-    pub fn active(&self) -> usize {
-        self.lock()
-            .jobs
-            .values()
-            .filter(|e| !e.record.status.is_terminal())
-            .count()
-    }
-
     /// Add a new job (journaled first, so a 202 is never lost), unless `max` jobs are
     /// active already.
     pub fn insert(&self, record: JobRecord, max: usize) -> Result<(), InsertError> {

@@ -52,10 +52,6 @@ impl Journal {
         ))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
     pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
         let mut line = Vec::new();

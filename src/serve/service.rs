@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::http;
-use super::jobs::{JobRecord, Status, Table};
+use super::jobs::{Status, Table};
 use super::journal::Journal;
 use super::request::JobRequest;
 use crate::comfy::ComfyClient;
@@ -283,8 +283,9 @@ impl Service {
         // (re-attached to their prompt when the chapter ledger says it may still be there).
         let mut initial = Vec::new();
         let mut failed = Vec::new();
-        let mut records: Vec<JobRecord> = records;
+        let mut records = records;
         for record in records.iter_mut().filter(|r| !r.status.is_terminal()) {
+            // Only accepted and finished states are journaled, so this is the accepted one.
             record.status = Status::Queued;
             record.progress = None;
             match templates.build(&record.key, &record.request) {
@@ -293,13 +294,6 @@ impl Service {
             }
         }
         let reattach = reattachments(&config.out_root, &initial, &config.servers);
-        for job in &initial {
-            if !reattach.contains_key(&job.key)
-                && let Some(record) = records.iter_mut().find(|r| r.key == job.key)
-            {
-                record.prompt_id = None;
-            }
-        }
         let urls: Vec<String> = config.servers.iter().map(|s| s.url().to_owned()).collect();
         let table = Arc::new(Table::new(journal, records, urls));
         for (job_id, reason) in failed {
