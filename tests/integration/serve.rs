@@ -929,3 +929,60 @@ async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_agai
     );
     service.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let hanging = sim(&["hang:KSampler"]).await;
+    let mut cfg = config(&[&hanging], &out);
+    cfg.engine.in_flight = 1;
+    cfg.on_shutdown = ShutdownMode::Finish;
+    let service = start(cfg).await;
+    let url = service.url();
+    let a = id_of(&post_job(&url, &small(json!({"page": 1}))).await.1);
+    let (a_job, _) = wait_job(&url, &a, status_is("running")).await;
+    let b = id_of(&post_job(&url, &small(json!({"page": 2}))).await.1);
+
+    let hurry = service.hurry();
+    let stopping = tokio::spawn(service.shutdown());
+    // An empty body is a 400 until the service drains, then a 503: no job is created.
+    let since = Instant::now();
+    loop {
+        let (status, error) = post_job(&url, &json!({})).await;
+        if status == 503 {
+            assert!(error["error"].as_str().unwrap().contains("shutting down"));
+            break;
+        }
+        assert_eq!(status, 400);
+        assert!(since.elapsed() < DEADLINE, "never refused new jobs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Still answering, and still waiting for A, which hangs on its server.
+    assert_eq!(get_job(&url, &a).await["status"], "running");
+    assert_eq!(get_job(&url, &b).await["status"], "queued");
+    assert!(!stopping.is_finished());
+    // The second signal: interrupt what is posted.
+    hurry.send(true).unwrap();
+    tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("stopped after the interrupt")
+        .unwrap()
+        .unwrap();
+    let prompt = a_job["promptId"].as_str().unwrap();
+    assert!(
+        hanging
+            .stats()
+            .interrupts
+            .iter()
+            .any(|i| i.hit.as_deref() == Some(prompt))
+    );
+    assert_eq!(hanging.stats().prompts_accepted, 1, "B was never posted");
+
+    let good = sim(&[]).await;
+    let service = start(config(&[&good], &out)).await;
+    for id in [&a, &b] {
+        wait_job(&service.url(), id, status_is("complete")).await;
+    }
+    service.shutdown().await.unwrap();
+}
