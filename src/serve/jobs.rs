@@ -396,8 +396,11 @@ impl Table {
         again
     }
 
-    pub fn sync(&self) -> Result<(), PathError> {
-        self.journal.sync()
+    /// fsync the journal and let the next service have it.
+    pub fn close(&self) -> Result<(), PathError> {
+        let synced = self.journal.sync();
+        self.journal.release();
+        synced
     }
 }
 

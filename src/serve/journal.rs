@@ -2,7 +2,8 @@
 //! the chapter ledger. A job's record is appended when it is created and again when it ends;
 //! on start the last record of each job wins. A torn last line (a crash mid-write) is
 //! skipped. After replay the file is rewritten atomically with one line per job, so it grows
-//! with the number of jobs, not with the number of restarts.
+//! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
+//! only one service may use it: `jobs.lock` (holding the owner's pid) says who does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobRecord;
-use crate::output::{PathError, open_append, write_atomic};
+use crate::output::{PathError, open_append, process_alive, write_atomic};
 
 /// Journal format version, written in every line.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -28,28 +29,86 @@ struct Line {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
+    /// The lock file while we hold it.
+    lock: Mutex<Option<PathBuf>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{} is in use by another job service (pid {pid}, see {})", journal.display(), lock.display())]
+    Locked {
+        pid: u32,
+        journal: PathBuf,
+        lock: PathBuf,
+    },
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+/// Take `lock` for this process, unless a live process holds it.
+fn take_lock(lock: &Path, journal: &Path) -> Result<(), OpenError> {
+    let me = std::process::id();
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(lock)
+        {
+            Ok(mut file) => {
+                file.write_all(me.to_string().as_bytes())
+                    .map_err(|e| PathError::new("write", lock, e))?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(lock)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok());
+                if let Some(pid) = owner
+                    && process_alive(pid)
+                {
+                    return Err(OpenError::Locked {
+                        pid,
+                        journal: journal.to_owned(),
+                        lock: lock.to_owned(),
+                    });
+                }
+                // Its owner died (or it is torn): take it over.
+                std::fs::remove_file(lock).map_err(|e| PathError::new("remove", lock, e))?;
+            }
+            Err(e) => return Err(PathError::new("create", lock, e).into()),
+        }
+    }
 }
 
 impl Journal {
     /// Read every job (in creation order), compact the file, and open it for appending.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), PathError> {
+    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), OpenError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
+        let lock = path.with_extension("lock");
+        take_lock(&lock, path)?;
+        let journal = Journal {
+            path: path.to_owned(),
+            file: Mutex::new(open_append(path)?),
+            lock: Mutex::new(Some(lock)),
+        };
         let jobs = read(path)?;
         let mut compact = Vec::new();
         for job in &jobs {
             append_line(&mut compact, job);
         }
         write_atomic(path, &compact)?;
-        let file = open_append(path)?;
-        Ok((
-            Journal {
-                path: path.to_owned(),
-                file: Mutex::new(file),
-            },
-            jobs,
-        ))
+        // The compacted file replaced the one opened above.
+        *journal.file.lock().expect("journal poisoned") = open_append(path)?;
+        Ok((journal, jobs))
+    }
+
+    /// Let another service use the journal (at shutdown; also when dropped).
+    pub fn release(&self) {
+        if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
+            let _ = std::fs::remove_file(lock);
+        }
     }
 
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
@@ -66,6 +125,12 @@ impl Journal {
         let file = self.file.lock().expect("journal poisoned");
         file.sync_data()
             .map_err(|e| PathError::new("fsync", &self.path, e))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -136,10 +201,15 @@ mod tests {
         file.write_all(br#"{"v":1,"job":{"jobId":"cc"#).unwrap();
         drop(file);
         let (journal, jobs) = Journal::open(&path).unwrap();
+        assert!(matches!(
+            Journal::open(&path),
+            Err(OpenError::Locked { .. })
+        ));
         assert_eq!(jobs, [done, b]);
         // Compacted: one line per job, and appending goes on after it.
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         journal.append(&record("cccccccc")).unwrap();
+        journal.release();
         assert_eq!(Journal::open(&path).unwrap().1.len(), 3);
     }
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::http;
 use super::jobs::{Status, Table};
-use super::journal::Journal;
+use super::journal::{Journal, OpenError};
 use super::request::JobRequest;
 use crate::comfy::ComfyClient;
 use crate::engine::{Engine, EngineConfig, Outputs, Reattach, RunContext};
@@ -95,6 +95,8 @@ pub enum ServeError {
     },
     #[error("workflow {0} is not a valid template: {1}")]
     Template(String, String),
+    #[error("{0}")]
+    InUse(String),
     #[error(transparent)]
     Io(#[from] PathError),
 }
@@ -111,6 +113,9 @@ impl ServeError {
             ServeError::Workflow { .. } | ServeError::Template(..) => Some(
                 "--workflow takes an API-format template (`plasma-batch validate` checks one)"
                     .to_owned(),
+            ),
+            ServeError::InUse(_) => Some(
+                "stop the other `plasma-batch serve`, or give this one another --out".to_owned(),
             ),
             ServeError::Io(e) => e.hint().map(str::to_owned),
         }
@@ -277,7 +282,11 @@ impl Service {
             return Err(ServeError::TokenRequired(config.listen));
         }
         let templates = Templates::load(config.workflow.as_deref())?;
-        let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))?;
+        let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))
+            .map_err(|e| match e {
+            OpenError::Io(e) => ServeError::Io(e),
+            locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
+        })?;
 
         // Jobs the last process did not finish run again: queued ones, and running ones
         // (re-attached to their prompt when the chapter ledger says it may still be there).
@@ -440,7 +449,7 @@ impl Service {
         }
         // The engine (and with it the last event sender) is gone: drain the events.
         let _ = tokio::time::timeout(EVENTS_DRAIN, &mut self.events).await;
-        self.app.table.sync()?;
+        self.app.table.close()?;
         if let Some(stop) = self.http_stop.take() {
             let _ = stop.send(());
         }

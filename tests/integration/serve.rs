@@ -439,7 +439,19 @@ async fn unknown_ids_and_routes_are_404() {
     }
     let response = http().get(format!("{url}/nothing")).send().await.unwrap();
     assert_eq!(response.status(), 404);
+    // One service per output root: a second one would compact the journal under the first.
+    match Service::start(config(&[&sim], dir.path())).await {
+        Err(ServeError::InUse(message)) => assert!(message.contains("in use"), "{message}"),
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("two services share an output root"),
+    }
     service.shutdown().await.unwrap();
+    Service::start(config(&[&sim], dir.path()))
+        .await
+        .expect("free again after a shutdown")
+        .shutdown()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
