@@ -370,7 +370,9 @@ impl Table {
                 record.progress = Some(Progress { value, max });
             }
             Event::Retrying { .. } => {
+                // Back in our queue: not on any server until the next `Submitted`.
                 record.status = Status::Queued;
+                record.prompt_id = None;
                 record.progress = None;
             }
             Event::Finished(outcome) => {

@@ -998,3 +998,20 @@ async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
     }
     service.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_transient_server_error_is_retried_like_in_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&["prompt-500:1"]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    let (job, _) = wait_job(&url, &id, |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(sim.stats().prompts_accepted, 1);
+    service.shutdown().await.unwrap();
+}
