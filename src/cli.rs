@@ -25,6 +25,8 @@ pub enum Command {
     Rerun(RerunArgs),
     /// Serve a ComfyUI-compatible simulator (no GPU needed).
     Sim(SimArgs),
+    /// Serve the HTTP job service: submit single panels as JSON, poll for the image.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,4 +130,52 @@ pub struct SimArgs {
     /// Inject a fault (repeatable); see docs/simulator.md for the syntax.
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs a token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    pub listen: String,
+    /// ComfyUI server URL (repeatable). Overrides `PLASMA_COMFY_URL`.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+    /// Start the built-in simulator in-process and serve jobs on it.
+    #[arg(long, conflicts_with = "servers")]
+    pub sim: bool,
+    /// Output root; images go to `<out>/ch-XX/raw/comfyui/`, the jobs journal to `<out>/serve/`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub out: PathBuf,
+    /// Workflow template for every job (default: the shipped txt2img.json, or
+    /// txt2img-lora.json for jobs with a LoRA).
+    #[arg(long, value_name = "PATH")]
+    pub workflow: Option<PathBuf>,
+    /// Jobs queued or running at once; beyond that `POST /jobs` answers 429.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_queue: usize,
+    /// Bearer token every request (but /healthz) must carry; required off loopback.
+    #[arg(long, env = "PLASMA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Per-job timeout in seconds, counted from `execution_start`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90.0)]
+    pub timeout: f64,
+    /// Prompts in flight per server.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub in_flight: usize,
+    /// On SIGTERM: let posted jobs finish, or interrupt them (they run again on restart).
+    /// Jobs not yet posted stay queued for the next start either way.
+    #[arg(long, value_enum, default_value_t = OnShutdown::Finish)]
+    pub on_shutdown: OnShutdown,
+    /// With --sim: inject a simulator fault (repeatable; see docs/simulator.md).
+    #[arg(long = "sim-fault", value_name = "SPEC", requires = "sim")]
+    pub sim_faults: Vec<String>,
+    /// With --sim: milliseconds per KSampler step.
+    #[arg(long, value_name = "MS", requires = "sim")]
+    pub sim_step_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnShutdown {
+    Finish,
+    Cancel,
 }

@@ -18,5 +18,6 @@ pub mod plan;
 pub mod preflight;
 pub mod report;
 pub mod runner;
+pub mod serve;
 pub mod sim;
 pub mod workflow;

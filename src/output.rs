@@ -333,7 +333,7 @@ fn temp_file_pid(name: &str) -> Option<u32> {
     rest.split('-').next()?.parse().ok()
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

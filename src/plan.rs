@@ -535,6 +535,38 @@ fn page_values(p: &JobParams) -> SlotValues {
     v
 }
 
+/// One job from resolved parameters and a template, filled exactly as the planner fills a
+/// page's variants (used by the job service, which gets its parameters over HTTP).
+/// `params.filename_prefix` is set here; the error is a placeholder the template uses but
+/// `params` has no value for (a LoRA slot without a LoRA).
+pub fn job_from_params(
+    template: &Template,
+    key: String,
+    chapter: u16,
+    page: u16,
+    seed: u64,
+    mut params: JobParams,
+) -> Result<Job, Placeholder> {
+    params.filename_prefix = format!("plasma/ch{chapter:02}/{key}");
+    params.workflow_path = PathBuf::from(template.file().name());
+    let mut values = page_values(&params);
+    values.set(Placeholder::Seed, seed);
+    values.set(Placeholder::FilenamePrefix, params.filename_prefix.as_str());
+    let filled = template.fill(&values)?;
+    Ok(Job {
+        hash: filled.hash,
+        workflow: filled.workflow,
+        key,
+        chapter,
+        page,
+        variant: 1,
+        seed,
+        params,
+        output_nodes: template.save_nodes().to_vec(),
+        workflow_sha256: template.sha256().to_owned(),
+    })
+}
+
 /// `ch01_p003_s2`: chapter (2 digits at least), page (3 digits), 1-based variant.
 pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
     format!("ch{chapter:02}_p{page:03}_s{variant}")

@@ -4,6 +4,7 @@
 pub mod plan;
 pub mod rerun;
 pub mod run;
+pub mod serve;
 pub mod sim;
 pub mod validate;
 
@@ -42,6 +43,7 @@ pub async fn execute(cli: Cli) -> CmdResult {
         Command::Run(args) => run::run(args).await,
         Command::Rerun(args) => rerun::rerun(args).await,
         Command::Sim(args) => sim::sim(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 

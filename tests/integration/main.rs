@@ -5,6 +5,7 @@ mod cli;
 mod manifest;
 mod report_schema;
 mod run;
+mod serve;
 mod sim;
 mod sim_conformance;
 mod sim_faults;

@@ -1,0 +1,164 @@
+//! `plasma-batch serve`: check the settings, start the job service (on `--sim` or the given
+//! servers), print its URL, and stop gracefully on SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::{OnShutdown, ServeArgs};
+use crate::cmd::run::{build_clients, resolve_servers};
+use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::engine::EngineConfig;
+use crate::exit_codes;
+use crate::serve::{ServeConfig, Service, ShutdownMode};
+use crate::sim::{Fault, Sim, SimConfig};
+
+pub async fn serve(args: ServeArgs) -> CmdResult {
+    let usage = |message: String, help: Option<&str>| {
+        CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(message, help.map(str::to_owned)),
+        )
+    };
+    let listen = resolve_listen(&args.listen).await.map_err(|e| {
+        usage(
+            format!("--listen {}: {e}", args.listen),
+            Some("give an address and port, e.g. 127.0.0.1:3000 (port 0 picks a free one)"),
+        )
+    })?;
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(usage(
+            format!(
+                "--timeout must be a positive number of seconds, not {}",
+                args.timeout
+            ),
+            None,
+        ));
+    }
+    if args.in_flight == 0 || args.max_queue == 0 {
+        return Err(usage(
+            "--in-flight and --max-queue must be at least 1".to_owned(),
+            None,
+        ));
+    }
+    let mut faults = Vec::new();
+    for spec in &args.sim_faults {
+        faults.push(spec.parse::<Fault>().map_err(|e| {
+            usage(
+                e.to_string(),
+                Some("e.g. --sim-fault hang:KSampler (see docs/simulator.md)"),
+            )
+        })?);
+    }
+    let sim = if args.sim {
+        let mut config = SimConfig {
+            faults,
+            ..SimConfig::default()
+        };
+        if let Some(step_ms) = args.sim_step_ms {
+            config.step_ms = step_ms;
+        }
+        Some(Sim::start(config).await.map_err(|e| {
+            CmdError::new(
+                exit_codes::IO_ERROR,
+                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            )
+        })?)
+    } else {
+        None
+    };
+    let urls = match &sim {
+        Some(sim) => vec![sim.url()],
+        None => resolve_servers(&args.servers, &[]),
+    };
+    let servers = build_clients(&urls)?;
+    // Without credentials: a URL may carry `user:password@`.
+    let shown: Vec<String> = servers.iter().map(|s| s.url().to_owned()).collect();
+    let config = ServeConfig {
+        listen,
+        servers,
+        out_root: args.out.clone(),
+        workflow: args.workflow.clone(),
+        max_queue: args.max_queue,
+        token: args.token.clone(),
+        engine: EngineConfig {
+            in_flight: args.in_flight,
+            timeout: Duration::from_secs_f64(args.timeout),
+            ..EngineConfig::default()
+        },
+        on_shutdown: match args.on_shutdown {
+            OnShutdown::Finish => ShutdownMode::Finish,
+            OnShutdown::Cancel => ShutdownMode::Cancel,
+        },
+    };
+    let service = Service::start(config).await.map_err(|e| {
+        let code =
+            match e {
+                crate::serve::ServeError::TokenRequired(_)
+                | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
+                crate::serve::ServeError::Template(..)
+                | crate::serve::ServeError::Workflow { .. } => exit_codes::INVALID_MANIFEST,
+                _ => exit_codes::IO_ERROR,
+            };
+        CmdError::new(code, UserError::new(e.to_string(), e.hint()))
+    })?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "plasma-batch serve listening on http://{}",
+        service.addr()
+    );
+    let _ = writeln!(out, "servers: {}", shown.join(", "));
+    let _ = out.flush();
+
+    wait_for_signal().await;
+    eprintln!(
+        "stopping: new jobs get 503; jobs not yet posted stay queued for the next start; signal again to interrupt posted jobs"
+    );
+    let hurry = service.hurry();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("interrupting posted jobs; signal again to exit at once");
+        let _ = hurry.send(true);
+        wait_for_signal().await;
+        std::process::exit(exit_codes::INTERRUPTED);
+    });
+    let result = service.shutdown().await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    result.map_err(|e| {
+        CmdError::new(
+            exit_codes::IO_ERROR,
+            UserError::new(e.to_string(), e.hint()),
+        )
+    })?;
+    Ok(exit_codes::OK)
+}
+
+/// `127.0.0.1:3000`, `[::1]:3000` or `localhost:3000` (the first address it resolves to).
+async fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(text)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to no address".to_owned())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

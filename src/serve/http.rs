@@ -1,0 +1,373 @@
+//! The HTTP API (axum): routes, bearer-token check, JSON errors. Documented by
+//! `docs/openapi.json`, which is served as it is at `GET /openapi.json`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::jobs::{CancelCheck, InsertError, JobRecord, Status};
+use super::request::{self, FieldProblem};
+use super::service::{App, job_key};
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// How long `DELETE /jobs/{id}` waits for the job to end before answering 202.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for each server.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/jobs", get(list).post(create))
+        .route("/jobs/{id}", get(show).delete(cancel))
+        .route("/jobs/{id}/image", get(image))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .with_state(app)
+}
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<FieldProblem>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+            reason: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn invalid(problems: Vec<FieldProblem>) -> ApiError {
+        let first = problems.first().cloned().unwrap_or(FieldProblem {
+            field: String::new(),
+            reason: "invalid request".to_owned(),
+        });
+        let error = if first.field.is_empty() {
+            format!("invalid job request: {}", first.reason)
+        } else {
+            format!("invalid job request: `{}` {}", first.field, first.reason)
+        };
+        let more = problems.len().saturating_sub(1);
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: if more > 0 {
+                format!("{error} (and {more} more problem(s))")
+            } else {
+                error
+            },
+            field: Some(first.field),
+            reason: Some(first.reason),
+            problems,
+        }
+    }
+
+    fn no_job(id: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no job with id {id}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut response = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Every request but `/healthz` carries `Authorization: Bearer <token>` when a token is set.
+async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(token) = &app.token else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if same(given.as_bytes(), token.as_bytes()) => next.run(request).await,
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token is wrong").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this service needs `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let probes = app.servers.iter().map(|server| async move {
+        let result = tokio::time::timeout(READY_TIMEOUT, server.system_stats()).await;
+        let error = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", READY_TIMEOUT.as_secs())),
+        };
+        json!({"url": server.url(), "reachable": error.is_none(), "error": error})
+    });
+    let servers = futures::future::join_all(probes).await;
+    let ready = servers.iter().any(|s| s["reachable"] == true);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ready { "ready" } else { "unavailable" }, "servers": servers});
+    (status, Json(body)).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route; see GET /openapi.json",
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    job_id: String,
+    status: Status,
+    seed: u64,
+}
+
+async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is shutting down; try again after it restarts",
+        ));
+    }
+    let checked = request::parse(&body).map_err(ApiError::invalid)?;
+    let request = checked.request;
+    // A key collision (same chapter, page and first 8 hex digits) is rare: draw again.
+    for _ in 0..8 {
+        let id = uuid::Uuid::new_v4();
+        let key = job_key(request.chapter, request.page, &id);
+        let job = app
+            .templates
+            .build(&key, &request)
+            .map_err(|(field, reason)| ApiError::invalid(vec![FieldProblem { field, reason }]))?;
+        let record = JobRecord::new(id.to_string(), key, request.clone(), checked.seed_drawn);
+        let accepted = Accepted {
+            job_id: record.job_id.clone(),
+            status: Status::Queued,
+            seed: record.seed,
+        };
+        match app.table.insert(record, app.max_queue) {
+            Ok(()) => {}
+            Err(InsertError::KeyTaken(_)) => continue,
+            Err(e @ InsertError::Full { .. }) => {
+                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+            }
+            Err(InsertError::Journal(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the job was not accepted: {e}"),
+                ));
+            }
+        }
+        // Journaled: if the engine is already stopping, the next start runs it.
+        app.submit(job);
+        let location = format!("/jobs/{}", accepted.job_id);
+        let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        return Ok(response);
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "could not find a free job key",
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+    status: Option<Status>,
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "query parameters are limit (1..=500), offset (0..) and status (queued, running, complete, failed, cancelled)",
+        ));
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be in 1..={MAX_LIMIT}, found {limit}"),
+        ));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let (jobs, total) = app.table.list(offset, limit, query.status);
+    let next_offset = (offset + jobs.len() < total).then_some(offset + jobs.len());
+    Ok(Json(json!({
+        "jobs": jobs,
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "nextOffset": next_offset,
+    }))
+    .into_response())
+}
+
+async fn show(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    app.table
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::no_job(&id))
+}
+
+async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match app.table.request_cancel(&id) {
+        CancelCheck::Unknown => Err(ApiError::no_job(&id)),
+        CancelCheck::Terminal(record) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} is already {}; there is nothing to cancel",
+                status_word(record.status)
+            ),
+        )),
+        CancelCheck::Pending(key) => {
+            // `false` means it is between our queue and its server: the `Submitted` event
+            // will carry the cancel to it (see `Table::apply`).
+            app.cancel_in_engine(&key);
+            let record = app
+                .table
+                .wait_terminal(&id, CANCEL_WAIT)
+                .await
+                .ok_or_else(|| ApiError::no_job(&id))?;
+            let status = if record.status.is_terminal() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((status, Json(record)).into_response())
+        }
+    }
+}
+
+async fn image(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let record = app.table.get(&id).ok_or_else(|| ApiError::no_job(&id))?;
+    let Some(path) = record
+        .image_path
+        .as_ref()
+        .filter(|_| record.status == Status::Complete)
+    else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} is {}; it has no image",
+                status_word(record.status)
+            ),
+        ));
+    };
+    // Recorded by the engine, relative and `/`-separated; never anything that climbs out.
+    if path.split('/').any(|p| p.is_empty() || p == "..") {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad image path",
+        ));
+    }
+    let full = app.out_root.join(path);
+    match tokio::fs::read(&full).await {
+        Ok(bytes) => Ok((
+            [
+                (header::CONTENT_TYPE, "image/png".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!(
+                        "inline; filename=\"{}\"",
+                        record.image_file.as_deref().unwrap_or("image.png")
+                    ),
+                ),
+            ],
+            Body::from(bytes),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::GONE,
+            format!("the image of job {id} ({path}) cannot be read any more: {e}"),
+        )),
+    }
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Queued => "queued",
+        Status::Running => "running",
+        Status::Complete => "complete",
+        Status::Failed => "failed",
+        Status::Cancelled => "cancelled",
+    }
+}

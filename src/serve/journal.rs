@@ -1,0 +1,215 @@
+//! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file in the style of
+//! the chapter ledger. A job's record is appended when it is created and again when it ends;
+//! on start the last record of each job wins. A torn last line (a crash mid-write) is
+//! skipped. After replay the file is rewritten atomically with one line per job, so it grows
+//! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
+//! only one service may use it: `jobs.lock` (holding the owner's pid) says who does.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::jobs::JobRecord;
+use crate::output::{PathError, open_append, process_alive, write_atomic};
+
+/// Journal format version, written in every line.
+pub const JOURNAL_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    v: u32,
+    job: JobRecord,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// The lock file while we hold it.
+    lock: Mutex<Option<PathBuf>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{} is in use by another job service (pid {pid}, see {})", journal.display(), lock.display())]
+    Locked {
+        pid: u32,
+        journal: PathBuf,
+        lock: PathBuf,
+    },
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+/// Take `lock` for this process, unless a live process holds it.
+fn take_lock(lock: &Path, journal: &Path) -> Result<(), OpenError> {
+    let me = std::process::id();
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(lock)
+        {
+            Ok(mut file) => {
+                file.write_all(me.to_string().as_bytes())
+                    .map_err(|e| PathError::new("write", lock, e))?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(lock)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok());
+                if let Some(pid) = owner
+                    && process_alive(pid)
+                {
+                    return Err(OpenError::Locked {
+                        pid,
+                        journal: journal.to_owned(),
+                        lock: lock.to_owned(),
+                    });
+                }
+                // Its owner died (or it is torn): take it over.
+                std::fs::remove_file(lock).map_err(|e| PathError::new("remove", lock, e))?;
+            }
+            Err(e) => return Err(PathError::new("create", lock, e).into()),
+        }
+    }
+}
+
+impl Journal {
+    /// Read every job (in creation order), compact the file, and open it for appending.
+    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), OpenError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
+        }
+        let lock = path.with_extension("lock");
+        take_lock(&lock, path)?;
+        let journal = Journal {
+            path: path.to_owned(),
+            file: Mutex::new(open_append(path)?),
+            lock: Mutex::new(Some(lock)),
+        };
+        let jobs = read(path)?;
+        let mut compact = Vec::new();
+        for job in &jobs {
+            append_line(&mut compact, job);
+        }
+        write_atomic(path, &compact)?;
+        // The compacted file replaced the one opened above.
+        *journal.file.lock().expect("journal poisoned") = open_append(path)?;
+        Ok((journal, jobs))
+    }
+
+    /// Let another service use the journal (at shutdown; also when dropped).
+    pub fn release(&self) {
+        if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+
+    /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
+    pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
+        let mut line = Vec::new();
+        append_line(&mut line, job);
+        let mut file = self.file.lock().expect("journal poisoned");
+        file.write_all(&line)
+            .map_err(|e| PathError::new("append to", &self.path, e))
+    }
+
+    /// To stable storage (at shutdown; a process crash loses nothing already appended).
+    pub fn sync(&self) -> Result<(), PathError> {
+        let file = self.file.lock().expect("journal poisoned");
+        file.sync_data()
+            .map_err(|e| PathError::new("fsync", &self.path, e))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn append_line(out: &mut Vec<u8>, job: &JobRecord) {
+    let line = Line {
+        v: JOURNAL_VERSION,
+        job: job.clone(),
+    };
+    serde_json::to_writer(&mut *out, &line).expect("journal lines serialize");
+    out.push(b'\n');
+}
+
+/// The latest record of every job, in the order the jobs were first recorded.
+fn read(path: &Path) -> Result<Vec<JobRecord>, PathError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(PathError::new("open", path, e)),
+    };
+    let mut jobs: Vec<JobRecord> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| PathError::new("read", path, e))?;
+        let Ok(Line { job, .. }) = serde_json::from_slice::<Line>(&line) else {
+            continue;
+        };
+        match index.get(&job.job_id) {
+            Some(&at) => jobs[at] = job,
+            None => {
+                index.insert(job.job_id.clone(), jobs.len());
+                jobs.push(job);
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::jobs::Status;
+    use crate::serve::request::parse;
+
+    fn record(id: &str) -> JobRecord {
+        let checked = parse(br#"{"prompt_text": "a", "seed": 1}"#).unwrap();
+        JobRecord::new(
+            id.to_owned(),
+            format!("ch01_p001_j{id}"),
+            checked.request,
+            false,
+        )
+    }
+
+    #[test]
+    fn the_last_line_of_a_job_wins_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let (journal, jobs) = Journal::open(&path).unwrap();
+        assert!(jobs.is_empty());
+        let (a, b) = (record("aaaaaaaa"), record("bbbbbbbb"));
+        journal.append(&a).unwrap();
+        journal.append(&b).unwrap();
+        let mut done = a.clone();
+        done.status = Status::Complete;
+        journal.append(&done).unwrap();
+        drop(journal);
+        let mut file = open_append(&path).unwrap();
+        file.write_all(br#"{"v":1,"job":{"jobId":"cc"#).unwrap();
+        drop(file);
+        let (journal, jobs) = Journal::open(&path).unwrap();
+        assert!(matches!(
+            Journal::open(&path),
+            Err(OpenError::Locked { .. })
+        ));
+        assert_eq!(jobs, [done, b]);
+        // Compacted: one line per job, and appending goes on after it.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        journal.append(&record("cccccccc")).unwrap();
+        journal.release();
+        assert_eq!(Journal::open(&path).unwrap().1.len(), 3);
+    }
+}

@@ -1,0 +1,492 @@
+//! The service's lifecycle: replay the journal, start one long-lived [`Engine`] shared by
+//! every request, feed its events to the job table, serve HTTP, and shut down gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::http;
+use super::jobs::{Status, Table};
+use super::journal::{Journal, OpenError};
+use super::request::JobRequest;
+use crate::comfy::ComfyClient;
+use crate::engine::{Engine, EngineConfig, Outputs, Reattach, RunContext};
+use crate::events::{ErrorKind, JobError};
+use crate::ledger;
+use crate::output::{ChapterDirs, PathError};
+use crate::plan::{Job, JobParams, SeedSource, job_from_params};
+use crate::workflow::{Placeholder, Template};
+
+/// The shipped templates, compiled in so the binary fills exactly these anywhere.
+const TXT2IMG: (&str, &str) = (
+    "workflows/txt2img.json",
+    include_str!("../../workflows/txt2img.json"),
+);
+const TXT2IMG_LORA: (&str, &str) = (
+    "workflows/txt2img-lora.json",
+    include_str!("../../workflows/txt2img-lora.json"),
+);
+
+/// How long shutdown waits for the engine's last events once its tasks were stopped.
+const EVENTS_DRAIN: Duration = Duration::from_secs(5);
+
+/// What to do with jobs on a ComfyUI server when the service stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShutdownMode {
+    /// Wait for posted jobs to finish; jobs not yet posted stay queued for the next start.
+    #[default]
+    Finish,
+    /// Interrupt posted jobs on their server (targeted); they run again after the restart.
+    Cancel,
+}
+
+/// Everything a service needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub servers: Vec<ComfyClient>,
+    /// Output root: images as for `run`, the jobs journal in `<out>/serve/jobs.jsonl`.
+    pub out_root: PathBuf,
+    /// A template used for every job instead of the shipped txt2img(-lora) pair.
+    pub workflow: Option<PathBuf>,
+    /// Jobs queued or running at once; more answer 429.
+    pub max_queue: usize,
+    /// Bearer token every request but `/healthz` must carry. Required off loopback.
+    pub token: Option<String>,
+    pub engine: EngineConfig,
+    pub on_shutdown: ShutdownMode,
+}
+
+impl ServeConfig {
+    /// The engine settings a long-lived service wants: a server that is down for a while is
+    /// waited for, never taken out of rotation for good (that would strand every later
+    /// job), and one job's local write failure does not fail the others.
+    pub fn service_engine(base: EngineConfig) -> EngineConfig {
+        EngineConfig {
+            stop_on_local_failure: false,
+            retire_after: Duration::from_secs(10 * 365 * 24 * 3600),
+            server_failures_to_retire: u32::MAX,
+            ..base
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to listen on {0} without a token: every request could start GPU work")]
+    TokenRequired(SocketAddr),
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed to read workflow {}: {source}", path.display())]
+    Workflow {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("workflow {0} is not a valid template: {1}")]
+    Template(String, String),
+    #[error("{0}")]
+    InUse(String),
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+impl ServeError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ServeError::TokenRequired(_) | ServeError::EmptyToken => {
+                Some("pass --token SECRET (or set PLASMA_TOKEN), or listen on 127.0.0.1".to_owned())
+            }
+            ServeError::Bind { .. } => Some(
+                "pick another address with --listen, e.g. 127.0.0.1:0 for any free port".to_owned(),
+            ),
+            ServeError::Workflow { .. } | ServeError::Template(..) => Some(
+                "--workflow takes an API-format template (`plasma-batch validate` checks one)"
+                    .to_owned(),
+            ),
+            ServeError::InUse(_) => Some(
+                "stop the other `plasma-batch serve`, or give this one another --out".to_owned(),
+            ),
+            ServeError::Io(e) => e.hint().map(str::to_owned),
+        }
+    }
+}
+
+/// The templates jobs are filled from.
+pub(crate) struct Templates {
+    plain: Template,
+    lora: Option<Template>,
+}
+
+impl Templates {
+    fn load(workflow: Option<&Path>) -> Result<Templates, ServeError> {
+        let parse = |name: &str, bytes: Vec<u8>| {
+            Template::parse(name, bytes).map_err(|problems| {
+                let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                ServeError::Template(name.to_owned(), text.join("; "))
+            })
+        };
+        match workflow {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| ServeError::Workflow {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let template = parse(&path.display().to_string(), bytes)?;
+                if template.save_nodes().is_empty() {
+                    return Err(ServeError::Template(
+                        path.display().to_string(),
+                        "it has no SaveImage node".to_owned(),
+                    ));
+                }
+                Ok(Templates {
+                    plain: template,
+                    lora: None,
+                })
+            }
+            None => Ok(Templates {
+                plain: parse(TXT2IMG.0, TXT2IMG.1.as_bytes().to_vec())?,
+                lora: Some(parse(TXT2IMG_LORA.0, TXT2IMG_LORA.1.as_bytes().to_vec())?),
+            }),
+        }
+    }
+
+    /// The job for a request: the LoRA template when a LoRA is given (unless `--workflow`
+    /// overrides both). `Err` is the field and reason to answer with.
+    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
+        let template = match (&request.lora, &self.lora) {
+            (Some(_), Some(lora)) => lora,
+            _ => &self.plain,
+        };
+        let name = template.file().name();
+        if request.lora.is_some() && !template.uses(Placeholder::LoraName) {
+            return Err((
+                "lora".to_owned(),
+                format!(
+                    "workflow `{name}` has no {{{{lora_name}}}} slot; the LoRA would be ignored"
+                ),
+            ));
+        }
+        let params = JobParams {
+            prompt: request.prompt_text.clone(),
+            negative: request.negative_prompt.clone(),
+            checkpoint: request.checkpoint_name.clone(),
+            steps: request.steps,
+            cfg: request.cfg,
+            sampler: request.sampler.clone(),
+            scheduler: request.scheduler.clone(),
+            width: request.resolution.width,
+            height: request.resolution.height,
+            lora: request.lora.clone(),
+            workflow_path: PathBuf::new(),
+            filename_prefix: String::new(),
+            seed_source: SeedSource::Explicit,
+        };
+        job_from_params(
+            template,
+            key.to_owned(),
+            request.chapter,
+            request.page,
+            request.seed,
+            params,
+        )
+        .map_err(|missing| {
+            if missing.needs_lora() {
+                (
+                    "lora".to_owned(),
+                    format!(
+                        "workflow `{name}` needs a LoRA ({{{{{}}}}}); give `lora`",
+                        missing.name()
+                    ),
+                )
+            } else {
+                (
+                    String::new(),
+                    format!(
+                        "workflow `{name}` uses {{{{{}}}}}, which the job service has no value for",
+                        missing.name()
+                    ),
+                )
+            }
+        })
+    }
+}
+
+/// `ch01_p003_j1a2b3c4d`: chapter, page and the first 8 hex digits of the job id, so keys
+/// sort with the planner's (`ch01_p003_s1`) and stay unique per job.
+pub fn job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
+    let hex = job_id.simple().to_string();
+    format!("ch{chapter:02}_p{page:03}_j{}", &hex[..8])
+}
+
+/// State every request handler shares.
+pub(crate) struct App {
+    pub table: Arc<Table>,
+    pub engine: Mutex<Option<Engine>>,
+    pub templates: Templates,
+    pub servers: Vec<ComfyClient>,
+    pub out_root: PathBuf,
+    pub token: Option<String>,
+    pub max_queue: usize,
+    /// Set at shutdown: new jobs get 503.
+    pub draining: AtomicBool,
+}
+
+impl App {
+    /// Cancel a key in the engine, if it still runs.
+    pub fn cancel_in_engine(&self, key: &str) -> bool {
+        match self.engine.lock().expect("engine slot poisoned").as_ref() {
+            Some(engine) => engine.cancel_job(key),
+            None => false,
+        }
+    }
+
+    pub fn submit(&self, job: Job) -> bool {
+        match self.engine.lock().expect("engine slot poisoned").as_ref() {
+            Some(engine) => engine.submit(Arc::new(job)),
+            None => false,
+        }
+    }
+}
+
+/// A running job service. `shutdown` stops it gracefully.
+pub struct Service {
+    addr: SocketAddr,
+    app: Arc<App>,
+    on_shutdown: ShutdownMode,
+    cancel: Arc<watch::Sender<bool>>,
+    http_stop: Option<oneshot::Sender<()>>,
+    http: JoinHandle<()>,
+    events: JoinHandle<()>,
+}
+
+impl Service {
+    /// Check the settings, replay the journal, start the engine and listen.
+    pub async fn start(config: ServeConfig) -> Result<Service, ServeError> {
+        if let Some(token) = &config.token
+            && token.trim().is_empty()
+        {
+            return Err(ServeError::EmptyToken);
+        }
+        if !config.listen.ip().is_loopback() && config.token.is_none() {
+            return Err(ServeError::TokenRequired(config.listen));
+        }
+        let templates = Templates::load(config.workflow.as_deref())?;
+        let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))
+            .map_err(|e| match e {
+            OpenError::Io(e) => ServeError::Io(e),
+            locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
+        })?;
+
+        // Jobs the last process did not finish run again: queued ones, and running ones
+        // (re-attached to their prompt when the chapter ledger says it may still be there).
+        let mut initial = Vec::new();
+        let mut failed = Vec::new();
+        let mut records = records;
+        for record in records.iter_mut().filter(|r| !r.status.is_terminal()) {
+            // Only accepted and finished states are journaled, so this is the accepted one.
+            record.status = Status::Queued;
+            record.progress = None;
+            match templates.build(&record.key, &record.request) {
+                Ok(job) => initial.push(Arc::new(job)),
+                Err((_, reason)) => failed.push((record.job_id.clone(), reason)),
+            }
+        }
+        let reattach = reattachments(&config.out_root, &initial, &config.servers);
+        let urls: Vec<String> = config.servers.iter().map(|s| s.url().to_owned()).collect();
+        let table = Arc::new(Table::new(journal, records, urls));
+        for (job_id, reason) in failed {
+            table.fail(
+                &job_id,
+                JobError::new(
+                    ErrorKind::Validation,
+                    format!("could not be rebuilt after a restart: {reason}"),
+                ),
+            );
+        }
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let run_id = format!(
+            "serve-{}",
+            crate::report::json::new_run_id(SystemTime::now())
+        );
+        let ctx = Arc::new(RunContext {
+            run_id,
+            out_root: config.out_root.clone(),
+            outputs: Arc::new(Outputs::new(&config.out_root)),
+            events: events_tx,
+            cancel: cancel_rx,
+            started: Instant::now(),
+            reattach,
+        });
+        let engine = Engine::start(
+            ServeConfig::service_engine(config.engine.clone()),
+            config.servers.clone(),
+            initial,
+            ctx,
+            false,
+        );
+        let app = Arc::new(App {
+            table: table.clone(),
+            engine: Mutex::new(Some(engine)),
+            templates,
+            servers: config.servers.clone(),
+            out_root: config.out_root.clone(),
+            token: config.token.clone(),
+            max_queue: config.max_queue,
+            draining: AtomicBool::new(false),
+        });
+        let events = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events_rx.recv().await {
+                    if let Some(key) = app.table.apply(event) {
+                        app.cancel_in_engine(&key);
+                    }
+                }
+            })
+        };
+        let (http_stop, stopped) = oneshot::channel::<()>();
+        let router = http::router(app.clone());
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "the HTTP server stopped");
+            }
+        });
+        Ok(Service {
+            addr,
+            app,
+            on_shutdown: config.on_shutdown,
+            cancel: Arc::new(cancel_tx),
+            http_stop: Some(http_stop),
+            http,
+            events,
+        })
+    }
+
+    /// The bound address (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (a wildcard bind is shown as loopback, where it answers too).
+    pub fn url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    /// A switch that interrupts posted jobs during a [`ShutdownMode::Finish`] shutdown
+    /// (a second SIGTERM).
+    pub fn hurry(&self) -> Arc<watch::Sender<bool>> {
+        self.cancel.clone()
+    }
+
+    /// Stop taking jobs (503), finish or interrupt the posted ones as configured, persist
+    /// the journal, and stop serving. Jobs not yet posted stay queued for the next start.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.app
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.app.table.begin_shutdown();
+        match self.on_shutdown {
+            ShutdownMode::Cancel => {
+                let _ = self.cancel.send(true);
+            }
+            ShutdownMode::Finish => {
+                for key in self.app.table.unposted_keys() {
+                    self.app.cancel_in_engine(&key);
+                }
+            }
+        }
+        let engine = self.app.engine.lock().expect("engine slot poisoned").take();
+        if let Some(engine) = engine {
+            // `finish` also waits for every server's socket, and a server that is down is
+            // waited for, never retired, in a service. Once no job of ours is on a server
+            // there is nothing left to wait for: stop the engine's tasks instead. A job
+            // caught between our queue and its POST is still open in the journal (and, once
+            // posted, in the chapter ledger), so the next start runs or re-attaches it.
+            let mut finish = Box::pin(engine.finish());
+            let finished = tokio::select! {
+                _ = &mut finish => true,
+                _ = self.app.table.wait_none_posted() => false,
+            };
+            if !finished {
+                // Dropping the engine aborts its tasks; the cancel switch ends its
+                // canceller, the last holder of the event sender.
+                drop(finish);
+                let _ = self.cancel.send(true);
+            }
+        }
+        // The engine (and with it the last event sender) is gone: drain the events.
+        let _ = tokio::time::timeout(EVENTS_DRAIN, &mut self.events).await;
+        self.app.table.close()?;
+        if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.http).await;
+        Ok(())
+    }
+}
+
+/// Prompts the last process posted for these jobs and never saw end, by the chapter ledgers.
+fn reattachments(
+    out_root: &Path,
+    jobs: &[Arc<Job>],
+    servers: &[ComfyClient],
+) -> HashMap<String, Reattach> {
+    let mut chapters: Vec<u16> = jobs.iter().map(|j| j.chapter).collect();
+    chapters.sort_unstable();
+    chapters.dedup();
+    let mut found = HashMap::new();
+    for chapter in chapters {
+        let Ok(records) = ledger::read_records(&ChapterDirs::new(out_root, chapter).ledger())
+        else {
+            continue;
+        };
+        let open = ledger::open_submissions(&records);
+        for job in jobs.iter().filter(|j| j.chapter == chapter) {
+            if let Some(open) = open.get(&job.key).filter(|o| o.job_hash == job.hash)
+                && servers.iter().any(|s| s.url() == open.server)
+            {
+                found.insert(
+                    job.key.clone(),
+                    Reattach {
+                        server: open.server.clone(),
+                        prompt_id: open.prompt_id.clone(),
+                    },
+                );
+            }
+        }
+    }
+    found
+}

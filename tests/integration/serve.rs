@@ -1,0 +1,1017 @@
+//! The job service (`plasma-batch serve`) over real loopback HTTP against the simulator, in
+//! process through the library and as the real binary. Every JSON answer is checked against
+//! the schema `docs/openapi.json` documents for that operation and status.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use plasma_batch::serve::{ServeConfig, ServeError, Service, ShutdownMode};
+use plasma_batch::sim::Sim;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Long enough for a slow, shared CI machine; polls end as soon as the state is reached.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        servers: sims.iter().map(|s| client(&s.url())).collect(),
+        out_root: out.to_owned(),
+        workflow: None,
+        max_queue: 1000,
+        token: None,
+        engine: engine(),
+        on_shutdown: ShutdownMode::Cancel,
+    }
+}
+
+async fn start(config: ServeConfig) -> Service {
+    Service::start(config).await.unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A small, quick job: 64x96, 3 steps.
+fn small(extra: Value) -> Value {
+    let mut body = json!({
+        "prompt_text": "panel: a quiet harbour at night",
+        "steps": 3,
+        "resolution": {"width": 64, "height": 96},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        serde_json::from_slice(&std::fs::read(repo().join("docs/openapi.json")).unwrap()).unwrap()
+    })
+}
+
+/// Check a JSON body against the schema the document gives for `method path -> status`.
+fn check_schema(method: &str, path: &str, status: u16, body: &Value) {
+    let doc = openapi();
+    let response = &doc["paths"][path][method]["responses"][status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {path} answered {status}, which docs/openapi.json does not document"
+    );
+    let schema_ref = response["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method} {path} {status} has no JSON schema ref"));
+    let mut schema = doc.clone();
+    schema["$ref"] = json!(schema_ref);
+    let validator = jsonschema::validator_for(&schema).expect("the OpenAPI schemas are valid");
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match {schema_ref}: {errors:#?}\n{body:#}"
+    );
+}
+
+/// One API call: status and JSON body, checked against the document.
+async fn call(
+    method: &str,
+    url: &str,
+    path: &str,
+    template: &str,
+    body: Option<&Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = match method {
+        "get" => http().get(format!("{url}{path}")),
+        "post" => http().post(format!("{url}{path}")),
+        "delete" => http().delete(format!("{url}{path}")),
+        _ => unreachable!(),
+    };
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let value: Value = response.json().await.unwrap();
+    check_schema(method, template, status, &value);
+    (status, value, headers)
+}
+
+async fn post_job(url: &str, body: &Value) -> (u16, Value) {
+    let (status, value, headers) = call("post", url, "/jobs", "/jobs", Some(body)).await;
+    if status == 202 {
+        let id = value["jobId"].as_str().unwrap();
+        assert_eq!(headers["location"], format!("/jobs/{id}").as_str());
+    }
+    (status, value)
+}
+
+async fn get_job(url: &str, id: &str) -> Value {
+    let (status, value, _) = call("get", url, &format!("/jobs/{id}"), "/jobs/{id}", None).await;
+    assert_eq!(status, 200, "{value}");
+    value
+}
+
+/// Poll the job until `done` holds for it; every status seen on the way, in order.
+async fn wait_job(url: &str, id: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<String>) {
+    let start = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let job = get_job(url, id).await;
+        let status = job["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if done(&job) {
+            return (job, seen);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "job {id} never got there; last: {job:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |job| job["status"] == status
+}
+
+fn id_of(accepted: &Value) -> String {
+    accepted["jobId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(&[&sim], &out);
+    cfg.engine.in_flight = 1;
+    let service = start(cfg).await;
+    let url = service.url();
+
+    // With one slot, the second job waits in our queue while the first renders.
+    let body = small(json!({"chapter": 3, "page": 4, "steps": 25}));
+    let (status, first) = post_job(&url, &body).await;
+    assert_eq!(status, 202);
+    assert_eq!(first["status"], "queued");
+    let (_, second) = post_job(&url, &body).await;
+    let second_id = id_of(&second);
+    let (queued, _) = wait_job(&url, &second_id, |_| true).await;
+    assert_eq!(queued["status"], "queued");
+    assert!(queued["promptId"].is_null(), "not posted yet: {queued:#}");
+
+    let (job, seen) = wait_job(&url, &second_id, status_is("complete")).await;
+    assert_eq!(
+        seen,
+        ["queued", "running", "complete"],
+        "{second_id} went {seen:?}"
+    );
+    let (first_job, _) = wait_job(&url, &id_of(&first), status_is("complete")).await;
+
+    // The seed was drawn once and kept; the request is stored with its defaults.
+    assert_eq!(job["seed"], second["seed"]);
+    assert_eq!(job["seedDrawn"], true);
+    assert_eq!(job["request"]["seed"], second["seed"]);
+    assert_eq!(job["request"]["cfg"], 7.0);
+    assert!(job["promptId"].is_string() && job["server"] == sim.url().as_str());
+    assert!(job["key"].as_str().unwrap().starts_with("ch03_p004_j"));
+
+    // Same chapter and page: the next free versions, named like `run` names them.
+    assert_eq!(first_job["imagePath"], "ch-03/raw/comfyui/ch03_p004_v1.png");
+    assert_eq!(job["imagePath"], "ch-03/raw/comfyui/ch03_p004_v2.png");
+    assert_eq!(job["imageFile"], "ch03_p004_v2.png");
+    let file = out.join(job["imagePath"].as_str().unwrap());
+    assert_eq!(png_size(&file), (64, 96));
+
+    let response = http()
+        .get(format!("{url}/jobs/{second_id}/image"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.as_ref(), std::fs::read(&file).unwrap().as_slice());
+
+    // The chapter ledger knows the image under the job's key, as for `run`.
+    let ledger = std::fs::read_to_string(out.join("ch-03/ledger.jsonl")).unwrap();
+    assert!(ledger.contains(job["key"].as_str().unwrap()));
+    assert!(ledger.contains("raw/comfyui/ch03_p004_v2.png"));
+
+    // The list, newest first.
+    let (status, list, _) = call("get", &url, "/jobs?limit=1", "/jobs", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["jobs"][0]["jobId"], second_id.as_str());
+    assert_eq!(list["nextOffset"], 1);
+    let (status, list, _) =
+        call("get", &url, "/jobs?status=complete&offset=1", "/jobs", None).await;
+    assert_eq!(
+        (status, list["jobs"][0]["jobId"].clone()),
+        (200, first["jobId"].clone())
+    );
+    let (status, _, _) = call("get", &url, "/jobs?limit=0", "/jobs", None).await;
+    assert_eq!(status, 400);
+
+    let (status, _, _) = call("get", &url, "/healthz", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let (status, ready, _) = call("get", &url, "/readyz", "/readyz", None).await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
+    let served: Value = http()
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&served, openapi());
+
+    let stats = sim.stats();
+    assert_eq!(
+        stats.posts_without_socket, 0,
+        "posted before the socket was open"
+    );
+    assert!(
+        stats.peak_queue <= 1,
+        "more than in_flight prompts on the server"
+    );
+    service.shutdown().await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_field_is_validated_with_its_name_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let cases: &[(Value, &str, &str)] = &[
+        (json!({}), "prompt_text", "is required"),
+        (
+            json!({"prompt_text": "  "}),
+            "prompt_text",
+            "must not be empty",
+        ),
+        (json!({"prompt_text": 7}), "prompt_text", "must be a string"),
+        (
+            json!({"prompt_text": "a", "negative_prompt": []}),
+            "negative_prompt",
+            "must be a string",
+        ),
+        (
+            json!({"prompt_text": "a", "seed": -1}),
+            "seed",
+            "must be in 0..=",
+        ),
+        (
+            json!({"prompt_text": "a", "seed": 1.5}),
+            "seed",
+            "must be an integer",
+        ),
+        (
+            json!({"prompt_text": "a", "steps": 0}),
+            "steps",
+            "must be in 1..=10000",
+        ),
+        (
+            json!({"prompt_text": "a", "steps": 10001}),
+            "steps",
+            "must be in 1..=10000",
+        ),
+        (
+            json!({"prompt_text": "a", "cfg": 100.5}),
+            "cfg",
+            "must be in 0.0..=100.0",
+        ),
+        (
+            json!({"prompt_text": "a", "cfg": "7"}),
+            "cfg",
+            "must be a number",
+        ),
+        (
+            json!({"prompt_text": "a", "sampler": ""}),
+            "sampler",
+            "must not be empty",
+        ),
+        (
+            json!({"prompt_text": "a", "scheduler": "karas"}),
+            "scheduler",
+            "did you mean `karras`?",
+        ),
+        (
+            json!({"prompt_text": "a", "checkpoint_name": ""}),
+            "checkpoint_name",
+            "must not be empty",
+        ),
+        (
+            json!({"prompt_text": "a", "lora": "ink"}),
+            "lora",
+            "must be an object",
+        ),
+        (
+            json!({"prompt_text": "a", "lora": {}}),
+            "lora.name",
+            "is required",
+        ),
+        (
+            json!({"prompt_text": "a", "lora": {"name": "x", "strength_clip": 101}}),
+            "lora.strength_clip",
+            "must be in",
+        ),
+        (
+            json!({"prompt_text": "a", "resolution": {"width": 65, "height": 64}}),
+            "resolution.width",
+            "multiple of 8",
+        ),
+        (
+            json!({"prompt_text": "a", "resolution": {"width": 64, "height": 8}}),
+            "resolution.height",
+            "must be in 16..=16384",
+        ),
+        (
+            json!({"prompt_text": "a", "resolution": {"width": 64}}),
+            "resolution.height",
+            "is required",
+        ),
+        (
+            json!({"prompt_text": "a", "resolution": [64, 64]}),
+            "resolution",
+            "must be an object",
+        ),
+        (
+            json!({"prompt_text": "a", "chapter": 0}),
+            "chapter",
+            "must be in 1..=999",
+        ),
+        (
+            json!({"prompt_text": "a", "page": 1000}),
+            "page",
+            "must be in 1..=999",
+        ),
+        (
+            json!({"prompt_text": "a", "pgae": 2}),
+            "pgae",
+            "unknown field; did you mean `page`?",
+        ),
+        (
+            json!({"prompt_text": "a", "resolution": {"width": 64, "height": 64, "depth": 1}}),
+            "resolution.depth",
+            "unknown field",
+        ),
+        (json!([1, 2]), "", "must be a JSON object"),
+    ];
+    for (body, field, reason) in cases {
+        let (status, error) = post_job(&url, body).await;
+        assert_eq!(status, 400, "{body} was accepted");
+        assert_eq!(error["field"], *field, "{body}: {error:#}");
+        assert!(
+            error["reason"].as_str().unwrap().contains(reason),
+            "{body}: {error:#}"
+        );
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid job request")
+        );
+    }
+    // Every problem at once.
+    let (_, error) = post_job(&url, &json!({"steps": 0, "cfg": -1, "page": 0})).await;
+    let fields: Vec<&str> = error["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["prompt_text", "steps", "cfg", "page"]);
+    // Not JSON at all.
+    let response = http()
+        .post(format!("{url}/jobs"))
+        .body("{prompt_text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    check_schema("post", "/jobs", 400, &error);
+    assert!(error["reason"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        0,
+        "nothing invalid reached the server"
+    );
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_ids_and_routes_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let id = uuid::Uuid::new_v4();
+    for (method, path, template) in [
+        ("get", format!("/jobs/{id}"), "/jobs/{id}"),
+        ("delete", format!("/jobs/{id}"), "/jobs/{id}"),
+        ("get", format!("/jobs/{id}/image"), "/jobs/{id}/image"),
+        ("get", "/jobs/not-a-uuid".to_owned(), "/jobs/{id}"),
+    ] {
+        let (status, error, _) = call(method, &url, &path, template, None).await;
+        assert_eq!(status, 404, "{method} {path}");
+        assert!(error["error"].as_str().unwrap().contains("no job with id"));
+    }
+    let response = http().get(format!("{url}/nothing")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    // One service per output root: a second one would compact the journal under the first.
+    match Service::start(config(&[&sim], dir.path())).await {
+        Err(ServeError::InUse(message)) => assert!(message.contains("in use"), "{message}"),
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("two services share an output root"),
+    }
+    service.shutdown().await.unwrap();
+    Service::start(config(&[&sim], dir.path()))
+        .await
+        .expect("free again after a shutdown")
+        .shutdown()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_removes_queued_jobs_and_deletes_or_interrupts_posted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&["hang:KSampler"]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    // Two slots: A runs (and hangs), B waits in ComfyUI's queue, C in ours.
+    let a = id_of(&post_job(&url, &small(json!({}))).await.1);
+    let (a_job, _) = wait_job(&url, &a, status_is("running")).await;
+    let b = id_of(&post_job(&url, &small(json!({"prompt_text": "b"}))).await.1);
+    let (b_job, _) = wait_job(&url, &b, |j| j["promptId"].is_string()).await;
+    let c = id_of(&post_job(&url, &small(json!({"prompt_text": "c"}))).await.1);
+    let c_job = get_job(&url, &c).await;
+    assert_eq!(c_job["status"], "queued");
+    assert!(c_job["promptId"].is_null());
+    let posted = sim.stats().prompts_accepted;
+
+    let (status, c_job, _) = call("delete", &url, &format!("/jobs/{c}"), "/jobs/{id}", None).await;
+    assert_eq!((status, c_job["status"].as_str()), (200, Some("cancelled")));
+    assert_eq!(c_job["error"]["kind"], "cancelled");
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        posted,
+        "C never reached the server"
+    );
+
+    let b_prompt = b_job["promptId"].as_str().unwrap().to_owned();
+    let (status, b_job, _) = call("delete", &url, &format!("/jobs/{b}"), "/jobs/{id}", None).await;
+    assert_eq!((status, b_job["status"].as_str()), (200, Some("cancelled")));
+    assert!(
+        sim.stats().queue_deletes.contains(&b_prompt),
+        "B was not deleted from ComfyUI's queue: {:?}",
+        sim.stats()
+    );
+
+    let a_prompt = a_job["promptId"].as_str().unwrap().to_owned();
+    let (status, a_job, _) = call("delete", &url, &format!("/jobs/{a}"), "/jobs/{id}", None).await;
+    assert_eq!((status, a_job["status"].as_str()), (200, Some("cancelled")));
+    let interrupts = sim.stats().interrupts;
+    assert!(
+        interrupts
+            .iter()
+            .any(|i| i.prompt_id.as_deref() == Some(&a_prompt)
+                && i.hit.as_deref() == Some(&a_prompt)),
+        "A was not interrupted on the server: {interrupts:?}"
+    );
+    assert!(
+        interrupts.iter().all(|i| i.prompt_id.is_some()),
+        "a global interrupt was sent"
+    );
+
+    // Over is over.
+    let (status, _, _) = call("delete", &url, &format!("/jobs/{a}"), "/jobs/{id}", None).await;
+    assert_eq!(status, 409);
+    let (status, error, _) = call(
+        "get",
+        &url,
+        &format!("/jobs/{a}/image"),
+        "/jobs/{id}/image",
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{error}");
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_fails_and_is_interrupted_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&["hang:KSampler"]).await;
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.engine.timeout = Duration::from_millis(300);
+    let service = start(cfg).await;
+    let url = service.url();
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    let (job, seen) = wait_job(&url, &id, |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "failed", "{seen:?}");
+    assert_eq!(job["error"]["kind"], "timeout", "{job:#}");
+    assert!(job["imagePath"].is_null());
+    let prompt = job["promptId"].as_str().unwrap();
+    assert!(
+        sim.stats()
+            .interrupts
+            .iter()
+            .any(|i| i.hit.as_deref() == Some(prompt)),
+        "the timed-out prompt kept running on the server"
+    );
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+
+    // 1: a job finishes.
+    let good = sim(&[]).await;
+    let service = start(config(&[&good], &out)).await;
+    let url = service.url();
+    let done = id_of(&post_job(&url, &small(json!({"page": 2}))).await.1);
+    let (done_job, _) = wait_job(&url, &done, status_is("complete")).await;
+    service.shutdown().await.unwrap();
+
+    // 2: one job running (it hangs), one in our queue, when the service stops.
+    let hanging = sim(&["hang:KSampler"]).await;
+    let mut cfg = config(&[&hanging], &out);
+    cfg.engine.in_flight = 1;
+    let service = start(cfg).await;
+    let url = service.url();
+    let running = id_of(&post_job(&url, &small(json!({"page": 3}))).await.1);
+    let (running_job, _) = wait_job(&url, &running, status_is("running")).await;
+    let queued = id_of(&post_job(&url, &small(json!({"page": 4}))).await.1);
+    assert_eq!(get_job(&url, &queued).await["status"], "queued");
+    service.shutdown().await.unwrap();
+    let prompt = running_job["promptId"].as_str().unwrap();
+    assert!(
+        hanging
+            .stats()
+            .interrupts
+            .iter()
+            .any(|i| i.hit.as_deref() == Some(prompt)),
+        "the running job was not interrupted at shutdown"
+    );
+    assert_eq!(hanging.stats().prompts_accepted, 1);
+
+    // 3: both run after the restart; the finished one still answers as it was.
+    let service = start(config(&[&good], &out)).await;
+    let url = service.url();
+    assert_eq!(get_job(&url, &done).await, done_job);
+    let (job, _) = wait_job(&url, &running, status_is("complete")).await;
+    assert_eq!(
+        job["seed"], running_job["seed"],
+        "the same job, not a new one"
+    );
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p003_v1.png");
+    let (job, _) = wait_job(&url, &queued, status_is("complete")).await;
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p004_v1.png");
+    let (_, list, _) = call("get", &url, "/jobs", "/jobs", None).await;
+    assert_eq!(list["total"], 3);
+    service.shutdown().await.unwrap();
+    // The journal keeps one line per job after compaction, plus what happened since.
+    let journal = std::fs::read_to_string(out.join("serve/jobs.jsonl")).unwrap();
+    assert!(journal.lines().count() <= 5, "{journal}");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&["hang:KSampler"]).await;
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.max_queue = 2;
+    let service = start(cfg).await;
+    let url = service.url();
+    let first = id_of(&post_job(&url, &small(json!({}))).await.1);
+    assert_eq!(post_job(&url, &small(json!({}))).await.0, 202);
+    let (status, error) = post_job(&url, &small(json!({}))).await;
+    assert_eq!(status, 429, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("--max-queue 2"));
+    // A finished job frees its place.
+    call(
+        "delete",
+        &url,
+        &format!("/jobs/{first}"),
+        "/jobs/{id}",
+        None,
+    )
+    .await;
+    assert_eq!(post_job(&url, &small(json!({}))).await.0, 202);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_posts_make_a_hundred_jobs_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let service = start(config(&[&sim], &out)).await;
+    let url = service.url();
+    let body = small(json!({"chapter": 5, "steps": 1}));
+    let posts = (0..100).map(|_| {
+        let (url, body) = (url.clone(), body.clone());
+        tokio::spawn(async move { post_job(&url, &body).await })
+    });
+    let mut ids = HashSet::new();
+    for post in posts {
+        let (status, accepted) = post.await.unwrap();
+        assert_eq!(status, 202);
+        ids.insert(id_of(&accepted));
+    }
+    assert_eq!(ids.len(), 100);
+    let mut files = HashSet::new();
+    for id in &ids {
+        let (job, _) = wait_job(&url, id, status_is("complete")).await;
+        files.insert(job["imageFile"].as_str().unwrap().to_owned());
+    }
+    let expected: HashSet<String> = (1..=100).map(|v| format!("ch05_p001_v{v}.png")).collect();
+    assert_eq!(files, expected);
+    let on_disk: HashSet<String> = std::fs::read_dir(out.join("ch-05/raw/comfyui"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk, expected);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_is_required_off_loopback_and_checked_when_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    match Service::start(cfg.clone()).await {
+        Err(ServeError::TokenRequired(_)) => {}
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("listened on 0.0.0.0 without a token"),
+    }
+    cfg.token = Some("s3cret".to_owned());
+    let service = start(cfg).await;
+    // Only ever talk to it over loopback.
+    let url = format!("http://127.0.0.1:{}", service.addr().port());
+    let (status, error, headers) = call("get", &url, "/jobs", "/jobs", None).await;
+    assert_eq!(status, 401, "{error}");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _) = post_job(&url, &small(json!({}))).await;
+    assert_eq!(status, 401);
+    for (token, expected) in [("wrong", 401), ("s3cret", 200)] {
+        let response = http()
+            .get(format!("{url}/jobs"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "token {token}");
+    }
+    let response = http().get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "/healthz needs no token");
+    service.shutdown().await.unwrap();
+}
+
+fn binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("plasma-batch")
+}
+
+#[test]
+fn the_binary_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--sim", "--listen", "0.0.0.0:0", "--out"])
+        .arg(dir.path())
+        .env_remove("PLASMA_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_jobs_on_the_simulator_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "serve",
+            "--sim",
+            "--sim-step-ms",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+        ])
+        .arg(dir.path())
+        .env("PLASMA_TOKEN", "t0ken")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("plasma-batch serve listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"));
+    let client = http();
+    let response = client
+        .post(format!("{url}/jobs"))
+        .bearer_auth("t0ken")
+        .json(&small(json!({"chapter": 2, "page": 9})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = id_of(&response.json().await.unwrap());
+    let start = Instant::now();
+    let job = loop {
+        let job: Value = client
+            .get(format!("{url}/jobs/{id}"))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "complete" {
+            break job;
+        }
+        assert!(start.elapsed() < DEADLINE, "{job:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    check_schema("get", "/jobs/{id}", 200, &job);
+    assert_eq!(job["imagePath"], "ch-02/raw/comfyui/ch02_p009_v1.png");
+    let image = client
+        .get(format!("{url}/jobs/{id}/image"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        image.as_ref(),
+        std::fs::read(dir.path().join("ch-02/raw/comfyui/ch02_p009_v1.png"))
+            .unwrap()
+            .as_slice()
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the service exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let journal = std::fs::read_to_string(dir.path().join("serve/jobs.jsonl")).unwrap();
+    assert!(journal.contains(&id) && journal.contains("\"complete\""));
+}
+
+#[tokio::test]
+async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut cfg = config(&[], &out);
+    cfg.servers = vec![client(&dead)];
+    cfg.on_shutdown = ShutdownMode::Finish;
+    let service = start(cfg).await;
+    let url = service.url();
+    let (status, ready, _) = call("get", &url, "/readyz", "/readyz", None).await;
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert_eq!(ready["servers"][0]["reachable"], false);
+    let (status, _, _) = call("get", &url, "/healthz", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    assert_eq!(get_job(&url, &id).await["status"], "queued");
+    // Stopping does not wait for a server that is down.
+    tokio::time::timeout(DEADLINE, service.shutdown())
+        .await
+        .expect("shutdown returned")
+        .unwrap();
+
+    let good = sim(&[]).await;
+    let service = start(config(&[&good], &out)).await;
+    let (job, _) = wait_job(&service.url(), &id, status_is("complete")).await;
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p001_v1.png");
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let lora = json!({"lora": {"name": "inkline_v2.safetensors", "strength_clip": 0.5}});
+    let id = id_of(&post_job(&url, &small(lora.clone())).await.1);
+    let (job, _) = wait_job(&url, &id, |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    assert_eq!(
+        job["request"]["lora"],
+        json!({"name": "inkline_v2.safetensors", "strength_model": 1.0, "strength_clip": 0.5})
+    );
+    service.shutdown().await.unwrap();
+
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.workflow = Some(repo().join("workflows/txt2img.json"));
+    let service = start(cfg).await;
+    let (status, error) = post_job(&service.url(), &small(lora)).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["field"], "lora");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no {{lora_name}} slot"),
+        "{error}"
+    );
+    assert_eq!(post_job(&service.url(), &small(json!({}))).await.0, 202);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_again() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            &sim.url(),
+            "--out",
+        ])
+        .arg(dir.path())
+        .env_remove("PLASMA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("plasma-batch serve listening on ")
+        .unwrap()
+        .to_owned();
+    let id = id_of(
+        &post_job(&url, &small(json!({"steps": 100, "page": 6})))
+            .await
+            .1,
+    );
+    let (running, _) = wait_job(&url, &id, status_is("running")).await;
+    child.kill().await.unwrap(); // SIGKILL: no shutdown, nothing synced
+    assert_eq!(sim.stats().prompts_accepted, 1);
+
+    let service = start(config(&[&sim], dir.path())).await;
+    let (job, _) = wait_job(&service.url(), &id, status_is("complete")).await;
+    assert_eq!(
+        job["promptId"], running["promptId"],
+        "the same prompt, found again"
+    );
+    assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p006_v1.png");
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        1,
+        "the prompt was posted twice"
+    );
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let hanging = sim(&["hang:KSampler"]).await;
+    let mut cfg = config(&[&hanging], &out);
+    cfg.engine.in_flight = 1;
+    cfg.on_shutdown = ShutdownMode::Finish;
+    let service = start(cfg).await;
+    let url = service.url();
+    let a = id_of(&post_job(&url, &small(json!({"page": 1}))).await.1);
+    let (a_job, _) = wait_job(&url, &a, status_is("running")).await;
+    let b = id_of(&post_job(&url, &small(json!({"page": 2}))).await.1);
+
+    let hurry = service.hurry();
+    let stopping = tokio::spawn(service.shutdown());
+    // An empty body is a 400 until the service drains, then a 503: no job is created.
+    let since = Instant::now();
+    loop {
+        let (status, error) = post_job(&url, &json!({})).await;
+        if status == 503 {
+            assert!(error["error"].as_str().unwrap().contains("shutting down"));
+            break;
+        }
+        assert_eq!(status, 400);
+        assert!(since.elapsed() < DEADLINE, "never refused new jobs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Still answering, and still waiting for A, which hangs on its server.
+    assert_eq!(get_job(&url, &a).await["status"], "running");
+    assert_eq!(get_job(&url, &b).await["status"], "queued");
+    assert!(!stopping.is_finished());
+    // The second signal: interrupt what is posted.
+    hurry.send(true).unwrap();
+    tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("stopped after the interrupt")
+        .unwrap()
+        .unwrap();
+    let prompt = a_job["promptId"].as_str().unwrap();
+    assert!(
+        hanging
+            .stats()
+            .interrupts
+            .iter()
+            .any(|i| i.hit.as_deref() == Some(prompt))
+    );
+    assert_eq!(hanging.stats().prompts_accepted, 1, "B was never posted");
+
+    let good = sim(&[]).await;
+    let service = start(config(&[&good], &out)).await;
+    for id in [&a, &b] {
+        wait_job(&service.url(), id, status_is("complete")).await;
+    }
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_transient_server_error_is_retried_like_in_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&["prompt-500:1"]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    let (job, _) = wait_job(&url, &id, |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(sim.stats().prompts_accepted, 1);
+    service.shutdown().await.unwrap();
+}
