@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,11 @@ use crate::events::{
 use crate::ledger::{LEDGER_VERSION, Ledger, LedgerRecord};
 use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
 use crate::plan::Job;
+
+/// Attempts of one job that a server restart may cost without using up its
+/// `transient_retries`: losing a prompt to a restart is not the job's fault, but a server
+/// that restarts forever must not keep a job alive forever either.
+const MAX_RESTART_LOSSES: u32 = 5;
 
 /// Largest image body accepted from `/view`.
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
@@ -434,6 +439,8 @@ struct Task {
     /// Attempts made so far (posted or tried to post).
     attempts: u32,
     transient_failures: u32,
+    /// Transient failures caused by a server restart or socket loss during the attempt.
+    restart_losses: u32,
     deterministic_failures: u32,
     server: Option<String>,
     prompt_id: Option<String>,
@@ -449,6 +456,7 @@ impl Task {
             job,
             attempts: 0,
             transient_failures: 0,
+            restart_losses: 0,
             deterministic_failures: 0,
             server: None,
             prompt_id: None,
@@ -618,6 +626,10 @@ struct ServerConn {
     retired_notify: Notify,
     /// Transient failures since the last success on this server.
     consecutive_failures: AtomicU32,
+    /// Sockets lost so far: an attempt that sees it change lived through a drop or restart.
+    epoch: AtomicU64,
+    /// The last epoch whose restart was counted in `consecutive_failures`.
+    counted_epoch: AtomicU64,
 }
 
 impl ServerConn {
@@ -631,6 +643,8 @@ impl ServerConn {
             retired: AtomicBool::new(false),
             retired_notify: Notify::new(),
             consecutive_failures: AtomicU32::new(0),
+            epoch: AtomicU64::new(0),
+            counted_epoch: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -760,6 +774,7 @@ async fn connection_task(
                 });
                 let reason = pump(&shared, &conn, &mut ws, &mut stop).await;
                 let _ = conn.up.send_replace(false);
+                conn.epoch.fetch_add(1, Ordering::SeqCst);
                 // Close before the same clientId is used again (protocol §1.1): a late close
                 // of this socket would otherwise unregister the new one.
                 ws.close().await;
@@ -863,6 +878,7 @@ async fn run_task(
         .lock()
         .expect("cancels poisoned")
         .insert(task.job.key.clone(), cancel_tx);
+    let epoch = conn.epoch.load(Ordering::SeqCst);
     let attempt = attempt(&shared, &conn, &mut task, permit, job_cancel).await;
     shared
         .job_cancels
@@ -905,7 +921,20 @@ async fn run_task(
                 );
                 return shared.finish(task.fail(JobStatus::Cancelled, error));
             }
-            task.transient_failures += 1;
+            // The socket was lost while this attempt ran (a drop or a restart): every prompt
+            // in flight fails at once, through no fault of its job. Such a loss does not use
+            // up the job's retries (up to MAX_RESTART_LOSSES), and counts once per socket
+            // loss towards retiring the server, not once per prompt: in_flight prompts lost
+            // to one restart would otherwise retire a server that is back and healthy.
+            let now = conn.epoch.load(Ordering::SeqCst);
+            let restart = now != epoch && task.restart_losses < MAX_RESTART_LOSSES;
+            let counts_for_server = if restart {
+                task.restart_losses += 1;
+                conn.counted_epoch.swap(now, Ordering::SeqCst) != now
+            } else {
+                task.transient_failures += 1;
+                true
+            };
             if task.transient_failures > shared.config.transient_retries {
                 let error = JobError::new(
                     ErrorKind::Server,
@@ -914,7 +943,11 @@ async fn run_task(
                 return shared.finish(task.fail(JobStatus::Failed, error));
             }
             // A server that keeps failing is taken out of rotation; its jobs move on.
-            let in_a_row = conn.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+            let in_a_row = if counts_for_server {
+                conn.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                conn.consecutive_failures.load(Ordering::SeqCst)
+            };
             if in_a_row >= shared.config.server_failures_to_retire && !conn.is_retired() {
                 conn.retire();
                 shared.ctx.emit(Event::Server {
@@ -930,7 +963,7 @@ async fn run_task(
                 reason,
             });
             // Wait here (not in a detached task) so the run cannot end while a retry is due.
-            let delay = shared.backoff(task.transient_failures);
+            let delay = shared.backoff(task.transient_failures + task.restart_losses);
             let mut cancel = shared.ctx.cancel.clone();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -1426,7 +1459,10 @@ async fn write_images(
     let mut staged = Vec::with_capacity(images.len());
     for image in images {
         let mut last_error = None;
-        for try_no in 1..=3u32 {
+        let mut try_no = 1u32;
+        // Consecutive "cannot reach the server" answers: those do not use up the tries.
+        let mut unreachable: Option<(Instant, u32)> = None;
+        while try_no <= 3 {
             match download(shared, client, image, task.job.chapter, expected).await {
                 Ok(image) => {
                     staged.push(image);
@@ -1439,9 +1475,24 @@ async fn write_images(
                         JobError::new(ErrorKind::Io, error),
                     ));
                 }
+                // The server restarted (or blipped) after rendering: its files are still
+                // on its disk, so wait for it like the socket does instead of failing the
+                // job; past `retire_after` it is a transient failure (render elsewhere).
+                Err(DownloadError::Unreachable(error)) => {
+                    let (since, waits) = unreachable.get_or_insert((Instant::now(), 0));
+                    *waits += 1;
+                    if since.elapsed() >= shared.config.retire_after {
+                        return Err(Attempt::Transient(format!(
+                            "the rendered image could not be fetched: {error}"
+                        )));
+                    }
+                    tokio::time::sleep(shared.backoff(*waits)).await;
+                }
                 Err(DownloadError::Bad(error)) => {
+                    unreachable = None;
                     last_error = Some(error);
                     tokio::time::sleep(shared.backoff(try_no)).await;
+                    try_no += 1;
                 }
             }
         }
@@ -1518,6 +1569,8 @@ enum DownloadError {
     Io(String),
     /// The server's answer was bad or broke off.
     Bad(String),
+    /// The server could not be reached or answered 5xx: worth waiting for.
+    Unreachable(String),
 }
 
 /// Stream one image into a temp file, fsync and check it.
@@ -1541,10 +1594,13 @@ async fn download(
         .reopen()
         .map_err(|e| DownloadError::Io(format!("failed to open {}: {e}", temp.path().display())))?;
     let mut file = tokio::fs::File::from_std(file);
-    let response = client
-        .view(image)
-        .await
-        .map_err(|e| DownloadError::Bad(e.to_string()))?;
+    let response = client.view(image).await.map_err(|e| {
+        if e.is_transient() {
+            DownloadError::Unreachable(e.to_string())
+        } else {
+            DownloadError::Bad(e.to_string())
+        }
+    })?;
     let declared = response.content_length();
     let mut stream = response.bytes_stream();
     let mut written: u64 = 0;
