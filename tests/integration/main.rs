@@ -1,6 +1,7 @@
 //! The one integration-test binary (see STYLE.md): each module is one area.
 
 mod cli;
+mod faults;
 mod manifest;
 mod report_schema;
 mod run;

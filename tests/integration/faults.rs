@@ -1,0 +1,332 @@
+//! The fault suite, in process: each test runs a small chapter against a simulator with one
+//! fault and checks `check_run`'s invariants plus what the fault demands. The scenarios that
+//! need real processes (signals, kill -9, two runners, disk full) are in `faults_process.rs`.
+//! `docs/reliability.md` lists every scenario with its test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plasma_batch::engine::EngineConfig;
+use plasma_batch::events::{ErrorKind, JobStatus};
+use plasma_batch::plan::Job;
+use plasma_batch::runner::{RunError, RunSummary, run_jobs};
+use plasma_batch::sim::{Fault, Sim, SimConfig};
+
+use crate::support::*;
+
+/// Run a chapter of `pages` x `variants` jobs on `servers` and check the invariants.
+async fn run_on(
+    servers: &[String],
+    pages: u16,
+    variants: u32,
+    config: EngineConfig,
+) -> (RunSummary, Vec<Arc<Job>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), pages, variants, ""));
+    let jobs = jobs(&plan);
+    let out = dir.path().join("out");
+    let summary = run_jobs(
+        options(&plan, &out, config),
+        servers.iter().map(|s| client(s)).collect(),
+        jobs.clone(),
+        no_cancel(),
+    )
+    .await
+    .unwrap();
+    check_run(&summary, &jobs, &out);
+    (summary, jobs, dir)
+}
+
+fn all_succeeded(summary: &RunSummary) {
+    assert_eq!(
+        summary.totals.succeeded,
+        summary.outcomes.len(),
+        "{:#?}",
+        summary.outcomes
+    );
+    assert_eq!(summary.exit_code(), 0);
+}
+
+async fn sim_with(step_ms: u64, faults: &[&str]) -> Sim {
+    Sim::start(SimConfig {
+        step_ms,
+        faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Poll `check` every 10 ms until it holds; panics after 20 s.
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn socket_dropped_mid_render_reconnects_and_collects_every_job() {
+    // Every connection is cut after 25 frames: several times per job (a 3-step render sends
+    // about 20 frames), always in the middle of something.
+    let sim = sim_with(2, &["drop-ws:25"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 3, 2, engine()).await;
+    all_succeeded(&summary);
+    let stats = sim.stats();
+    assert_eq!(stats.posts_without_socket, 0, "posted on a dropped socket");
+    assert_eq!(
+        stats.prompts_accepted, 6,
+        "a prompt the server still had was posted again"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_socket_with_http_alive_does_not_hang_a_job() {
+    let sim = sim_with(2, &["silent-ws:15"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(sim.stats().prompts_accepted, 2, "a prompt was resubmitted");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_crash_and_restart_mid_run_resubmits_lost_prompts() {
+    // The 2nd prompt crashes the server: queue and history are gone, it is back in 300 ms.
+    let sim = sim_with(2, &["crash-after:2:300"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 2, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(sim.stats().crashes, 1);
+    assert!(
+        summary.outcomes.iter().any(|o| o.attempts > 1),
+        "the prompt lost in the crash was not resubmitted: {:#?}",
+        summary.outcomes
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_down_at_start_fails_preflight_naming_the_server() {
+    // A port nobody listens on (bound, then freed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
+    let out = dir.path().join("out");
+    let result = run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&url)],
+        jobs(&plan),
+        no_cancel(),
+    )
+    .await;
+    match result {
+        Err(RunError::Preflight(problems)) => {
+            assert!(
+                problems.iter().any(|p| p.message.contains(&url)),
+                "{problems:?}"
+            );
+        }
+        Err(other) => panic!("expected a preflight failure, got {other:?}"),
+        Ok(summary) => panic!("the run went ahead: {:?}", summary.totals),
+    }
+    // Nothing was rendered or left behind besides the empty chapter folders.
+    assert!(files_under(&out.join("ch-07/raw")).is_empty());
+}
+
+#[tokio::test]
+async fn server_gone_for_good_moves_its_jobs_to_the_other_server() {
+    let gone = sim_with(20, &[]).await;
+    let alive = sim_with(2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 4, 2, ""));
+    let jobs = jobs(&plan);
+    let out = dir.path().join("out");
+    let servers = vec![client(&gone.url()), client(&alive.url())];
+    let run = tokio::spawn(run_jobs(
+        options(&plan, &out, engine()),
+        servers,
+        jobs.clone(),
+        no_cancel(),
+    ));
+    // Once the first server holds a prompt, it goes away and never comes back.
+    wait_until("a prompt on the first server", || {
+        gone.stats().prompts_accepted > 0
+    })
+    .await;
+    gone.shutdown().await;
+    let summary = run.await.unwrap().unwrap();
+    check_run(&summary, &jobs, &out);
+    all_succeeded(&summary);
+    assert!(
+        summary
+            .outcomes
+            .iter()
+            .all(|o| o.server.as_deref() == Some(alive.url().as_str())),
+        "a job claims to have finished on the dead server: {:#?}",
+        summary.outcomes
+    );
+    alive.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_500_on_the_first_post_is_retried() {
+    let sim = sim_with(1, &["prompt-500:1"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(
+        summary.outcomes.iter().map(|o| o.attempts).sum::<u32>(),
+        3,
+        "{:#?}",
+        summary.outcomes
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_500_on_every_post_fails_the_jobs_and_retires_the_server() {
+    let sim = sim_with(1, &["prompt-500-rate:1.0"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
+    assert_eq!(summary.totals.failed, 3, "{:#?}", summary.outcomes);
+    assert_eq!(summary.exit_code(), plasma_batch::exit_codes::JOBS_FAILED);
+    for outcome in &summary.outcomes {
+        let error = outcome.error.as_ref().unwrap();
+        assert_eq!(error.kind, ErrorKind::Server, "{error:?}");
+    }
+    // Retired after `server_failures_to_retire` failures in a row, not after every job's
+    // full retry budget: fewer posts than 3 jobs x 3 attempts.
+    let posts = sim.stats().prompts_rejected;
+    assert!(
+        posts <= u64::from(engine().server_failures_to_retire) + 2,
+        "{posts} posts"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_history_still_completes() {
+    let sim = sim_with(1, &["slow-history:400"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn execution_success_before_history_is_written_still_completes() {
+    let sim = sim_with(1, &["late-history:300"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn lost_prompt_after_a_200_is_resubmitted() {
+    // The server answers 200 and forgets the prompt (a restart between POST and queueing).
+    let sim = sim_with(1, &["lose:1"]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(sim.stats().prompts_accepted, 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_deletes_queued_and_interrupts_running_prompts() {
+    let sim = sim_with(1, &["hang:KSampler"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 4, 1, ""));
+    let jobs = jobs(&plan);
+    let out = dir.path().join("out");
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&sim.url())],
+        jobs.clone(),
+        cancel_rx,
+    ));
+    // One prompt running (hung), one waiting behind it on the server.
+    wait_until("two prompts on the server", || {
+        sim.stats().prompts_accepted == 2
+    })
+    .await;
+    cancel_tx.send(true).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    let report = check_run(&summary, &jobs, &out);
+    assert!(summary.cancelled);
+    assert_eq!(summary.exit_code(), plasma_batch::exit_codes::INTERRUPTED);
+    assert_eq!(summary.totals.cancelled, 4, "{:#?}", summary.outcomes);
+    assert!(
+        report
+            .jobs
+            .iter()
+            .all(|j| j.status == JobStatus::Cancelled.into())
+    );
+    let posted: Vec<String> = summary
+        .outcomes
+        .iter()
+        .filter_map(|o| o.prompt_id.clone())
+        .collect();
+    assert_eq!(posted.len(), 2);
+    let stats = sim.stats();
+    for id in &posted {
+        assert!(
+            stats.queue_deletes.contains(id)
+                || stats
+                    .interrupts
+                    .iter()
+                    .any(|i| i.prompt_id.as_ref() == Some(id)),
+            "{id} was neither deleted nor interrupted: {stats:?}"
+        );
+    }
+    assert!(
+        stats.interrupts.iter().any(|i| i.hit.is_some()),
+        "the running prompt was not interrupted: {:?}",
+        stats.interrupts
+    );
+    assert!(
+        stats.interrupts.iter().all(|i| i.prompt_id.is_some()),
+        "a global interrupt was sent"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn output_folder_that_cannot_be_created_is_a_clear_error() {
+    // Running as root, permissions do not stop writes: put a file where a folder must go.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("ch-07/raw")).unwrap();
+    std::fs::write(out.join("ch-07/raw/comfyui"), b"not a folder").unwrap();
+    let sim = sim_with(1, &[]).await;
+    let error = run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&sim.url())],
+        jobs(&plan),
+        no_cancel(),
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("ch-07/raw/comfyui"), "{text}");
+    assert_eq!(sim.stats().prompts_accepted, 0, "a prompt was sent anyway");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_hundred_jobs_survive_crashes_and_socket_drops() {
+    let sim = sim_with(0, &["crash-every:50:100", "drop-ws:30"]).await;
+    let config = EngineConfig {
+        in_flight: 4,
+        ..engine()
+    };
+    let (summary, _, _dir) = run_on(&[sim.url()], 50, 4, config).await;
+    all_succeeded(&summary);
+    assert_eq!(summary.outcomes.len(), 200);
+    assert!(sim.stats().crashes >= 3, "{:?}", sim.stats().crashes);
+    sim.shutdown().await;
+}
