@@ -328,6 +328,21 @@ pub fn remove_stale_temp_files(dir: &Path) {
     }
 }
 
+/// Remove this process's own temp files in a folder: for an exit that skips destructors
+/// (the second Ctrl-C), so it leaves nothing behind even before the next run cleans up.
+/// A writer racing with this only loses its temp file; final names are never touched.
+pub fn remove_own_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().and_then(temp_file_pid) == Some(me) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn temp_file_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(TEMP_PREFIX)?;
     rest.split('-').next()?.parse().ok()
