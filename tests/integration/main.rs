@@ -2,6 +2,7 @@
 
 mod cli;
 mod faults;
+mod faults_process;
 mod manifest;
 mod report_schema;
 mod run;
