@@ -1035,7 +1035,16 @@ async fn attempt(
         };
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
         match client.post_prompt(&request).await {
-            Err(error) if error.is_transient() => return Attempt::Transient(error.to_string()),
+            // The answer was lost, not necessarily the prompt: a connection reset or a
+            // timeout after the server queued it would otherwise render it twice. The id is
+            // ours, so ask; only a prompt the server does not know is posted again.
+            Err(error) if error.is_transient() => match reconcile(client, &prompt_id).await {
+                Ok(Reconciled::Waiting { .. } | Reconciled::Finished(_)) => {
+                    tracing::debug!(%prompt_id, %error, "the post failed but the server has the prompt");
+                    task.timings.queued = Some(ctx.elapsed_ms());
+                }
+                _ => return Attempt::Transient(error.to_string()),
+            },
             Err(error) => {
                 return Attempt::Failed(
                     JobStatus::Failed,

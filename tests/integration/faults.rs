@@ -330,3 +330,75 @@ async fn two_hundred_jobs_survive_crashes_and_socket_drops() {
     assert!(sim.stats().crashes >= 3, "{:?}", sim.stats().crashes);
     sim.shutdown().await;
 }
+
+/// A TCP proxy to `target` that relays everything, except that it swallows the answer to
+/// the first `POST /prompt` (the server got and queued the prompt; the client sees the
+/// connection close): a reset between server and client, after the fact.
+async fn proxy_losing_first_post_answer(target: std::net::SocketAddr) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let used = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let used = used.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let swallow = Arc::new(AtomicBool::new(false));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = {
+                    let swallow = swallow.clone();
+                    async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = client_read.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if buf[..n].starts_with(b"POST /prompt")
+                                && !used.swap(true, Ordering::SeqCst)
+                            {
+                                swallow.store(true, Ordering::SeqCst);
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 || swallow.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                // Whichever side ends first closes both.
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn lost_answer_to_a_post_does_not_render_the_prompt_twice() {
+    let sim = sim_with(1, &[]).await;
+    let proxy = proxy_losing_first_post_answer(sim.addr()).await;
+    let (summary, _, _dir) = run_on(&[proxy], 2, 1, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        2,
+        "the prompt whose answer was lost was posted again"
+    );
+    assert!(summary.outcomes.iter().all(|o| o.attempts == 1));
+    sim.shutdown().await;
+}
