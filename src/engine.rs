@@ -618,7 +618,9 @@ enum Signal {
 struct ServerConn {
     index: usize,
     client: ComfyClient,
-    client_id: String,
+    /// The `clientId` of the current socket; replaced after a zombie socket (see
+    /// `connection_task`), so read it with [`ServerConn::client_id`].
+    client_id: Mutex<String>,
     routes: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
     /// `true` while the socket is open and confirmed.
     up: watch::Sender<bool>,
@@ -637,7 +639,7 @@ impl ServerConn {
         ServerConn {
             index,
             client,
-            client_id: uuid::Uuid::new_v4().to_string(),
+            client_id: Mutex::new(uuid::Uuid::new_v4().to_string()),
             routes: Mutex::new(HashMap::new()),
             up: watch::channel(false).0,
             retired: AtomicBool::new(false),
@@ -646,6 +648,10 @@ impl ServerConn {
             epoch: AtomicU64::new(0),
             counted_epoch: AtomicU64::new(u64::MAX),
         }
+    }
+
+    fn client_id(&self) -> String {
+        self.client_id.lock().expect("client id poisoned").clone()
     }
 
     fn route(&self, prompt_id: &str) -> mpsc::UnboundedReceiver<Signal> {
@@ -763,7 +769,8 @@ async fn connection_task(
         if *stop.borrow() {
             return;
         }
-        match WsConnection::connect(&conn.client, &conn.client_id, config.handshake_timeout).await {
+        let client_id = conn.client_id();
+        match WsConnection::connect(&conn.client, &client_id, config.handshake_timeout).await {
             Ok(mut ws) => {
                 tracing::debug!(server = conn.client.url(), sid = %ws.sid, "socket confirmed");
                 failures = 0;
@@ -772,20 +779,34 @@ async fn connection_task(
                     server: conn.index,
                     state: ServerState::Connected,
                 });
-                let reason = pump(&shared, &conn, &mut ws, &mut stop).await;
+                let end = pump(&shared, &conn, &mut ws, &mut stop).await;
                 let _ = conn.up.send_replace(false);
                 conn.epoch.fetch_add(1, Ordering::SeqCst);
                 // Close before the same clientId is used again (protocol §1.1): a late close
                 // of this socket would otherwise unregister the new one.
                 ws.close().await;
+                let reason = match end {
+                    SocketEnd::Stopped => {
+                        conn.broadcast_disconnect();
+                        return;
+                    }
+                    SocketEnd::Closed(reason) => reason,
+                    SocketEnd::Silent(reason) => {
+                        // A zombie reads nothing, so our close never reaches the server, which
+                        // still has it registered under our id and will unregister that id
+                        // (§1.1: by id, not by socket) whenever it notices the socket is dead,
+                        // silently orphaning a new socket that reuses it. Use a fresh id;
+                        // prompts posted under the old one are followed over HTTP.
+                        *conn.client_id.lock().expect("client id poisoned") =
+                            uuid::Uuid::new_v4().to_string();
+                        reason
+                    }
+                };
                 conn.broadcast_disconnect();
-                match reason {
-                    None => return,
-                    Some(reason) => shared.ctx.emit(Event::Server {
-                        server: conn.index,
-                        state: ServerState::Reconnecting(reason),
-                    }),
-                }
+                shared.ctx.emit(Event::Server {
+                    server: conn.index,
+                    state: ServerState::Reconnecting(reason),
+                });
                 down_since = Some(Instant::now());
             }
             Err(error) => {
@@ -816,13 +837,23 @@ async fn connection_task(
     }
 }
 
-/// Read frames until the socket closes (returns the reason) or the run stops (`None`).
+/// Why [`pump`] stopped reading a socket.
+enum SocketEnd {
+    /// The run is over.
+    Stopped,
+    /// The socket closed or failed.
+    Closed(String),
+    /// Open but silent (not even pongs) while prompts were outstanding: a zombie.
+    Silent(String),
+}
+
+/// Read frames until the socket closes or goes silent, or the run stops.
 async fn pump(
     shared: &Shared,
     conn: &ServerConn,
     ws: &mut WsConnection,
     stop: &mut watch::Receiver<bool>,
-) -> Option<String> {
+) -> SocketEnd {
     let ping_interval = shared.config.ping_interval;
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -836,20 +867,20 @@ async fn pump(
                 }
                 WsEvent::Ignored => last_frame = Instant::now(),
                 WsEvent::Closed(reason) => {
-                    return Some(format!("the socket closed{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
+                    return SocketEnd::Closed(format!("the socket closed{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
                 }
             },
             _ = ping.tick() => {
                 // Not even a pong for three ping periods while we wait on prompts: the link
                 // is dead even if TCP has not noticed. Reconnect; waiters reconcile over HTTP.
                 if conn.has_routes() && last_frame.elapsed() > ping_interval * 3 {
-                    return Some(format!("no frame for {:.0} s", last_frame.elapsed().as_secs_f64()));
+                    return SocketEnd::Silent(format!("no frame for {:.0} s", last_frame.elapsed().as_secs_f64()));
                 }
                 if let Err(error) = ws.ping().await {
-                    return Some(error.to_string());
+                    return SocketEnd::Closed(error.to_string());
                 }
             }
-            _ = stop.changed() => return None,
+            _ = stop.changed() => return SocketEnd::Stopped,
         }
     }
 }
@@ -999,6 +1030,8 @@ async fn attempt(
         None => uuid::Uuid::new_v4().to_string(),
     };
     let mut signals = conn.route(&prompt_id);
+    // Frames about the prompt go to the socket of the clientId it was posted with.
+    let posted_as = conn.client_id();
     let _unroute = Unroute {
         conn,
         prompt_id: &prompt_id,
@@ -1030,7 +1063,7 @@ async fn attempt(
         });
         let request = PromptRequest {
             prompt: &task.job.workflow,
-            client_id: &conn.client_id,
+            client_id: &posted_as,
             prompt_id: &prompt_id,
         };
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
@@ -1092,14 +1125,14 @@ async fn attempt(
     }
 
     // Our socket never hears about a re-attached prompt (another clientId posted it): poll.
-    let poll = reattached.is_some();
+    let posted_as = reattached.is_none().then_some(posted_as.as_str());
     let terminal = match wait_for_end(
         shared,
         conn,
         task,
         &prompt_id,
         &mut signals,
-        poll,
+        posted_as,
         job_cancel,
     )
     .await
@@ -1163,23 +1196,24 @@ impl Drop for Unroute<'_> {
 }
 
 /// Wait for the prompt's end, enforcing the timeout and reconciling when the socket is lost
-/// or silent. `Err` carries the attempt's result when it ended without a normal finish.
+/// or silent. `posted_as` is the clientId the prompt was posted with (`None`: not by us);
+/// while our socket has another id, nothing will be heard about the prompt, so it is polled.
+/// `Err` carries the attempt's result when it ended without a normal finish.
 async fn wait_for_end(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,
     task: &mut Task,
     prompt_id: &str,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
-    poll: bool,
+    posted_as: Option<&str>,
     mut job_cancel: watch::Receiver<bool>,
 ) -> Result<Terminal, Attempt> {
     let ctx = &shared.ctx;
     let config = &shared.config;
-    let stall = if poll {
-        config.stall.min(Duration::from_secs(1))
-    } else {
-        config.stall
-    };
+    let deaf = || posted_as.is_none_or(|id| conn.client_id() != id);
+    let poll = deaf();
+    let stall = config.stall;
+    let poll_every = config.stall.min(Duration::from_secs(1));
     let mut cancel = ctx.cancel.clone();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut error: Option<JobError> = None;
@@ -1261,7 +1295,13 @@ async fn wait_for_end(
                             deadline = Some(tokio::time::Instant::now() + config.timeout);
                         }
                         let up = *conn.up.borrow();
-                        check_at = tokio::time::Instant::now() + if up { stall } else { shared.backoff(1) };
+                        check_at = tokio::time::Instant::now() + if !up {
+                            shared.backoff(1)
+                        } else if deaf() {
+                            poll_every
+                        } else {
+                            stall
+                        };
                     }
                     Ok(Reconciled::Finished(entry)) => return Ok(Terminal::FromHistory(entry)),
                     Ok(Reconciled::Lost) => {

@@ -402,3 +402,116 @@ async fn lost_answer_to_a_post_does_not_render_the_prompt_twice() {
     assert!(summary.outcomes.iter().all(|o| o.attempts == 1));
     sim.shutdown().await;
 }
+
+/// A TCP proxy to `target` whose first WebSocket becomes a zombie once it relayed a frame
+/// containing `execution_start`: nothing more passes either way, but the connection stays
+/// open, and after the client gives up on it the server side is closed only a second later
+/// (a server noticing a dead peer late). Returns the URL and the `clientId` of every
+/// WebSocket opened through it.
+async fn proxy_with_zombie_socket(
+    target: std::net::SocketAddr,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let client_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ids = client_ids.clone();
+    let first_socket_taken = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (ids, first_socket_taken) = (ids.clone(), first_socket_taken.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let zombie_candidate = Arc::new(AtomicBool::new(false));
+                let silent = Arc::new(AtomicBool::new(false));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = {
+                    let (zombie_candidate, silent) = (zombie_candidate.clone(), silent.clone());
+                    async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut first = true;
+                        while let Ok(n) = client_read.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if std::mem::take(&mut first) {
+                                let head = String::from_utf8_lossy(&buf[..n]);
+                                if let Some(rest) = head.strip_prefix("GET /ws?clientId=") {
+                                    let id: String =
+                                        rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                                    ids.lock().unwrap().push(id);
+                                    if !first_socket_taken.swap(true, Ordering::SeqCst) {
+                                        zombie_candidate.store(true, Ordering::SeqCst);
+                                    }
+                                }
+                            }
+                            if silent.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        if silent.load(Ordering::SeqCst) {
+                            // The server notices the dead peer late (part of the fault).
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if silent.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let marker = b"execution_start";
+                        if zombie_candidate.load(Ordering::SeqCst)
+                            && buf[..n].windows(marker.len()).any(|w| w == marker)
+                        {
+                            silent.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    (url, client_ids)
+}
+
+#[tokio::test]
+async fn zombie_socket_is_replaced_under_a_fresh_client_id() {
+    let sim = sim_with(1, &[]).await;
+    let (proxy, client_ids) = proxy_with_zombie_socket(sim.addr()).await;
+    // Enough jobs that prompts are still outstanding when the silence is noticed (three
+    // ping periods), and some are posted after the new socket is up.
+    let (summary, _, _dir) = run_on(&[proxy], 12, 1, engine()).await;
+    all_succeeded(&summary);
+    let ids = client_ids.lock().unwrap().clone();
+    assert!(
+        ids.len() >= 2,
+        "the zombie socket was not replaced: {ids:?}"
+    );
+    assert_ne!(
+        ids[0], ids[1],
+        "the zombie's clientId was reused: its late close unregisters the new socket (protocol §1.1)"
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        stats.posts_without_socket, 0,
+        "a prompt was posted on an orphaned socket"
+    );
+    assert_eq!(stats.prompts_accepted, 12, "a prompt was posted twice");
+    sim.shutdown().await;
+}
