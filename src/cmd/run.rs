@@ -78,7 +78,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         engine: EngineConfig {
             in_flight,
             timeout: Duration::from_secs_f64(timeout),
-            retry_failed: args.retry_failed,
+            retry_failed: args.retry_failed || plan.comfy.retry_failed,
             ..EngineConfig::default()
         },
         mode: if args.quiet || args.json {

@@ -490,3 +490,29 @@ fn output_folder_not_usable_exits_with_io_error_naming_the_path() {
     );
     assert!(stderr.contains("ch-07/raw/comfyui"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_in_the_manifest_retries_a_node_exception_once() {
+    let sim = sim_with(0, 0, &["raise:VAEDecode"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 1, "");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("[comfy]\nretry_failed = true\n\n{text}")).unwrap();
+    assert!(plan(&manifest).comfy.retry_failed);
+    let out = dir.path().join("out");
+    let (code, stderr) = Runner::start(&manifest, &out, &sim.url()).wait();
+    assert_eq!(
+        code,
+        Some(plasma_batch::exit_codes::JOBS_FAILED),
+        "{stderr}"
+    );
+    let reports = check_reports(&out, &keys(&manifest));
+    let job = &reports[0].jobs[0];
+    assert_eq!(job.status, ReportStatus::Failed);
+    assert_eq!(
+        job.attempts, 2,
+        "a deterministic failure is retried once when asked"
+    );
+    assert_eq!(sim.stats().prompts_accepted, 2);
+    sim.shutdown().await;
+}
