@@ -515,3 +515,48 @@ async fn zombie_socket_is_replaced_under_a_fresh_client_id() {
     assert_eq!(stats.prompts_accepted, 12, "a prompt was posted twice");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn report_folder_removed_mid_run_is_made_again_for_the_final_report() {
+    let sim = sim_with(20, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 3, 1, ""));
+    let jobs = jobs(&plan);
+    let out = dir.path().join("out");
+    let run = tokio::spawn(run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&sim.url())],
+        jobs.clone(),
+        no_cancel(),
+    ));
+    wait_until("a prompt on the server", || {
+        sim.stats().prompts_accepted > 0
+    })
+    .await;
+    std::fs::remove_dir_all(out.join("ch-07/reports")).unwrap();
+    let summary = run.await.unwrap().unwrap();
+    check_run(&summary, &jobs, &out);
+    all_succeeded(&summary);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_folder_that_cannot_be_created_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("ch-07")).unwrap();
+    std::fs::write(out.join("ch-07/reports"), b"not a folder").unwrap();
+    let sim = sim_with(1, &[]).await;
+    let error = run_jobs(
+        options(&plan, &out, engine()),
+        vec![client(&sim.url())],
+        jobs(&plan),
+        no_cancel(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("ch-07/reports"), "{error}");
+    assert_eq!(sim.stats().prompts_accepted, 0, "a prompt was sent anyway");
+    sim.shutdown().await;
+}
