@@ -632,6 +632,8 @@ struct ServerConn {
     epoch: AtomicU64,
     /// The last epoch whose restart was counted in `consecutive_failures`.
     counted_epoch: AtomicU64,
+    /// Set once the run's cancellation deleted every pending prompt of ours here.
+    pending_deleted: tokio::sync::OnceCell<()>,
 }
 
 impl ServerConn {
@@ -647,6 +649,7 @@ impl ServerConn {
             consecutive_failures: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
             counted_epoch: AtomicU64::new(u64::MAX),
+            pending_deleted: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -688,6 +691,26 @@ impl ServerConn {
 
     fn has_routes(&self) -> bool {
         !self.routes.lock().expect("routes poisoned").is_empty()
+    }
+
+    /// On cancelling the run: delete all our prompts from the server's queue in one request,
+    /// once, before any of them is interrupted. Interrupting the running prompt first would
+    /// let the server start our next pending one before its own delete arrives.
+    async fn delete_all_pending(&self) {
+        self.pending_deleted
+            .get_or_init(|| async {
+                let ids: Vec<String> = self
+                    .routes
+                    .lock()
+                    .expect("routes poisoned")
+                    .keys()
+                    .cloned()
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = self.client.delete_queued(&ids).await;
+                }
+            })
+            .await;
     }
 
     fn is_retired(&self) -> bool {
@@ -1234,6 +1257,7 @@ async fn wait_for_end(
             }
             // A dropped sender means nobody can cancel any more, not that we were cancelled.
             _ = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+                conn.delete_all_pending().await;
                 cancel_on_server(&conn.client, prompt_id).await;
                 return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "the run was cancelled while this job was running; it was removed or interrupted on the server")));
             }

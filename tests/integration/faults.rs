@@ -66,6 +66,30 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// `(running, pending)` prompts in the server's `/queue`.
+pub async fn queue_counts(url: &str) -> (usize, usize) {
+    let queue: serde_json::Value = reqwest::get(format!("{url}/queue"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let len = |key: &str| queue[key].as_array().map_or(0, Vec::len);
+    (len("queue_running"), len("queue_pending"))
+}
+
+/// Wait until one prompt runs and one waits behind it on the server.
+pub async fn wait_running_and_pending(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue_counts(url).await != (1, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "never one running and one pending prompt"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn socket_dropped_mid_render_reconnects_and_collects_every_job() {
     // Every connection is cut after 25 frames: several times per job (a 3-step render sends
@@ -73,8 +97,9 @@ async fn socket_dropped_mid_render_reconnects_and_collects_every_job() {
     let sim = sim_with(2, &["drop-ws:25"]).await;
     let (summary, _, _dir) = run_on(&[sim.url()], 3, 2, engine()).await;
     all_succeeded(&summary);
+    // (No check of posts_without_socket here: a server cutting the socket can always race
+    // with a POST already under way.)
     let stats = sim.stats();
-    assert_eq!(stats.posts_without_socket, 0, "posted on a dropped socket");
     assert_eq!(
         stats.prompts_accepted, 6,
         "a prompt the server still had was posted again"
@@ -249,10 +274,7 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
         cancel_rx,
     ));
     // One prompt running (hung), one waiting behind it on the server.
-    wait_until("two prompts on the server", || {
-        sim.stats().prompts_accepted == 2
-    })
-    .await;
+    wait_running_and_pending(&sim.url()).await;
     cancel_tx.send(true).unwrap();
     let summary = run.await.unwrap().unwrap();
     let report = check_run(&summary, &jobs, &out);
@@ -282,9 +304,12 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
             "{id} was neither deleted nor interrupted: {stats:?}"
         );
     }
-    assert!(
-        stats.interrupts.iter().any(|i| i.hit.is_some()),
-        "the running prompt was not interrupted: {:?}",
+    // The pending prompt is deleted before the running one is interrupted, so the server
+    // never starts it: exactly one interrupt hits.
+    assert_eq!(
+        stats.interrupts.iter().filter(|i| i.hit.is_some()).count(),
+        1,
+        "{:?}",
         stats.interrupts
     );
     assert!(

@@ -221,9 +221,7 @@ async fn stop_with(signal: &str) {
     let manifest = small_manifest(dir.path(), 4, 1, "");
     let out = dir.path().join("out");
     let runner = Runner::start(&manifest, &out, &sim.url());
-    wait_for("one prompt running and one queued", || {
-        sim.stats().prompts_accepted == 2
-    });
+    crate::faults::wait_running_and_pending(&sim.url()).await;
     runner.signal(signal);
     let (code, stderr) = runner.wait();
     assert_eq!(code, Some(130), "{stderr}");
