@@ -1060,30 +1060,32 @@ async fn attempt(
         prompt_id: &prompt_id,
     };
     task.prompt_id = Some(prompt_id.clone());
-    if reattached.is_none() {
-        let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {
-            output.ledger.append(&LedgerRecord::Submitted {
-                v: LEDGER_VERSION,
-                run_id: ctx.run_id.clone(),
-                key: task.job.key.clone(),
-                job_hash: task.job.hash.clone(),
-                server: client.url().to_owned(),
-                prompt_id: prompt_id.clone(),
-                attempt: task.attempts,
-            })
-        });
-        if let Err(error) = appended {
-            return Attempt::Failed(
-                JobStatus::Failed,
-                JobError::new(ErrorKind::Io, error.to_string()),
-            );
-        }
-        ctx.emit(Event::Submitted {
-            key: task.key.clone(),
-            server: conn.index,
+    // Recorded before the POST, so a killed run leaves a prompt to look for; also for a
+    // re-attached prompt: this run owns it now, and its `finished` record closes it.
+    let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {
+        output.ledger.append(&LedgerRecord::Submitted {
+            v: LEDGER_VERSION,
+            run_id: ctx.run_id.clone(),
+            key: task.job.key.clone(),
+            job_hash: task.job.hash.clone(),
+            server: client.url().to_owned(),
             prompt_id: prompt_id.clone(),
             attempt: task.attempts,
-        });
+        })
+    });
+    if let Err(error) = appended {
+        return Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, error.to_string()),
+        );
+    }
+    ctx.emit(Event::Submitted {
+        key: task.key.clone(),
+        server: conn.index,
+        prompt_id: prompt_id.clone(),
+        attempt: task.attempts,
+    });
+    if reattached.is_none() {
         let request = PromptRequest {
             prompt: &task.job.workflow,
             client_id: &posted_as,
@@ -1138,13 +1140,6 @@ async fn attempt(
             }
             Ok(PostOutcome::Accepted(_)) => task.timings.queued = Some(ctx.elapsed_ms()),
         }
-    } else {
-        ctx.emit(Event::Submitted {
-            key: task.key.clone(),
-            server: conn.index,
-            prompt_id: prompt_id.clone(),
-            attempt: task.attempts,
-        });
     }
 
     // Our socket never hears about a re-attached prompt (another clientId posted it): poll.

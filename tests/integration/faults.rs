@@ -585,3 +585,66 @@ async fn report_folder_that_cannot_be_created_is_a_clear_error() {
     assert_eq!(sim.stats().prompts_accepted, 0, "a prompt was sent anyway");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
+    use plasma_batch::engine::ChapterOutput;
+    use plasma_batch::ledger::{LEDGER_VERSION, LedgerRecord, open_submissions, read_records};
+    // A killed run left prompt p1 on the server, where it failed (a node exception).
+    let sim = sim_with(0, &["raise:VAEDecode"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
+    let jobs = jobs(&plan);
+    let job = &jobs[0];
+    let out = dir.path().join("out");
+    let p1 = uuid::Uuid::new_v4().to_string();
+    let posted = reqwest::Client::new()
+        .post(format!("{}/prompt", sim.url()))
+        .json(&serde_json::json!({"prompt": job.workflow, "client_id": "killed-run", "prompt_id": p1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success());
+    wait_until("the prompt to fail on the server", || {
+        sim.stats().executed == 1
+    })
+    .await;
+    let (output, _) = ChapterOutput::open(&out, 7).unwrap();
+    output
+        .ledger
+        .append(&LedgerRecord::Submitted {
+            v: LEDGER_VERSION,
+            run_id: "killed".into(),
+            key: job.key.clone(),
+            job_hash: job.hash.clone(),
+            server: sim.url(),
+            prompt_id: p1.clone(),
+            attempt: 1,
+        })
+        .unwrap();
+    drop(output);
+
+    // The next run re-attaches to p1 instead of posting, and reports its failure.
+    let rerun = || {
+        run_jobs(
+            options(&plan, &out, engine()),
+            vec![client(&sim.url())],
+            jobs.clone(),
+            no_cancel(),
+        )
+    };
+    let second = rerun().await.unwrap();
+    check_run(&second, &jobs, &out);
+    assert_eq!(second.outcomes[0].status, JobStatus::Failed);
+    assert_eq!(second.outcomes[0].prompt_id.as_deref(), Some(p1.as_str()));
+    assert_eq!(sim.stats().prompts_accepted, 1, "p1 was posted again");
+    // That run ended the job: nothing is left open to re-attach to ...
+    let records = read_records(&out.join("ch-07/ledger.jsonl")).unwrap();
+    assert!(open_submissions(&records).is_empty(), "{records:?}");
+    // ... so a third run renders the job again instead of re-reading p1's old failure.
+    let third = rerun().await.unwrap();
+    check_run(&third, &jobs, &out);
+    assert_ne!(third.outcomes[0].prompt_id.as_deref(), Some(p1.as_str()));
+    assert_eq!(sim.stats().prompts_accepted, 2);
+    sim.shutdown().await;
+}
