@@ -648,3 +648,36 @@ async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
     assert_eq!(sim.stats().prompts_accepted, 2);
     sim.shutdown().await;
 }
+
+/// One job against a server whose images are bad in the way `fault` makes them: the job
+/// fails with a download error containing `expect`, and no image is written anywhere.
+async fn bad_image_fails_the_job(fault: &str, expect: &str) {
+    let sim = sim_with(0, &[fault]).await;
+    let (summary, _, dir) = run_on(&[sim.url()], 1, 1, engine()).await;
+    let outcome = &summary.outcomes[0];
+    assert_eq!(outcome.status, JobStatus::Failed, "{fault}");
+    let error = outcome.error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Download, "{fault}: {error:?}");
+    assert!(error.message.contains(expect), "{fault}: {}", error.message);
+    assert!(files_under(&dir.path().join("out/ch-07/raw")).is_empty());
+    // Nothing was written next to the output root either (`../../` names).
+    let mut outside = files_under(dir.path());
+    outside.retain(|f| !f.starts_with("out/") && f != "chapter.toml");
+    assert!(outside.is_empty(), "{outside:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn view_truncated_fails_the_job_without_an_image() {
+    bad_image_fails_the_job("view-truncated", "not a complete PNG").await;
+}
+
+#[tokio::test]
+async fn view_not_png_fails_the_job_without_an_image() {
+    bad_image_fails_the_job("view-not-png", "not a complete PNG").await;
+}
+
+#[tokio::test]
+async fn history_naming_parent_paths_fails_the_job_and_fetches_nothing() {
+    bad_image_fails_the_job("traversal-filenames", "unsafe output file").await;
+}
