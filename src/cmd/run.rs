@@ -223,9 +223,7 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
             );
             let _ = cancel.send(true);
         } else {
-            for dir in &temp_dirs {
-                remove_own_temp_files(dir);
-            }
+            let _no_new_temp_files = remove_own_temp_files(&temp_dirs);
             eprintln!("exiting at once; the ledger and the last written report are consistent");
             std::process::exit(exit_codes::INTERRUPTED);
         }
