@@ -924,6 +924,16 @@ async fn run_task(
     mut task: Task,
     permit: OwnedSemaphorePermit,
 ) {
+    // A slot freed by a cancelled attempt can hand out a job before the canceller has
+    // closed the queue: never post after the run was cancelled.
+    if shared.ctx.cancelled() {
+        drop(permit);
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "the run was cancelled before this job was submitted",
+        );
+        return shared.finish(task.fail(JobStatus::Cancelled, error));
+    }
     task.attempts += 1;
     task.server = Some(conn.client.url().to_owned());
     let (cancel_tx, job_cancel) = watch::channel(false);
