@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,11 @@ use crate::events::{
 use crate::ledger::{LEDGER_VERSION, Ledger, LedgerRecord};
 use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
 use crate::plan::Job;
+
+/// Attempts of one job that a server restart may cost without using up its
+/// `transient_retries`: losing a prompt to a restart is not the job's fault, but a server
+/// that restarts forever must not keep a job alive forever either.
+const MAX_RESTART_LOSSES: u32 = 5;
 
 /// Largest image body accepted from `/view`.
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
@@ -434,6 +439,8 @@ struct Task {
     /// Attempts made so far (posted or tried to post).
     attempts: u32,
     transient_failures: u32,
+    /// Transient failures caused by a server restart or socket loss during the attempt.
+    restart_losses: u32,
     deterministic_failures: u32,
     server: Option<String>,
     prompt_id: Option<String>,
@@ -449,6 +456,7 @@ impl Task {
             job,
             attempts: 0,
             transient_failures: 0,
+            restart_losses: 0,
             deterministic_failures: 0,
             server: None,
             prompt_id: None,
@@ -610,7 +618,9 @@ enum Signal {
 struct ServerConn {
     index: usize,
     client: ComfyClient,
-    client_id: String,
+    /// The `clientId` of the current socket; replaced after a zombie socket (see
+    /// `connection_task`), so read it with [`ServerConn::client_id`].
+    client_id: Mutex<String>,
     routes: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
     /// `true` while the socket is open and confirmed.
     up: watch::Sender<bool>,
@@ -618,6 +628,12 @@ struct ServerConn {
     retired_notify: Notify,
     /// Transient failures since the last success on this server.
     consecutive_failures: AtomicU32,
+    /// Sockets lost so far: an attempt that sees it change lived through a drop or restart.
+    epoch: AtomicU64,
+    /// The last epoch whose restart was counted in `consecutive_failures`.
+    counted_epoch: AtomicU64,
+    /// Set once the run's cancellation deleted every pending prompt of ours here.
+    pending_deleted: tokio::sync::OnceCell<()>,
 }
 
 impl ServerConn {
@@ -625,13 +641,20 @@ impl ServerConn {
         ServerConn {
             index,
             client,
-            client_id: uuid::Uuid::new_v4().to_string(),
+            client_id: Mutex::new(uuid::Uuid::new_v4().to_string()),
             routes: Mutex::new(HashMap::new()),
             up: watch::channel(false).0,
             retired: AtomicBool::new(false),
             retired_notify: Notify::new(),
             consecutive_failures: AtomicU32::new(0),
+            epoch: AtomicU64::new(0),
+            counted_epoch: AtomicU64::new(u64::MAX),
+            pending_deleted: tokio::sync::OnceCell::new(),
         }
+    }
+
+    fn client_id(&self) -> String {
+        self.client_id.lock().expect("client id poisoned").clone()
     }
 
     fn route(&self, prompt_id: &str) -> mpsc::UnboundedReceiver<Signal> {
@@ -668,6 +691,26 @@ impl ServerConn {
 
     fn has_routes(&self) -> bool {
         !self.routes.lock().expect("routes poisoned").is_empty()
+    }
+
+    /// On cancelling the run: delete all our prompts from the server's queue in one request,
+    /// once, before any of them is interrupted. Interrupting the running prompt first would
+    /// let the server start our next pending one before its own delete arrives.
+    async fn delete_all_pending(&self) {
+        self.pending_deleted
+            .get_or_init(|| async {
+                let ids: Vec<String> = self
+                    .routes
+                    .lock()
+                    .expect("routes poisoned")
+                    .keys()
+                    .cloned()
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = self.client.delete_queued(&ids).await;
+                }
+            })
+            .await;
     }
 
     fn is_retired(&self) -> bool {
@@ -749,7 +792,8 @@ async fn connection_task(
         if *stop.borrow() {
             return;
         }
-        match WsConnection::connect(&conn.client, &conn.client_id, config.handshake_timeout).await {
+        let client_id = conn.client_id();
+        match WsConnection::connect(&conn.client, &client_id, config.handshake_timeout).await {
             Ok(mut ws) => {
                 tracing::debug!(server = conn.client.url(), sid = %ws.sid, "socket confirmed");
                 failures = 0;
@@ -758,19 +802,34 @@ async fn connection_task(
                     server: conn.index,
                     state: ServerState::Connected,
                 });
-                let reason = pump(&shared, &conn, &mut ws, &mut stop).await;
+                let end = pump(&shared, &conn, &mut ws, &mut stop).await;
                 let _ = conn.up.send_replace(false);
+                conn.epoch.fetch_add(1, Ordering::SeqCst);
                 // Close before the same clientId is used again (protocol §1.1): a late close
                 // of this socket would otherwise unregister the new one.
                 ws.close().await;
+                let reason = match end {
+                    SocketEnd::Stopped => {
+                        conn.broadcast_disconnect();
+                        return;
+                    }
+                    SocketEnd::Closed(reason) => reason,
+                    SocketEnd::Silent(reason) => {
+                        // A zombie reads nothing, so our close never reaches the server, which
+                        // still has it registered under our id and will unregister that id
+                        // (§1.1: by id, not by socket) whenever it notices the socket is dead,
+                        // silently orphaning a new socket that reuses it. Use a fresh id;
+                        // prompts posted under the old one are followed over HTTP.
+                        *conn.client_id.lock().expect("client id poisoned") =
+                            uuid::Uuid::new_v4().to_string();
+                        reason
+                    }
+                };
                 conn.broadcast_disconnect();
-                match reason {
-                    None => return,
-                    Some(reason) => shared.ctx.emit(Event::Server {
-                        server: conn.index,
-                        state: ServerState::Reconnecting(reason),
-                    }),
-                }
+                shared.ctx.emit(Event::Server {
+                    server: conn.index,
+                    state: ServerState::Reconnecting(reason),
+                });
                 down_since = Some(Instant::now());
             }
             Err(error) => {
@@ -801,13 +860,23 @@ async fn connection_task(
     }
 }
 
-/// Read frames until the socket closes (returns the reason) or the run stops (`None`).
+/// Why [`pump`] stopped reading a socket.
+enum SocketEnd {
+    /// The run is over.
+    Stopped,
+    /// The socket closed or failed.
+    Closed(String),
+    /// Open but silent (not even pongs) while prompts were outstanding: a zombie.
+    Silent(String),
+}
+
+/// Read frames until the socket closes or goes silent, or the run stops.
 async fn pump(
     shared: &Shared,
     conn: &ServerConn,
     ws: &mut WsConnection,
     stop: &mut watch::Receiver<bool>,
-) -> Option<String> {
+) -> SocketEnd {
     let ping_interval = shared.config.ping_interval;
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -821,20 +890,20 @@ async fn pump(
                 }
                 WsEvent::Ignored => last_frame = Instant::now(),
                 WsEvent::Closed(reason) => {
-                    return Some(format!("the socket closed{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
+                    return SocketEnd::Closed(format!("the socket closed{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
                 }
             },
             _ = ping.tick() => {
                 // Not even a pong for three ping periods while we wait on prompts: the link
                 // is dead even if TCP has not noticed. Reconnect; waiters reconcile over HTTP.
                 if conn.has_routes() && last_frame.elapsed() > ping_interval * 3 {
-                    return Some(format!("no frame for {:.0} s", last_frame.elapsed().as_secs_f64()));
+                    return SocketEnd::Silent(format!("no frame for {:.0} s", last_frame.elapsed().as_secs_f64()));
                 }
                 if let Err(error) = ws.ping().await {
-                    return Some(error.to_string());
+                    return SocketEnd::Closed(error.to_string());
                 }
             }
-            _ = stop.changed() => return None,
+            _ = stop.changed() => return SocketEnd::Stopped,
         }
     }
 }
@@ -855,6 +924,16 @@ async fn run_task(
     mut task: Task,
     permit: OwnedSemaphorePermit,
 ) {
+    // A slot freed by a cancelled attempt can hand out a job before the canceller has
+    // closed the queue: never post after the run was cancelled.
+    if shared.ctx.cancelled() {
+        drop(permit);
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "the run was cancelled before this job was submitted",
+        );
+        return shared.finish(task.fail(JobStatus::Cancelled, error));
+    }
     task.attempts += 1;
     task.server = Some(conn.client.url().to_owned());
     let (cancel_tx, job_cancel) = watch::channel(false);
@@ -863,6 +942,7 @@ async fn run_task(
         .lock()
         .expect("cancels poisoned")
         .insert(task.job.key.clone(), cancel_tx);
+    let epoch = conn.epoch.load(Ordering::SeqCst);
     let attempt = attempt(&shared, &conn, &mut task, permit, job_cancel).await;
     shared
         .job_cancels
@@ -905,7 +985,20 @@ async fn run_task(
                 );
                 return shared.finish(task.fail(JobStatus::Cancelled, error));
             }
-            task.transient_failures += 1;
+            // The socket was lost while this attempt ran (a drop or a restart): every prompt
+            // in flight fails at once, through no fault of its job. Such a loss does not use
+            // up the job's retries (up to MAX_RESTART_LOSSES), and counts once per socket
+            // loss towards retiring the server, not once per prompt: in_flight prompts lost
+            // to one restart would otherwise retire a server that is back and healthy.
+            let now = conn.epoch.load(Ordering::SeqCst);
+            let restart = now != epoch && task.restart_losses < MAX_RESTART_LOSSES;
+            let counts_for_server = if restart {
+                task.restart_losses += 1;
+                conn.counted_epoch.swap(now, Ordering::SeqCst) != now
+            } else {
+                task.transient_failures += 1;
+                true
+            };
             if task.transient_failures > shared.config.transient_retries {
                 let error = JobError::new(
                     ErrorKind::Server,
@@ -914,7 +1007,11 @@ async fn run_task(
                 return shared.finish(task.fail(JobStatus::Failed, error));
             }
             // A server that keeps failing is taken out of rotation; its jobs move on.
-            let in_a_row = conn.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+            let in_a_row = if counts_for_server {
+                conn.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                conn.consecutive_failures.load(Ordering::SeqCst)
+            };
             if in_a_row >= shared.config.server_failures_to_retire && !conn.is_retired() {
                 conn.retire();
                 shared.ctx.emit(Event::Server {
@@ -930,7 +1027,7 @@ async fn run_task(
                 reason,
             });
             // Wait here (not in a detached task) so the run cannot end while a retry is due.
-            let delay = shared.backoff(task.transient_failures);
+            let delay = shared.backoff(task.transient_failures + task.restart_losses);
             let mut cancel = shared.ctx.cancel.clone();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -966,43 +1063,56 @@ async fn attempt(
         None => uuid::Uuid::new_v4().to_string(),
     };
     let mut signals = conn.route(&prompt_id);
+    // Frames about the prompt go to the socket of the clientId it was posted with.
+    let posted_as = conn.client_id();
     let _unroute = Unroute {
         conn,
         prompt_id: &prompt_id,
     };
     task.prompt_id = Some(prompt_id.clone());
-    if reattached.is_none() {
-        let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {
-            output.ledger.append(&LedgerRecord::Submitted {
-                v: LEDGER_VERSION,
-                run_id: ctx.run_id.clone(),
-                key: task.job.key.clone(),
-                job_hash: task.job.hash.clone(),
-                server: client.url().to_owned(),
-                prompt_id: prompt_id.clone(),
-                attempt: task.attempts,
-            })
-        });
-        if let Err(error) = appended {
-            return Attempt::Failed(
-                JobStatus::Failed,
-                JobError::new(ErrorKind::Io, error.to_string()),
-            );
-        }
-        ctx.emit(Event::Submitted {
-            key: task.key.clone(),
-            server: conn.index,
+    // Recorded before the POST, so a killed run leaves a prompt to look for; also for a
+    // re-attached prompt: this run owns it now, and its `finished` record closes it.
+    let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {
+        output.ledger.append(&LedgerRecord::Submitted {
+            v: LEDGER_VERSION,
+            run_id: ctx.run_id.clone(),
+            key: task.job.key.clone(),
+            job_hash: task.job.hash.clone(),
+            server: client.url().to_owned(),
             prompt_id: prompt_id.clone(),
             attempt: task.attempts,
-        });
+        })
+    });
+    if let Err(error) = appended {
+        return Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Io, error.to_string()),
+        );
+    }
+    ctx.emit(Event::Submitted {
+        key: task.key.clone(),
+        server: conn.index,
+        prompt_id: prompt_id.clone(),
+        attempt: task.attempts,
+    });
+    if reattached.is_none() {
         let request = PromptRequest {
             prompt: &task.job.workflow,
-            client_id: &conn.client_id,
+            client_id: &posted_as,
             prompt_id: &prompt_id,
         };
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
         match client.post_prompt(&request).await {
-            Err(error) if error.is_transient() => return Attempt::Transient(error.to_string()),
+            // The answer was lost, not necessarily the prompt: a connection reset or a
+            // timeout after the server queued it would otherwise render it twice. The id is
+            // ours, so ask; only a prompt the server does not know is posted again.
+            Err(error) if error.is_transient() => match reconcile(client, &prompt_id).await {
+                Ok(Reconciled::Waiting { .. } | Reconciled::Finished(_)) => {
+                    tracing::debug!(%prompt_id, %error, "the post failed but the server has the prompt");
+                    task.timings.queued = Some(ctx.elapsed_ms());
+                }
+                _ => return Attempt::Transient(error.to_string()),
+            },
             Err(error) => {
                 return Attempt::Failed(
                     JobStatus::Failed,
@@ -1040,24 +1150,17 @@ async fn attempt(
             }
             Ok(PostOutcome::Accepted(_)) => task.timings.queued = Some(ctx.elapsed_ms()),
         }
-    } else {
-        ctx.emit(Event::Submitted {
-            key: task.key.clone(),
-            server: conn.index,
-            prompt_id: prompt_id.clone(),
-            attempt: task.attempts,
-        });
     }
 
     // Our socket never hears about a re-attached prompt (another clientId posted it): poll.
-    let poll = reattached.is_some();
+    let posted_as = reattached.is_none().then_some(posted_as.as_str());
     let terminal = match wait_for_end(
         shared,
         conn,
         task,
         &prompt_id,
         &mut signals,
-        poll,
+        posted_as,
         job_cancel,
     )
     .await
@@ -1121,23 +1224,24 @@ impl Drop for Unroute<'_> {
 }
 
 /// Wait for the prompt's end, enforcing the timeout and reconciling when the socket is lost
-/// or silent. `Err` carries the attempt's result when it ended without a normal finish.
+/// or silent. `posted_as` is the clientId the prompt was posted with (`None`: not by us);
+/// while our socket has another id, nothing will be heard about the prompt, so it is polled.
+/// `Err` carries the attempt's result when it ended without a normal finish.
 async fn wait_for_end(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,
     task: &mut Task,
     prompt_id: &str,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
-    poll: bool,
+    posted_as: Option<&str>,
     mut job_cancel: watch::Receiver<bool>,
 ) -> Result<Terminal, Attempt> {
     let ctx = &shared.ctx;
     let config = &shared.config;
-    let stall = if poll {
-        config.stall.min(Duration::from_secs(1))
-    } else {
-        config.stall
-    };
+    let deaf = || posted_as.is_none_or(|id| conn.client_id() != id);
+    let poll = deaf();
+    let stall = config.stall;
+    let poll_every = config.stall.min(Duration::from_secs(1));
     let mut cancel = ctx.cancel.clone();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut error: Option<JobError> = None;
@@ -1158,6 +1262,7 @@ async fn wait_for_end(
             }
             // A dropped sender means nobody can cancel any more, not that we were cancelled.
             _ = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+                conn.delete_all_pending().await;
                 cancel_on_server(&conn.client, prompt_id).await;
                 return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "the run was cancelled while this job was running; it was removed or interrupted on the server")));
             }
@@ -1219,7 +1324,13 @@ async fn wait_for_end(
                             deadline = Some(tokio::time::Instant::now() + config.timeout);
                         }
                         let up = *conn.up.borrow();
-                        check_at = tokio::time::Instant::now() + if up { stall } else { shared.backoff(1) };
+                        check_at = tokio::time::Instant::now() + if !up {
+                            shared.backoff(1)
+                        } else if deaf() {
+                            poll_every
+                        } else {
+                            stall
+                        };
                     }
                     Ok(Reconciled::Finished(entry)) => return Ok(Terminal::FromHistory(entry)),
                     Ok(Reconciled::Lost) => {
@@ -1426,7 +1537,10 @@ async fn write_images(
     let mut staged = Vec::with_capacity(images.len());
     for image in images {
         let mut last_error = None;
-        for try_no in 1..=3u32 {
+        let mut try_no = 1u32;
+        // Consecutive "cannot reach the server" answers: those do not use up the tries.
+        let mut unreachable: Option<(Instant, u32)> = None;
+        while try_no <= 3 {
             match download(shared, client, image, task.job.chapter, expected).await {
                 Ok(image) => {
                     staged.push(image);
@@ -1439,9 +1553,24 @@ async fn write_images(
                         JobError::new(ErrorKind::Io, error),
                     ));
                 }
+                // The server restarted (or blipped) after rendering: its files are still
+                // on its disk, so wait for it like the socket does instead of failing the
+                // job; past `retire_after` it is a transient failure (render elsewhere).
+                Err(DownloadError::Unreachable(error)) => {
+                    let (since, waits) = unreachable.get_or_insert((Instant::now(), 0));
+                    *waits += 1;
+                    if since.elapsed() >= shared.config.retire_after {
+                        return Err(Attempt::Transient(format!(
+                            "the rendered image could not be fetched: {error}"
+                        )));
+                    }
+                    tokio::time::sleep(shared.backoff(*waits)).await;
+                }
                 Err(DownloadError::Bad(error)) => {
+                    unreachable = None;
                     last_error = Some(error);
                     tokio::time::sleep(shared.backoff(try_no)).await;
+                    try_no += 1;
                 }
             }
         }
@@ -1518,6 +1647,8 @@ enum DownloadError {
     Io(String),
     /// The server's answer was bad or broke off.
     Bad(String),
+    /// The server could not be reached or answered 5xx: worth waiting for.
+    Unreachable(String),
 }
 
 /// Stream one image into a temp file, fsync and check it.
@@ -1541,10 +1672,13 @@ async fn download(
         .reopen()
         .map_err(|e| DownloadError::Io(format!("failed to open {}: {e}", temp.path().display())))?;
     let mut file = tokio::fs::File::from_std(file);
-    let response = client
-        .view(image)
-        .await
-        .map_err(|e| DownloadError::Bad(e.to_string()))?;
+    let response = client.view(image).await.map_err(|e| {
+        if e.is_transient() {
+            DownloadError::Unreachable(e.to_string())
+        } else {
+            DownloadError::Bad(e.to_string())
+        }
+    })?;
     let declared = response.content_length();
     let mut stream = response.bytes_stream();
     let mut written: u64 = 0;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockWriteGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -165,11 +165,7 @@ impl ImageStore {
 
     /// A new temp file in the image folder (same filesystem, so the final link is atomic).
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, PathError> {
-        tempfile::Builder::new()
-            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-            .suffix(".part")
-            .tempfile_in(&self.dir)
-            .map_err(|e| PathError::new("create a temp file in", &self.dir, e))
+        new_temp_file(&self.dir)
     }
 
     /// fsync the written temp file, check it is a PNG (of `expected` size when given), and
@@ -301,11 +297,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
 /// Readers see the old file or the new one, never a mix; a crash leaves one of them.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| PathError::new("create a temp file in", dir, e))?;
+    let mut temp = new_temp_file(dir)?;
     temp.write_all(contents)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| PathError::new("write", temp.path(), e))?;
@@ -326,6 +318,41 @@ pub fn remove_stale_temp_files(dir: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Held (shared) while a temp file is being created; [`remove_own_temp_files`] holds it
+/// exclusively, so no temp file of ours can appear after it looked.
+static TEMP_FILES: RwLock<()> = RwLock::new(());
+
+/// `.plasma-tmp-<pid>-<random>.part` in `dir`, removed when dropped.
+fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, PathError> {
+    let _creating = TEMP_FILES.read().unwrap_or_else(|e| e.into_inner());
+    tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| PathError::new("create a temp file in", dir, e))
+}
+
+/// Remove this process's own temp files in `dirs`, for an exit that skips destructors (the
+/// second Ctrl-C), so it leaves nothing behind even before the next run cleans up. Returns a
+/// guard that blocks the creation of new temp files: exit while holding it. A writer racing
+/// with this only loses its temp file (its rename or link fails); final names are never
+/// touched.
+pub fn remove_own_temp_files(dirs: &[PathBuf]) -> RwLockWriteGuard<'static, ()> {
+    let guard = TEMP_FILES.write().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().and_then(temp_file_pid) == Some(me) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+    guard
 }
 
 fn temp_file_pid(name: &str) -> Option<u32> {

@@ -69,6 +69,8 @@ pub struct ComfySettings {
     pub servers: Vec<String>,
     pub timeout_secs: f64,
     pub in_flight: Option<usize>,
+    /// `--retry-failed` turns it on too; there is no flag to turn it off.
+    pub retry_failed: bool,
 }
 
 /// One image request: a page variant with its resolved parameters and filled workflow.
@@ -153,6 +155,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
                 servers: parsed.comfy.servers.clone(),
                 timeout_secs: parsed.comfy.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
                 in_flight: parsed.comfy.in_flight,
+                retry_failed: parsed.comfy.retry_failed,
             },
             jobs,
         }),

@@ -203,6 +203,10 @@ pub async fn run_jobs(
         .expect("the collector thread is joined")
         .expect("the collector thread does not panic");
     let cancelled = *cancel.borrow();
+    // The report is the record of what happened: if its folder went away during the run
+    // (cleaned up by hand, a script), make it again rather than lose the report; a folder
+    // that cannot be made fails the write below with its path.
+    let _ = std::fs::create_dir_all(&dirs.reports);
     let report = collected.writer.finish(SystemTime::now())?;
     let sheet = html::contact_sheet(&report, &options.out_root);
     write_atomic(&contact_sheet_path, sheet.as_bytes())?;

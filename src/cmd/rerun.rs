@@ -71,12 +71,14 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
     let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
     let (sim, clients) = connect(args.sim, &args.servers, &recorded).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    tokio::spawn(watch_signals(cancel_tx));
+    let out_root: std::path::PathBuf = args
+        .out
+        .clone()
+        .unwrap_or_else(|| report.output_root.clone().into());
+    let dirs = crate::output::ChapterDirs::new(&out_root, report.chapter);
+    tokio::spawn(watch_signals(cancel_tx, vec![dirs.images, dirs.reports]));
     let options = RunOptions {
-        out_root: args
-            .out
-            .clone()
-            .unwrap_or_else(|| report.output_root.clone().into()),
+        out_root,
         chapter: report.chapter,
         title: report.title.clone(),
         manifest_path: report.manifest.path.clone(),

@@ -1,6 +1,7 @@
 //! `plasma-batch run`: validate, choose servers, preflight, render, report.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
+use crate::output::{ChapterDirs, remove_own_temp_files};
 use crate::plan::{Job, load_plan};
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions, RunSummary};
@@ -47,7 +49,8 @@ pub async fn run(args: RunArgs) -> CmdResult {
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    tokio::spawn(watch_signals(cancel_tx));
+    let dirs = ChapterDirs::new(&args.out, plan.chapter);
+    tokio::spawn(watch_signals(cancel_tx, vec![dirs.images, dirs.reports]));
 
     let options = RunOptions {
         out_root: args.out.clone(),
@@ -61,7 +64,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         engine: EngineConfig {
             in_flight,
             timeout: Duration::from_secs_f64(timeout),
-            retry_failed: args.retry_failed,
+            retry_failed: args.retry_failed || plan.comfy.retry_failed,
             ..EngineConfig::default()
         },
         mode: if args.quiet || args.json {
@@ -200,8 +203,9 @@ pub fn select_jobs(jobs: Vec<Job>, only: &[String]) -> Result<Vec<Arc<Job>>, Cmd
 }
 
 /// First Ctrl-C or SIGTERM: stop cleanly. Second: exit at once (the ledger and the report
-/// are written atomically, so they stay consistent).
-pub async fn watch_signals(cancel: watch::Sender<bool>) {
+/// are written atomically, so they stay consistent); our temp files in `temp_dirs` (a
+/// download or report write cut short) are removed first, since `exit` runs no destructors.
+pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>) {
     #[cfg(unix)]
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -229,6 +233,7 @@ pub async fn watch_signals(cancel: watch::Sender<bool>) {
             );
             let _ = cancel.send(true);
         } else {
+            let _no_new_temp_files = remove_own_temp_files(&temp_dirs);
             eprintln!("exiting at once; the ledger and the last written report are consistent");
             std::process::exit(exit_codes::INTERRUPTED);
         }

@@ -50,6 +50,8 @@ pub struct Comfy {
     pub servers: Vec<String>,
     pub timeout_secs: Option<f64>,
     pub in_flight: Option<usize>,
+    /// Also retry deterministic failures once (like `--retry-failed`).
+    pub retry_failed: bool,
 }
 
 /// The settings `[defaults]` gives and a page may override; `None` means "not set here".

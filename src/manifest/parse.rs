@@ -14,7 +14,7 @@ use crate::plan::LoraParams;
 
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
 const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
-const COMFY_KEYS: &[&str] = &["servers", "timeout", "in_flight"];
+const COMFY_KEYS: &[&str] = &["servers", "timeout", "in_flight", "retry_failed"];
 const SETTING_KEYS: &[&str] = &[
     "workflow",
     "lora_workflow",
@@ -386,6 +386,12 @@ impl Checker<'_> {
                     "`in_flight` is prompts queued per server",
                 )
                 .map(|n| n as usize);
+        }
+        if let Some(v) = t.get("retry_failed") {
+            match v.get_ref().as_bool() {
+                Some(retry) => comfy.retry_failed = retry,
+                None => self.wrong_type(v, "retry_failed", "`true` or `false`"),
+            }
         }
         comfy
     }
@@ -807,6 +813,17 @@ prompt = "q"
                 "`prompt` belongs in [[pages]]",
                 "`timeout` belongs in [comfy]",
             ]
+        );
+    }
+
+    #[test]
+    fn retry_failed_is_a_boolean_in_comfy() {
+        let (m, problems) = parse(&format!("[comfy]\nretry_failed = true\n{MINIMAL}"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(m.unwrap().comfy.retry_failed);
+        assert_eq!(
+            codes(&format!("[comfy]\nretry_failed = \"yes\"\n{MINIMAL}")),
+            ["manifest::wrong_type"]
         );
     }
 

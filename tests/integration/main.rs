@@ -2,6 +2,8 @@
 
 mod auth;
 mod cli;
+mod faults;
+mod faults_process;
 mod manifest;
 mod report_schema;
 mod run;
