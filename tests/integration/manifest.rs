@@ -378,31 +378,3 @@ fn nothing_is_written_to_disk() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
-
-/// Planning a 100,000-job manifest; run with `cargo test --release -- --ignored` (debug
-/// builds are several times slower than the < 1 s release target).
-#[test]
-#[ignore = "timing; run in release"]
-fn plans_100k_jobs_quickly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut text = String::from("[chapter]\nnumber = 1\n[defaults]\nvariants = 100\n");
-    text.push_str(&format!(
-        "workflow = '{}'\n",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("workflows/txt2img.json")
-            .display()
-    ));
-    for page in 1..=999 {
-        text.push_str(&format!(
-            "[[pages]]\npage = {page}\nprompt = \"page {page}, ink\"\n"
-        ));
-    }
-    let path = dir.path().join("big.toml");
-    std::fs::write(&path, text).unwrap();
-    let start = std::time::Instant::now();
-    let plan = load_plan(&path).unwrap_or_else(|d| panic!("{}", render(&d)));
-    let took = start.elapsed();
-    assert_eq!(plan.jobs.len(), 99_900);
-    eprintln!("planned {} jobs in {took:?}", plan.jobs.len());
-    assert!(took.as_secs_f64() < 1.0, "took {took:?}");
-}
