@@ -996,7 +996,7 @@ async fn attempt(
             attempt: task.attempts,
         });
         let request = PromptRequest {
-            prompt: &task.job.workflow,
+            prompt: task.job.workflow.raw(),
             client_id: &conn.client_id,
             prompt_id: &prompt_id,
         };

@@ -131,7 +131,7 @@ pub struct JobReport {
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
     /// The filled API-format workflow exactly as sent (`rerun` sends it again).
-    pub prompt: serde_json::Value,
+    pub prompt: crate::workflow::Workflow,
 }
 
 impl JobReport {

@@ -193,20 +193,20 @@ fn a_json_hostile_prompt_round_trips_exactly() {
         u64::MAX,
         "explicit seeds use KSampler's full range"
     );
-    let text = &job.workflow["6"]["inputs"]["text"];
+    let text = &job.workflow.to_value()["6"]["inputs"]["text"];
     assert_eq!(
         text, HOSTILE_PROMPT,
         "the prompt reaches the workflow unchanged"
     );
     assert_eq!(
-        job.workflow["7"]["inputs"]["text"],
+        job.workflow.to_value()["7"]["inputs"]["text"],
         "C:\\temp\\{{negative}} \"raw\" \\n not a newline"
     );
-    assert_eq!(job.workflow["3"]["inputs"]["seed"], u64::MAX);
+    assert_eq!(job.workflow.to_value()["3"]["inputs"]["seed"], u64::MAX);
     // What is sent is JSON text: it must parse back to the very same workflow.
     let sent = serde_json::to_string(&job.workflow).unwrap();
     let back: serde_json::Value = serde_json::from_str(&sent).unwrap();
-    assert_eq!(back, job.workflow);
+    assert_eq!(back, job.workflow.to_value());
 
     let out = bin().args(["plan", "--json", HOSTILE]).assert().success();
     let doc: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -252,6 +252,7 @@ fn ch01_exercises_the_language() {
     for job in &plan.jobs {
         let has_loader = job
             .workflow
+            .to_value()
             .as_object()
             .unwrap()
             .values()
@@ -259,14 +260,14 @@ fn ch01_exercises_the_language() {
         assert_eq!(has_loader, job.params.lora.is_some(), "{}", job.key);
         if let Some(lora) = &job.params.lora {
             assert_eq!(
-                job.workflow["10"]["inputs"]["lora_name"],
+                job.workflow.to_value()["10"]["inputs"]["lora_name"],
                 lora.name.as_str()
             );
         }
-        assert_eq!(job.workflow["3"]["inputs"]["seed"], job.seed);
+        assert_eq!(job.workflow.to_value()["3"]["inputs"]["seed"], job.seed);
         assert_eq!(
             job.hash,
-            plasma_batch::plan::job_hash(&job.workflow),
+            plasma_batch::plan::job_hash(&job.workflow.to_value()),
             "{}",
             job.key
         );
