@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
-use crate::output::{PathError, write_atomic};
+use crate::output::{PathError, write_atomic_with};
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
 
@@ -274,8 +274,10 @@ impl ReportWriter {
     /// Write the current state now.
     pub fn write(&mut self) -> Result<(), PathError> {
         self.report.totals = self.report.totals();
-        let bytes = serde_json::to_vec_pretty(&self.report).expect("reports serialize");
-        write_atomic(&self.path, &bytes)?;
+        let report = &self.report;
+        write_atomic_with(&self.path, |out| {
+            serde_json::to_writer_pretty(out, report).map_err(std::io::Error::other)
+        })?;
         self.written_finished = self.finished;
         self.last_write = Instant::now();
         Ok(())
