@@ -145,8 +145,8 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8}  target",
-        "scen", "client", "jobs", "wall s", "ideal s", "eff", "jobs/s", "RSS MB"
+        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7}  target",
+        "scen", "client", "jobs", "wall s", "ideal s", "eff", "jobs/s", "RSS MB", "idle s"
     );
     let mut failed = false;
     let mut rss = std::collections::HashMap::new();
@@ -169,7 +169,7 @@ fn main() {
                 format!("{} {text}", if ok { "PASS" } else { "FAIL" })
             };
             println!(
-                "{:<5} {:<13} {:>6} {:>8.2} {:>8.2} {:>6} {:>8.0} {:>8.1}  {verdict}",
+                "{:<5} {:<13} {:>6} {:>8.2} {:>8.2} {:>6} {:>8.0} {:>8.1} {:>7.2}  {verdict}",
                 scenario.name,
                 client,
                 scenario.jobs,
@@ -177,7 +177,8 @@ fn main() {
                 scenario.ideal_secs(),
                 eff,
                 rate,
-                rss_mb
+                rss_mb,
+                result.idle_ms as f64 / 1000.0
             );
             if result.failed > 0 {
                 println!("      {} of the jobs did not succeed", result.failed);
@@ -190,7 +191,7 @@ fn main() {
         let ok = result.wall < 1.0;
         failed |= !ok;
         println!(
-            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1}  {} < 1 s",
+            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7}  {} < 1 s",
             "expand+hash",
             PLANNING_PAGES * PLANNING_VARIANTS,
             result.wall,
@@ -198,6 +199,7 @@ fn main() {
             "-",
             (PLANNING_PAGES * PLANNING_VARIANTS) as f64 / result.wall,
             result.rss_kb as f64 / 1024.0,
+            "-",
             if ok { "PASS" } else { "FAIL" }
         );
     }
@@ -237,6 +239,8 @@ struct ChildResult {
     wall: f64,
     rss_kb: u64,
     failed: usize,
+    /// Server worker idle while prompts were outstanding (all simulators together).
+    idle_ms: u64,
 }
 
 /// Run one (scenario, client) in a fresh process; it prints `RESULT wall rss_kb failed`.
@@ -258,6 +262,7 @@ fn run_child(scenario: &str, client: &str) -> ChildResult {
         wall: next().parse().expect("wall"),
         rss_kb: next().parse().expect("rss"),
         failed: next().parse().expect("failed"),
+        idle_ms: next().parse().expect("idle"),
     }
 }
 
@@ -291,14 +296,14 @@ fn child(scenario: &str, client: &str) {
             plan.jobs.len(),
             (PLANNING_PAGES * PLANNING_VARIANTS) as usize
         );
-        println!("RESULT {wall} {} 0", peak_rss_kb());
+        println!("RESULT {wall} {} 0 0", peak_rss_kb());
         return;
     }
     let s = *SCENARIOS
         .iter()
         .find(|s| s.name == scenario)
         .unwrap_or_else(|| panic!("no scenario {scenario}"));
-    let (mut sims, urls) = start_sims(&s);
+    let (sims, urls) = start_sims(&s);
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = scenario_manifest(dir.path(), &s);
     let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
@@ -345,12 +350,10 @@ fn child(scenario: &str, client: &str) {
         }
         other => panic!("no client {other}"),
     };
-    println!("RESULT {wall} {} {failed}", peak_rss_kb());
-    let _ = std::io::stdout().flush();
+    let rss = peak_rss_kb();
     rt.shutdown_background();
-    // Closing its stdin ends the simulator process.
-    drop(sims.stdin.take());
-    let _ = sims.wait();
+    let idle_ms = sims.stop();
+    println!("RESULT {wall} {rss} {failed} {idle_ms}");
 }
 
 /// The usual client pattern (ComfyUI's websocket example): per job, open a socket, POST,
@@ -450,7 +453,7 @@ async fn serial_job(
 }
 
 /// Start the scenario's simulators in their own process; returns it and their URLs.
-fn start_sims(s: &Scenario) -> (Child, Vec<String>) {
+fn start_sims(s: &Scenario) -> (Sims, Vec<String>) {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .args([
@@ -464,9 +467,9 @@ fn start_sims(s: &Scenario) -> (Child, Vec<String>) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the simulators");
-    let stdout = child.stdout.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
     let mut urls = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    for line in (&mut stdout).lines() {
         let line = line.expect("sim output");
         if line == "READY" {
             break;
@@ -474,7 +477,28 @@ fn start_sims(s: &Scenario) -> (Child, Vec<String>) {
         urls.push(line);
     }
     assert_eq!(urls.len(), s.sims, "every simulator started");
-    (child, urls)
+    (Sims { child, stdout }, urls)
+}
+
+/// The simulators' process, and its output after `READY`.
+struct Sims {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Sims {
+    /// Stop the simulators; their worker idle time while prompts were outstanding, in ms.
+    fn stop(mut self) -> u64 {
+        // Closing its stdin ends the simulator process.
+        drop(self.child.stdin.take());
+        let idle = (&mut self.stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("IDLE ").and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        let _ = self.child.wait();
+        idle
+    }
 }
 
 /// `--sim N STEP_MS LATENCY_MS`: serve N simulators until stdin closes.
@@ -504,6 +528,14 @@ fn serve_sims(args: &[String]) {
             let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
         })
         .await;
+        // The GPU time the client left unused: the worker's idle time while prompts were
+        // outstanding, summed over the simulators.
+        let idle: u64 = sims
+            .iter()
+            .map(|s| s.stats().worker_idle_ms_while_outstanding)
+            .sum();
+        println!("IDLE {idle}");
+        let _ = std::io::stdout().flush();
         for sim in sims {
             sim.shutdown().await;
         }
