@@ -1097,7 +1097,7 @@ async fn attempt(
     });
     if reattached.is_none() {
         let request = PromptRequest {
-            prompt: &task.job.workflow,
+            prompt: task.job.workflow.raw(),
             client_id: &posted_as,
             prompt_id: &prompt_id,
         };

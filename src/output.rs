@@ -296,10 +296,24 @@ pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
 /// Write `contents` to `path` atomically: temp file in the same folder, fsync, rename.
 /// Readers see the old file or the new one, never a mix; a crash leaves one of them.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
+    write_atomic_with(path, |out| out.write_all(contents))
+}
+
+/// [`write_atomic`] for contents written piece by piece (a 10,000-job report or contact
+/// sheet is tens of MB: streamed, it never sits in memory whole).
+pub fn write_atomic_with(
+    path: &Path,
+    contents: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), PathError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = new_temp_file(dir)?;
-    temp.write_all(contents)
-        .and_then(|()| temp.as_file().sync_all())
+    let written = {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, temp.as_file_mut());
+        contents(&mut out).and_then(|()| out.flush())
+    };
+    written.map_err(|e| PathError::new("write", temp.path(), e))?;
+    temp.as_file()
+        .sync_all()
         .map_err(|e| PathError::new("write", temp.path(), e))?;
     temp.persist(path)
         .map_err(|e| PathError::new("replace", path, e.error))?;

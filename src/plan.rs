@@ -21,7 +21,7 @@ use crate::manifest::model::{
     DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
 };
 use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
-use crate::workflow::{Placeholder, SlotValues, Template};
+use crate::workflow::{Placeholder, SlotValues, Template, Workflow};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -85,8 +85,9 @@ pub struct Job {
     pub seed: u64,
     /// Every resolved parameter, as the report records it.
     pub params: JobParams,
-    /// The filled API-format workflow, exactly what is sent as `prompt`.
-    pub workflow: serde_json::Value,
+    /// The filled API-format workflow, exactly what is sent as `prompt` (compact JSON text,
+    /// shared with the report; `to_value()` parses it).
+    pub workflow: Workflow,
     /// Ids of the nodes whose `images` outputs are this job's images.
     pub output_nodes: Vec<String>,
     /// sha256 (hex) of the canonical JSON of what would be sent; identifies the job's content.
@@ -645,15 +646,18 @@ mod tests {
         assert_eq!(keys, ["ch01_p001_s1", "ch01_p002_s1", "ch01_p002_s2"]);
         assert_eq!(jobs[0].params.workflow_path, Path::new("lora.json"));
         assert_eq!(
-            jobs[0].workflow["10"]["inputs"]["lora_name"],
+            jobs[0].workflow.to_value()["10"]["inputs"]["lora_name"],
             "ink.safetensors"
         );
-        assert_eq!(jobs[0].workflow["10"]["inputs"]["strength_model"], 1.0);
+        assert_eq!(
+            jobs[0].workflow.to_value()["10"]["inputs"]["strength_model"],
+            1.0
+        );
         assert_eq!(jobs[1].params.workflow_path, Path::new("plain.json"));
         assert!(jobs[1].params.lora.is_none());
         assert_ne!(jobs[1].seed, jobs[2].seed);
-        assert_eq!(jobs[1].workflow["5"]["inputs"]["width"], 512);
-        assert_eq!(jobs[1].workflow["3"]["inputs"]["cfg"], 7.0);
+        assert_eq!(jobs[1].workflow.to_value()["5"]["inputs"]["width"], 512);
+        assert_eq!(jobs[1].workflow.to_value()["3"]["inputs"]["cfg"], 7.0);
     }
 
     #[test]

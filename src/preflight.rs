@@ -87,7 +87,8 @@ pub fn check_jobs(server: &str, object_info: &Value, jobs: &[Arc<Job>]) -> Vec<P
         entry.1.push(key.to_owned());
     };
     for job in jobs {
-        let Some(nodes) = job.workflow.as_object() else {
+        let workflow = job.workflow.to_value();
+        let Some(nodes) = workflow.as_object() else {
             continue;
         };
         for (node_id, node) in nodes {
@@ -231,7 +232,7 @@ mod tests {
                 filename_prefix: "x".into(),
                 seed_source: crate::plan::SeedSource::Derived,
             },
-            workflow,
+            workflow: workflow.into(),
             output_nodes: vec!["9".into()],
             hash: "h".into(),
             workflow_sha256: "w".into(),

@@ -17,7 +17,7 @@ use crate::comfy::ComfyClient;
 use crate::engine::{self, ChapterOutput, EngineConfig, Outputs, Reattach, RunContext};
 use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
 use crate::ledger;
-use crate::output::{PathError, remove_stale_temp_files, write_atomic};
+use crate::output::{PathError, remove_stale_temp_files, write_atomic_with};
 use crate::plan::Job;
 use crate::preflight::{self, PreflightError, ServerInfo};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
@@ -208,8 +208,9 @@ pub async fn run_jobs(
     // that cannot be made fails the write below with its path.
     let _ = std::fs::create_dir_all(&dirs.reports);
     let report = collected.writer.finish(SystemTime::now())?;
-    let sheet = html::contact_sheet(&report, &options.out_root);
-    write_atomic(&contact_sheet_path, sheet.as_bytes())?;
+    write_atomic_with(&contact_sheet_path, |out| {
+        html::write_contact_sheet(&report, &options.out_root, out)
+    })?;
 
     outcomes.extend(skipped);
     let seen: HashSet<&str> = outcomes.iter().map(|o| o.key.as_str()).collect();

@@ -188,7 +188,8 @@ fn as_count(value: &Value) -> Option<u64> {
 /// Body of `POST /prompt`.
 #[derive(Debug, Serialize)]
 pub struct PromptRequest<'a> {
-    pub prompt: &'a Value,
+    /// The workflow's JSON as is (jobs keep it serialized).
+    pub prompt: &'a serde_json::value::RawValue,
     pub client_id: &'a str,
     pub prompt_id: &'a str,
 }

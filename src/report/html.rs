@@ -16,7 +16,18 @@ const THUMB_MAX: u32 = 192;
 
 /// Render the contact sheet. `out_root` is where the report's image paths are relative to.
 pub fn contact_sheet(report: &RunReport, out_root: &Path) -> String {
-    let mut html = String::with_capacity(4096 + report.jobs.len() * 2048);
+    let mut bytes = Vec::new();
+    write_contact_sheet(report, out_root, &mut bytes).expect("writing to memory");
+    String::from_utf8(bytes).expect("the sheet is UTF-8")
+}
+
+/// [`contact_sheet`] written page by page: at most one page's thumbnails are in memory.
+pub fn write_contact_sheet(
+    report: &RunReport,
+    out_root: &Path,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut html = String::with_capacity(64 << 10);
     let title = format!(
         "Chapter {}{} — run {}",
         report.chapter,
@@ -73,9 +84,11 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
             card(&mut html, job, out_root);
         }
         html.push_str("</div>\n");
+        out.write_all(html.as_bytes())?;
+        html.clear();
     }
     html.push_str("</body></html>\n");
-    html
+    out.write_all(html.as_bytes())
 }
 
 fn card(html: &mut String, job: &JobReport, out_root: &Path) {

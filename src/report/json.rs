@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
-use crate::output::{PathError, write_atomic};
+use crate::output::{PathError, write_atomic_with};
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
 
@@ -131,7 +131,7 @@ pub struct JobReport {
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
     /// The filled API-format workflow exactly as sent (`rerun` sends it again).
-    pub prompt: serde_json::Value,
+    pub prompt: crate::workflow::Workflow,
 }
 
 impl JobReport {
@@ -274,8 +274,10 @@ impl ReportWriter {
     /// Write the current state now.
     pub fn write(&mut self) -> Result<(), PathError> {
         self.report.totals = self.report.totals();
-        let bytes = serde_json::to_vec_pretty(&self.report).expect("reports serialize");
-        write_atomic(&self.path, &bytes)?;
+        let report = &self.report;
+        write_atomic_with(&self.path, |out| {
+            serde_json::to_writer_pretty(out, report).map_err(std::io::Error::other)
+        })?;
         self.written_finished = self.finished;
         self.last_write = Instant::now();
         Ok(())
@@ -360,7 +362,7 @@ mod tests {
             variant: 1,
             seed: i as u64,
             params: params.clone(),
-            workflow: serde_json::json!({}),
+            workflow: serde_json::json!({}).into(),
             output_nodes: vec!["9".into()],
             hash: "0".repeat(64),
             workflow_sha256: "0".repeat(64),

@@ -856,9 +856,12 @@ impl<'a> Run<'a> {
                 .client
                 .as_deref()
                 .is_some_and(|c| shared.preview_metadata(c));
+        // Step k ends at start + k * step, so a render takes steps x step_ms however coarse
+        // the timer is (sleeping 1 ms per step took about 2 ms each).
+        let start = tokio::time::Instant::now();
         for value in 1..=steps {
             if !step.is_zero() {
-                tokio::time::sleep(step).await;
+                tokio::time::sleep_until(start + step * value as u32).await;
             }
             // hijack_progress.hook: the interrupt check comes first.
             if shared.interrupt.load(Ordering::SeqCst) {

@@ -44,12 +44,44 @@ enum Segment {
     Slot(usize),
 }
 
+impl Segment {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Bytes(bytes) => bytes.len(),
+            Segment::Slot(_) => 16,
+        }
+    }
+}
+
 impl Segments {
     /// The canonical form of `graph`, where the value at `slots[path]` is left as a hole.
     pub fn new(graph: &Value, slots: &HashMap<Vec<Step>, usize>) -> Self {
         let mut segments = Segments::default();
         write(graph, &mut Vec::new(), slots, &mut segments);
         segments
+    }
+
+    /// The compact JSON of `graph` in its own key order (as serde_json writes it), with the
+    /// value at `slots[path]` left as a hole: filling a job is then a few appends.
+    pub fn ordered(graph: &Value, slots: &HashMap<Vec<Step>, usize>) -> Self {
+        let mut segments = Segments::default();
+        write_in(graph, &mut Vec::new(), slots, &mut segments, false);
+        segments
+    }
+
+    /// The text with `filled[n]` in hole `n`, each written as serde_json writes it.
+    pub fn fill_text(&self, filled: &[Value]) -> String {
+        let mut text = Vec::with_capacity(self.0.iter().map(Segment::len).sum::<usize>() + 64);
+        for segment in &self.0 {
+            match segment {
+                Segment::Bytes(bytes) => text.extend_from_slice(bytes),
+                Segment::Slot(n) => {
+                    // Writing into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut text, &filled[*n]);
+                }
+            }
+        }
+        String::from_utf8(text).expect("serde_json writes UTF-8")
     }
 
     /// The job hash of the graph with `filled[n]` in hole `n`; equal to [`job_hash`] of the
@@ -89,6 +121,17 @@ fn write(
     slots: &HashMap<Vec<Step>, usize>,
     out: &mut Segments,
 ) {
+    write_in(value, path, slots, out, true)
+}
+
+/// `sorted`: keys by their UTF-8 bytes (canonical); otherwise in the map's own order.
+fn write_in(
+    value: &Value,
+    path: &mut Vec<Step>,
+    slots: &HashMap<Vec<Step>, usize>,
+    out: &mut Segments,
+    sorted: bool,
+) {
     if let Some(n) = slots.get(path.as_slice()) {
         out.0.push(Segment::Slot(*n));
         return;
@@ -96,7 +139,9 @@ fn write(
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            if sorted {
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            }
             out.bytes(b"{");
             for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
@@ -105,7 +150,7 @@ fn write(
                 out.json(&Value::from(key.as_str()));
                 out.bytes(b":");
                 path.push(Step::Key(key.clone()));
-                write(item, path, slots, out);
+                write_in(item, path, slots, out, sorted);
                 path.pop();
             }
             out.bytes(b"}");
@@ -117,7 +162,7 @@ fn write(
                     out.bytes(b",");
                 }
                 path.push(Step::Index(i));
-                write(item, path, slots, out);
+                write_in(item, path, slots, out, sorted);
                 path.pop();
             }
             out.bytes(b"]");

@@ -2,9 +2,11 @@
 //! manifests or jobs: it checks a template file and fills it from a set of values.
 
 pub mod canonical;
+pub mod json;
 pub mod placeholder;
 pub mod spans;
 pub mod template;
 
+pub use json::Workflow;
 pub use placeholder::{Placeholder, SlotValues};
 pub use template::{Filled, Template};

@@ -249,14 +249,18 @@ async fn server_rejections_are_failures_with_node_details() {
     let mut jobs = jobs(&plan);
     // Page 1: a checkpoint the server does not have (400 value_not_in_list).
     let mut bad = (*jobs[0]).clone();
-    bad.workflow["4"]["inputs"]["ckpt_name"] = "missing.safetensors".into();
+    let mut workflow = bad.workflow.to_value();
+    workflow["4"]["inputs"]["ckpt_name"] = "missing.safetensors".into();
+    bad.workflow = workflow.into();
     jobs[0] = Arc::new(bad);
     // Page 2: a second, broken output node: ComfyUI answers 200 with node_errors and runs
     // the valid output anyway. We count that as a failure and take the prompt back.
     let mut partial = (*jobs[1]).clone();
-    partial.workflow["20"] = serde_json::json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["8", 0]}});
-    partial.workflow["21"] = serde_json::json!({"class_type": "ImageBlur", "inputs": {"image": ["8", 0], "blur_radius": 0, "sigma": 1.0}});
-    partial.workflow["22"] = serde_json::json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "y", "images": ["21", 0]}});
+    let mut workflow = partial.workflow.to_value();
+    workflow["20"] = serde_json::json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["8", 0]}});
+    workflow["21"] = serde_json::json!({"class_type": "ImageBlur", "inputs": {"image": ["8", 0], "blur_radius": 0, "sigma": 1.0}});
+    workflow["22"] = serde_json::json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "y", "images": ["21", 0]}});
+    partial.workflow = workflow.into();
     jobs[1] = Arc::new(partial);
     // Preflight would stop page 1 before it is sent; drive the engine directly.
     let outputs = plasma_batch::engine::Outputs::new(&out);
@@ -393,7 +397,9 @@ async fn every_image_of_a_batch_is_kept_as_its_own_version() {
     let sim = sim(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let mut job = (*jobs(&plan)[0]).clone();
-    job.workflow["5"]["inputs"]["batch_size"] = 3.into();
+    let mut workflow = job.workflow.to_value();
+    workflow["5"]["inputs"]["batch_size"] = 3.into();
+    job.workflow = workflow.into();
     let jobs = vec![Arc::new(job)];
     let summary = run_jobs(
         options(&plan, &out, engine()),

@@ -1,0 +1,580 @@
+//! Executor benchmark (issue 6): plasma-batch's executor against the serial client pattern
+//! on the same simulator settings, plus the planning cost of a 100,000-job manifest.
+//!
+//! `cargo bench --bench executor` runs every scenario; `cargo bench --bench executor -- b e10k`
+//! (or `PLASMA_BENCH=b,e10k`) runs some. Scenarios: a b c d e1k e10k planning.
+//!
+//! Each (scenario, client) runs in a fresh child process (this binary re-executed with
+//! `--child`), and the simulators of a scenario run in a grandchild (`--sim`), so a peak RSS
+//! (`VmHWM` of the client process) is the client's alone and scenarios do not pollute each
+//! other. Both processes share this machine's cores, as `plasma-batch sim` + `run` would.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use plasma_batch::comfy::{ComfyClient, http_client};
+use plasma_batch::engine::EngineConfig;
+use plasma_batch::events::JobStatus;
+use plasma_batch::plan::{Job, load_plan};
+use plasma_batch::report::progress::Mode;
+use plasma_batch::runner::{RunOptions, run_jobs};
+use plasma_batch::sim::{Sim, SimConfig};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// One benchmark scenario: jobs of `steps` KSampler steps at `step_ms` on `sims` simulators.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    jobs: usize,
+    sims: usize,
+    steps: u32,
+    step_ms: u64,
+    latency_ms: u64,
+    size: u32,
+}
+
+impl Scenario {
+    /// Server-side render time of one job.
+    fn render_ms(&self) -> u64 {
+        self.steps as u64 * self.step_ms
+    }
+
+    /// Jobs x render time, spread over the simulators: the servers' own limit.
+    fn ideal_secs(&self) -> f64 {
+        self.jobs as f64 * self.render_ms() as f64 / 1000.0 / self.sims as f64
+    }
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "a",
+        what: "local GPU, 20 x 1 ms steps",
+        jobs: 500,
+        sims: 1,
+        steps: 20,
+        step_ms: 1,
+        latency_ms: 0,
+        size: 64,
+    },
+    Scenario {
+        name: "b",
+        what: "remote GPU, 100 ms render, 25 ms latency",
+        jobs: 200,
+        sims: 1,
+        steps: 20,
+        step_ms: 5,
+        latency_ms: 25,
+        size: 64,
+    },
+    Scenario {
+        name: "c",
+        what: "overhead, zero render, 64x64",
+        jobs: 2000,
+        sims: 1,
+        steps: 1,
+        step_ms: 0,
+        latency_ms: 0,
+        size: 64,
+    },
+    Scenario {
+        name: "d",
+        what: "scale-out, 4 simulators, 50 ms render",
+        jobs: 400,
+        sims: 4,
+        steps: 10,
+        step_ms: 5,
+        latency_ms: 0,
+        size: 64,
+    },
+    Scenario {
+        name: "e1k",
+        what: "memory, 1,000 jobs, zero render",
+        jobs: 1000,
+        sims: 1,
+        steps: 1,
+        step_ms: 0,
+        latency_ms: 0,
+        size: 64,
+    },
+    Scenario {
+        name: "e10k",
+        what: "memory, 10,000 jobs, zero render",
+        jobs: 10_000,
+        sims: 1,
+        steps: 1,
+        step_ms: 0,
+        latency_ms: 0,
+        size: 64,
+    },
+];
+
+/// Jobs in the planning scenario: 500 pages x 200 variants (pages are 1..=999).
+const PLANNING_PAGES: u32 = 500;
+const PLANNING_VARIANTS: u32 = 200;
+
+const CLIENTS: [&str; 2] = ["plasma-batch", "serial"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--sim") => return serve_sims(&args[1..]),
+        Some("--child") => return child(&args[1], &args[2]),
+        _ => {}
+    }
+    // `cargo bench` passes `--bench`; anything else not starting with `-` names a scenario.
+    let mut wanted: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    if let Ok(list) = std::env::var("PLASMA_BENCH") {
+        wanted.extend(list.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
+    }
+    let all = wanted.is_empty();
+    if all {
+        for s in SCENARIOS {
+            println!("  {}: {}", s.name, s.what);
+        }
+    }
+    let runs = |name: &str| all || wanted.iter().any(|w| w == name);
+
+    println!(
+        "plasma-batch executor benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7}  target",
+        "scen", "client", "jobs", "wall s", "ideal s", "eff", "jobs/s", "RSS MB", "idle s"
+    );
+    let mut failed = false;
+    let mut rss = std::collections::HashMap::new();
+    for scenario in SCENARIOS.iter().filter(|s| runs(s.name)) {
+        for client in CLIENTS {
+            let result = run_child(scenario.name, client);
+            let eff = if scenario.render_ms() > 0 {
+                format!("{:.3}", scenario.ideal_secs() / result.wall)
+            } else {
+                "-".to_owned()
+            };
+            let rate = scenario.jobs as f64 / result.wall;
+            let rss_mb = result.rss_kb as f64 / 1024.0;
+            let verdict = if client == "serial" {
+                String::new()
+            } else {
+                rss.insert(scenario.name, rss_mb);
+                let (ok, text) = target(scenario, &result, &rss);
+                failed |= !ok;
+                format!("{} {text}", if ok { "PASS" } else { "FAIL" })
+            };
+            println!(
+                "{:<5} {:<13} {:>6} {:>8.2} {:>8.2} {:>6} {:>8.0} {:>8.1} {:>7.2}  {verdict}",
+                scenario.name,
+                client,
+                scenario.jobs,
+                result.wall,
+                scenario.ideal_secs(),
+                eff,
+                rate,
+                rss_mb,
+                result.idle_ms as f64 / 1000.0
+            );
+            if result.failed > 0 {
+                println!("      {} of the jobs did not succeed", result.failed);
+                failed = true;
+            }
+        }
+    }
+    if runs("planning") {
+        let result = run_child("planning", "plan");
+        let ok = result.wall < 1.0;
+        failed |= !ok;
+        println!(
+            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7}  {} < 1 s",
+            "expand+hash",
+            PLANNING_PAGES * PLANNING_VARIANTS,
+            result.wall,
+            "-",
+            "-",
+            (PLANNING_PAGES * PLANNING_VARIANTS) as f64 / result.wall,
+            result.rss_kb as f64 / 1024.0,
+            "-",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    }
+    if failed {
+        println!("some targets were missed");
+    }
+}
+
+/// plasma-batch's target for a scenario, and how it reads.
+fn target(
+    s: &Scenario,
+    r: &ChildResult,
+    rss: &std::collections::HashMap<&str, f64>,
+) -> (bool, String) {
+    match s.name {
+        "a" | "b" => (s.ideal_secs() / r.wall >= 0.97, "eff >= 0.97".into()),
+        "c" => (s.jobs as f64 / r.wall >= 1000.0, ">= 1,000 jobs/s".into()),
+        "d" => {
+            // One simulator's limit is 1 job per render time.
+            let one = 1000.0 / s.render_ms() as f64;
+            let times = s.jobs as f64 / r.wall / one;
+            (times >= 3.8, format!("{times:.2}x one sim's limit >= 3.8x"))
+        }
+        "e1k" => (true, "(reference for e10k)".into()),
+        "e10k" => {
+            let mb = r.rss_kb as f64 / 1024.0;
+            let above = rss.get("e1k").map(|k| mb - k);
+            let ok = mb <= 64.0 && above.is_none_or(|a| a <= 10.0);
+            let above = above.map_or("e1k not run".into(), |a| format!("{a:+.1} MB vs e1k"));
+            (ok, format!("<= 64 MB, <= +10 MB ({above})"))
+        }
+        _ => (true, String::new()),
+    }
+}
+
+struct ChildResult {
+    wall: f64,
+    rss_kb: u64,
+    failed: usize,
+    /// Server worker idle while prompts were outstanding (all simulators together).
+    idle_ms: u64,
+}
+
+/// Run one (scenario, client) in a fresh process; it prints `RESULT wall rss_kb failed`.
+fn run_child(scenario: &str, client: &str) -> ChildResult {
+    let exe = std::env::current_exe().expect("own path");
+    let output = Command::new(exe)
+        .args(["--child", scenario, client])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("start a child");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("{scenario}/{client} printed no result: {text}"));
+    let mut parts = line.split_whitespace();
+    let mut next = || parts.next().expect("three fields");
+    ChildResult {
+        wall: next().parse().expect("wall"),
+        rss_kb: next().parse().expect("rss"),
+        failed: next().parse().expect("failed"),
+        idle_ms: next().parse().expect("idle"),
+    }
+}
+
+/// Peak resident set of this process, in KiB.
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // What `plasma-batch run` builds: a worker per core.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `--child SCENARIO CLIENT`: one measurement, printed as `RESULT wall rss_kb failed`.
+fn child(scenario: &str, client: &str) {
+    if scenario == "planning" {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest = planning_manifest(dir.path());
+        let started = Instant::now();
+        let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(
+            plan.jobs.len(),
+            (PLANNING_PAGES * PLANNING_VARIANTS) as usize
+        );
+        println!("RESULT {wall} {} 0 0", peak_rss_kb());
+        return;
+    }
+    let s = *SCENARIOS
+        .iter()
+        .find(|s| s.name == scenario)
+        .unwrap_or_else(|| panic!("no scenario {scenario}"));
+    let (sims, urls) = start_sims(&s);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = scenario_manifest(dir.path(), &s);
+    let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
+    let out = dir.path().join("out");
+    let jobs: Vec<Arc<Job>> = plan.jobs.into_iter().map(Arc::new).collect();
+    let rt = runtime();
+    let (wall, failed) = match client {
+        "plasma-batch" => {
+            let options = RunOptions {
+                out_root: out,
+                chapter: plan.chapter,
+                title: plan.title.clone(),
+                manifest_path: manifest.display().to_string(),
+                manifest_sha256: plan.manifest_sha256.clone(),
+                force: false,
+                only: Vec::new(),
+                simulator: true,
+                engine: EngineConfig::default(),
+                mode: Mode::Quiet,
+            };
+            let http = http_client();
+            let clients: Vec<ComfyClient> = urls
+                .iter()
+                .map(|u| ComfyClient::new(u, http.clone()).expect("url"))
+                .collect();
+            let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+            let started = Instant::now();
+            let summary = rt
+                .block_on(run_jobs(options, clients, jobs, cancel))
+                .expect("run");
+            let wall = started.elapsed().as_secs_f64();
+            let failed = summary
+                .outcomes
+                .iter()
+                .filter(|o| o.status != JobStatus::Succeeded)
+                .count();
+            (wall, failed)
+        }
+        "serial" => {
+            std::fs::create_dir_all(&out).expect("out");
+            let started = Instant::now();
+            let failed = rt.block_on(serial(&urls, &jobs, &out));
+            (started.elapsed().as_secs_f64(), failed)
+        }
+        other => panic!("no client {other}"),
+    };
+    let rss = peak_rss_kb();
+    rt.shutdown_background();
+    let idle_ms = sims.stop();
+    println!("RESULT {wall} {rss} {failed} {idle_ms}");
+}
+
+/// The usual client pattern (ComfyUI's websocket example): per job, open a socket, POST,
+/// wait for `executing` null, fetch `/history`, download each image from `/view`, write it,
+/// and only then submit the next job. Jobs go round-robin over the servers. Returns the
+/// number of jobs that did not produce an image.
+async fn serial(urls: &[String], jobs: &[Arc<Job>], out: &Path) -> usize {
+    let http = reqwest::Client::new();
+    let mut failed = 0;
+    for (n, job) in jobs.iter().enumerate() {
+        let base = &urls[n % urls.len()];
+        let attempt = serial_job(&http, base, job, out);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(30), attempt).await,
+            Ok(Ok(()))
+        ) {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+async fn serial_job(
+    http: &reqwest::Client,
+    base: &str,
+    job: &Job,
+    out: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let ws_url = format!(
+        "{}/ws?clientId={client_id}",
+        base.replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    // The server's first frame (`status`) says it has registered the socket; a POST before
+    // that could finish before the server knows where to send its messages.
+    ws.next().await.ok_or("socket closed")??;
+    let answer: Value = http
+        .post(format!("{base}/prompt"))
+        .json(&json!({"prompt": job.workflow, "client_id": client_id}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let prompt_id = answer["prompt_id"]
+        .as_str()
+        .ok_or("no prompt_id")?
+        .to_owned();
+    loop {
+        match ws.next().await.ok_or("socket closed")?? {
+            Message::Text(text) => {
+                let message: Value = serde_json::from_str(text.as_str())?;
+                if message["type"] == "executing"
+                    && message["data"]["node"].is_null()
+                    && message["data"]["prompt_id"] == prompt_id.as_str()
+                {
+                    break;
+                }
+            }
+            Message::Close(_) => return Err("socket closed".into()),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    let history: Value = http
+        .get(format!("{base}/history/{prompt_id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let outputs = history[&prompt_id]["outputs"]
+        .as_object()
+        .ok_or("no outputs")?;
+    let mut written = 0;
+    for output in outputs.values() {
+        for image in output["images"].as_array().into_iter().flatten() {
+            let bytes = http
+                .get(format!("{base}/view"))
+                .query(&[
+                    ("filename", image["filename"].as_str().unwrap_or("")),
+                    ("subfolder", image["subfolder"].as_str().unwrap_or("")),
+                    ("type", image["type"].as_str().unwrap_or("output")),
+                ])
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            written += 1;
+            std::fs::write(out.join(format!("{}_{written}.png", job.key)), &bytes)?;
+        }
+    }
+    if written == 0 {
+        return Err("no image".into());
+    }
+    Ok(())
+}
+
+/// Start the scenario's simulators in their own process; returns it and their URLs.
+fn start_sims(s: &Scenario) -> (Sims, Vec<String>) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .args([
+            "--sim",
+            &s.sims.to_string(),
+            &s.step_ms.to_string(),
+            &s.latency_ms.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the simulators");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut urls = Vec::new();
+    for line in (&mut stdout).lines() {
+        let line = line.expect("sim output");
+        if line == "READY" {
+            break;
+        }
+        urls.push(line);
+    }
+    assert_eq!(urls.len(), s.sims, "every simulator started");
+    (Sims { child, stdout }, urls)
+}
+
+/// The simulators' process, and its output after `READY`.
+struct Sims {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Sims {
+    /// Stop the simulators; their worker idle time while prompts were outstanding, in ms.
+    fn stop(mut self) -> u64 {
+        // Closing its stdin ends the simulator process.
+        drop(self.child.stdin.take());
+        let idle = (&mut self.stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("IDLE ").and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        let _ = self.child.wait();
+        idle
+    }
+}
+
+/// `--sim N STEP_MS LATENCY_MS`: serve N simulators until stdin closes.
+fn serve_sims(args: &[String]) {
+    let n: usize = args[0].parse().expect("count");
+    let step_ms: u64 = args[1].parse().expect("step_ms");
+    let latency_ms: u64 = args[2].parse().expect("latency_ms");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut sims = Vec::new();
+        for _ in 0..n {
+            let sim = Sim::start(SimConfig {
+                step_ms,
+                latency_ms,
+                ..SimConfig::default()
+            })
+            .await
+            .expect("start a simulator");
+            println!("{}", sim.url());
+            sims.push(sim);
+        }
+        println!("READY");
+        let _ = std::io::stdout().flush();
+        // The parent closes our stdin when it is done.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+        // The GPU time the client left unused: the worker's idle time while prompts were
+        // outstanding, summed over the simulators.
+        let idle: u64 = sims
+            .iter()
+            .map(|s| s.stats().worker_idle_ms_while_outstanding)
+            .sum();
+        println!("IDLE {idle}");
+        let _ = std::io::stdout().flush();
+        for sim in sims {
+            sim.shutdown().await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+fn workflow_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/txt2img.json")
+}
+
+/// A chapter of `s.jobs` jobs: pages of up to 100 variants.
+fn scenario_manifest(dir: &Path, s: &Scenario) -> PathBuf {
+    let per_page = 100.min(s.jobs);
+    assert_eq!(s.jobs % per_page, 0, "whole pages");
+    manifest(
+        dir,
+        (s.jobs / per_page) as u32,
+        per_page as u32,
+        s.steps,
+        s.size,
+    )
+}
+
+fn planning_manifest(dir: &Path) -> PathBuf {
+    manifest(dir, PLANNING_PAGES, PLANNING_VARIANTS, 20, 512)
+}
+
+fn manifest(dir: &Path, pages: u32, variants: u32, steps: u32, size: u32) -> PathBuf {
+    let mut text = format!(
+        "[chapter]\nnumber = 1\nseed = 7\n\n[defaults]\nworkflow = '{}'\nvariants = {variants}\nsteps = {steps}\nwidth = {size}\nheight = {size}\n",
+        workflow_path().display()
+    );
+    for page in 1..=pages {
+        text.push_str(&format!(
+            "\n[[pages]]\npage = {page}\nprompt = \"page {page}: a lighthouse at dusk, ink\"\n"
+        ));
+    }
+    let path = dir.join("chapter.toml");
+    std::fs::write(&path, text).expect("write the manifest");
+    path
+}
