@@ -175,8 +175,25 @@ pub struct Shared {
     pub prompts_started_total: AtomicU64,
     pub drop_once_used: AtomicBool,
     pub rng: Mutex<u64>,
-    /// Highest SaveImage counter per (folder, filename prefix), seeded from disk on first use.
-    pub counters: Mutex<HashMap<(PathBuf, String), u64>>,
+    /// SaveImage counters: per folder, the file names in it (read from disk once, then kept
+    /// current), and the highest counter per (folder, filename prefix).
+    pub counters: Mutex<SaveCounters>,
+}
+
+/// ComfyUI rescans the output folder on every save (`get_save_image_path`), which makes a
+/// long run quadratic; the simulator reads each folder once and keeps its names in order,
+/// so finding the highest `<filename>_N` is a range query.
+#[derive(Debug, Default)]
+pub struct SaveCounters {
+    pub folders: HashMap<PathBuf, std::collections::BTreeSet<String>>,
+    pub highest: HashMap<(PathBuf, String), u64>,
+}
+
+impl SaveCounters {
+    pub fn clear(&mut self) {
+        self.folders.clear();
+        self.highest.clear();
+    }
 }
 
 impl Shared {

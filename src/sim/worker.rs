@@ -939,10 +939,15 @@ impl<'a> Run<'a> {
             .faults()
             .any(|f| matches!(f, Fault::TraversalFilenames));
         let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (folder.clone(), filename.clone());
+        let counters = &mut *counters;
+        let names = counters
+            .folders
+            .entry(folder.clone())
+            .or_insert_with(|| folder_names(&folder));
         let counter = counters
-            .entry(key)
-            .or_insert_with(|| highest_counter(&folder, &filename));
+            .highest
+            .entry((folder.clone(), filename.clone()))
+            .or_insert_with(|| highest_counter(names, &filename));
         let mut images = Vec::new();
         for i in 0..img.batch {
             *counter += 1;
@@ -951,6 +956,7 @@ impl<'a> Run<'a> {
                 filename.replace("%batch_num%", &i.to_string()),
                 *counter
             );
+            names.insert(name.clone());
             let bytes = image::encode_png(img, i, &text);
             std::fs::write(folder.join(&name), bytes)
                 .map_err(|e| exception("OSError", e.to_string()))?;
@@ -1010,22 +1016,28 @@ pub fn normpath(p: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// `get_save_image_path`'s counter scan: the highest N among `<filename>_N...` files.
-fn highest_counter(folder: &std::path::Path, filename: &str) -> u64 {
+/// The file names in a folder (empty if it cannot be read).
+fn folder_names(folder: &std::path::Path) -> std::collections::BTreeSet<String> {
     let Ok(rd) = std::fs::read_dir(folder) else {
-        return 0;
+        return Default::default();
     };
-    let want = format!("{filename}_");
     rd.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|n| {
-            let rest = n.strip_prefix(&want)?;
-            Some(
-                rest.split('_')
-                    .next()
-                    .and_then(|d| d.parse::<u64>().ok())
-                    .unwrap_or(0),
-            )
+        .collect()
+}
+
+/// `get_save_image_path`'s counter: the highest N among `<filename>_N...` files.
+fn highest_counter(names: &std::collections::BTreeSet<String>, filename: &str) -> u64 {
+    let want = format!("{filename}_");
+    names
+        .range(want.clone()..)
+        .take_while(|n| n.starts_with(&want))
+        .map(|n| {
+            n[want.len()..]
+                .split('_')
+                .next()
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(0)
         })
         .max()
         .unwrap_or(0)
