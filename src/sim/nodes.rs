@@ -59,17 +59,8 @@ pub const SAMPLERS: &[&str] = &[
     "uni_pc_bh2",
 ];
 
-pub const SCHEDULERS: &[&str] = &[
-    "simple",
-    "sgm_uniform",
-    "karras",
-    "exponential",
-    "ddim_uniform",
-    "beta",
-    "normal",
-    "linear_quadratic",
-    "kl_optimal",
-];
+/// The scheduler list is a fact of ComfyUI 0.8.0 shared with the manifest checks.
+pub use crate::manifest::parse::SCHEDULERS;
 
 /// One node class: what `/object_info/{class}` reports, plus the bits validation needs.
 #[derive(Clone, Debug)]
