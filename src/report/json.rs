@@ -2,9 +2,10 @@
 //!
 //! The report is kept current while the run goes: it is rewritten atomically (temp file +
 //! rename) whenever the number of newly finished jobs reaches an eighth of those already
-//! written, or a second has passed. The geometric rule keeps the total work O(jobs) however
-//! many jobs finish; the time rule keeps a crash from losing more than about a second of
-//! progress (the ledger has the rest). A crash therefore always leaves a valid report of
+//! written, or a second has passed (or ten times as long as the last write took, for a
+//! report of many thousand jobs, so the time rule never costs more than a tenth of the run).
+//! The geometric rule keeps the total work O(jobs) however many jobs finish; the time rule
+//! keeps a crash from losing more than a few seconds of progress (the ledger has the rest). A crash therefore always leaves a valid report of
 //! what had finished, with `complete: false` and the unfinished jobs as `pending`.
 
 use std::collections::HashMap;
@@ -214,6 +215,8 @@ pub struct ReportWriter {
     finished: usize,
     written_finished: usize,
     last_write: Instant,
+    /// How long the last write took.
+    last_write_cost: Duration,
 }
 
 impl ReportWriter {
@@ -236,6 +239,7 @@ impl ReportWriter {
             finished,
             written_finished: 0,
             last_write: Instant::now(),
+            last_write_cost: Duration::ZERO,
         }
     }
 
@@ -263,8 +267,9 @@ impl ReportWriter {
             job.timings = outcome.timings.clone();
         }
         let new = self.finished - self.written_finished;
+        let interval = Duration::from_secs(1).max(self.last_write_cost * 10);
         if new * 8 >= self.written_finished.max(8)
-            || self.last_write.elapsed() >= Duration::from_secs(1)
+            || (new > 0 && self.last_write.elapsed() >= interval)
         {
             self.write()?;
         }
@@ -273,6 +278,7 @@ impl ReportWriter {
 
     /// Write the current state now.
     pub fn write(&mut self) -> Result<(), PathError> {
+        let started = Instant::now();
         self.report.totals = self.report.totals();
         let report = &self.report;
         write_atomic_with(&self.path, |out| {
@@ -280,6 +286,7 @@ impl ReportWriter {
         })?;
         self.written_finished = self.finished;
         self.last_write = Instant::now();
+        self.last_write_cost = started.elapsed();
         Ok(())
     }
 
