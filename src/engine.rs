@@ -276,13 +276,7 @@ impl Engine {
             tokio::spawn(async move {
                 if cancel.wait_for(|c| *c).await.is_ok() {
                     for task in shared.queue.close() {
-                        shared.finish(task.fail(
-                            JobStatus::Cancelled,
-                            JobError::new(
-                                ErrorKind::Cancelled,
-                                "the run was cancelled before this job was submitted",
-                            ),
-                        ));
+                        shared.finish(task.cancelled_before_submission());
                     }
                 }
             })
@@ -336,16 +330,10 @@ impl Engine {
         let shared = &self.shared;
         // Every server is gone (retired) while jobs remain: they cannot run anywhere.
         for task in shared.queue.close() {
-            let (status, error) = if shared.ctx.cancelled() {
-                (
-                    JobStatus::Cancelled,
-                    JobError::new(
-                        ErrorKind::Cancelled,
-                        "the run was cancelled before this job was submitted",
-                    ),
-                )
+            let done = if shared.ctx.cancelled() {
+                task.cancelled_before_submission()
             } else {
-                (
+                task.fail(
                     JobStatus::Failed,
                     JobError::new(
                         ErrorKind::Server,
@@ -353,7 +341,7 @@ impl Engine {
                     ),
                 )
             };
-            shared.finish(task.fail(status, error));
+            shared.finish(done);
         }
         shared.ctx.outputs.sync();
         std::mem::take(&mut *shared.outcomes.lock().expect("outcomes poisoned"))
@@ -479,6 +467,15 @@ impl Task {
             job: self.job,
             outcome,
         }
+    }
+
+    /// The end of a job the run was cancelled before posting.
+    fn cancelled_before_submission(self) -> Done {
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "the run was cancelled before this job was submitted",
+        );
+        self.fail(JobStatus::Cancelled, error)
     }
 
     fn fail(self, status: JobStatus, error: JobError) -> Done {
@@ -928,11 +925,7 @@ async fn run_task(
     // closed the queue: never post after the run was cancelled.
     if shared.ctx.cancelled() {
         drop(permit);
-        let error = JobError::new(
-            ErrorKind::Cancelled,
-            "the run was cancelled before this job was submitted",
-        );
-        return shared.finish(task.fail(JobStatus::Cancelled, error));
+        return shared.finish(task.cancelled_before_submission());
     }
     task.attempts += 1;
     task.server = Some(conn.client.url().to_owned());
