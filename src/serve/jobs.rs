@@ -153,6 +153,22 @@ struct Inner {
     shutting_down: bool,
 }
 
+impl Inner {
+    /// Index a job by id, creation order and key.
+    fn add(&mut self, record: JobRecord) {
+        self.by_key
+            .insert(record.key.clone(), record.job_id.clone());
+        self.order.push(record.job_id.clone());
+        self.jobs.insert(
+            record.job_id.clone(),
+            Entry {
+                record,
+                cancel_requested: false,
+            },
+        );
+    }
+}
+
 pub struct Table {
     inner: Mutex<Inner>,
     journal: Journal,
@@ -167,17 +183,7 @@ impl Table {
     pub fn new(journal: Journal, records: Vec<JobRecord>, servers: Vec<String>) -> Table {
         let mut inner = Inner::default();
         for record in records {
-            inner
-                .by_key
-                .insert(record.key.clone(), record.job_id.clone());
-            inner.order.push(record.job_id.clone());
-            inner.jobs.insert(
-                record.job_id.clone(),
-                Entry {
-                    record,
-                    cancel_requested: false,
-                },
-            );
+            inner.add(record);
         }
         Table {
             inner: Mutex::new(inner),
@@ -211,17 +217,7 @@ impl Table {
             return Err(InsertError::KeyTaken(record.key));
         }
         self.journal.append(&record)?;
-        inner
-            .by_key
-            .insert(record.key.clone(), record.job_id.clone());
-        inner.order.push(record.job_id.clone());
-        inner.jobs.insert(
-            record.job_id.clone(),
-            Entry {
-                record,
-                cancel_requested: false,
-            },
-        );
+        inner.add(record);
         drop(inner);
         self.bump();
         Ok(())
