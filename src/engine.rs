@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -145,7 +144,8 @@ impl ChapterOutput {
         let dirs = ChapterDirs::new(out_root, chapter);
         dirs.create()?;
         let (ledger, records) = Ledger::open(&dirs.ledger())?;
-        let store = ImageStore::open(&dirs.images, chapter)?;
+        let store = ImageStore::open(&dirs.images, chapter)?
+            .with_thumbs(crate::thumbs::Thumbs::new(dirs.thumbs()));
         Ok((
             ChapterOutput {
                 dirs,
@@ -1644,7 +1644,12 @@ enum DownloadError {
     Unreachable(String),
 }
 
-/// Stream one image into a temp file, fsync and check it.
+/// Downloads up to this size are held in memory and written with one call; a larger one
+/// goes on to a temp file in steps of this size (memory stays bounded at 8 downloads).
+const DOWNLOAD_BUFFER: usize = 1 << 20;
+
+/// Download one image, write it to a temp file in its folder, fsync and check it. All file
+/// work happens on blocking threads; a small image costs one of them, one file and no reads.
 async fn download(
     shared: &Shared,
     client: &ComfyClient,
@@ -1657,14 +1662,6 @@ async fn download(
         .outputs
         .chapter(chapter)
         .map_err(|e| DownloadError::Io(e.to_string()))?;
-    let temp = output
-        .store
-        .temp_file()
-        .map_err(|e| DownloadError::Io(e.to_string()))?;
-    let file = temp
-        .reopen()
-        .map_err(|e| DownloadError::Io(format!("failed to open {}: {e}", temp.path().display())))?;
-    let mut file = tokio::fs::File::from_std(file);
     let response = client.view(image).await.map_err(|e| {
         if e.is_transient() {
             DownloadError::Unreachable(e.to_string())
@@ -1675,6 +1672,10 @@ async fn download(
     let declared = response.content_length();
     let mut stream = response.bytes_stream();
     let mut written: u64 = 0;
+    let mut buffer: Vec<u8> =
+        Vec::with_capacity(declared.map_or(64 << 10, |d| d.min(DOWNLOAD_BUFFER as u64) as usize));
+    // Once the image outgrows the buffer: the temp file it is spilled to.
+    let mut spilled: Option<tempfile::NamedTempFile> = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             DownloadError::Bad(format!(
@@ -1690,13 +1691,15 @@ async fn download(
                 client.url()
             )));
         }
-        file.write_all(&chunk).await.map_err(|e| {
-            DownloadError::Io(format!("failed to write {}: {e}", temp.path().display()))
-        })?;
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= DOWNLOAD_BUFFER {
+            let (file, emptied) = blocking(spill(output.clone(), spilled.take(), buffer))
+                .await?
+                .map_err(|e| stage_error(client, e))?;
+            spilled = Some(file);
+            buffer = emptied;
+        }
     }
-    file.flush().await.map_err(|e| {
-        DownloadError::Io(format!("failed to write {}: {e}", temp.path().display()))
-    })?;
     if let Some(declared) = declared
         && declared != written
     {
@@ -1705,14 +1708,50 @@ async fn download(
             client.url()
         )));
     }
-    drop(file);
-    let staged = tokio::task::spawn_blocking(move || output.store.stage(temp, expected))
-        .await
-        .map_err(|e| DownloadError::Io(format!("checking the image panicked: {e}")))?;
-    staged.map_err(|e| match e {
+    let staged = blocking(move || match spilled {
+        None => output.store.stage_bytes(&buffer, expected),
+        Some(file) => {
+            let (file, _) = spill(output.clone(), Some(file), buffer)()?;
+            output.store.stage(file, expected)
+        }
+    })
+    .await?;
+    staged.map_err(|e| stage_error(client, e))
+}
+
+fn stage_error(client: &ComfyClient, e: StageError) -> DownloadError {
+    match e {
         StageError::Io(e) => DownloadError::Io(e.to_string()),
         e @ StageError::NotPng(_) => DownloadError::Bad(format!("{}: {e}", client.url())),
-    })
+    }
+}
+
+/// Append `buffer` to the download's temp file (made on first use); returns the file and
+/// the emptied buffer.
+fn spill(
+    output: Arc<ChapterOutput>,
+    file: Option<tempfile::NamedTempFile>,
+    mut buffer: Vec<u8>,
+) -> impl FnOnce() -> Result<(tempfile::NamedTempFile, Vec<u8>), StageError> {
+    move || {
+        let mut file = match file {
+            Some(file) => file,
+            None => output.store.temp_file().map_err(StageError::Io)?,
+        };
+        std::io::Write::write_all(&mut file, &buffer)
+            .map_err(|e| StageError::Io(PathError::new("write", file.path(), e)))?;
+        buffer.clear();
+        Ok((file, buffer))
+    }
+}
+
+/// Run file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DownloadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DownloadError::Io(format!("writing the image panicked: {e}")))
 }
 
 /// `path` relative to `root`, `/`-separated (for records that must read the same anywhere).

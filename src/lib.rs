@@ -20,4 +20,5 @@ pub mod report;
 pub mod runner;
 pub mod serve;
 pub mod sim;
+pub mod thumbs;
 pub mod workflow;

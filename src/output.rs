@@ -18,6 +18,8 @@ use std::sync::{Mutex, RwLock, RwLockWriteGuard};
 
 use sha2::{Digest, Sha256};
 
+use crate::thumbs::{Pixels, Thumbs};
+
 /// Prefix of in-progress image files: `.plasma-tmp-<pid>-<random>.part`.
 const TEMP_PREFIX: &str = ".plasma-tmp-";
 
@@ -52,6 +54,16 @@ impl ChapterDirs {
 
     pub fn ledger(&self) -> PathBuf {
         self.root.join("ledger.jsonl")
+    }
+
+    /// `<out>/ch-XX/reports/thumbs.pack`: contact-sheet thumbnails by image digest.
+    pub fn thumbs(&self) -> PathBuf {
+        self.reports.join("thumbs.pack")
+    }
+
+    /// Every folder a run writes temp files in.
+    pub fn temp_dirs(&self) -> Vec<PathBuf> {
+        vec![self.images.clone(), self.reports.clone()]
     }
 }
 
@@ -111,6 +123,8 @@ pub struct ImageStore {
     chapter: u16,
     /// Highest version known per page; raised on every commit and on every name collision.
     highest: Mutex<HashMap<u16, u32>>,
+    /// Where [`ImageStore::stage`] keeps a thumbnail of each image it accepts.
+    thumbs: Option<Thumbs>,
 }
 
 /// A fully written, fsynced temp file waiting for its final name.
@@ -156,7 +170,14 @@ impl ImageStore {
             dir: dir.to_owned(),
             chapter,
             highest: Mutex::new(highest),
+            thumbs: None,
         })
+    }
+
+    /// Keep a thumbnail of every staged image in `thumbs`.
+    pub fn with_thumbs(mut self, thumbs: Thumbs) -> ImageStore {
+        self.thumbs = Some(thumbs);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -169,19 +190,60 @@ impl ImageStore {
     }
 
     /// fsync the written temp file, check it is a PNG (of `expected` size when given), and
-    /// return it staged with its digest.
+    /// return it staged with its digest. The pixels decoded for the check also make the
+    /// image's thumbnail (best effort: the contact sheet makes a missing one again).
     pub fn stage(
         &self,
         temp: tempfile::NamedTempFile,
         expected: Option<(u32, u32)>,
     ) -> Result<StagedImage, StageError> {
         let path = temp.path().to_owned();
+        let (bytes, sha256) = digest_file(&path).map_err(StageError::Io)?;
+        let file =
+            File::open(&path).map_err(|e| StageError::Io(PathError::new("open", &path, e)))?;
+        self.check_and_stage(temp, bytes, sha256, BufReader::new(file), expected)
+    }
+
+    /// [`ImageStore::stage`] for a download held whole in memory: one file written, nothing
+    /// read back.
+    pub fn stage_bytes(
+        &self,
+        data: &[u8],
+        expected: Option<(u32, u32)>,
+    ) -> Result<StagedImage, StageError> {
+        let mut temp = self.temp_file().map_err(StageError::Io)?;
+        temp.write_all(data)
+            .map_err(|e| StageError::Io(PathError::new("write", temp.path(), e)))?;
+        let sha256 = hex::encode(Sha256::digest(data));
+        self.check_and_stage(
+            temp,
+            data.len() as u64,
+            sha256,
+            io::Cursor::new(data),
+            expected,
+        )
+    }
+
+    fn check_and_stage(
+        &self,
+        temp: tempfile::NamedTempFile,
+        bytes: u64,
+        sha256: String,
+        png: impl io::BufRead + io::Seek,
+        expected: Option<(u32, u32)>,
+    ) -> Result<StagedImage, StageError> {
         temp.as_file()
             .sync_all()
-            .map_err(|e| StageError::Io(PathError::new("fsync", &path, e)))?;
+            .map_err(|e| StageError::Io(PathError::new("fsync", temp.path(), e)))?;
         let temp = temp.into_temp_path();
-        let (bytes, sha256) = digest_file(&temp).map_err(StageError::Io)?;
-        let (width, height) = check_png(&temp)?;
+        let thumbs = self.thumbs.as_ref();
+        let (width, height) = decode_png(png, |pixels| {
+            if let Some(thumbs) = thumbs
+                && let Err(e) = thumbs.append(&sha256, &crate::thumbs::thumbnail(pixels))
+            {
+                tracing::debug!("thumbnail in {} not kept: {e}", thumbs.path().display());
+            }
+        })?;
         if let Some((w, h)) = expected
             && (w, h) != (width, height)
         {
@@ -254,10 +316,14 @@ pub enum StageError {
     NotPng(String),
 }
 
-/// Decode the whole file: a truncated or corrupt PNG fails here, never later.
-pub fn check_png(path: &Path) -> Result<(u32, u32), StageError> {
-    let file = File::open(path).map_err(|e| StageError::Io(PathError::new("open", path, e)))?;
-    let decoder = png::Decoder::new(BufReader::new(file));
+/// Decode a whole PNG: a truncated or corrupt one fails here, never later. `use_pixels`
+/// sees the decoded image (as 8-bit samples) once it is known to be complete.
+pub fn decode_png(
+    png: impl io::BufRead + io::Seek,
+    use_pixels: impl FnOnce(&Pixels<'_>),
+) -> Result<(u32, u32), StageError> {
+    let mut decoder = png::Decoder::new(png);
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder
         .read_info()
         .map_err(|e| StageError::NotPng(e.to_string()))?;
@@ -269,12 +335,18 @@ pub fn check_png(path: &Path) -> Result<(u32, u32), StageError> {
         .output_buffer_size()
         .ok_or_else(|| StageError::NotPng("the image is too large to decode".to_owned()))?;
     let mut buffer = vec![0; size];
-    reader
+    let frame = reader
         .next_frame(&mut buffer)
         .map_err(|e| StageError::NotPng(e.to_string()))?;
     reader
         .finish()
         .map_err(|e| StageError::NotPng(e.to_string()))?;
+    use_pixels(&Pixels {
+        data: &buffer[..frame.buffer_size()],
+        width,
+        height,
+        channels: frame.color_type.samples(),
+    });
     Ok((width, height))
 }
 
@@ -339,7 +411,7 @@ pub fn remove_stale_temp_files(dir: &Path) {
 static TEMP_FILES: RwLock<()> = RwLock::new(());
 
 /// `.plasma-tmp-<pid>-<random>.part` in `dir`, removed when dropped.
-fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, PathError> {
+pub(crate) fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, PathError> {
     let _creating = TEMP_FILES.read().unwrap_or_else(|e| e.into_inner());
     tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
@@ -425,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn staging_keeps_a_thumbnail_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path().join("thumbs.pack");
+        let store = ImageStore::open(dir.path(), 1)
+            .unwrap()
+            .with_thumbs(Thumbs::new(&pack));
+        let image = staged(&store, 400, 200);
+        let thumb = crate::thumbs::ThumbReader::open(&pack)
+            .get_or_make(&image.sha256, Path::new("/nonexistent"))
+            .expect("a kept thumbnail");
+        let reader = png::Decoder::new(io::Cursor::new(thumb))
+            .read_info()
+            .unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (192, 96));
+        // A file that is not a complete PNG gets no thumbnail (and is refused).
+        let temp = store.temp_file().unwrap();
+        fs::write(temp.path(), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        let before = fs::metadata(&pack).unwrap().len();
+        assert!(store.stage(temp, None).is_err());
+        assert_eq!(fs::metadata(&pack).unwrap().len(), before);
+    }
+
+    #[test]
     fn versions_continue_after_existing_files_and_never_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("ch01_p001_v1.png"), b"old").unwrap();
@@ -438,6 +533,7 @@ mod tests {
             dir: dir.path().to_owned(),
             chapter: 1,
             highest: Mutex::new(HashMap::from([(1, 4)])),
+            thumbs: None,
         };
         let second = other.commit(staged(&other, 8, 8), 1, |_| Ok(())).unwrap();
         assert_eq!(second.file_name, "ch01_p001_v6.png");

@@ -76,7 +76,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         .clone()
         .unwrap_or_else(|| report.output_root.clone().into());
     let dirs = crate::output::ChapterDirs::new(&out_root, report.chapter);
-    tokio::spawn(watch_signals(cancel_tx, vec![dirs.images, dirs.reports]));
+    tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
     let options = RunOptions {
         out_root,
         chapter: report.chapter,

@@ -50,7 +50,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let dirs = ChapterDirs::new(&args.out, plan.chapter);
-    tokio::spawn(watch_signals(cancel_tx, vec![dirs.images, dirs.reports]));
+    tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
 
     let options = RunOptions {
         out_root: args.out.clone(),

@@ -3,16 +3,13 @@
 //! prompt, seed, status and error. A pure function from a report to bytes, plus thumbnails.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use base64::Engine as _;
 
 use super::json::{JobReport, ReportStatus, RunReport};
-
-/// Longest thumbnail side in pixels.
-const THUMB_MAX: u32 = 192;
+use crate::output::ChapterDirs;
+use crate::thumbs::ThumbReader;
 
 /// Render the contact sheet. `out_root` is where the report's image paths are relative to.
 pub fn contact_sheet(report: &RunReport, out_root: &Path) -> String {
@@ -75,13 +72,19 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
     );
-    let mut pages: Vec<u16> = report.jobs.iter().map(|j| j.page).collect();
-    pages.sort_unstable();
-    pages.dedup();
-    for page in pages {
-        let _ = write!(html, "<h2>Page {page}</h2>\n<div class=\"grid\">\n");
-        for job in report.jobs.iter().filter(|j| j.page == page) {
-            card(&mut html, job, out_root);
+    // Thumbnails were made as the images arrived (see `crate::thumbs`).
+    let mut thumbs = ThumbReader::open(&ChapterDirs::new(out_root, report.chapter).thumbs());
+    // By page, jobs in report order within a page.
+    let mut order: Vec<&JobReport> = report.jobs.iter().collect();
+    order.sort_by_key(|j| j.page);
+    for page in order.chunk_by(|a, b| a.page == b.page) {
+        let _ = write!(
+            html,
+            "<h2>Page {}</h2>\n<div class=\"grid\">\n",
+            page[0].page
+        );
+        for job in page {
+            card(&mut html, job, out_root, &mut thumbs);
         }
         html.push_str("</div>\n");
         out.write_all(html.as_bytes())?;
@@ -91,7 +94,7 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
     out.write_all(html.as_bytes())
 }
 
-fn card(html: &mut String, job: &JobReport, out_root: &Path) {
+fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbReader) {
     let status = status_name(job.status);
     let images: Vec<_> = if job.images.is_empty() {
         vec![None]
@@ -100,7 +103,14 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path) {
     };
     for image in images {
         html.push_str("<div class=\"card\">");
-        match image.and_then(|i| thumbnail_data_uri(&out_root.join(&i.path)).map(|uri| (i, uri))) {
+        let mut thumb = |i: &crate::events::ImageRecord| {
+            let png = thumbs.get_or_make(&i.sha256, &out_root.join(&i.path))?;
+            Some(format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(png)
+            ))
+        };
+        match image.and_then(|i| thumb(i).map(|uri| (i, uri))) {
             Some((image, uri)) => {
                 let name = image.path.rsplit('/').next().unwrap_or(&image.path);
                 let _ = write!(
@@ -170,67 +180,6 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// A small PNG of the image as a `data:` URI; `None` if the file is gone or unreadable.
-pub fn thumbnail_data_uri(path: &Path) -> Option<String> {
-    let png = thumbnail_png(path)?;
-    Some(format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    ))
-}
-
-/// Decode, box-filter down to at most `THUMB_MAX` on the long side, encode as RGB PNG.
-fn thumbnail_png(path: &Path) -> Option<Vec<u8>> {
-    let mut decoder = png::Decoder::new(BufReader::new(File::open(path).ok()?));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().ok()?;
-    let mut buffer = vec![0; reader.output_buffer_size()?];
-    let frame = reader.next_frame(&mut buffer).ok()?;
-    let (width, height) = (frame.width, frame.height);
-    let channels = frame.color_type.samples();
-    let rgb_at = |x: u32, y: u32| -> [u32; 3] {
-        let i = ((y * width + x) as usize) * channels;
-        match channels {
-            1 | 2 => [buffer[i] as u32; 3],
-            _ => [buffer[i] as u32, buffer[i + 1] as u32, buffer[i + 2] as u32],
-        }
-    };
-    let scale = (width.max(height) as f64 / THUMB_MAX as f64).max(1.0);
-    let tw = ((width as f64 / scale).round() as u32).max(1);
-    let th = ((height as f64 / scale).round() as u32).max(1);
-    let mut out = Vec::with_capacity((tw * th * 3) as usize);
-    for ty in 0..th {
-        let (y0, y1) = (
-            ty * height / th,
-            ((ty + 1) * height / th).max(ty * height / th + 1),
-        );
-        for tx in 0..tw {
-            let (x0, x1) = (
-                tx * width / tw,
-                ((tx + 1) * width / tw).max(tx * width / tw + 1),
-            );
-            let mut sum = [0u32; 3];
-            for y in y0..y1.min(height) {
-                for x in x0..x1.min(width) {
-                    let p = rgb_at(x, y);
-                    sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
-                }
-            }
-            let n = ((y1.min(height) - y0) * (x1.min(width) - x0)).max(1);
-            out.extend(sum.map(|s| (s / n) as u8));
-        }
-    }
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, tw, th);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().ok()?;
-        writer.write_image_data(&out).ok()?;
-    }
-    Some(png_bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,25 +190,5 @@ mod tests {
             escape("<a href=\"x\">&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn thumbnails_are_small_pngs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.png");
-        {
-            let file = File::create(&path).unwrap();
-            let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 512, 768);
-            encoder.set_color(png::ColorType::Rgb);
-            let mut writer = encoder.write_header().unwrap();
-            writer
-                .write_image_data(&vec![200u8; 512 * 768 * 3])
-                .unwrap();
-        }
-        let thumb = thumbnail_png(&path).unwrap();
-        let decoder = png::Decoder::new(std::io::Cursor::new(thumb));
-        let reader = decoder.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (128, 192));
-        assert!(thumbnail_png(&dir.path().join("missing.png")).is_none());
     }
 }

@@ -201,10 +201,7 @@ fn check_reports(out: &Path, keys: &[String]) -> Vec<RunReport> {
         }
     }
     for file in files_under(out) {
-        let name = file.rsplit('/').next().unwrap();
-        let allowed = images.contains(&file)
-            || name == "ledger.jsonl"
-            || (file.contains("/reports/") && (name.ends_with(".json") || name.ends_with(".html")));
+        let allowed = images.contains(&file) || is_run_file(&file);
         assert!(allowed, "unexpected file under the output root: {file}");
     }
     reports

@@ -189,12 +189,18 @@ pub fn check_run(summary: &RunSummary, plan_jobs: &[Arc<Job>], out: &Path) -> Ru
     }
     // Images of earlier runs in the same output root are allowed; a stray file is not.
     for file in files_under(out) {
-        let name = file.rsplit('/').next().unwrap();
         let allowed = expected_files.contains(&file)
-            || name == "ledger.jsonl"
-            || (file.contains("/reports/") && (name.ends_with(".json") || name.ends_with(".html")))
-            || (file.contains("/raw/comfyui/") && name.ends_with(".png") && !name.starts_with('.'));
+            || is_run_file(&file)
+            || (file.contains("/raw/comfyui/") && file.ends_with(".png") && !file.contains("/."));
         assert!(allowed, "unexpected file under the output root: {file}");
     }
     report
+}
+
+/// A file a run keeps besides its images: ledger, reports, contact sheets, thumbnails.
+pub fn is_run_file(file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap();
+    name == "ledger.jsonl"
+        || (file.contains("/reports/")
+            && (name.ends_with(".json") || name.ends_with(".html") || name == "thumbs.pack"))
 }

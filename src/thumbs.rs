@@ -1,0 +1,350 @@
+//! Contact-sheet thumbnails, kept by image digest in one append-only file per chapter,
+//! `<out>/ch-XX/reports/thumbs.pack`.
+//!
+//! A thumbnail is made when an image is checked on arrival ([`crate::output::ImageStore::stage`]
+//! decodes every pixel then anyway), on the download's blocking thread, while the server is
+//! already rendering the next prompt. The contact sheet at the end of a run then only reads
+//! small records: decoding and shrinking 2,000 images there took 1.5 s, all of it after the
+//! last render (see docs/performance.md). One file rather than a file per thumbnail: on this
+//! project's machines creating a file costs up to a millisecond of kernel time, and a run
+//! already creates one per image.
+//!
+//! The pack is a cache. A record is `PBTHUMB1`, the image's sha256 (32 bytes), the PNG's
+//! length (u32, little-endian) and the PNG, appended with one `write` on an `O_APPEND` file
+//! (so runners sharing a chapter do not interleave), never fsynced. A record torn by a crash
+//! is skipped when read (its PNG does not end with the `IEND` chunk, or runs past the end;
+//! reading goes on at the next `PBTHUMB1`), and the thumbnail is made again from the image.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Longest thumbnail side in pixels.
+pub const THUMB_MAX: u32 = 192;
+
+const MAGIC: &[u8; 8] = b"PBTHUMB1";
+const HEADER: usize = 8 + 32 + 4;
+/// No thumbnail is this large; a length above it is a torn or foreign record.
+const MAX_THUMB_BYTES: u32 = 16 << 20;
+/// The last 12 bytes of every complete PNG: the empty `IEND` chunk with its CRC.
+const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
+
+/// Decoded 8-bit pixels: 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) samples per pixel.
+pub struct Pixels<'a> {
+    pub data: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+}
+
+/// The thumbnail pack of one chapter, for appending.
+#[derive(Debug)]
+pub struct Thumbs {
+    path: PathBuf,
+    /// Opened on the first append.
+    file: Mutex<Option<File>>,
+}
+
+impl Thumbs {
+    pub fn new(path: impl Into<PathBuf>) -> Thumbs {
+        Thumbs {
+            path: path.into(),
+            file: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keep `png` as the thumbnail of the image whose sha256 (hex) is `sha256`.
+    pub fn append(&self, sha256: &str, png: &[u8]) -> std::io::Result<()> {
+        let digest = digest_bytes(sha256).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sha256 digest")
+        })?;
+        let len = u32::try_from(png.len())
+            .ok()
+            .filter(|&l| l <= MAX_THUMB_BYTES)
+            .ok_or_else(|| std::io::Error::other("thumbnail too large"))?;
+        let mut record = Vec::with_capacity(HEADER + png.len());
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&digest);
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(png);
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            *file = Some(crate::output::open_append(&self.path).map_err(|e| e.source)?);
+        }
+        let file = file.as_mut().expect("opened above");
+        // One write call: appends of other runners land before or after, not inside.
+        let written = std::io::Write::write(file, &record)?;
+        if written != record.len() {
+            return Err(std::io::Error::other("short write to the thumbnail pack"));
+        }
+        Ok(())
+    }
+}
+
+/// The thumbnails of a pack, read for one contact sheet.
+pub struct ThumbReader {
+    file: Option<File>,
+    /// Where each digest's PNG is: (offset, length). The last record for a digest wins.
+    index: HashMap<[u8; 32], (u64, u32)>,
+    /// Where thumbnails made now are kept for the next sheet.
+    pack: Thumbs,
+}
+
+impl ThumbReader {
+    /// Index the pack at `path` (missing is fine: every thumbnail is then made from its image).
+    pub fn open(path: &Path) -> ThumbReader {
+        let mut index = HashMap::new();
+        let file = File::open(path).ok();
+        if let Some(file) = &file {
+            index_pack(file, &mut index);
+        }
+        ThumbReader {
+            file,
+            index,
+            pack: Thumbs::new(path),
+        }
+    }
+
+    /// The thumbnail of the image at `image` with digest `sha256`: the kept one, or one made
+    /// now from the file (and appended, best effort). `None` if the image is unreadable.
+    pub fn get_or_make(&mut self, sha256: &str, image: &Path) -> Option<Vec<u8>> {
+        if let Some(png) = self.kept(sha256) {
+            return Some(png);
+        }
+        let png = thumbnail_of_file(image)?;
+        if let Err(e) = self.pack.append(sha256, &png) {
+            tracing::debug!("thumbnail of {} not kept: {e}", image.display());
+        }
+        Some(png)
+    }
+
+    fn kept(&mut self, sha256: &str) -> Option<Vec<u8>> {
+        let &(offset, len) = self.index.get(&digest_bytes(sha256)?)?;
+        let file = self.file.as_mut()?;
+        let mut png = vec![0; len as usize];
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        file.read_exact(&mut png).ok()?;
+        is_complete_png(&png).then_some(png)
+    }
+}
+
+fn digest_bytes(sha256: &str) -> Option<[u8; 32]> {
+    let mut digest = [0; 32];
+    hex::decode_to_slice(sha256, &mut digest).ok()?;
+    Some(digest)
+}
+
+fn is_complete_png(png: &[u8]) -> bool {
+    png.starts_with(&SIGNATURE) && png.ends_with(&IEND)
+}
+
+/// Find every whole record; after a torn one, go on at the next magic.
+fn index_pack(file: &File, index: &mut HashMap<[u8; 32], (u64, u32)>) {
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    // Bytes before `pos` have been looked at.
+    let mut pos: u64 = 0;
+    let mut header = [0u8; HEADER];
+    let mut tail = [0u8; 12];
+    while pos + HEADER as u64 <= size {
+        if reader.seek(SeekFrom::Start(pos)).is_err() || reader.read_exact(&mut header).is_err() {
+            return;
+        }
+        let len = u32::from_le_bytes(header[40..44].try_into().expect("4 bytes"));
+        let start = pos + HEADER as u64;
+        let whole = &header[..8] == MAGIC
+            && (12..=MAX_THUMB_BYTES).contains(&len)
+            && start + len as u64 <= size
+            && reader
+                .seek(SeekFrom::Start(start + len as u64 - 12))
+                .and_then(|_| reader.read_exact(&mut tail))
+                .is_ok()
+            && tail == IEND;
+        if whole {
+            let digest: [u8; 32] = header[8..40].try_into().expect("32 bytes");
+            index.insert(digest, (start, len));
+            pos = start + len as u64;
+        } else {
+            match next_magic(&mut reader, pos + 1, size) {
+                Some(next) => pos = next,
+                None => return,
+            }
+        }
+    }
+}
+
+/// The offset of the next `MAGIC` at or after `from`.
+fn next_magic(reader: &mut BufReader<&File>, from: u64, size: u64) -> Option<u64> {
+    reader.seek(SeekFrom::Start(from)).ok()?;
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut base = from;
+    while base < size {
+        let n = reader.read(&mut buffer).ok()?;
+        if n < MAGIC.len() {
+            return None;
+        }
+        if let Some(i) = buffer[..n].windows(MAGIC.len()).position(|w| w == MAGIC) {
+            return Some(base + i as u64);
+        }
+        // Keep the last 7 bytes: a magic may straddle two reads.
+        let step = (n - (MAGIC.len() - 1)) as u64;
+        base += step;
+        reader.seek(SeekFrom::Start(base)).ok()?;
+    }
+    None
+}
+
+/// Decode the PNG at `path` and shrink it.
+pub fn thumbnail_of_file(path: &Path) -> Option<Vec<u8>> {
+    let file = fs::File::open(path).ok()?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().ok()?;
+    let mut buffer = vec![0; reader.output_buffer_size()?];
+    let frame = reader.next_frame(&mut buffer).ok()?;
+    Some(thumbnail(&Pixels {
+        data: &buffer[..frame.buffer_size()],
+        width: frame.width,
+        height: frame.height,
+        channels: frame.color_type.samples(),
+    }))
+}
+
+/// Box-filter `pixels` down to at most [`THUMB_MAX`] on the long side; an RGB PNG, encoded
+/// with the fast deflate (a 192-pixel thumbnail is not worth the slow one's time).
+pub fn thumbnail(pixels: &Pixels<'_>) -> Vec<u8> {
+    let Pixels {
+        data,
+        width,
+        height,
+        channels,
+    } = *pixels;
+    let rgb_at = |x: u32, y: u32| -> [u32; 3] {
+        let i = ((y * width + x) as usize) * channels;
+        match channels {
+            1 | 2 => [data[i] as u32; 3],
+            _ => [data[i] as u32, data[i + 1] as u32, data[i + 2] as u32],
+        }
+    };
+    let scale = (width.max(height) as f64 / THUMB_MAX as f64).max(1.0);
+    let tw = ((width as f64 / scale).round() as u32).max(1);
+    let th = ((height as f64 / scale).round() as u32).max(1);
+    let mut out = Vec::with_capacity((tw * th * 3) as usize);
+    for ty in 0..th {
+        let y0 = ty * height / th;
+        let y1 = ((ty + 1) * height / th).max(y0 + 1).min(height);
+        for tx in 0..tw {
+            let x0 = tx * width / tw;
+            let x1 = ((tx + 1) * width / tw).max(x0 + 1).min(width);
+            let mut sum = [0u32; 3];
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let p = rgb_at(x, y);
+                    sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
+                }
+            }
+            let n = ((y1 - y0) * (x1 - x0)).max(1);
+            out.extend(sum.map(|s| (s / n) as u8));
+        }
+    }
+    let mut png_bytes = Vec::with_capacity(out.len() / 2 + 64);
+    let mut encoder = png::Encoder::new(&mut png_bytes, tw, th);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder
+        .write_header()
+        .expect("writing a PNG header to memory");
+    writer
+        .write_image_data(&out)
+        .expect("the thumbnail buffer matches its size");
+    writer.finish().expect("writing a PNG to memory");
+    png_bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, width: u32, height: u32) {
+        let file = fs::File::create(path).unwrap();
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+        writer.write_image_data(&pixels).unwrap();
+    }
+
+    fn size_of(png: &[u8]) -> (u32, u32) {
+        let reader = png::Decoder::new(std::io::Cursor::new(png))
+            .read_info()
+            .unwrap();
+        (reader.info().width, reader.info().height)
+    }
+
+    #[test]
+    fn thumbnails_are_small_pngs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        write_png(&path, 512, 768);
+        let thumb = thumbnail_of_file(&path).unwrap();
+        assert_eq!(size_of(&thumb), (128, 192));
+        assert!(thumbnail_of_file(&dir.path().join("missing.png")).is_none());
+        // Smaller images keep their size.
+        write_png(&path, 64, 32);
+        assert_eq!(size_of(&thumbnail_of_file(&path).unwrap()), (64, 32));
+    }
+
+    #[test]
+    fn kept_thumbnails_are_found_by_digest_and_torn_records_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("a.png");
+        write_png(&image, 300, 300);
+        let pack = dir.path().join("thumbs.pack");
+        let (a, b, c) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
+
+        // Nothing kept yet: made from the image and appended.
+        let made = ThumbReader::open(&pack).get_or_make(&a, &image).unwrap();
+        assert_eq!(size_of(&made), (192, 192));
+        let mut reader = ThumbReader::open(&pack);
+        assert_eq!(reader.kept(&a).as_deref(), Some(made.as_slice()));
+        assert!(reader.kept(&b).is_none());
+
+        // A torn record (a crash in the middle of an append), then more appends.
+        let thumbs = Thumbs::new(&pack);
+        thumbs.append(&b, &made).unwrap();
+        let full = fs::metadata(&pack).unwrap().len();
+        let torn = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        torn.set_len(full - 20).unwrap();
+        drop(torn);
+        let thumbs = Thumbs::new(&pack);
+        thumbs.append(&c, &made).unwrap();
+        let mut reader = ThumbReader::open(&pack);
+        assert_eq!(reader.kept(&a).as_deref(), Some(made.as_slice()));
+        assert!(reader.kept(&b).is_none(), "the torn record is not used");
+        assert_eq!(reader.kept(&c).as_deref(), Some(made.as_slice()));
+        // ... and b is made again when asked for.
+        assert_eq!(reader.get_or_make(&b, &image).unwrap(), made);
+        assert!(ThumbReader::open(&pack).kept(&b).is_some());
+
+        // What is not a digest is refused.
+        assert!(thumbs.append("../../escape", &made).is_err());
+        assert!(reader.kept("../../escape").is_none());
+        // A missing image has no thumbnail.
+        let gone = "dd".repeat(32);
+        assert!(
+            reader
+                .get_or_make(&gone, &dir.path().join("gone.png"))
+                .is_none()
+        );
+    }
+}
