@@ -145,8 +145,18 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7}  target",
-        "scen", "client", "jobs", "wall s", "ideal s", "eff", "jobs/s", "RSS MB", "idle s"
+        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7}  target",
+        "scen",
+        "client",
+        "jobs",
+        "wall s",
+        "ideal s",
+        "eff",
+        "jobs/s",
+        "RSS MB",
+        "idle s",
+        "CPU s",
+        "sim CPU"
     );
     let mut failed = false;
     let mut rss = std::collections::HashMap::new();
@@ -169,7 +179,7 @@ fn main() {
                 format!("{} {text}", if ok { "PASS" } else { "FAIL" })
             };
             println!(
-                "{:<5} {:<13} {:>6} {:>8.2} {:>8.2} {:>6} {:>8.0} {:>8.1} {:>7.2}  {verdict}",
+                "{:<5} {:<13} {:>6} {:>8.2} {:>8.2} {:>6} {:>8.0} {:>8.1} {:>7.2} {:>7.2} {:>7.2}  {verdict}",
                 scenario.name,
                 client,
                 scenario.jobs,
@@ -178,7 +188,9 @@ fn main() {
                 eff,
                 rate,
                 rss_mb,
-                result.idle_ms as f64 / 1000.0
+                result.idle_ms as f64 / 1000.0,
+                result.cpu_ms as f64 / 1000.0,
+                result.sim_cpu_ms as f64 / 1000.0,
             );
             if result.failed > 0 {
                 println!("      {} of the jobs did not succeed", result.failed);
@@ -191,7 +203,7 @@ fn main() {
         let ok = result.wall < 1.0;
         failed |= !ok;
         println!(
-            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7}  {} < 1 s",
+            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7} {:>7.2} {:>7}  {} < 1 s",
             "expand+hash",
             PLANNING_PAGES * PLANNING_VARIANTS,
             result.wall,
@@ -199,6 +211,8 @@ fn main() {
             "-",
             (PLANNING_PAGES * PLANNING_VARIANTS) as f64 / result.wall,
             result.rss_kb as f64 / 1024.0,
+            "-",
+            result.cpu_ms as f64 / 1000.0,
             "-",
             if ok { "PASS" } else { "FAIL" }
         );
@@ -241,9 +255,13 @@ struct ChildResult {
     failed: usize,
     /// Server worker idle while prompts were outstanding (all simulators together).
     idle_ms: u64,
+    /// CPU time of the client process and of the simulators' process.
+    cpu_ms: u64,
+    sim_cpu_ms: u64,
 }
 
-/// Run one (scenario, client) in a fresh process; it prints `RESULT wall rss_kb failed`.
+/// Run one (scenario, client) in a fresh process; it prints
+/// `RESULT wall rss_kb failed idle_ms cpu_ms sim_cpu_ms`.
 fn run_child(scenario: &str, client: &str) -> ChildResult {
     let exe = std::env::current_exe().expect("own path");
     let output = Command::new(exe)
@@ -263,7 +281,25 @@ fn run_child(scenario: &str, client: &str) -> ChildResult {
         rss_kb: next().parse().expect("rss"),
         failed: next().parse().expect("failed"),
         idle_ms: next().parse().expect("idle"),
+        cpu_ms: next().parse().expect("cpu"),
+        sim_cpu_ms: next().parse().expect("sim cpu"),
     }
+}
+
+/// CPU time (user + system, all threads) this process has used so far, in ms.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(14) + ticks(15)) * 10
 }
 
 /// Peak resident set of this process, in KiB.
@@ -284,7 +320,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// `--child SCENARIO CLIENT`: one measurement, printed as `RESULT wall rss_kb failed`.
+/// `--child SCENARIO CLIENT`: one measurement, printed as a `RESULT` line (see [`run_child`]).
 fn child(scenario: &str, client: &str) {
     if scenario == "planning" {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -296,7 +332,7 @@ fn child(scenario: &str, client: &str) {
             plan.jobs.len(),
             (PLANNING_PAGES * PLANNING_VARIANTS) as usize
         );
-        println!("RESULT {wall} {} 0 0", peak_rss_kb());
+        println!("RESULT {wall} {} 0 0 {} 0", peak_rss_kb(), cpu_ms());
         return;
     }
     let s = *SCENARIOS
@@ -351,9 +387,10 @@ fn child(scenario: &str, client: &str) {
         other => panic!("no client {other}"),
     };
     let rss = peak_rss_kb();
+    let cpu = cpu_ms();
     rt.shutdown_background();
-    let idle_ms = sims.stop();
-    println!("RESULT {wall} {rss} {failed} {idle_ms}");
+    let (idle_ms, sim_cpu) = sims.stop();
+    println!("RESULT {wall} {rss} {failed} {idle_ms} {cpu} {sim_cpu}");
 }
 
 /// The usual client pattern (ComfyUI's websocket example): per job, open a socket, POST,
@@ -487,17 +524,22 @@ struct Sims {
 }
 
 impl Sims {
-    /// Stop the simulators; their worker idle time while prompts were outstanding, in ms.
-    fn stop(mut self) -> u64 {
+    /// Stop the simulators; returns (worker idle ms while prompts were outstanding, the
+    /// simulator process's CPU ms).
+    fn stop(mut self) -> (u64, u64) {
         // Closing its stdin ends the simulator process.
         drop(self.child.stdin.take());
-        let idle = (&mut self.stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("IDLE ").and_then(|v| v.parse().ok()))
-            .unwrap_or(0);
+        let (mut idle, mut cpu) = (0, 0);
+        for line in (&mut self.stdout).lines().map_while(Result::ok) {
+            let value = |v: &str| v.parse().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("IDLE ") {
+                idle = value(v);
+            } else if let Some(v) = line.strip_prefix("CPU ") {
+                cpu = value(v);
+            }
+        }
         let _ = self.child.wait();
-        idle
+        (idle, cpu)
     }
 }
 
@@ -535,6 +577,7 @@ fn serve_sims(args: &[String]) {
             .map(|s| s.stats().worker_idle_ms_while_outstanding)
             .sum();
         println!("IDLE {idle}");
+        println!("CPU {}", cpu_ms());
         let _ = std::io::stdout().flush();
         for sim in sims {
             sim.shutdown().await;

@@ -240,11 +240,15 @@ impl Shared {
         self.sockets().contains_key(sid)
     }
 
-    /// `{"type": ty, "data": data}` as the server's `json.dumps` writes it.
-    pub fn frame(ty: &str, data: &Value) -> Message {
-        Message::Text(Utf8Bytes::from(pyjson::dumps(
-            &json!({"type": ty, "data": data}),
-        )))
+    /// `{"type": ty, "data": data}` as the server's `json.dumps` writes it (serialised in
+    /// place: a progress frame is sent per sampler step, nothing is copied for it).
+    pub fn frame<T: serde::Serialize + ?Sized>(ty: &str, data: &T) -> Message {
+        #[derive(serde::Serialize)]
+        struct Frame<'a, T: ?Sized> {
+            r#type: &'a str,
+            data: &'a T,
+        }
+        Message::Text(Utf8Bytes::from(pyjson::dumps(&Frame { r#type: ty, data })))
     }
 
     /// `send_json(event, data, sid)`: to one socket, or to all when `sid` is None.
@@ -268,7 +272,7 @@ impl Shared {
         }
     }
 
-    pub fn send_json(&self, ty: &str, data: &Value, sid: Option<&str>) {
+    pub fn send_json<T: serde::Serialize + ?Sized>(&self, ty: &str, data: &T, sid: Option<&str>) {
         self.send(Self::frame(ty, data), sid);
     }
 
