@@ -120,7 +120,41 @@ pub struct Sim {
     shared: Arc<Shared>,
     addr: SocketAddr,
     supervisor: Option<JoinHandle<()>>,
+    _worker_thread: WorkerThread,
     _tempdirs: Vec<tempfile::TempDir>,
+}
+
+/// The prompt worker's own OS thread and runtime, as ComfyUI runs `prompt_worker` in a
+/// thread of its own: the simulated GPU's timing does not wait behind the HTTP and
+/// WebSocket tasks of the caller's runtime (on two cores it did: ~0.3 ms per prompt). Only
+/// the worker runs there, so it may block that thread for sub-millisecond waits.
+struct WorkerThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped to end the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl WorkerThread {
+    fn start() -> io::Result<WorkerThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("sim-prompt-worker".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Whatever the worker was doing is dropped, as a crash would.
+                runtime.shutdown_background();
+            })?;
+        Ok(WorkerThread {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl Sim {
@@ -176,11 +210,19 @@ impl Sim {
             drop_once_used: AtomicBool::new(false),
             counters: Mutex::new(Default::default()),
         });
-        let supervisor = tokio::spawn(supervise(shared.clone(), listener, addr, ctrl_rx));
+        let worker_thread = WorkerThread::start()?;
+        let supervisor = tokio::spawn(supervise(
+            shared.clone(),
+            listener,
+            addr,
+            ctrl_rx,
+            worker_thread.handle.clone(),
+        ));
         Ok(Sim {
             shared,
             addr,
             supervisor: Some(supervisor),
+            _worker_thread: worker_thread,
             _tempdirs: tempdirs,
         })
     }
@@ -243,6 +285,7 @@ async fn supervise(
     first: TcpListener,
     addr: SocketAddr,
     mut ctrl: mpsc::UnboundedReceiver<Ctrl>,
+    worker_thread: tokio::runtime::Handle,
 ) {
     struct Tasks(Vec<JoinHandle<()>>);
     impl Tasks {
@@ -283,7 +326,7 @@ async fn supervise(
         let serve = tokio::spawn(async move {
             let _ = axum::serve(kill_listener, router).await;
         });
-        let worker = tokio::spawn(worker::run(shared.clone()));
+        let worker = worker_thread.spawn(worker::run(shared.clone()));
         let tasks = Tasks(vec![serve, worker]);
         match ctrl.recv().await {
             Some(Ctrl::Crash(down_for)) => {

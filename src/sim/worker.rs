@@ -193,12 +193,19 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// One node's entry of `progress_state`, kept serialised (`"id": {...}`).
+struct NodeProgress {
+    node: String,
+    max: Value,
+    json: String,
+}
+
 struct Run<'a> {
     shared: &'a Shared,
     item: &'a QueueItem,
     client: Option<String>,
     messages: Vec<Value>,
-    progress: Map<String, Value>,
+    progress: Vec<NodeProgress>,
     executed: Vec<String>,
     ui_outputs: Map<String, Value>,
     preview: bool,
@@ -218,7 +225,7 @@ impl<'a> Run<'a> {
             item,
             client: item.client_id(),
             messages: Vec::new(),
-            progress: Map::new(),
+            progress: Vec::new(),
             executed: Vec::new(),
             ui_outputs: Map::new(),
             preview,
@@ -247,36 +254,72 @@ impl<'a> Run<'a> {
         if self.client.is_some() || broadcast {
             self.shared.send_json(ty, &data, self.client.as_deref());
         }
-        self.messages.push(json!([ty, data]));
+        self.messages
+            .push(Value::Array(vec![Value::from(ty), data]));
     }
 
+    /// `progress_state`: every node's state so far, sent on each change (each sampler step
+    /// too). Only the changed node's entry is serialised; the frame joins the others' text.
     fn progress_state(&mut self, node: &str, value: Value, max: Value, state: &str) {
-        let entry = json!({
-            "value": value, "max": max, "state": state, "node_id": node, "prompt_id": self.pid(),
-            "display_node_id": node, "parent_node_id": null, "real_node_id": node,
-        });
-        self.progress.insert(node.to_string(), entry);
         #[derive(serde::Serialize)]
-        struct ProgressState<'a> {
+        struct Entry<'a> {
+            value: &'a Value,
+            max: &'a Value,
+            state: &'a str,
+            node_id: &'a str,
             prompt_id: &'a str,
-            nodes: &'a Map<String, Value>,
+            display_node_id: &'a str,
+            parent_node_id: Option<()>,
+            real_node_id: &'a str,
         }
-        let msg = Shared::frame(
-            "progress_state",
-            &ProgressState {
-                prompt_id: self.pid(),
-                nodes: &self.progress,
-            },
+        let entry = Entry {
+            value: &value,
+            max: &max,
+            state,
+            node_id: node,
+            prompt_id: self.pid(),
+            display_node_id: node,
+            parent_node_id: None,
+            real_node_id: node,
+        };
+        let json = format!("{}: {}", pyjson::dumps(node), pyjson::dumps(&entry));
+        match self.progress.iter_mut().find(|p| p.node == node) {
+            Some(p) => {
+                p.max = max;
+                p.json = json;
+            }
+            None => self.progress.push(NodeProgress {
+                node: node.to_owned(),
+                max,
+                json,
+            }),
+        }
+        let mut text = String::with_capacity(
+            64 + self
+                .progress
+                .iter()
+                .map(|p| p.json.len() + 2)
+                .sum::<usize>(),
         );
-        self.to_client_or_all(msg);
+        text.push_str(r#"{"type": "progress_state", "data": {"prompt_id": "#);
+        text.push_str(&pyjson::dumps(self.pid()));
+        text.push_str(r#", "nodes": {"#);
+        for (i, p) in self.progress.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&p.json);
+        }
+        text.push_str("}}}");
+        self.to_client_or_all(Message::Text(text.into()));
     }
 
     fn finish_progress(&mut self, node: &str) {
-        let (value, max) = match self.progress.get(node) {
-            Some(e) => (e["max"].clone(), e["max"].clone()),
-            None => (json!(1), json!(1)),
+        let max = match self.progress.iter().find(|p| p.node == node) {
+            Some(p) => p.max.clone(),
+            None => json!(1),
         };
-        self.progress_state(node, value, max, "finished");
+        self.progress_state(node, max.clone(), max, "finished");
     }
 
     fn class(&self, id: &str) -> Option<&'a NodeClass> {
@@ -441,22 +484,33 @@ impl<'a> Run<'a> {
             .keys()
             .map(|k| (k.clone(), json!({"node_id": k, "display_node": k, "parent_node": null, "real_node_id": k})))
             .collect();
-        let entry = json!({
-            "prompt": self.item.to_json(),
-            "outputs": self.ui_outputs,
-            "status": {
-                "status_str": if success { "success" } else { "error" },
-                "completed": success,
-                "messages": self.messages,
-            },
-            "meta": meta,
-        });
+        // Moved, not copied: nothing is sent from them after this.
+        let outputs = Value::Object(std::mem::take(&mut self.ui_outputs));
+        let messages = Value::Array(std::mem::take(&mut self.messages));
+        // Built by hand: `json!` would deep-copy every value given to it.
+        let status = Map::from_iter([
+            (
+                "status_str".to_owned(),
+                json!(if success { "success" } else { "error" }),
+            ),
+            ("completed".to_owned(), json!(success)),
+            ("messages".to_owned(), messages),
+        ]);
+        let entry = Value::Object(Map::from_iter([
+            ("prompt".to_owned(), self.item.to_json()),
+            ("outputs".to_owned(), outputs),
+            ("status".to_owned(), Value::Object(status)),
+            ("meta".to_owned(), Value::Object(meta)),
+        ]));
         let late = shared.faults().find_map(|f| match f {
             Fault::LateHistory { ms } => Some(*ms),
             _ => None,
         });
-        let write = |core: &mut super::state::Core| {
-            core.history.insert(&self.item.prompt_id, entry.clone())
+        let mut entry = Some(entry);
+        let mut write = |core: &mut super::state::Core| {
+            if let Some(entry) = entry.take() {
+                core.history.insert(&self.item.prompt_id, entry);
+            }
         };
         let idle_now = if let Some(ms) = late {
             {
@@ -987,7 +1041,8 @@ impl<'a> Run<'a> {
 /// Sleep until `deadline`, late by microseconds rather than tokio's up to 1-2 ms: its timer
 /// fires on whole milliseconds, which at a 20 ms render is 5-10 % of the simulated GPU time
 /// that the client gets blamed for. The coarse timer takes all but the last 2 ms; the rest
-/// is the OS's own sleep on a blocking thread (this task waits without holding a worker).
+/// is the OS's own sleep, blocking the thread: the worker has a thread and runtime of its
+/// own (`WorkerThread` in `sim/mod.rs`), so that holds up nothing else.
 async fn sleep_until_precise(deadline: tokio::time::Instant) {
     const COARSE_SLACK: Duration = Duration::from_millis(2);
     if let Some(early) = deadline.checked_sub(COARSE_SLACK)
@@ -997,7 +1052,7 @@ async fn sleep_until_precise(deadline: tokio::time::Instant) {
     }
     let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
     if !rest.is_zero() {
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+        std::thread::sleep(rest);
     }
 }
 
