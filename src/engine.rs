@@ -5,7 +5,9 @@
 //! with a `prompt_id` we generate and route *before* the POST, so no message can arrive for
 //! a prompt we do not know yet. A prompt is finished only on `executing {node: null}` for its
 //! id (or, when the socket was lost, when `/history` has its entry); `execution_error` and
-//! `execution_interrupted` seen before that decide failure.
+//! `execution_interrupted` seen before that decide failure. The images are where the
+//! `executed` messages of the job's output nodes said; if one of them was missed (a socket
+//! drop), `/history` is asked, which is complete once `executing {node: null}` came.
 //!
 //! Each server has `in_flight` slots (default 2: one prompt rendering, one waiting on the
 //! server so the GPU never idles). A slot is held from the POST until the server is done with
@@ -1033,8 +1035,12 @@ async fn run_task(
 
 /// What the waiter learned about a prompt.
 enum Terminal {
-    /// `executing null` arrived; the history entry is written.
-    Finished { error: Option<JobError> },
+    /// `executing null` arrived; the history entry is written. `outputs` holds what the
+    /// `executed` messages of the job's output nodes said, as history would.
+    Finished {
+        error: Option<JobError>,
+        outputs: HistoryEntry,
+    },
     /// `/history` had the entry although the socket missed the end.
     FromHistory(HistoryEntry),
 }
@@ -1166,15 +1172,32 @@ async fn attempt(
     drop(permit);
 
     let entry = match terminal {
-        Terminal::Finished { error: Some(error) } => {
+        Terminal::Finished {
+            error: Some(error), ..
+        } => {
             let status = JobStatus::Failed;
             return Attempt::Failed(status, error);
         }
-        Terminal::Finished { error: None } => match fetch_history(shared, client, &prompt_id).await
+        // Every output node said where its images are: no need to ask `/history` (one
+        // request and a few KB of JSON per job on both sides).
+        Terminal::Finished {
+            error: None,
+            outputs,
+        } if task
+            .job
+            .output_nodes
+            .iter()
+            .all(|n| outputs.outputs.contains_key(n)) =>
         {
-            Ok(entry) => entry,
-            Err(attempt) => return attempt,
-        },
+            outputs
+        }
+        // A message was missed (a socket drop): history has them all.
+        Terminal::Finished { error: None, .. } => {
+            match fetch_history(shared, client, &prompt_id).await {
+                Ok(entry) => entry,
+                Err(attempt) => return attempt,
+            }
+        }
         Terminal::FromHistory(entry) => {
             if let Some(error) = error_from_history(&entry) {
                 return Attempt::Failed(JobStatus::Failed, error);
@@ -1238,6 +1261,7 @@ async fn wait_for_end(
     let mut cancel = ctx.cancel.clone();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut error: Option<JobError> = None;
+    let mut outputs = HistoryEntry::default();
     let mut check_at = tokio::time::Instant::now() + if poll { Duration::ZERO } else { stall };
     let mut http_failures: u32 = 0;
     loop {
@@ -1288,8 +1312,11 @@ async fn wait_for_end(
                                 e.node_class = node_type;
                                 error = Some(e);
                             }
+                            ServerMessage::Executed { node, output: Some(output), .. } if task.job.output_nodes.contains(&node) => {
+                                outputs.outputs.insert(node, output);
+                            }
                             ServerMessage::Executing { node: None, .. } => {
-                                return Ok(Terminal::Finished { error });
+                                return Ok(Terminal::Finished { error, outputs });
                             }
                             _ => {}
                         }

@@ -46,6 +46,9 @@ pub enum Fault {
     /// `late-history:MS`: issue #11540: `execution_success` and the `status` broadcast go out,
     /// the history entry is written MS later, then `executing` null.
     LateHistory { ms: u64 },
+    /// `drop-executed`: `executed` messages are not sent (as when a socket was briefly away
+    /// while its node finished); history still has the outputs.
+    DropExecuted,
 }
 
 /// A `--fault` spec that could not be read.
@@ -195,6 +198,10 @@ impl FromStr for Fault {
                     ms: num(0, "the delay")?,
                 }
             }
+            "drop-executed" => {
+                want(0)?;
+                Fault::DropExecuted
+            }
             "" => return Err(err("the spec is empty")),
             _ => return Err(err("unknown fault name")),
         })
@@ -221,6 +228,7 @@ impl fmt::Display for Fault {
             Fault::ViewTruncated => write!(f, "view-truncated"),
             Fault::ViewNotPng => write!(f, "view-not-png"),
             Fault::LateHistory { ms } => write!(f, "late-history:{ms}"),
+            Fault::DropExecuted => write!(f, "drop-executed"),
         }
     }
 }
@@ -249,6 +257,7 @@ mod tests {
             "view-truncated",
             "view-not-png",
             "late-history:50",
+            "drop-executed",
         ] {
             let fault: Fault = spec.parse().unwrap();
             assert_eq!(fault.to_string(), spec);

@@ -98,6 +98,8 @@ pub struct SimStats {
     pub posts_without_socket: u64,
     /// Highest pending + running count seen.
     pub peak_queue: usize,
+    /// `GET /history` and `GET /history/{id}` requests.
+    pub history_requests: u64,
     /// Total time the worker sat idle between finishing one prompt and starting the next
     /// (so only idle time between the first accepted prompt and the last finished one).
     pub worker_idle_ms_while_outstanding: u64,

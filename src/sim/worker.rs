@@ -239,6 +239,14 @@ impl<'a> Run<'a> {
 
     /// "→client; suppressed if none".
     fn to_client(&self, ty: &str, data: &Value) {
+        if ty == "executed"
+            && self
+                .shared
+                .faults()
+                .any(|f| matches!(f, Fault::DropExecuted))
+        {
+            return;
+        }
         if let Some(c) = &self.client {
             self.shared.send_json(ty, data, Some(c));
         }

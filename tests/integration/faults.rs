@@ -234,19 +234,38 @@ async fn http_500_on_every_post_fails_the_jobs_and_retires_the_server() {
 }
 
 #[tokio::test]
-async fn slow_history_still_completes() {
-    let sim = sim_with(1, &["slow-history:400"]).await;
-    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
+async fn images_are_found_from_executed_messages_without_asking_history() {
+    let sim = sim_with(1, &[]).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
     all_succeeded(&summary);
+    assert_eq!(sim.stats().history_requests, 0);
+    sim.shutdown().await;
+}
+
+/// Run 3 jobs with `faults` and no `executed` messages, so every job's images come from
+/// `/history`; all succeed, asking history once per job.
+async fn completes_through_history(faults: &[&str]) {
+    let faults: Vec<&str> = faults.iter().copied().chain(["drop-executed"]).collect();
+    let sim = sim_with(1, &faults).await;
+    let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
+    all_succeeded(&summary);
+    assert_eq!(sim.stats().history_requests, 3);
     sim.shutdown().await;
 }
 
 #[tokio::test]
+async fn missed_executed_messages_are_read_from_history() {
+    completes_through_history(&[]).await;
+}
+
+#[tokio::test]
+async fn slow_history_still_completes() {
+    completes_through_history(&["slow-history:400"]).await;
+}
+
+#[tokio::test]
 async fn execution_success_before_history_is_written_still_completes() {
-    let sim = sim_with(1, &["late-history:300"]).await;
-    let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
-    all_succeeded(&summary);
-    sim.shutdown().await;
+    completes_through_history(&["late-history:300"]).await;
 }
 
 #[tokio::test]
