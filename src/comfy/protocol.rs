@@ -85,18 +85,39 @@ impl ExecutionError {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    data: Value,
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    /// Left as text until the type says it is read (`progress_state`, sent on every
+    /// sampler step with every node's state, never is).
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
+
+/// The message types whose `data` is read.
+const READ_TYPES: &[&str] = &[
+    "status",
+    "execution_start",
+    "execution_cached",
+    "executing",
+    "executed",
+    "progress",
+    "execution_success",
+    "execution_error",
+    "execution_interrupted",
+];
 
 impl ServerMessage {
     /// Parse one text frame. `None` when the frame is not a `{type, data}` JSON object.
     pub fn parse(text: &str) -> Option<ServerMessage> {
         let envelope: Envelope = serde_json::from_str(text).ok()?;
-        Some(Self::from_envelope(envelope.kind, envelope.data))
+        let data = match envelope.data {
+            Some(raw) if READ_TYPES.contains(&envelope.kind.as_ref()) => {
+                serde_json::from_str(raw.get()).ok()?
+            }
+            _ => Value::Null,
+        };
+        Some(Self::from_envelope(envelope.kind.into_owned(), data))
     }
 
     fn from_envelope(kind: String, data: Value) -> ServerMessage {
@@ -364,6 +385,24 @@ mod tests {
         );
         assert_eq!(ServerMessage::parse("not json"), None);
         assert_eq!(ServerMessage::parse("[1,2]"), None);
+        // Types whose data is never read are not parsed further, but must still be JSON.
+        assert_eq!(
+            ServerMessage::parse(
+                r#"{"type": "progress_state", "data": {"prompt_id": "p", "nodes": {"3": {"value": 2, "max": 20, "state": "running"}}}}"#
+            ),
+            Some(ServerMessage::Other {
+                kind: "progress_state".into()
+            })
+        );
+        assert_eq!(
+            ServerMessage::parse(r#"{"type": "progress_state", "data": {"nodes": }"#),
+            None
+        );
+        // An escaped type name is read like any other.
+        assert!(matches!(
+            ServerMessage::parse(r#"{"type": "execution\u005fstart", "data": {"prompt_id": "p"}}"#),
+            Some(ServerMessage::ExecutionStart { .. })
+        ));
     }
 
     #[test]

@@ -763,16 +763,33 @@ async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
         tokio::select! {
             _ = &mut killed => return,
             out = rx.recv(), if rx_open => {
-                let Some(out) = out else { rx_open = false; continue };
-                if !latency.is_zero() {
-                    tokio::time::sleep_until((out.at + latency).into()).await;
+                let Some(mut out) = out else { rx_open = false; continue };
+                // Frames already waiting (a node's end and the next one's start come in
+                // bursts) share one write; each is still sent at its own time.
+                let mut fate = None;
+                loop {
+                    if !latency.is_zero() {
+                        tokio::time::sleep_until((out.at + latency).into()).await;
+                    }
+                    if futures::SinkExt::feed(&mut socket, out.msg).await.is_err() {
+                        fate = Some(None);
+                        break;
+                    }
+                    frames += 1;
+                    if let Some(f) = ws_fault(&s, frames) {
+                        fate = Some(Some(f));
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => out = next,
+                        Err(_) => break,
+                    }
                 }
-                if socket.send(out.msg).await.is_err() {
+                if futures::SinkExt::flush(&mut socket).await.is_err() {
                     break None;
                 }
-                frames += 1;
-                if let Some(fate) = ws_fault(&s, frames) {
-                    break Some(fate);
+                if let Some(fate) = fate {
+                    break fate;
                 }
             }
             incoming = socket.recv() => match incoming {
