@@ -220,6 +220,8 @@ fn main() {
     if failed {
         println!("some targets were missed");
     }
+    // A static is never dropped: remove the children's images now.
+    let _ = std::fs::remove_dir_all(output_root());
 }
 
 /// plasma-batch's target for a scenario, and how it reads.
@@ -260,12 +262,26 @@ struct ChildResult {
     sim_cpu_ms: u64,
 }
 
+/// Where the children write their images: one folder for the whole benchmark, removed at the
+/// end. Removing each scenario's thousands of files right after it made the next scenario's
+/// file creations slow on this machine's root filesystem (ext4 without a journal: each new
+/// inode is checked against recently deleted ones, `find_inode_bit` -> `recently_deleted`,
+/// up to ~0.7 ms a file), which measured the benchmark's clean-up, not the client.
+const OUTPUT_ROOT: &str = "PLASMA_BENCH_OUTPUT";
+
+fn output_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+}
+
 /// Run one (scenario, client) in a fresh process; it prints
 /// `RESULT wall rss_kb failed idle_ms cpu_ms sim_cpu_ms`.
 fn run_child(scenario: &str, client: &str) -> ChildResult {
     let exe = std::env::current_exe().expect("own path");
     let output = Command::new(exe)
         .args(["--child", scenario, client])
+        .env(OUTPUT_ROOT, output_root())
         .stderr(Stdio::inherit())
         .output()
         .expect("start a child");
@@ -340,10 +356,15 @@ fn child(scenario: &str, client: &str) {
         .find(|s| s.name == scenario)
         .unwrap_or_else(|| panic!("no scenario {scenario}"));
     let (sims, urls) = start_sims(&s);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = scenario_manifest(dir.path(), &s);
+    // Kept until the whole benchmark ends (see `OUTPUT_ROOT`).
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{scenario}-{client}-"))
+        .tempdir_in(std::env::var_os(OUTPUT_ROOT).unwrap_or_else(|| std::env::temp_dir().into()))
+        .expect("tempdir")
+        .keep();
+    let manifest = scenario_manifest(&dir, &s);
     let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
-    let out = dir.path().join("out");
+    let out = dir.join("out");
     let jobs: Vec<Arc<Job>> = plan.jobs.into_iter().map(Arc::new).collect();
     let rt = runtime();
     let (wall, failed) = match client {
