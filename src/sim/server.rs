@@ -767,10 +767,18 @@ async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
                 // Frames already waiting (a node's end and the next one's start come in
                 // bursts) share one write; each is still sent at its own time.
                 let mut fate = None;
+                let mut unflushed = false;
                 loop {
-                    if !latency.is_zero() {
-                        tokio::time::sleep_until((out.at + latency).into()).await;
+                    let due = out.at + latency;
+                    if due > std::time::Instant::now() {
+                        // What is fed so far is due now: send it before waiting.
+                        if unflushed && futures::SinkExt::flush(&mut socket).await.is_err() {
+                            fate = Some(None);
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
                     }
+                    unflushed = true;
                     if futures::SinkExt::feed(&mut socket, out.msg).await.is_err() {
                         fate = Some(None);
                         break;

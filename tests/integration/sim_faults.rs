@@ -400,3 +400,38 @@ async fn latency_delays_responses_and_frames() {
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn latency_holds_each_frame_from_its_own_creation_not_the_burst() {
+    // Steps 60 ms apart, frames held 100 ms: the progress frames must arrive spread out
+    // like the steps, not all at once at the end of the prompt.
+    let sim = Sim::start(SimConfig {
+        step_ms: 60,
+        latency_ms: 100,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut ws = Ws::connect(&sim.url(), "spread").await;
+    ws.next_json().await;
+    let pid = submit(&sim.url(), Some("spread"), &txt2img(1, 4, "x", "spread")).await;
+    let mut arrivals = Vec::new();
+    loop {
+        let frame = ws.next_json().await;
+        if frame["type"] == "progress" {
+            arrivals.push(Instant::now());
+        }
+        if frame["type"] == "executing"
+            && frame["data"]["node"].is_null()
+            && frame["data"]["prompt_id"] == pid.as_str()
+        {
+            break;
+        }
+    }
+    assert_eq!(arrivals.len(), 4);
+    let spread = arrivals[3] - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(120),
+        "4 steps 60 ms apart arrived within {spread:?}"
+    );
+}
