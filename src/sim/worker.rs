@@ -1049,8 +1049,9 @@ impl<'a> Run<'a> {
 /// Sleep until `deadline`, late by microseconds rather than tokio's up to 1-2 ms: its timer
 /// fires on whole milliseconds, which at a 20 ms render is 5-10 % of the simulated GPU time
 /// that the client gets blamed for. The coarse timer takes all but the last 2 ms; the rest
-/// is the OS's own sleep, blocking the thread: the worker has a thread and runtime of its
-/// own (`WorkerThread` in `sim/mod.rs`), so that holds up nothing else.
+/// is the OS's own sleep and a last spin of at most 150 us, blocking the thread: the worker
+/// has a thread and runtime of its own (`WorkerThread` in `sim/mod.rs`), so that holds up
+/// nothing else.
 async fn sleep_until_precise(deadline: tokio::time::Instant) {
     const COARSE_SLACK: Duration = Duration::from_millis(2);
     if let Some(early) = deadline.checked_sub(COARSE_SLACK)
@@ -1058,9 +1059,19 @@ async fn sleep_until_precise(deadline: tokio::time::Instant) {
     {
         tokio::time::sleep_until(early).await;
     }
-    let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
-    if !rest.is_zero() {
+    // The OS sleep wakes up to ~50 us late (timer slack) plus the scheduler's delay:
+    // sleep to just short of the deadline and spin the rest.
+    const SPIN: Duration = Duration::from_micros(150);
+    let deadline = deadline.into_std();
+    if let Some(rest) = deadline
+        .checked_sub(SPIN)
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        && !rest.is_zero()
+    {
         std::thread::sleep(rest);
+    }
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
     }
 }
 
