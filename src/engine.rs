@@ -1096,7 +1096,7 @@ async fn attempt(
     });
     if reattached.is_none() {
         let request = PromptRequest {
-            prompt: task.job.workflow.raw(),
+            prompt: &task.job.workflow,
             client_id: &posted_as,
             prompt_id: &prompt_id,
         };

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,7 +22,7 @@ use crate::manifest::model::{
     DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
 };
 use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
-use crate::workflow::{Placeholder, SlotValues, Template, Workflow};
+use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -489,8 +490,8 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
         filename_prefix: String::new(),
         seed_source: SeedSource::Derived,
     };
-    // The page's values once; each variant only changes its seed and prefix.
-    let mut values = page_values(&base);
+    // The page's values once, shared by its jobs; each variant only adds seed and prefix.
+    let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
         let key = job_key(chapter, page, variant);
@@ -499,10 +500,12 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
             seed_source,
             ..base.clone()
         };
-        values.set(Placeholder::Seed, seed);
-        values.set(Placeholder::FilenamePrefix, params.filename_prefix.as_str());
+        let own = Variant {
+            seed,
+            filename_prefix: Arc::from(params.filename_prefix.as_str()),
+        };
         let filled = template
-            .fill(&values)
+            .fill(&values, own)
             .expect("every placeholder was checked to have a value");
         jobs.push(Job {
             hash: filled.hash,
@@ -519,7 +522,8 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
     }
 }
 
-/// The placeholder values a page's variants share (all but seed and filename prefix).
+/// The placeholder values a page's variants share (all but seed and filename prefix, which
+/// each job's [`Variant`] brings).
 fn page_values(p: &JobParams) -> SlotValues {
     let mut v = SlotValues::default();
     v.set(Placeholder::Prompt, p.prompt.as_str());
@@ -553,10 +557,12 @@ pub fn job_from_params(
 ) -> Result<Job, Placeholder> {
     params.filename_prefix = format!("plasma/ch{chapter:02}/{key}");
     params.workflow_path = PathBuf::from(template.file().name());
-    let mut values = page_values(&params);
-    values.set(Placeholder::Seed, seed);
-    values.set(Placeholder::FilenamePrefix, params.filename_prefix.as_str());
-    let filled = template.fill(&values)?;
+    let values = template.page_values(page_values(&params));
+    let own = Variant {
+        seed,
+        filename_prefix: Arc::from(params.filename_prefix.as_str()),
+    };
+    let filled = template.fill(&values, own)?;
     Ok(Job {
         hash: filled.hash,
         workflow: filled.workflow,

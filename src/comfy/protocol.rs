@@ -209,8 +209,8 @@ fn as_count(value: &Value) -> Option<u64> {
 /// Body of `POST /prompt`.
 #[derive(Debug, Serialize)]
 pub struct PromptRequest<'a> {
-    /// The workflow's JSON as is (jobs keep it serialized).
-    pub prompt: &'a serde_json::value::RawValue,
+    /// The workflow, serialized as its compact JSON text.
+    pub prompt: &'a crate::workflow::Workflow,
     pub client_id: &'a str,
     pub prompt_id: &'a str,
 }

@@ -1,10 +1,13 @@
-//! A filled workflow kept as its compact JSON text, shared: the form a job carries from the
-//! planner to the POST body and the report. Knows nothing of jobs or templates.
+//! A filled workflow: the form a job carries from the planner to the POST body and the
+//! report. Knows nothing of jobs.
 //!
 //! A `serde_json::Value` of the shipped txt2img workflow takes about 11 KiB of small
-//! allocations; its text is under 1 KiB. Jobs, the report (`prompt`) and retries share one
-//! `Arc`, so a 10,000-job run holds each workflow once.
+//! allocations; its compact text is about 1 KiB. A planned workflow holds neither: it keeps
+//! its page's values (shared by the page's variants, bound to the template) and its own
+//! seed and filename prefix, and writes its text when it is sent or reported. A workflow
+//! read back from a report (or built from a `Value`) is kept as its compact text.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,34 +15,44 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// API-format workflow JSON (an object of nodes), compact, shared. Serializes as the JSON
-/// itself, not as a string.
+use super::template::{PageValues, Variant};
+
+/// API-format workflow JSON (an object of nodes), compact. Serializes as the JSON itself,
+/// not as a string. Cheap to clone.
 #[derive(Clone)]
-pub struct Workflow(Arc<RawValue>);
+pub struct Workflow(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Compact JSON text.
+    Text(Arc<RawValue>),
+    /// A template's page values plus this workflow's own: the text is written on demand.
+    Filled(Arc<PageValues>, Variant),
+}
 
 impl Workflow {
-    /// Compact JSON text that is known to be valid (the planner's own output).
-    pub(crate) fn from_json_text(text: String) -> Workflow {
-        let raw = RawValue::from_string(text).expect("the planner writes valid JSON");
-        Workflow(Arc::from(raw))
+    /// A workflow filled from `page`'s and `variant`'s values (checked to be complete).
+    pub(crate) fn filled(page: Arc<PageValues>, variant: Variant) -> Workflow {
+        Workflow(Repr::Filled(page, variant))
     }
 
     pub fn from_value(value: &Value) -> Workflow {
-        Workflow::from_json_text(serde_json::to_string(value).expect("a Value serializes"))
+        let text = serde_json::to_string(value).expect("a Value serializes");
+        let raw = RawValue::from_string(text).expect("serde_json writes valid JSON");
+        Workflow(Repr::Text(Arc::from(raw)))
     }
 
-    /// The compact JSON text, exactly what is sent.
-    pub fn json(&self) -> &str {
-        self.0.get()
-    }
-
-    pub fn raw(&self) -> &RawValue {
-        &self.0
+    /// The compact JSON text, exactly what is sent (written now for a planned workflow).
+    pub fn text(&self) -> Cow<'_, str> {
+        match &self.0 {
+            Repr::Text(raw) => Cow::Borrowed(raw.get()),
+            Repr::Filled(page, variant) => Cow::Owned(page.text(variant)),
+        }
     }
 
     /// Parsed (a fresh `Value` each call: for inspection, not the hot path).
     pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.json()).expect("a Workflow holds valid JSON")
+        serde_json::from_str(&self.text()).expect("a Workflow holds valid JSON")
     }
 }
 
@@ -51,19 +64,30 @@ impl From<Value> for Workflow {
 
 impl PartialEq for Workflow {
     fn eq(&self, other: &Workflow) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.json() == other.json()
+        match (&self.0, &other.0) {
+            (Repr::Text(a), Repr::Text(b)) if Arc::ptr_eq(a, b) => true,
+            (Repr::Filled(a, x), Repr::Filled(b, y)) if Arc::ptr_eq(a, b) && x == y => true,
+            _ => self.text() == other.text(),
+        }
     }
 }
 
 impl fmt::Debug for Workflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.json())
+        f.write_str(&self.text())
     }
 }
 
 impl Serialize for Workflow {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        match &self.0 {
+            Repr::Text(raw) => raw.serialize(serializer),
+            Repr::Filled(page, variant) => {
+                let raw = RawValue::from_string(page.text(variant))
+                    .expect("a template fills to valid JSON");
+                raw.serialize(serializer)
+            }
+        }
     }
 }
 

@@ -9,4 +9,4 @@ pub mod template;
 
 pub use json::Workflow;
 pub use placeholder::{Placeholder, SlotValues};
-pub use template::{Filled, Template};
+pub use template::{Filled, PageValues, Template, Variant};

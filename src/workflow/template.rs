@@ -1,8 +1,10 @@
 //! A parsed, checked API-format workflow template, with its placeholder slots indexed once so
-//! filling a job is a clone plus a few writes.
+//! filling a job is a few appends. A filled workflow's text is written only when it is used
+//! (see [`PageValues`]): a job keeps its template and values, not ~1 KiB of JSON.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -24,14 +26,75 @@ pub struct Template {
     file: SourceFile,
     sha256: String,
     graph: Value,
-    slots: Vec<Slot>,
     save_nodes: Vec<String>,
     /// Where each placeholder is first used: node id and the span of the string.
     uses: BTreeMap<Placeholder, (String, Range<usize>)>,
     /// The canonical JSON with a hole per slot, for the job hash.
     canonical: Segments,
-    /// The compact JSON in the template's key order with a hole per slot: what is sent.
+    /// The slots and the text that is sent, shared with every workflow filled from here.
+    text: Arc<TextFill>,
+}
+
+/// What writing a filled workflow's text needs: the slots, and the compact JSON in the
+/// template's key order with a hole per slot.
+#[derive(Debug)]
+pub(crate) struct TextFill {
+    slots: Vec<Slot>,
     compact: Segments,
+}
+
+impl TextFill {
+    /// Every slot's value, in slot order.
+    fn values(&self, values: &Lookup<'_>) -> Result<Vec<Value>, Placeholder> {
+        self.slots.iter().map(|slot| slot.value(values)).collect()
+    }
+}
+
+/// The values a page's workflows share (all but seed and filename prefix), bound to the
+/// template they fill. Shared by the page's jobs; each adds its [`Variant`].
+#[derive(Debug)]
+pub struct PageValues {
+    text: Arc<TextFill>,
+    values: SlotValues,
+}
+
+impl PageValues {
+    /// The compact JSON text of the workflow with `variant`'s values: what is sent. Only
+    /// called for a variant [`Template::fill`] accepted, so no value is missing.
+    pub(crate) fn text(&self, variant: &Variant) -> String {
+        let lookup = Lookup {
+            page: &self.values,
+            variant,
+        };
+        let filled = self
+            .text
+            .values(&lookup)
+            .expect("the job was filled from these values once");
+        self.text.compact.fill_text(&filled)
+    }
+}
+
+/// What one workflow adds to its page's values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub seed: u64,
+    pub filename_prefix: Arc<str>,
+}
+
+/// A page's values with one variant's on top.
+struct Lookup<'a> {
+    page: &'a SlotValues,
+    variant: &'a Variant,
+}
+
+impl Lookup<'_> {
+    fn get(&self, placeholder: Placeholder) -> Option<Value> {
+        match placeholder {
+            Placeholder::Seed => Some(Value::from(self.variant.seed)),
+            Placeholder::FilenamePrefix => Some(Value::from(&*self.variant.filename_prefix)),
+            other => self.page.get(other).cloned(),
+        }
+    }
 }
 
 /// A filled template: the workflow to send and its job hash.
@@ -50,15 +113,15 @@ struct Slot {
 }
 
 impl Slot {
-    fn value(&self, values: &SlotValues) -> Result<Value, Placeholder> {
+    fn value(&self, values: &Lookup<'_>) -> Result<Value, Placeholder> {
         Ok(match &self.fill {
-            Fill::Whole(p) => values.get(*p).ok_or(*p)?.clone(),
+            Fill::Whole(p) => values.get(*p).ok_or(*p)?,
             Fill::Pieces(pieces) => {
                 let mut text = String::new();
                 for piece in pieces {
                     match piece {
                         Piece::Text(t) => text.push_str(t),
-                        Piece::Slot(p) => as_text(values.get(*p).ok_or(*p)?, &mut text),
+                        Piece::Slot(p) => as_text(&values.get(*p).ok_or(*p)?, &mut text),
                     }
                 }
                 Value::String(text)
@@ -122,11 +185,10 @@ impl Template {
             file,
             sha256,
             graph,
-            slots,
             save_nodes,
             uses,
             canonical,
-            compact,
+            text: Arc::new(TextFill { slots, compact }),
         })
     }
 
@@ -158,20 +220,34 @@ impl Template {
         self.uses.keys().copied().find(|p| p.needs_lora())
     }
 
-    /// The template with every placeholder replaced, or the first placeholder with no value.
+    /// Bind the values a page's workflows share (any seed or filename prefix in `values` is
+    /// ignored: each [`Variant`] brings its own).
+    pub fn page_values(&self, values: SlotValues) -> Arc<PageValues> {
+        Arc::new(PageValues {
+            text: self.text.clone(),
+            values,
+        })
+    }
+
+    /// The template with every placeholder replaced by `page`'s and `variant`'s values, or
+    /// the first placeholder with no value. `page` must come from this template.
     ///
     /// Substitution is one pass over the template's own strings: text that a value brings in
     /// (a prompt containing `{{seed}}`, say) is never scanned again.
-    pub fn fill(&self, values: &SlotValues) -> Result<Filled, Placeholder> {
-        let filled = self
-            .slots
-            .iter()
-            .map(|slot| slot.value(values))
-            .collect::<Result<Vec<Value>, Placeholder>>()?;
+    pub fn fill(&self, page: &Arc<PageValues>, variant: Variant) -> Result<Filled, Placeholder> {
+        debug_assert!(
+            Arc::ptr_eq(&self.text, &page.text),
+            "values of another template"
+        );
+        let lookup = Lookup {
+            page: &page.values,
+            variant: &variant,
+        };
+        let filled = self.text.values(&lookup)?;
         let hash = self.canonical.job_hash(&filled);
-        // Straight to the text that is sent: no per-job `Value` tree (11 KiB of small
-        // allocations for txt2img; 100,000 of them dominated planning time and memory).
-        let workflow = Workflow::from_json_text(self.compact.fill_text(&filled));
+        // No text yet: it is written from the page's values when it is sent (or reported),
+        // so a job holds a pointer and two values instead of ~1 KiB of JSON.
+        let workflow = Workflow::filled(page.clone(), variant);
         Ok(Filled { workflow, hash })
     }
 
@@ -513,22 +589,27 @@ mod tests {
       "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "run/{{filename_prefix}}_{{seed}}"}}
     }"#;
 
-    fn values() -> SlotValues {
-        let mut v = SlotValues::default();
-        v.set(Placeholder::Width, 512);
-        v.set(Placeholder::Seed, 7u64);
-        v.set(Placeholder::FilenamePrefix, "p");
-        v
+    fn variant() -> Variant {
+        Variant {
+            seed: 7,
+            filename_prefix: "p".into(),
+        }
+    }
+
+    fn fill(t: &Template, values: SlotValues) -> Result<Filled, Placeholder> {
+        t.fill(&t.page_values(values), variant())
     }
 
     #[test]
     fn fills_typed_and_text_slots() {
         let t = Template::parse("t.json", GRAPH.into()).unwrap();
         assert_eq!(t.save_nodes(), ["2"]);
-        let workflow = t.fill(&values()).unwrap().workflow;
+        let mut v = SlotValues::default();
+        v.set(Placeholder::Width, 512);
+        let workflow = fill(&t, v).unwrap().workflow;
         let filled = workflow.to_value();
         // Compact, in the template's own order: what serde_json writes for the filled graph.
-        assert_eq!(workflow.json(), serde_json::to_string(&filled).unwrap());
+        assert_eq!(workflow.text(), serde_json::to_string(&filled).unwrap());
         assert_eq!(filled["1"]["inputs"]["width"], json!(512));
         assert_eq!(filled["2"]["inputs"]["filename_prefix"], json!("run/p_7"));
     }
@@ -536,10 +617,10 @@ mod tests {
     #[test]
     fn a_missing_value_is_named() {
         let t = Template::parse("t.json", GRAPH.into()).unwrap();
-        let mut v = SlotValues::default();
-        v.set(Placeholder::Seed, 1u64);
-        v.set(Placeholder::FilenamePrefix, "p");
-        assert_eq!(t.fill(&v).map(|f| f.hash), Err(Placeholder::Width));
+        assert_eq!(
+            fill(&t, SlotValues::default()).map(|f| f.hash),
+            Err(Placeholder::Width)
+        );
     }
 
     #[test]
@@ -551,7 +632,7 @@ mod tests {
         .unwrap();
         let mut v = SlotValues::default();
         v.set(Placeholder::Prompt, "{{seed}} \"q\" \\ \n 🦀 שלום");
-        let filled = t.fill(&v).unwrap();
+        let filled = fill(&t, v).unwrap();
         assert_eq!(
             filled.hash,
             super::super::canonical::job_hash(&filled.workflow.to_value())
