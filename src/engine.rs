@@ -13,6 +13,12 @@
 //! server so the GPU never idles). A slot is held from the POST until the server is done with
 //! the prompt; downloading and writing images happen after the slot is released, overlapping
 //! the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
+//!
+//! Posting is also bounded by the images not yet written: at most `in_flight` per server
+//! plus twice `downloads` attempts are under way at once. When the servers render faster
+//! than this machine downloads and fsyncs (zero-render jobs, a slow disk), finished prompts
+//! wait on the server, not as a growing pile of attempts (with their history and routes)
+//! in our memory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -249,7 +255,9 @@ impl Engine {
                 task
             })
             .collect();
+        let unwritten = config.in_flight.max(1) * servers.len() + 2 * config.downloads.max(1);
         let shared = Arc::new(Shared {
+            unwritten: Arc::new(Semaphore::new(unwritten)),
             queue: JobQueue::new(tasks),
             outcomes: Mutex::new(Vec::new()),
             keep_outcomes,
@@ -359,6 +367,8 @@ struct Shared {
     /// Per-job cancel switches of attempts in flight.
     job_cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
     downloads: Arc<Semaphore>,
+    /// Attempts under way (posted, or finished and not yet written), over all servers.
+    unwritten: Arc<Semaphore>,
 }
 
 /// A job's end, with the job it belongs to.
@@ -751,6 +761,9 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<T
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        let Ok(unwritten) = shared.unwritten.clone().acquire_owned().await else {
+            break;
+        };
         if !conn.wait_up().await {
             break;
         }
@@ -767,7 +780,13 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<T
             shared.queue.requeue(task);
             break;
         }
-        attempts.spawn(run_task(shared.clone(), conn.clone(), task, permit));
+        attempts.spawn(run_task(
+            shared.clone(),
+            conn.clone(),
+            task,
+            permit,
+            unwritten,
+        ));
         // Reap finished attempts so the set does not grow with the run.
         while attempts.try_join_next().is_some() {}
     }
@@ -917,11 +936,14 @@ enum Attempt {
 }
 
 /// Run attempts of one job on this server until it succeeds, fails, or must move on.
+/// `permit` is the server slot (released when the server is done with the prompt),
+/// `_unwritten` the place among attempts under way (released when this one ends).
 async fn run_task(
     shared: Arc<Shared>,
     conn: Arc<ServerConn>,
     mut task: Task,
     permit: OwnedSemaphorePermit,
+    _unwritten: OwnedSemaphorePermit,
 ) {
     // A slot freed by a cancelled attempt can hand out a job before the canceller has
     // closed the queue: never post after the run was cancelled.
