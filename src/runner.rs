@@ -6,7 +6,6 @@
 //! server is bothered), skip jobs whose image the ledger vouches for, preflight the servers
 //! for the rest, then execute and keep the report current.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -14,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::comfy::ComfyClient;
-use crate::engine::{self, ChapterOutput, EngineConfig, Outputs, Reattach, RunContext};
+use crate::engine::{ChapterOutput, Engine, EngineConfig, Outputs, Reattach, RunContext};
 use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
 use crate::ledger;
 use crate::output::{PathError, remove_stale_temp_files, write_atomic_with};
@@ -49,6 +48,7 @@ pub struct RunSummary {
     pub contact_sheet_path: PathBuf,
     pub totals: Totals,
     pub cancelled: bool,
+    /// One per job, in plan order (skipped jobs too).
     pub outcomes: Vec<JobOutcome>,
 }
 
@@ -163,7 +163,7 @@ pub async fn run_jobs(
         started_at: crate::report::json::rfc3339(started_at),
         ended_at: None,
         totals: Totals::default(),
-        jobs: jobs.iter().map(|job| JobReport::pending(job)).collect(),
+        jobs: jobs.iter().map(JobReport::pending).collect(),
     };
     let report_path = dirs.reports.join(format!("{run_id}.json"));
     let contact_sheet_path = dirs.reports.join(format!("{run_id}.html"));
@@ -192,11 +192,11 @@ pub async fn run_jobs(
         started,
         reattach,
     });
-    let mut outcomes = if to_run.is_empty() {
-        Vec::new()
-    } else {
-        engine::execute(options.engine.clone(), servers, to_run, ctx.clone()).await
-    };
+    // The outcomes are read back from the report, which records every one of them anyway.
+    if !to_run.is_empty() {
+        let engine = Engine::start(options.engine.clone(), servers, to_run, ctx.clone(), false);
+        engine.finish().await;
+    }
     drop(ctx);
     let collected = tokio::task::spawn_blocking(move || collector.join())
         .await
@@ -212,14 +212,18 @@ pub async fn run_jobs(
         html::write_contact_sheet(&report, &options.out_root, out)
     })?;
 
-    outcomes.extend(skipped);
-    let seen: HashSet<&str> = outcomes.iter().map(|o| o.key.as_str()).collect();
-    debug_assert_eq!(seen.len(), outcomes.len(), "each job ends exactly once");
+    let totals = report.totals;
+    let outcomes: Vec<JobOutcome> = report
+        .jobs
+        .into_iter()
+        .filter_map(JobReport::into_outcome)
+        .collect();
+    debug_assert_eq!(outcomes.len(), jobs.len(), "each job ends exactly once");
     Ok(RunSummary {
         run_id,
         report_path,
         contact_sheet_path,
-        totals: report.totals,
+        totals,
         cancelled,
         outcomes,
     })

@@ -8,16 +8,20 @@
 //! keeps a crash from losing more than a few seconds of progress (the ledger has the rest). A crash therefore always leaves a valid report of
 //! what had finished, with `complete: false` and the unfinished jobs as `pending`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
 use crate::output::{PathError, write_atomic_with};
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
+use crate::workflow::Workflow;
 
 /// Bumped when a field changes meaning or disappears.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -113,17 +117,12 @@ impl From<JobStatus> for ReportStatus {
     }
 }
 
-/// Everything about one job: enough to reproduce its image from the seed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything about one job: enough to reproduce its image from the seed. The job itself is
+/// the planned one, shared (a report entry reads as the job it describes: `entry.key`,
+/// `entry.params`); the entry adds only what happened to it in this run.
+#[derive(Debug, Clone)]
 pub struct JobReport {
-    pub key: String,
-    pub page: u16,
-    pub variant: u32,
-    pub seed: u64,
-    pub params: JobParams,
-    pub job_hash: String,
-    pub workflow_sha256: String,
-    pub output_nodes: Vec<String>,
+    pub job: Arc<Job>,
     pub server: Option<String>,
     pub prompt_id: Option<String>,
     pub attempts: u32,
@@ -131,21 +130,97 @@ pub struct JobReport {
     pub error: Option<JobError>,
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
-    /// The filled API-format workflow exactly as sent (`rerun` sends it again).
-    pub prompt: crate::workflow::Workflow,
 }
 
-impl JobReport {
-    pub fn pending(job: &Job) -> JobReport {
-        JobReport {
-            key: job.key.clone(),
+impl Deref for JobReport {
+    type Target = Job;
+
+    fn deref(&self) -> &Job {
+        &self.job
+    }
+}
+
+/// A job's entry as the report file has it. The filled workflow is `prompt`, exactly as
+/// sent (`rerun` sends it again). Borrowed when written, owned when read.
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    page: u16,
+    variant: u32,
+    seed: u64,
+    params: Cow<'a, JobParams>,
+    job_hash: Cow<'a, str>,
+    workflow_sha256: Cow<'a, str>,
+    output_nodes: Cow<'a, [String]>,
+    server: Cow<'a, Option<String>>,
+    prompt_id: Cow<'a, Option<String>>,
+    attempts: u32,
+    status: ReportStatus,
+    error: Cow<'a, Option<JobError>>,
+    images: Cow<'a, [ImageRecord]>,
+    timings: Cow<'a, Timings>,
+    prompt: Cow<'a, Workflow>,
+}
+
+impl Serialize for JobReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let job = &*self.job;
+        Entry {
+            key: Cow::Borrowed(&job.key),
             page: job.page,
             variant: job.variant,
             seed: job.seed,
-            params: job.params.clone(),
-            job_hash: job.hash.clone(),
-            workflow_sha256: job.workflow_sha256.clone(),
-            output_nodes: job.output_nodes.clone(),
+            params: Cow::Borrowed(&job.params),
+            job_hash: Cow::Borrowed(&job.hash),
+            workflow_sha256: Cow::Borrowed(&job.workflow_sha256),
+            output_nodes: Cow::Borrowed(&job.output_nodes),
+            server: Cow::Borrowed(&self.server),
+            prompt_id: Cow::Borrowed(&self.prompt_id),
+            attempts: self.attempts,
+            status: self.status,
+            error: Cow::Borrowed(&self.error),
+            images: Cow::Borrowed(&self.images),
+            timings: Cow::Borrowed(&self.timings),
+            prompt: Cow::Borrowed(&job.workflow),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobReport {
+    /// The entry alone does not name its chapter: the job's `chapter` is 0 until
+    /// [`RunReport::read`] sets the report's.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JobReport, D::Error> {
+        let entry = Entry::deserialize(deserializer)?;
+        let job = Job {
+            key: entry.key.into_owned(),
+            chapter: 0,
+            page: entry.page,
+            variant: entry.variant,
+            seed: entry.seed,
+            params: entry.params.into_owned(),
+            workflow: entry.prompt.into_owned(),
+            output_nodes: entry.output_nodes.into_owned(),
+            hash: entry.job_hash.into_owned(),
+            workflow_sha256: entry.workflow_sha256.into_owned(),
+        };
+        Ok(JobReport {
+            job: Arc::new(job),
+            server: entry.server.into_owned(),
+            prompt_id: entry.prompt_id.into_owned(),
+            attempts: entry.attempts,
+            status: entry.status,
+            error: entry.error.into_owned(),
+            images: entry.images.into_owned(),
+            timings: entry.timings.into_owned(),
+        })
+    }
+}
+
+impl JobReport {
+    pub fn pending(job: &Arc<Job>) -> JobReport {
+        JobReport {
+            job: job.clone(),
             server: None,
             prompt_id: None,
             attempts: 0,
@@ -153,24 +228,37 @@ impl JobReport {
             error: None,
             images: Vec::new(),
             timings: Timings::default(),
-            prompt: job.workflow.clone(),
         }
     }
 
     /// The `Job` this entry describes (what `rerun` submits).
     pub fn to_job(&self, chapter: u16) -> Job {
         Job {
-            key: self.key.clone(),
             chapter,
-            page: self.page,
-            variant: self.variant,
-            seed: self.seed,
-            params: self.params.clone(),
-            workflow: self.prompt.clone(),
-            output_nodes: self.output_nodes.clone(),
-            hash: self.job_hash.clone(),
-            workflow_sha256: self.workflow_sha256.clone(),
+            ..(*self.job).clone()
         }
+    }
+
+    /// How the job ended in this run; `None` while it is pending.
+    pub fn into_outcome(self) -> Option<JobOutcome> {
+        let status = match self.status {
+            ReportStatus::Pending => return None,
+            ReportStatus::Succeeded => JobStatus::Succeeded,
+            ReportStatus::Skipped => JobStatus::Skipped,
+            ReportStatus::Failed => JobStatus::Failed,
+            ReportStatus::TimedOut => JobStatus::TimedOut,
+            ReportStatus::Cancelled => JobStatus::Cancelled,
+        };
+        Some(JobOutcome {
+            key: self.job.key.clone(),
+            status,
+            server: self.server,
+            prompt_id: self.prompt_id,
+            attempts: self.attempts,
+            error: self.error,
+            images: self.images,
+            timings: self.timings,
+        })
     }
 }
 
@@ -196,14 +284,20 @@ impl RunReport {
     pub fn read(path: &Path) -> Result<RunReport, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let mut report: RunReport = serde_json::from_slice(&bytes).map_err(|e| {
             format!(
                 "{}:{}:{}: not a plasma-batch run report: {e}",
                 path.display(),
                 e.line(),
                 e.column()
             )
-        })
+        })?;
+        for entry in &mut report.jobs {
+            if let Some(job) = Arc::get_mut(&mut entry.job) {
+                job.chapter = report.chapter;
+            }
+        }
+        Ok(report)
     }
 }
 
@@ -400,7 +494,9 @@ mod tests {
             started_at: rfc3339(SystemTime::UNIX_EPOCH),
             ended_at: None,
             totals: Totals::default(),
-            jobs: (1..=jobs).map(|i| JobReport::pending(&job(i))).collect(),
+            jobs: (1..=jobs)
+                .map(|i| JobReport::pending(&Arc::new(job(i))))
+                .collect(),
         }
     }
 
