@@ -365,7 +365,7 @@ fn child(scenario: &str, client: &str) {
     let manifest = scenario_manifest(&dir, &s);
     let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
     let out = dir.join("out");
-    let jobs: Vec<Arc<Job>> = plan.jobs.into_iter().map(Arc::new).collect();
+    let jobs: Vec<Arc<Job>> = plan.jobs;
     let rt = runtime();
     let (wall, failed) = match client {
         "plasma-batch" => {

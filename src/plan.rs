@@ -37,8 +37,9 @@ pub struct Plan {
     pub chapter: u16,
     pub title: Option<String>,
     pub comfy: ComfySettings,
-    /// Page ascending, then variant ascending.
-    pub jobs: Vec<Job>,
+    /// Page ascending, then variant ascending. Shared from here on: the engine, the report
+    /// and the caller hold the same jobs.
+    pub jobs: Vec<Arc<Job>>,
 }
 
 impl Plan {
@@ -285,7 +286,7 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
 /// network. Returns the problems that need both the manifest and the templates to see.
 /// Pages whose template is absent from `templates` (it failed to load, and that problem is
 /// already recorded) are skipped.
-fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Job>, Vec<Problem>> {
+fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
     let mut pages: Vec<&Page> = manifest.pages.iter().collect();
@@ -414,7 +415,7 @@ const PAGES_PER_THREAD: usize = 64;
 
 /// Every page's jobs, in page order. Large plans are built on several threads, each taking a
 /// contiguous run of pages, and joined in order, so the result is the same as sequentially.
-fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Job> {
+fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(work.len() / PAGES_PER_THREAD)
@@ -429,7 +430,7 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Job> {
     if threads == 1 {
         return build(work);
     }
-    let parts: Vec<Vec<Job>> = std::thread::scope(|scope| {
+    let parts: Vec<Vec<Arc<Job>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = work
             .chunks(work.len().div_ceil(threads))
             .map(|pages| scope.spawn(move || build(pages)))
@@ -450,7 +451,7 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Job> {
 }
 
 /// The jobs of one page, appended in variant order.
-fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
+fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
     let (r, template) = (work.resolved, work.template);
     let (d, s) = (&manifest.defaults, &r.page.settings);
     let chapter = manifest.chapter.number;
@@ -507,7 +508,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
         let filled = template
             .fill(&values, own)
             .expect("every placeholder was checked to have a value");
-        jobs.push(Job {
+        jobs.push(Arc::new(Job {
             hash: filled.hash,
             workflow: filled.workflow,
             key,
@@ -518,7 +519,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Job>) {
             params,
             output_nodes: work.output_nodes.clone(),
             workflow_sha256: template.sha256().to_owned(),
-        });
+        }));
     }
 }
 
@@ -634,7 +635,7 @@ mod tests {
             .collect()
     }
 
-    fn expand_text(text: &str) -> Result<Vec<Job>, Vec<Problem>> {
+    fn expand_text(text: &str) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
         let (manifest, problems) = parse_manifest(&SourceFile::new("m.toml", text));
         assert!(problems.is_empty(), "{problems:?}");
         expand(&manifest.unwrap(), &templates())

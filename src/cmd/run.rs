@@ -160,9 +160,9 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
 }
 
 /// Keep the jobs whose key starts with one of the selectors; every selector must match.
-pub fn select_jobs(jobs: Vec<Job>, only: &[String]) -> Result<Vec<Arc<Job>>, CmdError> {
+pub fn select_jobs(jobs: Vec<Arc<Job>>, only: &[String]) -> Result<Vec<Arc<Job>>, CmdError> {
     if only.is_empty() {
-        return Ok(jobs.into_iter().map(Arc::new).collect());
+        return Ok(jobs);
     }
     let unmatched: Vec<&String> = only
         .iter()
@@ -198,7 +198,6 @@ pub fn select_jobs(jobs: Vec<Job>, only: &[String]) -> Result<Vec<Arc<Job>>, Cmd
             only.iter()
                 .any(|selector| job.key.starts_with(selector.as_str()))
         })
-        .map(Arc::new)
         .collect())
 }
 

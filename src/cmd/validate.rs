@@ -15,7 +15,7 @@ pub async fn validate(args: ValidateArgs) -> CmdResult {
     if !args.servers.is_empty() {
         // The same check `run` makes before submitting anything.
         let clients = crate::cmd::run::build_clients(&args.servers)?;
-        let jobs: Vec<_> = plan.jobs.into_iter().map(std::sync::Arc::new).collect();
+        let jobs = plan.jobs;
         let servers = crate::preflight::check(&clients, &jobs)
             .await
             .map_err(crate::runner::RunError::Preflight)?;

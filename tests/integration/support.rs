@@ -42,7 +42,7 @@ pub fn plan(manifest: &Path) -> Plan {
 }
 
 pub fn jobs(plan: &Plan) -> Vec<Arc<Job>> {
-    plan.jobs.iter().cloned().map(Arc::new).collect()
+    plan.jobs.clone()
 }
 
 pub async fn sim(faults: &[&str]) -> Sim {
