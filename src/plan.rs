@@ -90,30 +90,31 @@ pub struct Job {
     /// The filled API-format workflow, exactly what is sent as `prompt` (compact JSON text,
     /// shared with the report; `to_value()` parses it).
     pub workflow: Workflow,
-    /// Ids of the nodes whose `images` outputs are this job's images.
-    pub output_nodes: Vec<String>,
+    /// Ids of the nodes whose `images` outputs are this job's images (shared by a page).
+    pub output_nodes: Arc<[String]>,
     /// sha256 (hex) of the canonical JSON of what would be sent; identifies the job's content.
     pub hash: String,
-    /// sha256 (hex) of the workflow template file's bytes.
-    pub workflow_sha256: String,
+    /// sha256 (hex) of the workflow template file's bytes (shared by the template's jobs).
+    pub workflow_sha256: Arc<str>,
 }
 
-/// The resolved parameters of a job.
+/// The resolved parameters of a job. The texts are shared: a page's variants hold the same
+/// prompt, the filename prefix is the one its workflow fills in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobParams {
-    pub prompt: String,
-    pub negative: String,
-    pub checkpoint: String,
+    pub prompt: Arc<str>,
+    pub negative: Arc<str>,
+    pub checkpoint: Arc<str>,
     pub steps: u32,
     pub cfg: f64,
-    pub sampler: String,
-    pub scheduler: String,
+    pub sampler: Arc<str>,
+    pub scheduler: Arc<str>,
     pub width: u32,
     pub height: u32,
     pub lora: Option<LoraParams>,
     /// The template path as resolved (relative to the manifest's directory when it was).
-    pub workflow_path: PathBuf,
-    pub filename_prefix: String,
+    pub workflow_path: Arc<Path>,
+    pub filename_prefix: Arc<str>,
     /// Whether the seed was given in the manifest or derived.
     pub seed_source: SeedSource,
 }
@@ -324,7 +325,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             continue;
         };
         let output_nodes = match r.output_node {
-            Some(id) if template.has_node(id.get_ref()) => vec![id.get_ref().clone()],
+            Some(id) if template.has_node(id.get_ref()) => Arc::from([id.get_ref().clone()]),
             Some(id) => {
                 if reported.insert(("output", written.get_ref().clone(), id.span().start)) {
                     problems.push(
@@ -350,7 +351,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                 }
                 continue;
             }
-            None => template.save_nodes().to_vec(),
+            None => template.save_nodes().into(),
         };
         match &r.lora {
             Some((_, span)) if !template.uses(Placeholder::LoraName) => {
@@ -407,7 +408,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
 struct PageWork<'m> {
     resolved: &'m Resolved<'m>,
     template: &'m Template,
-    output_nodes: Vec<String>,
+    output_nodes: Arc<[String]>,
 }
 
 /// Pages per thread below which threads are not worth starting.
@@ -471,13 +472,14 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
                 .collect()
         }
     };
-    let pick = |own: &Option<String>, default: &Option<String>, fallback: &str| {
+    let pick = |own: &Option<String>, default: &Option<String>, fallback: &str| -> Arc<str> {
         own.as_ref()
             .or(default.as_ref())
-            .map_or_else(|| fallback.to_owned(), Clone::clone)
+            .map_or(fallback, String::as_str)
+            .into()
     };
     let base = JobParams {
-        prompt: r.page.prompt.clone(),
+        prompt: r.page.prompt.as_str().into(),
         negative: pick(&s.negative, &d.negative, DEFAULT_NEGATIVE),
         checkpoint: pick(&s.checkpoint, &d.checkpoint, DEFAULT_CHECKPOINT),
         steps: s.steps.or(d.steps).unwrap_or(DEFAULT_STEPS),
@@ -487,8 +489,8 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         width: s.width.or(d.width).unwrap_or(DEFAULT_WIDTH),
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
-        workflow_path: PathBuf::from(template.file().name()),
-        filename_prefix: String::new(),
+        workflow_path: Path::new(template.file().name()).into(),
+        filename_prefix: "".into(),
         seed_source: SeedSource::Derived,
     };
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
@@ -497,13 +499,13 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         let variant = index as u32 + 1;
         let key = job_key(chapter, page, variant);
         let params = JobParams {
-            filename_prefix: format!("plasma/ch{chapter:02}/{key}"),
+            filename_prefix: format!("plasma/ch{chapter:02}/{key}").into(),
             seed_source,
             ..base.clone()
         };
         let own = Variant {
             seed,
-            filename_prefix: Arc::from(params.filename_prefix.as_str()),
+            filename_prefix: params.filename_prefix.clone(),
         };
         let filled = template
             .fill(&values, own)
@@ -518,7 +520,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
             seed,
             params,
             output_nodes: work.output_nodes.clone(),
-            workflow_sha256: template.sha256().to_owned(),
+            workflow_sha256: template.sha256().clone(),
         }));
     }
 }
@@ -527,13 +529,13 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
 /// each job's [`Variant`] brings).
 fn page_values(p: &JobParams) -> SlotValues {
     let mut v = SlotValues::default();
-    v.set(Placeholder::Prompt, p.prompt.as_str());
-    v.set(Placeholder::Negative, p.negative.as_str());
-    v.set(Placeholder::Checkpoint, p.checkpoint.as_str());
+    v.set(Placeholder::Prompt, &*p.prompt);
+    v.set(Placeholder::Negative, &*p.negative);
+    v.set(Placeholder::Checkpoint, &*p.checkpoint);
     v.set(Placeholder::Steps, p.steps);
     v.set(Placeholder::Cfg, p.cfg);
-    v.set(Placeholder::Sampler, p.sampler.as_str());
-    v.set(Placeholder::Scheduler, p.scheduler.as_str());
+    v.set(Placeholder::Sampler, &*p.sampler);
+    v.set(Placeholder::Scheduler, &*p.scheduler);
     v.set(Placeholder::Width, p.width);
     v.set(Placeholder::Height, p.height);
     if let Some(lora) = &p.lora {
@@ -556,12 +558,12 @@ pub fn job_from_params(
     seed: u64,
     mut params: JobParams,
 ) -> Result<Job, Placeholder> {
-    params.filename_prefix = format!("plasma/ch{chapter:02}/{key}");
-    params.workflow_path = PathBuf::from(template.file().name());
+    params.filename_prefix = format!("plasma/ch{chapter:02}/{key}").into();
+    params.workflow_path = Path::new(template.file().name()).into();
     let values = template.page_values(page_values(&params));
     let own = Variant {
         seed,
-        filename_prefix: Arc::from(params.filename_prefix.as_str()),
+        filename_prefix: params.filename_prefix.clone(),
     };
     let filled = template.fill(&values, own)?;
     Ok(Job {
@@ -573,8 +575,8 @@ pub fn job_from_params(
         variant: 1,
         seed,
         params,
-        output_nodes: template.save_nodes().to_vec(),
-        workflow_sha256: template.sha256().to_owned(),
+        output_nodes: template.save_nodes().into(),
+        workflow_sha256: template.sha256().clone(),
     })
 }
 
@@ -651,7 +653,7 @@ mod tests {
         .unwrap();
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
         assert_eq!(keys, ["ch01_p001_s1", "ch01_p002_s1", "ch01_p002_s2"]);
-        assert_eq!(jobs[0].params.workflow_path, Path::new("lora.json"));
+        assert_eq!(&*jobs[0].params.workflow_path, Path::new("lora.json"));
         assert_eq!(
             jobs[0].workflow.to_value()["10"]["inputs"]["lora_name"],
             "ink.safetensors"
@@ -660,7 +662,7 @@ mod tests {
             jobs[0].workflow.to_value()["10"]["inputs"]["strength_model"],
             1.0
         );
-        assert_eq!(jobs[1].params.workflow_path, Path::new("plain.json"));
+        assert_eq!(&*jobs[1].params.workflow_path, Path::new("plain.json"));
         assert!(jobs[1].params.lora.is_none());
         assert_ne!(jobs[1].seed, jobs[2].seed);
         assert_eq!(jobs[1].workflow.to_value()["5"]["inputs"]["width"], 512);

@@ -200,9 +200,9 @@ impl<'de> Deserialize<'de> for JobReport {
             seed: entry.seed,
             params: entry.params.into_owned(),
             workflow: entry.prompt.into_owned(),
-            output_nodes: entry.output_nodes.into_owned(),
+            output_nodes: entry.output_nodes.into_owned().into(),
             hash: entry.job_hash.into_owned(),
-            workflow_sha256: entry.workflow_sha256.into_owned(),
+            workflow_sha256: entry.workflow_sha256.into_owned().into(),
         };
         Ok(JobReport {
             job: Arc::new(job),
@@ -452,7 +452,7 @@ mod tests {
             width: 64,
             height: 64,
             lora: None,
-            workflow_path: "w.json".into(),
+            workflow_path: Path::new("w.json").into(),
             filename_prefix: "x".into(),
             seed_source: crate::plan::SeedSource::Derived,
         };
@@ -464,9 +464,9 @@ mod tests {
             seed: i as u64,
             params: params.clone(),
             workflow: serde_json::json!({}).into(),
-            output_nodes: vec!["9".into()],
+            output_nodes: Arc::from(["9".to_owned()]),
             hash: "0".repeat(64),
-            workflow_sha256: "0".repeat(64),
+            workflow_sha256: "0".repeat(64).into(),
         };
         RunReport {
             schema_version: REPORT_SCHEMA_VERSION,

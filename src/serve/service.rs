@@ -178,18 +178,18 @@ impl Templates {
             ));
         }
         let params = JobParams {
-            prompt: request.prompt_text.clone(),
-            negative: request.negative_prompt.clone(),
-            checkpoint: request.checkpoint_name.clone(),
+            prompt: request.prompt_text.as_str().into(),
+            negative: request.negative_prompt.as_str().into(),
+            checkpoint: request.checkpoint_name.as_str().into(),
             steps: request.steps,
             cfg: request.cfg,
-            sampler: request.sampler.clone(),
-            scheduler: request.scheduler.clone(),
+            sampler: request.sampler.as_str().into(),
+            scheduler: request.scheduler.as_str().into(),
             width: request.resolution.width,
             height: request.resolution.height,
             lora: request.lora.clone(),
-            workflow_path: PathBuf::new(),
-            filename_prefix: String::new(),
+            workflow_path: Path::new("").into(),
+            filename_prefix: "".into(),
             seed_source: SeedSource::Explicit,
         };
         job_from_params(

@@ -24,7 +24,7 @@ const API_FORMAT_HELP: &str = "a template is ComfyUI's API-format JSON (in Comfy
 #[derive(Debug, Clone)]
 pub struct Template {
     file: SourceFile,
-    sha256: String,
+    sha256: Arc<str>,
     graph: Value,
     save_nodes: Vec<String>,
     /// Where each placeholder is first used: node id and the span of the string.
@@ -139,7 +139,7 @@ enum Fill {
 impl Template {
     /// Parse and check a template file's bytes; `name` is how diagnostics show the file.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Template, Vec<Problem>> {
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let sha256: Arc<str> = hex::encode(Sha256::digest(&bytes)).into();
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(err) => {
@@ -197,7 +197,7 @@ impl Template {
     }
 
     /// sha256 (hex) of the template file's bytes.
-    pub fn sha256(&self) -> &str {
+    pub fn sha256(&self) -> &Arc<str> {
         &self.sha256
     }
 

@@ -187,7 +187,7 @@ fn plan_of(path: &str) -> Plan {
 fn a_json_hostile_prompt_round_trips_exactly() {
     let plan = plan_of(HOSTILE);
     let job = &plan.jobs[0];
-    assert_eq!(job.params.prompt, HOSTILE_PROMPT);
+    assert_eq!(&*job.params.prompt, HOSTILE_PROMPT);
     assert_eq!(
         job.seed,
         u64::MAX,
@@ -271,9 +271,9 @@ fn ch01_exercises_the_language() {
             "{}",
             job.key
         );
-        assert_eq!(job.output_nodes, ["9"]);
+        assert_eq!(*job.output_nodes, ["9"]);
         assert_eq!(
-            job.params.filename_prefix,
+            *job.params.filename_prefix,
             format!("plasma/ch01/{}", job.key)
         );
     }
