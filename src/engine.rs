@@ -20,7 +20,7 @@
 //! wait on the server, not as a growing pile of attempts (with their history and routes)
 //! in our memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,22 +243,22 @@ impl Engine {
         keep_outcomes: bool,
     ) -> Engine {
         let urls: Vec<&str> = servers.iter().map(ComfyClient::url).collect();
-        let tasks = initial
-            .into_iter()
-            .map(|job| {
-                let mut task = Task::new(job);
-                if let Some(previous) = ctx.reattach.get(&task.job.key)
-                    && urls.contains(&previous.server.as_str())
-                {
+        let mut ready = VecDeque::with_capacity(initial.len());
+        let mut reattach = Vec::new();
+        for job in initial {
+            match ctx.reattach.get(&job.key) {
+                Some(previous) if urls.contains(&previous.server.as_str()) => {
+                    let mut task = Task::new(job);
                     task.reattach = Some(previous.clone());
+                    reattach.push(task);
                 }
-                task
-            })
-            .collect();
+                _ => ready.push_back(Queued::Fresh(job)),
+            }
+        }
         let unwritten = config.in_flight.max(1) * servers.len() + 2 * config.downloads.max(1);
         let shared = Arc::new(Shared {
             unwritten: Arc::new(Semaphore::new(unwritten)),
-            queue: JobQueue::new(tasks),
+            queue: JobQueue::new(ready, reattach),
             outcomes: Mutex::new(Vec::new()),
             keep_outcomes,
             job_cancels: Mutex::new(HashMap::new()),
@@ -302,7 +302,7 @@ impl Engine {
 
     /// Queue one more job. Returns `false` if the engine no longer takes jobs.
     pub fn submit(&self, job: Arc<Job>) -> bool {
-        self.shared.queue.push(Task::new(job))
+        self.shared.queue.push(job)
     }
 
     /// Cancel one job: a queued job is removed, a posted one deleted or interrupted on its
@@ -412,12 +412,14 @@ impl Shared {
                 status: outcome.status.as_str().to_owned(),
             });
         }
-        self.ctx.emit(Event::Finished(Box::new(outcome.clone())));
         if self.keep_outcomes {
+            self.ctx.emit(Event::Finished(Box::new(outcome.clone())));
             self.outcomes
                 .lock()
                 .expect("outcomes poisoned")
                 .push(outcome);
+        } else {
+            self.ctx.emit(Event::Finished(Box::new(outcome)));
         }
         self.queue.finish_one();
     }
@@ -503,7 +505,7 @@ struct JobQueue {
 }
 
 struct QueueState {
-    ready: std::collections::VecDeque<Task>,
+    ready: VecDeque<Queued>,
     /// Re-attachments, handed to their own server's loop at start.
     reattach: Vec<Task>,
     outstanding: usize,
@@ -512,15 +514,36 @@ struct QueueState {
     closed: bool,
 }
 
+/// A job in the queue. Most have not been tried yet and are only their job: a run of
+/// 10,000 jobs queues 16 bytes each, not a [`Task`].
+enum Queued {
+    Fresh(Arc<Job>),
+    /// Tried before (a retry, or handed back by a server that went away).
+    Again(Box<Task>),
+}
+
+impl Queued {
+    fn key(&self) -> &str {
+        match self {
+            Queued::Fresh(job) => &job.key,
+            Queued::Again(task) => &task.job.key,
+        }
+    }
+
+    fn into_task(self) -> Task {
+        match self {
+            Queued::Fresh(job) => Task::new(job),
+            Queued::Again(task) => *task,
+        }
+    }
+}
+
 impl JobQueue {
-    fn new(tasks: Vec<Task>) -> JobQueue {
-        let outstanding = tasks.len();
-        let (reattach, ready): (Vec<Task>, Vec<Task>) =
-            tasks.into_iter().partition(|t| t.reattach.is_some());
+    fn new(ready: VecDeque<Queued>, reattach: Vec<Task>) -> JobQueue {
         JobQueue {
             state: Mutex::new(QueueState {
-                outstanding,
-                ready: ready.into(),
+                outstanding: ready.len() + reattach.len(),
+                ready,
                 reattach,
                 accepting: true,
                 closed: false,
@@ -551,8 +574,8 @@ impl JobQueue {
                 if state.closed {
                     return None;
                 }
-                if let Some(task) = state.ready.pop_front() {
-                    return Some(task);
+                if let Some(queued) = state.ready.pop_front() {
+                    return Some(queued.into_task());
                 }
                 if state.outstanding == 0 && !state.accepting {
                     return None;
@@ -563,13 +586,13 @@ impl JobQueue {
     }
 
     /// A new job; `false` once the queue is closed or no longer accepting.
-    fn push(&self, task: Task) -> bool {
+    fn push(&self, job: Arc<Job>) -> bool {
         let mut state = self.state.lock().expect("queue poisoned");
         if state.closed || !state.accepting {
             return false;
         }
         state.outstanding += 1;
-        state.ready.push_back(task);
+        state.ready.push_back(Queued::Fresh(job));
         drop(state);
         self.changed.notify_waiters();
         true
@@ -578,8 +601,8 @@ impl JobQueue {
     /// Take a job that is waiting (not posted) out of the queue.
     fn remove(&self, key: &str) -> Option<Task> {
         let mut state = self.state.lock().expect("queue poisoned");
-        let index = state.ready.iter().position(|t| t.job.key == key)?;
-        state.ready.remove(index)
+        let index = state.ready.iter().position(|q| q.key() == key)?;
+        state.ready.remove(index).map(Queued::into_task)
     }
 
     fn stop_accepting(&self) {
@@ -593,7 +616,7 @@ impl JobQueue {
             .lock()
             .expect("queue poisoned")
             .ready
-            .push_back(task);
+            .push_back(Queued::Again(Box::new(task)));
         self.changed.notify_waiters();
     }
 
@@ -608,7 +631,7 @@ impl JobQueue {
     fn close(&self) -> Vec<Task> {
         let mut state = self.state.lock().expect("queue poisoned");
         state.closed = true;
-        let mut tasks: Vec<Task> = state.ready.drain(..).collect();
+        let mut tasks: Vec<Task> = state.ready.drain(..).map(Queued::into_task).collect();
         tasks.append(&mut state.reattach);
         drop(state);
         self.changed.notify_waiters();
