@@ -213,11 +213,8 @@ pub async fn run_jobs(
     })?;
 
     let totals = report.totals;
-    let outcomes: Vec<JobOutcome> = report
-        .jobs
-        .into_iter()
-        .filter_map(JobReport::into_outcome)
-        .collect();
+    let mut outcomes: Vec<JobOutcome> = Vec::with_capacity(report.jobs.len());
+    outcomes.extend(report.jobs.into_iter().filter_map(JobReport::into_outcome));
     debug_assert_eq!(outcomes.len(), jobs.len(), "each job ends exactly once");
     Ok(RunSummary {
         run_id,

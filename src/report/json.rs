@@ -9,7 +9,6 @@
 //! what had finished, with `complete: false` and the unfinished jobs as `pending`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,7 +126,8 @@ pub struct JobReport {
     pub prompt_id: Option<String>,
     pub attempts: u32,
     pub status: ReportStatus,
-    pub error: Option<JobError>,
+    /// Boxed: most jobs have none, and a `JobError` is ~150 bytes.
+    pub error: Option<Box<JobError>>,
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
 }
@@ -156,7 +156,7 @@ struct Entry<'a> {
     prompt_id: Cow<'a, Option<String>>,
     attempts: u32,
     status: ReportStatus,
-    error: Cow<'a, Option<JobError>>,
+    error: Cow<'a, Option<Box<JobError>>>,
     images: Cow<'a, [ImageRecord]>,
     timings: Cow<'a, Timings>,
     prompt: Cow<'a, Workflow>,
@@ -255,7 +255,7 @@ impl JobReport {
             server: self.server,
             prompt_id: self.prompt_id,
             attempts: self.attempts,
-            error: self.error,
+            error: self.error.map(|e| *e),
             images: self.images,
             timings: self.timings,
         })
@@ -305,7 +305,9 @@ impl RunReport {
 pub struct ReportWriter {
     report: RunReport,
     path: PathBuf,
-    index: HashMap<String, usize>,
+    /// Indices of `report.jobs`, sorted by key: where an outcome goes (4 bytes a job, where a
+    /// map of cloned keys took ~80).
+    by_key: Vec<u32>,
     finished: usize,
     written_finished: usize,
     last_write: Instant,
@@ -315,12 +317,12 @@ pub struct ReportWriter {
 
 impl ReportWriter {
     pub fn new(report: RunReport, path: PathBuf) -> ReportWriter {
-        let index = report
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, job)| (job.key.clone(), i))
-            .collect();
+        let mut by_key: Vec<u32> = (0..report.jobs.len() as u32).collect();
+        by_key.sort_unstable_by(|&a, &b| {
+            report.jobs[a as usize]
+                .key
+                .cmp(&report.jobs[b as usize].key)
+        });
         let finished = report
             .jobs
             .iter()
@@ -329,7 +331,7 @@ impl ReportWriter {
         ReportWriter {
             report,
             path,
-            index,
+            by_key,
             finished,
             written_finished: 0,
             last_write: Instant::now(),
@@ -347,8 +349,12 @@ impl ReportWriter {
 
     /// Record an outcome; rewrite the file when the rule above says so.
     pub fn record(&mut self, outcome: &JobOutcome) -> Result<(), PathError> {
-        if let Some(&i) = self.index.get(&outcome.key) {
-            let job = &mut self.report.jobs[i];
+        let jobs = &self.report.jobs;
+        let found = self
+            .by_key
+            .binary_search_by(|&i| jobs[i as usize].key.as_str().cmp(&outcome.key));
+        if let Ok(at) = found {
+            let job = &mut self.report.jobs[self.by_key[at] as usize];
             if job.status == ReportStatus::Pending {
                 self.finished += 1;
             }
@@ -356,7 +362,7 @@ impl ReportWriter {
             job.server = outcome.server.clone();
             job.prompt_id = outcome.prompt_id.clone();
             job.attempts = outcome.attempts;
-            job.error = outcome.error.clone();
+            job.error = outcome.error.clone().map(Box::new);
             job.images = outcome.images.clone();
             job.timings = outcome.timings.clone();
         }
