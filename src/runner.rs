@@ -21,7 +21,7 @@ use crate::plan::Job;
 use crate::preflight::{self, PreflightError, ServerInfo};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
 use crate::report::progress::{self, Mode};
-use crate::report::{JobReport, ReportWriter, RunReport, Totals, html};
+use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
 
 /// Everything a run needs besides the jobs and the servers.
 #[derive(Debug, Clone)]
@@ -48,8 +48,9 @@ pub struct RunSummary {
     pub contact_sheet_path: PathBuf,
     pub totals: Totals,
     pub cancelled: bool,
-    /// One per job, in plan order (skipped jobs too).
-    pub outcomes: Vec<JobOutcome>,
+    /// How each job ended, in plan order (skipped jobs too): the final report's entries,
+    /// handed over rather than copied (a 10,000-job run would hold them twice).
+    pub outcomes: Vec<JobReport>,
 }
 
 impl RunSummary {
@@ -212,17 +213,20 @@ pub async fn run_jobs(
         html::write_contact_sheet(&report, &options.out_root, out)
     })?;
 
-    let totals = report.totals;
-    let mut outcomes: Vec<JobOutcome> = Vec::with_capacity(report.jobs.len());
-    outcomes.extend(report.jobs.into_iter().filter_map(JobReport::into_outcome));
-    debug_assert_eq!(outcomes.len(), jobs.len(), "each job ends exactly once");
+    debug_assert!(
+        report
+            .jobs
+            .iter()
+            .all(|j| j.status != ReportStatus::Pending),
+        "each job ends"
+    );
     Ok(RunSummary {
         run_id,
         report_path,
         contact_sheet_path,
-        totals,
+        totals: report.totals,
         cancelled,
-        outcomes,
+        outcomes: report.jobs,
     })
 }
 

@@ -104,6 +104,26 @@ pub enum ReportStatus {
     Cancelled,
 }
 
+impl ReportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Pending => "pending",
+            ReportStatus::Succeeded => JobStatus::Succeeded.as_str(),
+            ReportStatus::Skipped => JobStatus::Skipped.as_str(),
+            ReportStatus::Failed => JobStatus::Failed.as_str(),
+            ReportStatus::TimedOut => JobStatus::TimedOut.as_str(),
+            ReportStatus::Cancelled => JobStatus::Cancelled.as_str(),
+        }
+    }
+}
+
+/// A finished entry's status is its job's outcome status.
+impl PartialEq<JobStatus> for ReportStatus {
+    fn eq(&self, other: &JobStatus) -> bool {
+        *self == ReportStatus::from(*other)
+    }
+}
+
 impl From<JobStatus> for ReportStatus {
     fn from(status: JobStatus) -> Self {
         match status {
@@ -237,28 +257,6 @@ impl JobReport {
             chapter,
             ..(*self.job).clone()
         }
-    }
-
-    /// How the job ended in this run; `None` while it is pending.
-    pub fn into_outcome(self) -> Option<JobOutcome> {
-        let status = match self.status {
-            ReportStatus::Pending => return None,
-            ReportStatus::Succeeded => JobStatus::Succeeded,
-            ReportStatus::Skipped => JobStatus::Skipped,
-            ReportStatus::Failed => JobStatus::Failed,
-            ReportStatus::TimedOut => JobStatus::TimedOut,
-            ReportStatus::Cancelled => JobStatus::Cancelled,
-        };
-        Some(JobOutcome {
-            key: self.job.key.clone(),
-            status,
-            server: self.server,
-            prompt_id: self.prompt_id,
-            attempts: self.attempts,
-            error: self.error.map(|e| *e),
-            images: self.images,
-            timings: self.timings,
-        })
     }
 }
 

@@ -300,12 +300,7 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
     assert!(summary.cancelled);
     assert_eq!(summary.exit_code(), plasma_batch::exit_codes::INTERRUPTED);
     assert_eq!(summary.totals.cancelled, 4, "{:#?}", summary.outcomes);
-    assert!(
-        report
-            .jobs
-            .iter()
-            .all(|j| j.status == JobStatus::Cancelled.into())
-    );
+    assert!(report.jobs.iter().all(|j| j.status == JobStatus::Cancelled));
     let posted: Vec<String> = summary
         .outcomes
         .iter()
