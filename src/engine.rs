@@ -408,7 +408,7 @@ impl Shared {
                 v: LEDGER_VERSION,
                 run_id: self.ctx.run_id.clone(),
                 key: outcome.key.clone(),
-                job_hash: job.hash.clone(),
+                job_hash: job.hash.to_string(),
                 status: outcome.status.as_str().to_owned(),
             });
         }
@@ -1121,7 +1121,7 @@ async fn attempt(
             v: LEDGER_VERSION,
             run_id: ctx.run_id.clone(),
             key: task.job.key.clone(),
-            job_hash: task.job.hash.clone(),
+            job_hash: task.job.hash.to_string(),
             server: client.url().to_owned(),
             prompt_id: prompt_id.clone(),
             attempt: task.attempts,
@@ -1672,7 +1672,7 @@ async fn write_images(
                         v: LEDGER_VERSION,
                         run_id: run_id.clone(),
                         key: job.key.clone(),
-                        job_hash: job.hash.clone(),
+                        job_hash: job.hash.to_string(),
                         prompt_id: prompt_id.clone(),
                         seed: job.seed,
                         file: relative(&output.dirs.root, &target.path),

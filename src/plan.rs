@@ -22,6 +22,7 @@ use crate::manifest::model::{
     DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
 };
 use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
+use crate::workflow::canonical::JobHash;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
@@ -92,8 +93,9 @@ pub struct Job {
     pub workflow: Workflow,
     /// Ids of the nodes whose `images` outputs are this job's images (shared by a page).
     pub output_nodes: Arc<[String]>,
-    /// sha256 (hex) of the canonical JSON of what would be sent; identifies the job's content.
-    pub hash: String,
+    /// sha256 of the canonical JSON of what would be sent; identifies the job's content
+    /// (hex wherever it is written).
+    pub hash: JobHash,
     /// sha256 (hex) of the workflow template file's bytes (shared by the template's jobs).
     pub workflow_sha256: Arc<str>,
 }
@@ -595,9 +597,9 @@ pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> 
     u64::from_be_bytes(first) & DERIVED_SEED_MASK
 }
 
-/// sha256 (hex) of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled
-/// workflow: serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
-pub fn job_hash(workflow: &Value) -> String {
+/// sha256 of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled workflow:
+/// serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
+pub fn job_hash(workflow: &Value) -> JobHash {
     crate::workflow::canonical::job_hash(workflow)
 }
 

@@ -234,7 +234,7 @@ mod tests {
             },
             workflow: workflow.into(),
             output_nodes: Arc::from(["9".to_owned()]),
-            hash: "h".into(),
+            hash: Default::default(),
             workflow_sha256: "w".into(),
         })
     }

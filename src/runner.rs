@@ -99,7 +99,7 @@ pub async fn run_jobs(
     } else {
         let verified = ledger::verified_images(&dirs.root, &records);
         for job in &jobs {
-            match verified.get(&job.hash) {
+            match verified.get(&job.hash.to_string()) {
                 Some(images) if !images.is_empty() => {
                     skipped.push(skipped_outcome(job, images, &options.out_root))
                 }
@@ -113,7 +113,7 @@ pub async fn run_jobs(
     let reattach = to_run
         .iter()
         .filter_map(|job| {
-            let open = open.get(&job.key).filter(|o| o.job_hash == job.hash)?;
+            let open = open.get(&job.key).filter(|o| job.hash == o.job_hash)?;
             Some((
                 job.key.clone(),
                 Reattach {

@@ -77,7 +77,7 @@ pub fn plan_table(plan: &Plan) -> String {
                 p.lora
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |l| l.name.clone()),
-                job.hash[..12.min(job.hash.len())].to_owned(),
+                job.hash.to_string()[..12].to_owned(),
             ]
         })
         .collect();

@@ -21,6 +21,7 @@ use crate::output::{PathError, write_atomic_with};
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
 use crate::workflow::Workflow;
+use crate::workflow::canonical::JobHash;
 
 /// Bumped when a field changes meaning or disappears.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -169,7 +170,7 @@ struct Entry<'a> {
     variant: u32,
     seed: u64,
     params: Cow<'a, JobParams>,
-    job_hash: Cow<'a, str>,
+    job_hash: JobHash,
     workflow_sha256: Cow<'a, str>,
     output_nodes: Cow<'a, [String]>,
     server: Cow<'a, Option<String>>,
@@ -191,7 +192,7 @@ impl Serialize for JobReport {
             variant: job.variant,
             seed: job.seed,
             params: Cow::Borrowed(&job.params),
-            job_hash: Cow::Borrowed(&job.hash),
+            job_hash: job.hash,
             workflow_sha256: Cow::Borrowed(&job.workflow_sha256),
             output_nodes: Cow::Borrowed(&job.output_nodes),
             server: Cow::Borrowed(&self.server),
@@ -221,7 +222,7 @@ impl<'de> Deserialize<'de> for JobReport {
             params: entry.params.into_owned(),
             workflow: entry.prompt.into_owned(),
             output_nodes: entry.output_nodes.into_owned().into(),
-            hash: entry.job_hash.into_owned(),
+            hash: entry.job_hash,
             workflow_sha256: entry.workflow_sha256.into_owned().into(),
         };
         Ok(JobReport {
@@ -469,7 +470,7 @@ mod tests {
             params: params.clone(),
             workflow: serde_json::json!({}).into(),
             output_nodes: Arc::from(["9".to_owned()]),
-            hash: "0".repeat(64),
+            hash: JobHash::default(),
             workflow_sha256: "0".repeat(64).into(),
         };
         RunReport {

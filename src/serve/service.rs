@@ -475,7 +475,7 @@ fn reattachments(
         };
         let open = ledger::open_submissions(&records);
         for job in jobs.iter().filter(|j| j.chapter == chapter) {
-            if let Some(open) = open.get(&job.key).filter(|o| o.job_hash == job.hash)
+            if let Some(open) = open.get(&job.key).filter(|o| job.hash == o.job_hash)
                 && servers.iter().any(|s| s.url() == open.server)
             {
                 found.insert(

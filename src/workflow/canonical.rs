@@ -3,16 +3,67 @@
 //! UTF-8 bytes, hashed with sha256 after a versioned prefix.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::Write;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// What the job hash starts with; a new canonical form would get a new version.
 pub const JOB_HASH_PREFIX: &[u8] = b"plasma-batch/job/v1\n";
 
-/// sha256 (hex) of [`JOB_HASH_PREFIX`] and the canonical JSON of `workflow`.
-pub fn job_hash(workflow: &Value) -> String {
+/// A job hash: 32 bytes, written as 64 lowercase hex digits wherever it leaves the program
+/// (report, ledger, `plan --json`, `Display`). Its hex form would take ~100 bytes a job.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct JobHash([u8; 32]);
+
+impl JobHash {
+    /// From 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Option<JobHash> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(JobHash(bytes))
+    }
+}
+
+impl fmt::Display for JobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for JobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Compares with a hash in hex, as the ledger records it.
+impl PartialEq<String> for JobHash {
+    fn eq(&self, other: &String) -> bool {
+        JobHash::from_hex(other).is_some_and(|h| h == *self)
+    }
+}
+
+impl Serialize for JobHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JobHash, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        JobHash::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("expected a sha256 as 64 hex digits"))
+    }
+}
+
+/// sha256 of [`JOB_HASH_PREFIX`] and the canonical JSON of `workflow`.
+pub fn job_hash(workflow: &Value) -> JobHash {
     let mut hasher = Sha256::new();
     hasher.update(JOB_HASH_PREFIX);
     let mut segments = Segments::default();
@@ -22,7 +73,7 @@ pub fn job_hash(workflow: &Value) -> String {
             hasher.update(bytes);
         }
     }
-    hex::encode(hasher.finalize())
+    JobHash(hasher.finalize().into())
 }
 
 /// One step from a value to a value inside it.
@@ -86,7 +137,7 @@ impl Segments {
 
     /// The job hash of the graph with `filled[n]` in hole `n`; equal to [`job_hash`] of the
     /// filled graph.
-    pub fn job_hash(&self, filled: &[Value]) -> String {
+    pub fn job_hash(&self, filled: &[Value]) -> JobHash {
         let mut hasher = Sha256::new();
         hasher.update(JOB_HASH_PREFIX);
         for segment in &self.0 {
@@ -99,7 +150,7 @@ impl Segments {
             }
         }
         let _ = hasher.flush();
-        hex::encode(hasher.finalize())
+        JobHash(hasher.finalize().into())
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
@@ -175,6 +226,18 @@ fn write_in(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_hash_is_hex_at_the_edges() {
+        let hash = job_hash(&json!({"a": 1}));
+        let hex = hash.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(JobHash::from_hex(&hex), Some(hash));
+        assert_eq!(serde_json::to_value(hash).unwrap(), json!(hex));
+        assert!(hash == hex);
+        let back: JobHash = serde_json::from_value(json!(hex)).unwrap();
+        assert_eq!(back, hash);
+    }
 
     #[test]
     fn the_hash_ignores_key_order_but_not_values() {

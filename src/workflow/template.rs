@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::canonical::{Segments, Step};
+use super::canonical::{JobHash, Segments, Step};
 use super::json::Workflow;
 use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
 use super::spans::{SpanTree, index};
@@ -102,7 +102,7 @@ impl Lookup<'_> {
 pub struct Filled {
     pub workflow: Workflow,
     /// [`super::canonical::job_hash`] of `workflow`, computed from the template's holes.
-    pub hash: String,
+    pub hash: JobHash,
 }
 
 #[derive(Debug, Clone)]

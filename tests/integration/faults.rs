@@ -630,7 +630,7 @@ async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
             v: LEDGER_VERSION,
             run_id: "killed".into(),
             key: job.key.clone(),
-            job_hash: job.hash.clone(),
+            job_hash: job.hash.to_string(),
             server: sim.url(),
             prompt_id: p1.clone(),
             attempt: 1,
