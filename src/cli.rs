@@ -63,7 +63,8 @@ pub struct RunArgs {
     /// Per-job timeout in seconds, counted from `execution_start` (default: manifest, else 90).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
-    /// Prompts in flight per server (default: manifest, else 2).
+    /// Prompts in flight per server, fixed (default: manifest, else 2 to 8 as the server's
+    /// pace needs: more only while renders are shorter than a round trip).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
     /// Only run jobs whose key starts with KEY (repeatable), e.g. `ch01_p003`.
@@ -159,9 +160,9 @@ pub struct ServeArgs {
     /// Per-job timeout in seconds, counted from `execution_start`.
     #[arg(long, value_name = "SECONDS", default_value_t = 90.0)]
     pub timeout: f64,
-    /// Prompts in flight per server.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub in_flight: usize,
+    /// Prompts in flight per server, fixed (default: 2 to 8 as the server's pace needs).
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<usize>,
     /// On SIGTERM: let posted jobs finish, or interrupt them (they run again on restart).
     /// Jobs not yet posted stay queued for the next start either way.
     #[arg(long, value_enum, default_value_t = OnShutdown::Finish)]

@@ -10,7 +10,8 @@
 //! drop), `/history` is asked, which is complete once `executing {node: null}` came.
 //!
 //! Each server has `in_flight` slots (default 2: one prompt rendering, one waiting on the
-//! server so the GPU never idles). A slot is held from the POST until the server is done with
+//! server so the GPU never idles; up to `in_flight_max` when renders are shorter than the
+//! round trip that refills the server's queue, see `engine/pace.rs`). A slot is held from the POST until the server is done with
 //! the prompt; downloading and writing images happen after the slot is released, overlapping
 //! the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
 //!
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+
+mod pace;
 
 use crate::comfy::protocol::{ExecutionError, PromptRequest};
 use crate::comfy::ws::{WsConnection, WsEvent};
@@ -51,8 +54,11 @@ const MAX_IMAGE_BYTES: u64 = 512 << 20;
 /// Tunables of the executor. `Default` is what `plasma-batch run` uses.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Prompts posted to one server and not yet finished there.
+    /// Prompts kept posted to one server and not yet finished there: at least this many...
     pub in_flight: usize,
+    /// ...and up to this many while renders are shorter than a round trip to the server
+    /// (see `engine/pace.rs`). Equal to `in_flight` for a fixed depth.
+    pub in_flight_max: usize,
     /// Per-job limit, counted from `execution_start`.
     pub timeout: Duration,
     /// Extra attempts after a transient failure (socket drop, 5xx, lost prompt).
@@ -82,6 +88,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             in_flight: 2,
+            in_flight_max: 8,
             timeout: Duration::from_secs(90),
             transient_retries: 2,
             retry_failed: false,
@@ -270,7 +277,7 @@ impl Engine {
         let mut workers = JoinSet::new();
         let mut connections = JoinSet::new();
         for (index, client) in servers.into_iter().enumerate() {
-            let conn = Arc::new(ServerConn::new(index, client));
+            let conn = Arc::new(ServerConn::new(index, client, &shared.config));
             connections.spawn(connection_task(
                 shared.clone(),
                 conn.clone(),
@@ -666,10 +673,12 @@ struct ServerConn {
     counted_epoch: AtomicU64,
     /// Set once the run's cancellation deleted every pending prompt of ours here.
     pending_deleted: tokio::sync::OnceCell<()>,
+    /// Render and round-trip times, for the number of prompts to keep posted.
+    pace: Mutex<pace::Pace>,
 }
 
 impl ServerConn {
-    fn new(index: usize, client: ComfyClient) -> ServerConn {
+    fn new(index: usize, client: ComfyClient, config: &EngineConfig) -> ServerConn {
         ServerConn {
             index,
             client,
@@ -682,7 +691,12 @@ impl ServerConn {
             epoch: AtomicU64::new(0),
             counted_epoch: AtomicU64::new(u64::MAX),
             pending_deleted: tokio::sync::OnceCell::new(),
+            pace: Mutex::new(pace::Pace::new(config.in_flight, config.in_flight_max)),
         }
+    }
+
+    fn pace(&self) -> std::sync::MutexGuard<'_, pace::Pace> {
+        self.pace.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn client_id(&self) -> String {
@@ -777,10 +791,20 @@ impl ServerConn {
 /// One server's loop: take jobs while slots are free and the socket is up.
 /// `reattach` are prompts a previous (killed) run left on this server: they come first.
 async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<Task>) {
-    let slots = Arc::new(Semaphore::new(shared.config.in_flight.max(1)));
+    let mut depth = conn.pace().depth();
+    let slots = Arc::new(Semaphore::new(depth));
     let mut attempts = JoinSet::new();
     let mut reattach = reattach.into_iter();
     loop {
+        // Follow the pace: more slots for short renders, back down for long ones (a slot
+        // in use is taken away once it is released).
+        let wanted = conn.pace().depth();
+        if wanted > depth {
+            slots.add_permits(wanted - depth);
+            depth = wanted;
+        } else if wanted < depth {
+            depth -= slots.forget_permits(depth - wanted);
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -1146,7 +1170,12 @@ async fn attempt(
             prompt_id: &prompt_id,
         };
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
-        match client.post_prompt(&request).await {
+        let posting = Instant::now();
+        let posted = client.post_prompt(&request).await;
+        if matches!(posted, Ok(PostOutcome::Accepted(_))) {
+            conn.pace().posted(posting.elapsed());
+        }
+        match posted {
             // The answer was lost, not necessarily the prompt: a connection reset or a
             // timeout after the server queued it would otherwise render it twice. The id is
             // ours, so ask; only a prompt the server does not know is posted again.
@@ -1307,6 +1336,7 @@ async fn wait_for_end(
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut error: Option<JobError> = None;
     let mut outputs = HistoryEntry::default();
+    let mut started_at: Option<Instant> = None;
     let mut check_at = tokio::time::Instant::now() + if poll { Duration::ZERO } else { stall };
     let mut http_failures: u32 = 0;
     loop {
@@ -1339,6 +1369,7 @@ async fn wait_for_end(
                         check_at = tokio::time::Instant::now() + stall;
                         match message {
                             ServerMessage::ExecutionStart { .. } => {
+                                started_at.get_or_insert_with(Instant::now);
                                 if task.timings.started.is_none() {
                                     task.timings.started = Some(ctx.elapsed_ms());
                                 }
@@ -1361,6 +1392,9 @@ async fn wait_for_end(
                                 outputs.outputs.insert(node, output);
                             }
                             ServerMessage::Executing { node: None, .. } => {
+                                if let Some(started) = started_at {
+                                    conn.pace().rendered(started.elapsed());
+                                }
                                 return Ok(Terminal::Finished { error, outputs });
                             }
                             _ => {}

@@ -39,13 +39,16 @@ pub async fn run(args: RunArgs) -> CmdResult {
             ),
         ));
     }
-    let in_flight = args.in_flight.or(plan.comfy.in_flight).unwrap_or(2);
-    if in_flight == 0 {
+    // A depth set on the command line or in the manifest is fixed; otherwise it follows
+    // the servers' pace between the defaults (see `EngineConfig::in_flight_max`).
+    let depth = args.in_flight.or(plan.comfy.in_flight);
+    if depth == Some(0) {
         return Err(CmdError::new(
             exit_codes::USAGE,
             UserError::new("--in-flight must be at least 1", None),
         ));
     }
+    let defaults = EngineConfig::default();
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -62,7 +65,8 @@ pub async fn run(args: RunArgs) -> CmdResult {
         only: args.only.clone(),
         simulator: args.sim,
         engine: EngineConfig {
-            in_flight,
+            in_flight: depth.unwrap_or(defaults.in_flight),
+            in_flight_max: depth.unwrap_or(defaults.in_flight_max),
             timeout: Duration::from_secs_f64(timeout),
             retry_failed: args.retry_failed || plan.comfy.retry_failed,
             ..EngineConfig::default()

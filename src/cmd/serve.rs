@@ -35,7 +35,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             None,
         ));
     }
-    if args.in_flight == 0 || args.max_queue == 0 {
+    if args.in_flight == Some(0) || args.max_queue == 0 {
         return Err(usage(
             "--in-flight and --max-queue must be at least 1".to_owned(),
             None,
@@ -82,7 +82,10 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         max_queue: args.max_queue,
         token: args.token.clone(),
         engine: EngineConfig {
-            in_flight: args.in_flight,
+            in_flight: args.in_flight.unwrap_or(EngineConfig::default().in_flight),
+            in_flight_max: args
+                .in_flight
+                .unwrap_or(EngineConfig::default().in_flight_max),
             timeout: Duration::from_secs_f64(args.timeout),
             ..EngineConfig::default()
         },

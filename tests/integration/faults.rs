@@ -695,3 +695,41 @@ async fn view_not_png_fails_the_job_without_an_image() {
 async fn history_naming_parent_paths_fails_the_job_and_fetches_nothing() {
     bad_image_fails_the_job("traversal-filenames", "unsafe output file").await;
 }
+
+/// Run 24 jobs on a simulator with `step_ms` and `latency_ms` under `config`; returns the
+/// most prompts the server held at once.
+async fn peak_queue_of(step_ms: u64, latency_ms: u64, config: EngineConfig) -> usize {
+    let sim = Sim::start(SimConfig {
+        step_ms,
+        latency_ms,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (summary, _, _dir) = run_on(&[sim.url()], 24, 1, config).await;
+    all_succeeded(&summary);
+    let peak = sim.stats().peak_queue;
+    sim.shutdown().await;
+    peak
+}
+
+#[tokio::test]
+async fn renders_shorter_than_the_round_trip_get_a_deeper_queue() {
+    // Instant renders 30 ms away: two prompts would leave the server idle for most of each
+    // refill; the depth grows (to at most in_flight_max).
+    let peak = peak_queue_of(0, 30, engine()).await;
+    assert!((3..=8).contains(&peak), "peak queue {peak}");
+    // A fixed depth stays fixed however short the renders.
+    let fixed = EngineConfig {
+        in_flight: 2,
+        in_flight_max: 2,
+        ..engine()
+    };
+    assert!(peak_queue_of(0, 30, fixed).await <= 2);
+}
+
+#[tokio::test]
+async fn renders_longer_than_the_round_trip_keep_two_on_the_server() {
+    // 3 steps x 40 ms on loopback: one rendering, one waiting is enough.
+    assert!(peak_queue_of(40, 0, engine()).await <= 2);
+}

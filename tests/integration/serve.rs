@@ -162,6 +162,7 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
     .unwrap();
     let mut cfg = config(&[&sim], &out);
     cfg.engine.in_flight = 1;
+    cfg.engine.in_flight_max = 1;
     let service = start(cfg).await;
     let url = service.url();
 
@@ -564,6 +565,7 @@ async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
     let hanging = sim(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
     cfg.engine.in_flight = 1;
+    cfg.engine.in_flight_max = 1;
     let service = start(cfg).await;
     let url = service.url();
     let running = id_of(&post_job(&url, &small(json!({"page": 3}))).await.1);
@@ -949,6 +951,7 @@ async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
     let hanging = sim(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
     cfg.engine.in_flight = 1;
+    cfg.engine.in_flight_max = 1;
     cfg.on_shutdown = ShutdownMode::Finish;
     let service = start(cfg).await;
     let url = service.url();
