@@ -11,11 +11,11 @@
 //!
 //! Each server has `in_flight` slots (default 2: one prompt rendering, one waiting on the
 //! server so the GPU never idles; up to `in_flight_max` when renders are shorter than the
-//! round trip that refills the server's queue, see `engine/pace.rs`). A slot is held from the POST until the server is done with
-//! the prompt; downloading and writing images happen after the slot is released, overlapping
-//! the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
+//! round trip that refills the server's queue, see `engine/pace.rs`). A slot is held from
+//! the POST until the server is done with the prompt; downloading and writing images happen
+//! after the slot is released, overlapping the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
 //!
-//! Posting is also bounded by the images not yet written: at most `in_flight` per server
+//! Posting is also bounded by the images not yet written: at most `in_flight_max` per server
 //! plus twice `downloads` attempts are under way at once. When the servers render faster
 //! than this machine downloads and fsyncs (zero-render jobs, a slow disk), finished prompts
 //! wait on the server, not as a growing pile of attempts (with their history and routes)
@@ -262,7 +262,8 @@ impl Engine {
                 _ => ready.push_back(Queued::Fresh(job)),
             }
         }
-        let unwritten = config.in_flight.max(1) * servers.len() + 2 * config.downloads.max(1);
+        let depth = config.in_flight_max.max(config.in_flight).max(1);
+        let unwritten = depth * servers.len() + 2 * config.downloads.max(1);
         let shared = Arc::new(Shared {
             unwritten: Arc::new(Semaphore::new(unwritten)),
             queue: JobQueue::new(ready, reattach),
