@@ -220,7 +220,7 @@ pub fn thumbnail_of_file(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// Box-filter `pixels` down to at most [`THUMB_MAX`] on the long side; an RGB PNG, encoded
-/// with the fast deflate (a 192-pixel thumbnail is not worth the slow one's time).
+/// with the fastest deflate (a 192-pixel thumbnail is not worth a slower one's time).
 pub fn thumbnail(pixels: &Pixels<'_>) -> Vec<u8> {
     let Pixels {
         data,
@@ -260,7 +260,7 @@ pub fn thumbnail(pixels: &Pixels<'_>) -> Vec<u8> {
     let mut encoder = png::Encoder::new(&mut png_bytes, tw, th);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
+    encoder.set_compression(png::Compression::Fastest);
     let mut writer = encoder
         .write_header()
         .expect("writing a PNG header to memory");

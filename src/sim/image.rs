@@ -432,7 +432,9 @@ pub fn encode_png(image: &Image, index: u32, text: &[(String, String)]) -> Vec<u
     let mut enc = png::Encoder::new(&mut out, image.width, image.height);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    enc.set_compression(png::Compression::Fast);
+    // fdeflate with the `Up` filter: the encoder's fastest mode that still compresses
+    // (`Fast` tries every filter on every row, ~3x the time for 64x64 images).
+    enc.set_compression(png::Compression::Fastest);
     for (k, v) in text {
         // Keywords are ours; a failure here only drops the chunk.
         let _ = enc.add_text_chunk(k.clone(), v.clone());

@@ -926,18 +926,13 @@ impl<'a> Run<'a> {
                 .client
                 .as_deref()
                 .is_some_and(|c| shared.preview_metadata(c));
-        // Step k ends at start + k * step, so a render takes steps x step_ms however coarse
-        // the timer is (sleeping 1 ms per step took about 2 ms each); the last step ends on
-        // time to well under a millisecond (see `sleep_until_precise`).
+        // Step k ends at start + k * step, so a render takes steps x step_ms (sleeping 1 ms
+        // per step took about 2 ms each), and no step ends more than microseconds late (see
+        // `sleep_until_precise`; tokio's timer could end step 19 of 20 after step 20's end).
         let start = tokio::time::Instant::now();
         for value in 1..=steps {
             if !step.is_zero() {
-                let end = start + step * value as u32;
-                if value == steps {
-                    sleep_until_precise(end).await;
-                } else {
-                    tokio::time::sleep_until(end).await;
-                }
+                sleep_until_precise(start + step * value as u32, value == steps).await;
             }
             // hijack_progress.hook: the interrupt check comes first.
             if shared.interrupt.load(Ordering::SeqCst) {
@@ -1004,7 +999,6 @@ impl<'a> Run<'a> {
         } else {
             base.join(&subfolder)
         };
-        let _ = std::fs::create_dir_all(&folder);
         let mut text = vec![("prompt".to_string(), pyjson::dumps(&self.item.prompt))];
         if let Some(Value::Object(extra)) = self.item.extra_data.get("extra_pnginfo") {
             for (k, v) in extra {
@@ -1016,10 +1010,11 @@ impl<'a> Run<'a> {
             .any(|f| matches!(f, Fault::TraversalFilenames));
         let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
         let counters = &mut *counters;
-        let names = counters
-            .folders
-            .entry(folder.clone())
-            .or_insert_with(|| folder_names(&folder));
+        // A folder is made (and read) the first time it is used after a start.
+        let names = counters.folders.entry(folder.clone()).or_insert_with(|| {
+            let _ = std::fs::create_dir_all(&folder);
+            folder_names(&folder)
+        });
         let counter = counters
             .highest
             .entry((folder.clone(), filename.clone()))
@@ -1049,22 +1044,22 @@ impl<'a> Run<'a> {
 /// Sleep until `deadline`, late by microseconds rather than tokio's up to 1-2 ms: its timer
 /// fires on whole milliseconds, which at a 20 ms render is 5-10 % of the simulated GPU time
 /// that the client gets blamed for. The coarse timer takes all but the last 2 ms; the rest
-/// is the OS's own sleep and a last spin of at most 150 us, blocking the thread: the worker
-/// has a thread and runtime of its own (`WorkerThread` in `sim/mod.rs`), so that holds up
-/// nothing else.
-async fn sleep_until_precise(deadline: tokio::time::Instant) {
+/// is the OS's own sleep and (for a render's last step) a spin of at most 150 us, blocking
+/// the thread: the worker has a thread and runtime of its own (`WorkerThread` in
+/// `sim/mod.rs`), so that holds up nothing else.
+async fn sleep_until_precise(deadline: tokio::time::Instant, spin: bool) {
     const COARSE_SLACK: Duration = Duration::from_millis(2);
     if let Some(early) = deadline.checked_sub(COARSE_SLACK)
         && early > tokio::time::Instant::now()
     {
         tokio::time::sleep_until(early).await;
     }
-    // The OS sleep wakes up to ~50 us late (timer slack) plus the scheduler's delay:
-    // sleep to just short of the deadline and spin the rest.
-    const SPIN: Duration = Duration::from_micros(150);
+    // The OS sleep wakes up to ~50 us late (timer slack) plus the scheduler's delay: with
+    // `spin`, sleep to just short of the deadline and spin the rest.
+    let spin_for = Duration::from_micros(if spin { 150 } else { 0 });
     let deadline = deadline.into_std();
     if let Some(rest) = deadline
-        .checked_sub(SPIN)
+        .checked_sub(spin_for)
         .map(|d| d.saturating_duration_since(Instant::now()))
         && !rest.is_zero()
     {
