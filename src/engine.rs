@@ -133,8 +133,8 @@ impl RunContext {
         let _ = self.events.send(event);
     }
 
-    fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    fn elapsed_ms(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX)
     }
 
     fn cancelled(&self) -> bool {

@@ -100,17 +100,17 @@ pub struct ImageRecord {
     pub height: u32,
 }
 
-/// Milliseconds since the run started.
+/// Milliseconds since the run started (u32: 49 days; a report keeps one per job).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// The prompt was accepted by the server (`POST /prompt` answered).
-    pub queued: Option<u64>,
+    pub queued: Option<u32>,
     /// `execution_start`.
-    pub started: Option<u64>,
+    pub started: Option<u32>,
     /// `executing` with `node: null`.
-    pub executed: Option<u64>,
+    pub executed: Option<u32>,
     /// Every image written under its final name.
-    pub downloaded: Option<u64>,
+    pub downloaded: Option<u32>,
 }
 
 /// How a job ended.

@@ -100,10 +100,28 @@ pub struct Job {
     pub workflow_sha256: Arc<str>,
 }
 
-/// The resolved parameters of a job. The texts are shared: a page's variants hold the same
-/// prompt, the filename prefix is the one its workflow fills in.
+/// The resolved parameters of a job: its page's (one `Arc` shared by the page's variants,
+/// read through `Deref`: `params.prompt`) and its own. Written flat, as one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobParams {
+    #[serde(flatten)]
+    pub page: Arc<PageParams>,
+    /// The prefix its workflow fills in (shared with the workflow).
+    pub filename_prefix: Arc<str>,
+    /// Whether the seed was given in the manifest or derived.
+    pub seed_source: SeedSource,
+}
+
+impl std::ops::Deref for JobParams {
+    type Target = PageParams;
+    fn deref(&self) -> &PageParams {
+        &self.page
+    }
+}
+
+/// The parameters every variant of a page shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageParams {
     pub prompt: Arc<str>,
     pub negative: Arc<str>,
     pub checkpoint: Arc<str>,
@@ -116,9 +134,6 @@ pub struct JobParams {
     pub lora: Option<LoraParams>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
-    pub filename_prefix: Arc<str>,
-    /// Whether the seed was given in the manifest or derived.
-    pub seed_source: SeedSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,7 +495,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
             .map_or(fallback, String::as_str)
             .into()
     };
-    let base = JobParams {
+    let base = Arc::new(PageParams {
         prompt: r.page.prompt.as_str().into(),
         negative: pick(&s.negative, &d.negative, DEFAULT_NEGATIVE),
         checkpoint: pick(&s.checkpoint, &d.checkpoint, DEFAULT_CHECKPOINT),
@@ -492,18 +507,16 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
         workflow_path: Path::new(template.file().name()).into(),
-        filename_prefix: "".into(),
-        seed_source: SeedSource::Derived,
-    };
+    });
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
         let key = job_key(chapter, page, variant);
         let params = JobParams {
+            page: base.clone(),
             filename_prefix: format!("plasma/ch{chapter:02}/{key}").into(),
             seed_source,
-            ..base.clone()
         };
         let own = Variant {
             seed,
@@ -529,7 +542,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
 
 /// The placeholder values a page's variants share (all but seed and filename prefix, which
 /// each job's [`Variant`] brings).
-fn page_values(p: &JobParams) -> SlotValues {
+fn page_values(p: &PageParams) -> SlotValues {
     let mut v = SlotValues::default();
     v.set(Placeholder::Prompt, &*p.prompt);
     v.set(Placeholder::Negative, &*p.negative);
@@ -561,7 +574,7 @@ pub fn job_from_params(
     mut params: JobParams,
 ) -> Result<Job, Placeholder> {
     params.filename_prefix = format!("plasma/ch{chapter:02}/{key}").into();
-    params.workflow_path = Path::new(template.file().name()).into();
+    Arc::make_mut(&mut params.page).workflow_path = Path::new(template.file().name()).into();
     let values = template.page_values(page_values(&params));
     let own = Variant {
         seed,

@@ -15,7 +15,6 @@
 //! is skipped when read (its PNG does not end with the `IEND` chunk, or runs past the end;
 //! reading goes on at the next `PBTHUMB1`), and the thumbnail is made again from the image.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -91,8 +90,10 @@ impl Thumbs {
 /// The thumbnails of a pack, read for one contact sheet.
 pub struct ThumbReader {
     file: Option<File>,
-    /// Where each digest's PNG is: (offset, length). The last record for a digest wins.
-    index: HashMap<[u8; 32], (u64, u32)>,
+    /// Where each digest's PNG is, sorted by digest (48 bytes a thumbnail, no spare
+    /// capacity: the sheet of a 10,000-job run reads it at the run's memory peak). The last
+    /// record for a digest wins.
+    index: Vec<([u8; 32], u64, u32)>,
     /// Where thumbnails made now are kept for the next sheet.
     pack: Thumbs,
 }
@@ -100,11 +101,17 @@ pub struct ThumbReader {
 impl ThumbReader {
     /// Index the pack at `path` (missing is fine: every thumbnail is then made from its image).
     pub fn open(path: &Path) -> ThumbReader {
-        let mut index = HashMap::new();
+        let mut index = Vec::new();
         let file = File::open(path).ok();
         if let Some(file) = &file {
             index_pack(file, &mut index);
         }
+        // Stable: among equal digests the last appended stays last; keep only it.
+        index.sort_by_key(|entry| entry.0);
+        index.reverse();
+        index.dedup_by_key(|entry| entry.0);
+        index.reverse();
+        index.shrink_to_fit();
         ThumbReader {
             file,
             index,
@@ -126,7 +133,9 @@ impl ThumbReader {
     }
 
     fn kept(&mut self, sha256: &str) -> Option<Vec<u8>> {
-        let &(offset, len) = self.index.get(&digest_bytes(sha256)?)?;
+        let digest = digest_bytes(sha256)?;
+        let at = self.index.binary_search_by_key(&digest, |e| e.0).ok()?;
+        let (_, offset, len) = self.index[at];
         let file = self.file.as_mut()?;
         let mut png = vec![0; len as usize];
         file.seek(SeekFrom::Start(offset)).ok()?;
@@ -146,7 +155,7 @@ fn is_complete_png(png: &[u8]) -> bool {
 }
 
 /// Find every whole record; after a torn one, go on at the next magic.
-fn index_pack(file: &File, index: &mut HashMap<[u8; 32], (u64, u32)>) {
+fn index_pack(file: &File, index: &mut Vec<([u8; 32], u64, u32)>) {
     let Ok(size) = file.metadata().map(|m| m.len()) else {
         return;
     };
@@ -171,7 +180,7 @@ fn index_pack(file: &File, index: &mut HashMap<[u8; 32], (u64, u32)>) {
             && tail == IEND;
         if whole {
             let digest: [u8; 32] = header[8..40].try_into().expect("32 bytes");
-            index.insert(digest, (start, len));
+            index.push((digest, start, len));
             pos = start + len as u64;
         } else {
             match next_magic(&mut reader, pos + 1, size) {

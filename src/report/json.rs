@@ -146,7 +146,8 @@ impl From<JobStatus> for ReportStatus {
 #[derive(Debug, Clone)]
 pub struct JobReport {
     pub job: Arc<Job>,
-    pub server: Option<String>,
+    /// Shared by the entries of one server.
+    pub server: Option<Arc<str>>,
     pub prompt_id: Option<String>,
     pub attempts: u32,
     pub status: ReportStatus,
@@ -176,7 +177,7 @@ struct Entry<'a> {
     job_hash: JobHash,
     workflow_sha256: Cow<'a, str>,
     output_nodes: Cow<'a, [String]>,
-    server: Cow<'a, Option<String>>,
+    server: Cow<'a, Option<Arc<str>>>,
     prompt_id: Cow<'a, Option<String>>,
     attempts: u32,
     status: ReportStatus,
@@ -315,6 +316,8 @@ pub struct ReportWriter {
     last_write: Instant,
     /// How long the last write took.
     last_write_cost: Duration,
+    /// The servers' URLs, one `Arc` each for all their entries.
+    servers: Vec<Arc<str>>,
 }
 
 impl ReportWriter {
@@ -338,6 +341,7 @@ impl ReportWriter {
             written_finished: 0,
             last_write: Instant::now(),
             last_write_cost: Duration::ZERO,
+            servers: Vec::new(),
         }
     }
 
@@ -361,7 +365,16 @@ impl ReportWriter {
                 self.finished += 1;
             }
             job.status = outcome.status.into();
-            job.server = outcome.server.clone();
+            job.server = outcome.server.as_deref().map(|url| {
+                match self.servers.iter().find(|s| &***s == url) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let new: Arc<str> = url.into();
+                        self.servers.push(new.clone());
+                        new
+                    }
+                }
+            });
             job.prompt_id = outcome.prompt_id.clone();
             job.attempts = outcome.attempts;
             job.error = outcome.error.clone().map(Box::new);
@@ -450,17 +463,19 @@ mod tests {
 
     fn report(jobs: usize) -> RunReport {
         let params = JobParams {
-            prompt: "p".into(),
-            negative: "n".into(),
-            checkpoint: "c".into(),
-            steps: 1,
-            cfg: 1.0,
-            sampler: "euler".into(),
-            scheduler: "normal".into(),
-            width: 64,
-            height: 64,
-            lora: None,
-            workflow_path: Path::new("w.json").into(),
+            page: std::sync::Arc::new(crate::plan::PageParams {
+                prompt: "p".into(),
+                negative: "n".into(),
+                checkpoint: "c".into(),
+                steps: 1,
+                cfg: 1.0,
+                sampler: "euler".into(),
+                scheduler: "normal".into(),
+                width: 64,
+                height: 64,
+                lora: None,
+                workflow_path: Path::new("w.json").into(),
+            }),
             filename_prefix: "x".into(),
             seed_source: crate::plan::SeedSource::Derived,
         };

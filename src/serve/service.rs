@@ -178,17 +178,19 @@ impl Templates {
             ));
         }
         let params = JobParams {
-            prompt: request.prompt_text.as_str().into(),
-            negative: request.negative_prompt.as_str().into(),
-            checkpoint: request.checkpoint_name.as_str().into(),
-            steps: request.steps,
-            cfg: request.cfg,
-            sampler: request.sampler.as_str().into(),
-            scheduler: request.scheduler.as_str().into(),
-            width: request.resolution.width,
-            height: request.resolution.height,
-            lora: request.lora.clone(),
-            workflow_path: Path::new("").into(),
+            page: std::sync::Arc::new(crate::plan::PageParams {
+                prompt: request.prompt_text.as_str().into(),
+                negative: request.negative_prompt.as_str().into(),
+                checkpoint: request.checkpoint_name.as_str().into(),
+                steps: request.steps,
+                cfg: request.cfg,
+                sampler: request.sampler.as_str().into(),
+                scheduler: request.scheduler.as_str().into(),
+                width: request.resolution.width,
+                height: request.resolution.height,
+                lora: request.lora.clone(),
+                workflow_path: Path::new("").into(),
+            }),
             filename_prefix: "".into(),
             seed_source: SeedSource::Explicit,
         };
