@@ -3,6 +3,7 @@
 //! bookkeeping. Every lock here is a short synchronous critical section, never held across
 //! an `.await`. Lock order where two are taken: `core` before `sockets`.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -16,6 +17,14 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::fault::Fault;
 use super::nodes::Catalog;
 use super::{InterruptRecord, SimConfig, SimStats, pyjson};
+
+/// Frames and their socket id (`None`: every socket), in the order sent.
+type Frames = Vec<(Message, Option<String>)>;
+
+thread_local! {
+    /// Frames held back on this thread (see [`Shared::hold_frames`]).
+    static HELD: RefCell<Option<Frames>> = const { RefCell::new(None) };
+}
 
 /// One frame for one socket, stamped with the time it was produced (for `--latency-ms`).
 pub struct Outgoing {
@@ -251,24 +260,58 @@ impl Shared {
         Message::Text(Utf8Bytes::from(pyjson::dumps(&Frame { r#type: ty, data })))
     }
 
-    /// `send_json(event, data, sid)`: to one socket, or to all when `sid` is None.
+    /// `send_json(event, data, sid)`: to one socket, or to all when `sid` is None (held
+    /// back on a thread that [`Shared::hold_frames`]).
     pub fn send(&self, msg: Message, sid: Option<&str>) {
+        let msg = HELD.with(|held| match held.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push((msg, sid.map(str::to_owned)));
+                None
+            }
+            None => Some(msg),
+        });
+        if let Some(msg) = msg {
+            self.send_now([(msg, sid)]);
+        }
+    }
+
+    fn send_now<S: AsRef<str>>(&self, frames: impl IntoIterator<Item = (Message, Option<S>)>) {
         let at = Instant::now();
         let sockets = self.sockets();
-        match sid {
-            Some(sid) => {
-                if let Some(entry) = sockets.get(sid) {
-                    let _ = entry.tx.send(Outgoing { msg, at });
+        for (msg, sid) in frames {
+            match sid {
+                Some(sid) => {
+                    if let Some(entry) = sockets.get(sid.as_ref()) {
+                        let _ = entry.tx.send(Outgoing { msg, at });
+                    }
+                }
+                None => {
+                    for entry in sockets.values() {
+                        let _ = entry.tx.send(Outgoing {
+                            msg: msg.clone(),
+                            at,
+                        });
+                    }
                 }
             }
-            None => {
-                for entry in sockets.values() {
-                    let _ = entry.tx.send(Outgoing {
-                        msg: msg.clone(),
-                        at,
-                    });
-                }
-            }
+        }
+    }
+
+    /// From now on, frames sent from this thread wait for [`Shared::release_frames`]. The
+    /// prompt worker (on a thread of its own) holds a node's burst (its end, the next one's
+    /// start, progress) and sends it at once: one wake-up of the socket tasks instead of
+    /// one per frame. It releases before every wait, so no frame is held while time passes.
+    pub fn hold_frames() {
+        HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Send what this thread holds, in order.
+    pub fn release_frames(&self) {
+        let frames = HELD.with(|held| held.borrow_mut().as_mut().map(std::mem::take));
+        if let Some(frames) = frames
+            && !frames.is_empty()
+        {
+            self.send_now(frames);
         }
     }
 

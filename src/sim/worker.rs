@@ -156,6 +156,8 @@ fn is_link(v: &Value) -> Option<(&str, usize)> {
 /// The worker task. Runs until aborted (crash or shutdown).
 pub async fn run(shared: Arc<Shared>) {
     let mut cache: HashMap<u64, CachedNode> = HashMap::new();
+    // This task has its thread to itself: hold frames between waits (`Shared::hold_frames`).
+    Shared::hold_frames();
     loop {
         let item = loop {
             let next = {
@@ -172,7 +174,10 @@ pub async fn run(shared: Arc<Shared>) {
             };
             match next {
                 Some(item) => break item,
-                None => shared.wake.notified().await,
+                None => {
+                    shared.release_frames();
+                    shared.wake.notified().await
+                }
             }
         };
         {
@@ -189,6 +194,7 @@ pub async fn run(shared: Arc<Shared>) {
         });
         let mut run = Run::new(&shared, &item, crash);
         run.execute(&mut cache).await;
+        shared.release_frames();
         tokio::task::yield_now().await;
     }
 }
@@ -527,6 +533,7 @@ impl<'a> Run<'a> {
                 core.last_node = None;
                 shared.broadcast_status(core.queue_remaining());
             }
+            shared.release_frames();
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let mut core = shared.core();
             write(&mut core);
@@ -643,6 +650,8 @@ impl<'a> Run<'a> {
             core.last_node = Some(node.to_string());
         }
         if first && let Some(ms) = self.crash_ms.take() {
+            // What was sent before the crash reached the sockets.
+            shared.release_frames();
             let _ = shared.ctrl.send(Ctrl::Crash(Duration::from_millis(ms)));
             return Err(NodeFail::Crashed);
         }
@@ -682,9 +691,11 @@ impl<'a> Run<'a> {
         for fault in shared.faults() {
             match fault {
                 Fault::SlowNode { class, ms } if class == class_name => {
+                    shared.release_frames();
                     tokio::time::sleep(Duration::from_millis(*ms)).await;
                 }
                 Fault::Hang { class } if class == class_name => loop {
+                    shared.release_frames();
                     let wake = shared.interrupt_wake.notified();
                     if shared.interrupt.load(Ordering::SeqCst) {
                         return Err(NodeFail::Interrupted);
@@ -932,6 +943,7 @@ impl<'a> Run<'a> {
         let start = tokio::time::Instant::now();
         for value in 1..=steps {
             if !step.is_zero() {
+                shared.release_frames();
                 sleep_until_precise(start + step * value as u32, value == steps).await;
             }
             // hijack_progress.hook: the interrupt check comes first.
