@@ -534,8 +534,14 @@ async fn zombie_socket_is_replaced_under_a_fresh_client_id() {
     let sim = sim_with(1, &[]).await;
     let (proxy, client_ids) = proxy_with_zombie_socket(sim.addr()).await;
     // Enough jobs that prompts are still outstanding when the silence is noticed (three
-    // ping periods), and some are posted after the new socket is up.
-    let (summary, _, _dir) = run_on(&[proxy], 12, 1, engine()).await;
+    // ping periods), and some are posted after the new socket is up: two at a time (a
+    // deeper queue could finish all twelve by polling before the silence is noticed).
+    let two = EngineConfig {
+        in_flight: 2,
+        in_flight_max: 2,
+        ..engine()
+    };
+    let (summary, _, _dir) = run_on(&[proxy], 12, 1, two).await;
     all_succeeded(&summary);
     let ids = client_ids.lock().unwrap().clone();
     assert!(
