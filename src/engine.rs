@@ -1699,7 +1699,7 @@ async fn write_images(
         let mut records = Vec::with_capacity(staged.len());
         for image in staged {
             let (bytes, sha256, width, height) =
-                (image.bytes, image.sha256.clone(), image.width, image.height);
+                (image.bytes, image.sha256, image.width, image.height);
             let target = output
                 .store
                 .commit(image, job.page, |target| {
@@ -1712,7 +1712,7 @@ async fn write_images(
                         seed: job.seed,
                         file: relative(&output.dirs.root, &target.path),
                         bytes,
-                        sha256: sha256.clone(),
+                        sha256: sha256.to_string(),
                         width,
                         height,
                     })

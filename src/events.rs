@@ -95,7 +95,7 @@ pub struct ImageRecord {
     /// Relative to the output root, `/`-separated: `ch-01/raw/comfyui/ch01_p001_v1.png`.
     pub path: String,
     pub bytes: u64,
-    pub sha256: String,
+    pub sha256: crate::digest::Sha256Digest,
     pub width: u32,
     pub height: u32,
 }

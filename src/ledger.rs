@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Sha256Digest;
 use crate::output::{PathError, digest_file, open_append};
 
 /// Ledger format version, written in every record.
@@ -67,7 +68,7 @@ pub struct VerifiedImage {
     pub path: PathBuf,
     pub file: String,
     pub bytes: u64,
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     pub width: u32,
     pub height: u32,
     pub prompt_id: String,
@@ -158,7 +159,7 @@ pub fn verified_images(
     records: &[LedgerRecord],
 ) -> HashMap<String, Vec<VerifiedImage>> {
     let mut by_hash: HashMap<String, Vec<VerifiedImage>> = HashMap::new();
-    let mut digests: HashMap<String, Option<(u64, String)>> = HashMap::new();
+    let mut digests: HashMap<String, Option<(u64, Sha256Digest)>> = HashMap::new();
     for record in records {
         let LedgerRecord::Image {
             key,
@@ -183,10 +184,13 @@ pub fn verified_images(
             continue;
         }
         let path = chapter_root.join(file);
-        let digest = digests
+        let on_disk = *digests
             .entry(file.clone())
             .or_insert_with(|| digest_file(&path).ok());
-        if digest.as_ref() != Some(&(*bytes, sha256.clone())) {
+        let Some((disk_bytes, disk_sha256)) = on_disk else {
+            continue;
+        };
+        if disk_bytes != *bytes || disk_sha256 != *sha256 {
             continue;
         }
         let images = by_hash.entry(job_hash.clone()).or_default();
@@ -198,7 +202,7 @@ pub fn verified_images(
             path,
             file: file.clone(),
             bytes: *bytes,
-            sha256: sha256.clone(),
+            sha256: disk_sha256,
             width: *width,
             height: *height,
             prompt_id: prompt_id.clone(),
@@ -346,6 +350,7 @@ mod tests {
         std::fs::write(dir.path().join("raw/good.png"), b"good").unwrap();
         std::fs::write(dir.path().join("raw/changed.png"), b"changed!").unwrap();
         let (good_bytes, good_sha) = digest_file(&dir.path().join("raw/good.png")).unwrap();
+        let good_sha = good_sha.to_string();
         let records = vec![
             image("raw/good.png", &good_sha, good_bytes),
             image("raw/changed.png", &good_sha, good_bytes),

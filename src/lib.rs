@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod comfy;
+pub mod digest;
 pub mod engine;
 pub mod events;
 pub mod exit_codes;

@@ -18,6 +18,7 @@ use std::sync::{Mutex, RwLock, RwLockWriteGuard};
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::Sha256Digest;
 use crate::thumbs::{Pixels, Thumbs};
 
 /// Prefix of in-progress image files: `.plasma-tmp-<pid>-<random>.part`.
@@ -132,7 +133,7 @@ pub struct ImageStore {
 pub struct StagedImage {
     temp: tempfile::TempPath,
     pub bytes: u64,
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     pub width: u32,
     pub height: u32,
 }
@@ -214,7 +215,7 @@ impl ImageStore {
         let mut temp = self.temp_file().map_err(StageError::Io)?;
         temp.write_all(data)
             .map_err(|e| StageError::Io(PathError::new("write", temp.path(), e)))?;
-        let sha256 = hex::encode(Sha256::digest(data));
+        let sha256 = Sha256Digest::from(<[u8; 32]>::from(Sha256::digest(data)));
         self.check_and_stage(
             temp,
             data.len() as u64,
@@ -228,7 +229,7 @@ impl ImageStore {
         &self,
         temp: tempfile::NamedTempFile,
         bytes: u64,
-        sha256: String,
+        sha256: Sha256Digest,
         png: impl io::BufRead + io::Seek,
         expected: Option<(u32, u32)>,
     ) -> Result<StagedImage, StageError> {
@@ -350,12 +351,12 @@ pub fn decode_png(
     Ok((width, height))
 }
 
-/// Size and sha256 (hex) of a file.
-pub fn digest_file(path: &Path) -> Result<(u64, String), PathError> {
+/// Size and sha256 of a file.
+pub fn digest_file(path: &Path) -> Result<(u64, Sha256Digest), PathError> {
     let mut file = File::open(path).map_err(|e| PathError::new("open", path, e))?;
     let mut hasher = Sha256::new();
     let bytes = io::copy(&mut file, &mut hasher).map_err(|e| PathError::new("read", path, e))?;
-    Ok((bytes, hex::encode(hasher.finalize())))
+    Ok((bytes, <[u8; 32]>::from(hasher.finalize()).into()))
 }
 
 /// fsync a directory so that a new name in it survives a power loss.

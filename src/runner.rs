@@ -246,7 +246,7 @@ fn skipped_outcome(job: &Job, images: &[ledger::VerifiedImage], out_root: &Path)
             .map(|i| ImageRecord {
                 path: crate::engine::relative(out_root, &i.path),
                 bytes: i.bytes,
-                sha256: i.sha256.clone(),
+                sha256: i.sha256,
                 width: i.width,
                 height: i.height,
             })

@@ -59,7 +59,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         .map(|job| {
             (
                 job.key.clone(),
-                job.images.iter().map(|i| i.sha256.clone()).collect(),
+                job.images.iter().map(|i| i.sha256.to_string()).collect(),
             )
         })
         .collect();
@@ -103,7 +103,11 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         .iter()
         .map(|outcome| {
             let old_sha256 = old.get(&outcome.key).cloned().unwrap_or_default();
-            let new_sha256: Vec<String> = outcome.images.iter().map(|i| i.sha256.clone()).collect();
+            let new_sha256: Vec<String> = outcome
+                .images
+                .iter()
+                .map(|i| i.sha256.to_string())
+                .collect();
             Comparison {
                 key: outcome.key.clone(),
                 status: outcome.status.as_str().to_owned(),

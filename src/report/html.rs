@@ -18,13 +18,17 @@ pub fn contact_sheet(report: &RunReport, out_root: &Path) -> String {
     String::from_utf8(bytes).expect("the sheet is UTF-8")
 }
 
-/// [`contact_sheet`] written page by page: at most one page's thumbnails are in memory.
+/// Bytes of HTML gathered before they are written out.
+const FLUSH_AT: usize = 32 << 10;
+
+/// [`contact_sheet`] written as it is made: at most [`FLUSH_AT`] bytes and one thumbnail
+/// are in memory, however many jobs a page has.
 pub fn write_contact_sheet(
     report: &RunReport,
     out_root: &Path,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    let mut html = String::with_capacity(64 << 10);
+    let mut html = String::with_capacity(2 * FLUSH_AT);
     let title = format!(
         "Chapter {}{} — run {}",
         report.chapter,
@@ -85,6 +89,12 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
         );
         for job in page {
             card(&mut html, job, out_root, &mut thumbs);
+            // A page can hold thousands of cards: write in steps of ~32 KiB, so the sheet
+            // never holds more than that (and one thumbnail) in memory.
+            if html.len() >= FLUSH_AT {
+                out.write_all(html.as_bytes())?;
+                html.clear();
+            }
         }
         html.push_str("</div>\n");
         out.write_all(html.as_bytes())?;

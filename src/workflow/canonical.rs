@@ -3,64 +3,17 @@
 //! UTF-8 bytes, hashed with sha256 after a versioned prefix.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::Write;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// What the job hash starts with; a new canonical form would get a new version.
 pub const JOB_HASH_PREFIX: &[u8] = b"plasma-batch/job/v1\n";
 
-/// A job hash: 32 bytes, written as 64 lowercase hex digits wherever it leaves the program
-/// (report, ledger, `plan --json`, `Display`). Its hex form would take ~100 bytes a job.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct JobHash([u8; 32]);
-
-impl JobHash {
-    /// From 64 hex digits (either case).
-    pub fn from_hex(text: &str) -> Option<JobHash> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(JobHash(bytes))
-    }
-}
-
-impl fmt::Display for JobHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut text).map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
-    }
-}
-
-impl fmt::Debug for JobHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
-    }
-}
-
-/// Compares with a hash in hex, as the ledger records it.
-impl PartialEq<String> for JobHash {
-    fn eq(&self, other: &String) -> bool {
-        JobHash::from_hex(other).is_some_and(|h| h == *self)
-    }
-}
-
-impl Serialize for JobHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for JobHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JobHash, D::Error> {
-        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
-        JobHash::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("expected a sha256 as 64 hex digits"))
-    }
-}
+/// A job hash: sha256 of [`JOB_HASH_PREFIX`] and the canonical JSON of what would be sent,
+/// kept as 32 bytes (hex wherever it leaves the program).
+pub type JobHash = crate::digest::Sha256Digest;
 
 /// sha256 of [`JOB_HASH_PREFIX`] and the canonical JSON of `workflow`.
 pub fn job_hash(workflow: &Value) -> JobHash {
@@ -73,7 +26,7 @@ pub fn job_hash(workflow: &Value) -> JobHash {
             hasher.update(bytes);
         }
     }
-    JobHash(hasher.finalize().into())
+    JobHash::from(<[u8; 32]>::from(hasher.finalize()))
 }
 
 /// One step from a value to a value inside it.
@@ -150,7 +103,7 @@ impl Segments {
             }
         }
         let _ = hasher.flush();
-        JobHash(hasher.finalize().into())
+        JobHash::from(<[u8; 32]>::from(hasher.finalize()))
     }
 
     fn bytes(&mut self, bytes: &[u8]) {

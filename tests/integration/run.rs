@@ -419,8 +419,7 @@ async fn every_image_of_a_batch_is_kept_as_its_own_version() {
             "ch-07/raw/comfyui/ch07_p001_v3.png"
         ]
     );
-    let distinct: std::collections::HashSet<&str> =
-        images.iter().map(|i| i.sha256.as_str()).collect();
+    let distinct: std::collections::HashSet<_> = images.iter().map(|i| i.sha256).collect();
     assert_eq!(distinct.len(), 3, "the batch images should differ");
     check_run(&summary, &jobs, &out);
     sim.shutdown().await;
