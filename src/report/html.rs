@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use super::json::{JobReport, ReportStatus, RunReport};
+use super::json::{JobReport, RunReport};
 use crate::output::ChapterDirs;
 use crate::thumbs::ThumbReader;
 
@@ -105,7 +105,7 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
 }
 
 fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbReader) {
-    let status = status_name(job.status);
+    let status = job.status.as_str();
     let images: Vec<_> = if job.images.is_empty() {
         vec![None]
     } else {
@@ -161,17 +161,6 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
             );
         }
         html.push_str("</div>\n");
-    }
-}
-
-fn status_name(status: ReportStatus) -> &'static str {
-    match status {
-        ReportStatus::Pending => "pending",
-        ReportStatus::Succeeded => "succeeded",
-        ReportStatus::Skipped => "skipped",
-        ReportStatus::Failed => "failed",
-        ReportStatus::TimedOut => "timed_out",
-        ReportStatus::Cancelled => "cancelled",
     }
 }
 
