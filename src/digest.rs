@@ -28,6 +28,13 @@ impl From<[u8; 32]> for Sha256Digest {
     }
 }
 
+/// What `sha2::Sha256` computes (`hasher.finalize().into()`).
+impl From<sha2::digest::Output<sha2::Sha256>> for Sha256Digest {
+    fn from(output: sha2::digest::Output<sha2::Sha256>) -> Sha256Digest {
+        Sha256Digest(output.into())
+    }
+}
+
 impl fmt::Display for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = [0u8; 64];

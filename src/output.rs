@@ -215,7 +215,7 @@ impl ImageStore {
         let mut temp = self.temp_file().map_err(StageError::Io)?;
         temp.write_all(data)
             .map_err(|e| StageError::Io(PathError::new("write", temp.path(), e)))?;
-        let sha256 = Sha256Digest::from(<[u8; 32]>::from(Sha256::digest(data)));
+        let sha256 = Sha256Digest::from(Sha256::digest(data));
         self.check_and_stage(
             temp,
             data.len() as u64,
@@ -356,7 +356,7 @@ pub fn digest_file(path: &Path) -> Result<(u64, Sha256Digest), PathError> {
     let mut file = File::open(path).map_err(|e| PathError::new("open", path, e))?;
     let mut hasher = Sha256::new();
     let bytes = io::copy(&mut file, &mut hasher).map_err(|e| PathError::new("read", path, e))?;
-    Ok((bytes, <[u8; 32]>::from(hasher.finalize()).into()))
+    Ok((bytes, hasher.finalize().into()))
 }
 
 /// fsync a directory so that a new name in it survives a power loss.

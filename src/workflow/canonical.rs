@@ -26,7 +26,7 @@ pub fn job_hash(workflow: &Value) -> JobHash {
             hasher.update(bytes);
         }
     }
-    JobHash::from(<[u8; 32]>::from(hasher.finalize()))
+    hasher.finalize().into()
 }
 
 /// One step from a value to a value inside it.
@@ -103,7 +103,7 @@ impl Segments {
             }
         }
         let _ = hasher.flush();
-        JobHash::from(<[u8; 32]>::from(hasher.finalize()))
+        hasher.finalize().into()
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
