@@ -13,7 +13,8 @@
 //! server so the GPU never idles; up to `in_flight_max` when renders are shorter than the
 //! round trip that refills the server's queue, see `engine/pace.rs`). A slot is held from
 //! the POST until the server is done with the prompt; downloading and writing images happen
-//! after the slot is released, overlapping the next render. Jobs not yet posted stay in our queue, never in ComfyUI's volatile one.
+//! after the slot is released, overlapping the next render. Jobs not yet posted stay in our
+//! queue, never in ComfyUI's volatile one.
 //!
 //! Posting is also bounded by the images not yet written: at most `in_flight_max` per server
 //! plus twice `downloads` attempts are under way at once. When the servers render faster
@@ -82,6 +83,21 @@ pub struct EngineConfig {
     /// After a local write failure (disk full), fail the jobs not yet posted instead of
     /// rendering images that cannot be saved. A long-lived service turns this off.
     pub stop_on_local_failure: bool,
+}
+
+impl EngineConfig {
+    /// With `Some(n)`, exactly `n` prompts per server; with `None`, the depth stays as it
+    /// is (by default: 2 to 8, following the server's pace).
+    pub fn with_fixed_depth(self, depth: Option<usize>) -> EngineConfig {
+        match depth {
+            Some(n) => EngineConfig {
+                in_flight: n,
+                in_flight_max: n,
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 impl Default for EngineConfig {

@@ -40,7 +40,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         ));
     }
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
-    // the servers' pace between the defaults (see `EngineConfig::in_flight_max`).
+    // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
     if depth == Some(0) {
         return Err(CmdError::new(
@@ -48,7 +48,6 @@ pub async fn run(args: RunArgs) -> CmdResult {
             UserError::new("--in-flight must be at least 1", None),
         ));
     }
-    let defaults = EngineConfig::default();
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -65,12 +64,11 @@ pub async fn run(args: RunArgs) -> CmdResult {
         only: args.only.clone(),
         simulator: args.sim,
         engine: EngineConfig {
-            in_flight: depth.unwrap_or(defaults.in_flight),
-            in_flight_max: depth.unwrap_or(defaults.in_flight_max),
             timeout: Duration::from_secs_f64(timeout),
             retry_failed: args.retry_failed || plan.comfy.retry_failed,
             ..EngineConfig::default()
-        },
+        }
+        .with_fixed_depth(depth),
         mode: if args.quiet || args.json {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {

@@ -82,13 +82,10 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         max_queue: args.max_queue,
         token: args.token.clone(),
         engine: EngineConfig {
-            in_flight: args.in_flight.unwrap_or(EngineConfig::default().in_flight),
-            in_flight_max: args
-                .in_flight
-                .unwrap_or(EngineConfig::default().in_flight_max),
             timeout: Duration::from_secs_f64(args.timeout),
             ..EngineConfig::default()
-        },
+        }
+        .with_fixed_depth(args.in_flight),
         on_shutdown: match args.on_shutdown {
             OnShutdown::Finish => ShutdownMode::Finish,
             OnShutdown::Cancel => ShutdownMode::Cancel,

@@ -536,11 +536,7 @@ async fn zombie_socket_is_replaced_under_a_fresh_client_id() {
     // Enough jobs that prompts are still outstanding when the silence is noticed (three
     // ping periods), and some are posted after the new socket is up: two at a time (a
     // deeper queue could finish all twelve by polling before the silence is noticed).
-    let two = EngineConfig {
-        in_flight: 2,
-        in_flight_max: 2,
-        ..engine()
-    };
+    let two = engine().with_fixed_depth(Some(2));
     let (summary, _, _dir) = run_on(&[proxy], 12, 1, two).await;
     all_succeeded(&summary);
     let ids = client_ids.lock().unwrap().clone();
@@ -726,11 +722,7 @@ async fn renders_shorter_than_the_round_trip_get_a_deeper_queue() {
     let peak = peak_queue_of(0, 30, engine()).await;
     assert!((3..=8).contains(&peak), "peak queue {peak}");
     // A fixed depth stays fixed however short the renders.
-    let fixed = EngineConfig {
-        in_flight: 2,
-        in_flight_max: 2,
-        ..engine()
-    };
+    let fixed = engine().with_fixed_depth(Some(2));
     assert!(peak_queue_of(0, 30, fixed).await <= 2);
 }
 

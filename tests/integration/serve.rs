@@ -161,8 +161,7 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
     .await
     .unwrap();
     let mut cfg = config(&[&sim], &out);
-    cfg.engine.in_flight = 1;
-    cfg.engine.in_flight_max = 1;
+    cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     let service = start(cfg).await;
     let url = service.url();
 
@@ -564,8 +563,7 @@ async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
     // 2: one job running (it hangs), one in our queue, when the service stops.
     let hanging = sim(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
-    cfg.engine.in_flight = 1;
-    cfg.engine.in_flight_max = 1;
+    cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     let service = start(cfg).await;
     let url = service.url();
     let running = id_of(&post_job(&url, &small(json!({"page": 3}))).await.1);
@@ -950,8 +948,7 @@ async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
     let out = dir.path().join("out");
     let hanging = sim(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
-    cfg.engine.in_flight = 1;
-    cfg.engine.in_flight_max = 1;
+    cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     cfg.on_shutdown = ShutdownMode::Finish;
     let service = start(cfg).await;
     let url = service.url();
