@@ -414,21 +414,13 @@ impl ReportWriter {
     }
 }
 
-/// `2026-11-25T19:30:00.123Z` (UTC), without a date-time dependency.
+/// `2026-11-25T19:30:00.123Z` (UTC, millisecond precision). Times outside what RFC 3339
+/// can write (before 1970 or after 9999) are clamped to its ends rather than failing.
 pub fn rfc3339(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    // The last millisecond of 9999-12-31, the latest time `humantime` formats.
+    let last = SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    let time = time.clamp(SystemTime::UNIX_EPOCH, last);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// A sortable run id: `20261125T193000Z-1a2b3c4d`.
@@ -440,20 +432,6 @@ pub fn new_run_id(time: SystemTime) -> String {
         .collect();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{compact}Z-{suffix}")
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -580,5 +558,10 @@ mod tests {
             id.starts_with("20000229T000000Z-") && id.len() == 25,
             "{id}"
         );
+        // Out of RFC 3339's range: clamped, not a panic.
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(after), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -1084,30 +1084,17 @@ async fn sleep_until_precise(deadline: tokio::time::Instant, spin: bool) {
 
 /// `folder_paths.compute_vars`: size and date placeholders (UTC here; ComfyUI uses local time).
 fn compute_vars(prefix: &str, width: u32, height: u32) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    // `YYYY-MM-DDTHH:MM:SSZ`; each field is a fixed slice of it.
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     prefix
         .replace("%width%", &width.to_string())
         .replace("%height%", &height.to_string())
-        .replace("%year%", &year.to_string())
-        .replace("%month%", &format!("{month:02}"))
-        .replace("%day%", &format!("{day:02}"))
-        .replace("%hour%", &format!("{:02}", rem / 3600))
-        .replace("%minute%", &format!("{:02}", rem % 3600 / 60))
-        .replace("%second%", &format!("{:02}", rem % 60))
+        .replace("%year%", &now[0..4])
+        .replace("%month%", &now[5..7])
+        .replace("%day%", &now[8..10])
+        .replace("%hour%", &now[11..13])
+        .replace("%minute%", &now[14..16])
+        .replace("%second%", &now[17..19])
 }
 
 /// Lexical `os.path.normpath`; None when the path leaves its base (absolute or leading `..`).
