@@ -1,5 +1,6 @@
 //! The one integration-test binary (see STYLE.md): each module is one area.
 
+mod architecture;
 mod auth;
 mod cli;
 mod faults;
