@@ -26,7 +26,7 @@ async fn reports_of_successful_skipped_and_failed_jobs_match_the_schema() {
     let validator = validator();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 2, 2, ""));
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
     let report: serde_json::Value =
@@ -46,17 +46,17 @@ async fn reports_of_successful_skipped_and_failed_jobs_match_the_schema() {
         serde_json::from_slice(&std::fs::read(&again.report_path).unwrap()).unwrap();
     assert_valid(&validator, &report);
     assert_eq!(report["totals"]["skipped"], 4);
-    sim.shutdown().await;
+    drop(sim);
 
     // Failed jobs, with error details.
-    let failing = crate::support::sim(&["raise:KSampler"]).await;
+    let failing = TestSim::start(&["raise:KSampler"]).await;
     let failed = run_on(&plan, &out, &[failing.url()], true).await;
     let mut report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&failed.report_path).unwrap()).unwrap();
     assert_valid(&validator, &report);
     assert_eq!(report["totals"]["failed"], 4);
     assert_eq!(report["jobs"][0]["error"]["kind"], "node_error");
-    failing.shutdown().await;
+    drop(failing);
 
     // The schema has teeth: a failed job claiming an image, or an unknown status, is rejected.
     report["jobs"][0]["images"] = serde_json::json!([{"path": "ch-07/raw/comfyui/ch07_p001_v9.png", "bytes": 10, "sha256": "0".repeat(64), "width": 64, "height": 96}]);

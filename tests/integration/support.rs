@@ -54,6 +54,103 @@ pub async fn sim(faults: &[&str]) -> Sim {
     Sim::start(config).await.unwrap()
 }
 
+/// An in-process simulator for one test, after xh's test server: it stops when it goes out
+/// of scope (on success, or when an assertion fails half-way: no `shutdown().await` to
+/// forget), and then fails the test if no prompt ever reached it, since a test that never
+/// talked to its server proves nothing. [`TestSim::idle_ok`] for a test that means not to post.
+pub struct TestSim {
+    sim: Option<Sim>,
+    must_be_used: bool,
+}
+
+impl TestSim {
+    /// A simulator with 1 ms sampler steps and the given `--fault` specs.
+    pub async fn start(faults: &[&str]) -> TestSim {
+        TestSim {
+            sim: Some(sim(faults).await),
+            must_be_used: true,
+        }
+    }
+
+    /// Allow the test to end without a prompt having reached the simulator.
+    pub fn idle_ok(mut self) -> TestSim {
+        self.must_be_used = false;
+        self
+    }
+
+    /// Stop gracefully now (every connection closed and the port free when this returns),
+    /// with the same check as on drop.
+    pub async fn stop(mut self) {
+        if let Some(sim) = self.sim.take() {
+            let unused = self.unused(&sim);
+            sim.shutdown().await;
+            if let Some(complaint) = unused {
+                panic!("{complaint}");
+            }
+        }
+    }
+
+    fn unused(&self, sim: &Sim) -> Option<String> {
+        let stats = sim.stats();
+        (self.must_be_used && stats.prompts_accepted + stats.prompts_rejected == 0).then(|| {
+            format!(
+                "no prompt reached the simulator at {}: the test did not exercise it (TestSim::idle_ok if that is meant)",
+                sim.url()
+            )
+        })
+    }
+}
+
+impl std::ops::Deref for TestSim {
+    type Target = Sim;
+
+    fn deref(&self) -> &Sim {
+        self.sim
+            .as_ref()
+            .expect("a TestSim holds its simulator until it stops")
+    }
+}
+
+impl Drop for TestSim {
+    fn drop(&mut self) {
+        let Some(sim) = self.sim.take() else {
+            return;
+        };
+        let unused = self.unused(&sim);
+        // The simulator's own drop closes every connection and stops its listener and worker.
+        drop(sim);
+        // Not while a failed assertion already unwinds: that failure is the one to see.
+        if let Some(complaint) = unused
+            && !std::thread::panicking()
+        {
+            panic!("{complaint}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_test_sim_that_a_prompt_reached_stops_quietly() {
+    let sim = TestSim::start(&[]).await;
+    let (status, _) =
+        crate::sim_support::post_json(&sim.url(), "/prompt", &serde_json::json!({"prompt": {}}))
+            .await;
+    assert_eq!(status, 400, "an empty prompt is rejected, and counted");
+    drop(sim);
+    TestSim::start(&[]).await.idle_ok().stop().await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "no prompt reached the simulator at http://127.0.0.1:")]
+async fn a_test_sim_that_no_prompt_reached_fails_the_test() {
+    let _sim = TestSim::start(&[]).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "no prompt reached the simulator")]
+async fn a_test_sim_stopped_unused_fails_the_test() {
+    TestSim::start(&[]).await.stop().await;
+}
+
 pub fn client(url: &str) -> ComfyClient {
     ComfyClient::with_token(url, http_client(), None).unwrap()
 }
