@@ -780,7 +780,9 @@ fn use_declarations(code: &str) -> (Vec<UsePath>, String) {
         let word = c[i..i + 3] == ['u', 's', 'e']
             && (i == 0 || !is_ident(c[i - 1]))
             && c.get(i + 3).is_none_or(|ch| !is_ident(*ch));
-        if !word {
+        // `impl Trait + use<'a>` (precise capturing) is not a declaration.
+        let capturing = c[i + 3..].iter().find(|ch| !ch.is_whitespace()) == Some(&'<');
+        if !word || capturing {
             i += 1;
             continue;
         }
@@ -1171,7 +1173,7 @@ use std::io::{self, Read};
 #[cfg(test)]
 use crate::test_only;
 /* block crate::nope /* nested crate::no */ still comment */
-fn f<'a>(x: &'a str) -> char {
+fn f<'a>(x: &'a str) -> impl Sized + use<'a> {
     let _ = "crate::in_string \" crate::still";
     let _ = r#"crate::raw "quoted""#;
     let q = '"'; let r = '\''; let _ = crate::g::h(x);
@@ -1179,6 +1181,7 @@ fn f<'a>(x: &'a str) -> char {
 }
 #[cfg(test)]
 mod tests { use crate::hidden; fn t() { crate::hidden2::x(); } }
+fn g() -> impl Sized + use<> { crate::cap::x() }
 "####;
     let code = without_test_items(&code_only(src));
     assert_eq!(code.lines().count(), src.lines().count(), "lines are kept");
@@ -1207,6 +1210,7 @@ mod tests { use crate::hidden; fn t() { crate::hidden2::x(); } }
             (14, "crate::g::h".to_string()),
             (15, "super::super::i::J".to_string()),
             (15, "self::k::L".to_string()),
+            (19, "crate::cap::x".to_string()),
         ]
     );
 }
