@@ -14,6 +14,11 @@ use super::json::Workflow;
 use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
 use super::spans::{SpanTree, index};
 use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
+use crate::manifest::read::NotJson;
+
+/// Templates larger than this are refused before they are read in full (8 MiB, like
+/// manifests; the shipped txt2img graph is 1.5 KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The class whose nodes are a job's outputs unless the manifest names an `output_node`.
 pub const SAVE_IMAGE: &str = "SaveImage";
@@ -138,25 +143,33 @@ enum Fill {
 
 impl Template {
     /// Parse and check a template file's bytes; `name` is how diagnostics show the file.
+    ///
+    /// A file that cannot be a JSON object at all (not text, not UTF-8, not starting with `{`)
+    /// is refused with a diagnostic that shows none of its bytes: a manifest may name any
+    /// file, and its contents (`/proc/self/environ`, `/etc/shadow`) must not be printed.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Template, Vec<Problem>> {
+        if let Some(not_json) = NotJson::check(&bytes) {
+            let code = match not_json {
+                NotJson::NotUtf8(_) => "workflow::not_utf8",
+                NotJson::NotAnObject => "workflow::not_api_format",
+                NotJson::Nul(_) | NotJson::ByteOrderMark => "workflow::not_json",
+            };
+            return Err(vec![
+                Problem::at(
+                    code,
+                    &SourceFile::new(name, ""),
+                    0..0,
+                    format!(
+                        "workflow `{name}` is not an API-format workflow: {}",
+                        not_json.describe()
+                    ),
+                    "its contents are not shown",
+                )
+                .with_help(API_FORMAT_HELP),
+            ]);
+        }
         let sha256: Arc<str> = hex::encode(Sha256::digest(&bytes)).into();
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(err) => {
-                let at = err.utf8_error().valid_up_to();
-                let file = SourceFile::new(name, String::from_utf8_lossy(err.as_bytes()));
-                return Err(vec![
-                    Problem::at(
-                        "workflow::not_utf8",
-                        &file,
-                        at..at + char::REPLACEMENT_CHARACTER.len_utf8(),
-                        format!("workflow `{name}` is not valid UTF-8 (offset {at})"),
-                        "not UTF-8",
-                    )
-                    .with_help("JSON files must be UTF-8"),
-                ]);
-            }
-        };
+        let text = String::from_utf8(bytes).expect("checked to be UTF-8 above");
         let file = SourceFile::new(name, text);
         let graph: Value = match serde_json::from_str(file.text()) {
             Ok(graph) => graph,

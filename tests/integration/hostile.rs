@@ -25,6 +25,15 @@ fn invalid(manifest: &Path) -> String {
     stderr
 }
 
+/// `stderr` as one line: miette wraps messages at the terminal's width, behind a `│` gutter.
+fn flat(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A one-page chapter-1 manifest in `dir` whose `[defaults]` end with `defaults`.
 fn one_page(dir: &Path, defaults: &str) -> std::path::PathBuf {
     let path = dir.join("m.toml");
@@ -88,4 +97,132 @@ fn plan_json_streams_jobs_instead_of_building_the_document() {
     assert_eq!(jobs.len(), 9600);
     assert_eq!(jobs[0]["key"], "ch07_p001_s1");
     assert_eq!(jobs[9599]["key"], "ch07_p060_s160");
+}
+
+/// `validate` of `manifest` under a 256 MiB data limit, killed after 60 s: an input that
+/// never ends fails the test instead of eating the machine's memory.
+fn validate_bounded(manifest: &Path) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -d 262144 && exec \"$0\" validate \"$1\"")
+        .arg(assert_cmd::cargo::cargo_bin("plasma-batch"))
+        .arg(manifest)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_template_that_is_a_device_a_fifo_or_too_large_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let large = dir.path().join("large.json");
+    std::fs::File::create(&large)
+        .unwrap()
+        .set_len(8 * 1024 * 1024 + 1)
+        .unwrap();
+    for (workflow, why) in [
+        (
+            "/dev/zero",
+            "it is not a regular file (it is a character device)",
+        ),
+        ("fifo.json", "it is not a regular file (it is a FIFO)"),
+        (".", "it is not a regular file (it is a directory)"),
+        ("large.json", "it is larger than the 8 MiB limit"),
+    ] {
+        let manifest = one_page(dir.path(), &format!("workflow = \"{workflow}\""));
+        let out = validate_bounded(&manifest);
+        let stderr = flat(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{workflow}: {stderr}");
+        assert!(
+            stderr.contains("failed to read workflow `") && stderr.contains(why),
+            "{workflow}: {stderr}"
+        );
+        assert!(stderr.contains("m.toml:4:12]"), "{workflow}: {stderr}");
+    }
+}
+
+#[test]
+fn a_template_that_is_not_json_at_all_is_named_but_never_printed() {
+    const TOKEN: &str = "tok-4f1d8e2a9b7c-never-print-me";
+    let dir = tempfile::tempdir().unwrap();
+    // Like /etc/shadow: text, but not JSON.
+    std::fs::write(
+        dir.path().join("shadow"),
+        format!("root:{TOKEN}:20228:0:99999:7:::\n"),
+    )
+    .unwrap();
+    // A JSON array of secrets, and a Latin-1 file: JSON-like, or text, but not a workflow.
+    std::fs::write(
+        dir.path().join("array.json"),
+        format!("[{{\"token\": \"{TOKEN}\"}}]"),
+    )
+    .unwrap();
+    let mut latin1 = format!("{{\"token\": \"{TOKEN}").into_bytes();
+    let bad_at = latin1.len();
+    latin1.extend(b"\xe9\"}");
+    std::fs::write(dir.path().join("latin1.json"), latin1).unwrap();
+    let not_utf8 = format!("it is not UTF-8 text (offset {bad_at})");
+    for (workflow, why) in [
+        ("/proc/self/environ", "it has a NUL byte"),
+        (
+            "shadow",
+            "it does not start with `{`, so it is not a JSON object",
+        ),
+        (
+            "array.json",
+            "it does not start with `{`, so it is not a JSON object",
+        ),
+        ("latin1.json", not_utf8.as_str()),
+    ] {
+        let manifest = one_page(dir.path(), &format!("workflow = \"{workflow}\""));
+        for command in ["validate", "plan"] {
+            let out = bin()
+                .arg(command)
+                .arg(&manifest)
+                .env("PLASMA_COMFY_TOKEN", TOKEN)
+                .output()
+                .unwrap();
+            let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), flat(&out.stderr));
+            assert_eq!(out.status.code(), Some(3), "{workflow}: {stderr}");
+            assert!(
+                !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
+                "{workflow}: a secret was printed:\n{stdout}{stderr}"
+            );
+            assert!(stderr.contains(why), "{workflow}: {stderr}");
+            assert!(stderr.contains("is not an API-format workflow"), "{stderr}");
+        }
+    }
+    // The token is in this process's environment too: naming environ as the manifest itself
+    // is refused without showing it either.
+    let out = bin()
+        .args(["validate", "/proc/self/environ"])
+        .env("PLASMA_COMFY_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stderr = flat(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    assert!(stderr.contains("manifest has a NUL byte"), "{stderr}");
+}
+
+#[test]
+fn a_shared_template_outside_the_manifest_folder_and_a_symlinked_one_are_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = repo().join("workflows/txt2img.json");
+    std::os::unix::fs::symlink(&shared, dir.path().join("linked.json")).unwrap();
+    for workflow in [shared.display().to_string(), "linked.json".to_owned()] {
+        let manifest = one_page(dir.path(), &format!("workflow = {workflow:?}"));
+        bin()
+            .arg("validate")
+            .arg(&manifest)
+            .assert()
+            .success()
+            .stdout(predicates::str::ends_with("chapter 1, 1 page, 1 job\n"));
+    }
 }
