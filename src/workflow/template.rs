@@ -309,27 +309,8 @@ impl Template {
 }
 
 fn not_json(file: &SourceFile, err: &serde_json::Error) -> Problem {
-    let text = file.text();
-    let line_start: usize = text
-        .split_inclusive('\n')
-        .take(err.line().saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let at = (line_start + err.column().saturating_sub(1)).min(text.len());
-    let message = err.to_string();
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_owned();
-    Problem::at(
-        "workflow::not_json",
-        file,
-        at..(at + 1).min(text.len()),
-        format!("workflow `{}` is not valid JSON: {message}", file.name()),
-        "here",
-    )
-    .with_help(API_FORMAT_HELP)
+    let what = format!("workflow `{}` is not valid JSON", file.name());
+    Problem::json_error("workflow::not_json", file, err, &what).with_help(API_FORMAT_HELP)
 }
 
 struct Checker<'f> {

@@ -34,6 +34,30 @@ fn flat(stderr: &[u8]) -> String {
         .join(" ")
 }
 
+/// `run MANIFEST --sim [args] --out OUT`.
+fn run_sim(manifest: &Path, args: &[&str], out: &Path) -> std::process::Output {
+    bin()
+        .arg("run")
+        .arg(manifest)
+        .arg("--sim")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// Whether `stderr` says `text`, however miette wrapped it (at the terminal's width, behind a
+/// `│` gutter, breaking lines at spaces or after a `/` or `-`).
+fn says(stderr: &str, text: &str) -> bool {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '│')
+            .collect()
+    };
+    squash(stderr).contains(&squash(text))
+}
+
 /// A one-page chapter-1 manifest in `dir` whose `[defaults]` end with `defaults`.
 fn one_page(dir: &Path, defaults: &str) -> std::path::PathBuf {
     let path = dir.join("m.toml");
@@ -54,9 +78,9 @@ fn a_diagnostic_at_column_65536_or_beyond_is_a_short_excerpt_not_a_panic() {
     )
     .unwrap();
     let stderr = invalid(&one_page(dir.path(), "workflow = \"wide.json\""));
-    assert!(stderr.contains("wide.json:1:65537]"), "{stderr}");
+    assert!(says(&stderr, "wide.json:1:65537]"), "{stderr}");
     assert!(
-        stderr.contains("has no nodes") && stderr.contains("{}"),
+        says(&stderr, "has no nodes") && says(&stderr, "{}"),
         "{stderr}"
     );
     assert!(stderr.len() < 2000, "{} bytes of stderr", stderr.len());
@@ -66,9 +90,9 @@ fn a_diagnostic_at_column_65536_or_beyond_is_a_short_excerpt_not_a_panic() {
     let lora = format!("lora = {{ name = \"{}\", bogus = 1 }}", "a".repeat(70_000));
     let manifest = one_page(dir.path(), &format!("workflow = {workflow:?}\n{lora}"));
     let stderr = invalid(&manifest);
-    assert!(stderr.contains("unknown key `bogus`"), "{stderr}");
-    assert!(stderr.contains("m.toml:5:70021]"), "{stderr}");
-    assert!(stderr.contains("aaa\", bogus = 1 }"), "{stderr}");
+    assert!(says(&stderr, "unknown key `bogus`"), "{stderr}");
+    assert!(says(&stderr, "m.toml:5:70021]"), "{stderr}");
+    assert!(says(&stderr, "aaa\", bogus = 1 }"), "{stderr}");
     assert!(stderr.len() < 2000, "{} bytes of stderr", stderr.len());
 }
 
@@ -140,10 +164,10 @@ fn a_template_that_is_a_device_a_fifo_or_too_large_is_refused_without_reading_it
         let stderr = flat(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{workflow}: {stderr}");
         assert!(
-            stderr.contains("failed to read workflow `") && stderr.contains(why),
+            says(&stderr, "failed to read workflow `") && says(&stderr, why),
             "{workflow}: {stderr}"
         );
-        assert!(stderr.contains("m.toml:4:12]"), "{workflow}: {stderr}");
+        assert!(says(&stderr, "m.toml:4:12]"), "{workflow}: {stderr}");
     }
 }
 
@@ -191,11 +215,11 @@ fn a_template_that_is_not_json_at_all_is_named_but_never_printed() {
             let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), flat(&out.stderr));
             assert_eq!(out.status.code(), Some(3), "{workflow}: {stderr}");
             assert!(
-                !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
+                !stdout.contains(TOKEN) && !says(&stderr, TOKEN),
                 "{workflow}: a secret was printed:\n{stdout}{stderr}"
             );
-            assert!(stderr.contains(why), "{workflow}: {stderr}");
-            assert!(stderr.contains("is not an API-format workflow"), "{stderr}");
+            assert!(says(&stderr, why), "{workflow}: {stderr}");
+            assert!(says(&stderr, "is not an API-format workflow"), "{stderr}");
         }
     }
     // The token is in this process's environment too: naming environ as the manifest itself
@@ -207,8 +231,8 @@ fn a_template_that_is_not_json_at_all_is_named_but_never_printed() {
         .unwrap();
     let stderr = flat(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(!stderr.contains(TOKEN), "{stderr}");
-    assert!(stderr.contains("manifest has a NUL byte"), "{stderr}");
+    assert!(!says(&stderr, TOKEN), "{stderr}");
+    assert!(says(&stderr, "manifest has a NUL byte"), "{stderr}");
 }
 
 #[test]
@@ -225,4 +249,124 @@ fn a_shared_template_outside_the_manifest_folder_and_a_symlinked_one_are_fine() 
             .success()
             .stdout(predicates::str::ends_with("chapter 1, 1 page, 1 job\n"));
     }
+}
+
+#[test]
+fn only_that_is_empty_malformed_or_cannot_match_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 2, 1, "");
+    let out = dir.path().join("out");
+    for (only, expected) in [
+        ("", "--only \"\" is empty"),
+        ("ch7", "--only `ch7` is not a job key"),
+        ("../x", "--only `../x` is not a job key"),
+        (
+            "ch06_p001_s1",
+            "--only ch06_p001_s1 matches no job help: these jobs are chapter ch07; the closest keys are ch07_p001_s1",
+        ),
+        ("ch07_p003", "--only ch07_p003 matches no job"),
+    ] {
+        let output = run_sim(&manifest, &["--only", only], &out);
+        let stderr = flat(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--only {only:?}: {stderr}");
+        assert!(says(&stderr, expected), "--only {only:?}: {stderr}");
+        assert!(!out.exists(), "--only {only:?} wrote {}", out.display());
+    }
+}
+
+#[test]
+fn only_a_job_key_selects_that_job_and_not_its_longer_namesakes() {
+    // Variants 1 and 10..=12 share the text prefix `ch07_p001_s1`.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 12, "");
+    let output = run_sim(
+        &manifest,
+        &["--json", "--only", "ch07_p001_s1"],
+        &dir.path().join("out"),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", flat(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["totals"]["jobs"], 1, "{summary:#}");
+}
+
+/// Make `dir` a folder no file can be created in, even as root: read-only permissions where
+/// they are enforced, else a symbolic link to sysfs (which refuses new files to root too).
+fn make_unwritable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(dir.join("probe"), b"").is_ok() {
+        std::fs::remove_file(dir.join("probe")).unwrap();
+        std::fs::remove_dir(dir).unwrap();
+        std::os::unix::fs::symlink("/sys/kernel", dir).unwrap();
+    }
+    assert!(
+        std::fs::write(dir.join("probe"), b"").is_err(),
+        "{} is still writable: this test needs a folder that refuses new files",
+        dir.display()
+    );
+}
+
+#[test]
+fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 3, 1, "");
+    let out = dir.path().join("out");
+    let images = out.join("ch-07/raw/comfyui");
+    make_unwritable(&images);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime.block_on(crate::support::sim(&[]));
+    let output = bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--server", &sim.url(), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = flat(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(says(&stderr, "ch-07/raw/comfyui"), "{stderr}");
+    let stats = sim.stats();
+    assert_eq!(
+        stats.prompts_accepted + stats.prompts_rejected,
+        0,
+        "a prompt was posted before the image folder was found unusable"
+    );
+    assert!(
+        !out.join("ch-07/reports").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "json"))
+    );
+    runtime.block_on(sim.shutdown());
+    use std::os::unix::fs::PermissionsExt;
+    if !images.is_symlink() {
+        std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn a_dangling_out_symlink_is_named_with_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 1, "");
+    let out = dir.path().join("out");
+    let target = dir.path().join("gone/away");
+    std::os::unix::fs::symlink(&target, &out).unwrap();
+    let output = run_sim(&manifest, &[], &out);
+    let stderr = flat(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        says(
+            &stderr,
+            &format!(
+                "`{}` is a symbolic link to `{}`, which does not exist",
+                out.display(),
+                target.display()
+            )
+        ),
+        "{stderr}"
+    );
+    assert!(!says(&stderr, "File exists"), "{stderr}");
+    assert!(!dir.path().join("gone").exists());
 }
