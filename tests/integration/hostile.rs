@@ -2,9 +2,10 @@
 //! devices, FIFOs or secrets, `--only` and output-folder edges, forged run reports, and
 //! `plan --json` on large plans (docs/reliability.md, "Hostile input").
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use serde_json::json;
 
 use crate::support::{repo, small_manifest};
 
@@ -369,4 +370,96 @@ fn a_dangling_out_symlink_is_named_with_its_target() {
     );
     assert!(!says(&stderr, "File exists"), "{stderr}");
     assert!(!dir.path().join("gone").exists());
+}
+
+#[test]
+fn rerun_refuses_forged_reports_and_writes_only_under_its_own_chapter_or_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 1, 1, "");
+    let out = dir.path().join("out");
+    let run = run_sim(&manifest, &["--json"], &out);
+    assert_eq!(run.status.code(), Some(0), "{}", flat(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let report_path = PathBuf::from(summary["report"].as_str().unwrap());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let schema = crate::report_schema::validator();
+    assert!(schema.is_valid(&report));
+    let rerun = |report: &Path, args: &[&str]| {
+        let output = bin()
+            .arg("rerun")
+            .arg(report)
+            .arg("--sim")
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.code(), flat(&output.stderr))
+    };
+    let images = || crate::support::files_under(&out.join("ch-07/raw"));
+    let before = images();
+
+    // Forged: refused (exit 3) naming the field, and invalid by the schema too.
+    for (pointer, value, expected) in [
+        (
+            "/schema_version",
+            json!(99),
+            "has schema_version 99; this plasma-batch",
+        ),
+        (
+            "/jobs/0/key",
+            json!("../../../x"),
+            "jobs[0].key `../../../x` is not `ch07_p001_s1`",
+        ),
+        (
+            "/jobs/0/page",
+            json!(0),
+            "jobs[0]: page 0 or variant 1 out of range",
+        ),
+        (
+            "/settings/in_flight",
+            json!(0),
+            "settings.in_flight 0 is not 1..=64",
+        ),
+    ] {
+        let mut forged = report.clone();
+        *forged.pointer_mut(pointer).unwrap() = value;
+        assert!(!schema.is_valid(&forged), "the schema accepts {pointer}");
+        let path = report_path.with_file_name("forged.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&forged).unwrap()).unwrap();
+        let (code, stderr) = rerun(&path, &[]);
+        assert_eq!(code, Some(3), "{stderr}");
+        assert!(says(&stderr, expected), "{stderr}");
+    }
+    let (code, stderr) = rerun(Path::new("/proc/self/environ"), &[]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        says(&stderr, "is not a run report: it has a NUL byte"),
+        "{stderr}"
+    );
+    assert_eq!(images(), before, "a refused rerun wrote an image");
+
+    // The report's own `output_root` is not where anything goes: its chapter root is.
+    let elsewhere = dir.path().join("elsewhere");
+    let mut moved = report.clone();
+    moved["output_root"] = elsewhere.display().to_string().into();
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&moved).unwrap()).unwrap();
+    let (code, stderr) = rerun(&report_path, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(out.join("ch-07/raw/comfyui/ch07_p001_v2.png").exists());
+    assert!(
+        !elsewhere.exists(),
+        "rerun wrote under the report's output_root"
+    );
+
+    // A report outside a chapter's reports folder needs --out, and then writes only there.
+    let copy = dir.path().join("copy.json");
+    std::fs::copy(&report_path, &copy).unwrap();
+    let (code, stderr) = rerun(&copy, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(says(&stderr, "pass --out DIR"), "{stderr}");
+    let other = dir.path().join("other");
+    let (code, stderr) = rerun(&copy, &["--out", other.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(other.join("ch-07/raw/comfyui/ch07_p001_v1.png").exists());
+    assert!(!elsewhere.exists());
 }
