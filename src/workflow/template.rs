@@ -365,6 +365,26 @@ impl Checker<'_> {
             );
             return Vec::new();
         }
+        // A JSON object none of whose entries is a node is some other file (a credentials
+        // file, say): named, never shown.
+        let is_node = |v: &Value| v.get("class_type").is_some_and(Value::is_string);
+        if !nodes.is_empty() && !nodes.values().any(is_node) {
+            self.problems.push(
+                Problem::at(
+                    "workflow::not_api_format",
+                    &SourceFile::new(&name, ""),
+                    0..0,
+                    format!(
+                        "workflow `{name}` is not an API-format workflow: none of its {} \
+                         top-level entries is a node with a `class_type`",
+                        nodes.len()
+                    ),
+                    "its contents are not shown",
+                )
+                .with_help(API_FORMAT_HELP),
+            );
+            return Vec::new();
+        }
         let mut save_nodes = Vec::new();
         for (id, node) in nodes {
             let Some(entry) = tree.entry(id) else {

@@ -193,8 +193,18 @@ fn a_template_that_is_not_json_at_all_is_named_but_never_printed() {
     latin1.extend(b"\xe9\"}");
     std::fs::write(dir.path().join("latin1.json"), latin1).unwrap();
     let not_utf8 = format!("it is not UTF-8 text (offset {bad_at})");
+    // JSON, but no workflow: a credentials file.
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!("{{\n  \"auths\": {{\n    \"registry\": {{\"auth\": \"{TOKEN}\"}}\n  }}\n}}\n"),
+    )
+    .unwrap();
     for (workflow, why) in [
         ("/proc/self/environ", "it has a NUL byte"),
+        (
+            "config.json",
+            "none of its 1 top-level entries is a node with a `class_type`",
+        ),
         (
             "shadow",
             "it does not start with `{`, so it is not a JSON object",
