@@ -67,7 +67,7 @@ pub struct RunArgs {
     /// pace needs: more only while renders are shorter than a round trip).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
-    /// Only run jobs whose key starts with KEY (repeatable), e.g. `ch01_p003`.
+    /// Only run the jobs of KEY (repeatable): a chapter, page or job key, e.g. `ch01_p003`.
     #[arg(long = "only", value_name = "KEY")]
     pub only: Vec<String>,
     /// Render every selected job again as new versions, even if the ledger has its image.
@@ -88,7 +88,7 @@ pub struct RunArgs {
 pub struct RerunArgs {
     /// A run report (`<out>/ch-XX/reports/<run-id>.json`).
     pub report: PathBuf,
-    /// Only these job keys (repeatable); default: every job with a recorded workflow.
+    /// Only the jobs of KEY (repeatable; a chapter, page or job key); default: every job.
     #[arg(long = "job", value_name = "KEY")]
     pub jobs: Vec<String>,
     /// ComfyUI server URL (repeatable); default: the servers the report names.
@@ -97,7 +97,7 @@ pub struct RerunArgs {
     /// Start the built-in simulator in-process and run against it.
     #[arg(long, conflicts_with = "servers")]
     pub sim: bool,
-    /// Output root (default: the one the report was written under).
+    /// Output root (default: the one the report lies under, `<out>` of `<out>/ch-XX/reports/`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the comparison as JSON on stdout.

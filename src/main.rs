@@ -2,6 +2,7 @@
 //! No logic lives here; see `plasma_batch::cmd`.
 
 use clap::Parser;
+use plasma_batch::manifest::excerpt::Bounded;
 use plasma_batch::{cli::Cli, cmd, exit_codes};
 
 fn main() {
@@ -24,8 +25,9 @@ fn main() {
     let code = match runtime.block_on(cmd::execute(cli)) {
         Ok(code) => code,
         Err(err) => {
+            // Bounded: a label at a huge column or on a huge line renders as a short excerpt.
             for diagnostic in err.diagnostics {
-                eprintln!("{:?}", miette::Report::new_boxed(diagnostic));
+                eprintln!("{:?}", miette::Report::new(Bounded::new(diagnostic)));
             }
             err.exit_code
         }

@@ -21,8 +21,10 @@ use crate::manifest::model::{
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
     DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
 };
+use crate::manifest::read::read_bounded;
 use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
 use crate::workflow::canonical::JobHash;
+use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
@@ -208,26 +210,38 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
             }
             let path = base.join(written.get_ref());
             let shown = tidy_path(&path).display().to_string();
-            match std::fs::read(&path) {
+            // Any path is allowed (shared templates live outside the chapter's folder), but
+            // only a regular file of bounded size, and its bytes are never shown unless they
+            // look like JSON (see `Template::parse`).
+            match read_bounded(&path, MAX_TEMPLATE_BYTES) {
                 Ok(bytes) => match Template::parse(&shown, bytes) {
                     Ok(template) => {
                         templates.insert(written.get_ref().clone(), template);
                     }
                     Err(found) => problems.extend(found),
                 },
-                Err(err) => problems.push(
-                    Problem::at(
-                        "manifest::workflow_unreadable",
-                        &manifest.file,
-                        written.span(),
-                        format!("failed to read workflow `{shown}`: {err}"),
-                        "this workflow file",
+                Err(err) => {
+                    let help = match err.kind() {
+                        std::io::ErrorKind::NotFound => {
+                            "workflow paths are relative to the manifest's directory, e.g. \
+                             \"../workflows/txt2img.json\""
+                        }
+                        _ => {
+                            "a workflow template is a regular file of at most 8 MiB: \
+                             ComfyUI's API-format JSON"
+                        }
+                    };
+                    problems.push(
+                        Problem::at(
+                            "manifest::workflow_unreadable",
+                            &manifest.file,
+                            written.span(),
+                            format!("failed to read workflow `{shown}`: {err}"),
+                            "this workflow file",
+                        )
+                        .with_help(help),
                     )
-                    .with_help(
-                        "workflow paths are relative to the manifest's directory, e.g. \
-                         \"../workflows/txt2img.json\"",
-                    ),
-                ),
+                }
             }
         }
     }

@@ -1,95 +1,135 @@
 //! `plasma-batch plan`: print the jobs a manifest expands to, as a table or as JSON.
 //! Both renderings are pure functions of the plan, so the same manifest prints the same bytes.
+//! Both are written job by job to a buffered stdout: printing holds nothing that grows with
+//! the job count besides the plan itself (999,000 jobs as one JSON string took 9.5 GB).
 
-use std::io::Write;
+use std::io::{self, Write};
 
-use serde_json::json;
+use serde::ser::{Serialize, Serializer};
 
 use crate::cli::PlanArgs;
-use crate::cmd::{CmdError, CmdResult};
+use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::exit_codes;
-use crate::plan::{Plan, load_plan};
+use crate::plan::{Job, JobParams, Plan, load_plan};
+use crate::workflow::canonical::JobHash;
 
 pub async fn plan(args: PlanArgs) -> CmdResult {
     let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
         exit_code: exit_codes::INVALID_MANIFEST,
         diagnostics,
     })?;
-    let text = if args.json {
-        plan_json(&plan)
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let written = if args.json {
+        write_plan_json(&plan, &mut out)
     } else {
-        plan_table(&plan)
-    };
-    // A closed pipe (`plan | head`) is not an error worth reporting.
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    Ok(exit_codes::OK)
+        write_plan_table(&plan, &mut out)
+    }
+    .and_then(|()| out.flush());
+    match written {
+        Ok(()) => Ok(exit_codes::OK),
+        // A closed pipe (`plan | head`) is not an error worth reporting.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(exit_codes::OK),
+        Err(err) => Err(CmdError::new(
+            exit_codes::IO_ERROR,
+            UserError::new(
+                format!("failed to write the plan to stdout: {err}"),
+                Some("check where stdout goes (a full disk, a closed file)".to_owned()),
+            ),
+        )),
+    }
 }
 
 /// The plan as pretty JSON: the manifest's identity and, per job, key, page, variant, seed,
 /// resolved parameters and hash. The filled workflows are left out (they are the report's).
-pub fn plan_json(plan: &Plan) -> String {
-    let jobs: Vec<serde_json::Value> = plan
-        .jobs
-        .iter()
-        .map(|job| {
-            json!({
-                "key": job.key,
-                "page": job.page,
-                "variant": job.variant,
-                "seed": job.seed,
-                "params": job.params,
-                "output_nodes": job.output_nodes,
-                "hash": job.hash,
-                "workflow_sha256": job.workflow_sha256,
-            })
-        })
-        .collect();
-    let doc = json!({
-        "manifest": plan.manifest_path,
-        "manifest_sha256": plan.manifest_sha256,
-        "chapter": plan.chapter,
-        "title": plan.title,
-        "jobs": jobs,
-    });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    text.push('\n');
-    text
+/// Each job is serialized straight into `out` as it comes.
+pub fn write_plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    let doc = PlanDoc {
+        // Lossy, so a manifest path that is not UTF-8 still prints (as `plan` shows it).
+        manifest: plan.manifest_path.to_string_lossy(),
+        manifest_sha256: &plan.manifest_sha256,
+        chapter: plan.chapter,
+        title: plan.title.as_deref(),
+        jobs: Jobs(&plan.jobs),
+    };
+    let mut serializer = serde_json::Serializer::pretty(&mut *out);
+    doc.serialize(&mut serializer).map_err(io::Error::from)?;
+    out.write_all(b"\n")
 }
 
-/// The plan as an aligned text table, one job per line.
-pub fn plan_table(plan: &Plan) -> String {
-    let header = [
-        "key", "page", "variant", "seed", "steps", "cfg", "size", "lora", "hash",
-    ];
-    let rows: Vec<[String; 9]> = plan
-        .jobs
-        .iter()
-        .map(|job| {
-            let p = &job.params;
-            [
-                job.key.clone(),
-                job.page.to_string(),
-                job.variant.to_string(),
-                job.seed.to_string(),
-                p.steps.to_string(),
-                format!("{:?}", p.cfg),
-                format!("{}x{}", p.width, p.height),
-                p.lora
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |l| l.name.clone()),
-                job.hash.to_string()[..12].to_owned(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+/// The document `plan --json` prints, field by field in print order.
+#[derive(serde::Serialize)]
+struct PlanDoc<'p> {
+    manifest: std::borrow::Cow<'p, str>,
+    manifest_sha256: &'p str,
+    chapter: u16,
+    title: Option<&'p str>,
+    jobs: Jobs<'p>,
+}
+
+/// The jobs, serialized one at a time (never collected into a list of values).
+struct Jobs<'p>(&'p [std::sync::Arc<Job>]);
+
+impl Serialize for Jobs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|job| JobDoc {
+            key: &job.key,
+            page: job.page,
+            variant: job.variant,
+            seed: job.seed,
+            params: &job.params,
+            output_nodes: &job.output_nodes,
+            hash: &job.hash,
+            workflow_sha256: &job.workflow_sha256,
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JobDoc<'j> {
+    key: &'j str,
+    page: u16,
+    variant: u32,
+    seed: u64,
+    params: &'j JobParams,
+    output_nodes: &'j [String],
+    hash: &'j JobHash,
+    workflow_sha256: &'j str,
+}
+
+const TABLE_HEADER: [&str; 9] = [
+    "key", "page", "variant", "seed", "steps", "cfg", "size", "lora", "hash",
+];
+
+/// One job's table cells.
+fn table_row(job: &Job) -> [String; 9] {
+    let p = &job.params;
+    [
+        job.key.clone(),
+        job.page.to_string(),
+        job.variant.to_string(),
+        job.seed.to_string(),
+        p.steps.to_string(),
+        format!("{:?}", p.cfg),
+        format!("{}x{}", p.width, p.height),
+        p.lora
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |l| l.name.clone()),
+        job.hash.to_string()[..12].to_owned(),
+    ]
+}
+
+/// The plan as an aligned text table, one job per line: one pass for the column widths,
+/// then one that writes each row as it is formatted.
+pub fn write_plan_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
+    let mut widths = TABLE_HEADER.map(str::len);
+    for job in &plan.jobs {
+        for (w, cell) in widths.iter_mut().zip(table_row(job)) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
+    let mut text = String::new();
+    let mut line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| {
+        text.clear();
         for (i, cell) in cells.enumerate() {
             if i > 0 {
                 text.push_str("  ");
@@ -98,14 +138,12 @@ pub fn plan_table(plan: &Plan) -> String {
             let pad = widths[i] - cell.chars().count();
             text.extend(std::iter::repeat_n(' ', pad));
         }
-        out.push_str(text.trim_end());
-        out.push('\n');
+        out.write_all(text.trim_end().as_bytes())?;
+        out.write_all(b"\n")
     };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+    line(out, &mut TABLE_HEADER.iter().copied())?;
+    for job in &plan.jobs {
+        line(out, &mut table_row(job).iter().map(String::as_str))?;
     }
-    out.push_str(&plan.summary());
-    out.push('\n');
-    out
+    writeln!(out, "{}", plan.summary())
 }

@@ -3,15 +3,17 @@
 //! is byte-identical to the recorded one. Exits 1 if any job failed or any image differs.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
-use crate::cmd::run::{connect, watch_signals};
+use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
 use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
+use crate::manifest::Problem;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
@@ -28,32 +30,50 @@ pub struct Comparison {
 }
 
 pub async fn rerun(args: RerunArgs) -> CmdResult {
-    let report = RunReport::read(&args.report).map_err(|message| {
-        CmdError::new(
-            exit_codes::INVALID_MANIFEST,
-            UserError::new(message, Some("pass a report written by `plasma-batch run` (<out>/ch-XX/reports/<run-id>.json)".to_owned())),
-        )
-    })?;
-    let selected: Vec<_> = report
-        .jobs
-        .iter()
-        .filter(|job| {
-            args.jobs.is_empty() || args.jobs.iter().any(|k| job.key.starts_with(k.as_str()))
-        })
-        .collect();
+    let report = RunReport::read(&args.report)
+        .map_err(|problem| CmdError::new(exit_codes::INVALID_MANIFEST, problem))?;
+    let problems = report.check();
+    if !problems.is_empty() {
+        let name = args.report.display();
+        return Err(CmdError {
+            exit_code: exit_codes::INVALID_MANIFEST,
+            diagnostics: problems
+                .into_iter()
+                .map(|p| {
+                    Box::new(
+                        Problem::bare(
+                            "report::invalid",
+                            format!("`{name}` is not a valid run report: {p}"),
+                        )
+                        .with_help("rerun only reports written by `plasma-batch run`, unedited"),
+                    ) as crate::cmd::Diagnostic
+                })
+                .collect(),
+        });
+    }
+    let selected = select_by_key(
+        report.jobs.iter().collect(),
+        |job| job.key.as_str(),
+        &args.jobs,
+        "--job",
+        "the report's jobs[].key",
+    )?;
     if selected.is_empty() {
         return Err(CmdError::new(
             exit_codes::USAGE,
             UserError::new(
-                format!(
-                    "no job of {} matches --job {}",
-                    args.report.display(),
-                    args.jobs.join(", ")
-                ),
-                Some("the report's job keys are listed under \"jobs\"[].key".to_owned()),
+                format!("{} has no jobs to rerun", args.report.display()),
+                None,
             ),
         ));
     }
+    // Where the new images go: --out, or the report's own chapter folder; never the
+    // `output_root` string inside the report (it may be anything, relative to anywhere).
+    let out_root = match &args.out {
+        Some(out) => out.clone(),
+        None => output_root_of(&args.report, report.chapter)?,
+    };
+    check_output(&out_root, report.chapter)?;
     let old: BTreeMap<String, Vec<String>> = selected
         .iter()
         .map(|job| {
@@ -71,10 +91,6 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
     let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
     let (sim, clients) = connect(args.sim, &args.servers, &recorded).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let out_root: std::path::PathBuf = args
-        .out
-        .clone()
-        .unwrap_or_else(|| report.output_root.clone().into());
     let dirs = crate::output::ChapterDirs::new(&out_root, report.chapter);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
     let options = RunOptions {
@@ -154,5 +170,32 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         Ok(exit_codes::JOBS_FAILED)
     } else {
         Ok(exit_codes::OK)
+    }
+}
+
+/// The output root a report lies under: `<out>` of `<out>/ch-XX/reports/<run-id>.json`, where
+/// `ch-XX` is the report's chapter. A report anywhere else needs `--out`.
+fn output_root_of(report: &Path, chapter: u16) -> Result<PathBuf, CmdError> {
+    let absolute = std::path::absolute(report).unwrap_or_else(|_| report.to_owned());
+    let reports = absolute.parent();
+    let chapter_dir = reports
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "reports"))
+        .and_then(Path::parent);
+    let expected = format!("ch-{chapter:02}");
+    match chapter_dir {
+        Some(dir) if dir.file_name().is_some_and(|n| n == expected.as_str()) => {
+            Ok(dir.parent().unwrap_or(Path::new("/")).to_owned())
+        }
+        _ => Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!(
+                    "`{}` is not in its chapter's reports folder (<out>/{expected}/reports/), so \
+                     where the new images go is not known",
+                    report.display()
+                ),
+                Some("pass --out DIR: the new images go to DIR/ch-XX/raw/comfyui/".to_owned()),
+            ),
+        )),
     }
 }

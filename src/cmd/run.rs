@@ -1,7 +1,7 @@
 //! `plasma-batch run`: validate, choose servers, preflight, render, report.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
-use crate::output::{ChapterDirs, remove_own_temp_files};
+use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
 use crate::plan::{Job, load_plan};
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions, RunSummary};
@@ -22,6 +22,10 @@ use crate::sim::{Sim, SimConfig};
 pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 /// Where ComfyUI listens by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
+/// The longest per-job timeout (a day), as the manifest's `timeout` allows.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The most prompts in flight per server, as the manifest's `in_flight` allows.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn run(args: RunArgs) -> CmdResult {
     let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
@@ -30,11 +34,13 @@ pub async fn run(args: RunArgs) -> CmdResult {
     })?;
     let jobs = select_jobs(plan.jobs, &args.only)?;
     let timeout = args.timeout.unwrap_or(plan.comfy.timeout_secs);
-    if !(timeout.is_finite() && timeout > 0.0) {
+    if !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS) {
         return Err(CmdError::new(
             exit_codes::USAGE,
             UserError::new(
-                format!("--timeout must be a positive number of seconds, not {timeout}"),
+                format!(
+                    "--timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECS} (a day), not {timeout}"
+                ),
                 None,
             ),
         ));
@@ -42,12 +48,14 @@ pub async fn run(args: RunArgs) -> CmdResult {
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
-    if depth == Some(0) {
+    if depth.is_some_and(|n| !(1..=MAX_IN_FLIGHT).contains(&n)) {
         return Err(CmdError::new(
             exit_codes::USAGE,
-            UserError::new("--in-flight must be at least 1", None),
+            UserError::new(format!("--in-flight must be 1 to {MAX_IN_FLIGHT}"), None),
         ));
     }
+    // Every folder the run writes, checked before any server is asked.
+    check_output(&args.out, plan.chapter)?;
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -161,46 +169,165 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
     }
 }
 
-/// Keep the jobs whose key starts with one of the selectors; every selector must match.
+/// Keep the jobs `--only` selects (see [`select_by_key`]).
 pub fn select_jobs(jobs: Vec<Arc<Job>>, only: &[String]) -> Result<Vec<Arc<Job>>, CmdError> {
-    if only.is_empty() {
-        return Ok(jobs);
+    select_by_key(
+        jobs,
+        |job| &job.key,
+        only,
+        "--only",
+        "plasma-batch plan MANIFEST",
+    )
+}
+
+/// Keep the items whose key a selector names: a chapter (`ch01`), a page (`ch01_p003`) or one
+/// job (`ch01_p003_s2`), matched whole part by part (`ch01_p001_s1` is not `ch01_p001_s10`).
+/// No selector keeps everything. A selector that is empty, not of that form, or matches no
+/// key is a usage error (exit 2) naming it and the keys closest to it: a run that silently
+/// selects nothing (or everything) is never what was meant.
+pub fn select_by_key<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    selectors: &[String],
+    flag: &str,
+    listing: &str,
+) -> Result<Vec<T>, CmdError> {
+    if selectors.is_empty() {
+        return Ok(items);
     }
-    let unmatched: Vec<&String> = only
-        .iter()
-        .filter(|selector| {
-            !jobs
-                .iter()
-                .any(|job| job.key.starts_with(selector.as_str()))
-        })
-        .collect();
-    if !unmatched.is_empty() {
-        let examples: Vec<&str> = jobs.iter().take(4).map(|j| j.key.as_str()).collect();
-        return Err(CmdError::new(
+    let usage = |message: String, help: String| {
+        Err(CmdError::new(
             exit_codes::USAGE,
-            UserError::new(
-                format!(
-                    "--only {} matches no job of this manifest",
-                    unmatched
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                Some(format!(
-                    "job keys look like {} (`plasma-batch plan MANIFEST` lists them all)",
-                    examples.join(", ")
-                )),
-            ),
-        ));
+            UserError::new(message, Some(help)),
+        ))
+    };
+    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
+    for selector in selectors {
+        if selector.is_empty() {
+            return usage(format!("{flag} \"\" is empty"), FORM.to_owned());
+        }
+        if !is_key_prefix(selector) {
+            return usage(
+                format!("{flag} `{selector}` is not a job key or a chapter or page part of one"),
+                FORM.to_owned(),
+            );
+        }
     }
-    Ok(jobs
+    let selects = |selector: &str, key: &str| {
+        key.strip_prefix(selector)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+    };
+    let unmatched: Vec<&str> = selectors
+        .iter()
+        .map(String::as_str)
+        .filter(|selector| !items.iter().any(|item| selects(selector, key(item))))
+        .collect();
+    if let Some(first) = unmatched.first() {
+        let keys: Vec<&str> = items.iter().map(&key).collect();
+        let chapter = first.split('_').next().unwrap_or_default();
+        let other_chapter = match keys.first() {
+            Some(k) if !selects(chapter, k) => {
+                format!(
+                    "these jobs are chapter {}; ",
+                    k.split('_').next().unwrap_or_default()
+                )
+            }
+            _ => String::new(),
+        };
+        return usage(
+            format!("{flag} {} matches no job", unmatched.join(", ")),
+            format!(
+                "{other_chapter}the closest keys are {} (`{listing}` lists them all)",
+                closest_keys(first, &keys).join(", ")
+            ),
+        );
+    }
+    Ok(items
         .into_iter()
-        .filter(|job| {
-            only.iter()
-                .any(|selector| job.key.starts_with(selector.as_str()))
-        })
+        .filter(|item| selectors.iter().any(|s| selects(s, key(item))))
         .collect())
+}
+
+/// `ch<2+ digits>`, optionally `_p<3+ digits>`, optionally `_s<digits>`: a whole job key as
+/// `plan::job_key` writes them, or its chapter or page part.
+fn is_key_prefix(text: &str) -> bool {
+    let digits = |part: &str, prefix: &str, min: usize| {
+        part.strip_prefix(prefix)
+            .is_some_and(|d| d.len() >= min && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let parts: Vec<&str> = text.split('_').collect();
+    match parts[..] {
+        [c] => digits(c, "ch", 2),
+        [c, p] => digits(c, "ch", 2) && digits(p, "p", 3),
+        [c, p, s] => digits(c, "ch", 2) && digits(p, "p", 3) && digits(s, "s", 1),
+        _ => false,
+    }
+}
+
+/// The (at most four) keys fewest edits away from `selector`, in key order.
+fn closest_keys<'k>(selector: &str, keys: &[&'k str]) -> Vec<&'k str> {
+    let mut scored: Vec<(usize, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (strsim::levenshtein(selector, k), i))
+        .collect();
+    scored.sort_unstable();
+    let mut best: Vec<usize> = scored.iter().take(4).map(|(_, i)| *i).collect();
+    best.sort_unstable();
+    best.into_iter().map(|i| keys[i]).collect()
+}
+
+/// Before any server is asked, make sure the run can write everything it will: the chapter's
+/// folders exist (made now) and files can be created in each (a probe file, removed at once),
+/// and the ledger and thumbnail files, if there, are files. Permissions alone do not say (as
+/// root they are not enforced; a read-only mount or an immutable folder still refuses), so
+/// this creates a file. A dangling symbolic link on the way is named with its target.
+pub fn check_output(out: &Path, chapter: u16) -> Result<ChapterDirs, CmdError> {
+    let dirs = ChapterDirs::new(out, chapter);
+    for folder in [&dirs.images, &dirs.reports] {
+        for path in folder.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+            let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
+            if let (true, Err(err)) = (is_link, std::fs::metadata(path)) {
+                let target = std::fs::read_link(path)
+                    .map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+                let what = if err.kind() == std::io::ErrorKind::NotFound {
+                    "which does not exist".to_owned()
+                } else {
+                    format!("which cannot be followed ({err})")
+                };
+                return Err(CmdError::new(
+                    exit_codes::IO_ERROR,
+                    UserError::new(
+                        format!(
+                            "the output folder `{}` is a symbolic link to `{target}`, {what}",
+                            path.display()
+                        ),
+                        Some(format!(
+                            "create `{target}` (or fix the link), or choose another --out"
+                        )),
+                    ),
+                ));
+            }
+        }
+    }
+    dirs.create()?;
+    for folder in [&dirs.root, &dirs.images, &dirs.reports] {
+        // Dropped at once: the probe is removed (and named like our temp files, so a kill
+        // right now leaves nothing the next run does not clean up).
+        drop(new_temp_file(folder)?);
+    }
+    for file in [dirs.ledger(), dirs.thumbs()] {
+        if std::fs::metadata(&file).is_ok_and(|m| !m.is_file()) {
+            return Err(CmdError::new(
+                exit_codes::IO_ERROR,
+                UserError::new(
+                    format!("`{}` is not a regular file", file.display()),
+                    Some("the run writes this file: move what is there away".to_owned()),
+                ),
+            ));
+        }
+    }
+    Ok(dirs)
 }
 
 /// First Ctrl-C or SIGTERM: stop cleanly. Second: exit at once (the ledger and the report

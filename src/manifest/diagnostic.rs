@@ -32,6 +32,18 @@ impl SourceFile {
     pub fn text(&self) -> &str {
         &self.text
     }
+
+    /// The byte offset of a 1-based line and column as parsers count them (serde_json's
+    /// column counts bytes), kept inside the text.
+    pub fn offset_of(&self, line: usize, column: usize) -> usize {
+        let line_start: usize = self
+            .text
+            .split_inclusive('\n')
+            .take(line.saturating_sub(1))
+            .map(str::len)
+            .sum();
+        (line_start + column.saturating_sub(1)).min(self.text.len())
+    }
 }
 
 /// One problem: what is wrong, where (labels in one file), and what to do about it.
@@ -79,6 +91,26 @@ impl Problem {
             help: None,
             offset: 0,
         }
+    }
+
+    /// A serde_json error in `file`, underlined at its line and column; the message is
+    /// `what`, then serde_json's (without its own "at line ... column ...").
+    pub fn json_error(
+        code: &'static str,
+        file: &SourceFile,
+        err: &serde_json::Error,
+        what: &str,
+    ) -> Self {
+        let at = file.offset_of(err.line(), err.column());
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        Self::at(
+            code,
+            file,
+            at..(at + 1).min(file.text().len()),
+            format!("{what}: {message}"),
+            "here",
+        )
     }
 
     /// Underline more bytes of the same file.

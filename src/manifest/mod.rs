@@ -3,6 +3,7 @@
 //! The language is documented in `docs/manifest.md`.
 
 pub mod diagnostic;
+pub mod excerpt;
 pub mod model;
 pub mod parse;
 pub mod read;

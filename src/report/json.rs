@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
+use crate::manifest::read::{NotJson, read_bounded};
+use crate::manifest::{Problem, SourceFile};
 use crate::output::{PathError, write_atomic_with};
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
@@ -284,17 +286,84 @@ impl RunReport {
         totals
     }
 
-    pub fn read(path: &Path) -> Result<RunReport, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("failed to read {}: {e}", path.display()))?;
-        let mut report: RunReport = serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{}:{}:{}: not a plasma-batch run report: {e}",
-                path.display(),
-                e.line(),
-                e.column()
+    /// Read a run report: a regular file of at most [`MAX_REPORT_BYTES`] (see
+    /// `manifest::read::read_bounded`), a JSON object (a file that is not one is named, never
+    /// shown), of a `schema_version` this version reads, then every field of its type. What
+    /// the types do not say is [`RunReport::check`]'s.
+    pub fn read(path: &Path) -> Result<RunReport, Problem> {
+        let name = path.display().to_string();
+        let help =
+            "pass a report written by `plasma-batch run` (<out>/ch-XX/reports/<run-id>.json)";
+        let bytes = read_bounded(path, MAX_REPORT_BYTES).map_err(|err| {
+            Problem::bare(
+                "report::unreadable",
+                format!("failed to read run report `{name}`: {err}"),
             )
+            .with_help(help)
         })?;
+        // Shown without a line of it: the header names the file, nothing more.
+        let opaque = |code, message: String| {
+            Problem::at(
+                code,
+                &SourceFile::new(&name, ""),
+                0..0,
+                message,
+                "not shown",
+            )
+            .with_help(help)
+        };
+        if let Some(not_json) = NotJson::check(&bytes) {
+            return Err(opaque(
+                "report::not_json",
+                format!("`{name}` is not a run report: {}", not_json.describe()),
+            ));
+        }
+        let text = String::from_utf8(bytes).expect("checked to be UTF-8");
+        let what = format!("`{name}` is not a valid run report");
+        // The version first: a report of another version may have another shape.
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: Option<serde_json::Value>,
+        }
+        let version = match serde_json::from_str::<Version>(&text) {
+            Ok(v) => v.schema_version,
+            Err(err) => {
+                let file = SourceFile::new(&name, text);
+                return Err(
+                    Problem::json_error("report::not_json", &file, &err, &what).with_help(help)
+                );
+            }
+        };
+        match version.as_ref().and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(REPORT_SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(opaque(
+                    "report::schema_version",
+                    format!(
+                        "`{name}` has schema_version {v}; this plasma-batch ({}) reads version {REPORT_SCHEMA_VERSION}",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                )
+                .with_help("rerun it with the plasma-batch version that wrote it (its `tool.version`)"));
+            }
+            None => {
+                return Err(opaque(
+                    "report::schema_version",
+                    format!(
+                        "`{name}` has no numeric `schema_version`, so it is not a plasma-batch run report"
+                    ),
+                ));
+            }
+        }
+        let mut report: RunReport = match serde_json::from_str(&text) {
+            Ok(report) => report,
+            Err(err) => {
+                let file = SourceFile::new(&name, text);
+                return Err(
+                    Problem::json_error("report::invalid", &file, &err, &what).with_help(help)
+                );
+            }
+        };
         for entry in &mut report.jobs {
             if let Some(job) = Arc::get_mut(&mut entry.job) {
                 job.chapter = report.chapter;
@@ -302,6 +371,93 @@ impl RunReport {
         }
         Ok(report)
     }
+
+    /// What `docs/report.schema.json` and the planner require beyond the types, as one line
+    /// per problem naming where (at most [`MAX_CHECK_PROBLEMS`]): the tool, the chapter, the
+    /// settings a rerun uses, and per job a key that is exactly the planner's for its chapter,
+    /// page and variant (so a key can never be a path), unique, and image paths of this
+    /// chapter's image folder. `rerun` refuses a report with any.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let hex64 =
+            |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if self.tool.name != "plasma-batch" {
+            problems.push(format!(
+                "tool.name is `{}`, not `plasma-batch`",
+                self.tool.name
+            ));
+        }
+        if !(1..=999).contains(&self.chapter) {
+            problems.push(format!("chapter {} is not 1..=999", self.chapter));
+        }
+        if !hex64(&self.manifest.sha256) {
+            problems.push("manifest.sha256 is not 64 lowercase hex digits".to_owned());
+        }
+        let timeout = self.settings.timeout_secs;
+        if !(timeout > 0.0 && timeout <= 86_400.0) {
+            problems.push(format!(
+                "settings.timeout_secs {timeout} is not 0 < seconds <= 86400"
+            ));
+        }
+        if !(1..=64).contains(&self.settings.in_flight) {
+            problems.push(format!(
+                "settings.in_flight {} is not 1..=64",
+                self.settings.in_flight
+            ));
+        }
+        let mut keys = std::collections::HashSet::new();
+        for (n, job) in self.jobs.iter().enumerate() {
+            let expected = crate::plan::job_key(self.chapter, job.page, job.variant);
+            if !(1..=999).contains(&job.page) || job.variant == 0 {
+                problems.push(format!(
+                    "jobs[{n}]: page {} or variant {} out of range (pages 1..=999, variants from 1)",
+                    job.page, job.variant
+                ));
+            } else if job.key != expected {
+                problems.push(format!(
+                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}, variant {}",
+                    job.key, self.chapter, job.page, job.variant
+                ));
+            } else if !keys.insert(job.key.as_str()) {
+                problems.push(format!("jobs[{n}].key `{}` appears twice", job.key));
+            }
+            if !hex64(&job.workflow_sha256) {
+                problems.push(format!(
+                    "jobs[{n}].workflow_sha256 is not 64 lowercase hex digits"
+                ));
+            }
+            for (i, image) in job.images.iter().enumerate() {
+                if !is_image_path(&image.path, self.chapter, job.page) {
+                    problems.push(format!(
+                        "jobs[{n}].images[{i}].path `{}` is not an image of page {} in ch-{:02}/raw/comfyui/",
+                        image.path, job.page, self.chapter
+                    ));
+                }
+            }
+            if problems.len() > MAX_CHECK_PROBLEMS {
+                break;
+            }
+        }
+        problems.truncate(MAX_CHECK_PROBLEMS);
+        problems
+    }
+}
+
+/// [`RunReport::check`] lists at most this many problems.
+pub const MAX_CHECK_PROBLEMS: usize = 20;
+
+/// Reports larger than this are refused before they are read (4 GiB: a report takes about
+/// 2.6 KiB a job, so a full 999-page, 1000-variant chapter fits).
+pub const MAX_REPORT_BYTES: usize = 1 << 32;
+
+/// `ch-01/raw/comfyui/ch01_p003_v2.png` for chapter 1, page 3, any version from 1.
+fn is_image_path(path: &str, chapter: u16, page: u16) -> bool {
+    let prefix = format!("ch-{chapter:02}/raw/comfyui/ch{chapter:02}_p{page:03}_v");
+    path.strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(".png"))
+        .is_some_and(|v| {
+            !v.starts_with('0') && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// Keeps a report current on disk as outcomes arrive.

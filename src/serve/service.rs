@@ -138,7 +138,11 @@ impl Templates {
         };
         match workflow {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| ServeError::Workflow {
+                let bytes = crate::manifest::read::read_bounded(
+                    path,
+                    crate::workflow::template::MAX_TEMPLATE_BYTES,
+                )
+                .map_err(|source| ServeError::Workflow {
                     path: path.to_owned(),
                     source,
                 })?;

@@ -14,6 +14,11 @@ use super::json::Workflow;
 use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
 use super::spans::{SpanTree, index};
 use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
+use crate::manifest::read::NotJson;
+
+/// Templates larger than this are refused before they are read in full (8 MiB, like
+/// manifests; the shipped txt2img graph is 1.5 KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The class whose nodes are a job's outputs unless the manifest names an `output_node`.
 pub const SAVE_IMAGE: &str = "SaveImage";
@@ -138,25 +143,33 @@ enum Fill {
 
 impl Template {
     /// Parse and check a template file's bytes; `name` is how diagnostics show the file.
+    ///
+    /// A file that cannot be a JSON object at all (not text, not UTF-8, not starting with `{`)
+    /// is refused with a diagnostic that shows none of its bytes: a manifest may name any
+    /// file, and its contents (`/proc/self/environ`, `/etc/shadow`) must not be printed.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Template, Vec<Problem>> {
+        if let Some(not_json) = NotJson::check(&bytes) {
+            let code = match not_json {
+                NotJson::NotUtf8(_) => "workflow::not_utf8",
+                NotJson::NotAnObject => "workflow::not_api_format",
+                NotJson::Nul(_) | NotJson::ByteOrderMark => "workflow::not_json",
+            };
+            return Err(vec![
+                Problem::at(
+                    code,
+                    &SourceFile::new(name, ""),
+                    0..0,
+                    format!(
+                        "workflow `{name}` is not an API-format workflow: {}",
+                        not_json.describe()
+                    ),
+                    "its contents are not shown",
+                )
+                .with_help(API_FORMAT_HELP),
+            ]);
+        }
         let sha256: Arc<str> = hex::encode(Sha256::digest(&bytes)).into();
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(err) => {
-                let at = err.utf8_error().valid_up_to();
-                let file = SourceFile::new(name, String::from_utf8_lossy(err.as_bytes()));
-                return Err(vec![
-                    Problem::at(
-                        "workflow::not_utf8",
-                        &file,
-                        at..at + char::REPLACEMENT_CHARACTER.len_utf8(),
-                        format!("workflow `{name}` is not valid UTF-8 (offset {at})"),
-                        "not UTF-8",
-                    )
-                    .with_help("JSON files must be UTF-8"),
-                ]);
-            }
-        };
+        let text = String::from_utf8(bytes).expect("checked to be UTF-8 above");
         let file = SourceFile::new(name, text);
         let graph: Value = match serde_json::from_str(file.text()) {
             Ok(graph) => graph,
@@ -296,27 +309,8 @@ impl Template {
 }
 
 fn not_json(file: &SourceFile, err: &serde_json::Error) -> Problem {
-    let text = file.text();
-    let line_start: usize = text
-        .split_inclusive('\n')
-        .take(err.line().saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let at = (line_start + err.column().saturating_sub(1)).min(text.len());
-    let message = err.to_string();
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_owned();
-    Problem::at(
-        "workflow::not_json",
-        file,
-        at..(at + 1).min(text.len()),
-        format!("workflow `{}` is not valid JSON: {message}", file.name()),
-        "here",
-    )
-    .with_help(API_FORMAT_HELP)
+    let what = format!("workflow `{}` is not valid JSON", file.name());
+    Problem::json_error("workflow::not_json", file, err, &what).with_help(API_FORMAT_HELP)
 }
 
 struct Checker<'f> {
@@ -368,6 +362,26 @@ impl Checker<'_> {
                 format!("workflow `{name}` is in ComfyUI's UI format, not the API format"),
                 "UI-format workflows have `nodes` and `links` lists",
                 API_FORMAT_HELP.to_owned(),
+            );
+            return Vec::new();
+        }
+        // A JSON object none of whose entries is a node is some other file (a credentials
+        // file, say): named, never shown.
+        let is_node = |v: &Value| v.get("class_type").is_some_and(Value::is_string);
+        if !nodes.is_empty() && !nodes.values().any(is_node) {
+            self.problems.push(
+                Problem::at(
+                    "workflow::not_api_format",
+                    &SourceFile::new(&name, ""),
+                    0..0,
+                    format!(
+                        "workflow `{name}` is not an API-format workflow: none of its {} \
+                         top-level entries is a node with a `class_type`",
+                        nodes.len()
+                    ),
+                    "its contents are not shown",
+                )
+                .with_help(API_FORMAT_HELP),
             );
             return Vec::new();
         }

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod faults;
 mod faults_process;
+mod hostile;
 mod manifest;
 mod report_schema;
 mod run;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use plasma_batch::manifest::excerpt::Bounded;
 use plasma_batch::plan::{Plan, load_plan};
 
 const BAD_MANIFESTS: &str = "tests/fixtures/manifests/bad";
@@ -15,15 +16,16 @@ fn bin() -> Command {
     Command::cargo_bin("plasma-batch").expect("the binary is built")
 }
 
-/// Every diagnostic of a failed plan, rendered without colour at a fixed width.
-fn render(diagnostics: &[plasma_batch::cmd::Diagnostic]) -> String {
+/// Every diagnostic of a failed plan, rendered without colour at a fixed width, bounded as
+/// the binary renders them.
+fn render(diagnostics: Vec<plasma_batch::cmd::Diagnostic>) -> String {
     let handler =
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
             .with_width(100);
     let mut out = String::new();
     for diagnostic in diagnostics {
         handler
-            .render_report(&mut out, diagnostic.as_ref())
+            .render_report(&mut out, &Bounded::new(diagnostic))
             .expect("rendering into a String cannot fail");
         out.push('\n');
     }
@@ -39,7 +41,7 @@ fn rendered_failure(manifest: &Path) -> String {
         ),
         Err(diagnostics) => {
             assert!(!diagnostics.is_empty());
-            render(&diagnostics)
+            render(diagnostics)
         }
     }
 }
@@ -180,7 +182,7 @@ const HOSTILE: &str = "tests/fixtures/manifests/good/hostile-prompt.toml";
 const HOSTILE_PROMPT: &str = "She said \"run\" \\ back\\slash\nsecond line\ttab {{seed}} {{ {{prompt}} }} }} {{{ 🦊👩‍🚀 שלום עולם مرحبا \u{202e}\u{0} end";
 
 fn plan_of(path: &str) -> Plan {
-    load_plan(Path::new(path)).unwrap_or_else(|d| panic!("{path} should be valid:\n{}", render(&d)))
+    load_plan(Path::new(path)).unwrap_or_else(|d| panic!("{path} should be valid:\n{}", render(d)))
 }
 
 #[test]
@@ -352,7 +354,7 @@ fn the_same_content_gives_the_same_hash_and_a_change_changes_it() {
             "# {name}\n[chapter]\nnumber = 3\n[defaults]\nworkflow = \"workflows/t.json\"\nsteps = {steps}\n[[pages]]\npage = 1\nprompt = \"x\"\n"
         );
         std::fs::write(&path, text).unwrap();
-        load_plan(&path).unwrap_or_else(|d| panic!("{}", render(&d)))
+        load_plan(&path).unwrap_or_else(|d| panic!("{}", render(d)))
     };
     let a = write("a.toml", 20);
     let b = write("b.toml", 20);

@@ -2,7 +2,7 @@
 
 use crate::support::*;
 
-fn validator() -> jsonschema::Validator {
+pub fn validator() -> jsonschema::Validator {
     let schema: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo().join("docs/report.schema.json")).unwrap())
             .unwrap();
