@@ -3,7 +3,8 @@
 //! on start the last record of each job wins. A torn last line (a crash mid-write) is
 //! skipped. After replay the file is rewritten atomically with one line per job, so it grows
 //! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
-//! only one service may use it: `jobs.lock` (holding the owner's pid) says who does.
+//! only one service may use it: an OS lock on `jobs.lock` (which shows the owner's pid) says
+//! who does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobRecord;
-use crate::output::{PathError, open_append, process_alive, write_atomic};
+use crate::output::{PathError, open_append, write_atomic};
 
 /// Journal format version, written in every line.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -29,15 +30,16 @@ struct Line {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
-    /// The lock file while we hold it.
-    lock: Mutex<Option<PathBuf>>,
+    /// `jobs.lock`, open and locked (an OS lock) while we own the journal.
+    lock: Mutex<Option<File>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{} is in use by another job service (pid {pid}, see {})", journal.display(), lock.display())]
+    #[error("{} is in use by another job service ({}, see {})", journal.display(), holder(*pid), lock.display())]
     Locked {
-        pid: u32,
+        /// What the holder wrote into the lock file (for humans; the OS lock decides).
+        pid: Option<u32>,
         journal: PathBuf,
         lock: PathBuf,
     },
@@ -45,39 +47,43 @@ pub enum OpenError {
     Io(#[from] PathError),
 }
 
-/// Take `lock` for this process, unless a live process holds it.
-fn take_lock(lock: &Path, journal: &Path) -> Result<(), OpenError> {
-    let me = std::process::id();
-    loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(lock)
-        {
-            Ok(mut file) => {
-                file.write_all(me.to_string().as_bytes())
-                    .map_err(|e| PathError::new("write", lock, e))?;
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = std::fs::read_to_string(lock)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<u32>().ok());
-                if let Some(pid) = owner
-                    && process_alive(pid)
-                {
-                    return Err(OpenError::Locked {
-                        pid,
-                        journal: journal.to_owned(),
-                        lock: lock.to_owned(),
-                    });
-                }
-                // Its owner died (or it is torn): take it over.
-                std::fs::remove_file(lock).map_err(|e| PathError::new("remove", lock, e))?;
-            }
-            Err(e) => return Err(PathError::new("create", lock, e).into()),
-        }
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_owned(),
     }
+}
+
+/// Take `lock` for this process with an OS file lock (`flock`), which the kernel releases
+/// when the holder exits or dies, so a pid left in the file (our own after a container
+/// restart, a dead or zombie process) never blocks a restart. The pid is written for humans.
+fn take_lock(lock: &Path, journal: &Path) -> Result<File, OpenError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock)
+        .map_err(|e| PathError::new("open", lock, e))?;
+    // Through the crate's trait: std's own `File::try_lock` is newer than `rust-version`.
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(lock)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok());
+            return Err(OpenError::Locked {
+                pid,
+                journal: journal.to_owned(),
+                lock: lock.to_owned(),
+            });
+        }
+        Err(fs4::TryLockError::Error(e)) => return Err(PathError::new("lock", lock, e).into()),
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| PathError::new("write", lock, e))?;
+    Ok(file)
 }
 
 impl Journal {
@@ -86,8 +92,7 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
-        let lock = path.with_extension("lock");
-        take_lock(&lock, path)?;
+        let lock = take_lock(&path.with_extension("lock"), path)?;
         let journal = Journal {
             path: path.to_owned(),
             file: Mutex::new(open_append(path)?),
@@ -106,8 +111,10 @@ impl Journal {
 
     /// Let another service use the journal (at shutdown; also when dropped).
     pub fn release(&self) {
+        // Emptied, not removed: removing would let a third service lock a new file of the
+        // same name while a second one still waits on the old one. Closing it unlocks.
         if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
-            let _ = std::fs::remove_file(lock);
+            let _ = lock.set_len(0);
         }
     }
 

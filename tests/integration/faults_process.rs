@@ -548,3 +548,176 @@ async fn kill_9_twice_then_a_third_run_completes_without_duplicates() {
     assert!(plasma_batch::ledger::open_submissions(&records).is_empty());
     sim.shutdown().await;
 }
+
+/// A `plasma-batch serve --sim` child. A std child: one that is killed and not waited for
+/// stays a zombie, as a supervisor that has not reaped it yet would leave it.
+struct ServeChild {
+    child: Child,
+    url: String,
+}
+
+impl ServeChild {
+    /// `argv` runs the binary, possibly behind a shell; waits for the "listening on" line.
+    fn start(out: &Path, wrap: impl FnOnce(Vec<String>) -> Vec<String>) -> ServeChild {
+        let (child, url) = spawn_serve(out, wrap);
+        ServeChild {
+            child,
+            url: url.unwrap_or_else(|stderr| panic!("serve did not start:\n{stderr}")),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_exit(&mut self.child)
+    }
+}
+
+fn serve_argv(out: &Path) -> Vec<String> {
+    let bin = assert_cmd::cargo::cargo_bin("plasma-batch");
+    vec![
+        bin.display().to_string(),
+        "serve".into(),
+        "--sim".into(),
+        "--sim-step-ms".into(),
+        "1".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ]
+}
+
+/// Start `serve` and wait for its first stdout line: `Ok(url)`, or `Err(stderr)` if it
+/// exited first (the child is then reaped).
+fn spawn_serve(
+    out: &Path,
+    wrap: impl FnOnce(Vec<String>) -> Vec<String>,
+) -> (Child, Result<String, String>) {
+    let argv = wrap(serve_argv(out));
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_remove("PLASMA_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        // Keep reading so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(DEADLINE).expect("serve printed nothing");
+    match first.and_then(|l| {
+        l.strip_prefix("plasma-batch serve listening on ")
+            .map(str::to_owned)
+    }) {
+        Some(url) => (child, Ok(url)),
+        None => {
+            let code = wait_exit(&mut child);
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            (child, Err(format!("exit {code:?}\n{stderr}")))
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `Z` while `pid` is a zombie (Linux `/proc/PID/stat`).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn a_pid_left_in_the_serve_lock_file_never_blocks_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let lock = out.join("serve/jobs.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+
+    // The new process's own pid (a container restart reuses pids): written by the shell
+    // that then becomes the service with `exec`.
+    let service = ServeChild::start(&out, |argv| {
+        let mut sh = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("printf %s $$ > '{}'; exec \"$@\"", lock.display()),
+            "sh".to_owned(),
+        ];
+        sh.extend(argv);
+        sh
+    });
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        service.pid().to_string(),
+        "the lock file shows the holder's pid"
+    );
+    assert_eq!(service.stop(), Some(0));
+
+    // A zombie: killed, not reaped yet.
+    let mut zombie = Command::new("sleep").arg("60").spawn().unwrap();
+    zombie.kill().unwrap();
+    wait_for("the killed process to be a zombie", || {
+        process_state(zombie.id()) == Some('Z')
+    });
+    // A live process that is no service (pid 1), and a pid nobody has any more.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    for pid in [zombie.id(), 1, gone.id()] {
+        std::fs::write(&lock, pid.to_string()).unwrap();
+        let service = ServeChild::start(&out, |argv| argv);
+        assert_eq!(service.stop(), Some(0), "lock file holding pid {pid}");
+    }
+    zombie.wait().unwrap();
+}
+
+#[test]
+fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut first = ServeChild::start(&out, |argv| argv);
+    let (_, refused) = spawn_serve(&out, |argv| argv);
+    let stderr = refused.expect_err("a second service started on the same --out");
+    assert!(stderr.starts_with("exit Some(5)"), "{stderr}");
+    // miette wraps long lines behind a `│` margin.
+    let stderr = stderr.replace('│', " ");
+    let stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        stderr.contains("in use by another job service")
+            && stderr.contains(&format!("pid {}", first.pid())),
+        "the refusal names the holder: {stderr}"
+    );
+
+    // kill -9 the holder and leave it unreaped: the kernel has dropped its lock anyway.
+    first.child.kill().unwrap();
+    wait_for("the killed service to be a zombie", || {
+        process_state(first.pid()) == Some('Z')
+    });
+    let second = ServeChild::start(&out, |argv| argv);
+    assert!(second.url.starts_with("http://127.0.0.1:"));
+    first.child.wait().unwrap();
+    assert_eq!(second.stop(), Some(0));
+}
