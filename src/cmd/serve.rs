@@ -93,14 +93,15 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         },
     };
     let service = Service::start(config).await.map_err(|e| {
-        let code =
-            match e {
-                crate::serve::ServeError::TokenRequired(_)
-                | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
-                crate::serve::ServeError::Template(..)
-                | crate::serve::ServeError::Workflow { .. } => exit_codes::INVALID_MANIFEST,
-                _ => exit_codes::IO_ERROR,
-            };
+        let code = match e {
+            crate::serve::ServeError::TokenRequired(_)
+            | crate::serve::ServeError::TokenTooShort(_)
+            | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
+            crate::serve::ServeError::Template(..) | crate::serve::ServeError::Workflow { .. } => {
+                exit_codes::INVALID_MANIFEST
+            }
+            _ => exit_codes::IO_ERROR,
+        };
         CmdError::new(code, UserError::new(e.to_string(), e.hint()))
     })?;
     let mut out = std::io::stdout();

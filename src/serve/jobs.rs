@@ -394,6 +394,11 @@ impl Table {
         again
     }
 
+    /// `Err` when the journal cannot take records any more (its file or folder was deleted).
+    pub fn journal_usable(&self) -> Result<(), PathError> {
+        self.journal.check()
+    }
+
     /// fsync the journal and let the next service have it.
     pub fn close(&self) -> Result<(), PathError> {
         let synced = self.journal.sync();

@@ -119,12 +119,47 @@ impl Journal {
     }
 
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
+    /// Refused when the file we hold is no longer the one at our path: appending to a
+    /// deleted file would lose the record while saying it was kept.
     pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
         let mut line = Vec::new();
         append_line(&mut line, job);
         let mut file = self.file.lock().expect("journal poisoned");
+        self.still_ours(&file)?;
         file.write_all(&line)
             .map_err(|e| PathError::new("append to", &self.path, e))
+    }
+
+    /// `Err` when the journal file was deleted or replaced since it was opened.
+    pub fn check(&self) -> Result<(), PathError> {
+        self.still_ours(&self.file.lock().expect("journal poisoned"))
+    }
+
+    fn still_ours(&self, file: &File) -> Result<(), PathError> {
+        let gone = |what: &str| {
+            PathError::new(
+                "append to",
+                &self.path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, what.to_owned()),
+            )
+        };
+        let on_disk = std::fs::metadata(&self.path)
+            .map_err(|_| gone("it was deleted (with the output folder?) while the service ran"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = file
+                .metadata()
+                .map_err(|e| PathError::new("read", &self.path, e))?;
+            if (held.dev(), held.ino()) != (on_disk.dev(), on_disk.ino()) {
+                return Err(gone(
+                    "it was replaced by another file while the service ran",
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (file, on_disk);
+        Ok(())
     }
 
     /// To stable storage (at shutdown; a process crash loses nothing already appended).

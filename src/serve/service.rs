@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::catalogue::Catalogue;
 use super::http;
 use super::jobs::{Status, Table};
 use super::journal::{Journal, OpenError};
@@ -83,6 +84,11 @@ pub enum ServeError {
     TokenRequired(SocketAddr),
     #[error("the token is empty")]
     EmptyToken,
+    #[error(
+        "refusing to listen on {0} with a token shorter than {min} characters: it could be guessed",
+        min = super::http::MIN_TOKEN_CHARS
+    )]
+    TokenTooShort(SocketAddr),
     #[error("failed to listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -107,6 +113,10 @@ impl ServeError {
             ServeError::TokenRequired(_) | ServeError::EmptyToken => {
                 Some("pass --token SECRET (or set PLASMA_TOKEN), or listen on 127.0.0.1".to_owned())
             }
+            ServeError::TokenTooShort(_) => Some(format!(
+                "use a random token of at least {} characters, e.g. `openssl rand -hex 24`",
+                super::http::MIN_TOKEN_CHARS
+            )),
             ServeError::Bind { .. } => Some(
                 "pick another address with --listen, e.g. 127.0.0.1:0 for any free port".to_owned(),
             ),
@@ -236,15 +246,52 @@ pub(crate) struct App {
     pub table: Arc<Table>,
     pub engine: Mutex<Option<Engine>>,
     pub templates: Templates,
+    /// The servers' model and sampler lists, for checking names at `POST /jobs`.
+    pub catalogue: Catalogue,
     pub servers: Vec<ComfyClient>,
     pub out_root: PathBuf,
     pub token: Option<String>,
+    /// The bound address (the real port when asked for port 0).
+    pub addr: SocketAddr,
     pub max_queue: usize,
     /// Set at shutdown: new jobs get 503.
     pub draining: AtomicBool,
 }
 
 impl App {
+    /// Whether `authority` (`host[:port]`, from `Host` or `Origin`) names this service: a
+    /// loopback name with our port, or the address we listen on.
+    pub fn answers_to(&self, authority: &str) -> bool {
+        let authority = authority.trim().to_ascii_lowercase();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
+            _ => (authority.as_str(), Some(80)),
+        };
+        if port != Some(self.addr.port()) {
+            return false;
+        }
+        let host = host.trim_end_matches('.');
+        let listening = match self.addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host == listening
+    }
+
+    /// The `host:port` values [`App::answers_to`] accepts, for error messages.
+    pub fn own_hosts(&self) -> Vec<String> {
+        let port = self.addr.port();
+        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .map(|h| format!("{h}:{port}"))
+            .collect();
+        let listening = self.addr.to_string();
+        if !self.addr.ip().is_unspecified() && !hosts.contains(&listening) {
+            hosts.push(listening);
+        }
+        hosts
+    }
+
     /// Cancel a key in the engine, if it still runs.
     pub fn cancel_in_engine(&self, key: &str) -> bool {
         match self.engine.lock().expect("engine slot poisoned").as_ref() {
@@ -280,8 +327,14 @@ impl Service {
         {
             return Err(ServeError::EmptyToken);
         }
-        if !config.listen.ip().is_loopback() && config.token.is_none() {
-            return Err(ServeError::TokenRequired(config.listen));
+        if !config.listen.ip().is_loopback() {
+            match &config.token {
+                None => return Err(ServeError::TokenRequired(config.listen)),
+                Some(token) if token.trim().chars().count() < super::http::MIN_TOKEN_CHARS => {
+                    return Err(ServeError::TokenTooShort(config.listen));
+                }
+                Some(_) => {}
+            }
         }
         let templates = Templates::load(config.workflow.as_deref())?;
         let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))
@@ -354,9 +407,11 @@ impl Service {
             table: table.clone(),
             engine: Mutex::new(Some(engine)),
             templates,
+            catalogue: Catalogue::new(&config.servers),
             servers: config.servers.clone(),
             out_root: config.out_root.clone(),
             token: config.token.clone(),
+            addr,
             max_queue: config.max_queue,
             draining: AtomicBool::new(false),
         });
