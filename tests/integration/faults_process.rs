@@ -721,3 +721,61 @@ fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
     first.child.wait().unwrap();
     assert_eq!(second.stop(), Some(0));
 }
+
+/// Every `image` record of a chapter ledger names a file that exists with the recorded size
+/// and sha256, no two name the same file, and every image on disk has one. Returns how many
+/// there are.
+fn check_ledger_images(chapter_root: &Path) -> usize {
+    let records = read_records(&chapter_root.join("ledger.jsonl")).unwrap();
+    let mut named = HashSet::new();
+    for record in &records {
+        let LedgerRecord::Image(entry) = record else {
+            continue;
+        };
+        let path = chapter_root.join(&entry.file);
+        assert!(path.exists(), "{} is recorded but missing", entry.file);
+        assert_eq!(
+            sha256_file(&path),
+            entry.sha256,
+            "the record of {} ({}) does not match the file",
+            entry.file,
+            entry.key
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), entry.bytes);
+        assert!(
+            named.insert(entry.file.clone()),
+            "{} is named by two image records",
+            entry.file
+        );
+    }
+    for file in files_under(&chapter_root.join("raw/comfyui")) {
+        assert!(
+            named.contains(&format!("raw/comfyui/{file}")),
+            "{file} has no image record"
+        );
+    }
+    named.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_on_one_chapter_record_only_what_their_links_created() {
+    // Both render the same 12 jobs at once: every page's versions are raced for.
+    let sim = sim_with(0, 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 3, 4, "");
+    let out = dir.path().join("out");
+    let a = Runner::start(&manifest, &out, &sim.url());
+    let b = Runner::start(&manifest, &out, &sim.url());
+    let ((code_a, err_a), (code_b, err_b)) = (a.wait(), b.wait());
+    assert_eq!(code_a, Some(0), "{err_a}");
+    assert_eq!(code_b, Some(0), "{err_b}");
+    let reports = check_reports(&out, &keys(&manifest));
+    let rendered: usize = reports
+        .iter()
+        .flat_map(|r| r.jobs.iter())
+        .filter(|j| j.status == ReportStatus::Succeeded)
+        .map(|j| j.images.len())
+        .sum();
+    assert_eq!(check_ledger_images(&out.join("ch-07")), rendered);
+    sim.shutdown().await;
+}
