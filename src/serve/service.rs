@@ -357,9 +357,14 @@ impl Service {
                 Err((_, reason)) => failed.push((record.job_id.clone(), reason)),
             }
         }
-        let reattach = reattachments(&config.out_root, &initial, &config.servers);
+        let Recovered { reattach, rendered } = recover(&config.out_root, &initial, &config.servers);
+        initial.retain(|job| !rendered.contains_key(&job.key));
         let urls: Vec<String> = config.servers.iter().map(|s| s.url().to_owned()).collect();
         let table = Arc::new(Table::new(journal, records, urls));
+        for (key, image) in rendered {
+            let path = crate::engine::relative(&config.out_root, &image.path);
+            table.complete_from_ledger(&key, &path, &image.prompt_id);
+        }
         for (job_id, reason) in failed {
             table.fail(
                 &job_id,
@@ -515,27 +520,40 @@ impl Service {
     }
 }
 
-/// Prompts the last process posted for these jobs and never saw end, by the chapter ledgers.
-fn reattachments(
-    out_root: &Path,
-    jobs: &[Arc<Job>],
-    servers: &[ComfyClient],
-) -> HashMap<String, Reattach> {
+/// What the chapter ledgers say about the jobs the last process did not finish.
+struct Recovered {
+    /// Prompts it posted and never saw end: looked for on their server, not posted again.
+    reattach: HashMap<String, Reattach>,
+    /// Jobs whose image it wrote (the ledger vouches for it, the disk confirms it) before it
+    /// could journal the end: complete, not rendered again.
+    rendered: HashMap<String, ledger::VerifiedImage>,
+}
+
+fn recover(out_root: &Path, jobs: &[Arc<Job>], servers: &[ComfyClient]) -> Recovered {
     let mut chapters: Vec<u16> = jobs.iter().map(|j| j.chapter).collect();
     chapters.sort_unstable();
     chapters.dedup();
-    let mut found = HashMap::new();
+    let mut found = Recovered {
+        reattach: HashMap::new(),
+        rendered: HashMap::new(),
+    };
     for chapter in chapters {
-        let Ok(records) = ledger::read_records(&ChapterDirs::new(out_root, chapter).ledger())
-        else {
+        let dirs = ChapterDirs::new(out_root, chapter);
+        let Ok(records) = ledger::read_records(&dirs.ledger()) else {
             continue;
         };
         let open = ledger::open_submissions(&records);
+        let verified = ledger::verified_images(&dirs.root, &records);
         for job in jobs.iter().filter(|j| j.chapter == chapter) {
-            if let Some(open) = open.get(&job.key).filter(|o| job.hash == o.job_hash)
+            let image = verified
+                .get(&job.hash.to_string())
+                .and_then(|images| images.iter().find(|i| i.key == job.key));
+            if let Some(image) = image {
+                found.rendered.insert(job.key.clone(), image.clone());
+            } else if let Some(open) = open.get(&job.key).filter(|o| job.hash == o.job_hash)
                 && servers.iter().any(|s| s.url() == open.server)
             {
-                found.insert(
+                found.reattach.insert(
                     job.key.clone(),
                     Reattach {
                         server: open.server.clone(),

@@ -557,9 +557,17 @@ struct ServeChild {
 }
 
 impl ServeChild {
-    /// `argv` runs the binary, possibly behind a shell; waits for the "listening on" line.
+    /// `wrap` may put the binary behind a shell; waits for the "listening on" line.
     fn start(out: &Path, wrap: impl FnOnce(Vec<String>) -> Vec<String>) -> ServeChild {
-        let (child, url) = spawn_serve(out, wrap);
+        ServeChild::spawned(spawn_serve(wrap(serve_argv(out, None))))
+    }
+
+    /// On a ComfyUI server instead of the built-in simulator.
+    fn start_on(out: &Path, server: &str) -> ServeChild {
+        ServeChild::spawned(spawn_serve(serve_argv(out, Some(server))))
+    }
+
+    fn spawned((child, url): (Child, Result<String, String>)) -> ServeChild {
         ServeChild {
             child,
             url: url.unwrap_or_else(|stderr| panic!("serve did not start:\n{stderr}")),
@@ -581,28 +589,26 @@ impl ServeChild {
     }
 }
 
-fn serve_argv(out: &Path) -> Vec<String> {
+/// `serve` on `server`, or on the built-in simulator.
+fn serve_argv(out: &Path, server: Option<&str>) -> Vec<String> {
     let bin = assert_cmd::cargo::cargo_bin("plasma-batch");
-    vec![
-        bin.display().to_string(),
-        "serve".into(),
-        "--sim".into(),
-        "--sim-step-ms".into(),
-        "1".into(),
+    let mut argv = vec![bin.display().to_string(), "serve".into()];
+    match server {
+        Some(url) => argv.extend(["--server".into(), url.into()]),
+        None => argv.extend(["--sim".into(), "--sim-step-ms".into(), "1".into()]),
+    }
+    argv.extend([
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--out".into(),
         out.display().to_string(),
-    ]
+    ]);
+    argv
 }
 
-/// Start `serve` and wait for its first stdout line: `Ok(url)`, or `Err(stderr)` if it
+/// Start `argv` (`serve`) and wait for its first stdout line: `Ok(url)`, or `Err(stderr)` if it
 /// exited first (the child is then reaped).
-fn spawn_serve(
-    out: &Path,
-    wrap: impl FnOnce(Vec<String>) -> Vec<String>,
-) -> (Child, Result<String, String>) {
-    let argv = wrap(serve_argv(out));
+fn spawn_serve(argv: Vec<String>) -> (Child, Result<String, String>) {
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .env_remove("PLASMA_TOKEN")
@@ -699,7 +705,7 @@ fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut first = ServeChild::start(&out, |argv| argv);
-    let (_, refused) = spawn_serve(&out, |argv| argv);
+    let (_, refused) = spawn_serve(serve_argv(&out, None));
     let stderr = refused.expect_err("a second service started on the same --out");
     assert!(stderr.starts_with("exit Some(5)"), "{stderr}");
     // miette wraps long lines behind a `│` margin.
@@ -723,11 +729,23 @@ fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
 }
 
 /// Every `image` record of a chapter ledger names a file that exists with the recorded size
-/// and sha256, no two name the same file, and every image on disk has one. Returns how many
-/// there are.
+/// and sha256, no two name the same file, and every image on disk has one, or (a process
+/// killed between the link and that record) an `image_intent` with its sha256. Returns how
+/// many images there are.
 fn check_ledger_images(chapter_root: &Path) -> usize {
     let records = read_records(&chapter_root.join("ledger.jsonl")).unwrap();
     let mut named = HashSet::new();
+    for record in &records {
+        if let LedgerRecord::ImageIntent(entry) = record
+            && let path = chapter_root.join(&entry.file)
+            && path.exists()
+            && sha256_file(&path) == entry.sha256
+        {
+            named.insert(entry.file.clone());
+        }
+    }
+    let intended = named.clone();
+    named.clear();
     for record in &records {
         let LedgerRecord::Image(entry) = record else {
             continue;
@@ -749,10 +767,12 @@ fn check_ledger_images(chapter_root: &Path) -> usize {
         );
     }
     for file in files_under(&chapter_root.join("raw/comfyui")) {
+        let file = format!("raw/comfyui/{file}");
         assert!(
-            named.contains(&format!("raw/comfyui/{file}")),
+            named.contains(&file) || intended.contains(&file),
             "{file} has no image record"
         );
+        named.insert(file);
     }
     named.len()
 }
@@ -777,5 +797,84 @@ async fn two_runners_on_one_chapter_record_only_what_their_links_created() {
         .map(|j| j.images.len())
         .sum();
     assert_eq!(check_ledger_images(&out.join("ch-07")), rendered);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_mid_load_renders_no_job_twice() {
+    let sim = sim_with(0, 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let images = out.join("ch-01/raw/comfyui");
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for round in 1..=6u16 {
+        let mut service = {
+            let (out, url) = (out.clone(), sim.url());
+            tokio::task::spawn_blocking(move || ServeChild::start_on(&out, &url))
+                .await
+                .unwrap()
+        };
+        for _ in 0..6 {
+            let response = http
+                .post(format!("{}/jobs", service.url))
+                .json(&serde_json::json!({
+                    "prompt_text": "panel: a quiet harbour at night",
+                    "steps": 3, "page": round,
+                    "resolution": {"width": 64, "height": 96},
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let accepted: serde_json::Value = response.json().await.unwrap();
+            ids.push(accepted["jobId"].as_str().unwrap().to_owned());
+        }
+        // The moment an image gets its final name is the moment to kill: its job is not
+        // journaled as complete yet.
+        let images = images.clone();
+        let mut service = tokio::task::spawn_blocking(move || {
+            let before = count(&images);
+            let deadline = Instant::now() + DEADLINE;
+            while count(&images) == before {
+                assert!(Instant::now() < deadline, "no image was written");
+            }
+            service.child.kill().unwrap();
+            service
+        })
+        .await
+        .unwrap();
+        service.child.wait().unwrap();
+    }
+
+    // A last start finishes what is left.
+    let service = plasma_batch::serve::Service::start(crate::serve::config(&[&sim], &out))
+        .await
+        .unwrap();
+    let mut paths = HashSet::new();
+    for id in &ids {
+        let (job, _) = crate::serve::wait_job(&service.url(), id, |j| {
+            j["status"] != "queued" && j["status"] != "running"
+        })
+        .await;
+        assert_eq!(job["status"], "complete", "{job:#}");
+        let path = job["imagePath"].as_str().unwrap().to_owned();
+        assert!(paths.insert(path.clone()), "two jobs point to {path}");
+    }
+    service.shutdown().await.unwrap();
+    // One image per job, none without a job: nothing was rendered twice.
+    let on_disk: HashSet<String> = files_under(&images)
+        .into_iter()
+        .map(|f| format!("ch-01/raw/comfyui/{f}"))
+        .collect();
+    let orphans: Vec<&String> = on_disk.difference(&paths).collect();
+    let missing: Vec<&String> = paths.difference(&on_disk).collect();
+    assert!(
+        orphans.is_empty(),
+        "images no job points to (rendered twice): {orphans:?}"
+    );
+    assert!(missing.is_empty(), "jobs without their image: {missing:?}");
+    assert_eq!(check_ledger_images(&out.join("ch-01")), ids.len());
     sim.shutdown().await;
 }

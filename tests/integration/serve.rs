@@ -16,7 +16,7 @@ use crate::support::*;
 /// Long enough for a slow, shared CI machine; polls end as soon as the state is reached.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
+pub(crate) fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         servers: sims.iter().map(|s| client(&s.url())).collect(),
@@ -122,7 +122,11 @@ async fn get_job(url: &str, id: &str) -> Value {
 }
 
 /// Poll the job until `done` holds for it; every status seen on the way, in order.
-async fn wait_job(url: &str, id: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<String>) {
+pub(crate) async fn wait_job(
+    url: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Vec<String>) {
     let start = Instant::now();
     let mut seen: Vec<String> = Vec::new();
     loop {
