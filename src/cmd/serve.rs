@@ -104,6 +104,9 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         };
         CmdError::new(code, UserError::new(e.to_string(), e.hint()))
     })?;
+    for warning in service.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,

@@ -1,7 +1,8 @@
 //! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file in the style of
 //! the chapter ledger. A job's record is appended when it is created and again when it ends;
-//! on start the last record of each job wins. A torn last line (a crash mid-write) is
-//! skipped. After replay the file is rewritten atomically with one line per job, so it grows
+//! on start the last record of each job wins. A line that cannot be read (a torn last line
+//! after a crash mid-write, a damaged one) is copied to `jobs.jsonl.corrupt` and warned
+//! about before anything is rewritten; a line of a newer format refuses the start. After replay the file is rewritten atomically with one line per job, so it grows
 //! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
 //! only one service may use it: an OS lock on `jobs.lock` (which shows the owner's pid) says
 //! who does.
@@ -43,8 +44,22 @@ pub enum OpenError {
         journal: PathBuf,
         lock: PathBuf,
     },
+    #[error("{} line {line} was written by a newer plasma-batch (journal format v{version}; this one reads v{JOURNAL_VERSION})", path.display())]
+    Newer {
+        path: PathBuf,
+        line: usize,
+        version: u64,
+    },
     #[error(transparent)]
     Io(#[from] PathError),
+}
+
+/// An opened journal: the jobs in it, and what could not be read (kept aside).
+#[derive(Debug)]
+pub struct Opened {
+    pub journal: Journal,
+    pub jobs: Vec<JobRecord>,
+    pub warnings: Vec<String>,
 }
 
 fn holder(pid: Option<u32>) -> String {
@@ -87,8 +102,9 @@ fn take_lock(lock: &Path, journal: &Path) -> Result<File, OpenError> {
 }
 
 impl Journal {
-    /// Read every job (in creation order), compact the file, and open it for appending.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), OpenError> {
+    /// Read every job (in creation order), keep unreadable lines aside, compact the file,
+    /// and open it for appending.
+    pub fn open(path: &Path) -> Result<Opened, OpenError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
@@ -98,7 +114,32 @@ impl Journal {
             file: Mutex::new(open_append(path)?),
             lock: Mutex::new(Some(lock)),
         };
-        let jobs = read(path)?;
+        let Replayed { jobs, unreadable } = read(path)?;
+        let mut warnings = Vec::new();
+        if !unreadable.is_empty() {
+            // Compaction drops what it cannot read: keep it first, synced, or do not start.
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let aside = PathBuf::from(aside);
+            let mut kept = Vec::new();
+            for (_, line) in &unreadable {
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
+            }
+            let mut file = open_append(&aside)?;
+            file.write_all(&kept)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| PathError::new("append to", &aside, e))?;
+            let lines: Vec<String> = unreadable.iter().map(|(n, _)| n.to_string()).collect();
+            warnings.push(format!(
+                "{}: {} line(s) could not be read (line {}; {}) and were left out; they are kept in {}",
+                path.display(),
+                unreadable.len(),
+                lines.join(", "),
+                unreadable_reason(&unreadable[0].1),
+                aside.display()
+            ));
+        }
         let mut compact = Vec::new();
         for job in &jobs {
             append_line(&mut compact, job);
@@ -106,7 +147,11 @@ impl Journal {
         write_atomic(path, &compact)?;
         // The compacted file replaced the one opened above.
         *journal.file.lock().expect("journal poisoned") = open_append(path)?;
-        Ok((journal, jobs))
+        Ok(Opened {
+            journal,
+            jobs,
+            warnings,
+        })
     }
 
     /// Let another service use the journal (at shutdown; also when dropped).
@@ -185,29 +230,72 @@ fn append_line(out: &mut Vec<u8>, job: &JobRecord) {
     out.push(b'\n');
 }
 
-/// The latest record of every job, in the order the jobs were first recorded.
-fn read(path: &Path) -> Result<Vec<JobRecord>, PathError> {
+/// What a journal file holds.
+struct Replayed {
+    /// The latest record of every job, in the order the jobs were first recorded.
+    jobs: Vec<JobRecord>,
+    /// Lines (1-based number, bytes) that are not a record.
+    unreadable: Vec<(usize, Vec<u8>)>,
+}
+
+fn read(path: &Path) -> Result<Replayed, OpenError> {
+    let mut replayed = Replayed {
+        jobs: Vec::new(),
+        unreadable: Vec::new(),
+    };
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(PathError::new("open", path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(replayed),
+        Err(e) => return Err(PathError::new("open", path, e).into()),
     };
-    let mut jobs: Vec<JobRecord> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for line in BufReader::new(file).split(b'\n') {
+    for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(|e| PathError::new("read", path, e))?;
-        let Ok(Line { job, .. }) = serde_json::from_slice::<Line>(&line) else {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        let job = match serde_json::from_slice::<Line>(&line) {
+            Ok(Line { job, .. }) => job,
+            Err(_) => {
+                if let Some(version) = newer_version(&line) {
+                    return Err(OpenError::Newer {
+                        path: path.to_owned(),
+                        line: number + 1,
+                        version,
+                    });
+                }
+                replayed.unreadable.push((number + 1, line));
+                continue;
+            }
         };
         match index.get(&job.job_id) {
-            Some(&at) => jobs[at] = job,
+            Some(&at) => replayed.jobs[at] = job,
             None => {
-                index.insert(job.job_id.clone(), jobs.len());
-                jobs.push(job);
+                index.insert(job.job_id.clone(), replayed.jobs.len());
+                replayed.jobs.push(job);
             }
         }
     }
-    Ok(jobs)
+    Ok(replayed)
+}
+
+/// The format version of a line a newer program wrote (whole JSON, `v` above ours).
+fn newer_version(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u64,
+    }
+    let Version { v } = serde_json::from_slice(line).ok()?;
+    (v > u64::from(JOURNAL_VERSION)).then_some(v)
+}
+
+/// Why a line is not a record, for the warning.
+fn unreadable_reason(line: &[u8]) -> String {
+    match serde_json::from_slice::<Line>(line) {
+        Err(e) if e.is_eof() => "it ends early, as a write cut short by a crash does".to_owned(),
+        Err(e) => format!("the first: {e}"),
+        Ok(_) => "it is a record".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -227,10 +315,10 @@ mod tests {
     }
 
     #[test]
-    fn the_last_line_of_a_job_wins_and_a_torn_line_is_skipped() {
+    fn the_last_line_of_a_job_wins_and_a_torn_line_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serve/jobs.jsonl");
-        let (journal, jobs) = Journal::open(&path).unwrap();
+        let Opened { journal, jobs, .. } = Journal::open(&path).unwrap();
         assert!(jobs.is_empty());
         let (a, b) = (record("aaaaaaaa"), record("bbbbbbbb"));
         journal.append(&a).unwrap();
@@ -242,7 +330,12 @@ mod tests {
         let mut file = open_append(&path).unwrap();
         file.write_all(br#"{"v":1,"job":{"jobId":"cc"#).unwrap();
         drop(file);
-        let (journal, jobs) = Journal::open(&path).unwrap();
+        let Opened {
+            journal,
+            jobs,
+            warnings,
+        } = Journal::open(&path).unwrap();
+        assert!(warnings[0].contains("ends early"), "{warnings:?}");
         assert!(matches!(
             Journal::open(&path),
             Err(OpenError::Locked { .. })
@@ -252,6 +345,58 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         journal.append(&record("cccccccc")).unwrap();
         journal.release();
-        assert_eq!(Journal::open(&path).unwrap().1.len(), 3);
+        assert_eq!(Journal::open(&path).unwrap().jobs.len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_line_is_kept_aside_and_a_newer_one_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let opened = Journal::open(&path).unwrap();
+        for id in ["aaaaaaaa", "bbbbbbbb", "cccccccc"] {
+            opened.journal.append(&record(id)).unwrap();
+        }
+        drop(opened);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let damaged = lines[1].replacen("\"jobId\"", "\"jobId\u{0}", 1);
+        std::fs::write(&path, format!("{}\n{damaged}\n{}\n", lines[0], lines[2])).unwrap();
+        let opened = Journal::open(&path).unwrap();
+        assert_eq!(opened.jobs.len(), 2);
+        assert!(
+            opened.warnings[0].contains("(line 2;"),
+            "{:?}",
+            opened.warnings
+        );
+        let aside = dir.path().join("serve/jobs.jsonl.corrupt");
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            format!("{damaged}\n")
+        );
+        drop(opened);
+        // Kept, not read again: the next start has nothing to warn about.
+        assert!(Journal::open(&path).unwrap().warnings.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            format!("{damaged}\n")
+        );
+
+        let newer = r#"{"v":2,"job":{"jobId":"dddddddd","whatever":true}}"#;
+        let mut file = open_append(&path).unwrap();
+        file.write_all(format!("{newer}\n").as_bytes()).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        match Journal::open(&path) {
+            Err(
+                e @ OpenError::Newer {
+                    line: 3,
+                    version: 2,
+                    ..
+                },
+            ) => {
+                assert!(e.to_string().contains("newer plasma-batch"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing rewritten");
     }
 }

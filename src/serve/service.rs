@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::catalogue::Catalogue;
 use super::http;
 use super::jobs::{Status, Table};
-use super::journal::{Journal, OpenError};
+use super::journal::{Journal, OpenError, Opened};
 use super::request::JobRequest;
 use crate::comfy::ComfyClient;
 use crate::engine::{Engine, EngineConfig, Outputs, Reattach, RunContext};
@@ -103,6 +103,8 @@ pub enum ServeError {
     Template(String, String),
     #[error("{0}")]
     InUse(String),
+    #[error("{0}")]
+    Newer(String),
     #[error(transparent)]
     Io(#[from] PathError),
 }
@@ -126,6 +128,9 @@ impl ServeError {
             ),
             ServeError::InUse(_) => Some(
                 "stop the other `plasma-batch serve`, or give this one another --out".to_owned(),
+            ),
+            ServeError::Newer(_) => Some(
+                "run the plasma-batch that wrote it, or give this one another --out".to_owned(),
             ),
             ServeError::Io(e) => e.hint().map(str::to_owned),
         }
@@ -311,6 +316,7 @@ impl App {
 /// A running job service. `shutdown` stops it gracefully.
 pub struct Service {
     addr: SocketAddr,
+    warnings: Vec<String>,
     app: Arc<App>,
     on_shutdown: ShutdownMode,
     cancel: Arc<watch::Sender<bool>>,
@@ -337,11 +343,20 @@ impl Service {
             }
         }
         let templates = Templates::load(config.workflow.as_deref())?;
-        let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))
-            .map_err(|e| match e {
-            OpenError::Io(e) => ServeError::Io(e),
-            locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
-        })?;
+        let Opened {
+            journal,
+            jobs: records,
+            warnings,
+        } = Journal::open(&config.out_root.join("serve").join("jobs.jsonl")).map_err(
+            |e| match e {
+                OpenError::Io(e) => ServeError::Io(e),
+                locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
+                newer @ OpenError::Newer { .. } => ServeError::Newer(newer.to_string()),
+            },
+        )?;
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
 
         // Jobs the last process did not finish run again: queued ones, and running ones
         // (re-attached to their prompt when the chapter ledger says it may still be there).
@@ -444,6 +459,7 @@ impl Service {
         });
         Ok(Service {
             addr,
+            warnings,
             app,
             on_shutdown: config.on_shutdown,
             cancel: Arc::new(cancel_tx),
@@ -456,6 +472,11 @@ impl Service {
     /// The bound address (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the start found wrong but worked around (journal lines kept aside).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// `http://127.0.0.1:PORT` (a wildcard bind is shown as loopback, where it answers too).

@@ -1464,3 +1464,94 @@ async fn a_deleted_output_folder_stops_accepting_jobs_and_readyz_says_so() {
     assert_eq!(get_job(&url, &id).await["status"], "complete");
     let _ = service.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], &out)).await;
+    let mut ids = Vec::new();
+    for page in 1..=3 {
+        let id = id_of(
+            &post_job(&service.url(), &small(json!({"page": page})))
+                .await
+                .1,
+        );
+        wait_job(&service.url(), &id, status_is("complete")).await;
+        ids.push(id);
+    }
+    service.shutdown().await.unwrap();
+    // A start compacts the journal to one line per job.
+    start(config(&[&sim], &out)).await.shutdown().await.unwrap();
+    let journal = out.join("serve/jobs.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].contains(&ids[1]));
+    // A damaged middle line: a byte flipped in a key.
+    lines[1] = lines[1].replacen("\"status\"", "\"st\u{1}tus\"", 1);
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+
+    // The real binary warns, naming the line and where it is kept.
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            &sim.url(),
+            "--out",
+        ])
+        .arg(&out)
+        .env_remove("PLASMA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("plasma-batch serve listening on"),
+        "{first}"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("1 line(s) could not be read (line 2;")
+            && stderr.contains("jobs.jsonl.corrupt"),
+        "{stderr}"
+    );
+    let aside = out.join("serve/jobs.jsonl.corrupt");
+    assert_eq!(
+        std::fs::read_to_string(&aside).unwrap(),
+        format!("{}\n", lines[1]),
+        "the damaged line is kept byte for byte"
+    );
+
+    // Compaction left it out, but nothing was erased: the next start has nothing new to
+    // warn about, the other jobs answer, and the line is still kept.
+    let service = start(config(&[&sim], &out)).await;
+    assert!(service.warnings().is_empty(), "{:?}", service.warnings());
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(get_job(&service.url(), id).await["status"], "complete");
+    }
+    assert!(std::fs::read_to_string(&aside).unwrap().contains(&ids[1]));
+    service.shutdown().await.unwrap();
+}
