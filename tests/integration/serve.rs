@@ -735,6 +735,43 @@ fn binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin("plasma-batch")
 }
 
+/// The real binary as `serve ARGS --listen 127.0.0.1:0 --out OUT` (stderr piped), once it
+/// printed its URL.
+async fn spawn_serve(
+    args: &[&str],
+    out: &Path,
+    token: Option<&str>,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .env_remove("PLASMA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        command.env("PLASMA_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    let url = first
+        .strip_prefix("plasma-batch serve listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        .to_owned();
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
 #[test]
 fn the_binary_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -752,34 +789,9 @@ fn the_binary_refuses_a_public_address_without_a_token() {
 
 #[tokio::test]
 async fn the_binary_serves_jobs_on_the_simulator_and_stops_on_sigterm() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args([
-            "serve",
-            "--sim",
-            "--sim-step-ms",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-        ])
-        .arg(dir.path())
-        .env("PLASMA_TOKEN", "t0ken")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("plasma-batch serve listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let (mut child, url) =
+        spawn_serve(&["--sim", "--sim-step-ms", "1"], dir.path(), Some("t0ken")).await;
     assert!(url.starts_with("http://127.0.0.1:"));
     let client = http();
     let response = client
@@ -915,7 +927,6 @@ async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
 
 #[tokio::test]
 async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_again() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(plasma_batch::sim::SimConfig {
         step_ms: 10,
@@ -923,31 +934,7 @@ async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_agai
     })
     .await
     .unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--server",
-            &sim.url(),
-            "--out",
-        ])
-        .arg(dir.path())
-        .env_remove("PLASMA_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("plasma-batch serve listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, url) = spawn_serve(&["--server", &sim.url()], dir.path(), None).await;
     let id = id_of(
         &post_job(&url, &small(json!({"steps": 100, "page": 6})))
             .await
@@ -1467,7 +1454,6 @@ async fn a_deleted_output_folder_stops_accepting_jobs_and_readyz_says_so() {
 
 #[tokio::test]
 async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let sim = sim(&[]).await;
@@ -1495,32 +1481,7 @@ async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
     std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
 
     // The real binary warns, naming the line and where it is kept.
-    let mut child = tokio::process::Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--server",
-            &sim.url(),
-            "--out",
-        ])
-        .arg(&out)
-        .env_remove("PLASMA_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_or_default();
-    assert!(
-        first.starts_with("plasma-batch serve listening on"),
-        "{first}"
-    );
+    let (child, _) = spawn_serve(&["--server", &sim.url()], &out, None).await;
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
