@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::request::{FieldProblem, JobRequest};
 use crate::comfy::ComfyClient;
 use crate::manifest::diagnostic::did_you_mean;
+use crate::workflow::Placeholder;
 
 /// A list at least this old is read again before a name missing from it is refused.
 const REFRESH_AFTER: Duration = Duration::from_secs(10);
@@ -157,21 +158,27 @@ impl Catalogue {
         }
     }
 
-    /// What no server (whose list is known) offers among the request's names: like `run`'s
-    /// preflight, every server must have them, since a job may go to any of them.
-    pub async fn check(&self, request: &JobRequest) -> Vec<FieldProblem> {
+    /// What no server (whose list is known) offers among the request's names that its
+    /// template `uses`: like `run`'s preflight, every server must have them, since a job
+    /// may go to any of them.
+    pub async fn check(
+        &self,
+        request: &JobRequest,
+        uses: impl Fn(Placeholder) -> bool,
+    ) -> Vec<FieldProblem> {
+        let named = named(request, &uses);
         let mut problems = Vec::new();
         let mut known = false;
         for server in &self.servers {
             let Some(mut names) = server.names(None).await else {
                 continue;
             };
-            let mut missing = missing_names(&names, request);
+            let mut missing = missing_names(&names, &named);
             if !missing.is_empty() {
                 // A model added since the list was read: read it again before refusing.
                 if let Some(again) = server.names(Some(REFRESH_AFTER)).await {
                     names = again;
-                    missing = missing_names(&names, request);
+                    missing = missing_names(&names, &named);
                 }
             }
             known = true;
@@ -186,7 +193,7 @@ impl Catalogue {
         }
         if !known {
             // Nothing to compare with: a subfolder name is only taken when a server lists it.
-            for (field, name) in named(request) {
+            for &(field, name) in &named {
                 if name.contains(['/', '\\']) {
                     problems.push(FieldProblem {
                         field: field.to_owned(),
@@ -201,13 +208,21 @@ impl Catalogue {
     }
 }
 
-/// The request's names, by field.
-fn named(request: &JobRequest) -> Vec<(&'static str, &str)> {
-    let mut names = vec![
-        ("checkpoint_name", request.checkpoint_name.as_str()),
-        ("sampler", request.sampler.as_str()),
-    ];
-    if let Some(lora) = &request.lora {
+/// The request's names the template fills in, by field.
+fn named<'a>(
+    request: &'a JobRequest,
+    uses: impl Fn(Placeholder) -> bool,
+) -> Vec<(&'static str, &'a str)> {
+    let mut names = Vec::new();
+    if uses(Placeholder::Checkpoint) {
+        names.push(("checkpoint_name", request.checkpoint_name.as_str()));
+    }
+    if uses(Placeholder::Sampler) {
+        names.push(("sampler", request.sampler.as_str()));
+    }
+    if let Some(lora) = &request.lora
+        && uses(Placeholder::LoraName)
+    {
         names.push(("lora.name", lora.name.as_str()));
     }
     names
@@ -215,11 +230,11 @@ fn named(request: &JobRequest) -> Vec<(&'static str, &str)> {
 
 fn missing_names<'a>(
     names: &'a Names,
-    request: &JobRequest,
+    named: &[(&'static str, &str)],
 ) -> Vec<(&'static str, String, &'a BTreeSet<String>)> {
-    named(request)
-        .into_iter()
-        .filter_map(|(field, name)| {
+    named
+        .iter()
+        .filter_map(|&(field, name)| {
             let list = match field {
                 "checkpoint_name" => names.checkpoints.as_ref(),
                 "lora.name" => names.loras.as_ref(),

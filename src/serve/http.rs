@@ -329,7 +329,11 @@ async fn create(
     }
     let checked = request::parse(&body).map_err(ApiError::invalid)?;
     let request = checked.request;
-    let missing = app.catalogue.check(&request).await;
+    let template = app.templates.template_for(&request);
+    let missing = app
+        .catalogue
+        .check(&request, |slot| template.uses(slot))
+        .await;
     if !missing.is_empty() {
         return Err(ApiError::invalid(missing));
     }

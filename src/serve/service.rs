@@ -178,11 +178,16 @@ impl Templates {
 
     /// The job for a request: the LoRA template when a LoRA is given (unless `--workflow`
     /// overrides both). `Err` is the field and reason to answer with.
-    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
-        let template = match (&request.lora, &self.lora) {
+    /// The template a request fills.
+    pub(crate) fn template_for(&self, request: &JobRequest) -> &Template {
+        match (&request.lora, &self.lora) {
             (Some(_), Some(lora)) => lora,
             _ => &self.plain,
-        };
+        }
+    }
+
+    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
+        let template = self.template_for(request);
         let name = template.file().name();
         if request.lora.is_some() && !template.uses(Placeholder::LoraName) {
             return Err((

@@ -1516,3 +1516,45 @@ async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
     assert!(std::fs::read_to_string(&aside).unwrap().contains(&ids[1]));
     service.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn only_the_names_the_template_fills_in_are_checked_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 1,
+        checkpoints: vec!["only.safetensors".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The shipped template fills in the default checkpoint, which this server lacks.
+    let service = start(config(&[&sim], &dir.path().join("a"))).await;
+    let (status, error) = post_job(&service.url(), &small(json!({}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["field"], "checkpoint_name");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("which has: only.safetensors"),
+        "{error}"
+    );
+    service.shutdown().await.unwrap();
+    // A template with its own checkpoint never sends the request's.
+    let template = std::fs::read_to_string(repo().join("workflows/txt2img.json"))
+        .unwrap()
+        .replace("{{checkpoint}}", "only.safetensors");
+    let workflow = dir.path().join("fixed.json");
+    std::fs::write(&workflow, template).unwrap();
+    let mut cfg = config(&[&sim], &dir.path().join("b"));
+    cfg.workflow = Some(workflow);
+    let service = start(cfg).await;
+    let (status, accepted) = post_job(&service.url(), &small(json!({}))).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (job, _) = wait_job(&service.url(), &id_of(&accepted), |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    service.shutdown().await.unwrap();
+}
