@@ -209,10 +209,7 @@ impl Catalogue {
 }
 
 /// The request's names the template fills in, by field.
-fn named<'a>(
-    request: &'a JobRequest,
-    uses: impl Fn(Placeholder) -> bool,
-) -> Vec<(&'static str, &'a str)> {
+fn named(request: &JobRequest, uses: impl Fn(Placeholder) -> bool) -> Vec<(&'static str, &str)> {
     let mut names = Vec::new();
     if uses(Placeholder::Checkpoint) {
         names.push(("checkpoint_name", request.checkpoint_name.as_str()));
