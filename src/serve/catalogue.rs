@@ -23,7 +23,7 @@ const REFRESH_AFTER: Duration = Duration::from_secs(10);
 /// After a failed read, the server is not asked again for this long.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A request waits this long at most for a list being read; later requests get it.
-const WAIT: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(10);
 /// A `/object_info` read may take this long (a real server scans its model folders).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many names an error lists.
@@ -81,6 +81,8 @@ struct Entry {
     names: Option<Arc<Names>>,
     fetched_at: Option<Instant>,
     tried_at: Option<Instant>,
+    /// A read failed, or kept a request waiting past [`WAIT`], since the last one that worked.
+    failing: bool,
     fetching: bool,
 }
 
@@ -91,8 +93,10 @@ struct Server {
 }
 
 impl Server {
-    /// The server's list: cached unless older than `max_age`; else read now (waiting at most
-    /// [`WAIT`]). `None` while unknown.
+    /// The server's list: cached unless older than `max_age`; else read now. A request
+    /// waits for the read (at most [`WAIT`]) on first contact and before refusing a name
+    /// (`max_age`); while a server's reads fail, requests do not wait for the next try, so
+    /// a server that is down never slows `POST /jobs`. `None` while unknown.
     async fn names(self: &Arc<Self>, max_age: Option<Duration>) -> Option<Arc<Names>> {
         let fetched = self.fetched.notified();
         {
@@ -109,12 +113,18 @@ impl Server {
                 entry.tried_at = Some(Instant::now());
                 tokio::spawn(self.clone().fetch());
             }
-            if !entry.fetching {
+            let first_contact = entry.fetched_at.is_none() && !entry.failing;
+            if !entry.fetching || !(first_contact || max_age.is_some()) {
                 return entry.names.clone();
             }
         }
-        let _ = tokio::time::timeout(WAIT, fetched).await;
-        self.entry.lock().expect("catalogue poisoned").names.clone()
+        let waited = tokio::time::timeout(WAIT, fetched).await;
+        let mut entry = self.entry.lock().expect("catalogue poisoned");
+        if waited.is_err() {
+            // Slow to answer: the next requests go on without waiting for it.
+            entry.failing = true;
+        }
+        entry.names.clone()
     }
 
     async fn fetch(self: Arc<Self>) {
@@ -125,11 +135,16 @@ impl Server {
                 Ok(Ok(info)) => {
                     entry.names = Some(Arc::new(Names::from_object_info(&info)));
                     entry.fetched_at = Some(Instant::now());
+                    entry.failing = false;
                 }
                 Ok(Err(error)) => {
+                    entry.failing = true;
                     tracing::debug!(server = self.client.url(), %error, "object_info not read")
                 }
-                Err(_) => tracing::debug!(server = self.client.url(), "object_info timed out"),
+                Err(_) => {
+                    entry.failing = true;
+                    tracing::debug!(server = self.client.url(), "object_info timed out")
+                }
             }
             entry.fetching = false;
         }
