@@ -40,7 +40,7 @@ use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, ImageRef, PostOutcome,
 use crate::events::{
     ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState, Timings,
 };
-use crate::ledger::{LEDGER_VERSION, Ledger, LedgerRecord};
+use crate::ledger::{ImageEntry, LEDGER_VERSION, Ledger, LedgerRecord};
 use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
 use crate::plan::Job;
 
@@ -1717,21 +1717,19 @@ async fn write_images(
             let (bytes, sha256, width, height) =
                 (image.bytes, image.sha256, image.width, image.height);
             let target = output
-                .store
-                .commit(image, job.page, |target| {
-                    output.ledger.append(&LedgerRecord::Image {
-                        v: LEDGER_VERSION,
-                        run_id: run_id.clone(),
-                        key: job.key.clone(),
-                        job_hash: job.hash.to_string(),
-                        prompt_id: prompt_id.clone(),
-                        seed: job.seed,
-                        file: relative(&output.dirs.root, &target.path),
-                        bytes,
-                        sha256: sha256.to_string(),
-                        width,
-                        height,
-                    })
+                .ledger
+                .commit_image(&output.store, image, job.page, |target| ImageEntry {
+                    v: LEDGER_VERSION,
+                    run_id: run_id.clone(),
+                    key: job.key.clone(),
+                    job_hash: job.hash.to_string(),
+                    prompt_id: prompt_id.clone(),
+                    seed: job.seed,
+                    file: relative(&output.dirs.root, &target.path),
+                    bytes,
+                    sha256: sha256.to_string(),
+                    width,
+                    height,
                 })
                 .map_err(|e| e.to_string())?;
             records.push(ImageRecord {

@@ -4,9 +4,12 @@
 //! Crash safety: each record is one `write` of one line on an `O_APPEND` file, so records of
 //! concurrent runners never interleave and a `kill -9` loses at most the line being written.
 //! A torn last line is skipped on reading and fenced off with a newline before appending.
-//! An `image` record is written *before* the image gets its final name and is trusted only if
-//! a file with that name and that sha256 exists, so neither order of crash can produce an
-//! image the ledger does not know or a record that lies.
+//! An image is committed in two records: `image_intent` *before* the link that gives it its
+//! final name (so a crash right after the link cannot leave an image the ledger does not
+//! know), and `image` *after* the link succeeded, naming the file the link created and the
+//! digest of the bytes linked. Two runners may both intend the same free name; only the one
+//! whose link created it writes `image`, so an `image` record never names another job's file.
+//! Any image counts only if a file with that name and that sha256 exists.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +20,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::output::{PathError, digest_file, open_append};
+use crate::output::{CommittedImage, ImageStore, PathError, StagedImage, digest_file, open_append};
 
 /// Ledger format version, written in every record.
 pub const LEDGER_VERSION: u32 = 1;
@@ -36,21 +39,12 @@ pub enum LedgerRecord {
         prompt_id: String,
         attempt: u32,
     },
-    /// An image is about to get its final name (written before the link).
-    Image {
-        v: u32,
-        run_id: String,
-        key: String,
-        job_hash: String,
-        prompt_id: String,
-        seed: u64,
-        /// Relative to the chapter folder, `/`-separated: `raw/comfyui/ch01_p001_v1.png`.
-        file: String,
-        bytes: u64,
-        sha256: String,
-        width: u32,
-        height: u32,
-    },
+    /// An image is about to get its final name `file` (written before the link). The name
+    /// may have been taken by another runner meanwhile: trusted only when no `image` record
+    /// names the file (a crash between the link and that record) and the digest matches.
+    ImageIntent(ImageEntry),
+    /// An image got its final name: written after the link created `file`.
+    Image(ImageEntry),
     /// A job reached a final state in a run.
     Finished {
         v: u32,
@@ -59,6 +53,23 @@ pub enum LedgerRecord {
         job_hash: String,
         status: String,
     },
+}
+
+/// What `image_intent` and `image` records say about an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub v: u32,
+    pub run_id: String,
+    pub key: String,
+    pub job_hash: String,
+    pub prompt_id: String,
+    pub seed: u64,
+    /// Relative to the chapter folder, `/`-separated: `raw/comfyui/ch01_p001_v1.png`.
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// An image the ledger vouches for and the disk confirms.
@@ -126,6 +137,23 @@ impl Ledger {
             .map_err(|e| PathError::new("append to", &self.path, e))
     }
 
+    /// Give `staged` its final name in `store` (the next free version of `page`): the intent
+    /// is recorded before each link attempt and the image after the link that succeeded.
+    /// `entry` describes the image under a given final name.
+    pub fn commit_image(
+        &self,
+        store: &ImageStore,
+        staged: StagedImage,
+        page: u16,
+        entry: impl Fn(&CommittedImage) -> ImageEntry,
+    ) -> Result<CommittedImage, PathError> {
+        let target = store.commit(staged, page, |target| {
+            self.append(&LedgerRecord::ImageIntent(entry(target)))
+        })?;
+        self.append(&LedgerRecord::Image(entry(&target)))?;
+        Ok(target)
+    }
+
     /// Flush the ledger to stable storage (at the end of a run; a process crash loses nothing
     /// already appended, only a power loss needs this).
     pub fn sync(&self) -> Result<(), PathError> {
@@ -160,8 +188,17 @@ pub fn verified_images(
 ) -> HashMap<String, Vec<VerifiedImage>> {
     let mut by_hash: HashMap<String, Vec<VerifiedImage>> = HashMap::new();
     let mut digests: HashMap<String, Option<(u64, Sha256Digest)>> = HashMap::new();
+    // A file an `image` record names belongs to that record; an intent for the same name
+    // was a runner that lost the race for it (or wrote the very same record first).
+    let linked: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            LedgerRecord::Image(entry) => Some(entry.file.as_str()),
+            _ => None,
+        })
+        .collect();
     for record in records {
-        let LedgerRecord::Image {
+        let ImageEntry {
             key,
             job_hash,
             prompt_id,
@@ -172,9 +209,10 @@ pub fn verified_images(
             height,
             run_id,
             ..
-        } = record
-        else {
-            continue;
+        } = match record {
+            LedgerRecord::Image(entry) => entry,
+            LedgerRecord::ImageIntent(entry) if !linked.contains(entry.file.as_str()) => entry,
+            _ => continue,
         };
         // Only plain relative names we wrote ourselves; never follow a path out of the folder.
         if file
@@ -245,7 +283,9 @@ pub fn open_submissions(records: &[LedgerRecord]) -> HashMap<String, OpenSubmiss
                     latest.remove(key);
                 }
             }
-            LedgerRecord::Image { key, prompt_id, .. } => {
+            // The prompt's output reached the disk, or was about to: it is not re-attached.
+            LedgerRecord::Image(ImageEntry { key, prompt_id, .. })
+            | LedgerRecord::ImageIntent(ImageEntry { key, prompt_id, .. }) => {
                 if latest
                     .get(key)
                     .is_some_and(|(_, open)| open.prompt_id == *prompt_id)
@@ -265,8 +305,8 @@ pub fn open_submissions(records: &[LedgerRecord]) -> HashMap<String, OpenSubmiss
 mod tests {
     use super::*;
 
-    fn image(file: &str, sha256: &str, bytes: u64) -> LedgerRecord {
-        LedgerRecord::Image {
+    fn entry(file: &str, sha256: &str, bytes: u64) -> ImageEntry {
+        ImageEntry {
             v: LEDGER_VERSION,
             run_id: "r".into(),
             key: "ch01_p001_s1".into(),
@@ -279,6 +319,10 @@ mod tests {
             width: 8,
             height: 8,
         }
+    }
+
+    fn image(file: &str, sha256: &str, bytes: u64) -> LedgerRecord {
+        LedgerRecord::Image(entry(file, sha256, bytes))
     }
 
     fn submitted(run: &str, key: &str, prompt: &str) -> LedgerRecord {
@@ -362,5 +406,35 @@ mod tests {
         let images = &verified["h1"];
         assert_eq!(images.len(), 1);
         assert_eq!(images[0].file, "raw/good.png");
+    }
+
+    #[test]
+    fn an_intent_counts_only_for_a_file_no_image_record_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("raw")).unwrap();
+        for (name, body) in [("v1", "one"), ("v2", "two")] {
+            std::fs::write(dir.path().join(format!("raw/{name}.png")), body).unwrap();
+        }
+        let (bytes, sha) = digest_file(&dir.path().join("raw/v1.png")).unwrap();
+        let (bytes2, sha2) = digest_file(&dir.path().join("raw/v2.png")).unwrap();
+        let lost = |run: &str, file: &str, sha: &str, bytes| {
+            let mut e = entry(file, sha, bytes);
+            e.run_id = run.into();
+            LedgerRecord::ImageIntent(e)
+        };
+        let records = vec![
+            // Runner b meant v1 for the same (identical) image; a's link made it.
+            lost("b", "raw/v1.png", &sha.to_string(), bytes),
+            lost("a", "raw/v1.png", &sha.to_string(), bytes),
+            image("raw/v1.png", &sha.to_string(), bytes),
+            // A crash between the link of v2 and its `image` record.
+            lost("c", "raw/v2.png", &sha2.to_string(), bytes2),
+        ];
+        let verified = &verified_images(dir.path(), &records)["h1"];
+        let found: Vec<(&str, &str)> = verified
+            .iter()
+            .map(|i| (i.file.as_str(), i.run_id.as_str()))
+            .collect();
+        assert_eq!(found, [("raw/v1.png", "r"), ("raw/v2.png", "c")]);
     }
 }

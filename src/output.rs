@@ -456,6 +456,43 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
+/// Open `root/relative` (`/`-separated, no `..`) for reading without following a symbolic
+/// link in `relative`: a link planted in the output folder must not serve another file. Only
+/// a regular file is opened (a FIFO would block). The file's identity is compared before and
+/// after opening, so a link swapped in between is caught too.
+pub fn open_no_follow(root: &Path, relative: &str) -> io::Result<File> {
+    let refuse = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut path = root.to_owned();
+    let parts: Vec<&str> = relative.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() || *part == "." || *part == ".." {
+            return Err(refuse(format!("{relative:?} is not a plain relative path")));
+        }
+        path.push(part);
+        let meta = fs::symlink_metadata(&path)?;
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            return Err(refuse(format!("{} is a symbolic link", path.display())));
+        }
+        if last && !meta.is_file() || !last && !meta.is_dir() {
+            return Err(refuse(format!("{} is not a regular file", path.display())));
+        }
+        if last {
+            let file = File::open(&path)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let opened = file.metadata()?;
+                if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+                    return Err(refuse(format!("{} changed while opening", path.display())));
+                }
+            }
+            return Ok(file);
+        }
+    }
+    Err(refuse("an empty path".to_owned()))
+}
+
 /// Open a file for appending (created if missing).
 pub fn open_append(path: &Path) -> Result<File, PathError> {
     OpenOptions::new()

@@ -14,6 +14,7 @@ use crate::serve::{ServeConfig, Service, ShutdownMode};
 use crate::sim::{Fault, Sim, SimConfig};
 
 pub async fn serve(args: ServeArgs) -> CmdResult {
+    let mut signals = Signals::install();
     let usage = |message: String, help: Option<&str>| {
         CmdError::new(
             exit_codes::USAGE,
@@ -92,16 +93,20 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         },
     };
     let service = Service::start(config).await.map_err(|e| {
-        let code =
-            match e {
-                crate::serve::ServeError::TokenRequired(_)
-                | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
-                crate::serve::ServeError::Template(..)
-                | crate::serve::ServeError::Workflow { .. } => exit_codes::INVALID_MANIFEST,
-                _ => exit_codes::IO_ERROR,
-            };
+        let code = match e {
+            crate::serve::ServeError::TokenRequired(_)
+            | crate::serve::ServeError::TokenTooShort(_)
+            | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
+            crate::serve::ServeError::Template(..) | crate::serve::ServeError::Workflow { .. } => {
+                exit_codes::INVALID_MANIFEST
+            }
+            _ => exit_codes::IO_ERROR,
+        };
         CmdError::new(code, UserError::new(e.to_string(), e.hint()))
     })?;
+    for warning in service.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
@@ -111,16 +116,16 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
     let _ = writeln!(out, "servers: {}", shown.join(", "));
     let _ = out.flush();
 
-    wait_for_signal().await;
+    signals.next().await;
     eprintln!(
         "stopping: new jobs get 503; jobs not yet posted stay queued for the next start; signal again to interrupt posted jobs"
     );
     let hurry = service.hurry();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         eprintln!("interrupting posted jobs; signal again to exit at once");
         let _ = hurry.send(true);
-        wait_for_signal().await;
+        signals.next().await;
         std::process::exit(exit_codes::INTERRUPTED);
     });
     let result = service.shutdown().await;
@@ -148,17 +153,37 @@ async fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| "resolves to no address".to_owned())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and Ctrl-C, caught from when this is made: a signal that arrives right after
+/// the "listening" line (a supervisor stopping a fresh service) stops it gracefully too.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                streams: signal(SignalKind::terminate())
+                    .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                    .ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,12 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+/// A job request is a few KB; two 64 KB prompts fit with room to spare.
+const BODY_LIMIT: usize = 1 << 20;
+/// What a 429 (and a 503 while stopping) tells a client to wait, in seconds.
+const RETRY_AFTER_SECS: u32 = 5;
+/// Off loopback a token is the only lock on the door: at least this many characters.
+pub(crate) const MIN_TOKEN_CHARS: usize = 16;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -39,6 +45,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/jobs/{id}", get(show).delete(cancel))
         .route("/jobs/{id}/image", get(image))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .with_state(app)
 }
@@ -55,6 +63,9 @@ struct ApiError {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     problems: Vec<FieldProblem>,
+    /// Answer with `Retry-After` (429; 503 while stopping).
+    #[serde(skip)]
+    retry_after: bool,
 }
 
 impl ApiError {
@@ -65,7 +76,13 @@ impl ApiError {
             field: None,
             reason: None,
             problems: Vec::new(),
+            retry_after: false,
         }
+    }
+
+    fn retry_later(mut self) -> ApiError {
+        self.retry_after = true;
+        self
     }
 
     fn invalid(problems: Vec<FieldProblem>) -> ApiError {
@@ -89,6 +106,7 @@ impl ApiError {
             field: Some(first.field),
             reason: Some(first.reason),
             problems,
+            retry_after: false,
         }
     }
 
@@ -99,19 +117,28 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status;
+        let (status, retry_after) = (self.status, self.retry_after);
         let mut response = (status, Json(self)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         response
     }
 }
 
-/// Every request but `/healthz` carries `Authorization: Bearer <token>` when a token is set.
+/// Refuse what a web page could make a browser send (see [`foreign`]); then, when a token
+/// is set, every request but `/healthz` carries `Authorization: Bearer <token>`.
 async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(refused) = foreign(&app, &request) {
+        return refused.into_response();
+    }
     let Some(token) = &app.token else {
         return next.run(request).await;
     };
@@ -122,8 +149,7 @@ async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Resp
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match given {
         Some(given) if same(given.as_bytes(), token.as_bytes()) => next.run(request).await,
         Some(_) => {
@@ -135,6 +161,55 @@ async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Resp
         )
         .into_response(),
     }
+}
+
+/// The token of `Bearer <token>`; the scheme name is case-insensitive (RFC 7235 §2.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A request a web page may have sent on the user's behalf: an `Origin` that is not this
+/// service (any page can POST to 127.0.0.1 from the user's browser), and, without a token,
+/// a `Host` that is not this service's address (DNS rebinding: `evil.example` resolving to
+/// 127.0.0.1 makes the page same-origin with the service). With a token, a page cannot send
+/// it, and the service may be reached under any name, so only the `Origin` is checked then.
+fn foreign(app: &App, request: &Request) -> Option<ApiError> {
+    let headers = request.headers();
+    let host = match headers.get(header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("")),
+        None => request.uri().authority().map(|a| a.as_str()),
+    };
+    if app.token.is_none()
+        && let Some(host) = host
+        && !app.answers_to(host)
+    {
+        return Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?} is not this service's address; without --token it answers only to {}",
+                app.own_hosts().join(", ")
+            ),
+        ));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("");
+    let ours = origin.strip_prefix("http://").is_some_and(|authority| {
+        app.answers_to(authority)
+            || (app.token.is_some() && host.is_some_and(|h| h.eq_ignore_ascii_case(authority)))
+    });
+    (!ours).then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "requests from web pages of another origin ({origin:?}) are refused; call the API from a program, or from a page served at {}",
+                app.own_hosts().join(", ")
+            ),
+        )
+    })
 }
 
 /// Compare without an early exit, so timing does not reveal how much of a guess was right.
@@ -160,13 +235,22 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         json!({"url": server.url(), "reachable": error.is_none(), "error": error})
     });
     let servers = futures::future::join_all(probes).await;
-    let ready = servers.iter().any(|s| s["reachable"] == true);
+    let output = app.table.journal_usable().err();
+    let ready = output.is_none() && servers.iter().any(|s| s["reachable"] == true);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ready { "ready" } else { "unavailable" }, "servers": servers});
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "servers": servers,
+        "output": {
+            "path": app.out_root.display().to_string(),
+            "usable": output.is_none(),
+            "error": output.map(|e| e.to_string()),
+        },
+    });
     (status, Json(body)).into_response()
 }
 
@@ -181,6 +265,13 @@ async fn not_found() -> ApiError {
     )
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method; see GET /openapi.json",
+    )
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Accepted {
@@ -189,15 +280,63 @@ struct Accepted {
     seed: u64,
 }
 
-async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is shutting down; try again after it restarts",
+        )
+        .retry_later());
+    }
+    // A page may send `text/plain` cross-site without asking first; `application/json`
+    // makes the browser ask (CORS preflight), which this service never grants.
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    if !media.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "a job request is JSON: send `Content-Type: application/json` (found {})",
+                media.map_or_else(|| "none".to_owned(), |m| format!("{m:?}"))
+            ),
+        ));
+    }
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!("the body is larger than {BODY_LIMIT} bytes; a job request is a few KB"),
+            )
+        } else {
+            ApiError::new(
+                status,
+                format!("the body could not be read: {}", rejection.body_text()),
+            )
+        }
+    })?;
+    if let Err(error) = app.table.journal_usable() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("jobs cannot be recorded: {error}; restart the service"),
         ));
     }
     let checked = request::parse(&body).map_err(ApiError::invalid)?;
     let request = checked.request;
+    let template = app.templates.template_for(&request);
+    let missing = app
+        .catalogue
+        .check(&request, |slot| template.uses(slot))
+        .await;
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(missing));
+    }
     // A key collision (same chapter, page and first 8 hex digits) is rare: draw again.
     for _ in 0..8 {
         let id = uuid::Uuid::new_v4();
@@ -216,11 +355,13 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Ap
             Ok(()) => {}
             Err(InsertError::KeyTaken(_)) => continue,
             Err(e @ InsertError::Full { .. }) => {
-                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()));
+                return Err(
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).retry_later()
+                );
             }
             Err(InsertError::Journal(e)) => {
                 return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                    StatusCode::SERVICE_UNAVAILABLE,
                     format!("the job was not accepted: {e}"),
                 ));
             }
@@ -339,9 +480,12 @@ async fn image(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Re
             "bad image path",
         ));
     }
-    let full = app.out_root.join(path);
-    match tokio::fs::read(&full).await {
-        Ok(bytes) => Ok((
+    // Never through a link: a symlink planted in the image folder would serve any file.
+    let root = app.out_root.clone();
+    let relative = path.clone();
+    let read = tokio::task::spawn_blocking(move || read_png_no_follow(&root, &relative)).await;
+    match read {
+        Ok(Ok(bytes)) => Ok((
             [
                 (header::CONTENT_TYPE, "image/png".to_owned()),
                 (
@@ -355,11 +499,31 @@ async fn image(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Re
             Body::from(bytes),
         )
             .into_response()),
-        Err(e) => Err(ApiError::new(
+        Ok(Err(e)) => Err(ApiError::new(
             StatusCode::GONE,
             format!("the image of job {id} ({path}) cannot be read any more: {e}"),
         )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the image of job {id} failed: {e}"),
+        )),
     }
+}
+
+/// The file at `root/relative`, opened without following any link on the way, and only if
+/// it is a PNG.
+fn read_png_no_follow(root: &std::path::Path, relative: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = crate::output::open_no_follow(root, relative)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not a PNG any more",
+        ));
+    }
+    Ok(bytes)
 }
 
 fn status_word(status: Status) -> &'static str {

@@ -236,6 +236,30 @@ impl Table {
         self.bump();
     }
 
+    /// Mark the job with this key complete with an image the ledger vouches for (written by
+    /// a process killed before it journaled the end). `image_path` is relative to the
+    /// output root, as the engine reports it.
+    pub fn complete_from_ledger(&self, key: &str, image_path: &str, prompt_id: &str) {
+        let mut inner = self.lock();
+        let Some(id) = inner.by_key.get(key).cloned() else {
+            return;
+        };
+        if let Some(entry) = inner.jobs.get_mut(&id) {
+            let record = &mut entry.record;
+            record.status = Status::Complete;
+            record.prompt_id = Some(prompt_id.to_owned());
+            record.error = None;
+            record.image_path = Some(image_path.to_owned());
+            record.image_file = image_path.rsplit('/').next().map(str::to_owned);
+            record.timings.finished_at = Some(now());
+            if let Err(error) = self.journal.append(record) {
+                tracing::warn!(%error, "failed to journal a recovered job");
+            }
+        }
+        drop(inner);
+        self.bump();
+    }
+
     pub fn get(&self, job_id: &str) -> Option<JobRecord> {
         self.lock().jobs.get(job_id).map(|e| e.record.clone())
     }
@@ -392,6 +416,11 @@ impl Table {
         drop(inner);
         self.bump();
         again
+    }
+
+    /// `Err` when the journal cannot take records any more (its file or folder was deleted).
+    pub fn journal_usable(&self) -> Result<(), PathError> {
+        self.journal.check()
     }
 
     /// fsync the journal and let the next service have it.

@@ -1,9 +1,11 @@
 //! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file in the style of
 //! the chapter ledger. A job's record is appended when it is created and again when it ends;
-//! on start the last record of each job wins. A torn last line (a crash mid-write) is
-//! skipped. After replay the file is rewritten atomically with one line per job, so it grows
+//! on start the last record of each job wins. A line that cannot be read (a torn last line
+//! after a crash mid-write, a damaged one) is copied to `jobs.jsonl.corrupt` and warned
+//! about before anything is rewritten; a line of a newer format refuses the start. After replay the file is rewritten atomically with one line per job, so it grows
 //! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
-//! only one service may use it: `jobs.lock` (holding the owner's pid) says who does.
+//! only one service may use it: an OS lock on `jobs.lock` (which shows the owner's pid) says
+//! who does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,7 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobRecord;
-use crate::output::{PathError, open_append, process_alive, write_atomic};
+use crate::output::{PathError, open_append, write_atomic};
 
 /// Journal format version, written in every line.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -29,71 +31,115 @@ struct Line {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<File>,
-    /// The lock file while we hold it.
-    lock: Mutex<Option<PathBuf>>,
+    /// `jobs.lock`, open and locked (an OS lock) while we own the journal.
+    lock: Mutex<Option<File>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{} is in use by another job service (pid {pid}, see {})", journal.display(), lock.display())]
+    #[error("{} is in use by another job service ({}, see {})", journal.display(), holder(*pid), lock.display())]
     Locked {
-        pid: u32,
+        /// What the holder wrote into the lock file (for humans; the OS lock decides).
+        pid: Option<u32>,
         journal: PathBuf,
         lock: PathBuf,
+    },
+    #[error("{} line {line} was written by a newer plasma-batch (journal format v{version}; this one reads v{JOURNAL_VERSION})", path.display())]
+    Newer {
+        path: PathBuf,
+        line: usize,
+        version: u64,
     },
     #[error(transparent)]
     Io(#[from] PathError),
 }
 
-/// Take `lock` for this process, unless a live process holds it.
-fn take_lock(lock: &Path, journal: &Path) -> Result<(), OpenError> {
-    let me = std::process::id();
-    loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(lock)
-        {
-            Ok(mut file) => {
-                file.write_all(me.to_string().as_bytes())
-                    .map_err(|e| PathError::new("write", lock, e))?;
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = std::fs::read_to_string(lock)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<u32>().ok());
-                if let Some(pid) = owner
-                    && process_alive(pid)
-                {
-                    return Err(OpenError::Locked {
-                        pid,
-                        journal: journal.to_owned(),
-                        lock: lock.to_owned(),
-                    });
-                }
-                // Its owner died (or it is torn): take it over.
-                std::fs::remove_file(lock).map_err(|e| PathError::new("remove", lock, e))?;
-            }
-            Err(e) => return Err(PathError::new("create", lock, e).into()),
-        }
+/// An opened journal: the jobs in it, and what could not be read (kept aside).
+#[derive(Debug)]
+pub struct Opened {
+    pub journal: Journal,
+    pub jobs: Vec<JobRecord>,
+    pub warnings: Vec<String>,
+}
+
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid unknown".to_owned(),
     }
 }
 
+/// Take `lock` for this process with an OS file lock (`flock`), which the kernel releases
+/// when the holder exits or dies, so a pid left in the file (our own after a container
+/// restart, a dead or zombie process) never blocks a restart. The pid is written for humans.
+fn take_lock(lock: &Path, journal: &Path) -> Result<File, OpenError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock)
+        .map_err(|e| PathError::new("open", lock, e))?;
+    // Through the crate's trait: std's own `File::try_lock` is newer than `rust-version`.
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(lock)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok());
+            return Err(OpenError::Locked {
+                pid,
+                journal: journal.to_owned(),
+                lock: lock.to_owned(),
+            });
+        }
+        Err(fs4::TryLockError::Error(e)) => return Err(PathError::new("lock", lock, e).into()),
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| PathError::new("write", lock, e))?;
+    Ok(file)
+}
+
 impl Journal {
-    /// Read every job (in creation order), compact the file, and open it for appending.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<JobRecord>), OpenError> {
+    /// Read every job (in creation order), keep unreadable lines aside, compact the file,
+    /// and open it for appending.
+    pub fn open(path: &Path) -> Result<Opened, OpenError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
-        let lock = path.with_extension("lock");
-        take_lock(&lock, path)?;
+        let lock = take_lock(&path.with_extension("lock"), path)?;
         let journal = Journal {
             path: path.to_owned(),
             file: Mutex::new(open_append(path)?),
             lock: Mutex::new(Some(lock)),
         };
-        let jobs = read(path)?;
+        let Replayed { jobs, unreadable } = read(path)?;
+        let mut warnings = Vec::new();
+        if !unreadable.is_empty() {
+            // Compaction drops what it cannot read: keep it first, synced, or do not start.
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let aside = PathBuf::from(aside);
+            let mut kept = Vec::new();
+            for (_, line) in &unreadable {
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
+            }
+            let mut file = open_append(&aside)?;
+            file.write_all(&kept)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| PathError::new("append to", &aside, e))?;
+            let lines: Vec<String> = unreadable.iter().map(|(n, _)| n.to_string()).collect();
+            warnings.push(format!(
+                "{}: {} line(s) could not be read (line {}; {}) and were left out; they are kept in {}",
+                path.display(),
+                unreadable.len(),
+                lines.join(", "),
+                unreadable_reason(&unreadable[0].1),
+                aside.display()
+            ));
+        }
         let mut compact = Vec::new();
         for job in &jobs {
             append_line(&mut compact, job);
@@ -101,23 +147,64 @@ impl Journal {
         write_atomic(path, &compact)?;
         // The compacted file replaced the one opened above.
         *journal.file.lock().expect("journal poisoned") = open_append(path)?;
-        Ok((journal, jobs))
+        Ok(Opened {
+            journal,
+            jobs,
+            warnings,
+        })
     }
 
     /// Let another service use the journal (at shutdown; also when dropped).
     pub fn release(&self) {
+        // Emptied, not removed: removing would let a third service lock a new file of the
+        // same name while a second one still waits on the old one. Closing it unlocks.
         if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
-            let _ = std::fs::remove_file(lock);
+            let _ = lock.set_len(0);
         }
     }
 
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
+    /// Refused when the file we hold is no longer the one at our path: appending to a
+    /// deleted file would lose the record while saying it was kept.
     pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
         let mut line = Vec::new();
         append_line(&mut line, job);
         let mut file = self.file.lock().expect("journal poisoned");
+        self.still_ours(&file)?;
         file.write_all(&line)
             .map_err(|e| PathError::new("append to", &self.path, e))
+    }
+
+    /// `Err` when the journal file was deleted or replaced since it was opened.
+    pub fn check(&self) -> Result<(), PathError> {
+        self.still_ours(&self.file.lock().expect("journal poisoned"))
+    }
+
+    fn still_ours(&self, file: &File) -> Result<(), PathError> {
+        let gone = |what: &str| {
+            PathError::new(
+                "append to",
+                &self.path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, what.to_owned()),
+            )
+        };
+        let on_disk = std::fs::metadata(&self.path)
+            .map_err(|_| gone("it was deleted (with the output folder?) while the service ran"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = file
+                .metadata()
+                .map_err(|e| PathError::new("read", &self.path, e))?;
+            if (held.dev(), held.ino()) != (on_disk.dev(), on_disk.ino()) {
+                return Err(gone(
+                    "it was replaced by another file while the service ran",
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (file, on_disk);
+        Ok(())
     }
 
     /// To stable storage (at shutdown; a process crash loses nothing already appended).
@@ -143,29 +230,72 @@ fn append_line(out: &mut Vec<u8>, job: &JobRecord) {
     out.push(b'\n');
 }
 
-/// The latest record of every job, in the order the jobs were first recorded.
-fn read(path: &Path) -> Result<Vec<JobRecord>, PathError> {
+/// What a journal file holds.
+struct Replayed {
+    /// The latest record of every job, in the order the jobs were first recorded.
+    jobs: Vec<JobRecord>,
+    /// Lines (1-based number, bytes) that are not a record.
+    unreadable: Vec<(usize, Vec<u8>)>,
+}
+
+fn read(path: &Path) -> Result<Replayed, OpenError> {
+    let mut replayed = Replayed {
+        jobs: Vec::new(),
+        unreadable: Vec::new(),
+    };
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(PathError::new("open", path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(replayed),
+        Err(e) => return Err(PathError::new("open", path, e).into()),
     };
-    let mut jobs: Vec<JobRecord> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for line in BufReader::new(file).split(b'\n') {
+    for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(|e| PathError::new("read", path, e))?;
-        let Ok(Line { job, .. }) = serde_json::from_slice::<Line>(&line) else {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        let job = match serde_json::from_slice::<Line>(&line) {
+            Ok(Line { job, .. }) => job,
+            Err(_) => {
+                if let Some(version) = newer_version(&line) {
+                    return Err(OpenError::Newer {
+                        path: path.to_owned(),
+                        line: number + 1,
+                        version,
+                    });
+                }
+                replayed.unreadable.push((number + 1, line));
+                continue;
+            }
         };
         match index.get(&job.job_id) {
-            Some(&at) => jobs[at] = job,
+            Some(&at) => replayed.jobs[at] = job,
             None => {
-                index.insert(job.job_id.clone(), jobs.len());
-                jobs.push(job);
+                index.insert(job.job_id.clone(), replayed.jobs.len());
+                replayed.jobs.push(job);
             }
         }
     }
-    Ok(jobs)
+    Ok(replayed)
+}
+
+/// The format version of a line a newer program wrote (whole JSON, `v` above ours).
+fn newer_version(line: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u64,
+    }
+    let Version { v } = serde_json::from_slice(line).ok()?;
+    (v > u64::from(JOURNAL_VERSION)).then_some(v)
+}
+
+/// Why a line is not a record, for the warning.
+fn unreadable_reason(line: &[u8]) -> String {
+    match serde_json::from_slice::<Line>(line) {
+        Err(e) if e.is_eof() => "it ends early, as a write cut short by a crash does".to_owned(),
+        Err(e) => format!("the first: {e}"),
+        Ok(_) => "it is a record".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -185,10 +315,10 @@ mod tests {
     }
 
     #[test]
-    fn the_last_line_of_a_job_wins_and_a_torn_line_is_skipped() {
+    fn the_last_line_of_a_job_wins_and_a_torn_line_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serve/jobs.jsonl");
-        let (journal, jobs) = Journal::open(&path).unwrap();
+        let Opened { journal, jobs, .. } = Journal::open(&path).unwrap();
         assert!(jobs.is_empty());
         let (a, b) = (record("aaaaaaaa"), record("bbbbbbbb"));
         journal.append(&a).unwrap();
@@ -200,7 +330,12 @@ mod tests {
         let mut file = open_append(&path).unwrap();
         file.write_all(br#"{"v":1,"job":{"jobId":"cc"#).unwrap();
         drop(file);
-        let (journal, jobs) = Journal::open(&path).unwrap();
+        let Opened {
+            journal,
+            jobs,
+            warnings,
+        } = Journal::open(&path).unwrap();
+        assert!(warnings[0].contains("ends early"), "{warnings:?}");
         assert!(matches!(
             Journal::open(&path),
             Err(OpenError::Locked { .. })
@@ -210,6 +345,58 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         journal.append(&record("cccccccc")).unwrap();
         journal.release();
-        assert_eq!(Journal::open(&path).unwrap().1.len(), 3);
+        assert_eq!(Journal::open(&path).unwrap().jobs.len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_line_is_kept_aside_and_a_newer_one_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let opened = Journal::open(&path).unwrap();
+        for id in ["aaaaaaaa", "bbbbbbbb", "cccccccc"] {
+            opened.journal.append(&record(id)).unwrap();
+        }
+        drop(opened);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let damaged = lines[1].replacen("\"jobId\"", "\"jobId\u{0}", 1);
+        std::fs::write(&path, format!("{}\n{damaged}\n{}\n", lines[0], lines[2])).unwrap();
+        let opened = Journal::open(&path).unwrap();
+        assert_eq!(opened.jobs.len(), 2);
+        assert!(
+            opened.warnings[0].contains("(line 2;"),
+            "{:?}",
+            opened.warnings
+        );
+        let aside = dir.path().join("serve/jobs.jsonl.corrupt");
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            format!("{damaged}\n")
+        );
+        drop(opened);
+        // Kept, not read again: the next start has nothing to warn about.
+        assert!(Journal::open(&path).unwrap().warnings.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            format!("{damaged}\n")
+        );
+
+        let newer = r#"{"v":2,"job":{"jobId":"dddddddd","whatever":true}}"#;
+        let mut file = open_append(&path).unwrap();
+        file.write_all(format!("{newer}\n").as_bytes()).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        match Journal::open(&path) {
+            Err(
+                e @ OpenError::Newer {
+                    line: 3,
+                    version: 2,
+                    ..
+                },
+            ) => {
+                assert!(e.to_string().contains("newer plasma-batch"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing rewritten");
     }
 }

@@ -3,6 +3,7 @@
 //! guarantees), tracked from the engine's events and persisted in a JSON-lines journal.
 //! This module never touches ComfyUI itself; the engine does.
 
+mod catalogue;
 mod http;
 pub mod jobs;
 pub mod journal;

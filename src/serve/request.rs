@@ -101,6 +101,11 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         )]);
     };
     let mut c = Checker::default();
+    // serde_json keeps the last of two equal keys without a word: which one the client
+    // meant is unknowable, so neither is taken.
+    for field in duplicate_keys(body) {
+        c.problem(&field, "is given more than once; give each field once");
+    }
     c.unknown(&map, "", &FIELDS);
     let prompt_text = match map.get("prompt_text") {
         None | Some(Value::Null) => {
@@ -135,14 +140,14 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         })
         .unwrap_or(Some(DEFAULT_CFG));
     let sampler = c
-        .optional(&map, "sampler", |c, v| c.text(v, "sampler", false))
+        .optional(&map, "sampler", |c, v| c.name(v, "sampler", false))
         .unwrap_or_else(|| Some(DEFAULT_SAMPLER.to_owned()));
     let scheduler = c
         .optional(&map, "scheduler", |c, v| c.scheduler(v))
         .unwrap_or_else(|| Some(DEFAULT_SCHEDULER.to_owned()));
     let checkpoint_name = c
         .optional(&map, "checkpoint_name", |c, v| {
-            c.text(v, "checkpoint_name", false)
+            c.name(v, "checkpoint_name", true)
         })
         .unwrap_or_else(|| Some(DEFAULT_CHECKPOINT.to_owned()));
     let lora = c.optional(&map, "lora", |c, v| c.lora(v));
@@ -241,6 +246,40 @@ impl Checker {
         Some(s.clone())
     }
 
+    /// A model or sampler name as the server lists it: never a path that climbs out of the
+    /// server's model folder or starts at its root. A subfolder (`sdxl/model.safetensors`)
+    /// may be a real model name, so `subfolders` leaves `/` to the servers' lists (see
+    /// `serve::catalogue`); a sampler name never has one.
+    fn name(&mut self, v: &Value, field: &str, subfolders: bool) -> Option<String> {
+        let name = self.text(v, field, false)?;
+        let parts = || name.split(['/', '\\']);
+        let reason = if name.chars().any(char::is_control) {
+            Some("must not contain control characters")
+        } else if name.starts_with(['/', '\\'])
+            || name
+                .as_bytes()
+                .get(..2)
+                .is_some_and(|b| b[0].is_ascii_alphabetic() && b[1] == b':')
+        {
+            Some("must be a name the server lists, not an absolute path")
+        } else if parts().any(|p| p == ".." || p == ".") {
+            Some("must be a name the server lists, not a path with `..` or `.`")
+        } else if !subfolders && name.contains(['/', '\\']) {
+            Some("must be a name the server lists, such as `euler`, not a path")
+        } else if parts().any(str::is_empty) {
+            Some("must be a name the server lists, not a path with an empty part")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                self.problem(field, format!("{reason}, found {name:?}"));
+                None
+            }
+            None => Some(name),
+        }
+    }
+
     fn integer(
         &mut self,
         v: &Value,
@@ -256,7 +295,19 @@ impl Checker {
             _ => None,
         };
         let Some(n) = n else {
-            self.problem(field, format!("must be an integer, found {}", describe(v)));
+            // Past 64 bits serde_json keeps only a float: its digits are not what was sent.
+            let huge = v
+                .as_f64()
+                .filter(|x| x.fract() == 0.0 && x.abs() >= 2f64.powi(63));
+            let reason = match huge {
+                Some(_) => format!(
+                    "is out of range: must be in {}..={} ({help})",
+                    range.start(),
+                    range.end()
+                ),
+                None => format!("must be an integer, found {}", describe(v)),
+            };
+            self.problem(field, reason);
             return None;
         };
         if !range.contains(&n) {
@@ -373,7 +424,7 @@ impl Checker {
                 self.problem("lora.name", "is required");
                 None
             }
-            Some(v) => self.text(v, "lora.name", false),
+            Some(v) => self.name(v, "lora.name", true),
         };
         let help = "LoraLoader takes strengths from -100.0 to 100.0 (1.0 is full strength)";
         let strength = |c: &mut Self, key: &str| match map.get(key) {
@@ -388,6 +439,94 @@ impl Checker {
             strength_clip: strength_clip?,
         })
     }
+}
+
+/// Dotted paths (`seed`, `lora.name`) of keys given twice in one object of `body`, which must
+/// be valid JSON.
+fn duplicate_keys(body: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct Walk<'a> {
+        path: String,
+        found: &'a mut Vec<String>,
+    }
+
+    impl Walk<'_> {
+        fn child(&mut self, name: &str) -> Walk<'_> {
+            let path = if self.path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{}.{name}", self.path)
+            };
+            Walk {
+                path,
+                found: self.found,
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq.next_element_seed(self.child(&i.to_string()))?.is_some() {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if seen.contains(&key) {
+                    let path = self.child(&key).path;
+                    if !self.found.contains(&path) {
+                        self.found.push(path);
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                map.next_value_seed(self.child(&key))?;
+                seen.insert(key);
+            }
+            Ok(())
+        }
+    }
+
+    let mut found = Vec::new();
+    let walk = Walk {
+        path: String::new(),
+        found: &mut found,
+    };
+    let _ = walk.deserialize(&mut serde_json::Deserializer::from_slice(body));
+    found
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -461,5 +600,83 @@ mod tests {
         assert_eq!(fields("[1]"), [""]);
         assert_eq!(fields("{"), [""]);
         assert_eq!(fields("{}"), ["prompt_text"]);
+    }
+
+    fn reason(body: &str, field: &str) -> String {
+        let problems = parse(body.as_bytes()).unwrap_err();
+        let problem = problems.iter().find(|p| p.field == field);
+        problem
+            .unwrap_or_else(|| panic!("no problem with {field} in {problems:?}"))
+            .reason
+            .clone()
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        assert_eq!(
+            fields(r#"{"prompt_text": "a", "seed": 1, "seed": 2, "seed": 3}"#),
+            ["seed"]
+        );
+        assert_eq!(
+            fields(r#"{"prompt_text": "a", "lora": {"name": "x", "name": "y"}}"#),
+            ["lora.name"]
+        );
+        assert!(
+            reason(r#"{"prompt_text": "a", "prompt_text": "b"}"#, "prompt_text")
+                .contains("more than once")
+        );
+        // Equal keys in different objects are fine.
+        parse(br#"{"prompt_text": "a", "resolution": {"width": 64, "height": 64}, "lora": {"name": "width"}}"#).unwrap();
+    }
+
+    #[test]
+    fn a_number_past_64_bits_is_out_of_range_not_a_float() {
+        let r = reason(
+            r#"{"prompt_text": "a", "seed": 18446744073709551616}"#,
+            "seed",
+        );
+        assert!(
+            r.starts_with("is out of range: must be in 0..=18446744073709551615"),
+            "{r}"
+        );
+        assert!(!r.contains("e+"), "{r}");
+        let r = reason(
+            r#"{"prompt_text": "a", "steps": -99999999999999999999}"#,
+            "steps",
+        );
+        assert!(
+            r.starts_with("is out of range: must be in 1..=10000"),
+            "{r}"
+        );
+        let r = reason(r#"{"prompt_text": "a", "seed": 5.0}"#, "seed");
+        assert_eq!(r, "must be an integer, found 5.0");
+    }
+
+    #[test]
+    fn model_and_sampler_names_are_names_not_paths() {
+        for (field, body) in [
+            (
+                "checkpoint_name",
+                r#""checkpoint_name": "../../etc/passwd""#,
+            ),
+            ("checkpoint_name", r#""checkpoint_name": "/etc/passwd""#),
+            (
+                "checkpoint_name",
+                r#""checkpoint_name": "C:\\models\\x.ckpt""#,
+            ),
+            ("checkpoint_name", r#""checkpoint_name": "sdxl\\..\\x""#),
+            ("checkpoint_name", r#""checkpoint_name": "a\u0000b""#),
+            ("checkpoint_name", r#""checkpoint_name": "sdxl//x""#),
+            ("lora.name", r#""lora": {"name": "../x.safetensors"}"#),
+            ("lora.name", r#""lora": {"name": "./x.safetensors"}"#),
+            ("sampler", r#""sampler": "euler/a""#),
+            ("sampler", r#""sampler": "..""#),
+        ] {
+            let body = format!(r#"{{"prompt_text": "a", {body}}}"#);
+            assert_eq!(fields(&body), [field], "{body}");
+        }
+        // A subfolder may be a real model name: the servers' lists decide.
+        let c = parse(br#"{"prompt_text": "a", "checkpoint_name": "sdxl/base.safetensors", "lora": {"name": "ink/v2.safetensors"}}"#).unwrap();
+        assert_eq!(c.request.checkpoint_name, "sdxl/base.safetensors");
     }
 }

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::catalogue::Catalogue;
 use super::http;
 use super::jobs::{Status, Table};
-use super::journal::{Journal, OpenError};
+use super::journal::{Journal, OpenError, Opened};
 use super::request::JobRequest;
 use crate::comfy::ComfyClient;
 use crate::engine::{Engine, EngineConfig, Outputs, Reattach, RunContext};
@@ -83,6 +84,11 @@ pub enum ServeError {
     TokenRequired(SocketAddr),
     #[error("the token is empty")]
     EmptyToken,
+    #[error(
+        "refusing to listen on {0} with a token shorter than {min} characters: it could be guessed",
+        min = super::http::MIN_TOKEN_CHARS
+    )]
+    TokenTooShort(SocketAddr),
     #[error("failed to listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -97,6 +103,8 @@ pub enum ServeError {
     Template(String, String),
     #[error("{0}")]
     InUse(String),
+    #[error("{0}")]
+    Newer(String),
     #[error(transparent)]
     Io(#[from] PathError),
 }
@@ -107,6 +115,10 @@ impl ServeError {
             ServeError::TokenRequired(_) | ServeError::EmptyToken => {
                 Some("pass --token SECRET (or set PLASMA_TOKEN), or listen on 127.0.0.1".to_owned())
             }
+            ServeError::TokenTooShort(_) => Some(format!(
+                "use a random token of at least {} characters, e.g. `openssl rand -hex 24`",
+                super::http::MIN_TOKEN_CHARS
+            )),
             ServeError::Bind { .. } => Some(
                 "pick another address with --listen, e.g. 127.0.0.1:0 for any free port".to_owned(),
             ),
@@ -116,6 +128,9 @@ impl ServeError {
             ),
             ServeError::InUse(_) => Some(
                 "stop the other `plasma-batch serve`, or give this one another --out".to_owned(),
+            ),
+            ServeError::Newer(_) => Some(
+                "run the plasma-batch that wrote it, or give this one another --out".to_owned(),
             ),
             ServeError::Io(e) => e.hint().map(str::to_owned),
         }
@@ -167,11 +182,16 @@ impl Templates {
 
     /// The job for a request: the LoRA template when a LoRA is given (unless `--workflow`
     /// overrides both). `Err` is the field and reason to answer with.
-    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
-        let template = match (&request.lora, &self.lora) {
+    /// The template a request fills.
+    pub(crate) fn template_for(&self, request: &JobRequest) -> &Template {
+        match (&request.lora, &self.lora) {
             (Some(_), Some(lora)) => lora,
             _ => &self.plain,
-        };
+        }
+    }
+
+    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
+        let template = self.template_for(request);
         let name = template.file().name();
         if request.lora.is_some() && !template.uses(Placeholder::LoraName) {
             return Err((
@@ -240,15 +260,52 @@ pub(crate) struct App {
     pub table: Arc<Table>,
     pub engine: Mutex<Option<Engine>>,
     pub templates: Templates,
+    /// The servers' model and sampler lists, for checking names at `POST /jobs`.
+    pub catalogue: Catalogue,
     pub servers: Vec<ComfyClient>,
     pub out_root: PathBuf,
     pub token: Option<String>,
+    /// The bound address (the real port when asked for port 0).
+    pub addr: SocketAddr,
     pub max_queue: usize,
     /// Set at shutdown: new jobs get 503.
     pub draining: AtomicBool,
 }
 
 impl App {
+    /// Whether `authority` (`host[:port]`, from `Host` or `Origin`) names this service: a
+    /// loopback name with our port, or the address we listen on.
+    pub fn answers_to(&self, authority: &str) -> bool {
+        let authority = authority.trim().to_ascii_lowercase();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
+            _ => (authority.as_str(), Some(80)),
+        };
+        if port != Some(self.addr.port()) {
+            return false;
+        }
+        let host = host.trim_end_matches('.');
+        let listening = match self.addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host == listening
+    }
+
+    /// The `host:port` values [`App::answers_to`] accepts, for error messages.
+    pub fn own_hosts(&self) -> Vec<String> {
+        let port = self.addr.port();
+        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .map(|h| format!("{h}:{port}"))
+            .collect();
+        let listening = self.addr.to_string();
+        if !self.addr.ip().is_unspecified() && !hosts.contains(&listening) {
+            hosts.push(listening);
+        }
+        hosts
+    }
+
     /// Cancel a key in the engine, if it still runs.
     pub fn cancel_in_engine(&self, key: &str) -> bool {
         match self.engine.lock().expect("engine slot poisoned").as_ref() {
@@ -268,6 +325,7 @@ impl App {
 /// A running job service. `shutdown` stops it gracefully.
 pub struct Service {
     addr: SocketAddr,
+    warnings: Vec<String>,
     app: Arc<App>,
     on_shutdown: ShutdownMode,
     cancel: Arc<watch::Sender<bool>>,
@@ -284,15 +342,30 @@ impl Service {
         {
             return Err(ServeError::EmptyToken);
         }
-        if !config.listen.ip().is_loopback() && config.token.is_none() {
-            return Err(ServeError::TokenRequired(config.listen));
+        if !config.listen.ip().is_loopback() {
+            match &config.token {
+                None => return Err(ServeError::TokenRequired(config.listen)),
+                Some(token) if token.trim().chars().count() < super::http::MIN_TOKEN_CHARS => {
+                    return Err(ServeError::TokenTooShort(config.listen));
+                }
+                Some(_) => {}
+            }
         }
         let templates = Templates::load(config.workflow.as_deref())?;
-        let (journal, records) = Journal::open(&config.out_root.join("serve").join("jobs.jsonl"))
-            .map_err(|e| match e {
-            OpenError::Io(e) => ServeError::Io(e),
-            locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
-        })?;
+        let Opened {
+            journal,
+            jobs: records,
+            warnings,
+        } = Journal::open(&config.out_root.join("serve").join("jobs.jsonl")).map_err(
+            |e| match e {
+                OpenError::Io(e) => ServeError::Io(e),
+                locked @ OpenError::Locked { .. } => ServeError::InUse(locked.to_string()),
+                newer @ OpenError::Newer { .. } => ServeError::Newer(newer.to_string()),
+            },
+        )?;
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
 
         // Jobs the last process did not finish run again: queued ones, and running ones
         // (re-attached to their prompt when the chapter ledger says it may still be there).
@@ -308,9 +381,14 @@ impl Service {
                 Err((_, reason)) => failed.push((record.job_id.clone(), reason)),
             }
         }
-        let reattach = reattachments(&config.out_root, &initial, &config.servers);
+        let Recovered { reattach, rendered } = recover(&config.out_root, &initial, &config.servers);
+        initial.retain(|job| !rendered.contains_key(&job.key));
         let urls: Vec<String> = config.servers.iter().map(|s| s.url().to_owned()).collect();
         let table = Arc::new(Table::new(journal, records, urls));
+        for (key, image) in rendered {
+            let path = crate::engine::relative(&config.out_root, &image.path);
+            table.complete_from_ledger(&key, &path, &image.prompt_id);
+        }
         for (job_id, reason) in failed {
             table.fail(
                 &job_id,
@@ -358,9 +436,11 @@ impl Service {
             table: table.clone(),
             engine: Mutex::new(Some(engine)),
             templates,
+            catalogue: Catalogue::new(&config.servers),
             servers: config.servers.clone(),
             out_root: config.out_root.clone(),
             token: config.token.clone(),
+            addr,
             max_queue: config.max_queue,
             draining: AtomicBool::new(false),
         });
@@ -388,6 +468,7 @@ impl Service {
         });
         Ok(Service {
             addr,
+            warnings,
             app,
             on_shutdown: config.on_shutdown,
             cancel: Arc::new(cancel_tx),
@@ -400,6 +481,11 @@ impl Service {
     /// The bound address (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the start found wrong but worked around (journal lines kept aside).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// `http://127.0.0.1:PORT` (a wildcard bind is shown as loopback, where it answers too).
@@ -464,27 +550,40 @@ impl Service {
     }
 }
 
-/// Prompts the last process posted for these jobs and never saw end, by the chapter ledgers.
-fn reattachments(
-    out_root: &Path,
-    jobs: &[Arc<Job>],
-    servers: &[ComfyClient],
-) -> HashMap<String, Reattach> {
+/// What the chapter ledgers say about the jobs the last process did not finish.
+struct Recovered {
+    /// Prompts it posted and never saw end: looked for on their server, not posted again.
+    reattach: HashMap<String, Reattach>,
+    /// Jobs whose image it wrote (the ledger vouches for it, the disk confirms it) before it
+    /// could journal the end: complete, not rendered again.
+    rendered: HashMap<String, ledger::VerifiedImage>,
+}
+
+fn recover(out_root: &Path, jobs: &[Arc<Job>], servers: &[ComfyClient]) -> Recovered {
     let mut chapters: Vec<u16> = jobs.iter().map(|j| j.chapter).collect();
     chapters.sort_unstable();
     chapters.dedup();
-    let mut found = HashMap::new();
+    let mut found = Recovered {
+        reattach: HashMap::new(),
+        rendered: HashMap::new(),
+    };
     for chapter in chapters {
-        let Ok(records) = ledger::read_records(&ChapterDirs::new(out_root, chapter).ledger())
-        else {
+        let dirs = ChapterDirs::new(out_root, chapter);
+        let Ok(records) = ledger::read_records(&dirs.ledger()) else {
             continue;
         };
         let open = ledger::open_submissions(&records);
+        let verified = ledger::verified_images(&dirs.root, &records);
         for job in jobs.iter().filter(|j| j.chapter == chapter) {
-            if let Some(open) = open.get(&job.key).filter(|o| job.hash == o.job_hash)
+            let image = verified
+                .get(&job.hash.to_string())
+                .and_then(|images| images.iter().find(|i| i.key == job.key));
+            if let Some(image) = image {
+                found.rendered.insert(job.key.clone(), image.clone());
+            } else if let Some(open) = open.get(&job.key).filter(|o| job.hash == o.job_hash)
                 && servers.iter().any(|s| s.url() == open.server)
             {
-                found.insert(
+                found.reattach.insert(
                     job.key.clone(),
                     Reattach {
                         server: open.server.clone(),

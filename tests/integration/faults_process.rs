@@ -548,3 +548,333 @@ async fn kill_9_twice_then_a_third_run_completes_without_duplicates() {
     assert!(plasma_batch::ledger::open_submissions(&records).is_empty());
     sim.shutdown().await;
 }
+
+/// A `plasma-batch serve --sim` child. A std child: one that is killed and not waited for
+/// stays a zombie, as a supervisor that has not reaped it yet would leave it.
+struct ServeChild {
+    child: Child,
+    url: String,
+}
+
+impl ServeChild {
+    /// `wrap` may put the binary behind a shell; waits for the "listening on" line.
+    fn start(out: &Path, wrap: impl FnOnce(Vec<String>) -> Vec<String>) -> ServeChild {
+        ServeChild::spawned(spawn_serve(wrap(serve_argv(out, None))))
+    }
+
+    /// On a ComfyUI server instead of the built-in simulator.
+    fn start_on(out: &Path, server: &str) -> ServeChild {
+        ServeChild::spawned(spawn_serve(serve_argv(out, Some(server))))
+    }
+
+    fn spawned((child, url): (Child, Result<String, String>)) -> ServeChild {
+        ServeChild {
+            child,
+            url: url.unwrap_or_else(|stderr| panic!("serve did not start:\n{stderr}")),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_exit(&mut self.child)
+    }
+}
+
+/// `serve` on `server`, or on the built-in simulator.
+fn serve_argv(out: &Path, server: Option<&str>) -> Vec<String> {
+    let bin = assert_cmd::cargo::cargo_bin("plasma-batch");
+    let mut argv = vec![bin.display().to_string(), "serve".into()];
+    match server {
+        Some(url) => argv.extend(["--server".into(), url.into()]),
+        None => argv.extend(["--sim".into(), "--sim-step-ms".into(), "1".into()]),
+    }
+    argv.extend([
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
+    argv
+}
+
+/// Start `argv` (`serve`) and wait for its first stdout line: `Ok(url)`, or `Err(stderr)` if it
+/// exited first (the child is then reaped).
+fn spawn_serve(argv: Vec<String>) -> (Child, Result<String, String>) {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_remove("PLASMA_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        // Keep reading so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let first = rx.recv_timeout(DEADLINE).expect("serve printed nothing");
+    match first.and_then(|l| {
+        l.strip_prefix("plasma-batch serve listening on ")
+            .map(str::to_owned)
+    }) {
+        Some(url) => (child, Ok(url)),
+        None => {
+            let code = wait_exit(&mut child);
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            (child, Err(format!("exit {code:?}\n{stderr}")))
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `Z` while `pid` is a zombie (Linux `/proc/PID/stat`).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn a_pid_left_in_the_serve_lock_file_never_blocks_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let lock = out.join("serve/jobs.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+
+    // The new process's own pid (a container restart reuses pids): written by the shell
+    // that then becomes the service with `exec`.
+    let service = ServeChild::start(&out, |argv| {
+        let mut sh = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("printf %s $$ > '{}'; exec \"$@\"", lock.display()),
+            "sh".to_owned(),
+        ];
+        sh.extend(argv);
+        sh
+    });
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        service.pid().to_string(),
+        "the lock file shows the holder's pid"
+    );
+    assert_eq!(service.stop(), Some(0));
+
+    // A zombie: killed, not reaped yet.
+    let mut zombie = Command::new("sleep").arg("60").spawn().unwrap();
+    zombie.kill().unwrap();
+    wait_for("the killed process to be a zombie", || {
+        process_state(zombie.id()) == Some('Z')
+    });
+    // A live process that is no service (pid 1), and a pid nobody has any more.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    for pid in [zombie.id(), 1, gone.id()] {
+        std::fs::write(&lock, pid.to_string()).unwrap();
+        let service = ServeChild::start(&out, |argv| argv);
+        assert_eq!(service.stop(), Some(0), "lock file holding pid {pid}");
+    }
+    zombie.wait().unwrap();
+}
+
+#[test]
+fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut first = ServeChild::start(&out, |argv| argv);
+    let (_, refused) = spawn_serve(serve_argv(&out, None));
+    let stderr = refused.expect_err("a second service started on the same --out");
+    assert!(stderr.starts_with("exit Some(5)"), "{stderr}");
+    // miette wraps long lines behind a `│` margin.
+    let stderr = stderr.replace('│', " ");
+    let stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        stderr.contains("in use by another job service")
+            && stderr.contains(&format!("pid {}", first.pid())),
+        "the refusal names the holder: {stderr}"
+    );
+
+    // kill -9 the holder and leave it unreaped: the kernel has dropped its lock anyway.
+    first.child.kill().unwrap();
+    wait_for("the killed service to be a zombie", || {
+        process_state(first.pid()) == Some('Z')
+    });
+    let second = ServeChild::start(&out, |argv| argv);
+    assert!(second.url.starts_with("http://127.0.0.1:"));
+    first.child.wait().unwrap();
+    assert_eq!(second.stop(), Some(0));
+}
+
+/// Every `image` record of a chapter ledger names a file that exists with the recorded size
+/// and sha256, no two name the same file, and every image on disk has one, or (a process
+/// killed between the link and that record) an `image_intent` with its sha256. Returns how
+/// many images there are.
+fn check_ledger_images(chapter_root: &Path) -> usize {
+    let records = read_records(&chapter_root.join("ledger.jsonl")).unwrap();
+    let mut named = HashSet::new();
+    for record in &records {
+        if let LedgerRecord::ImageIntent(entry) = record
+            && let path = chapter_root.join(&entry.file)
+            && path.exists()
+            && sha256_file(&path) == entry.sha256
+        {
+            named.insert(entry.file.clone());
+        }
+    }
+    let intended = named.clone();
+    named.clear();
+    for record in &records {
+        let LedgerRecord::Image(entry) = record else {
+            continue;
+        };
+        let path = chapter_root.join(&entry.file);
+        assert!(path.exists(), "{} is recorded but missing", entry.file);
+        assert_eq!(
+            sha256_file(&path),
+            entry.sha256,
+            "the record of {} ({}) does not match the file",
+            entry.file,
+            entry.key
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), entry.bytes);
+        assert!(
+            named.insert(entry.file.clone()),
+            "{} is named by two image records",
+            entry.file
+        );
+    }
+    for file in files_under(&chapter_root.join("raw/comfyui")) {
+        let file = format!("raw/comfyui/{file}");
+        assert!(
+            named.contains(&file) || intended.contains(&file),
+            "{file} has no image record"
+        );
+        named.insert(file);
+    }
+    named.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_on_one_chapter_record_only_what_their_links_created() {
+    // Both render the same 12 jobs at once: every page's versions are raced for.
+    let sim = sim_with(0, 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 3, 4, "");
+    let out = dir.path().join("out");
+    let a = Runner::start(&manifest, &out, &sim.url());
+    let b = Runner::start(&manifest, &out, &sim.url());
+    let ((code_a, err_a), (code_b, err_b)) = (a.wait(), b.wait());
+    assert_eq!(code_a, Some(0), "{err_a}");
+    assert_eq!(code_b, Some(0), "{err_b}");
+    let reports = check_reports(&out, &keys(&manifest));
+    let rendered: usize = reports
+        .iter()
+        .flat_map(|r| r.jobs.iter())
+        .filter(|j| j.status == ReportStatus::Succeeded)
+        .map(|j| j.images.len())
+        .sum();
+    assert_eq!(check_ledger_images(&out.join("ch-07")), rendered);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_mid_load_renders_no_job_twice() {
+    let sim = sim_with(0, 0, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let images = out.join("ch-01/raw/comfyui");
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for round in 1..=6u16 {
+        let mut service = {
+            let (out, url) = (out.clone(), sim.url());
+            tokio::task::spawn_blocking(move || ServeChild::start_on(&out, &url))
+                .await
+                .unwrap()
+        };
+        for _ in 0..6 {
+            let response = http
+                .post(format!("{}/jobs", service.url))
+                .json(&serde_json::json!({
+                    "prompt_text": "panel: a quiet harbour at night",
+                    "steps": 3, "page": round,
+                    "resolution": {"width": 64, "height": 96},
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let accepted: serde_json::Value = response.json().await.unwrap();
+            ids.push(accepted["jobId"].as_str().unwrap().to_owned());
+        }
+        // The moment an image gets its final name is the moment to kill: its job is not
+        // journaled as complete yet.
+        let images = images.clone();
+        let mut service = tokio::task::spawn_blocking(move || {
+            let before = count(&images);
+            let deadline = Instant::now() + DEADLINE;
+            while count(&images) == before {
+                assert!(Instant::now() < deadline, "no image was written");
+            }
+            service.child.kill().unwrap();
+            service
+        })
+        .await
+        .unwrap();
+        service.child.wait().unwrap();
+    }
+
+    // A last start finishes what is left.
+    let service = plasma_batch::serve::Service::start(crate::serve::config(&[&sim], &out))
+        .await
+        .unwrap();
+    let mut paths = HashSet::new();
+    for id in &ids {
+        let (job, _) = crate::serve::wait_job(&service.url(), id, |j| {
+            j["status"] != "queued" && j["status"] != "running"
+        })
+        .await;
+        assert_eq!(job["status"], "complete", "{job:#}");
+        let path = job["imagePath"].as_str().unwrap().to_owned();
+        assert!(paths.insert(path.clone()), "two jobs point to {path}");
+    }
+    service.shutdown().await.unwrap();
+    // One image per job, none without a job: nothing was rendered twice.
+    let on_disk: HashSet<String> = files_under(&images)
+        .into_iter()
+        .map(|f| format!("ch-01/raw/comfyui/{f}"))
+        .collect();
+    let orphans: Vec<&String> = on_disk.difference(&paths).collect();
+    let missing: Vec<&String> = paths.difference(&on_disk).collect();
+    assert!(
+        orphans.is_empty(),
+        "images no job points to (rendered twice): {orphans:?}"
+    );
+    assert!(missing.is_empty(), "jobs without their image: {missing:?}");
+    assert_eq!(check_ledger_images(&out.join("ch-01")), ids.len());
+    sim.shutdown().await;
+}

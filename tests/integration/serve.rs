@@ -16,7 +16,7 @@ use crate::support::*;
 /// Long enough for a slow, shared CI machine; polls end as soon as the state is reached.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
+pub(crate) fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         servers: sims.iter().map(|s| client(&s.url())).collect(),
@@ -122,7 +122,11 @@ async fn get_job(url: &str, id: &str) -> Value {
 }
 
 /// Poll the job until `done` holds for it; every status seen on the way, in order.
-async fn wait_job(url: &str, id: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<String>) {
+pub(crate) async fn wait_job(
+    url: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Vec<String>) {
     let start = Instant::now();
     let mut seen: Vec<String> = Vec::new();
     loop {
@@ -404,6 +408,7 @@ async fn every_field_is_validated_with_its_name_and_reason() {
     // Not JSON at all.
     let response = http()
         .post(format!("{url}/jobs"))
+        .header("content-type", "application/json")
         .body("{prompt_text")
         .send()
         .await
@@ -612,9 +617,15 @@ async fn a_full_queue_answers_429() {
     let url = service.url();
     let first = id_of(&post_job(&url, &small(json!({}))).await.1);
     assert_eq!(post_job(&url, &small(json!({}))).await.0, 202);
-    let (status, error) = post_job(&url, &small(json!({}))).await;
+    let (status, headers, error) = send(
+        http().post(format!("{url}/jobs")).json(&small(json!({}))),
+        "post",
+        "/jobs",
+    )
+    .await;
     assert_eq!(status, 429, "{error}");
     assert!(error["error"].as_str().unwrap().contains("--max-queue 2"));
+    assert_eq!(headers["retry-after"], "5");
     // A finished job frees its place.
     call(
         "delete",
@@ -678,7 +689,17 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
         Err(other) => panic!("refused for the wrong reason: {other}"),
         Ok(_) => panic!("listened on 0.0.0.0 without a token"),
     }
+    // A token that could be guessed is no lock.
     cfg.token = Some("s3cret".to_owned());
+    match Service::start(cfg.clone()).await {
+        Err(e @ ServeError::TokenTooShort(_)) => {
+            assert!(e.to_string().contains("shorter than 16 characters"), "{e}")
+        }
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("listened on 0.0.0.0 with a 6-character token"),
+    }
+    let token = "s3cret-0123456789";
+    cfg.token = Some(token.to_owned());
     let service = start(cfg).await;
     // Only ever talk to it over loopback.
     let url = format!("http://127.0.0.1:{}", service.addr().port());
@@ -687,14 +708,23 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
     assert_eq!(headers["www-authenticate"], "Bearer");
     let (status, _) = post_job(&url, &small(json!({}))).await;
     assert_eq!(status, 401);
-    for (token, expected) in [("wrong", 401), ("s3cret", 200)] {
+    // The scheme name is case-insensitive (RFC 7235); the token is not.
+    for (value, expected) in [
+        ("Bearer wrong-0123456789".to_owned(), 401),
+        (format!("Bearer {}", token.to_uppercase()), 401),
+        (format!("Bearer {token}"), 200),
+        (format!("bearer {token}"), 200),
+        (format!("BEARER  {token}"), 200),
+        (format!("Basic {token}"), 401),
+        (token.to_owned(), 401),
+    ] {
         let response = http()
             .get(format!("{url}/jobs"))
-            .bearer_auth(token)
+            .header("authorization", &value)
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), expected, "token {token}");
+        assert_eq!(response.status(), expected, "Authorization: {value}");
     }
     let response = http().get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200, "/healthz needs no token");
@@ -703,6 +733,43 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
 
 fn binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin("plasma-batch")
+}
+
+/// The real binary as `serve ARGS --listen 127.0.0.1:0 --out OUT` (stderr piped), once it
+/// printed its URL.
+async fn spawn_serve(
+    args: &[&str],
+    out: &Path,
+    token: Option<&str>,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .env_remove("PLASMA_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        command.env("PLASMA_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    let url = first
+        .strip_prefix("plasma-batch serve listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        .to_owned();
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
 }
 
 #[test]
@@ -722,34 +789,9 @@ fn the_binary_refuses_a_public_address_without_a_token() {
 
 #[tokio::test]
 async fn the_binary_serves_jobs_on_the_simulator_and_stops_on_sigterm() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args([
-            "serve",
-            "--sim",
-            "--sim-step-ms",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-        ])
-        .arg(dir.path())
-        .env("PLASMA_TOKEN", "t0ken")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("plasma-batch serve listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let (mut child, url) =
+        spawn_serve(&["--sim", "--sim-step-ms", "1"], dir.path(), Some("t0ken")).await;
     assert!(url.starts_with("http://127.0.0.1:"));
     let client = http();
     let response = client
@@ -885,7 +927,6 @@ async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
 
 #[tokio::test]
 async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_again() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(plasma_batch::sim::SimConfig {
         step_ms: 10,
@@ -893,31 +934,7 @@ async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_agai
     })
     .await
     .unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--server",
-            &sim.url(),
-            "--out",
-        ])
-        .arg(dir.path())
-        .env_remove("PLASMA_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("plasma-batch serve listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, url) = spawn_serve(&["--server", &sim.url()], dir.path(), None).await;
     let id = id_of(
         &post_job(&url, &small(json!({"steps": 100, "page": 6})))
             .await
@@ -1013,5 +1030,531 @@ async fn a_transient_server_error_is_retried_like_in_a_run() {
     assert_eq!(job["status"], "complete", "{job:#}");
     assert_eq!(job["attempts"], 2);
     assert_eq!(sim.stats().prompts_accepted, 1);
+    service.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_binary_refuses_a_short_token_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(binary())
+        .args(["serve", "--sim", "--listen", "0.0.0.0:0", "--out"])
+        .arg(dir.path())
+        .env("PLASMA_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shorter than 16 characters"), "{stderr}");
+    assert!(
+        !stderr.contains(" x "),
+        "the token is not printed: {stderr}"
+    );
+}
+
+/// A raw request: status, headers and the JSON body (checked against the document).
+async fn send(
+    request: reqwest::RequestBuilder,
+    method: &str,
+    template: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    assert_eq!(
+        headers["content-type"], "application/json",
+        "{method} {template} {status} is not JSON"
+    );
+    let body: Value = response.json().await.unwrap();
+    check_schema(method, template, status, &body);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn requests_a_web_page_could_send_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let port = service.addr().port();
+    let body = serde_json::to_string(&small(json!({}))).unwrap();
+
+    // The classic cross-site form post: text/plain needs no CORS preflight.
+    let (status, _, error) = send(
+        http()
+            .post(format!("{url}/jobs"))
+            .header("origin", "http://evil.example")
+            .header("content-type", "text/plain")
+            .body(body.clone()),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 403, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("evil.example"));
+    // The same from a program without an Origin: still not JSON.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = http().post(format!("{url}/jobs")).body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let (status, _, error) = send(request, "post", "/jobs").await;
+        assert_eq!(status, 415, "{content_type:?}: {error}");
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("application/json")
+        );
+    }
+    // A foreign Origin with JSON too, on every route, and `null` (sandboxed pages).
+    for origin in [
+        "http://evil.example",
+        "null",
+        "https://127.0.0.1",
+        &format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+    ] {
+        let (status, _, _) = send(
+            http()
+                .post(format!("{url}/jobs"))
+                .header("origin", origin)
+                .json(&small(json!({}))),
+            "post",
+            "/jobs",
+        )
+        .await;
+        assert_eq!(status, 403, "Origin {origin}");
+        let (status, _, _) = send(
+            http().get(format!("{url}/jobs")).header("origin", origin),
+            "get",
+            "/jobs",
+        )
+        .await;
+        assert_eq!(status, 403, "Origin {origin}");
+    }
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
+    for host in [format!("evil.example:{port}"), "127.0.0.1".to_owned()] {
+        for (method, path) in [("get", "/jobs"), ("get", "/healthz"), ("get", "/readyz")] {
+            let (status, _, error) = send(
+                http().get(format!("{url}{path}")).header("host", &host),
+                method,
+                path,
+            )
+            .await;
+            assert_eq!(status, 403, "Host {host} {path}: {error}");
+        }
+    }
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        0,
+        "nothing reached the server"
+    );
+
+    // The service's own names are fine, with or without an Origin.
+    for host in ["localhost", "127.0.0.1", "LOCALHOST", "[::1]"] {
+        let authority = format!("{host}:{port}");
+        let (status, _, accepted) = send(
+            http()
+                .post(format!("{url}/jobs"))
+                .header("host", &authority)
+                .header("origin", format!("http://{authority}"))
+                .json(&small(json!({}))),
+            "post",
+            "/jobs",
+        )
+        .await;
+        assert_eq!(status, 202, "{authority}: {accepted}");
+    }
+    service.shutdown().await.unwrap();
+
+    // With a token a page cannot authenticate, and the service may be reached by any name:
+    // only a foreign Origin is refused.
+    let mut cfg = config(&[&sim], dir.path());
+    cfg.token = Some("a-token-of-some-length".to_owned());
+    let service = start(cfg).await;
+    let url = service.url();
+    let authed = |request: reqwest::RequestBuilder| request.bearer_auth("a-token-of-some-length");
+    let (status, _, _) = send(
+        authed(http().get(format!("{url}/jobs"))).header("host", "gpu-box.lan:1234"),
+        "get",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(
+        authed(http().get(format!("{url}/jobs")))
+            .header("host", "gpu-box.lan:1234")
+            .header("origin", "http://gpu-box.lan:1234"),
+        "get",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 200, "same origin under another name");
+    let (status, _, _) = send(
+        authed(http().get(format!("{url}/jobs"))).header("origin", "http://evil.example"),
+        "get",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 403);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 1,
+        checkpoints: vec![
+            "AnythingXL_inkBase.safetensors".into(),
+            "sdxl/base_1.0.safetensors".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let service = start(config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let refused: &[(Value, &str, &str)] = &[
+        (
+            json!({"checkpoint_name": "../../etc/passwd"}),
+            "checkpoint_name",
+            "not a path with `..`",
+        ),
+        (
+            json!({"checkpoint_name": "/etc/passwd"}),
+            "checkpoint_name",
+            "not an absolute path",
+        ),
+        (
+            json!({"lora": {"name": "../loras/x.safetensors"}}),
+            "lora.name",
+            "not a path",
+        ),
+        (json!({"sampler": "../euler"}), "sampler", "not a path"),
+        (json!({"sampler": "euler/x"}), "sampler", "not a path"),
+        // Names the server does not list: refused with what it has.
+        (
+            json!({"checkpoint_name": "anythingxl_inkbase.safetensors"}),
+            "checkpoint_name",
+            "which has: AnythingXL_inkBase.safetensors, sdxl/base_1.0.safetensors",
+        ),
+        (
+            json!({"checkpoint_name": "sdxl/other.safetensors"}),
+            "checkpoint_name",
+            "is not on",
+        ),
+        (
+            json!({"lora": {"name": "inkline_v3.safetensors"}}),
+            "lora.name",
+            "did you mean \"inkline_v2.safetensors\"?",
+        ),
+        (
+            json!({"sampler": "eulr"}),
+            "sampler",
+            "did you mean \"euler\"?",
+        ),
+    ];
+    for (extra, field, reason) in refused {
+        let (status, error) = post_job(&url, &small(extra.clone())).await;
+        assert_eq!(status, 400, "{extra} was accepted");
+        assert_eq!(error["field"], *field, "{extra}: {error:#}");
+        let text = error["reason"].as_str().unwrap();
+        assert!(text.contains(reason), "{extra}: {text}");
+    }
+
+    // A key given twice, and a seed past 64 bits, in raw JSON.
+    for (raw, field, reason) in [
+        (
+            r#"{"prompt_text": "a", "seed": 1, "seed": 2}"#,
+            "seed",
+            "more than once",
+        ),
+        (
+            r#"{"prompt_text": "a", "seed": 18446744073709551616}"#,
+            "seed",
+            "is out of range: must be in 0..=18446744073709551615",
+        ),
+    ] {
+        let (status, _, error) = send(
+            http()
+                .post(format!("{url}/jobs"))
+                .header("content-type", "application/json")
+                .body(raw),
+            "post",
+            "/jobs",
+        )
+        .await;
+        assert_eq!(status, 400, "{raw}");
+        assert_eq!(error["field"], field);
+        let text = error["reason"].as_str().unwrap();
+        assert!(text.contains(reason) && !text.contains("e+19"), "{text}");
+    }
+
+    // 413 in the JSON error shape.
+    let huge = format!(r#"{{"prompt_text": "{}"}}"#, "a".repeat(2 << 20));
+    let (status, _, error) = send(
+        http()
+            .post(format!("{url}/jobs"))
+            .header("content-type", "application/json")
+            .body(huge),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert!(error["error"].as_str().unwrap().contains("larger than"));
+    // Another method on a route: JSON too.
+    let response = http().put(format!("{url}/jobs")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"].is_string());
+    assert_eq!(
+        sim.stats().prompts_accepted,
+        0,
+        "nothing reached the server"
+    );
+
+    // A model in a subfolder the server lists is a name like any other.
+    let (status, accepted) = post_job(
+        &url,
+        &small(json!({"checkpoint_name": "sdxl/base_1.0.safetensors"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let (job, _) = wait_job(&url, &id_of(&accepted), |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_no_server_list_a_subfolder_name_is_refused_and_plain_names_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut cfg = config(&[], dir.path());
+    cfg.servers = vec![client(&dead)];
+    let service = start(cfg).await;
+    let url = service.url();
+    let (status, error) = post_job(
+        &url,
+        &small(json!({"checkpoint_name": "sdxl/base_1.0.safetensors"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no server's list could be read"),
+        "{error}"
+    );
+    // The server decides about a plain name once it is up.
+    let (status, _) = post_job(
+        &url,
+        &small(json!({"checkpoint_name": "maybe.safetensors"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_link_planted_in_the_image_folder_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], &out)).await;
+    let url = service.url();
+    let mut files = Vec::new();
+    for page in 1..=3 {
+        let id = id_of(&post_job(&url, &small(json!({"page": page}))).await.1);
+        let (job, _) = wait_job(&url, &id, status_is("complete")).await;
+        files.push((id, out.join(job["imagePath"].as_str().unwrap())));
+    }
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "not for the web").unwrap();
+    // 1: the image replaced by a link to a file outside; 2: by a link to another image
+    // (a PNG, but still a link); 3: by a file that is not a PNG.
+    std::fs::remove_file(&files[0].1).unwrap();
+    std::os::unix::fs::symlink(&secret, &files[0].1).unwrap();
+    std::fs::remove_file(&files[1].1).unwrap();
+    std::os::unix::fs::symlink(&files[2].1, &files[1].1).unwrap();
+    let (_, third) = &files[2];
+    let png = std::fs::read(third).unwrap();
+    std::fs::write(third, "not for the web").unwrap();
+    for (id, path) in &files {
+        let response = http()
+            .get(format!("{url}/jobs/{id}/image"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 410, "{} was served", path.display());
+        let error: Value = response.json().await.unwrap();
+        check_schema("get", "/jobs/{id}/image", 410, &error);
+        assert!(!error.to_string().contains("not for the web"));
+    }
+    // Put back, it is served again.
+    std::fs::write(third, &png).unwrap();
+    let response = http()
+        .get(format!("{url}/jobs/{}/image", files[2].0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), png.as_slice());
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_output_folder_stops_accepting_jobs_and_readyz_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], &out)).await;
+    let url = service.url();
+    let id = id_of(&post_job(&url, &small(json!({}))).await.1);
+    wait_job(&url, &id, status_is("complete")).await;
+    let (status, ready, _) = call("get", &url, "/readyz", "/readyz", None).await;
+    assert_eq!(
+        (status, ready["output"]["usable"].as_bool()),
+        (200, Some(true))
+    );
+
+    std::fs::remove_dir_all(&out).unwrap();
+    let (status, ready, _) = call("get", &url, "/readyz", "/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["output"]["usable"], false);
+    assert!(
+        ready["output"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("jobs.jsonl")
+    );
+    let (status, error) = post_job(&url, &small(json!({}))).await;
+    assert_eq!(status, 503, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("deleted"),
+        "{error}"
+    );
+    assert_eq!(sim.stats().prompts_accepted, 1, "no job was started");
+    assert!(!out.exists(), "nothing was written after the folder went");
+    // The jobs already known still answer.
+    assert_eq!(get_job(&url, &id).await["status"], "complete");
+    let _ = service.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sim = sim(&[]).await;
+    let service = start(config(&[&sim], &out)).await;
+    let mut ids = Vec::new();
+    for page in 1..=3 {
+        let id = id_of(
+            &post_job(&service.url(), &small(json!({"page": page})))
+                .await
+                .1,
+        );
+        wait_job(&service.url(), &id, status_is("complete")).await;
+        ids.push(id);
+    }
+    service.shutdown().await.unwrap();
+    // A start compacts the journal to one line per job.
+    start(config(&[&sim], &out)).await.shutdown().await.unwrap();
+    let journal = out.join("serve/jobs.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].contains(&ids[1]));
+    // A damaged middle line: a byte flipped in a key.
+    lines[1] = lines[1].replacen("\"status\"", "\"st\u{1}tus\"", 1);
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+
+    // The real binary warns, naming the line and where it is kept.
+    let (child, _) = spawn_serve(&["--server", &sim.url()], &out, None).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("1 line(s) could not be read (line 2;")
+            && stderr.contains("jobs.jsonl.corrupt"),
+        "{stderr}"
+    );
+    let aside = out.join("serve/jobs.jsonl.corrupt");
+    assert_eq!(
+        std::fs::read_to_string(&aside).unwrap(),
+        format!("{}\n", lines[1]),
+        "the damaged line is kept byte for byte"
+    );
+
+    // Compaction left it out, but nothing was erased: the next start has nothing new to
+    // warn about, the other jobs answer, and the line is still kept.
+    let service = start(config(&[&sim], &out)).await;
+    assert!(service.warnings().is_empty(), "{:?}", service.warnings());
+    for id in [&ids[0], &ids[2]] {
+        assert_eq!(get_job(&service.url(), id).await["status"], "complete");
+    }
+    assert!(std::fs::read_to_string(&aside).unwrap().contains(&ids[1]));
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_the_names_the_template_fills_in_are_checked_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 1,
+        checkpoints: vec!["only.safetensors".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The shipped template fills in the default checkpoint, which this server lacks.
+    let service = start(config(&[&sim], &dir.path().join("a"))).await;
+    let (status, error) = post_job(&service.url(), &small(json!({}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["field"], "checkpoint_name");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("which has: only.safetensors"),
+        "{error}"
+    );
+    service.shutdown().await.unwrap();
+    // A template with its own checkpoint never sends the request's.
+    let template = std::fs::read_to_string(repo().join("workflows/txt2img.json"))
+        .unwrap()
+        .replace("{{checkpoint}}", "only.safetensors");
+    let workflow = dir.path().join("fixed.json");
+    std::fs::write(&workflow, template).unwrap();
+    let mut cfg = config(&[&sim], &dir.path().join("b"));
+    cfg.workflow = Some(workflow);
+    let service = start(cfg).await;
+    let (status, accepted) = post_job(&service.url(), &small(json!({}))).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (job, _) = wait_job(&service.url(), &id_of(&accepted), |j| {
+        j["status"] != "queued" && j["status"] != "running"
+    })
+    .await;
+    assert_eq!(job["status"], "complete", "{job:#}");
     service.shutdown().await.unwrap();
 }
