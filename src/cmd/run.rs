@@ -39,6 +39,21 @@ pub async fn run(args: RunArgs) -> CmdResult {
             ),
         ));
     }
+    let outage_window = match args.outage_window {
+        None => crate::engine::DEFAULT_OUTAGE_WINDOW,
+        Some(secs) if secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok() => {
+            Duration::from_secs_f64(secs)
+        }
+        Some(secs) => {
+            return Err(CmdError::new(
+                exit_codes::USAGE,
+                UserError::new(
+                    format!("--outage-window must be a positive number of seconds, not {secs}"),
+                    Some("e.g. --outage-window 600 waits up to ten minutes for a server that went away".to_owned()),
+                ),
+            ));
+        }
+    };
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
@@ -66,6 +81,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         engine: EngineConfig {
             timeout: Duration::from_secs_f64(timeout),
             retry_failed: args.retry_failed || plan.comfy.retry_failed,
+            outage_window,
             ..EngineConfig::default()
         }
         .with_fixed_depth(depth),
