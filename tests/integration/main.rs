@@ -3,7 +3,9 @@
 mod auth;
 mod cli;
 mod faults;
+mod faults_outage;
 mod faults_process;
+mod faults_sim_leftovers;
 mod manifest;
 mod report_schema;
 mod run;
