@@ -307,6 +307,7 @@ impl Engine {
             job_cancels: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
             servers: conns.clone(),
+            stopped: std::sync::OnceLock::new(),
             config,
             ctx,
         });
@@ -381,11 +382,17 @@ impl Engine {
         while self.connections.join_next().await.is_some() {}
         self.canceller.abort();
         let shared = &self.shared;
-        // Every server is gone (retired) while jobs remain: they cannot run anywhere.
+        // Jobs remain (handed back after the queue was closed, or every server is out of
+        // rotation): they cannot run anywhere.
         let mut no_server: Option<String> = None;
         for task in shared.queue.close() {
             let done = if shared.ctx.cancelled() {
                 task.cancelled_before_submission()
+            } else if let Some(reason) = shared.stopped.get() {
+                task.fail(
+                    JobStatus::Failed,
+                    JobError::new(ErrorKind::Io, reason.clone()),
+                )
             } else {
                 let message = no_server.get_or_insert_with(|| shared.no_server_left());
                 task.fail(
@@ -412,6 +419,8 @@ struct Shared {
     /// Attempts under way (posted, or finished and not yet written), over all servers.
     unwritten: Arc<Semaphore>,
     servers: Vec<Arc<ServerConn>>,
+    /// Why the queue was closed to new work (a local write failure), if it was.
+    stopped: std::sync::OnceLock<String>,
 }
 
 /// A job's end, with the job it belongs to.
@@ -434,13 +443,12 @@ impl Shared {
         if let Some(message) = local_failure
             && self.config.stop_on_local_failure
         {
+            let reason = format!("not started after a local write failure: {message}");
             for task in self.queue.close() {
-                let error = JobError::new(
-                    ErrorKind::Io,
-                    format!("not started after a local write failure: {message}"),
-                );
+                let error = JobError::new(ErrorKind::Io, reason.clone());
                 self.record(task.fail(JobStatus::Failed, error));
             }
+            let _ = self.stopped.set(reason);
         }
     }
 
@@ -495,10 +503,7 @@ impl Shared {
         let why: Vec<String> = self
             .servers
             .iter()
-            .map(|c| {
-                let reason = c.retired_reason().unwrap_or_else(|| "stopped".to_owned());
-                format!("{} {reason}", c.client.url())
-            })
+            .filter_map(|c| Some(format!("{} {}", c.client.url(), c.retired_reason()?)))
             .collect();
         format!(
             "no server is left to run this job: {}; bring a server back and run again \
@@ -1685,8 +1690,12 @@ async fn wait_for_end(
                     }
                     Err(err) => {
                         http_failures += 1;
+                        // A prompt that was running when its server went away may be what
+                        // brought it down: that costs the job a restart loss (bounded),
+                        // while one that only waited there costs nothing.
+                        let away = |reason: String| if task.running { Attempt::Transient(reason) } else { Attempt::Unreachable(reason) };
                         if conn.is_retired() {
-                            return Err(Attempt::Unreachable(format!("{} was taken out of rotation: {err}", conn.client.url())));
+                            return Err(away(format!("{} was taken out of rotation: {err}", conn.client.url())));
                         }
                         // Long enough away, with another server up: render it there (the
                         // prompt may still finish here too, if this server comes back
@@ -1695,7 +1704,7 @@ async fn wait_for_end(
                             && down_for >= config.handover_after
                             && shared.other_server_up(conn.index)
                         {
-                            return Err(Attempt::Unreachable(format!(
+                            return Err(away(format!(
                                 "{} unreachable for {}: {err}; the job moves to another server",
                                 conn.client.url(),
                                 seconds(down_for)
