@@ -507,7 +507,8 @@ impl Shared {
             .collect();
         format!(
             "no server is left to run this job: {}; bring a server back and run again \
-             (jobs already rendered are skipped), or wait longer for one with --outage-window SECONDS",
+             (jobs already rendered are skipped), or wait longer for one with --outage-window SECONDS \
+             ([comfy] outage_window)",
             why.join("; ")
         )
     }

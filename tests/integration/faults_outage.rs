@@ -167,10 +167,12 @@ struct KilledMidRun {
     _dir: tempfile::TempDir,
 }
 
-fn killed_mid_run(sim_args: &[&str], run_args: &[&str]) -> KilledMidRun {
+fn killed_mid_run(sim_args: &[&str], run_args: &[&str], comfy: &str) -> KilledMidRun {
     let mut sim = SimProcess::start(sim_args);
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 4, 2, "");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n[comfy]\n{comfy}\n")).unwrap();
     let out = dir.path().join("out");
     let mut runner = run_with(&manifest, &out, &sim.url, run_args);
     runner.wait_line("  ok ");
@@ -192,7 +194,7 @@ fn a_server_gone_past_the_outage_window_fails_the_rest_naming_it() {
         manifest,
         out,
         _dir,
-    } = killed_mid_run(&["--step-ms", "20"], &["--outage-window", "2"]);
+    } = killed_mid_run(&["--step-ms", "20"], &[], "outage_window = 2");
     let (code, stderr) = runner.wait();
     assert_eq!(code, Some(1), "{stderr}");
     let url = &sim.url;
@@ -237,7 +239,7 @@ fn a_server_killed_and_started_again_by_hand_is_waited_for() {
         manifest,
         out,
         _dir,
-    } = killed_mid_run(&["--step-ms", "10"], &[]);
+    } = killed_mid_run(&["--step-ms", "10"], &[], "");
     runner.wait_line(&format!("warn {} unreachable", first.url));
     let second = SimProcess::start(&["--step-ms", "10", "--port", &first.port()]);
     assert_eq!(second.url, first.url);
