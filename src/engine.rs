@@ -1041,7 +1041,9 @@ async fn connection_task(
                     }
                     let end = pump(&shared, &conn, &mut ws, &mut stop).await;
                     let _ = conn.up.send_replace(false);
-                    conn.unreachable();
+                    // The outage starts now: a mark an attempt left while the socket was up
+                    // may be old (nothing since proved the server reachable over HTTP).
+                    *conn.outage_since() = Some(Instant::now());
                     conn.epoch.fetch_add(1, Ordering::SeqCst);
                     // Close before the same clientId is used again (protocol §1.1): a late close
                     // of this socket would otherwise unregister the new one.
