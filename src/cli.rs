@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// Retry jobs that failed deterministically (validation, node error, timeout) too.
     #[arg(long)]
     pub retry_failed: bool,
+    /// How long a server that stopped answering is waited for (retried with backoff, jobs
+    /// waiting) before it is out of rotation for good (default: manifest, else 600).
+    #[arg(long, value_name = "SECONDS")]
+    pub outage_window: Option<f64>,
     /// Print only the final summary.
     #[arg(long, conflicts_with = "json")]
     pub quiet: bool,

@@ -44,10 +44,18 @@ use crate::ledger::{ImageEntry, LEDGER_VERSION, Ledger, LedgerRecord};
 use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
 use crate::plan::Job;
 
-/// Attempts of one job that a server restart may cost without using up its
-/// `transient_retries`: losing a prompt to a restart is not the job's fault, but a server
-/// that restarts forever must not keep a job alive forever either.
+/// Attempts of one job that a server restart may cost while the job was running there,
+/// without using up its `transient_retries`: losing a prompt to a restart is not the job's
+/// fault, but a prompt that brings its server down every time must not be posted forever.
 const MAX_RESTART_LOSSES: u32 = 5;
+
+/// Prompts that were only waiting on a server when it restarted (never started there), per
+/// job, before such losses count as transient failures: they cannot be what brought it down.
+const MAX_QUEUED_LOSSES: u32 = 20;
+
+/// How long a server may be unreachable before it is out of rotation for good (`run
+/// --outage-window`): a restart, a reboot or a network blip is waited for, not failed.
+pub const DEFAULT_OUTAGE_WINDOW: Duration = Duration::from_secs(600);
 
 /// Largest image body accepted from `/view`.
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
@@ -70,8 +78,13 @@ pub struct EngineConfig {
     pub stall: Duration,
     /// WebSocket pings, so a dead link is noticed even while nothing happens.
     pub ping_interval: Duration,
-    /// A server unreachable for this long is taken out of rotation; its jobs move on.
-    pub retire_after: Duration,
+    /// A server unreachable (socket lost, connections refused, no answer) is retried with
+    /// capped backoff and jobs wait for it; only an outage this long takes it out of
+    /// rotation for good. With every server out, the remaining jobs fail.
+    pub outage_window: Duration,
+    /// Prompts on a server unreachable this long are rendered again on another server
+    /// that is up (if none is, they keep waiting for theirs).
+    pub handover_after: Duration,
     /// Waiting for the first `status` frame after connecting.
     pub handshake_timeout: Duration,
     /// Image downloads at once, over all servers.
@@ -110,7 +123,8 @@ impl Default for EngineConfig {
             retry_failed: false,
             stall: Duration::from_secs(20),
             ping_interval: Duration::from_secs(10),
-            retire_after: Duration::from_secs(60),
+            outage_window: DEFAULT_OUTAGE_WINDOW,
+            handover_after: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             downloads: 8,
             backoff: Duration::from_millis(200),
@@ -280,6 +294,11 @@ impl Engine {
         }
         let depth = config.in_flight_max.max(config.in_flight).max(1);
         let unwritten = depth * servers.len() + 2 * config.downloads.max(1);
+        let conns: Vec<Arc<ServerConn>> = servers
+            .into_iter()
+            .enumerate()
+            .map(|(index, client)| Arc::new(ServerConn::new(index, client, &config)))
+            .collect();
         let shared = Arc::new(Shared {
             unwritten: Arc::new(Semaphore::new(unwritten)),
             queue: JobQueue::new(ready, reattach),
@@ -287,14 +306,15 @@ impl Engine {
             keep_outcomes,
             job_cancels: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
+            servers: conns.clone(),
+            stopped: std::sync::OnceLock::new(),
             config,
             ctx,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut workers = JoinSet::new();
         let mut connections = JoinSet::new();
-        for (index, client) in servers.into_iter().enumerate() {
-            let conn = Arc::new(ServerConn::new(index, client, &shared.config));
+        for conn in conns {
             connections.spawn(connection_task(
                 shared.clone(),
                 conn.clone(),
@@ -362,17 +382,22 @@ impl Engine {
         while self.connections.join_next().await.is_some() {}
         self.canceller.abort();
         let shared = &self.shared;
-        // Every server is gone (retired) while jobs remain: they cannot run anywhere.
+        // Jobs remain (handed back after the queue was closed, or every server is out of
+        // rotation): they cannot run anywhere.
+        let mut no_server: Option<String> = None;
         for task in shared.queue.close() {
             let done = if shared.ctx.cancelled() {
                 task.cancelled_before_submission()
-            } else {
+            } else if let Some(reason) = shared.stopped.get() {
                 task.fail(
                     JobStatus::Failed,
-                    JobError::new(
-                        ErrorKind::Server,
-                        "no server is left to run this job: every server was taken out of rotation",
-                    ),
+                    JobError::new(ErrorKind::Io, reason.clone()),
+                )
+            } else {
+                let message = no_server.get_or_insert_with(|| shared.no_server_left());
+                task.fail(
+                    JobStatus::Failed,
+                    JobError::new(ErrorKind::Server, message.clone()),
                 )
             };
             shared.finish(done);
@@ -393,6 +418,9 @@ struct Shared {
     downloads: Arc<Semaphore>,
     /// Attempts under way (posted, or finished and not yet written), over all servers.
     unwritten: Arc<Semaphore>,
+    servers: Vec<Arc<ServerConn>>,
+    /// Why the queue was closed to new work (a local write failure), if it was.
+    stopped: std::sync::OnceLock<String>,
 }
 
 /// A job's end, with the job it belongs to.
@@ -415,13 +443,12 @@ impl Shared {
         if let Some(message) = local_failure
             && self.config.stop_on_local_failure
         {
+            let reason = format!("not started after a local write failure: {message}");
             for task in self.queue.close() {
-                let error = JobError::new(
-                    ErrorKind::Io,
-                    format!("not started after a local write failure: {message}"),
-                );
+                let error = JobError::new(ErrorKind::Io, reason.clone());
                 self.record(task.fail(JobStatus::Failed, error));
             }
+            let _ = self.stopped.set(reason);
         }
     }
 
@@ -448,6 +475,44 @@ impl Shared {
         self.queue.finish_one();
     }
 
+    /// Take `conn` out of rotation for good (once), saying why.
+    fn retire(&self, conn: &ServerConn, reason: String) {
+        if conn.retire(reason.clone()) {
+            self.emit_server(conn, ServerState::Retired(reason));
+        }
+    }
+
+    fn emit_server(&self, conn: &ServerConn, state: ServerState) {
+        self.ctx.emit(Event::Server {
+            server: conn.index,
+            state,
+        });
+    }
+
+    /// Whether a server other than `index` is in rotation with its socket up, so a job
+    /// stuck on `index` can go there.
+    fn other_server_up(&self, index: usize) -> bool {
+        self.servers
+            .iter()
+            .any(|c| c.index != index && !c.is_retired() && *c.up.borrow())
+    }
+
+    /// The error of a job left when every server is out of rotation: each server and why,
+    /// and what to do.
+    fn no_server_left(&self) -> String {
+        let why: Vec<String> = self
+            .servers
+            .iter()
+            .filter_map(|c| Some(format!("{} {}", c.client.url(), c.retired_reason()?)))
+            .collect();
+        format!(
+            "no server is left to run this job: {}; bring a server back and run again \
+             (jobs already rendered are skipped), or wait longer for one with --outage-window SECONDS \
+             ([comfy] outage_window)",
+            why.join("; ")
+        )
+    }
+
     /// Exponential backoff with jitter for the n-th retry (1-based).
     fn backoff(&self, retry: u32) -> Duration {
         let base = self
@@ -465,8 +530,15 @@ struct Task {
     /// Attempts made so far (posted or tried to post).
     attempts: u32,
     transient_failures: u32,
-    /// Transient failures caused by a server restart or socket loss during the attempt.
+    /// Transient failures caused by a server restart or socket loss while the prompt ran.
     restart_losses: u32,
+    /// The same while the prompt only waited in the server's queue.
+    queued_losses: u32,
+    /// Attempts that found the server unreachable: they cost the job nothing (the server's
+    /// outage window bounds them) but set the backoff.
+    unreachable: u32,
+    /// The current attempt's prompt started running on the server.
+    running: bool,
     deterministic_failures: u32,
     server: Option<String>,
     prompt_id: Option<String>,
@@ -483,6 +555,9 @@ impl Task {
             attempts: 0,
             transient_failures: 0,
             restart_losses: 0,
+            queued_losses: 0,
+            unreachable: 0,
+            running: false,
             deterministic_failures: 0,
             server: None,
             prompt_id: None,
@@ -609,6 +684,23 @@ impl JobQueue {
         }
     }
 
+    /// Returns once no job will be handed out any more: every job finished and no more may
+    /// come, or the queue was closed.
+    async fn done(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.state.lock().expect("queue poisoned");
+                if state.closed || (state.outstanding == 0 && !state.accepting) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// A new job; `false` once the queue is closed or no longer accepting.
     fn push(&self, job: Arc<Job>) -> bool {
         let mut state = self.state.lock().expect("queue poisoned");
@@ -666,8 +758,8 @@ impl JobQueue {
 /// What a prompt's waiter hears from the connection task.
 enum Signal {
     Message(ServerMessage),
-    /// The socket dropped: messages may have been lost; reconcile over HTTP.
-    Disconnected,
+    /// The socket dropped or came back: messages may have been lost; reconcile over HTTP.
+    Reconcile,
 }
 
 /// One server: its client, its socket state, and the routes of its prompts.
@@ -682,6 +774,11 @@ struct ServerConn {
     up: watch::Sender<bool>,
     retired: AtomicBool,
     retired_notify: Notify,
+    retired_reason: Mutex<Option<String>>,
+    /// Since when the server has been unreachable; `None` while it is reachable. Set when
+    /// the socket is lost or an attempt cannot reach the server; ended by a confirmed
+    /// socket, or by an answered POST while the socket stayed up.
+    outage_since: Mutex<Option<Instant>>,
     /// Transient failures since the last success on this server.
     consecutive_failures: AtomicU32,
     /// Sockets lost so far: an attempt that sees it change lived through a drop or restart.
@@ -704,6 +801,8 @@ impl ServerConn {
             up: watch::channel(false).0,
             retired: AtomicBool::new(false),
             retired_notify: Notify::new(),
+            retired_reason: Mutex::new(None),
+            outage_since: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
             counted_epoch: AtomicU64::new(u64::MAX),
@@ -746,9 +845,9 @@ impl ServerConn {
         }
     }
 
-    fn broadcast_disconnect(&self) {
+    fn broadcast_reconcile(&self) {
         for route in self.routes.lock().expect("routes poisoned").values() {
-            let _ = route.send(Signal::Disconnected);
+            let _ = route.send(Signal::Reconcile);
         }
     }
 
@@ -780,10 +879,48 @@ impl ServerConn {
         self.retired.load(Ordering::SeqCst)
     }
 
-    fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
+    /// Out of rotation for good; `false` if it already was.
+    fn retire(&self, reason: String) -> bool {
+        let mut why = self.retired_reason.lock().expect("retired reason poisoned");
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        *why = Some(reason);
+        drop(why);
         self.retired_notify.notify_waiters();
-        self.broadcast_disconnect();
+        self.broadcast_reconcile();
+        true
+    }
+
+    fn retired_reason(&self) -> Option<String> {
+        self.retired_reason
+            .lock()
+            .expect("retired reason poisoned")
+            .clone()
+    }
+
+    fn outage_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.outage_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the server has been unreachable, if it is.
+    fn outage(&self) -> Option<Duration> {
+        self.outage_since().map(|since| since.elapsed())
+    }
+
+    /// The server could not be reached: start an outage (if none is under way); its length.
+    fn unreachable(&self) -> Duration {
+        self.outage_since()
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// A POST was answered: an outage an attempt saw while the socket stayed up is over
+    /// (one the socket saw ends only with a confirmed socket).
+    fn answered(&self) {
+        if *self.up.borrow() {
+            *self.outage_since() = None;
+        }
     }
 
     /// Wait until the socket is confirmed open. `false` if the server was retired.
@@ -828,7 +965,13 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<T
         let Ok(unwritten) = shared.unwritten.clone().acquire_owned().await else {
             break;
         };
-        if !conn.wait_up().await {
+        // A server that is away keeps its loop waiting here; once every job is done (or
+        // the queue closed) there is nothing left to wait for it for.
+        let up = tokio::select! {
+            up = conn.wait_up() => up,
+            _ = shared.queue.done() => false,
+        };
+        if !up {
             break;
         }
         let retired = conn.retired_notify.notified();
@@ -862,83 +1005,115 @@ async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<T
 }
 
 /// Keep the socket open: connect, read and route frames, ping, reconnect with backoff.
+/// While the server cannot be reached it is in an outage: retried with capped exponential
+/// backoff, its jobs waiting, until the outage outlasts `outage_window`.
 async fn connection_task(
     shared: Arc<Shared>,
     conn: Arc<ServerConn>,
     mut stop: watch::Receiver<bool>,
 ) {
     let config = &shared.config;
-    let mut down_since: Option<Instant> = None;
     let mut failures: u32 = 0;
     loop {
         if *stop.borrow() {
             return;
         }
         let client_id = conn.client_id();
-        match WsConnection::connect(&conn.client, &client_id, config.handshake_timeout).await {
-            Ok(mut ws) => {
-                tracing::debug!(server = conn.client.url(), sid = %ws.sid, "socket confirmed");
-                failures = 0;
-                let _ = conn.up.send_replace(true);
-                shared.ctx.emit(Event::Server {
-                    server: conn.index,
-                    state: ServerState::Connected,
-                });
-                let end = pump(&shared, &conn, &mut ws, &mut stop).await;
-                let _ = conn.up.send_replace(false);
-                conn.epoch.fetch_add(1, Ordering::SeqCst);
-                // Close before the same clientId is used again (protocol §1.1): a late close
-                // of this socket would otherwise unregister the new one.
-                ws.close().await;
-                let reason = match end {
-                    SocketEnd::Stopped => {
-                        conn.broadcast_disconnect();
+        let reason =
+            match WsConnection::connect(&conn.client, &client_id, config.handshake_timeout).await {
+                Ok(mut ws) => {
+                    tracing::debug!(server = conn.client.url(), sid = %ws.sid, "socket confirmed");
+                    failures = 0;
+                    let outage = conn.outage_since().take();
+                    let _ = conn.up.send_replace(true);
+                    shared.emit_server(
+                        &conn,
+                        match outage {
+                            Some(since) => ServerState::Back {
+                                down_for: since.elapsed(),
+                            },
+                            None => ServerState::Connected,
+                        },
+                    );
+                    if outage.is_some() {
+                        // Waiters back off while the server is away: ask about their prompts now.
+                        conn.broadcast_reconcile();
+                    }
+                    let end = pump(&shared, &conn, &mut ws, &mut stop).await;
+                    let _ = conn.up.send_replace(false);
+                    // The outage starts now: a mark an attempt left while the socket was up
+                    // may be old (nothing since proved the server reachable over HTTP).
+                    *conn.outage_since() = Some(Instant::now());
+                    conn.epoch.fetch_add(1, Ordering::SeqCst);
+                    // Close before the same clientId is used again (protocol §1.1): a late close
+                    // of this socket would otherwise unregister the new one.
+                    ws.close().await;
+                    let reason = match end {
+                        SocketEnd::Stopped => {
+                            conn.broadcast_reconcile();
+                            return;
+                        }
+                        SocketEnd::Closed(reason) => reason,
+                        SocketEnd::Silent(reason) => {
+                            // A zombie reads nothing, so our close never reaches the server, which
+                            // still has it registered under our id and will unregister that id
+                            // (§1.1: by id, not by socket) whenever it notices the socket is dead,
+                            // silently orphaning a new socket that reuses it. Use a fresh id;
+                            // prompts posted under the old one are followed over HTTP.
+                            *conn.client_id.lock().expect("client id poisoned") =
+                                uuid::Uuid::new_v4().to_string();
+                            reason
+                        }
+                    };
+                    conn.broadcast_reconcile();
+                    reason
+                }
+                Err(error) => {
+                    failures += 1;
+                    let down_for = conn.unreachable();
+                    if down_for >= config.outage_window {
+                        shared.retire(
+                            &conn,
+                            format!(
+                                "was unreachable for {} (outage window {}): {error}",
+                                seconds(down_for),
+                                seconds(config.outage_window)
+                            ),
+                        );
                         return;
                     }
-                    SocketEnd::Closed(reason) => reason,
-                    SocketEnd::Silent(reason) => {
-                        // A zombie reads nothing, so our close never reaches the server, which
-                        // still has it registered under our id and will unregister that id
-                        // (§1.1: by id, not by socket) whenever it notices the socket is dead,
-                        // silently orphaning a new socket that reuses it. Use a fresh id;
-                        // prompts posted under the old one are followed over HTTP.
-                        *conn.client_id.lock().expect("client id poisoned") =
-                            uuid::Uuid::new_v4().to_string();
-                        reason
-                    }
-                };
-                conn.broadcast_disconnect();
-                shared.ctx.emit(Event::Server {
-                    server: conn.index,
-                    state: ServerState::Reconnecting(reason),
-                });
-                down_since = Some(Instant::now());
-            }
-            Err(error) => {
-                failures += 1;
-                let since = *down_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= config.retire_after {
-                    conn.retire();
-                    shared.ctx.emit(Event::Server {
-                        server: conn.index,
-                        state: ServerState::Retired(format!(
-                            "unreachable for {:.0} s: {error}",
-                            since.elapsed().as_secs_f64()
-                        )),
-                    });
-                    return;
+                    error.to_string()
                 }
-                shared.ctx.emit(Event::Server {
-                    server: conn.index,
-                    state: ServerState::Reconnecting(error.to_string()),
-                });
-            }
-        }
-        let delay = shared.backoff(failures.max(1));
+            };
+        let down_for = conn.outage().unwrap_or_default();
+        // Never sleep past the end of the window: the last try comes as it closes.
+        let delay = shared
+            .backoff(failures.max(1))
+            .min(config.outage_window.saturating_sub(down_for))
+            .max(Duration::from_millis(1));
+        shared.emit_server(
+            &conn,
+            ServerState::Unreachable {
+                reason,
+                retry_in: delay,
+                down_for,
+                window: config.outage_window,
+            },
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// `12 s`, `0.2 s`: a duration for messages.
+fn seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else {
+        format!("{secs:.0} s")
     }
 }
 
@@ -995,6 +1170,8 @@ enum Attempt {
     Succeeded(Vec<ImageRecord>),
     /// Worth another attempt (maybe elsewhere).
     Transient(String),
+    /// The server could not be reached: the job waits for a server, at no cost to it.
+    Unreachable(String),
     /// The job failed for a reason that retrying will not fix.
     Failed(JobStatus, JobError),
 }
@@ -1016,6 +1193,7 @@ async fn run_task(
         return shared.finish(task.cancelled_before_submission());
     }
     task.attempts += 1;
+    task.running = false;
     task.server = Some(conn.client.url().to_owned());
     let (cancel_tx, job_cancel) = watch::channel(false);
     shared
@@ -1030,19 +1208,19 @@ async fn run_task(
         .lock()
         .expect("cancels poisoned")
         .remove(&task.job.key);
+    if shared.ctx.cancelled() && !matches!(attempt, Attempt::Succeeded(_)) {
+        let error = JobError::new(
+            ErrorKind::Cancelled,
+            "the run was cancelled while this job was running",
+        );
+        return shared.finish(task.fail(JobStatus::Cancelled, error));
+    }
     match attempt {
         Attempt::Succeeded(images) => {
             conn.consecutive_failures.store(0, Ordering::SeqCst);
             shared.finish(task.outcome(JobStatus::Succeeded, None, images))
         }
         Attempt::Failed(status, error) => {
-            if shared.ctx.cancelled() {
-                let error = JobError::new(
-                    ErrorKind::Cancelled,
-                    "the run was cancelled while this job was running",
-                );
-                return shared.finish(task.fail(JobStatus::Cancelled, error));
-            }
             let retry = shared.config.retry_failed
                 && task.deterministic_failures == 0
                 && !matches!(error.kind, ErrorKind::Io | ErrorKind::Cancelled);
@@ -1058,23 +1236,55 @@ async fn run_task(
                 shared.finish(task.fail(status, error));
             }
         }
-        Attempt::Transient(reason) => {
-            if shared.ctx.cancelled() {
-                let error = JobError::new(
-                    ErrorKind::Cancelled,
-                    "the run was cancelled while this job was running",
+        Attempt::Unreachable(reason) => {
+            // The server is away (restarting, rebooting, cut off): not the job's fault, and
+            // not a failure of a server that answers. The job waits in our queue for a
+            // server that is up; the outage window bounds the wait.
+            task.unreachable += 1;
+            let down_for = conn.unreachable();
+            if down_for >= shared.config.outage_window {
+                shared.retire(
+                    &conn,
+                    format!(
+                        "was unreachable for {} (outage window {}): {reason}",
+                        seconds(down_for),
+                        seconds(shared.config.outage_window)
+                    ),
                 );
-                return shared.finish(task.fail(JobStatus::Cancelled, error));
             }
+            shared.ctx.emit(Event::Retrying {
+                key: task.key.clone(),
+                server: conn.index,
+                reason: format!("{reason}; the job waits for a server"),
+            });
+            // With the socket down, nothing is posted there until it is back; while it still
+            // looks up (it has not noticed yet, or only HTTP fails), back off.
+            if *conn.up.borrow() {
+                pause(&shared, shared.backoff(task.unreachable)).await;
+            }
+            shared.queue.requeue(task);
+        }
+        Attempt::Transient(reason) => {
             // The socket was lost while this attempt ran (a drop or a restart): every prompt
             // in flight fails at once, through no fault of its job. Such a loss does not use
-            // up the job's retries (up to MAX_RESTART_LOSSES), and counts once per socket
-            // loss towards retiring the server, not once per prompt: in_flight prompts lost
-            // to one restart would otherwise retire a server that is back and healthy.
+            // up the job's retries (up to MAX_RESTART_LOSSES if its prompt was running, which
+            // might be what brought the server down; MAX_QUEUED_LOSSES if it only waited
+            // there), and counts once per socket loss towards retiring the server, not once
+            // per prompt: in_flight prompts lost to one restart would otherwise retire a
+            // server that is back and healthy.
             let now = conn.epoch.load(Ordering::SeqCst);
-            let restart = now != epoch && task.restart_losses < MAX_RESTART_LOSSES;
+            let restart = now != epoch
+                && if task.running {
+                    task.restart_losses < MAX_RESTART_LOSSES
+                } else {
+                    task.queued_losses < MAX_QUEUED_LOSSES
+                };
             let counts_for_server = if restart {
-                task.restart_losses += 1;
+                if task.running {
+                    task.restart_losses += 1;
+                } else {
+                    task.queued_losses += 1;
+                }
                 conn.counted_epoch.swap(now, Ordering::SeqCst) != now
             } else {
                 task.transient_failures += 1;
@@ -1093,14 +1303,11 @@ async fn run_task(
             } else {
                 conn.consecutive_failures.load(Ordering::SeqCst)
             };
-            if in_a_row >= shared.config.server_failures_to_retire && !conn.is_retired() {
-                conn.retire();
-                shared.ctx.emit(Event::Server {
-                    server: conn.index,
-                    state: ServerState::Retired(format!(
-                        "{in_a_row} failures in a row; last: {reason}"
-                    )),
-                });
+            if in_a_row >= shared.config.server_failures_to_retire {
+                shared.retire(
+                    &conn,
+                    format!("failed {in_a_row} times in a row; last: {reason}"),
+                );
             }
             shared.ctx.emit(Event::Retrying {
                 key: task.key.clone(),
@@ -1108,14 +1315,22 @@ async fn run_task(
                 reason,
             });
             // Wait here (not in a detached task) so the run cannot end while a retry is due.
-            let delay = shared.backoff(task.transient_failures + task.restart_losses);
-            let mut cancel = shared.ctx.cancel.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cancel.wait_for(|c| *c) => {}
+            // A prompt lost to a restart goes back at once: the server is back (it said it
+            // does not know the prompt), and nothing is posted while its socket is down.
+            if !restart {
+                pause(&shared, shared.backoff(task.transient_failures)).await;
             }
             shared.queue.requeue(task);
         }
+    }
+}
+
+/// Sleep for `delay`, or less if the run is cancelled meanwhile.
+async fn pause(shared: &Shared, delay: Duration) {
+    let mut cancel = shared.ctx.cancel.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = cancel.wait_for(|c| *c) => {}
     }
 }
 
@@ -1189,8 +1404,14 @@ async fn attempt(
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
         let posting = Instant::now();
         let posted = client.post_prompt(&request).await;
-        if matches!(posted, Ok(PostOutcome::Accepted(_))) {
-            conn.pace().posted(posting.elapsed());
+        match &posted {
+            Ok(PostOutcome::Accepted(_)) => {
+                conn.pace().posted(posting.elapsed());
+                conn.answered();
+            }
+            Ok(PostOutcome::Rejected(_)) => conn.answered(),
+            Err(error) if !unreachable(error) => conn.answered(),
+            Err(_) => {}
         }
         match posted {
             // The answer was lost, not necessarily the prompt: a connection reset or a
@@ -1200,6 +1421,14 @@ async fn attempt(
                 Ok(Reconciled::Waiting { .. } | Reconciled::Finished(_)) => {
                     tracing::debug!(%prompt_id, %error, "the post failed but the server has the prompt");
                     task.timings.queued = Some(ctx.elapsed_ms());
+                }
+                // The POST did not reach the server (it does not have the prompt, or cannot
+                // be asked either): it is away, or was for a moment.
+                Ok(Reconciled::Lost) if unreachable(&error) => {
+                    return Attempt::Unreachable(error.to_string());
+                }
+                Err(asked) if unreachable(&error) && unreachable(&asked) => {
+                    return Attempt::Unreachable(error.to_string());
                 }
                 _ => return Attempt::Transient(error.to_string()),
             },
@@ -1310,7 +1539,7 @@ async fn attempt(
             ),
         );
     }
-    let records = match write_images(shared, client, task, &prompt_id, &images).await {
+    let records = match write_images(shared, conn, task, &prompt_id, &images).await {
         Ok(records) => records,
         Err(attempt) => return attempt,
     };
@@ -1386,6 +1615,7 @@ async fn wait_for_end(
                         check_at = tokio::time::Instant::now() + stall;
                         match message {
                             ServerMessage::ExecutionStart { .. } => {
+                                task.running = true;
                                 started_at.get_or_insert_with(Instant::now);
                                 if task.timings.started.is_none() {
                                     task.timings.started = Some(ctx.elapsed_ms());
@@ -1418,10 +1648,18 @@ async fn wait_for_end(
                         }
                     }
                     // Messages may have been lost: ask over HTTP right away.
-                    Signal::Disconnected => check_at = tokio::time::Instant::now(),
+                    Signal::Reconcile => check_at = tokio::time::Instant::now(),
                 }
             }
             _ = timeout => {
+                // The socket is down (the server is away): the prompt may be gone with it or
+                // still running there, and an interrupt may not reach it. The outage is not
+                // the job's time; once reconciled, the timeout starts again if it still runs.
+                if !*conn.up.borrow() && !conn.is_retired() {
+                    deadline = None;
+                    check_at = tokio::time::Instant::now();
+                    continue;
+                }
                 cancel_on_server(&conn.client, prompt_id).await;
                 return Err(Attempt::Failed(JobStatus::TimedOut, JobError::new(
                     ErrorKind::Timeout,
@@ -1434,6 +1672,7 @@ async fn wait_for_end(
                 match reconciled {
                     Ok(Reconciled::Waiting { running }) => {
                         http_failures = 0;
+                        task.running |= running;
                         if running && deadline.is_none() {
                             // Started while we could not hear it: the timeout still applies.
                             task.timings.started.get_or_insert(ctx.elapsed_ms());
@@ -1454,8 +1693,25 @@ async fn wait_for_end(
                     }
                     Err(err) => {
                         http_failures += 1;
+                        // A prompt that was running when its server went away may be what
+                        // brought it down: that costs the job a restart loss (bounded),
+                        // while one that only waited there costs nothing.
+                        let away = |reason: String| if task.running { Attempt::Transient(reason) } else { Attempt::Unreachable(reason) };
                         if conn.is_retired() {
-                            return Err(Attempt::Transient(format!("{} was taken out of rotation: {err}", conn.client.url())));
+                            return Err(away(format!("{} was taken out of rotation: {err}", conn.client.url())));
+                        }
+                        // Long enough away, with another server up: render it there (the
+                        // prompt may still finish here too, if this server comes back
+                        // with its queue; a restarted one has lost it anyway).
+                        if let Some(down_for) = conn.outage()
+                            && down_for >= config.handover_after
+                            && shared.other_server_up(conn.index)
+                        {
+                            return Err(away(format!(
+                                "{} unreachable for {}: {err}; the job moves to another server",
+                                conn.client.url(),
+                                seconds(down_for)
+                            )));
                         }
                         check_at = tokio::time::Instant::now() + shared.backoff(http_failures);
                     }
@@ -1486,6 +1742,19 @@ async fn reconcile(client: &ComfyClient, prompt_id: &str) -> Result<Reconciled, 
     }
 }
 
+/// Whether `error` says the server could not be reached, rather than that it answered
+/// and failed: connection refused or reset, no answer in time, a lost socket, or a gateway
+/// in front of it that could not reach it (502, 503, 504). HTTP 500 is ComfyUI answering.
+fn unreachable(error: &ComfyError) -> bool {
+    match error {
+        ComfyError::Connect { .. } | ComfyError::Timeout { .. } | ComfyError::WebSocket { .. } => {
+            true
+        }
+        ComfyError::Status { status, .. } => matches!(status, 502..=504),
+        ComfyError::BadUrl { .. } | ComfyError::Decode { .. } => false,
+    }
+}
+
 /// Remove a prompt of ours: delete it if pending, interrupt it (targeted) if running.
 /// Best effort: the server may be gone, which also ends the prompt.
 async fn cancel_on_server(client: &ComfyClient, prompt_id: &str) {
@@ -1500,16 +1769,22 @@ async fn fetch_history(
     client: &ComfyClient,
     prompt_id: &str,
 ) -> Result<HistoryEntry, Attempt> {
-    let mut last = String::new();
+    let mut last = Attempt::Transient(String::new());
     for attempt in 1..=5u32 {
         match client.history(prompt_id).await {
             Ok(Some(entry)) => return Ok(entry),
-            Ok(None) => last = format!("{} has no history for the finished prompt", client.url()),
-            Err(error) => last = error.to_string(),
+            Ok(None) => {
+                last = Attempt::Transient(format!(
+                    "{} has no history for the finished prompt",
+                    client.url()
+                ))
+            }
+            Err(error) if unreachable(&error) => last = Attempt::Unreachable(error.to_string()),
+            Err(error) => last = Attempt::Transient(error.to_string()),
         }
         tokio::time::sleep(shared.backoff(attempt)).await;
     }
-    Err(Attempt::Transient(last))
+    Err(last)
 }
 
 fn error_from_history(entry: &HistoryEntry) -> Option<JobError> {
@@ -1628,12 +1903,13 @@ fn unsafe_image_name(image: &ImageRef) -> bool {
 /// Nothing gets a final name unless every image of the job is good.
 async fn write_images(
     shared: &Arc<Shared>,
-    client: &ComfyClient,
+    conn: &ServerConn,
     task: &Task,
     prompt_id: &str,
     images: &[ImageRef],
 ) -> Result<Vec<ImageRecord>, Attempt> {
     let ctx = &shared.ctx;
+    let client = &conn.client;
     if let Some(image) = images.iter().find(|i| unsafe_image_name(i)) {
         return Err(Attempt::Failed(
             JobStatus::Failed,
@@ -1671,11 +1947,29 @@ async fn write_images(
                 }
                 // The server restarted (or blipped) after rendering: its files are still
                 // on its disk, so wait for it like the socket does instead of failing the
-                // job; past `retire_after` it is a transient failure (render elsewhere).
+                // job. Once it is out of rotation, or away past `handover_after` while
+                // another server is up, the job is rendered again elsewhere.
                 Err(DownloadError::Unreachable(error)) => {
                     let (since, waits) = unreachable.get_or_insert((Instant::now(), 0));
                     *waits += 1;
-                    if since.elapsed() >= shared.config.retire_after {
+                    let away = since.elapsed();
+                    if conn.is_retired()
+                        || away >= shared.config.outage_window
+                        || (away >= shared.config.handover_after
+                            && shared.other_server_up(conn.index))
+                    {
+                        return Err(Attempt::Unreachable(format!(
+                            "the rendered image could not be fetched: {error}"
+                        )));
+                    }
+                    tokio::time::sleep(shared.backoff(*waits)).await;
+                }
+                // Answering but not serving it now (5xx, 429): as before an outage, for
+                // up to `handover_after`.
+                Err(DownloadError::Busy(error)) => {
+                    let (since, waits) = unreachable.get_or_insert((Instant::now(), 0));
+                    *waits += 1;
+                    if since.elapsed() >= shared.config.handover_after {
                         return Err(Attempt::Transient(format!(
                             "the rendered image could not be fetched: {error}"
                         )));
@@ -1761,8 +2055,10 @@ enum DownloadError {
     Io(String),
     /// The server's answer was bad or broke off.
     Bad(String),
-    /// The server could not be reached or answered 5xx: worth waiting for.
+    /// The server could not be reached: wait for it (it has the file).
     Unreachable(String),
+    /// The server answered 5xx or 429: worth waiting for a while.
+    Busy(String),
 }
 
 /// Downloads up to this size are held in memory and written with one call; a larger one
@@ -1784,8 +2080,10 @@ async fn download(
         .chapter(chapter)
         .map_err(|e| DownloadError::Io(e.to_string()))?;
     let response = client.view(image).await.map_err(|e| {
-        if e.is_transient() {
+        if unreachable(&e) {
             DownloadError::Unreachable(e.to_string())
+        } else if e.is_transient() {
+            DownloadError::Busy(e.to_string())
         } else {
             DownloadError::Bad(e.to_string())
         }

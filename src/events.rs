@@ -2,6 +2,7 @@
 //! progress display, the run report and the job service consume them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -129,8 +130,21 @@ pub struct JobOutcome {
 /// Connection state of a server, as the progress display shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerState {
+    /// The socket is open and confirmed (the first time).
     Connected,
-    Reconnecting(String),
+    /// The server cannot be reached (connection refused or reset, socket lost, no answer):
+    /// it is tried again in `retry_in`, and jobs wait for it until `down_for` reaches
+    /// `window` (the outage window), when it is taken out of rotation.
+    Unreachable {
+        reason: String,
+        retry_in: Duration,
+        down_for: Duration,
+        window: Duration,
+    },
+    /// Reachable again (socket confirmed) after `down_for` unreachable.
+    Back { down_for: Duration },
+    /// Out of rotation for good: its outage outlasted the window, or it kept failing while
+    /// answering (HTTP 500 on every prompt).
     Retired(String),
 }
 

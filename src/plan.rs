@@ -76,6 +76,8 @@ pub struct ComfySettings {
     pub in_flight: Option<usize>,
     /// `--retry-failed` turns it on too; there is no flag to turn it off.
     pub retry_failed: bool,
+    /// `--outage-window` overrides it.
+    pub outage_window_secs: Option<f64>,
 }
 
 /// One image request: a page variant with its resolved parameters and filled workflow.
@@ -179,6 +181,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
                 timeout_secs: parsed.comfy.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
                 in_flight: parsed.comfy.in_flight,
                 retry_failed: parsed.comfy.retry_failed,
+                outage_window_secs: parsed.comfy.outage_window_secs,
             },
             jobs,
         }),

@@ -45,6 +45,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
             ),
         ));
     }
+    let outage_window = outage_window(args.outage_window, plan.comfy.outage_window_secs)?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
@@ -74,6 +75,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         engine: EngineConfig {
             timeout: Duration::from_secs_f64(timeout),
             retry_failed: args.retry_failed || plan.comfy.retry_failed,
+            outage_window,
             ..EngineConfig::default()
         }
         .with_fixed_depth(depth),
@@ -92,6 +94,26 @@ pub async fn run(args: RunArgs) -> CmdResult {
     let summary = result?;
     print_summary(&summary, args.json);
     Ok(summary.exit_code())
+}
+
+/// `--outage-window`, else `[comfy] outage_window`, else the default.
+fn outage_window(flag: Option<f64>, manifest: Option<f64>) -> Result<Duration, CmdError> {
+    match flag.or(manifest) {
+        None => Ok(crate::engine::DEFAULT_OUTAGE_WINDOW),
+        Some(secs) if secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok() => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Some(secs) => Err(CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!("--outage-window must be a positive number of seconds, not {secs}"),
+                Some(
+                    "e.g. --outage-window 600 waits up to ten minutes for a server that went away"
+                        .to_owned(),
+                ),
+            ),
+        )),
+    }
 }
 
 /// The servers to run on: the built-in simulator (started here, shut down by the caller),
@@ -401,4 +423,22 @@ fn print_summary(summary: &RunSummary, json: bool) {
     );
     eprintln!("report: {}", summary.report_path.display());
     eprintln!("contact sheet: {}", summary.contact_sheet_path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_window_flag_beats_the_manifest_which_beats_the_default() {
+        let secs = |flag, manifest| outage_window(flag, manifest).ok().map(|d| d.as_secs_f64());
+        assert_eq!(secs(Some(2.0), Some(600.0)), Some(2.0));
+        assert_eq!(secs(None, Some(30.0)), Some(30.0));
+        assert_eq!(
+            secs(None, None),
+            Some(crate::engine::DEFAULT_OUTAGE_WINDOW.as_secs_f64())
+        );
+        assert_eq!(secs(Some(0.0), Some(30.0)), None);
+        assert_eq!(secs(Some(f64::NAN), None), None);
+    }
 }

@@ -52,6 +52,8 @@ pub struct Comfy {
     pub in_flight: Option<usize>,
     /// Also retry deterministic failures once (like `--retry-failed`).
     pub retry_failed: bool,
+    /// Seconds a server that went away is waited for (like `--outage-window`).
+    pub outage_window_secs: Option<f64>,
 }
 
 /// The settings `[defaults]` gives and a page may override; `None` means "not set here".

@@ -14,7 +14,13 @@ use crate::plan::LoraParams;
 
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
 const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
-const COMFY_KEYS: &[&str] = &["servers", "timeout", "in_flight", "retry_failed"];
+const COMFY_KEYS: &[&str] = &[
+    "servers",
+    "timeout",
+    "in_flight",
+    "retry_failed",
+    "outage_window",
+];
 const SETTING_KEYS: &[&str] = &[
     "workflow",
     "lora_workflow",
@@ -392,6 +398,14 @@ impl Checker<'_> {
                 Some(retry) => comfy.retry_failed = retry,
                 None => self.wrong_type(v, "retry_failed", "`true` or `false`"),
             }
+        }
+        if let Some(window) = t.get("outage_window") {
+            comfy.outage_window_secs = self.float(
+                window,
+                "outage_window",
+                1.0..=604800.0,
+                "`outage_window` is seconds a server that went away is waited for",
+            );
         }
         comfy
     }
@@ -814,6 +828,15 @@ prompt = "q"
                 "`timeout` belongs in [comfy]",
             ]
         );
+    }
+
+    #[test]
+    fn outage_window_is_seconds_in_comfy() {
+        let (m, problems) = parse(&format!("[comfy]\noutage_window = 120\n{MINIMAL}"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(m.unwrap().comfy.outage_window_secs, Some(120.0));
+        assert!(!codes(&format!("[comfy]\noutage_window = 0\n{MINIMAL}")).is_empty());
+        assert!(!codes(&format!("[comfy]\noutage_window = \"1h\"\n{MINIMAL}")).is_empty());
     }
 
     #[test]

@@ -65,6 +65,8 @@ struct Display {
     overall: Option<ProgressBar>,
     servers: Vec<ProgressBar>,
     server_urls: Vec<String>,
+    /// Per server: while it is unreachable, the last minute of its outage a line was shown for.
+    down: Vec<Option<u64>>,
 }
 
 impl Display {
@@ -91,6 +93,7 @@ impl Display {
             overall,
             servers: Vec::new(),
             server_urls: Vec::new(),
+            down: Vec::new(),
         }
     }
 
@@ -133,20 +136,47 @@ impl Display {
                 max,
             } => self.server_message(*server, format!("{key}  step {value}/{max}")),
             Event::Server { server, state } => {
+                self.server_message(*server, server_status(state));
                 let url = self.server_urls.get(*server).cloned().unwrap_or_default();
+                if self.mode == Mode::Quiet {
+                    return;
+                }
+                if self.down.len() <= *server {
+                    self.down.resize(*server + 1, None);
+                }
                 match state {
-                    ServerState::Connected => self.server_message(*server, "connected".to_owned()),
-                    ServerState::Reconnecting(reason) => {
-                        self.server_message(*server, format!("reconnecting: {reason}"));
-                        if self.mode == Mode::Plain {
-                            self.line(format!("warn {url}: reconnecting: {reason}"));
+                    ServerState::Connected => {}
+                    ServerState::Unreachable {
+                        reason,
+                        down_for,
+                        window,
+                        ..
+                    } => {
+                        // One line when it goes down, then (plain output, where no status
+                        // line shows it) one a minute while it stays down.
+                        let minute = down_for.as_secs() / 60;
+                        match self.down[*server] {
+                            None => self.line(format!(
+                                "warn {url} unreachable: {reason}; retrying for up to {} (jobs wait for it)",
+                                human(*window)
+                            )),
+                            Some(shown) if minute > shown && self.mode == Mode::Plain => {
+                                self.line(format!(
+                                    "warn {url} still unreachable after {} of {}: {reason}",
+                                    human(*down_for),
+                                    human(*window)
+                                ))
+                            }
+                            Some(_) => return,
                         }
+                        self.down[*server] = Some(minute);
+                    }
+                    ServerState::Back { down_for } => {
+                        self.line(format!("warn {url} is back after {}", human(*down_for)));
+                        self.down[*server] = None;
                     }
                     ServerState::Retired(reason) => {
-                        self.server_message(*server, format!("out of rotation: {reason}"));
-                        if self.mode != Mode::Quiet {
-                            self.line(format!("warn {url} taken out of rotation: {reason}"));
-                        }
+                        self.line(format!("warn {url} taken out of rotation: {reason}"))
                     }
                 }
             }
@@ -186,6 +216,42 @@ impl Display {
     }
 }
 
+/// A server's status line on the live display.
+pub fn server_status(state: &ServerState) -> String {
+    match state {
+        ServerState::Connected => "connected".to_owned(),
+        ServerState::Unreachable {
+            reason,
+            retry_in,
+            down_for,
+            window,
+        } => format!(
+            "unreachable, retrying in {} (outage {} of {}): {reason}",
+            human(*retry_in),
+            human(*down_for),
+            human(*window)
+        ),
+        ServerState::Back { down_for } => format!("connected (back after {})", human(*down_for)),
+        ServerState::Retired(reason) => format!("out of rotation: {reason}"),
+    }
+}
+
+/// `0.4 s`, `12 s`, `3 min 20 s`, `10 min`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.1} s")
+    } else if secs < 60.0 {
+        format!("{secs:.0} s")
+    } else {
+        let whole = d.as_secs();
+        match (whole / 60, whole % 60) {
+            (m, 0) => format!("{m} min"),
+            (m, s) => format!("{m} min {s} s"),
+        }
+    }
+}
+
 /// `  ok ch01_p001_s1 -> ch-01/raw/comfyui/ch01_p001_v1.png (1.4 s, http://...)`
 pub fn finished_line(outcome: &JobOutcome) -> String {
     let took = match (
@@ -218,5 +284,31 @@ pub fn finished_line(outcome: &JobOutcome) -> String {
                 .unwrap_or("unknown error");
             format!("{tag} {}: {reason}", outcome.key)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_server_shows_its_retry_and_how_much_of_the_window_is_used() {
+        let state = ServerState::Unreachable {
+            reason: "connection refused".to_owned(),
+            retry_in: Duration::from_millis(3200),
+            down_for: Duration::from_secs(75),
+            window: Duration::from_secs(600),
+        };
+        assert_eq!(
+            server_status(&state),
+            "unreachable, retrying in 3.2 s (outage 1 min 15 s of 10 min): connection refused"
+        );
+        assert_eq!(
+            server_status(&ServerState::Back {
+                down_for: Duration::from_millis(300)
+            }),
+            "connected (back after 0.3 s)"
+        );
+        assert_eq!(human(Duration::from_secs(42)), "42 s");
     }
 }

@@ -71,7 +71,7 @@ impl ServeConfig {
     pub fn service_engine(base: EngineConfig) -> EngineConfig {
         EngineConfig {
             stop_on_local_failure: false,
-            retire_after: Duration::from_secs(10 * 365 * 24 * 3600),
+            outage_window: Duration::from_secs(10 * 365 * 24 * 3600),
             server_failures_to_retire: u32::MAX,
             ..base
         }

@@ -13,6 +13,7 @@ mod nodes;
 mod pyjson;
 mod server;
 mod state;
+mod tempdir;
 mod worker;
 
 pub use fault::{Fault, FaultParseError};
@@ -123,7 +124,7 @@ pub struct Sim {
     addr: SocketAddr,
     supervisor: Option<JoinHandle<()>>,
     _worker_thread: WorkerThread,
-    _tempdirs: Vec<tempfile::TempDir>,
+    _scratch: tempdir::SimTempDir,
 }
 
 /// The prompt worker's own OS thread and runtime, as ComfyUI runs `prompt_worker` in a
@@ -164,31 +165,18 @@ impl Sim {
     pub async fn start(config: SimConfig) -> io::Result<Sim> {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
-        let mut tempdirs = Vec::new();
-        // RAM-backed when possible: creating a file on this project's CI disks can cost a
-        // millisecond, which would make the disk, not the simulator, the bottleneck.
-        let shm = Path::new("/dev/shm");
-        let mut tempdir = |name: &str| -> io::Result<PathBuf> {
-            let prefix = format!("plasma-sim-{name}-");
-            let mut builder = tempfile::Builder::new();
-            builder.prefix(&prefix);
-            let dir = match shm.is_dir().then(|| builder.tempdir_in(shm)) {
-                Some(Ok(dir)) => dir,
-                _ => builder.tempdir()?,
-            };
-            let path = dir.path().to_path_buf();
-            tempdirs.push(dir);
-            Ok(path)
-        };
+        // RAM-backed when possible, owned by this process's pid and lock; folders of killed
+        // simulators are removed first (see `tempdir`).
+        let scratch = tempdir::SimTempDir::create()?;
         let output_dir = match &config.output_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 std::path::absolute(dir)?
             }
-            None => tempdir("output")?,
+            None => scratch.subdir("output")?,
         };
-        let input_dir = tempdir("input")?;
-        let temp_dir = tempdir("temp")?;
+        let input_dir = scratch.subdir("input")?;
+        let temp_dir = scratch.subdir("temp")?;
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
         let (epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
@@ -225,7 +213,7 @@ impl Sim {
             addr,
             supervisor: Some(supervisor),
             _worker_thread: worker_thread,
-            _tempdirs: tempdirs,
+            _scratch: scratch,
         })
     }
 

@@ -164,28 +164,31 @@ async fn server_down_at_start_fails_preflight_naming_the_server() {
     assert!(files_under(&out.join("ch-07/raw")).is_empty());
 }
 
-#[tokio::test]
-async fn server_gone_for_good_moves_its_jobs_to_the_other_server() {
+/// Eight jobs on two servers; once the first holds a prompt, it goes away and never comes
+/// back. Every job must succeed on the second server, the ones the first took too.
+async fn first_of_two_servers_goes_away(config: EngineConfig) {
     let gone = sim_with(20, &[]).await;
     let alive = sim_with(2, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let plan = plan(&small_manifest(dir.path(), 4, 2, ""));
     let jobs = jobs(&plan);
     let out = dir.path().join("out");
-    let servers = vec![client(&gone.url()), client(&alive.url())];
     let run = tokio::spawn(run_jobs(
-        options(&plan, &out, engine()),
-        servers,
+        options(&plan, &out, config),
+        vec![client(&gone.url()), client(&alive.url())],
         jobs.clone(),
         no_cancel(),
     ));
-    // Once the first server holds a prompt, it goes away and never comes back.
     wait_until("a prompt on the first server", || {
         gone.stats().prompts_accepted > 0
     })
     .await;
     gone.shutdown().await;
-    let summary = run.await.unwrap().unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the jobs of the server that went away never moved on")
+        .unwrap()
+        .unwrap();
     check_run(&summary, &jobs, &out);
     all_succeeded(&summary);
     assert!(
@@ -197,6 +200,25 @@ async fn server_gone_for_good_moves_its_jobs_to_the_other_server() {
         summary.outcomes
     );
     alive.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_gone_for_good_moves_its_jobs_to_the_other_server() {
+    // Its outage window (3 s here) runs out: out of rotation, its jobs move on.
+    first_of_two_servers_goes_away(engine()).await;
+}
+
+#[tokio::test]
+async fn a_server_away_past_handover_hands_its_jobs_to_one_that_is_up() {
+    // The outage window is far off, so the server stays in rotation (it may come back),
+    // but the prompts it took are rendered on the other server once it has been away for
+    // `handover_after`; without that the run would wait out the whole window.
+    first_of_two_servers_goes_away(EngineConfig {
+        outage_window: Duration::from_secs(3600),
+        handover_after: Duration::from_millis(300),
+        ..engine()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use plasma_batch::sim::{Fault, Sim, SimConfig};
 use crate::support::*;
 
 /// Generous: a loaded 2-core CI box compiles other things meanwhile.
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn sim_with(step_ms: u64, latency_ms: u64, faults: &[&str]) -> Sim {
     Sim::start(SimConfig {
@@ -32,19 +32,19 @@ async fn sim_with(step_ms: u64, latency_ms: u64, faults: &[&str]) -> Sim {
 }
 
 /// A `plasma-batch run` child whose stderr lines arrive on a channel.
-struct Runner {
+pub(crate) struct Runner {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Runner {
-    fn start(manifest: &Path, out: &Path, server: &str) -> Runner {
+    pub(crate) fn start(manifest: &Path, out: &Path, server: &str) -> Runner {
         Runner::start_with(manifest, out, server, |cmd| cmd)
     }
 
     /// `wrap` may put the binary behind a shell (for `ulimit`).
-    fn start_with(
+    pub(crate) fn start_with(
         manifest: &Path,
         out: &Path,
         server: &str,
@@ -69,15 +69,7 @@ impl Runner {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = lines_of(child.stderr.take().unwrap());
         Runner {
             child,
             lines,
@@ -90,7 +82,7 @@ impl Runner {
     }
 
     /// Wait for a stderr line containing `needle`.
-    fn wait_line(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -118,7 +110,7 @@ impl Runner {
     }
 
     /// Wait for the exit; returns the exit code (None: killed by a signal) and all stderr.
-    fn wait(mut self) -> (Option<i32>, String) {
+    pub(crate) fn wait(mut self) -> (Option<i32>, String) {
         let deadline = Instant::now() + DEADLINE;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -136,6 +128,19 @@ impl Runner {
         }
         (status.code(), self.seen.join("\n"))
     }
+}
+
+/// The lines `output` (a child's pipe) writes, as they come, read on a thread of their own.
+pub(crate) fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
 }
 
 /// Poll until `check` holds (bounded).
@@ -160,7 +165,7 @@ fn reports(out: &Path) -> Vec<PathBuf> {
 /// once per report; every succeeded or skipped image exists, is a PNG of the job's size and
 /// matches its sha256; no file appeared under `out` besides those images (of any report),
 /// ledgers and reports. Returns the reports, oldest first.
-fn check_reports(out: &Path, keys: &[String]) -> Vec<RunReport> {
+pub(crate) fn check_reports(out: &Path, keys: &[String]) -> Vec<RunReport> {
     let reports: Vec<RunReport> = reports(out)
         .iter()
         .map(|p| RunReport::read(p).unwrap())
@@ -207,7 +212,7 @@ fn check_reports(out: &Path, keys: &[String]) -> Vec<RunReport> {
     reports
 }
 
-fn keys(manifest: &Path) -> Vec<String> {
+pub(crate) fn keys(manifest: &Path) -> Vec<String> {
     plan(manifest).jobs.iter().map(|j| j.key.clone()).collect()
 }
 

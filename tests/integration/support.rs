@@ -161,7 +161,7 @@ pub fn engine() -> EngineConfig {
         timeout: Duration::from_secs(20),
         stall: Duration::from_millis(500),
         ping_interval: Duration::from_millis(500),
-        retire_after: Duration::from_secs(3),
+        outage_window: Duration::from_secs(3),
         handshake_timeout: Duration::from_secs(5),
         backoff: Duration::from_millis(20),
         ..EngineConfig::default()
