@@ -32,7 +32,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-mod pace;
+use super::pace;
 
 use crate::comfy::protocol::{ExecutionError, PromptRequest};
 use crate::comfy::ws::{WsConnection, WsEvent};
