@@ -23,7 +23,6 @@
 //! in our memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +31,9 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::config::EngineConfig;
+use super::context::{Reattach, RunContext};
+use super::outputs::{ChapterOutput, relative};
 use super::pace;
 
 use crate::comfy::protocol::{ExecutionError, PromptRequest};
@@ -40,8 +42,8 @@ use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, ImageRef, PostOutcome,
 use crate::events::{
     ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState, Timings,
 };
-use crate::ledger::{ImageEntry, LEDGER_VERSION, Ledger, LedgerRecord};
-use crate::output::{ChapterDirs, ImageStore, PathError, StageError, StagedImage};
+use crate::ledger::{ImageEntry, LEDGER_VERSION, LedgerRecord};
+use crate::output::{PathError, StageError, StagedImage};
 use crate::plan::Job;
 
 /// Attempts of one job that a server restart may cost while the job was running there,
@@ -53,198 +55,8 @@ const MAX_RESTART_LOSSES: u32 = 5;
 /// job, before such losses count as transient failures: they cannot be what brought it down.
 const MAX_QUEUED_LOSSES: u32 = 20;
 
-/// How long a server may be unreachable before it is out of rotation for good (`run
-/// --outage-window`): a restart, a reboot or a network blip is waited for, not failed.
-pub const DEFAULT_OUTAGE_WINDOW: Duration = Duration::from_secs(600);
-
 /// Largest image body accepted from `/view`.
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
-
-/// Tunables of the executor. `Default` is what `plasma-batch run` uses.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Prompts kept posted to one server and not yet finished there: at least this many...
-    pub in_flight: usize,
-    /// ...and up to this many while renders are shorter than a round trip to the server
-    /// (see `engine/pace.rs`). Equal to `in_flight` for a fixed depth.
-    pub in_flight_max: usize,
-    /// Per-job limit, counted from `execution_start`.
-    pub timeout: Duration,
-    /// Extra attempts after a transient failure (socket drop, 5xx, lost prompt).
-    pub transient_retries: u32,
-    /// Also retry deterministic failures (validation, node error, timeout) once.
-    pub retry_failed: bool,
-    /// With no message about a prompt for this long, ask `/queue` and `/history` about it.
-    pub stall: Duration,
-    /// WebSocket pings, so a dead link is noticed even while nothing happens.
-    pub ping_interval: Duration,
-    /// A server unreachable (socket lost, connections refused, no answer) is retried with
-    /// capped backoff and jobs wait for it; only an outage this long takes it out of
-    /// rotation for good. With every server out, the remaining jobs fail.
-    pub outage_window: Duration,
-    /// Prompts on a server unreachable this long are rendered again on another server
-    /// that is up (if none is, they keep waiting for theirs).
-    pub handover_after: Duration,
-    /// Waiting for the first `status` frame after connecting.
-    pub handshake_timeout: Duration,
-    /// Image downloads at once, over all servers.
-    pub downloads: usize,
-    /// First delay between retries; doubles each time, with jitter.
-    pub backoff: Duration,
-    /// Transient failures in a row after which a server is taken out of rotation.
-    pub server_failures_to_retire: u32,
-    /// After a local write failure (disk full), fail the jobs not yet posted instead of
-    /// rendering images that cannot be saved. A long-lived service turns this off.
-    pub stop_on_local_failure: bool,
-}
-
-impl EngineConfig {
-    /// With `Some(n)`, exactly `n` prompts per server; with `None`, the depth stays as it
-    /// is (by default: 2 to 8, following the server's pace).
-    pub fn with_fixed_depth(self, depth: Option<usize>) -> EngineConfig {
-        match depth {
-            Some(n) => EngineConfig {
-                in_flight: n,
-                in_flight_max: n,
-                ..self
-            },
-            None => self,
-        }
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            in_flight: 2,
-            in_flight_max: 8,
-            timeout: Duration::from_secs(90),
-            transient_retries: 2,
-            retry_failed: false,
-            stall: Duration::from_secs(20),
-            ping_interval: Duration::from_secs(10),
-            outage_window: DEFAULT_OUTAGE_WINDOW,
-            handover_after: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(10),
-            downloads: 8,
-            backoff: Duration::from_millis(200),
-            server_failures_to_retire: 4,
-            stop_on_local_failure: true,
-        }
-    }
-}
-
-/// Where a run writes, and how it reports.
-pub struct RunContext {
-    pub run_id: String,
-    /// The output root (`--out`); image paths in records are relative to it.
-    pub out_root: PathBuf,
-    /// Image folders and ledgers, per chapter.
-    pub outputs: Arc<Outputs>,
-    pub events: mpsc::UnboundedSender<Event>,
-    /// Becomes `true` when the run must stop (Ctrl-C, SIGTERM).
-    pub cancel: watch::Receiver<bool>,
-    pub started: Instant,
-    /// Prompts a previous run of these jobs posted and never saw finish (it was killed):
-    /// job key -> where. Such a job is first looked for on that server, not posted again.
-    pub reattach: HashMap<String, Reattach>,
-}
-
-/// A prompt of a previous run that may still be queued, running or finished on its server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reattach {
-    pub server: String,
-    pub prompt_id: String,
-}
-
-impl RunContext {
-    fn emit(&self, event: Event) {
-        // A reporter that went away must not stop the run.
-        let _ = self.events.send(event);
-    }
-
-    fn elapsed_ms(&self) -> u32 {
-        u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX)
-    }
-
-    fn cancelled(&self) -> bool {
-        *self.cancel.borrow()
-    }
-}
-
-/// The image folder and ledger of one chapter.
-#[derive(Debug)]
-pub struct ChapterOutput {
-    pub dirs: ChapterDirs,
-    pub store: ImageStore,
-    pub ledger: Ledger,
-}
-
-impl ChapterOutput {
-    /// Create the folders, open the ledger (returning its records) and scan the images.
-    pub fn open(
-        out_root: &Path,
-        chapter: u16,
-    ) -> Result<(ChapterOutput, Vec<LedgerRecord>), PathError> {
-        let dirs = ChapterDirs::new(out_root, chapter);
-        dirs.create()?;
-        let (ledger, records) = Ledger::open(&dirs.ledger())?;
-        let store = ImageStore::open(&dirs.images, chapter)?
-            .with_thumbs(crate::thumbs::Thumbs::new(dirs.thumbs()));
-        Ok((
-            ChapterOutput {
-                dirs,
-                store,
-                ledger,
-            },
-            records,
-        ))
-    }
-}
-
-/// Every chapter's output under one root, opened on first use.
-#[derive(Debug)]
-pub struct Outputs {
-    out_root: PathBuf,
-    chapters: Mutex<HashMap<u16, Arc<ChapterOutput>>>,
-}
-
-impl Outputs {
-    pub fn new(out_root: &Path) -> Outputs {
-        Outputs {
-            out_root: out_root.to_owned(),
-            chapters: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Register a chapter opened by the caller (who wanted its ledger records).
-    pub fn insert(&self, chapter: u16, output: ChapterOutput) -> Arc<ChapterOutput> {
-        let output = Arc::new(output);
-        self.chapters
-            .lock()
-            .expect("outputs poisoned")
-            .insert(chapter, output.clone());
-        output
-    }
-
-    pub fn chapter(&self, chapter: u16) -> Result<Arc<ChapterOutput>, PathError> {
-        let mut chapters = self.chapters.lock().expect("outputs poisoned");
-        if let Some(output) = chapters.get(&chapter) {
-            return Ok(output.clone());
-        }
-        let (output, _) = ChapterOutput::open(&self.out_root, chapter)?;
-        let output = Arc::new(output);
-        chapters.insert(chapter, output.clone());
-        Ok(output)
-    }
-
-    /// fsync every open ledger.
-    pub fn sync(&self) {
-        for output in self.chapters.lock().expect("outputs poisoned").values() {
-            let _ = output.ledger.sync();
-        }
-    }
-}
 
 /// Run every job; returns one outcome per job (in completion order).
 pub async fn execute(
@@ -2171,15 +1983,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| DownloadError::Io(format!("writing the image panicked: {e}")))
-}
-
-/// `path` relative to `root`, `/`-separated (for records that must read the same anywhere).
-pub(crate) fn relative(root: &std::path::Path, path: &std::path::Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// A number in [0, 1) for backoff jitter (no need for a cryptographic source).

@@ -1,10 +1,13 @@
 //! Bounded execution of jobs over one or more ComfyUI servers. Emits events; never prints.
 
 mod attempt;
+mod config;
+mod context;
+mod outputs;
 mod pace;
 
-pub(crate) use attempt::relative;
-pub use attempt::{
-    ChapterOutput, DEFAULT_OUTAGE_WINDOW, Engine, EngineConfig, Outputs, Reattach, RunContext,
-    execute,
-};
+pub use attempt::{Engine, execute};
+pub use config::{DEFAULT_OUTAGE_WINDOW, EngineConfig};
+pub use context::{Reattach, RunContext};
+pub(crate) use outputs::relative;
+pub use outputs::{ChapterOutput, Outputs};
