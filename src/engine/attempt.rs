@@ -32,16 +32,19 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::config::EngineConfig;
-use super::context::{Reattach, RunContext};
+use super::context::RunContext;
+use super::failure::{
+    describe_node_errors, error_from_history, node_error, seconds, set_first_node, unreachable,
+};
 use super::outputs::{ChapterOutput, relative};
 use super::pace;
+use super::queue::{JobQueue, Queued};
+use super::task::{Attempt, Done, Task};
 
-use crate::comfy::protocol::{ExecutionError, PromptRequest};
+use crate::comfy::protocol::PromptRequest;
 use crate::comfy::ws::{WsConnection, WsEvent};
 use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, ImageRef, PostOutcome, ServerMessage};
-use crate::events::{
-    ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState, Timings,
-};
+use crate::events::{ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, ServerState};
 use crate::ledger::{ImageEntry, LEDGER_VERSION, LedgerRecord};
 use crate::output::{PathError, StageError, StagedImage};
 use crate::plan::Job;
@@ -235,12 +238,6 @@ struct Shared {
     stopped: std::sync::OnceLock<String>,
 }
 
-/// A job's end, with the job it belongs to.
-struct Done {
-    job: Arc<Job>,
-    outcome: JobOutcome,
-}
-
 impl Shared {
     fn finish(&self, done: Done) {
         let local_failure = done
@@ -332,238 +329,6 @@ impl Shared {
             .backoff
             .saturating_mul(1 << retry.saturating_sub(1).min(6));
         base.min(Duration::from_secs(10)).mul_f64(0.5 + jitter())
-    }
-}
-
-/// A job and what happened to it so far.
-struct Task {
-    job: Arc<Job>,
-    key: Arc<str>,
-    /// Attempts made so far (posted or tried to post).
-    attempts: u32,
-    transient_failures: u32,
-    /// Transient failures caused by a server restart or socket loss while the prompt ran.
-    restart_losses: u32,
-    /// The same while the prompt only waited in the server's queue.
-    queued_losses: u32,
-    /// Attempts that found the server unreachable: they cost the job nothing (the server's
-    /// outage window bounds them) but set the backoff.
-    unreachable: u32,
-    /// The current attempt's prompt started running on the server.
-    running: bool,
-    deterministic_failures: u32,
-    server: Option<String>,
-    prompt_id: Option<String>,
-    timings: Timings,
-    reattach: Option<Reattach>,
-}
-
-impl Task {
-    fn new(job: Arc<Job>) -> Task {
-        Task {
-            reattach: None,
-            key: Arc::from(job.key.as_str()),
-            job,
-            attempts: 0,
-            transient_failures: 0,
-            restart_losses: 0,
-            queued_losses: 0,
-            unreachable: 0,
-            running: false,
-            deterministic_failures: 0,
-            server: None,
-            prompt_id: None,
-            timings: Timings::default(),
-        }
-    }
-
-    fn outcome(self, status: JobStatus, error: Option<JobError>, images: Vec<ImageRecord>) -> Done {
-        let outcome = JobOutcome {
-            key: self.job.key.clone(),
-            status,
-            server: self.server,
-            prompt_id: self.prompt_id,
-            attempts: self.attempts,
-            error,
-            images,
-            timings: self.timings,
-        };
-        Done {
-            job: self.job,
-            outcome,
-        }
-    }
-
-    /// The end of a job the run was cancelled before posting.
-    fn cancelled_before_submission(self) -> Done {
-        let error = JobError::new(
-            ErrorKind::Cancelled,
-            "the run was cancelled before this job was submitted",
-        );
-        self.fail(JobStatus::Cancelled, error)
-    }
-
-    fn fail(self, status: JobStatus, error: JobError) -> Done {
-        self.outcome(status, Some(error), Vec::new())
-    }
-}
-
-/// Our queue of jobs not yet posted. `outstanding` counts jobs not yet finished anywhere, so
-/// a server waits while another server's attempt might still come back for a retry.
-struct JobQueue {
-    state: Mutex<QueueState>,
-    changed: Notify,
-}
-
-struct QueueState {
-    ready: VecDeque<Queued>,
-    /// Re-attachments, handed to their own server's loop at start.
-    reattach: Vec<Task>,
-    outstanding: usize,
-    /// New jobs may still come (a long-lived engine); the loops wait even when idle.
-    accepting: bool,
-    closed: bool,
-}
-
-/// A job in the queue. Most have not been tried yet and are only their job: a run of
-/// 10,000 jobs queues 16 bytes each, not a [`Task`].
-enum Queued {
-    Fresh(Arc<Job>),
-    /// Tried before (a retry, or handed back by a server that went away).
-    Again(Box<Task>),
-}
-
-impl Queued {
-    fn key(&self) -> &str {
-        match self {
-            Queued::Fresh(job) => &job.key,
-            Queued::Again(task) => &task.job.key,
-        }
-    }
-
-    fn into_task(self) -> Task {
-        match self {
-            Queued::Fresh(job) => Task::new(job),
-            Queued::Again(task) => *task,
-        }
-    }
-}
-
-impl JobQueue {
-    fn new(ready: VecDeque<Queued>, reattach: Vec<Task>) -> JobQueue {
-        JobQueue {
-            state: Mutex::new(QueueState {
-                outstanding: ready.len() + reattach.len(),
-                ready,
-                reattach,
-                accepting: true,
-                closed: false,
-            }),
-            changed: Notify::new(),
-        }
-    }
-
-    /// The re-attachments that belong to the server at `url`.
-    fn take_reattach(&self, url: &str) -> Vec<Task> {
-        let mut state = self.state.lock().expect("queue poisoned");
-        let (mine, rest): (Vec<Task>, Vec<Task>) = std::mem::take(&mut state.reattach)
-            .into_iter()
-            .partition(|t| t.reattach.as_ref().is_some_and(|r| r.server == url));
-        state.reattach = rest;
-        mine
-    }
-
-    /// The next job, or `None` when every job is finished (and no more may come) or the
-    /// queue is closed.
-    async fn next(&self) -> Option<Task> {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.state.lock().expect("queue poisoned");
-                if state.closed {
-                    return None;
-                }
-                if let Some(queued) = state.ready.pop_front() {
-                    return Some(queued.into_task());
-                }
-                if state.outstanding == 0 && !state.accepting {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Returns once no job will be handed out any more: every job finished and no more may
-    /// come, or the queue was closed.
-    async fn done(&self) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let state = self.state.lock().expect("queue poisoned");
-                if state.closed || (state.outstanding == 0 && !state.accepting) {
-                    return;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// A new job; `false` once the queue is closed or no longer accepting.
-    fn push(&self, job: Arc<Job>) -> bool {
-        let mut state = self.state.lock().expect("queue poisoned");
-        if state.closed || !state.accepting {
-            return false;
-        }
-        state.outstanding += 1;
-        state.ready.push_back(Queued::Fresh(job));
-        drop(state);
-        self.changed.notify_waiters();
-        true
-    }
-
-    /// Take a job that is waiting (not posted) out of the queue.
-    fn remove(&self, key: &str) -> Option<Task> {
-        let mut state = self.state.lock().expect("queue poisoned");
-        let index = state.ready.iter().position(|q| q.key() == key)?;
-        state.ready.remove(index).map(Queued::into_task)
-    }
-
-    fn stop_accepting(&self) {
-        self.state.lock().expect("queue poisoned").accepting = false;
-        self.changed.notify_waiters();
-    }
-
-    fn requeue(&self, task: Task) {
-        // Also when closed: whoever closed it, or `Engine::finish`, drains `ready` after.
-        self.state
-            .lock()
-            .expect("queue poisoned")
-            .ready
-            .push_back(Queued::Again(Box::new(task)));
-        self.changed.notify_waiters();
-    }
-
-    fn finish_one(&self) {
-        let mut state = self.state.lock().expect("queue poisoned");
-        state.outstanding = state.outstanding.saturating_sub(1);
-        drop(state);
-        self.changed.notify_waiters();
-    }
-
-    /// Close the queue and take every job not yet handed out.
-    fn close(&self) -> Vec<Task> {
-        let mut state = self.state.lock().expect("queue poisoned");
-        state.closed = true;
-        let mut tasks: Vec<Task> = state.ready.drain(..).map(Queued::into_task).collect();
-        tasks.append(&mut state.reattach);
-        drop(state);
-        self.changed.notify_waiters();
-        tasks
     }
 }
 
@@ -919,16 +684,6 @@ async fn connection_task(
     }
 }
 
-/// `12 s`, `0.2 s`: a duration for messages.
-fn seconds(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 10.0 {
-        format!("{secs:.1} s")
-    } else {
-        format!("{secs:.0} s")
-    }
-}
-
 /// Why [`pump`] stopped reading a socket.
 enum SocketEnd {
     /// The run is over.
@@ -975,17 +730,6 @@ async fn pump(
             _ = stop.changed() => return SocketEnd::Stopped,
         }
     }
-}
-
-/// How one attempt ended.
-enum Attempt {
-    Succeeded(Vec<ImageRecord>),
-    /// Worth another attempt (maybe elsewhere).
-    Transient(String),
-    /// The server could not be reached: the job waits for a server, at no cost to it.
-    Unreachable(String),
-    /// The job failed for a reason that retrying will not fix.
-    Failed(JobStatus, JobError),
 }
 
 /// Run attempts of one job on this server until it succeeds, fails, or must move on.
@@ -1554,19 +1298,6 @@ async fn reconcile(client: &ComfyClient, prompt_id: &str) -> Result<Reconciled, 
     }
 }
 
-/// Whether `error` says the server could not be reached, rather than that it answered
-/// and failed: connection refused or reset, no answer in time, a lost socket, or a gateway
-/// in front of it that could not reach it (502, 503, 504). HTTP 500 is ComfyUI answering.
-fn unreachable(error: &ComfyError) -> bool {
-    match error {
-        ComfyError::Connect { .. } | ComfyError::Timeout { .. } | ComfyError::WebSocket { .. } => {
-            true
-        }
-        ComfyError::Status { status, .. } => matches!(status, 502..=504),
-        ComfyError::BadUrl { .. } | ComfyError::Decode { .. } => false,
-    }
-}
-
 /// Remove a prompt of ours: delete it if pending, interrupt it (targeted) if running.
 /// Best effort: the server may be gone, which also ends the prompt.
 async fn cancel_on_server(client: &ComfyClient, prompt_id: &str) {
@@ -1597,108 +1328,6 @@ async fn fetch_history(
         tokio::time::sleep(shared.backoff(attempt)).await;
     }
     Err(last)
-}
-
-fn error_from_history(entry: &HistoryEntry) -> Option<JobError> {
-    let status = entry.status.as_ref()?;
-    if status.status_str != "error" {
-        return None;
-    }
-    for message in status.messages.iter().rev() {
-        let (Some(kind), Some(data)) = (message.get(0).and_then(|k| k.as_str()), message.get(1))
-        else {
-            continue;
-        };
-        match kind {
-            "execution_error" => {
-                if let Ok(e) = serde_json::from_value::<ExecutionError>(data.clone()) {
-                    return Some(node_error("the server", &e));
-                }
-            }
-            "execution_interrupted" => {
-                let mut e = JobError::new(
-                    ErrorKind::Interrupted,
-                    "the prompt was interrupted on the server",
-                );
-                e.node_id = data
-                    .get("node_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                e.node_class = data
-                    .get("node_type")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                return Some(e);
-            }
-            _ => {}
-        }
-    }
-    Some(JobError::new(
-        ErrorKind::NodeError,
-        "the server recorded the prompt as failed",
-    ))
-}
-
-fn node_error(server: &str, e: &ExecutionError) -> JobError {
-    let mut error = JobError::new(
-        ErrorKind::NodeError,
-        format!(
-            "node {} ({}) raised {} on {server}: {}",
-            e.node_id.as_deref().unwrap_or("?"),
-            e.node_type.as_deref().unwrap_or("?"),
-            e.exception_type,
-            e.exception_message.trim_end()
-        ),
-    );
-    error.node_id = e.node_id.clone();
-    error.node_class = e.node_type.clone();
-    error.details = serde_json::json!({
-        "exception_type": e.exception_type,
-        "exception_message": e.exception_message,
-        "traceback": e.traceback,
-        "current_inputs": e.current_inputs,
-    });
-    error
-}
-
-/// "; node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'x' not in [...]"
-fn describe_node_errors(
-    node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
-) -> String {
-    let mut text = String::new();
-    for (node, entry) in node_errors {
-        let class = entry
-            .get("class_type")
-            .and_then(|c| c.as_str())
-            .unwrap_or("?");
-        let errors = entry
-            .get("errors")
-            .and_then(|e| e.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for error in errors {
-            let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
-            let details = error.get("details").and_then(|d| d.as_str()).unwrap_or("");
-            text.push_str(&format!("; node {node} ({class}): {message}"));
-            if !details.is_empty() {
-                text.push_str(&format!(": {details}"));
-            }
-        }
-    }
-    text
-}
-
-fn set_first_node(
-    error: &mut JobError,
-    node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
-) {
-    if let Some((node, entry)) = node_errors.iter().next() {
-        error.node_id = Some(node.clone());
-        error.node_class = entry
-            .get("class_type")
-            .and_then(|c| c.as_str())
-            .map(str::to_owned);
-    }
 }
 
 /// A server-chosen name is only ever a query parameter for `/view`; refuse names that try

@@ -3,8 +3,11 @@
 mod attempt;
 mod config;
 mod context;
+mod failure;
 mod outputs;
 mod pace;
+mod queue;
+mod task;
 
 pub use attempt::{Engine, execute};
 pub use config::{DEFAULT_OUTAGE_WINDOW, EngineConfig};
