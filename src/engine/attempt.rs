@@ -23,12 +23,12 @@
 //! in our memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::config::EngineConfig;
@@ -37,9 +37,10 @@ use super::failure::{
     describe_node_errors, error_from_history, node_error, seconds, set_first_node, unreachable,
 };
 use super::outputs::{ChapterOutput, relative};
-use super::pace;
 use super::queue::{JobQueue, Queued};
-use super::task::{Attempt, Done, Task};
+use super::server::{ServerConn, Signal};
+use super::shared::Shared;
+use super::task::{Attempt, Task};
 
 use crate::comfy::protocol::PromptRequest;
 use crate::comfy::ws::{WsConnection, WsEvent};
@@ -219,303 +220,6 @@ impl Engine {
         }
         shared.ctx.outputs.sync();
         std::mem::take(&mut *shared.outcomes.lock().expect("outcomes poisoned"))
-    }
-}
-
-struct Shared {
-    config: EngineConfig,
-    ctx: Arc<RunContext>,
-    queue: JobQueue,
-    outcomes: Mutex<Vec<JobOutcome>>,
-    keep_outcomes: bool,
-    /// Per-job cancel switches of attempts in flight.
-    job_cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
-    downloads: Arc<Semaphore>,
-    /// Attempts under way (posted, or finished and not yet written), over all servers.
-    unwritten: Arc<Semaphore>,
-    servers: Vec<Arc<ServerConn>>,
-    /// Why the queue was closed to new work (a local write failure), if it was.
-    stopped: std::sync::OnceLock<String>,
-}
-
-impl Shared {
-    fn finish(&self, done: Done) {
-        let local_failure = done
-            .outcome
-            .error
-            .as_ref()
-            .filter(|e| e.kind == ErrorKind::Io)
-            .map(|e| e.message.clone());
-        self.record(done);
-        // A local write failure (disk full, permissions) will hit every job: stop posting
-        // work the GPU would render for nothing, and say why.
-        if let Some(message) = local_failure
-            && self.config.stop_on_local_failure
-        {
-            let reason = format!("not started after a local write failure: {message}");
-            for task in self.queue.close() {
-                let error = JobError::new(ErrorKind::Io, reason.clone());
-                self.record(task.fail(JobStatus::Failed, error));
-            }
-            let _ = self.stopped.set(reason);
-        }
-    }
-
-    fn record(&self, done: Done) {
-        let Done { job, outcome } = done;
-        if let Ok(output) = self.ctx.outputs.chapter(job.chapter) {
-            let _ = output.ledger.append(&LedgerRecord::Finished {
-                v: LEDGER_VERSION,
-                run_id: self.ctx.run_id.clone(),
-                key: outcome.key.clone(),
-                job_hash: job.hash.to_string(),
-                status: outcome.status.as_str().to_owned(),
-            });
-        }
-        if self.keep_outcomes {
-            self.ctx.emit(Event::Finished(Box::new(outcome.clone())));
-            self.outcomes
-                .lock()
-                .expect("outcomes poisoned")
-                .push(outcome);
-        } else {
-            self.ctx.emit(Event::Finished(Box::new(outcome)));
-        }
-        self.queue.finish_one();
-    }
-
-    /// Take `conn` out of rotation for good (once), saying why.
-    fn retire(&self, conn: &ServerConn, reason: String) {
-        if conn.retire(reason.clone()) {
-            self.emit_server(conn, ServerState::Retired(reason));
-        }
-    }
-
-    fn emit_server(&self, conn: &ServerConn, state: ServerState) {
-        self.ctx.emit(Event::Server {
-            server: conn.index,
-            state,
-        });
-    }
-
-    /// Whether a server other than `index` is in rotation with its socket up, so a job
-    /// stuck on `index` can go there.
-    fn other_server_up(&self, index: usize) -> bool {
-        self.servers
-            .iter()
-            .any(|c| c.index != index && !c.is_retired() && *c.up.borrow())
-    }
-
-    /// The error of a job left when every server is out of rotation: each server and why,
-    /// and what to do.
-    fn no_server_left(&self) -> String {
-        let why: Vec<String> = self
-            .servers
-            .iter()
-            .filter_map(|c| Some(format!("{} {}", c.client.url(), c.retired_reason()?)))
-            .collect();
-        format!(
-            "no server is left to run this job: {}; bring a server back and run again \
-             (jobs already rendered are skipped), or wait longer for one with --outage-window SECONDS \
-             ([comfy] outage_window)",
-            why.join("; ")
-        )
-    }
-
-    /// Exponential backoff with jitter for the n-th retry (1-based).
-    fn backoff(&self, retry: u32) -> Duration {
-        let base = self
-            .config
-            .backoff
-            .saturating_mul(1 << retry.saturating_sub(1).min(6));
-        base.min(Duration::from_secs(10)).mul_f64(0.5 + jitter())
-    }
-}
-
-/// What a prompt's waiter hears from the connection task.
-enum Signal {
-    Message(ServerMessage),
-    /// The socket dropped or came back: messages may have been lost; reconcile over HTTP.
-    Reconcile,
-}
-
-/// One server: its client, its socket state, and the routes of its prompts.
-struct ServerConn {
-    index: usize,
-    client: ComfyClient,
-    /// The `clientId` of the current socket; replaced after a zombie socket (see
-    /// `connection_task`), so read it with [`ServerConn::client_id`].
-    client_id: Mutex<String>,
-    routes: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
-    /// `true` while the socket is open and confirmed.
-    up: watch::Sender<bool>,
-    retired: AtomicBool,
-    retired_notify: Notify,
-    retired_reason: Mutex<Option<String>>,
-    /// Since when the server has been unreachable; `None` while it is reachable. Set when
-    /// the socket is lost or an attempt cannot reach the server; ended by a confirmed
-    /// socket, or by an answered POST while the socket stayed up.
-    outage_since: Mutex<Option<Instant>>,
-    /// Transient failures since the last success on this server.
-    consecutive_failures: AtomicU32,
-    /// Sockets lost so far: an attempt that sees it change lived through a drop or restart.
-    epoch: AtomicU64,
-    /// The last epoch whose restart was counted in `consecutive_failures`.
-    counted_epoch: AtomicU64,
-    /// Set once the run's cancellation deleted every pending prompt of ours here.
-    pending_deleted: tokio::sync::OnceCell<()>,
-    /// Render and round-trip times, for the number of prompts to keep posted.
-    pace: Mutex<pace::Pace>,
-}
-
-impl ServerConn {
-    fn new(index: usize, client: ComfyClient, config: &EngineConfig) -> ServerConn {
-        ServerConn {
-            index,
-            client,
-            client_id: Mutex::new(uuid::Uuid::new_v4().to_string()),
-            routes: Mutex::new(HashMap::new()),
-            up: watch::channel(false).0,
-            retired: AtomicBool::new(false),
-            retired_notify: Notify::new(),
-            retired_reason: Mutex::new(None),
-            outage_since: Mutex::new(None),
-            consecutive_failures: AtomicU32::new(0),
-            epoch: AtomicU64::new(0),
-            counted_epoch: AtomicU64::new(u64::MAX),
-            pending_deleted: tokio::sync::OnceCell::new(),
-            pace: Mutex::new(pace::Pace::new(config.in_flight, config.in_flight_max)),
-        }
-    }
-
-    fn pace(&self) -> std::sync::MutexGuard<'_, pace::Pace> {
-        self.pace.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn client_id(&self) -> String {
-        self.client_id.lock().expect("client id poisoned").clone()
-    }
-
-    fn route(&self, prompt_id: &str) -> mpsc::UnboundedReceiver<Signal> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.routes
-            .lock()
-            .expect("routes poisoned")
-            .insert(prompt_id.to_owned(), tx);
-        rx
-    }
-
-    fn unroute(&self, prompt_id: &str) {
-        self.routes
-            .lock()
-            .expect("routes poisoned")
-            .remove(prompt_id);
-    }
-
-    fn dispatch(&self, message: ServerMessage) {
-        let Some(prompt_id) = message.prompt_id() else {
-            return;
-        };
-        let routes = self.routes.lock().expect("routes poisoned");
-        if let Some(route) = routes.get(prompt_id) {
-            let _ = route.send(Signal::Message(message));
-        }
-    }
-
-    fn broadcast_reconcile(&self) {
-        for route in self.routes.lock().expect("routes poisoned").values() {
-            let _ = route.send(Signal::Reconcile);
-        }
-    }
-
-    fn has_routes(&self) -> bool {
-        !self.routes.lock().expect("routes poisoned").is_empty()
-    }
-
-    /// On cancelling the run: delete all our prompts from the server's queue in one request,
-    /// once, before any of them is interrupted. Interrupting the running prompt first would
-    /// let the server start our next pending one before its own delete arrives.
-    async fn delete_all_pending(&self) {
-        self.pending_deleted
-            .get_or_init(|| async {
-                let ids: Vec<String> = self
-                    .routes
-                    .lock()
-                    .expect("routes poisoned")
-                    .keys()
-                    .cloned()
-                    .collect();
-                if !ids.is_empty() {
-                    let _ = self.client.delete_queued(&ids).await;
-                }
-            })
-            .await;
-    }
-
-    fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::SeqCst)
-    }
-
-    /// Out of rotation for good; `false` if it already was.
-    fn retire(&self, reason: String) -> bool {
-        let mut why = self.retired_reason.lock().expect("retired reason poisoned");
-        if self.retired.swap(true, Ordering::SeqCst) {
-            return false;
-        }
-        *why = Some(reason);
-        drop(why);
-        self.retired_notify.notify_waiters();
-        self.broadcast_reconcile();
-        true
-    }
-
-    fn retired_reason(&self) -> Option<String> {
-        self.retired_reason
-            .lock()
-            .expect("retired reason poisoned")
-            .clone()
-    }
-
-    fn outage_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.outage_since.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How long the server has been unreachable, if it is.
-    fn outage(&self) -> Option<Duration> {
-        self.outage_since().map(|since| since.elapsed())
-    }
-
-    /// The server could not be reached: start an outage (if none is under way); its length.
-    fn unreachable(&self) -> Duration {
-        self.outage_since()
-            .get_or_insert_with(Instant::now)
-            .elapsed()
-    }
-
-    /// A POST was answered: an outage an attempt saw while the socket stayed up is over
-    /// (one the socket saw ends only with a confirmed socket).
-    fn answered(&self) {
-        if *self.up.borrow() {
-            *self.outage_since() = None;
-        }
-    }
-
-    /// Wait until the socket is confirmed open. `false` if the server was retired.
-    async fn wait_up(&self) -> bool {
-        let mut up = self.up.subscribe();
-        loop {
-            if self.is_retired() {
-                return false;
-            }
-            if *up.borrow_and_update() {
-                return true;
-            }
-            let retired = self.retired_notify.notified();
-            tokio::select! {
-                changed = up.changed() => if changed.is_err() { return false },
-                _ = retired => {}
-            }
-        }
     }
 }
 
@@ -1612,14 +1316,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| DownloadError::Io(format!("writing the image panicked: {e}")))
-}
-
-/// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mixed = (nanos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    mixed as f64 / (1u64 << 53) as f64
 }

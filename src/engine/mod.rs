@@ -7,6 +7,8 @@ mod failure;
 mod outputs;
 mod pace;
 mod queue;
+mod server;
+mod shared;
 mod task;
 
 pub use attempt::{Engine, execute};
