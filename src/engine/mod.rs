@@ -2,11 +2,14 @@
 
 mod attempt;
 mod config;
+mod connection;
 mod context;
+mod download;
 mod failure;
 mod outputs;
 mod pace;
 mod queue;
+mod reconcile;
 mod server;
 mod shared;
 mod task;
