@@ -1,0 +1,77 @@
+//! One server's loop: hold its `in_flight` slots (as many as its pace asks for), wait for
+//! its socket, take the next job (re-attachments first) and start an attempt for it.
+//!
+//! Owns how many prompts one server has posted at once. Must not decide what happens after
+//! an attempt (that is `retry.rs`) or touch the socket (that is `connection.rs`).
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::retry::run_task;
+use super::server::ServerConn;
+use super::shared::Shared;
+use super::task::Task;
+
+/// One server's loop: take jobs while slots are free and the socket is up.
+/// `reattach` are prompts a previous (killed) run left on this server: they come first.
+pub(super) async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reattach: Vec<Task>) {
+    let mut depth = conn.pace().depth();
+    let slots = Arc::new(Semaphore::new(depth));
+    let mut attempts = JoinSet::new();
+    let mut reattach = reattach.into_iter();
+    loop {
+        // Follow the pace: more slots for short renders, back down for long ones (a slot
+        // in use is taken away once it is released).
+        let wanted = conn.pace().depth();
+        if wanted > depth {
+            slots.add_permits(wanted - depth);
+            depth = wanted;
+        } else if wanted < depth {
+            depth -= slots.forget_permits(depth - wanted);
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let Ok(unwritten) = shared.unwritten.clone().acquire_owned().await else {
+            break;
+        };
+        // A server that is away keeps its loop waiting here; once every job is done (or
+        // the queue closed) there is nothing left to wait for it for.
+        let up = tokio::select! {
+            up = conn.wait_up() => up,
+            _ = shared.queue.done() => false,
+        };
+        if !up {
+            break;
+        }
+        let retired = conn.retired_notify.notified();
+        let task = match reattach.next() {
+            Some(task) => Some(task),
+            None => tokio::select! {
+                task = shared.queue.next() => task,
+                _ = retired => None,
+            },
+        };
+        let Some(task) = task else { break };
+        if conn.is_retired() {
+            shared.queue.requeue(task);
+            break;
+        }
+        attempts.spawn(run_task(
+            shared.clone(),
+            conn.clone(),
+            task,
+            permit,
+            unwritten,
+        ));
+        // Reap finished attempts so the set does not grow with the run.
+        while attempts.try_join_next().is_some() {}
+    }
+    // A retired server hands its unstarted re-attachments to the others.
+    for task in reattach {
+        shared.queue.requeue(task);
+    }
+    while attempts.join_next().await.is_some() {}
+}
