@@ -10,7 +10,7 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::error::ComfyError;
+use super::error::{ComfyError, error_chain};
 use super::protocol::{
     HistoryEntry, ImageRef, PromptAccepted, PromptRejected, PromptRequest, QueueSnapshot,
 };
@@ -330,8 +330,9 @@ impl ComfyClient {
             .await
     }
 
-    /// `GET /view` for one output image, as a streaming response (status already checked).
-    pub async fn view(&self, image: &ImageRef) -> Result<reqwest::Response, ComfyError> {
+    /// `GET /view` for one output image: its body, read as it arrives (status already
+    /// checked).
+    pub async fn view(&self, image: &ImageRef) -> Result<ImageBody, ComfyError> {
         let path = "view";
         let builder = self.request(reqwest::Method::GET, path).query(&[
             ("filename", image.filename.as_str()),
@@ -349,8 +350,49 @@ impl ComfyClient {
                 body: body_excerpt(&bytes),
             });
         }
-        Ok(response)
+        Ok(ImageBody {
+            response,
+            url: self.url().to_owned(),
+        })
     }
+}
+
+/// The body of an image `/view` answered with success, read piece by piece as it arrives,
+/// so a large image is never held whole. The HTTP response stays inside this layer.
+#[derive(Debug)]
+pub struct ImageBody {
+    response: reqwest::Response,
+    /// The server, for messages.
+    url: String,
+}
+
+impl ImageBody {
+    /// The length the server declared (`Content-Length`), if it did.
+    pub fn declared_len(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn next_chunk(
+        &mut self,
+    ) -> Option<Result<impl std::ops::Deref<Target = [u8]>, BodyError>> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| BodyError {
+                url: self.url.clone(),
+                reason: error_chain(&e),
+            })
+            .transpose()
+    }
+}
+
+/// An image body that broke off before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("the download from {url} broke off: {reason}")]
+pub struct BodyError {
+    url: String,
+    reason: String,
 }
 
 fn percent_decode(text: &str) -> String {
@@ -420,6 +462,69 @@ mod tests {
             .unwrap();
         assert_eq!(c.authorization().as_deref(), Some("Bearer tok"));
         assert!(!format!("{c:?}").contains("tok"));
+    }
+
+    /// A one-shot loopback HTTP server: answers the first request with `head` and `body`,
+    /// then closes the connection.
+    async fn serve_once(head: String, body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended before its head");
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&body).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        url
+    }
+
+    fn image() -> ImageRef {
+        serde_json::from_value(json!({"filename": "a.png", "subfolder": "", "type": "output"}))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_image_body_arrives_whole_with_its_declared_length() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let url = serve_once(head, body.clone()).await;
+        let mut image = client(&url).view(&image()).await.unwrap();
+        assert_eq!(image.declared_len(), Some(body.len() as u64));
+        let mut read = Vec::new();
+        while let Some(chunk) = image.next_chunk().await {
+            read.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(read == body, "the body read differs from the one sent");
+    }
+
+    #[tokio::test]
+    async fn an_image_body_that_breaks_off_names_its_server() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 100000\r\nconnection: close\r\n\r\n";
+        let url = serve_once(head.to_owned(), vec![7u8; 1000]).await;
+        let mut image = client(&url).view(&image()).await.unwrap();
+        let mut error = None;
+        while let Some(chunk) = image.next_chunk().await {
+            if let Err(e) = chunk {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+        let error = error.expect("a body cut short is an error, not an end");
+        assert!(
+            error.starts_with(&format!("the download from {url} broke off: ")),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,6 +6,6 @@ pub mod error;
 pub mod protocol;
 pub mod ws;
 
-pub use client::{ComfyClient, PostOutcome, http_client};
+pub use client::{BodyError, ComfyClient, ImageBody, PostOutcome, http_client};
 pub use error::ComfyError;
 pub use protocol::{HistoryEntry, ImageRef, QueueSnapshot, ServerMessage};

@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
-
 use super::failure::unreachable;
 use super::outputs::{ChapterOutput, relative};
 use super::server::ServerConn;
@@ -214,7 +212,7 @@ async fn download(
         .outputs
         .chapter(chapter)
         .map_err(|e| DownloadError::Io(e.to_string()))?;
-    let response = client.view(image).await.map_err(|e| {
+    let mut body = client.view(image).await.map_err(|e| {
         if unreachable(&e) {
             DownloadError::Unreachable(e.to_string())
         } else if e.is_transient() {
@@ -223,21 +221,14 @@ async fn download(
             DownloadError::Bad(e.to_string())
         }
     })?;
-    let declared = response.content_length();
-    let mut stream = response.bytes_stream();
+    let declared = body.declared_len();
     let mut written: u64 = 0;
     let mut buffer: Vec<u8> =
         Vec::with_capacity(declared.map_or(64 << 10, |d| d.min(DOWNLOAD_BUFFER as u64) as usize));
     // Once the image outgrows the buffer: the temp file it is spilled to.
     let mut spilled: Option<tempfile::NamedTempFile> = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            DownloadError::Bad(format!(
-                "the download from {} broke off: {}",
-                client.url(),
-                crate::comfy::error::error_chain(&e)
-            ))
-        })?;
+    while let Some(chunk) = body.next_chunk().await {
+        let chunk = chunk.map_err(|e| DownloadError::Bad(e.to_string()))?;
         written += chunk.len() as u64;
         if written > MAX_IMAGE_BYTES {
             return Err(DownloadError::Bad(format!(
