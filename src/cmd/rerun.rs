@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::cli::RerunArgs;
 use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
 use crate::cmd::{CmdError, CmdResult, UserError};
-use crate::engine::EngineConfig;
+use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
 use crate::manifest::Problem;
 use crate::report::RunReport;
@@ -102,11 +102,17 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         force: true,
         only: selected.iter().map(|j| j.key.clone()).collect(),
         simulator: args.sim,
-        engine: EngineConfig {
-            timeout: std::time::Duration::from_secs_f64(report.settings.timeout_secs.max(1.0)),
-            in_flight: report.settings.in_flight.max(1),
-            ..EngineConfig::default()
-        },
+        // What the report recorded of its run stands where a manifest would.
+        engine: EngineConfig::from_settings(&EngineSettings {
+            flags: Choices::default(),
+            manifest: Choices {
+                timeout: Some(std::time::Duration::from_secs_f64(
+                    report.settings.timeout_secs.max(1.0),
+                )),
+                in_flight: Some(report.settings.in_flight.max(1)),
+                ..Choices::default()
+            },
+        }),
         mode: if args.json { Mode::Quiet } else { Mode::Plain },
     };
     let result = runner::run_jobs(options, clients, jobs, cancel_rx).await;

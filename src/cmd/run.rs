@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::cli::RunArgs;
 use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::comfy::{ComfyClient, http_client};
-use crate::engine::EngineConfig;
+use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
 use crate::plan::{Job, load_plan};
@@ -45,7 +45,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
             ),
         ));
     }
-    let outage_window = outage_window(args.outage_window, plan.comfy.outage_window_secs)?;
+    let outage_window = outage_window(args.outage_window)?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
@@ -72,13 +72,20 @@ pub async fn run(args: RunArgs) -> CmdResult {
         force: args.force,
         only: args.only.clone(),
         simulator: args.sim,
-        engine: EngineConfig {
-            timeout: Duration::from_secs_f64(timeout),
-            retry_failed: args.retry_failed || plan.comfy.retry_failed,
-            outage_window,
-            ..EngineConfig::default()
-        }
-        .with_fixed_depth(depth),
+        engine: EngineConfig::from_settings(&EngineSettings {
+            flags: Choices {
+                timeout: args.timeout.map(Duration::from_secs_f64),
+                in_flight: args.in_flight,
+                retry_failed: args.retry_failed.then_some(true),
+                outage_window,
+            },
+            manifest: Choices {
+                timeout: Some(Duration::from_secs_f64(plan.comfy.timeout_secs)),
+                in_flight: plan.comfy.in_flight,
+                retry_failed: Some(plan.comfy.retry_failed),
+                outage_window: plan.comfy.outage_window_secs.map(Duration::from_secs_f64),
+            },
+        }),
         mode: if args.quiet || args.json {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
@@ -96,12 +103,13 @@ pub async fn run(args: RunArgs) -> CmdResult {
     Ok(summary.exit_code())
 }
 
-/// `--outage-window`, else `[comfy] outage_window`, else the default.
-fn outage_window(flag: Option<f64>, manifest: Option<f64>) -> Result<Duration, CmdError> {
-    match flag.or(manifest) {
-        None => Ok(crate::engine::DEFAULT_OUTAGE_WINDOW),
+/// `--outage-window`, if given and valid (the manifest's value is checked where it is read;
+/// which one wins is `EngineConfig::from_settings`'s).
+fn outage_window(flag: Option<f64>) -> Result<Option<Duration>, CmdError> {
+    match flag {
+        None => Ok(None),
         Some(secs) if secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok() => {
-            Ok(Duration::from_secs_f64(secs))
+            Ok(Some(Duration::from_secs_f64(secs)))
         }
         Some(secs) => Err(CmdError::new(
             exit_codes::USAGE,
@@ -430,15 +438,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_outage_window_flag_beats_the_manifest_which_beats_the_default() {
-        let secs = |flag, manifest| outage_window(flag, manifest).ok().map(|d| d.as_secs_f64());
-        assert_eq!(secs(Some(2.0), Some(600.0)), Some(2.0));
-        assert_eq!(secs(None, Some(30.0)), Some(30.0));
-        assert_eq!(
-            secs(None, None),
-            Some(crate::engine::DEFAULT_OUTAGE_WINDOW.as_secs_f64())
-        );
-        assert_eq!(secs(Some(0.0), Some(30.0)), None);
-        assert_eq!(secs(Some(f64::NAN), None), None);
+    fn the_outage_window_flag_is_seconds_above_zero() {
+        let secs = |flag| outage_window(flag).ok().map(|d| d.map(|d| d.as_secs_f64()));
+        assert_eq!(secs(Some(2.0)), Some(Some(2.0)));
+        assert_eq!(secs(None), Some(None));
+        assert_eq!(secs(Some(0.0)), None);
+        assert_eq!(secs(Some(-1.0)), None);
+        assert_eq!(secs(Some(f64::NAN)), None);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cli::{OnShutdown, ServeArgs};
 use crate::cmd::run::{build_clients, resolve_servers};
 use crate::cmd::{CmdError, CmdResult, UserError};
-use crate::engine::EngineConfig;
+use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
 use crate::serve::{ServeConfig, Service, ShutdownMode};
 use crate::sim::{Fault, Sim, SimConfig};
@@ -82,11 +82,14 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         workflow: args.workflow.clone(),
         max_queue: args.max_queue,
         token: args.token.clone(),
-        engine: EngineConfig {
-            timeout: Duration::from_secs_f64(args.timeout),
-            ..EngineConfig::default()
-        }
-        .with_fixed_depth(args.in_flight),
+        engine: EngineConfig::from_settings(&EngineSettings {
+            flags: Choices {
+                timeout: Some(Duration::from_secs_f64(args.timeout)),
+                in_flight: args.in_flight,
+                ..Choices::default()
+            },
+            manifest: Choices::default(),
+        }),
         on_shutdown: match args.on_shutdown {
             OnShutdown::Finish => ShutdownMode::Finish,
             OnShutdown::Cancel => ShutdownMode::Cancel,

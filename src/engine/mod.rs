@@ -40,7 +40,7 @@ mod shared;
 mod slots;
 mod task;
 
-pub use config::{DEFAULT_OUTAGE_WINDOW, EngineConfig};
+pub use config::{Choices, DEFAULT_OUTAGE_WINDOW, EngineConfig, EngineSettings};
 pub use context::{Reattach, RunContext};
 pub use executor::{Engine, execute};
 pub(crate) use outputs::relative;

@@ -189,3 +189,69 @@ fn usage_and_input_errors_have_their_exit_codes() {
         .code(plasma_batch::exit_codes::IO_ERROR)
         .stderr(predicate::str::contains(blocked.display().to_string()));
 }
+
+/// `rerun` builds its engine config as `run` does: the depth the report recorded stays fixed,
+/// even for renders so short that a depth following the server's pace would grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_keeps_the_depth_its_report_recorded() {
+    let sim = plasma_batch::sim::Sim::start(plasma_batch::sim::SimConfig {
+        step_ms: 0,
+        latency_ms: 30,
+        ..plasma_batch::sim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 12, 1, "");
+    let out = dir.path().join("out");
+    let url = sim.url();
+    let run = |args: Vec<std::ffi::OsString>| {
+        tokio::task::spawn_blocking(move || {
+            let output = bin().args(args).output().unwrap();
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+        })
+    };
+    let summary = run(vec![
+        "run".into(),
+        manifest.into(),
+        "--server".into(),
+        url.clone().into(),
+        "--in-flight".into(),
+        "1".into(),
+        "--json".into(),
+        "--out".into(),
+        out.into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(summary["totals"]["succeeded"], 12, "{summary:#}");
+    assert_eq!(
+        sim.stats().peak_queue,
+        1,
+        "the run itself kept one prompt posted"
+    );
+    let report = summary["report"].as_str().unwrap().to_owned();
+    let rerun = run(vec![
+        "rerun".into(),
+        report.into(),
+        "--server".into(),
+        url.into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(rerun["identical"], 12, "{rerun:#}");
+    let stats = sim.stats();
+    assert_eq!(stats.prompts_accepted, 24);
+    assert_eq!(
+        stats.peak_queue, 1,
+        "the rerun posted more than the one prompt at a time its report recorded"
+    );
+    sim.shutdown().await;
+}
