@@ -13,12 +13,14 @@
 //! - [`pixels`]: the one PNG decoder (arrival checks and thumbnails).
 //! - [`store`]: [`ImageStore`], versioned image names and crash-safe commits.
 //! - [`thumbs`]: the thumbnail pack of a chapter.
+//! - [`lock`]: [`OwnerLock`], an OS lock that says which process owns a file.
 //! - [`jsonl`]: append-only JSON lines, the writer and reader of the ledger and the journal.
 
 pub mod chapter;
 pub mod error;
 pub mod files;
 pub mod jsonl;
+pub mod lock;
 pub mod pixels;
 pub mod store;
 pub mod temp;
@@ -30,6 +32,7 @@ pub use files::{
     digest_file, open_append, open_no_follow, sync_dir, write_atomic, write_atomic_with,
 };
 pub use jsonl::{BadLine, JsonLines};
+pub use lock::{LockError, OwnerLock};
 pub use pixels::{NotPng, Pixels, decode_png};
 pub use store::{CommittedImage, ImageStore, StageError, StagedImage, image_file_name};
 pub(crate) use temp::new_temp_file;

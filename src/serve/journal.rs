@@ -9,15 +9,14 @@
 //! (which shows the owner's pid) says who does.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use super::record::JobRecord;
 use crate::output::jsonl::{self, BadLine, JsonLines};
+use crate::output::lock::{LockError, OwnerLock};
 use crate::output::{PathError, open_append};
 
 /// Journal format version, written in every line.
@@ -42,8 +41,8 @@ impl<'a> Line<&'a JobRecord> {
 #[derive(Debug)]
 pub struct Journal {
     lines: JsonLines,
-    /// `jobs.lock`, open and locked (an OS lock) while we own the journal.
-    lock: Mutex<Option<File>>,
+    /// `jobs.lock`, held while we own the journal.
+    lock: OwnerLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,38 +79,6 @@ fn holder(pid: Option<u32>) -> String {
     }
 }
 
-/// Take `lock` for this process with an OS file lock (`flock`), which the kernel releases
-/// when the holder exits or dies, so a pid left in the file (our own after a container
-/// restart, a dead or zombie process) never blocks a restart. The pid is written for humans.
-fn take_lock(lock: &Path, journal: &Path) -> Result<File, OpenError> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock)
-        .map_err(|e| PathError::new("open", lock, e))?;
-    // Through the crate's trait: std's own `File::try_lock` is newer than `rust-version`.
-    match fs4::FileExt::try_lock(&file) {
-        Ok(()) => {}
-        Err(fs4::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(lock)
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok());
-            return Err(OpenError::Locked {
-                pid,
-                journal: journal.to_owned(),
-                lock: lock.to_owned(),
-            });
-        }
-        Err(fs4::TryLockError::Error(e)) => return Err(PathError::new("lock", lock, e).into()),
-    }
-    file.set_len(0)
-        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
-        .map_err(|e| PathError::new("write", lock, e))?;
-    Ok(file)
-}
-
 impl Journal {
     /// Read every job (in creation order), keep unreadable lines aside, compact the file,
     /// and open it for appending.
@@ -119,7 +86,15 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
-        let lock = take_lock(&path.with_extension("lock"), path)?;
+        let lock_path = path.with_extension("lock");
+        let lock = OwnerLock::take(&lock_path).map_err(|e| match e {
+            LockError::Held { pid } => OpenError::Locked {
+                pid,
+                journal: path.to_owned(),
+                lock: lock_path.clone(),
+            },
+            LockError::Io(e) => OpenError::Io(e),
+        })?;
         let Replayed { jobs, unreadable } = read(path)?;
         let mut warnings = Vec::new();
         if !unreadable.is_empty() {
@@ -150,7 +125,7 @@ impl Journal {
         // Opened after the compaction, which replaced the file.
         let journal = Journal {
             lines: JsonLines::open(path)?.refusing_replaced(),
-            lock: Mutex::new(Some(lock)),
+            lock,
         };
         Ok(Opened {
             journal,
@@ -161,11 +136,7 @@ impl Journal {
 
     /// Let another service use the journal (at shutdown; also when dropped).
     pub fn release(&self) {
-        // Emptied, not removed: removing would let a third service lock a new file of the
-        // same name while a second one still waits on the old one. Closing it unlocks.
-        if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
-            let _ = lock.set_len(0);
-        }
+        self.lock.release();
     }
 
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
@@ -183,12 +154,6 @@ impl Journal {
     /// To stable storage (at shutdown; a process crash loses nothing already appended).
     pub fn sync(&self) -> Result<(), PathError> {
         self.lines.sync()
-    }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
