@@ -3,7 +3,8 @@
 //!
 //! Crash safety: each record is one `write` of one line on an `O_APPEND` file, so records of
 //! concurrent runners never interleave and a `kill -9` loses at most the line being written.
-//! A torn last line is skipped on reading and fenced off with a newline before appending.
+//! A torn last line is skipped on reading and fenced off with a newline before appending
+//! (the writing and reading are [`crate::output::jsonl`]'s, shared with the serve journal).
 //! An image is committed in two records: `image_intent` *before* the link that gives it its
 //! final name (so a crash right after the link cannot leave an image the ledger does not
 //! know), and `image` *after* the link succeeded, naming the file the link created and the
@@ -12,15 +13,13 @@
 //! Any image counts only if a file with that name and that sha256 exists.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::output::{CommittedImage, ImageStore, PathError, StagedImage, digest_file, open_append};
+use crate::output::jsonl::{self, JsonLines};
+use crate::output::{CommittedImage, ImageStore, PathError, StagedImage, digest_file};
 
 /// Ledger format version, written in every record.
 pub const LEDGER_VERSION: u32 = 1;
@@ -89,52 +88,24 @@ pub struct VerifiedImage {
 /// An open ledger, shared by every task of a run.
 #[derive(Debug)]
 pub struct Ledger {
-    path: PathBuf,
-    file: Mutex<File>,
+    lines: JsonLines,
 }
 
 impl Ledger {
     /// Open (or create) the ledger and read every intact record in it.
     pub fn open(path: &Path) -> Result<(Ledger, Vec<LedgerRecord>), PathError> {
-        let mut file = open_append(path)?;
+        let lines = JsonLines::open(path)?;
         let records = read_records(path)?;
-        // Fence off a torn last line left by a crash so the next record starts on its own line.
-        let len = file
-            .metadata()
-            .map_err(|e| PathError::new("read", path, e))?
-            .len();
-        if len > 0 {
-            let mut last = [0u8; 1];
-            let mut reader = File::open(path).map_err(|e| PathError::new("open", path, e))?;
-            reader
-                .seek(SeekFrom::Start(len - 1))
-                .and_then(|_| reader.read_exact(&mut last))
-                .map_err(|e| PathError::new("read", path, e))?;
-            if last[0] != b'\n' {
-                file.write_all(b"\n")
-                    .map_err(|e| PathError::new("append to", path, e))?;
-            }
-        }
-        Ok((
-            Ledger {
-                path: path.to_owned(),
-                file: Mutex::new(file),
-            },
-            records,
-        ))
+        Ok((Ledger { lines }, records))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lines.path()
     }
 
     /// Append one record as one write (not fsynced; see [`Ledger::sync`]).
     pub fn append(&self, record: &LedgerRecord) -> Result<(), PathError> {
-        let mut line = serde_json::to_vec(record).expect("ledger records serialize");
-        line.push(b'\n');
-        let mut file = self.file.lock().expect("ledger lock poisoned");
-        file.write_all(&line)
-            .map_err(|e| PathError::new("append to", &self.path, e))
+        self.lines.append(record)
     }
 
     /// Give `staged` its final name in `store` (the next free version of `page`): the intent
@@ -157,26 +128,13 @@ impl Ledger {
     /// Flush the ledger to stable storage (at the end of a run; a process crash loses nothing
     /// already appended, only a power loss needs this).
     pub fn sync(&self) -> Result<(), PathError> {
-        let file = self.file.lock().expect("ledger lock poisoned");
-        file.sync_data()
-            .map_err(|e| PathError::new("fsync", &self.path, e))
+        self.lines.sync()
     }
 }
 
 /// Every parsable record; unparsable lines (a torn write, a future format) are skipped.
 pub fn read_records(path: &Path) -> Result<Vec<LedgerRecord>, PathError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(PathError::new("open", path, e)),
-    };
-    let mut records = Vec::new();
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| PathError::new("read", path, e))?;
-        if let Ok(record) = serde_json::from_slice::<LedgerRecord>(&line) {
-            records.push(record);
-        }
-    }
+    let (records, _skipped) = jsonl::read_all(path)?;
     Ok(records)
 }
 
@@ -304,6 +262,8 @@ pub fn open_submissions(records: &[LedgerRecord]) -> HashMap<String, OpenSubmiss
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::open_append;
+    use std::io::Write;
 
     fn entry(file: &str, sha256: &str, bytes: u64) -> ImageEntry {
         ImageEntry {

@@ -22,5 +22,8 @@ pub mod report;
 pub mod runner;
 pub mod serve;
 pub mod sim;
-pub mod thumbs;
+pub mod time;
 pub mod workflow;
+
+/// Thumbnails moved into the output store; the old path still leads there.
+pub use output::thumbs;

@@ -8,8 +8,7 @@ use std::path::Path;
 use base64::Engine as _;
 
 use super::json::{JobReport, RunReport};
-use crate::output::ChapterDirs;
-use crate::thumbs::ThumbReader;
+use crate::output::{ChapterDirs, ThumbReader};
 
 /// Render the contact sheet. `out_root` is where the report's image paths are relative to.
 pub fn contact_sheet(report: &RunReport, out_root: &Path) -> String {
@@ -76,7 +75,7 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
     );
-    // Thumbnails were made as the images arrived (see `crate::thumbs`).
+    // Thumbnails were made as the images arrived (see `crate::output::thumbs`).
     let mut thumbs = ThumbReader::open(&ChapterDirs::new(out_root, report.chapter).thumbs());
     // By page, jobs in report order within a page.
     let mut order: Vec<&JobReport> = report.jobs.iter().collect();

@@ -16,9 +16,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::jobs::{CancelCheck, InsertError, JobRecord, Status};
+use super::app::{App, job_key};
+use super::jobs::{CancelCheck, InsertError};
+use super::record::{JobRecord, Status};
 use super::request::{self, FieldProblem};
-use super::service::{App, job_key};
 
 /// The OpenAPI 3 document of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");

@@ -1,38 +1,48 @@
-//! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file in the style of
-//! the chapter ledger. A job's record is appended when it is created and again when it ends;
-//! on start the last record of each job wins. A line that cannot be read (a torn last line
-//! after a crash mid-write, a damaged one) is copied to `jobs.jsonl.corrupt` and warned
-//! about before anything is rewritten; a line of a newer format refuses the start. After replay the file is rewritten atomically with one line per job, so it grows
-//! with the number of jobs, not with the number of restarts. Compaction replaces the file, so
-//! only one service may use it: an OS lock on `jobs.lock` (which shows the owner's pid) says
-//! who does.
+//! The jobs journal: `<out>/serve/jobs.jsonl`, an append-only JSON-lines file written and
+//! read like the chapter ledger (by [`crate::output::jsonl`]). A job's record is appended
+//! when it is created and again when it ends; on start the last record of each job wins. A
+//! line that cannot be read (a torn last line after a crash mid-write, a damaged one) is
+//! copied to `jobs.jsonl.corrupt` and warned about before anything is rewritten; a line of a
+//! newer format refuses the start. After replay the file is rewritten atomically with one
+//! line per job, so it grows with the number of jobs, not with the number of restarts.
+//! Compaction replaces the file, so only one service may use it: an OS lock on `jobs.lock`
+//! (which shows the owner's pid) says who does.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::jobs::JobRecord;
-use crate::output::{PathError, open_append, write_atomic};
+use super::record::JobRecord;
+use crate::output::jsonl::{self, BadLine, JsonLines};
+use crate::output::lock::{LockError, OwnerLock};
+use crate::output::{PathError, open_append};
 
 /// Journal format version, written in every line.
 pub const JOURNAL_VERSION: u32 = 1;
 
+/// One line of the journal.
 #[derive(Debug, Serialize, Deserialize)]
-struct Line {
+struct Line<J> {
     v: u32,
-    job: JobRecord,
+    job: J,
+}
+
+impl<'a> Line<&'a JobRecord> {
+    fn of(job: &'a JobRecord) -> Self {
+        Line {
+            v: JOURNAL_VERSION,
+            job,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    file: Mutex<File>,
-    /// `jobs.lock`, open and locked (an OS lock) while we own the journal.
-    lock: Mutex<Option<File>>,
+    lines: JsonLines,
+    /// `jobs.lock`, held while we own the journal.
+    lock: OwnerLock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,38 +79,6 @@ fn holder(pid: Option<u32>) -> String {
     }
 }
 
-/// Take `lock` for this process with an OS file lock (`flock`), which the kernel releases
-/// when the holder exits or dies, so a pid left in the file (our own after a container
-/// restart, a dead or zombie process) never blocks a restart. The pid is written for humans.
-fn take_lock(lock: &Path, journal: &Path) -> Result<File, OpenError> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock)
-        .map_err(|e| PathError::new("open", lock, e))?;
-    // Through the crate's trait: std's own `File::try_lock` is newer than `rust-version`.
-    match fs4::FileExt::try_lock(&file) {
-        Ok(()) => {}
-        Err(fs4::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(lock)
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok());
-            return Err(OpenError::Locked {
-                pid,
-                journal: journal.to_owned(),
-                lock: lock.to_owned(),
-            });
-        }
-        Err(fs4::TryLockError::Error(e)) => return Err(PathError::new("lock", lock, e).into()),
-    }
-    file.set_len(0)
-        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
-        .map_err(|e| PathError::new("write", lock, e))?;
-    Ok(file)
-}
-
 impl Journal {
     /// Read every job (in creation order), keep unreadable lines aside, compact the file,
     /// and open it for appending.
@@ -108,12 +86,15 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
         }
-        let lock = take_lock(&path.with_extension("lock"), path)?;
-        let journal = Journal {
-            path: path.to_owned(),
-            file: Mutex::new(open_append(path)?),
-            lock: Mutex::new(Some(lock)),
-        };
+        let lock_path = path.with_extension("lock");
+        let lock = OwnerLock::take(&lock_path).map_err(|e| match e {
+            LockError::Held { pid } => OpenError::Locked {
+                pid,
+                journal: path.to_owned(),
+                lock: lock_path.clone(),
+            },
+            LockError::Io(e) => OpenError::Io(e),
+        })?;
         let Replayed { jobs, unreadable } = read(path)?;
         let mut warnings = Vec::new();
         if !unreadable.is_empty() {
@@ -122,31 +103,30 @@ impl Journal {
             aside.push(".corrupt");
             let aside = PathBuf::from(aside);
             let mut kept = Vec::new();
-            for (_, line) in &unreadable {
-                kept.extend_from_slice(line);
+            for line in &unreadable {
+                kept.extend_from_slice(&line.bytes);
                 kept.push(b'\n');
             }
             let mut file = open_append(&aside)?;
             file.write_all(&kept)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| PathError::new("append to", &aside, e))?;
-            let lines: Vec<String> = unreadable.iter().map(|(n, _)| n.to_string()).collect();
+            let lines: Vec<String> = unreadable.iter().map(|l| l.number.to_string()).collect();
             warnings.push(format!(
                 "{}: {} line(s) could not be read (line {}; {}) and were left out; they are kept in {}",
                 path.display(),
                 unreadable.len(),
                 lines.join(", "),
-                unreadable_reason(&unreadable[0].1),
+                unreadable_reason(&unreadable[0].bytes),
                 aside.display()
             ));
         }
-        let mut compact = Vec::new();
-        for job in &jobs {
-            append_line(&mut compact, job);
-        }
-        write_atomic(path, &compact)?;
-        // The compacted file replaced the one opened above.
-        *journal.file.lock().expect("journal poisoned") = open_append(path)?;
+        jsonl::rewrite(path, jobs.iter().map(Line::of))?;
+        // Opened after the compaction, which replaced the file.
+        let journal = Journal {
+            lines: JsonLines::open(path)?.refusing_replaced(),
+            lock,
+        };
         Ok(Opened {
             journal,
             jobs,
@@ -156,127 +136,58 @@ impl Journal {
 
     /// Let another service use the journal (at shutdown; also when dropped).
     pub fn release(&self) {
-        // Emptied, not removed: removing would let a third service lock a new file of the
-        // same name while a second one still waits on the old one. Closing it unlocks.
-        if let Some(lock) = self.lock.lock().expect("journal poisoned").take() {
-            let _ = lock.set_len(0);
-        }
+        self.lock.release();
     }
 
     /// One line, one `write` on an `O_APPEND` file (not fsynced: see [`Journal::sync`]).
     /// Refused when the file we hold is no longer the one at our path: appending to a
     /// deleted file would lose the record while saying it was kept.
     pub fn append(&self, job: &JobRecord) -> Result<(), PathError> {
-        let mut line = Vec::new();
-        append_line(&mut line, job);
-        let mut file = self.file.lock().expect("journal poisoned");
-        self.still_ours(&file)?;
-        file.write_all(&line)
-            .map_err(|e| PathError::new("append to", &self.path, e))
+        self.lines.append(&Line::of(job))
     }
 
     /// `Err` when the journal file was deleted or replaced since it was opened.
     pub fn check(&self) -> Result<(), PathError> {
-        self.still_ours(&self.file.lock().expect("journal poisoned"))
-    }
-
-    fn still_ours(&self, file: &File) -> Result<(), PathError> {
-        let gone = |what: &str| {
-            PathError::new(
-                "append to",
-                &self.path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, what.to_owned()),
-            )
-        };
-        let on_disk = std::fs::metadata(&self.path)
-            .map_err(|_| gone("it was deleted (with the output folder?) while the service ran"))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let held = file
-                .metadata()
-                .map_err(|e| PathError::new("read", &self.path, e))?;
-            if (held.dev(), held.ino()) != (on_disk.dev(), on_disk.ino()) {
-                return Err(gone(
-                    "it was replaced by another file while the service ran",
-                ));
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (file, on_disk);
-        Ok(())
+        self.lines.check()
     }
 
     /// To stable storage (at shutdown; a process crash loses nothing already appended).
     pub fn sync(&self) -> Result<(), PathError> {
-        let file = self.file.lock().expect("journal poisoned");
-        file.sync_data()
-            .map_err(|e| PathError::new("fsync", &self.path, e))
+        self.lines.sync()
     }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-fn append_line(out: &mut Vec<u8>, job: &JobRecord) {
-    let line = Line {
-        v: JOURNAL_VERSION,
-        job: job.clone(),
-    };
-    serde_json::to_writer(&mut *out, &line).expect("journal lines serialize");
-    out.push(b'\n');
 }
 
 /// What a journal file holds.
 struct Replayed {
     /// The latest record of every job, in the order the jobs were first recorded.
     jobs: Vec<JobRecord>,
-    /// Lines (1-based number, bytes) that are not a record.
-    unreadable: Vec<(usize, Vec<u8>)>,
+    /// Lines that are not a record.
+    unreadable: Vec<BadLine>,
 }
 
 fn read(path: &Path) -> Result<Replayed, OpenError> {
-    let mut replayed = Replayed {
-        jobs: Vec::new(),
-        unreadable: Vec::new(),
-    };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(replayed),
-        Err(e) => return Err(PathError::new("open", path, e).into()),
-    };
+    let mut jobs: Vec<JobRecord> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|e| PathError::new("read", path, e))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let job = match serde_json::from_slice::<Line>(&line) {
-            Ok(Line { job, .. }) => job,
-            Err(_) => {
-                if let Some(version) = newer_version(&line) {
-                    return Err(OpenError::Newer {
-                        path: path.to_owned(),
-                        line: number + 1,
-                        version,
-                    });
-                }
-                replayed.unreadable.push((number + 1, line));
-                continue;
-            }
-        };
+    let unreadable = jsonl::read_each(path, |Line::<JobRecord> { job, .. }| {
         match index.get(&job.job_id) {
-            Some(&at) => replayed.jobs[at] = job,
+            Some(&at) => jobs[at] = job,
             None => {
-                index.insert(job.job_id.clone(), replayed.jobs.len());
-                replayed.jobs.push(job);
+                index.insert(job.job_id.clone(), jobs.len());
+                jobs.push(job);
             }
         }
+    })?;
+    if let Some((line, version)) = unreadable
+        .iter()
+        .find_map(|l| Some((l.number, newer_version(&l.bytes)?)))
+    {
+        return Err(OpenError::Newer {
+            path: path.to_owned(),
+            line,
+            version,
+        });
     }
-    Ok(replayed)
+    Ok(Replayed { jobs, unreadable })
 }
 
 /// The format version of a line a newer program wrote (whole JSON, `v` above ours).
@@ -291,7 +202,7 @@ fn newer_version(line: &[u8]) -> Option<u64> {
 
 /// Why a line is not a record, for the warning.
 fn unreadable_reason(line: &[u8]) -> String {
-    match serde_json::from_slice::<Line>(line) {
+    match serde_json::from_slice::<Line<JobRecord>>(line) {
         Err(e) if e.is_eof() => "it ends early, as a write cut short by a crash does".to_owned(),
         Err(e) => format!("the first: {e}"),
         Ok(_) => "it is a record".to_owned(),
@@ -301,7 +212,7 @@ fn unreadable_reason(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::jobs::Status;
+    use crate::serve::record::Status;
     use crate::serve::request::parse;
 
     fn record(id: &str) -> JobRecord {

@@ -3,14 +3,18 @@
 //! guarantees), tracked from the engine's events and persisted in a JSON-lines journal.
 //! This module never touches ComfyUI itself; the engine does.
 
+mod app;
 mod catalogue;
 mod http;
 pub mod jobs;
 pub mod journal;
+pub mod record;
 pub mod request;
 mod service;
+mod templates;
 
+pub use app::job_key;
 pub use http::OPENAPI;
-pub use jobs::{JobRecord, Status};
+pub use record::{JobRecord, Status};
 pub use request::JobRequest;
-pub use service::{ServeConfig, ServeError, Service, ShutdownMode, job_key};
+pub use service::{ServeConfig, ServeError, Service, ShutdownMode};

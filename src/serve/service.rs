@@ -11,28 +11,19 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::app::App;
 use super::catalogue::Catalogue;
 use super::http;
-use super::jobs::{Status, Table};
+use super::jobs::Table;
 use super::journal::{Journal, OpenError, Opened};
-use super::request::JobRequest;
+use super::record::Status;
+use super::templates::{TemplateError, Templates};
 use crate::comfy::ComfyClient;
 use crate::engine::{Engine, EngineConfig, Outputs, Reattach, RunContext};
 use crate::events::{ErrorKind, JobError};
 use crate::ledger;
 use crate::output::{ChapterDirs, PathError};
-use crate::plan::{Job, JobParams, SeedSource, job_from_params};
-use crate::workflow::{Placeholder, Template};
-
-/// The shipped templates, compiled in so the binary fills exactly these anywhere.
-const TXT2IMG: (&str, &str) = (
-    "workflows/txt2img.json",
-    include_str!("../../workflows/txt2img.json"),
-);
-const TXT2IMG_LORA: (&str, &str) = (
-    "workflows/txt2img-lora.json",
-    include_str!("../../workflows/txt2img-lora.json"),
-);
+use crate::plan::Job;
 
 /// How long shutdown waits for the engine's last events once its tasks were stopped.
 const EVENTS_DRAIN: Duration = Duration::from_secs(5);
@@ -109,6 +100,15 @@ pub enum ServeError {
     Io(#[from] PathError),
 }
 
+impl From<TemplateError> for ServeError {
+    fn from(error: TemplateError) -> ServeError {
+        match error {
+            TemplateError::Read { path, source } => ServeError::Workflow { path, source },
+            TemplateError::Invalid(name, problems) => ServeError::Template(name, problems),
+        }
+    }
+}
+
 impl ServeError {
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -133,191 +133,6 @@ impl ServeError {
                 "run the plasma-batch that wrote it, or give this one another --out".to_owned(),
             ),
             ServeError::Io(e) => e.hint().map(str::to_owned),
-        }
-    }
-}
-
-/// The templates jobs are filled from.
-pub(crate) struct Templates {
-    plain: Template,
-    lora: Option<Template>,
-}
-
-impl Templates {
-    fn load(workflow: Option<&Path>) -> Result<Templates, ServeError> {
-        let parse = |name: &str, bytes: Vec<u8>| {
-            Template::parse(name, bytes).map_err(|problems| {
-                let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                ServeError::Template(name.to_owned(), text.join("; "))
-            })
-        };
-        match workflow {
-            Some(path) => {
-                let bytes = crate::manifest::read::read_bounded(
-                    path,
-                    crate::workflow::template::MAX_TEMPLATE_BYTES,
-                )
-                .map_err(|source| ServeError::Workflow {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let template = parse(&path.display().to_string(), bytes)?;
-                if template.save_nodes().is_empty() {
-                    return Err(ServeError::Template(
-                        path.display().to_string(),
-                        "it has no SaveImage node".to_owned(),
-                    ));
-                }
-                Ok(Templates {
-                    plain: template,
-                    lora: None,
-                })
-            }
-            None => Ok(Templates {
-                plain: parse(TXT2IMG.0, TXT2IMG.1.as_bytes().to_vec())?,
-                lora: Some(parse(TXT2IMG_LORA.0, TXT2IMG_LORA.1.as_bytes().to_vec())?),
-            }),
-        }
-    }
-
-    /// The job for a request: the LoRA template when a LoRA is given (unless `--workflow`
-    /// overrides both). `Err` is the field and reason to answer with.
-    /// The template a request fills.
-    pub(crate) fn template_for(&self, request: &JobRequest) -> &Template {
-        match (&request.lora, &self.lora) {
-            (Some(_), Some(lora)) => lora,
-            _ => &self.plain,
-        }
-    }
-
-    pub(crate) fn build(&self, key: &str, request: &JobRequest) -> Result<Job, (String, String)> {
-        let template = self.template_for(request);
-        let name = template.file().name();
-        if request.lora.is_some() && !template.uses(Placeholder::LoraName) {
-            return Err((
-                "lora".to_owned(),
-                format!(
-                    "workflow `{name}` has no {{{{lora_name}}}} slot; the LoRA would be ignored"
-                ),
-            ));
-        }
-        let params = JobParams {
-            page: std::sync::Arc::new(crate::plan::PageParams {
-                prompt: request.prompt_text.as_str().into(),
-                negative: request.negative_prompt.as_str().into(),
-                checkpoint: request.checkpoint_name.as_str().into(),
-                steps: request.steps,
-                cfg: request.cfg,
-                sampler: request.sampler.as_str().into(),
-                scheduler: request.scheduler.as_str().into(),
-                width: request.resolution.width,
-                height: request.resolution.height,
-                lora: request.lora.clone(),
-                workflow_path: Path::new("").into(),
-            }),
-            filename_prefix: "".into(),
-            seed_source: SeedSource::Explicit,
-        };
-        job_from_params(
-            template,
-            key.to_owned(),
-            request.chapter,
-            request.page,
-            request.seed,
-            params,
-        )
-        .map_err(|missing| {
-            if missing.needs_lora() {
-                (
-                    "lora".to_owned(),
-                    format!(
-                        "workflow `{name}` needs a LoRA ({{{{{}}}}}); give `lora`",
-                        missing.name()
-                    ),
-                )
-            } else {
-                (
-                    String::new(),
-                    format!(
-                        "workflow `{name}` uses {{{{{}}}}}, which the job service has no value for",
-                        missing.name()
-                    ),
-                )
-            }
-        })
-    }
-}
-
-/// `ch01_p003_j1a2b3c4d`: chapter, page and the first 8 hex digits of the job id, so keys
-/// sort with the planner's (`ch01_p003_s1`) and stay unique per job.
-pub fn job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
-    let hex = job_id.simple().to_string();
-    format!("ch{chapter:02}_p{page:03}_j{}", &hex[..8])
-}
-
-/// State every request handler shares.
-pub(crate) struct App {
-    pub table: Arc<Table>,
-    pub engine: Mutex<Option<Engine>>,
-    pub templates: Templates,
-    /// The servers' model and sampler lists, for checking names at `POST /jobs`.
-    pub catalogue: Catalogue,
-    pub servers: Vec<ComfyClient>,
-    pub out_root: PathBuf,
-    pub token: Option<String>,
-    /// The bound address (the real port when asked for port 0).
-    pub addr: SocketAddr,
-    pub max_queue: usize,
-    /// Set at shutdown: new jobs get 503.
-    pub draining: AtomicBool,
-}
-
-impl App {
-    /// Whether `authority` (`host[:port]`, from `Host` or `Origin`) names this service: a
-    /// loopback name with our port, or the address we listen on.
-    pub fn answers_to(&self, authority: &str) -> bool {
-        let authority = authority.trim().to_ascii_lowercase();
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
-            _ => (authority.as_str(), Some(80)),
-        };
-        if port != Some(self.addr.port()) {
-            return false;
-        }
-        let host = host.trim_end_matches('.');
-        let listening = match self.addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        };
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host == listening
-    }
-
-    /// The `host:port` values [`App::answers_to`] accepts, for error messages.
-    pub fn own_hosts(&self) -> Vec<String> {
-        let port = self.addr.port();
-        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
-            .iter()
-            .map(|h| format!("{h}:{port}"))
-            .collect();
-        let listening = self.addr.to_string();
-        if !self.addr.ip().is_unspecified() && !hosts.contains(&listening) {
-            hosts.push(listening);
-        }
-        hosts
-    }
-
-    /// Cancel a key in the engine, if it still runs.
-    pub fn cancel_in_engine(&self, key: &str) -> bool {
-        match self.engine.lock().expect("engine slot poisoned").as_ref() {
-            Some(engine) => engine.cancel_job(key),
-            None => false,
-        }
-    }
-
-    pub fn submit(&self, job: Job) -> bool {
-        match self.engine.lock().expect("engine slot poisoned").as_ref() {
-            Some(engine) => engine.submit(Arc::new(job)),
-            None => false,
         }
     }
 }

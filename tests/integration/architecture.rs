@@ -48,24 +48,9 @@ const KNOWN: &[Known] = &[
         reason: "the simulator takes ComfyUI's scheduler list from the manifest parser; it should own its copy of ComfyUI's facts",
     },
     Known {
-        from: "thumbs.rs",
-        to: "output",
-        reason: "thumbnails open their pack with `output::open_append`, while the image store makes thumbnails; file-system helpers want a home of their own",
-    },
-    Known {
         from: "workflow/json.rs",
         to: "workflow::template",
         reason: "the filled workflow is written from `template::PageValues`, while templates produce `json::Workflow`",
-    },
-    Known {
-        from: "serve/journal.rs",
-        to: "serve::jobs",
-        reason: "the journal stores `jobs::JobRecord` while the job table owns the journal; the record type wants a file of its own",
-    },
-    Known {
-        from: "serve/http.rs",
-        to: "serve::service",
-        reason: "handlers take `App` and `job_key` from the service that mounts them; the shared state wants a file of its own",
     },
 ];
 

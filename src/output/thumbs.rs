@@ -1,7 +1,7 @@
 //! Contact-sheet thumbnails, kept by image digest in one append-only file per chapter,
 //! `<out>/ch-XX/reports/thumbs.pack`.
 //!
-//! A thumbnail is made when an image is checked on arrival ([`crate::output::ImageStore::stage`]
+//! A thumbnail is made when an image is checked on arrival ([`super::ImageStore::stage`]
 //! decodes every pixel then anyway), on the download's blocking thread, while the server is
 //! already rendering the next prompt. The contact sheet at the end of a run then only reads
 //! small records: decoding and shrinking 2,000 images there took 1.5 s, all of it after the
@@ -20,6 +20,8 @@ use std::io::{BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::files::open_append;
+use super::pixels::{Pixels, decode_png};
 use crate::digest::Sha256Digest;
 
 /// Longest thumbnail side in pixels.
@@ -32,14 +34,6 @@ const MAX_THUMB_BYTES: u32 = 16 << 20;
 /// The last 12 bytes of every complete PNG: the empty `IEND` chunk with its CRC.
 const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
 const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
-
-/// Decoded 8-bit pixels: 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) samples per pixel.
-pub struct Pixels<'a> {
-    pub data: &'a [u8],
-    pub width: u32,
-    pub height: u32,
-    pub channels: usize,
-}
 
 /// The thumbnail pack of one chapter, for appending.
 #[derive(Debug)]
@@ -74,7 +68,7 @@ impl Thumbs {
         record.extend_from_slice(png);
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if file.is_none() {
-            *file = Some(crate::output::open_append(&self.path).map_err(|e| e.source)?);
+            *file = Some(open_append(&self.path).map_err(|e| e.source)?);
         }
         let file = file.as_mut().expect("opened above");
         // One write call: appends of other runners land before or after, not inside.
@@ -210,17 +204,7 @@ fn next_magic(reader: &mut BufReader<&File>, from: u64, size: u64) -> Option<u64
 /// Decode the PNG at `path` and shrink it.
 pub fn thumbnail_of_file(path: &Path) -> Option<Vec<u8>> {
     let file = fs::File::open(path).ok()?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().ok()?;
-    let mut buffer = vec![0; reader.output_buffer_size()?];
-    let frame = reader.next_frame(&mut buffer).ok()?;
-    Some(thumbnail(&Pixels {
-        data: &buffer[..frame.buffer_size()],
-        width: frame.width,
-        height: frame.height,
-        channels: frame.color_type.samples(),
-    }))
+    decode_png(BufReader::new(file), thumbnail).ok()
 }
 
 /// Box-filter `pixels` down to at most [`THUMB_MAX`] on the long side; an RGB PNG, encoded

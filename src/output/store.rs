@@ -1,7 +1,4 @@
-//! Naming, versioning and crash-safe writes under the output root.
-//!
-//! Layout: `<out>/ch-XX/raw/comfyui/chXX_pNNN_vN.png` for images, `<out>/ch-XX/reports/` for
-//! run reports, `<out>/ch-XX/ledger.jsonl` for the ledger.
+//! The versioned image store of one chapter folder: names, versions and crash-safe commits.
 //!
 //! An image is streamed into a temp file in its final directory, fsynced, checked, and then
 //! hard-linked to the next free version name. `link` fails if the name exists, so two runners
@@ -11,95 +8,19 @@
 //! This module never talks to the network.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockWriteGuard};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use super::error::PathError;
+use super::files::{digest_file, sync_dir};
+use super::pixels::decode_png;
+use super::temp::{is_stale_temp_file, new_temp_file};
+use super::thumbs::{Thumbs, thumbnail};
 use crate::digest::Sha256Digest;
-use crate::thumbs::{Pixels, Thumbs};
-
-/// Prefix of in-progress image files: `.plasma-tmp-<pid>-<random>.part`.
-const TEMP_PREFIX: &str = ".plasma-tmp-";
-
-/// The folders of one chapter under the output root.
-#[derive(Debug, Clone)]
-pub struct ChapterDirs {
-    /// `<out>/ch-XX`
-    pub root: PathBuf,
-    /// `<out>/ch-XX/raw/comfyui`
-    pub images: PathBuf,
-    /// `<out>/ch-XX/reports`
-    pub reports: PathBuf,
-}
-
-impl ChapterDirs {
-    pub fn new(out: &Path, chapter: u16) -> ChapterDirs {
-        let root = out.join(format!("ch-{chapter:02}"));
-        ChapterDirs {
-            images: root.join("raw").join("comfyui"),
-            reports: root.join("reports"),
-            root,
-        }
-    }
-
-    /// Create every folder; the error names the folder that could not be made.
-    pub fn create(&self) -> Result<(), PathError> {
-        for dir in [&self.root, &self.images, &self.reports] {
-            fs::create_dir_all(dir).map_err(|e| PathError::new("create directory", dir, e))?;
-        }
-        Ok(())
-    }
-
-    pub fn ledger(&self) -> PathBuf {
-        self.root.join("ledger.jsonl")
-    }
-
-    /// `<out>/ch-XX/reports/thumbs.pack`: contact-sheet thumbnails by image digest.
-    pub fn thumbs(&self) -> PathBuf {
-        self.reports.join("thumbs.pack")
-    }
-
-    /// Every folder a run writes temp files in.
-    pub fn temp_dirs(&self) -> Vec<PathBuf> {
-        vec![self.images.clone(), self.reports.clone()]
-    }
-}
-
-/// An I/O error with the operation and path it concerns.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to {op} {}: {source}", path.display())]
-pub struct PathError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-impl PathError {
-    pub fn new(op: &'static str, path: &Path, source: io::Error) -> PathError {
-        PathError {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// A hint for the most common causes.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self.source.kind() {
-            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                Some("check the permissions of the output directory, or choose another with --out")
-            }
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                Some("the disk is full: free some space or choose another --out")
-            }
-            _ => None,
-        }
-    }
-}
 
 /// `ch01_p003_v2.png`
 pub fn image_file_name(chapter: u16, page: u16, version: u32) -> String {
@@ -159,9 +80,7 @@ impl ImageStore {
             if let Some((page, version)) = parse_image_file_name(chapter, name) {
                 let slot = highest.entry(page).or_default();
                 *slot = (*slot).max(version);
-            } else if let Some(pid) = temp_file_pid(name)
-                && !process_alive(pid)
-            {
+            } else if is_stale_temp_file(name) {
                 // A writer that died (kill -9, power loss) left this behind; it never had a
                 // final name, so removing it loses nothing.
                 let _ = fs::remove_file(entry.path());
@@ -240,11 +159,13 @@ impl ImageStore {
         let thumbs = self.thumbs.as_ref();
         let (width, height) = decode_png(png, |pixels| {
             if let Some(thumbs) = thumbs
-                && let Err(e) = thumbs.append(&sha256, &crate::thumbs::thumbnail(pixels))
+                && let Err(e) = thumbs.append(&sha256, &thumbnail(pixels))
             {
                 tracing::debug!("thumbnail in {} not kept: {e}", thumbs.path().display());
             }
-        })?;
+            (pixels.width, pixels.height)
+        })
+        .map_err(|e| StageError::NotPng(e.0))?;
         if let Some((w, h)) = expected
             && (w, h) != (width, height)
         {
@@ -317,194 +238,10 @@ pub enum StageError {
     NotPng(String),
 }
 
-/// Decode a whole PNG: a truncated or corrupt one fails here, never later. `use_pixels`
-/// sees the decoded image (as 8-bit samples) once it is known to be complete.
-pub fn decode_png(
-    png: impl io::BufRead + io::Seek,
-    use_pixels: impl FnOnce(&Pixels<'_>),
-) -> Result<(u32, u32), StageError> {
-    let mut decoder = png::Decoder::new(png);
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| StageError::NotPng(e.to_string()))?;
-    let (width, height) = {
-        let info = reader.info();
-        (info.width, info.height)
-    };
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| StageError::NotPng("the image is too large to decode".to_owned()))?;
-    let mut buffer = vec![0; size];
-    let frame = reader
-        .next_frame(&mut buffer)
-        .map_err(|e| StageError::NotPng(e.to_string()))?;
-    reader
-        .finish()
-        .map_err(|e| StageError::NotPng(e.to_string()))?;
-    use_pixels(&Pixels {
-        data: &buffer[..frame.buffer_size()],
-        width,
-        height,
-        channels: frame.color_type.samples(),
-    });
-    Ok((width, height))
-}
-
-/// Size and sha256 of a file.
-pub fn digest_file(path: &Path) -> Result<(u64, Sha256Digest), PathError> {
-    let mut file = File::open(path).map_err(|e| PathError::new("open", path, e))?;
-    let mut hasher = Sha256::new();
-    let bytes = io::copy(&mut file, &mut hasher).map_err(|e| PathError::new("read", path, e))?;
-    Ok((bytes, hasher.finalize().into()))
-}
-
-/// fsync a directory so that a new name in it survives a power loss.
-pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| PathError::new("fsync directory", dir, e))
-}
-
-/// Write `contents` to `path` atomically: temp file in the same folder, fsync, rename.
-/// Readers see the old file or the new one, never a mix; a crash leaves one of them.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), PathError> {
-    write_atomic_with(path, |out| out.write_all(contents))
-}
-
-/// [`write_atomic`] for contents written piece by piece (a 10,000-job report or contact
-/// sheet is tens of MB: streamed, it never sits in memory whole).
-pub fn write_atomic_with(
-    path: &Path,
-    contents: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<(), PathError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = new_temp_file(dir)?;
-    let written = {
-        let mut out = std::io::BufWriter::with_capacity(64 << 10, temp.as_file_mut());
-        contents(&mut out).and_then(|()| out.flush())
-    };
-    written.map_err(|e| PathError::new("write", temp.path(), e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| PathError::new("write", temp.path(), e))?;
-    temp.persist(path)
-        .map_err(|e| PathError::new("replace", path, e.error))?;
-    Ok(())
-}
-
-/// Remove leftovers of dead writers (`write_atomic` temps) in a folder.
-pub fn remove_stale_temp_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(temp_file_pid)
-            && !process_alive(pid)
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Held (shared) while a temp file is being created; [`remove_own_temp_files`] holds it
-/// exclusively, so no temp file of ours can appear after it looked.
-static TEMP_FILES: RwLock<()> = RwLock::new(());
-
-/// `.plasma-tmp-<pid>-<random>.part` in `dir`, removed when dropped.
-pub(crate) fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, PathError> {
-    let _creating = TEMP_FILES.read().unwrap_or_else(|e| e.into_inner());
-    tempfile::Builder::new()
-        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| PathError::new("create a temp file in", dir, e))
-}
-
-/// Remove this process's own temp files in `dirs`, for an exit that skips destructors (the
-/// second Ctrl-C), so it leaves nothing behind even before the next run cleans up. Returns a
-/// guard that blocks the creation of new temp files: exit while holding it. A writer racing
-/// with this only loses its temp file (its rename or link fails); final names are never
-/// touched.
-pub fn remove_own_temp_files(dirs: &[PathBuf]) -> RwLockWriteGuard<'static, ()> {
-    let guard = TEMP_FILES.write().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id();
-    for dir in dirs {
-        let Ok(entries) = fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_str().and_then(temp_file_pid) == Some(me) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-    guard
-}
-
-fn temp_file_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(TEMP_PREFIX)?;
-    rest.split('-').next()?.parse().ok()
-}
-
-pub(crate) fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    // Linux and most Unixes expose live processes here; elsewhere, keep the file.
-    let proc = Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
-}
-
-/// Open `root/relative` (`/`-separated, no `..`) for reading without following a symbolic
-/// link in `relative`: a link planted in the output folder must not serve another file. Only
-/// a regular file is opened (a FIFO would block). The file's identity is compared before and
-/// after opening, so a link swapped in between is caught too.
-pub fn open_no_follow(root: &Path, relative: &str) -> io::Result<File> {
-    let refuse = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut path = root.to_owned();
-    let parts: Vec<&str> = relative.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if part.is_empty() || *part == "." || *part == ".." {
-            return Err(refuse(format!("{relative:?} is not a plain relative path")));
-        }
-        path.push(part);
-        let meta = fs::symlink_metadata(&path)?;
-        let last = i + 1 == parts.len();
-        if meta.file_type().is_symlink() {
-            return Err(refuse(format!("{} is a symbolic link", path.display())));
-        }
-        if last && !meta.is_file() || !last && !meta.is_dir() {
-            return Err(refuse(format!("{} is not a regular file", path.display())));
-        }
-        if last {
-            let file = File::open(&path)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                let opened = file.metadata()?;
-                if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
-                    return Err(refuse(format!("{} changed while opening", path.display())));
-                }
-            }
-            return Ok(file);
-        }
-    }
-    Err(refuse("an empty path".to_owned()))
-}
-
-/// Open a file for appending (created if missing).
-pub fn open_append(path: &Path) -> Result<File, PathError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| PathError::new("open for appending", path, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::temp::TEMP_PREFIX;
 
     fn write_png(path: &Path, width: u32, height: u32) {
         let file = File::create(path).unwrap();
@@ -542,7 +279,7 @@ mod tests {
             .unwrap()
             .with_thumbs(Thumbs::new(&pack));
         let image = staged(&store, 400, 200);
-        let thumb = crate::thumbs::ThumbReader::open(&pack)
+        let thumb = crate::output::thumbs::ThumbReader::open(&pack)
             .get_or_make(&image.sha256, Path::new("/nonexistent"))
             .expect("a kept thumbnail");
         let reader = png::Decoder::new(io::Cursor::new(thumb))
@@ -629,15 +366,5 @@ mod tests {
         ImageStore::open(dir.path(), 1).unwrap();
         assert!(!dead.exists());
         assert!(mine.exists());
-    }
-
-    #[test]
-    fn write_atomic_replaces_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("report.json");
-        write_atomic(&path, b"{\"a\":1}").unwrap();
-        write_atomic(&path, b"{\"a\":2}").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"{\"a\":2}");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
