@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::ledger::{Ledger, LedgerRecord};
-use crate::output::{ChapterDirs, ImageStore, PathError};
+use crate::output::{ChapterDirs, ImageStore, PathError, Thumbs};
 
 /// The image folder and ledger of one chapter.
 #[derive(Debug)]
@@ -20,16 +20,16 @@ pub struct ChapterOutput {
 }
 
 impl ChapterOutput {
-    /// Create the folders, open the ledger (returning its records) and scan the images.
+    /// Create the folders of `chapter` (`dirs`, the caller's), open the ledger (returning
+    /// its records) and scan the images.
     pub fn open(
-        out_root: &Path,
+        dirs: ChapterDirs,
         chapter: u16,
     ) -> Result<(ChapterOutput, Vec<LedgerRecord>), PathError> {
-        let dirs = ChapterDirs::new(out_root, chapter);
         dirs.create()?;
         let (ledger, records) = Ledger::open(&dirs.ledger())?;
-        let store = ImageStore::open(&dirs.images, chapter)?
-            .with_thumbs(crate::thumbs::Thumbs::new(dirs.thumbs()));
+        let store =
+            ImageStore::open(&dirs.images, chapter)?.with_thumbs(Thumbs::new(dirs.thumbs()));
         Ok((
             ChapterOutput {
                 dirs,
@@ -71,7 +71,9 @@ impl Outputs {
         if let Some(output) = chapters.get(&chapter) {
             return Ok(output.clone());
         }
-        let (output, _) = ChapterOutput::open(&self.out_root, chapter)?;
+        // A chapter no caller opened (the job service's jobs come in any chapter): the one
+        // place the engine makes a chapter's folders from the output root.
+        let (output, _) = ChapterOutput::open(ChapterDirs::new(&self.out_root, chapter), chapter)?;
         let output = Arc::new(output);
         chapters.insert(chapter, output.clone());
         Ok(output)

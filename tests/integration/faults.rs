@@ -628,6 +628,7 @@ async fn report_folder_that_cannot_be_created_is_a_clear_error() {
 async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
     use plasma_batch::engine::ChapterOutput;
     use plasma_batch::ledger::{LEDGER_VERSION, LedgerRecord, open_submissions, read_records};
+    use plasma_batch::output::ChapterDirs;
     // A killed run left prompt p1 on the server, where it failed (a node exception).
     let sim = sim_with(0, &["raise:VAEDecode"]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -647,7 +648,7 @@ async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
         sim.stats().executed == 1
     })
     .await;
-    let (output, _) = ChapterOutput::open(&out, 7).unwrap();
+    let (output, _) = ChapterOutput::open(ChapterDirs::new(&out, 7), 7).unwrap();
     output
         .ledger
         .append(&LedgerRecord::Submitted {
