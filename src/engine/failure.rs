@@ -1,6 +1,7 @@
 //! What went wrong, in words: a [`JobError`] from ComfyUI's `execution_error` /
 //! `execution_interrupted` messages, its `/prompt` validation body or a failed history entry,
-//! and whether a [`ComfyError`] means the server is away rather than that it answered.
+//! and whether a [`ComfyError`] means the server is away rather than that it answered;
+//! durations for such messages (`seconds`).
 //!
 //! Pure functions of what the server said: no network, no files, no engine state.
 

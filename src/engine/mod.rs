@@ -22,6 +22,20 @@
 //! than this machine downloads and fsyncs (zero-render jobs, a slow disk), finished prompts
 //! wait on the server, not as a growing pile of attempts (with their history and routes)
 //! in our memory.
+//!
+//! The files, each saying what it owns and what it must not touch; imports between them
+//! point one way (`tests/integration/architecture.rs` fails on a circle), roughly bottom up:
+//!
+//! - `config`: [`EngineConfig`], its defaults, the builder from flags and manifest.
+//! - `context`, `outputs`: what a run hands in ([`RunContext`], [`Outputs`]).
+//! - `failure`: job errors from what servers say; is a server away.
+//! - `task`, `queue`: a job's attempts so far; our queue of jobs not yet posted.
+//! - `pace`, `server`: one server's pace and state (socket, routes, outage, retirement).
+//! - `shared`: what every task shares; a job's end; backoff.
+//! - `connection`: the socket's loop. `reconcile`: asking about a prompt over HTTP.
+//! - `download`: a finished prompt's images to disk, with their ledger entries.
+//! - `attempt`: one attempt, from POST to result. `retry`: what follows it.
+//! - `slots`: one server's loop. `executor`: [`Engine`] and [`execute`].
 
 mod attempt;
 mod config;

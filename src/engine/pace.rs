@@ -8,6 +8,9 @@
 //! or a far-away server. Both times are measured per server as the run goes (moving
 //! averages), and the depth stays within the configured bounds: a fixed `[comfy] in_flight`
 //! sets both.
+//!
+//! Owns this arithmetic only: it is handed durations, and must not read the clock, hold
+//! slots or talk to servers (the slots are `slots.rs`'s).
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! `clientId`, whether its socket is confirmed up, the routes from prompt ids to their
 //! waiters, its outage marks, retirement, failure counters and pace.
 //!
-//! Owns this state and the small steps on it (route, dispatch, retire, mark an outage).
+//! Owns this state and the small steps on it (route, dispatch, retire, mark an outage,
+//! delete our pending prompts once when the run is cancelled).
 //! Must not run loops or decide retries: the socket's loop is `connection.rs`, the
 //! attempts' decisions `retry.rs`.
 
