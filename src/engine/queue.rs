@@ -39,14 +39,14 @@ pub(super) enum Queued {
 }
 
 impl Queued {
-    pub(super) fn key(&self) -> &str {
+    fn key(&self) -> &str {
         match self {
             Queued::Fresh(job) => &job.key,
             Queued::Again(task) => &task.job.key,
         }
     }
 
-    pub(super) fn into_task(self) -> Task {
+    fn into_task(self) -> Task {
         match self {
             Queued::Fresh(job) => Task::new(job),
             Queued::Again(task) => *task,
