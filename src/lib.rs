@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod comfy;
+pub mod diagnostic;
 pub mod digest;
 pub mod engine;
 pub mod events;

@@ -2,7 +2,7 @@
 //! No logic lives here; see `plasma_batch::cmd`.
 
 use clap::Parser;
-use plasma_batch::manifest::excerpt::Bounded;
+use plasma_batch::diagnostic::Bounded;
 use plasma_batch::{cli::Cli, cmd, exit_codes};
 
 fn main() {

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::cmd::Diagnostic;
+use crate::diagnostic::Problem;
 use crate::manifest::model::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
     DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
 };
 use crate::manifest::read::read_bounded;
-use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
+use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
@@ -154,8 +154,8 @@ pub enum SeedSource {
 
 /// Read a manifest and the workflow templates it names, check everything, and plan every job.
 /// On failure, returns every problem found (manifest problems first, in file order).
-pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
-    let file = read_manifest(manifest).map_err(|p| vec![Box::new(p) as Diagnostic])?;
+pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
+    let file = read_manifest(manifest).map_err(|p| vec![p])?;
     let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
     let (parsed, mut problems) = parse_manifest(&file);
     let Some(parsed) = parsed else {
@@ -267,7 +267,7 @@ fn tidy_path(path: &Path) -> PathBuf {
 
 /// Manifest problems first, then each workflow file's, in the order the files were first
 /// named; within a file, in source order.
-fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Diagnostic> {
+fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Problem> {
     let mut rank: BTreeMap<String, usize> = BTreeMap::new();
     rank.insert(manifest_name.to_owned(), 0);
     for p in &problems {
@@ -277,9 +277,6 @@ fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Diagnostic> {
     }
     problems.sort_by_key(|p| (rank[p.file_name().unwrap_or(manifest_name)], p.offset()));
     problems
-        .into_iter()
-        .map(|p| Box::new(p) as Diagnostic)
-        .collect()
 }
 
 /// A page's settings with the defaults applied.
@@ -633,7 +630,7 @@ pub fn job_hash(workflow: &Value) -> JobHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::SourceFile;
+    use crate::diagnostic::SourceFile;
 
     #[test]
     fn keys_are_padded() {

@@ -9,9 +9,7 @@ pub mod sim;
 pub mod validate;
 
 use crate::cli::{Cli, Command};
-
-/// A user-facing diagnostic: what failed, where, and what to try.
-pub type Diagnostic = Box<dyn miette::Diagnostic + Send + Sync + 'static>;
+pub use crate::diagnostic::Diagnostic;
 
 /// A command that could not do its job: the exit code and every problem found.
 #[derive(Debug)]
@@ -28,6 +26,20 @@ impl CmdError {
         Self {
             exit_code,
             diagnostics: vec![Box::new(diagnostic)],
+        }
+    }
+
+    /// Every problem found, in order.
+    pub fn all<D>(exit_code: i32, diagnostics: impl IntoIterator<Item = D>) -> Self
+    where
+        D: miette::Diagnostic + Send + Sync + 'static,
+    {
+        Self {
+            exit_code,
+            diagnostics: diagnostics
+                .into_iter()
+                .map(|d| Box::new(d) as Diagnostic)
+                .collect(),
         }
     }
 }

@@ -14,10 +14,8 @@ use crate::plan::{Job, JobParams, Plan, load_plan};
 use crate::workflow::canonical::JobHash;
 
 pub async fn plan(args: PlanArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
-        exit_code: exit_codes::INVALID_MANIFEST,
-        diagnostics,
-    })?;
+    let plan = load_plan(&args.manifest)
+        .map_err(|problems| CmdError::all(exit_codes::INVALID_MANIFEST, problems))?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if args.json {
         write_plan_json(&plan, &mut out)

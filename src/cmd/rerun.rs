@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use crate::cli::RerunArgs;
 use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
 use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::diagnostic::Problem;
 use crate::engine::EngineConfig;
 use crate::exit_codes;
-use crate::manifest::Problem;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
@@ -46,7 +46,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
                             format!("`{name}` is not a valid run report: {p}"),
                         )
                         .with_help("rerun only reports written by `plasma-batch run`, unedited"),
-                    ) as crate::cmd::Diagnostic
+                    ) as crate::diagnostic::Diagnostic
                 })
                 .collect(),
         });

@@ -28,10 +28,8 @@ pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 pub const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn run(args: RunArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
-        exit_code: exit_codes::INVALID_MANIFEST,
-        diagnostics,
-    })?;
+    let plan = load_plan(&args.manifest)
+        .map_err(|problems| CmdError::all(exit_codes::INVALID_MANIFEST, problems))?;
     let jobs = select_jobs(plan.jobs, &args.only)?;
     let timeout = args.timeout.unwrap_or(plan.comfy.timeout_secs);
     if !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS) {
@@ -156,7 +154,7 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
             Err(e) => problems.push(Box::new(UserError::new(
                 e.to_string(),
                 Some("a server URL looks like http://127.0.0.1:8188 or https://user:password@host/prefix".to_owned()),
-            )) as crate::cmd::Diagnostic),
+            )) as crate::diagnostic::Diagnostic),
         }
     }
     if problems.is_empty() {

@@ -21,7 +21,7 @@ pub async fn sim(args: SimArgs) -> CmdResult {
     if let Some(l) = args.loras {
         config.loras = l;
     }
-    let mut diagnostics: Vec<crate::cmd::Diagnostic> = Vec::new();
+    let mut diagnostics: Vec<crate::diagnostic::Diagnostic> = Vec::new();
     for spec in &args.faults {
         match spec.parse::<Fault>() {
             Ok(f) => config.faults.push(f),

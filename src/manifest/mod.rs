@@ -2,13 +2,12 @@
 //! checked [`Manifest`] or a list of spanned problems; it knows nothing of workflows or jobs.
 //! The language is documented in `docs/manifest.md`.
 
-pub mod diagnostic;
-pub mod excerpt;
 pub mod model;
 pub mod parse;
 pub mod read;
 
-pub use diagnostic::{Problem, SourceFile};
+// Old paths of the shared diagnostics, still used by `report` and `serve`.
+pub use crate::diagnostic::{self, Problem, SourceFile};
 pub use model::Manifest;
 pub use parse::parse_manifest;
 pub use read::{MAX_MANIFEST_BYTES, read_manifest};

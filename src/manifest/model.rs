@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::diagnostic::SourceFile;
+use crate::diagnostic::SourceFile;
 use crate::plan::LoraParams;
 
 /// The default checkpoint when neither `[defaults]` nor a page names one.

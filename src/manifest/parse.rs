@@ -8,8 +8,8 @@ use std::ops::{Range, RangeInclusive};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Problem, SourceFile, did_you_mean};
 use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
+use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::plan::LoraParams;
 
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];

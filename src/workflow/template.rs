@@ -13,7 +13,7 @@ use super::canonical::{JobHash, Segments, Step};
 use super::json::Workflow;
 use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
 use super::spans::{SpanTree, index};
-use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
+use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::manifest::read::NotJson;
 
 /// Templates larger than this are refused before they are read in full (8 MiB, like

@@ -28,11 +28,6 @@ pub struct Known {
 /// "Where the code does not follow yet"). Remove an entry when its import is gone.
 const KNOWN: &[Known] = &[
     Known {
-        from: "plan.rs",
-        to: "cmd",
-        reason: "planning returns `cmd::Diagnostic`; diagnostics belong to the shared vocabulary",
-    },
-    Known {
         from: "manifest/model.rs",
         to: "plan",
         reason: "`LoraParams` is defined by the planner; parameters belong to the shared vocabulary",
