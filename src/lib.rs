@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod comfy;
+pub mod comfyui;
 pub mod diagnostic;
 pub mod digest;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod exit_codes;
 pub mod ledger;
 pub mod manifest;
 pub mod output;
+pub mod params;
 pub mod plan;
 pub mod preflight;
 pub mod report;

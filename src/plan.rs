@@ -16,13 +16,16 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::Problem;
-use crate::manifest::model::{
-    DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
-    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
-};
+use crate::manifest::model::{LoraSetting, Page, PageSeeds};
 use crate::manifest::read::read_bounded;
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
+use crate::params::{
+    DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
+    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
+    DEFAULT_WIDTH, filename_prefix,
+};
+// Old paths, still used by `report` and `serve`; their home is `params`.
+pub use crate::params::{LoraParams, job_key};
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
@@ -136,13 +139,6 @@ pub struct PageParams {
     pub lora: Option<LoraParams>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraParams {
-    pub name: String,
-    pub strength_model: f64,
-    pub strength_clip: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -526,7 +522,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         let key = job_key(chapter, page, variant);
         let params = JobParams {
             page: base.clone(),
-            filename_prefix: format!("plasma/ch{chapter:02}/{key}").into(),
+            filename_prefix: filename_prefix(chapter, &key).into(),
             seed_source,
         };
         let own = Variant {
@@ -584,7 +580,7 @@ pub fn job_from_params(
     seed: u64,
     mut params: JobParams,
 ) -> Result<Job, Placeholder> {
-    params.filename_prefix = format!("plasma/ch{chapter:02}/{key}").into();
+    params.filename_prefix = filename_prefix(chapter, &key).into();
     Arc::make_mut(&mut params.page).workflow_path = Path::new(template.file().name()).into();
     let values = template.page_values(page_values(&params));
     let own = Variant {
@@ -604,11 +600,6 @@ pub fn job_from_params(
         output_nodes: template.save_nodes().into(),
         workflow_sha256: template.sha256().clone(),
     })
-}
-
-/// `ch01_p003_s2`: chapter (2 digits at least), page (3 digits), 1-based variant.
-pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
-    format!("ch{chapter:02}_p{page:03}_s{variant}")
 }
 
 /// The seed of a variant without an explicit seed: the first 8 bytes (big-endian) of
@@ -631,12 +622,6 @@ pub fn job_hash(workflow: &Value) -> JobHash {
 mod tests {
     use super::*;
     use crate::diagnostic::SourceFile;
-
-    #[test]
-    fn keys_are_padded() {
-        assert_eq!(job_key(1, 3, 2), "ch01_p003_s2");
-        assert_eq!(job_key(123, 45, 10), "ch123_p045_s10");
-    }
 
     #[test]
     fn derived_seeds_are_stable_and_53_bit() {

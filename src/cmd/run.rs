@@ -13,6 +13,7 @@ use crate::comfy::{ComfyClient, http_client};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
+use crate::params;
 use crate::plan::{Job, load_plan};
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions, RunSummary};
@@ -22,34 +23,22 @@ use crate::sim::{Sim, SimConfig};
 pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 /// Where ComfyUI listens by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
-/// The longest per-job timeout (a day), as the manifest's `timeout` allows.
-pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
-/// The most prompts in flight per server, as the manifest's `in_flight` allows.
-pub const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn run(args: RunArgs) -> CmdResult {
     let plan = load_plan(&args.manifest)
         .map_err(|problems| CmdError::all(exit_codes::INVALID_MANIFEST, problems))?;
     let jobs = select_jobs(plan.jobs, &args.only)?;
-    let timeout = args.timeout.unwrap_or(plan.comfy.timeout_secs);
-    if !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS) {
-        return Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!(
-                    "--timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECS} (a day), not {timeout}"
-                ),
-                None,
-            ),
-        ));
-    }
+    let timeout = check_timeout(args.timeout.unwrap_or(plan.comfy.timeout_secs))?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
-    if depth.is_some_and(|n| !(1..=MAX_IN_FLIGHT).contains(&n)) {
+    if depth.is_some_and(|n| !params::IN_FLIGHT.contains(&(n as i128))) {
         return Err(CmdError::new(
             exit_codes::USAGE,
-            UserError::new(format!("--in-flight must be 1 to {MAX_IN_FLIGHT}"), None),
+            UserError::new(
+                format!("--in-flight must be 1 to {}", params::IN_FLIGHT.range.end()),
+                None,
+            ),
         ));
     }
     // Every folder the run writes, checked before any server is asked.
@@ -70,7 +59,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         only: args.only.clone(),
         simulator: args.sim,
         engine: EngineConfig {
-            timeout: Duration::from_secs_f64(timeout),
+            timeout,
             retry_failed: args.retry_failed || plan.comfy.retry_failed,
             ..EngineConfig::default()
         }
@@ -90,6 +79,22 @@ pub async fn run(args: RunArgs) -> CmdResult {
     let summary = result?;
     print_summary(&summary, args.json);
     Ok(summary.exit_code())
+}
+
+/// A per-job timeout of `secs` (`--timeout`, else the manifest's), or a usage error.
+pub fn check_timeout(secs: f64) -> Result<Duration, CmdError> {
+    params::timeout(secs).ok_or_else(|| {
+        CmdError::new(
+            exit_codes::USAGE,
+            UserError::new(
+                format!(
+                    "--timeout must be a positive number of seconds up to {} (a day), not {secs}",
+                    params::MAX_TIMEOUT_SECS
+                ),
+                None,
+            ),
+        )
+    })
 }
 
 /// The servers to run on: the built-in simulator (started here, shut down by the caller),
@@ -204,7 +209,7 @@ pub fn select_by_key<T>(
         if selector.is_empty() {
             return usage(format!("{flag} \"\" is empty"), FORM.to_owned());
         }
-        if !is_key_prefix(selector) {
+        if !params::is_key_or_part(selector) {
             return usage(
                 format!("{flag} `{selector}` is not a job key or a chapter or page part of one"),
                 FORM.to_owned(),
@@ -244,22 +249,6 @@ pub fn select_by_key<T>(
         .into_iter()
         .filter(|item| selectors.iter().any(|s| selects(s, key(item))))
         .collect())
-}
-
-/// `ch<2+ digits>`, optionally `_p<3+ digits>`, optionally `_s<digits>`: a whole job key as
-/// `plan::job_key` writes them, or its chapter or page part.
-fn is_key_prefix(text: &str) -> bool {
-    let digits = |part: &str, prefix: &str, min: usize| {
-        part.strip_prefix(prefix)
-            .is_some_and(|d| d.len() >= min && d.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let parts: Vec<&str> = text.split('_').collect();
-    match parts[..] {
-        [c] => digits(c, "ch", 2),
-        [c, p] => digits(c, "ch", 2) && digits(p, "p", 3),
-        [c, p, s] => digits(c, "ch", 2) && digits(p, "p", 3) && digits(s, "s", 1),
-        _ => false,
-    }
 }
 
 /// The (at most four) keys fewest edits away from `selector`, in key order.

@@ -3,10 +3,9 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::cli::{OnShutdown, ServeArgs};
-use crate::cmd::run::{build_clients, resolve_servers};
+use crate::cmd::run::{build_clients, check_timeout, resolve_servers};
 use crate::cmd::{CmdError, CmdResult, UserError};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
@@ -26,15 +25,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             Some("give an address and port, e.g. 127.0.0.1:3000 (port 0 picks a free one)"),
         )
     })?;
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(usage(
-            format!(
-                "--timeout must be a positive number of seconds, not {}",
-                args.timeout
-            ),
-            None,
-        ));
-    }
+    let timeout = check_timeout(args.timeout)?;
     if args.in_flight == Some(0) || args.max_queue == 0 {
         return Err(usage(
             "--in-flight and --max-queue must be at least 1".to_owned(),
@@ -82,7 +73,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         max_queue: args.max_queue,
         token: args.token.clone(),
         engine: EngineConfig {
-            timeout: Duration::from_secs_f64(args.timeout),
+            timeout,
             ..EngineConfig::default()
         }
         .with_fixed_depth(args.in_flight),

@@ -15,3 +15,4 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod vocabulary;
