@@ -39,11 +39,6 @@ const KNOWN: &[Known] = &[
         reason: "thumbnails open their pack with `output::open_append`, while the image store makes thumbnails; file-system helpers want a home of their own",
     },
     Known {
-        from: "workflow/json.rs",
-        to: "workflow::template",
-        reason: "the filled workflow is written from `template::PageValues`, while templates produce `json::Workflow`",
-    },
-    Known {
         from: "serve/journal.rs",
         to: "serve::jobs",
         reason: "the journal stores `jobs::JobRecord` while the job table owns the journal; the record type wants a file of its own",
