@@ -2,8 +2,9 @@
 //!
 //! Data flows one way:
 //! `cli -> manifest -> plan -> engine (comfy client, output store) -> events -> reporters`.
-//! `main.rs` only parses arguments, builds the runtime, renders errors and maps exit codes;
-//! everything else lives here so tests can drive it in-process.
+//! `main.rs` only parses arguments, builds the runtime and exits with the code `cmd::error`
+//! decides (after showing the failure's diagnostics); everything else lives here so tests
+//! can drive it in-process.
 //! The layers and which way imports may point: `docs/architecture.md` (kept by a test).
 
 pub mod cli;

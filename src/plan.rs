@@ -1,10 +1,11 @@
-//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). `expand` is
-//! the planner; [`load_plan`] is the one entry point that reads files (the manifest and its
-//! workflow templates) and then calls it. Seeds, keys and hashes are documented in
-//! `docs/manifest.md`.
+//! Manifest + workflow templates -> `Vec<Job>`. [`load_plan`] reads files: the manifest and
+//! the templates it names, each bounded; `expand`, the planner, is pure and deterministic (no
+//! clock, network or files; a large plan is built on several threads, with the same result).
+//! Seeds, keys and hashes are documented in `docs/manifest.md`; keys and parameter defaults
+//! come from `params`.
 //!
-//! OWNED BY THE MANIFEST WORK (issue 2). The `Job` shape below is the contract the engine,
-//! the report and `rerun` build on: extend it, but keep these fields and their meaning.
+//! The `Job` shape below is the contract the engine, the report and `rerun` build on: extend
+//! it, but keep these fields and their meaning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;

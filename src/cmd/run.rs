@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cli::RunArgs;
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
@@ -25,20 +25,17 @@ pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
 
 pub async fn run(args: RunArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest)
-        .map_err(|problems| CmdError::all(exit_codes::INVALID_MANIFEST, problems))?;
+    let plan = load_plan(&args.manifest)?;
     let jobs = select_jobs(plan.jobs, &args.only)?;
     let timeout = check_timeout(args.timeout.unwrap_or(plan.comfy.timeout_secs))?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
     if depth.is_some_and(|n| !params::IN_FLIGHT.contains(&(n as i128))) {
-        return Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!("--in-flight must be 1 to {}", params::IN_FLIGHT.range.end()),
-                None,
-            ),
+        return Err(CmdError::plain(
+            Failure::Usage,
+            format!("--in-flight must be 1 to {}", params::IN_FLIGHT.range.end()),
+            None,
         ));
     }
     // Every folder the run writes, checked before any server is asked.
@@ -84,15 +81,13 @@ pub async fn run(args: RunArgs) -> CmdResult {
 /// A per-job timeout of `secs` (`--timeout`, else the manifest's), or a usage error.
 pub fn check_timeout(secs: f64) -> Result<Duration, CmdError> {
     params::timeout(secs).ok_or_else(|| {
-        CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!(
-                    "--timeout must be a positive number of seconds up to {} (a day), not {secs}",
-                    params::MAX_TIMEOUT_SECS
-                ),
-                None,
+        CmdError::plain(
+            Failure::Usage,
+            format!(
+                "--timeout must be a positive number of seconds up to {} (a day), not {secs}",
+                params::MAX_TIMEOUT_SECS
             ),
+            None,
         )
     })
 }
@@ -106,9 +101,10 @@ pub async fn connect(
 ) -> Result<(Option<Sim>, Vec<ComfyClient>), CmdError> {
     let sim = if sim {
         Some(Sim::start(SimConfig::default()).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            CmdError::plain(
+                Failure::Io,
+                format!("failed to start the built-in simulator: {e}"),
+                None,
             )
         })?)
     } else {
@@ -156,19 +152,16 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
                 }
                 clients.push(client)
             }
-            Err(e) => problems.push(Box::new(UserError::new(
+            Err(e) => problems.push(UserError::new(
                 e.to_string(),
                 Some("a server URL looks like http://127.0.0.1:8188 or https://user:password@host/prefix".to_owned()),
-            )) as crate::diagnostic::Diagnostic),
+            )),
         }
     }
     if problems.is_empty() {
         Ok(clients)
     } else {
-        Err(CmdError {
-            exit_code: exit_codes::PREFLIGHT_FAILED,
-            diagnostics: problems,
-        })
+        Err(CmdError::all(Failure::Preflight, problems))
     }
 }
 
@@ -198,12 +191,8 @@ pub fn select_by_key<T>(
     if selectors.is_empty() {
         return Ok(items);
     }
-    let usage = |message: String, help: String| {
-        Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(message, Some(help)),
-        ))
-    };
+    let usage =
+        |message: String, help: String| Err(CmdError::plain(Failure::Usage, message, Some(&help)));
     const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     for selector in selectors {
         if selector.is_empty() {
@@ -282,17 +271,15 @@ pub fn check_output(out: &Path, chapter: u16) -> Result<ChapterDirs, CmdError> {
                 } else {
                     format!("which cannot be followed ({err})")
                 };
-                return Err(CmdError::new(
-                    exit_codes::IO_ERROR,
-                    UserError::new(
-                        format!(
-                            "the output folder `{}` is a symbolic link to `{target}`, {what}",
-                            path.display()
-                        ),
-                        Some(format!(
-                            "create `{target}` (or fix the link), or choose another --out"
-                        )),
+                return Err(CmdError::plain(
+                    Failure::Io,
+                    format!(
+                        "the output folder `{}` is a symbolic link to `{target}`, {what}",
+                        path.display()
                     ),
+                    Some(&format!(
+                        "create `{target}` (or fix the link), or choose another --out"
+                    )),
                 ));
             }
         }
@@ -305,12 +292,10 @@ pub fn check_output(out: &Path, chapter: u16) -> Result<ChapterDirs, CmdError> {
     }
     for file in [dirs.ledger(), dirs.thumbs()] {
         if std::fs::metadata(&file).is_ok_and(|m| !m.is_file()) {
-            return Err(CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(
-                    format!("`{}` is not a regular file", file.display()),
-                    Some("the run writes this file: move what is there away".to_owned()),
-                ),
+            return Err(CmdError::plain(
+                Failure::Io,
+                format!("`{}` is not a regular file", file.display()),
+                Some("the run writes this file: move what is there away"),
             ));
         }
     }

@@ -6,19 +6,15 @@ use std::net::SocketAddr;
 
 use crate::cli::{OnShutdown, ServeArgs};
 use crate::cmd::run::{build_clients, check_timeout, resolve_servers};
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure};
 use crate::engine::EngineConfig;
 use crate::exit_codes;
 use crate::serve::{ServeConfig, Service, ShutdownMode};
 use crate::sim::{Fault, Sim, SimConfig};
 
 pub async fn serve(args: ServeArgs) -> CmdResult {
-    let usage = |message: String, help: Option<&str>| {
-        CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(message, help.map(str::to_owned)),
-        )
-    };
+    let usage =
+        |message: String, help: Option<&str>| CmdError::plain(Failure::Usage, message, help);
     let listen = resolve_listen(&args.listen).await.map_err(|e| {
         usage(
             format!("--listen {}: {e}", args.listen),
@@ -50,9 +46,10 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             config.step_ms = step_ms;
         }
         Some(Sim::start(config).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            CmdError::plain(
+                Failure::Io,
+                format!("failed to start the built-in simulator: {e}"),
+                None,
             )
         })?)
     } else {
@@ -82,17 +79,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             OnShutdown::Cancel => ShutdownMode::Cancel,
         },
     };
-    let service = Service::start(config).await.map_err(|e| {
-        let code =
-            match e {
-                crate::serve::ServeError::TokenRequired(_)
-                | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
-                crate::serve::ServeError::Template(..)
-                | crate::serve::ServeError::Workflow { .. } => exit_codes::INVALID_MANIFEST,
-                _ => exit_codes::IO_ERROR,
-            };
-        CmdError::new(code, UserError::new(e.to_string(), e.hint()))
-    })?;
+    let service = Service::start(config).await?;
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
@@ -118,12 +105,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    result.map_err(|e| {
-        CmdError::new(
-            exit_codes::IO_ERROR,
-            UserError::new(e.to_string(), e.hint()),
-        )
-    })?;
+    result?;
     Ok(exit_codes::OK)
 }
 

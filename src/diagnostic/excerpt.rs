@@ -8,7 +8,7 @@
 //! window around the label edges on it (`…` marks what is left out), with the labels moved
 //! to match. The `[file:line:col]` heading still names the real line and column. Long
 //! messages, labels and help are shortened too. Rendering goes through here in one place
-//! (`main.rs`), so manifests, templates and reports all get it.
+//! (`cmd::error::finish`), so manifests, templates and reports all get it.
 
 use std::fmt;
 use std::ops::Range;

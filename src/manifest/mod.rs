@@ -1,6 +1,8 @@
 //! The manifest language: the only code that reads manifest files. It turns TOML text into a
-//! checked [`Manifest`] or a list of spanned problems; it knows nothing of workflows or jobs.
-//! The language is documented in `docs/manifest.md`.
+//! checked [`Manifest`] or a list of spanned problems; it knows nothing of workflow contents
+//! or jobs (a workflow is a path here). Its bounded reader (`read`) also serves workflow
+//! templates and run reports. Limits and defaults come from `params`. The language is
+//! documented in `docs/manifest.md`.
 
 pub mod model;
 pub mod parse;

@@ -3,6 +3,7 @@
 mod architecture;
 mod auth;
 mod cli;
+mod exit_codes;
 mod faults;
 mod faults_process;
 mod hostile;
