@@ -3,6 +3,7 @@
 mod architecture;
 mod auth;
 mod cli;
+mod exit_codes;
 mod faults;
 mod faults_outage;
 mod faults_process;
@@ -17,3 +18,4 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod vocabulary;
