@@ -11,6 +11,7 @@ mod image;
 mod jpeg;
 mod nodes;
 mod pyjson;
+pub mod record;
 mod server;
 mod state;
 mod worker;
