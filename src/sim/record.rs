@@ -149,7 +149,8 @@ impl Session {
         }
     }
 
-    fn push(&self, mut line: Value) {
+    fn push(&self, line: Value) {
+        let mut line = scrub(line);
         let mut out = serde_json::Map::new();
         out.insert("t_ms".into(), json!(t_ms(self.t0)));
         if let Value::Object(m) = &mut line {
@@ -186,6 +187,7 @@ impl Session {
         let t0 = self.t0;
         let reader = tokio::spawn(async move {
             let push = |line: Value| {
+                let line = scrub(line);
                 let mut out = serde_json::Map::new();
                 out.insert("t_ms".into(), json!(t_ms(t0)));
                 if let Value::Object(mut m) = line {
@@ -420,14 +422,40 @@ impl Session {
         self.request("GET", path, None).await
     }
 
+    /// Open socket `a` with a fresh client id and take its connect-time `status`.
+    async fn open_a(&mut self) -> Step {
+        self.open("a", &client_id(), "ws_open").await?;
+        self.until("a", |v| v["type"] == "status").await.map(|_| ())
+    }
+
+    /// `POST /free` that empties the server's node cache.
+    async fn free(&mut self) -> Step {
+        let body = json!({"unload_models": false, "free_memory": true});
+        self.request("POST", "/free", Some(body)).await.map(|_| ())
+    }
+
+    /// Once `node` of `prompt_id` runs (and has had a moment to get under way), a targeted
+    /// `POST /interrupt`.
+    async fn interrupt_during(&mut self, label: &str, prompt_id: &str, node: &str) -> Step {
+        self.until_executing(label, prompt_id, node).await?;
+        let_node_start().await;
+        let body = json!({"prompt_id": prompt_id});
+        self.request("POST", "/interrupt", Some(body))
+            .await
+            .map(|_| ())
+    }
+
     /// Run a shell command (07's kill and start).
     fn shell(&self, what: &str, cmd: Option<&String>) -> Step {
         let cmd = cmd.ok_or_else(|| {
             format!("needs a command to {what} the server (--kill-cmd and --start-cmd)")
         })?;
+        // Its output is not the recording's: a server it starts must not hold our pipes.
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
             .status()
             .map_err(|e| format!("cannot run `{cmd}`: {e}"))?;
         if !status.success() {
@@ -450,6 +478,43 @@ impl Session {
             s("type")
         ))
     }
+}
+
+/// The server's install folder in paths (tracebacks) as `ComfyUI/`: the recording does
+/// not depend on where the server was unpacked, nor tells where that was.
+fn scrub(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(scrub_paths(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(scrub).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, scrub(v))).collect()),
+        other => other,
+    }
+}
+
+/// `/any/where/ComfyUI-0.8.0/execution.py` -> `ComfyUI/execution.py`.
+fn scrub_paths(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("/ComfyUI") {
+        // The path starts after the last delimiter before it and must be absolute.
+        let start = rest[..i]
+            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '='))
+            .map_or(0, |d| d + 1);
+        let seg_end = rest[i + 1..].find('/').map(|j| i + 1 + j);
+        match seg_end {
+            Some(end) if rest[start..].starts_with('/') => {
+                out.push_str(&rest[..start]);
+                out.push_str("ComfyUI");
+                rest = &rest[end..];
+            }
+            _ => {
+                out.push_str(&rest[..i + 1]);
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn client_id() -> String {
@@ -510,8 +575,7 @@ fn color(s: &Session, salt: u32) -> u32 {
 
 /// 01: a prompt with a client-chosen id, then the identical prompt again (fully cached).
 async fn normal_then_cached(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
+    s.open_a().await?;
     let graph = empty_save("plasma_rec_normal", 64, 48, color(s, 1));
     for _ in 0..2 {
         let pid = s.submit(&graph, Some("a"), Value::Null).await?;
@@ -563,8 +627,7 @@ async fn validation_errors(s: &mut Session) -> Step {
 /// 03: a node raises at run time (`ImageToMask` channel `alpha` of an RGB image); node 1 is
 /// cached from 01.
 async fn runtime_error(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
+    s.open_a().await?;
     let graph = json!({
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": color(s, 1)}},
         "20": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "alpha"}},
@@ -581,8 +644,7 @@ async fn runtime_error(s: &mut Session) -> Step {
 /// interrupted while its first blur runs (a plain tensor node: the interrupt hits at the
 /// next node), then the second runs.
 async fn queue_interrupt_delete(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
+    s.open_a().await?;
     let first = s
         .submit(
             &blur_chain("plasma_rec_q1", color(s, 4), 2),
@@ -609,10 +671,7 @@ async fn queue_interrupt_delete(s: &mut Session) -> Step {
     s.get("/queue").await?;
     s.request("POST", "/queue", Some(json!({"delete": [third]})))
         .await?;
-    s.until_executing("a", &first, "10").await?;
-    let_node_start().await;
-    s.request("POST", "/interrupt", Some(json!({"prompt_id": first})))
-        .await?;
+    s.interrupt_during("a", &first, "10").await?;
     s.until_done("a", &first).await?;
     s.until_done("a", &second).await?;
     for pid in [&first, &second, &third] {
@@ -624,8 +683,7 @@ async fn queue_interrupt_delete(s: &mut Session) -> Step {
 /// 05: a second socket sees only the `status` broadcasts of another client's prompt; a
 /// prompt without `client_id` gets no `executing`/`executed` at all.
 async fn other_clients(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
+    s.open_a().await?;
     s.open("b", &client_id(), "ws_open").await?;
     s.until("b", |v| v["type"] == "status").await?;
     let pid = s
@@ -723,14 +781,8 @@ async fn crash_restart(s: &mut Session) -> Step {
 /// 08: the real sampler path after `POST /free`: progress per step with latent previews,
 /// then an interrupt during sampling, then an unknown checkpoint (400).
 async fn sampler(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
-    s.request(
-        "POST",
-        "/free",
-        Some(json!({"unload_models": false, "free_memory": true})),
-    )
-    .await?;
+    s.open_a().await?;
+    s.free().await?;
     let seed = 34_296 + u64::from(s.opts.tag % 100_000) * 2;
     let ckpt = s.opts.checkpoint.clone();
     let preview = json!({"extra_data": {"preview_method": "latent2rgb"}});
@@ -773,8 +825,9 @@ async fn sampler(s: &mut Session) -> Step {
 /// plain tensor node: it runs to its end and the next node raises), after the early output
 /// was saved: its image stays in the history, the late one never exists.
 async fn interrupt_in_node(s: &mut Session) -> Step {
-    s.open("a", &client_id(), "ws_open").await?;
-    s.until("a", |v| v["type"] == "status").await?;
+    s.open_a().await?;
+    // Nothing cached from before (08 leaves the checkpoint loaded).
+    s.free().await?;
     let ckpt = s.opts.checkpoint.clone();
     // 192x192 keeps the decode at a few seconds on a CPU.
     let size = 192 + 8 * (s.opts.tag % 8);
@@ -785,21 +838,37 @@ async fn interrupt_in_node(s: &mut Session) -> Step {
         "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "plasma_rec_vae", "images": ["8", 0]}}
     });
     let pid = s.submit(&decode, Some("a"), Value::Null).await?;
-    s.until_executing("a", &pid, "8").await?;
-    let_node_start().await;
-    s.request("POST", "/interrupt", Some(json!({"prompt_id": pid})))
-        .await?;
+    s.interrupt_during("a", &pid, "8").await?;
     s.until_done("a", &pid).await?;
     s.get(&format!("/history/{pid}")).await?;
 
     let mut two = blur_chain("plasma_rec_late", color(s, 10), 2);
     two["12"] = json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "plasma_rec_early", "images": ["1", 0]}});
     let pid = s.submit(&two, Some("a"), Value::Null).await?;
-    s.until_executing("a", &pid, "10").await?;
-    let_node_start().await;
-    s.request("POST", "/interrupt", Some(json!({"prompt_id": pid})))
-        .await?;
+    s.interrupt_during("a", &pid, "10").await?;
     s.until_done("a", &pid).await?;
     s.get(&format!("/history/{pid}")).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_paths;
+
+    #[test]
+    fn install_paths_become_comfyui() {
+        assert_eq!(
+            scrub_paths(r#"  File "/root/.cache/x/ComfyUI-0.8.0/execution.py", line 1"#),
+            r#"  File "ComfyUI/execution.py", line 1"#
+        );
+        assert_eq!(
+            scrub_paths("a /srv/ComfyUI/.venv/lib/PIL/Image.py and /srv/ComfyUI/nodes.py"),
+            "a ComfyUI/.venv/lib/PIL/Image.py and ComfyUI/nodes.py"
+        );
+        // Not a path: left alone.
+        assert_eq!(
+            scrub_paths("see ComfyUI/x and a/ComfyUI"),
+            "see ComfyUI/x and a/ComfyUI"
+        );
+    }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod faults_process;
 mod manifest;
+mod real_comfy;
 mod report_schema;
 mod run;
 mod serve;
