@@ -826,8 +826,18 @@ async fn sampler(s: &mut Session) -> Step {
 /// was saved: its image stays in the history, the late one never exists.
 async fn interrupt_in_node(s: &mut Session) -> Step {
     s.open_a().await?;
-    // Nothing cached from before (08 leaves the checkpoint loaded).
-    s.free().await?;
+    // Nothing cached from before (08 leaves the checkpoint node cached): the node cache
+    // keeps only the last prompt's nodes, so one tiny prompt of other nodes empties it of
+    // them. (`POST /free` would too, but the server applies it when its worker next
+    // looks, which can be after it took the next prompt.)
+    let clear = s
+        .submit(
+            &empty_save("plasma_rec_clear", 8, 8, color(s, 11)),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &clear).await?;
     let ckpt = s.opts.checkpoint.clone();
     // 192x192 keeps the decode at a few seconds on a CPU.
     let size = 192 + 8 * (s.opts.tag % 8);

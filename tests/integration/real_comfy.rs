@@ -21,7 +21,7 @@ use plasma_batch::sim::record::{self, RecordOptions};
 use serde_json::Value;
 
 use super::sim_conformance::{Replay, SESSION, hooks, sim_for};
-use super::support::{png_size, repo, sha256_file};
+use super::support::{files_under, png_size, repo, sha256_file};
 
 const CHECKPOINT: &str = "AnythingXL_inkBase.safetensors";
 const LORA: &str = "plasma_test_lora.safetensors";
@@ -281,9 +281,11 @@ async fn timeout_interrupts_the_prompt_on_the_real_server() {
         "{types:?}"
     );
     assert_eq!(queued_with(url, marker).await, (0, 0));
-    let raw = out.join("ch-07/raw");
-    let files = std::fs::read_dir(&raw).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(files, 0, "an image was written for a timed-out job");
+    let written = files_under(&out.join("ch-07/raw"));
+    assert!(
+        written.is_empty(),
+        "written for a timed-out job: {written:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
