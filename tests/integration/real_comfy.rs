@@ -2,7 +2,7 @@
 //! message) unless `PLASMA_REAL_COMFY` names the server, e.g.
 //!
 //! ```sh
-//! ../shared/real-comfy/start.sh 8188      # or any ComfyUI 0.8.0 with the models below
+//! # a ComfyUI 0.8.0 on port 8188, with the two model files below
 //! PLASMA_REAL_COMFY=http://127.0.0.1:8188 cargo test --test integration real_comfy -- --test-threads 1
 //! ```
 //!

@@ -35,7 +35,7 @@ pub fn fixture(name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// What the recording server offered (`../shared/real-comfy/start.sh` installs these).
+/// What the recording server offered (its tiny random-weight test models).
 pub fn real_comfy_like() -> SimConfig {
     SimConfig {
         step_ms: 0,
