@@ -10,6 +10,7 @@ mod faults_process;
 mod faults_sim_leftovers;
 mod hostile;
 mod manifest;
+mod real_comfy;
 mod report_schema;
 mod run;
 mod serve;
