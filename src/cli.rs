@@ -162,7 +162,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PLASMA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Per-job timeout in seconds, counted from `execution_start`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 90.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::params::DEFAULT_TIMEOUT_SECS)]
     pub timeout: f64,
     /// Prompts in flight per server, fixed (default: 2 to 8 as the server's pace needs).
     #[arg(long, value_name = "N")]

@@ -1,9 +1,10 @@
-//! The binary: parse arguments, build the runtime, render diagnostics, exit with a code.
-//! No logic lives here; see `plasma_batch::cmd`.
+//! The binary: parse arguments, build the runtime, run the command, exit with its code.
+//! No logic lives here: commands are `plasma_batch::cmd`, and `cmd::error` decides a
+//! failure's exit code and shows it.
 
 use clap::Parser;
-use plasma_batch::manifest::excerpt::Bounded;
-use plasma_batch::{cli::Cli, cmd, exit_codes};
+use plasma_batch::cli::Cli;
+use plasma_batch::cmd::{self, CmdError, Failure};
 
 fn main() {
     let cli = Cli::parse();
@@ -12,27 +13,21 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("PLASMA_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: failed to start the async runtime: {err}");
-            std::process::exit(exit_codes::IO_ERROR);
+        Ok(runtime) => {
+            let result = runtime.block_on(cmd::execute(cli));
+            // Dropping the runtime would wait for detached tasks; the command is over.
+            runtime.shutdown_background();
+            result
         }
+        Err(err) => Err(CmdError::plain(
+            Failure::Io,
+            format!("failed to start the async runtime: {err}"),
+            None,
+        )),
     };
-    let code = match runtime.block_on(cmd::execute(cli)) {
-        Ok(code) => code,
-        Err(err) => {
-            // Bounded: a label at a huge column or on a huge line renders as a short excerpt.
-            for diagnostic in err.diagnostics {
-                eprintln!("{:?}", miette::Report::new(Bounded::new(diagnostic)));
-            }
-            err.exit_code
-        }
-    };
-    // Dropping the runtime would wait for detached tasks; the run is over, so do not wait.
-    runtime.shutdown_background();
-    std::process::exit(code);
+    std::process::exit(cmd::finish(result, &mut std::io::stderr().lock()));
 }

@@ -1,10 +1,11 @@
-//! Manifest -> `Vec<Job>`: pure and deterministic (no clock, network or files). `expand` is
-//! the planner; [`load_plan`] is the one entry point that reads files (the manifest and its
-//! workflow templates) and then calls it. Seeds, keys and hashes are documented in
-//! `docs/manifest.md`.
+//! Manifest + workflow templates -> `Vec<Job>`. [`load_plan`] reads files: the manifest and
+//! the templates it names, each bounded; `expand`, the planner, is pure and deterministic (no
+//! clock, network or files; a large plan is built on several threads, with the same result).
+//! Seeds, keys and hashes are documented in `docs/manifest.md`; keys and parameter defaults
+//! come from `params`.
 //!
-//! OWNED BY THE MANIFEST WORK (issue 2). The `Job` shape below is the contract the engine,
-//! the report and `rerun` build on: extend it, but keep these fields and their meaning.
+//! The `Job` shape below is the contract the engine, the report and `rerun` build on: extend
+//! it, but keep these fields and their meaning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -15,14 +16,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::cmd::Diagnostic;
-use crate::manifest::model::{
+use crate::diagnostic::Problem;
+use crate::manifest::model::{LoraSetting, Page, PageSeeds};
+use crate::manifest::read::read_bounded;
+use crate::manifest::{Manifest, parse_manifest, read_manifest};
+use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraSetting, Page, PageSeeds,
+    DEFAULT_WIDTH, filename_prefix,
 };
-use crate::manifest::read::read_bounded;
-use crate::manifest::{Manifest, Problem, parse_manifest, read_manifest};
+// Old paths, still used by `report` and `serve`; their home is `params`.
+pub use crate::params::{LoraParams, job_key};
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
@@ -140,13 +144,6 @@ pub struct PageParams {
     pub workflow_path: Arc<Path>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraParams {
-    pub name: String,
-    pub strength_model: f64,
-    pub strength_clip: f64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeedSource {
@@ -156,8 +153,8 @@ pub enum SeedSource {
 
 /// Read a manifest and the workflow templates it names, check everything, and plan every job.
 /// On failure, returns every problem found (manifest problems first, in file order).
-pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Diagnostic>> {
-    let file = read_manifest(manifest).map_err(|p| vec![Box::new(p) as Diagnostic])?;
+pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
+    let file = read_manifest(manifest).map_err(|p| vec![p])?;
     let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
     let (parsed, mut problems) = parse_manifest(&file);
     let Some(parsed) = parsed else {
@@ -270,7 +267,7 @@ fn tidy_path(path: &Path) -> PathBuf {
 
 /// Manifest problems first, then each workflow file's, in the order the files were first
 /// named; within a file, in source order.
-fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Diagnostic> {
+fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Problem> {
     let mut rank: BTreeMap<String, usize> = BTreeMap::new();
     rank.insert(manifest_name.to_owned(), 0);
     for p in &problems {
@@ -280,9 +277,6 @@ fn finish(mut problems: Vec<Problem>, manifest_name: &str) -> Vec<Diagnostic> {
     }
     problems.sort_by_key(|p| (rank[p.file_name().unwrap_or(manifest_name)], p.offset()));
     problems
-        .into_iter()
-        .map(|p| Box::new(p) as Diagnostic)
-        .collect()
 }
 
 /// A page's settings with the defaults applied.
@@ -532,7 +526,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         let key = job_key(chapter, page, variant);
         let params = JobParams {
             page: base.clone(),
-            filename_prefix: format!("plasma/ch{chapter:02}/{key}").into(),
+            filename_prefix: filename_prefix(chapter, &key).into(),
             seed_source,
         };
         let own = Variant {
@@ -590,7 +584,7 @@ pub fn job_from_params(
     seed: u64,
     mut params: JobParams,
 ) -> Result<Job, Placeholder> {
-    params.filename_prefix = format!("plasma/ch{chapter:02}/{key}").into();
+    params.filename_prefix = filename_prefix(chapter, &key).into();
     Arc::make_mut(&mut params.page).workflow_path = Path::new(template.file().name()).into();
     let values = template.page_values(page_values(&params));
     let own = Variant {
@@ -612,11 +606,6 @@ pub fn job_from_params(
     })
 }
 
-/// `ch01_p003_s2`: chapter (2 digits at least), page (3 digits), 1-based variant.
-pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
-    format!("ch{chapter:02}_p{page:03}_s{variant}")
-}
-
 /// The seed of a variant without an explicit seed: the first 8 bytes (big-endian) of
 /// sha256(`plasma-batch/seed/v1:{chapter}:{chapter_seed}:{page}:{variant}`), masked to 53 bits.
 pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> u64 {
@@ -636,13 +625,7 @@ pub fn job_hash(workflow: &Value) -> JobHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::SourceFile;
-
-    #[test]
-    fn keys_are_padded() {
-        assert_eq!(job_key(1, 3, 2), "ch01_p003_s2");
-        assert_eq!(job_key(123, 45, 10), "ch123_p045_s10");
-    }
+    use crate::diagnostic::SourceFile;
 
     #[test]
     fn derived_seeds_are_stable_and_53_bit() {

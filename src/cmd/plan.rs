@@ -8,16 +8,13 @@ use std::io::{self, Write};
 use serde::ser::{Serialize, Serializer};
 
 use crate::cli::PlanArgs;
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure};
 use crate::exit_codes;
 use crate::plan::{Job, JobParams, Plan, load_plan};
 use crate::workflow::canonical::JobHash;
 
 pub async fn plan(args: PlanArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
-        exit_code: exit_codes::INVALID_MANIFEST,
-        diagnostics,
-    })?;
+    let plan = load_plan(&args.manifest)?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if args.json {
         write_plan_json(&plan, &mut out)
@@ -29,12 +26,10 @@ pub async fn plan(args: PlanArgs) -> CmdResult {
         Ok(()) => Ok(exit_codes::OK),
         // A closed pipe (`plan | head`) is not an error worth reporting.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(exit_codes::OK),
-        Err(err) => Err(CmdError::new(
-            exit_codes::IO_ERROR,
-            UserError::new(
-                format!("failed to write the plan to stdout: {err}"),
-                Some("check where stdout goes (a full disk, a closed file)".to_owned()),
-            ),
+        Err(err) => Err(CmdError::plain(
+            Failure::Io,
+            format!("failed to write the plan to stdout: {err}"),
+            Some("check where stdout goes (a full disk, a closed file)"),
         )),
     }
 }

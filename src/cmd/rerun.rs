@@ -10,10 +10,10 @@ use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
 use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure};
+use crate::diagnostic::Problem;
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
-use crate::manifest::Problem;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
@@ -30,26 +30,21 @@ pub struct Comparison {
 }
 
 pub async fn rerun(args: RerunArgs) -> CmdResult {
-    let report = RunReport::read(&args.report)
-        .map_err(|problem| CmdError::new(exit_codes::INVALID_MANIFEST, problem))?;
+    let report = RunReport::read(&args.report)?;
     let problems = report.check();
     if !problems.is_empty() {
         let name = args.report.display();
-        return Err(CmdError {
-            exit_code: exit_codes::INVALID_MANIFEST,
-            diagnostics: problems
-                .into_iter()
-                .map(|p| {
-                    Box::new(
-                        Problem::bare(
-                            "report::invalid",
-                            format!("`{name}` is not a valid run report: {p}"),
-                        )
-                        .with_help("rerun only reports written by `plasma-batch run`, unedited"),
-                    ) as crate::cmd::Diagnostic
-                })
-                .collect(),
-        });
+        let problems: Vec<Problem> = problems
+            .into_iter()
+            .map(|p| {
+                Problem::bare(
+                    "report::invalid",
+                    format!("`{name}` is not a valid run report: {p}"),
+                )
+                .with_help("rerun only reports written by `plasma-batch run`, unedited")
+            })
+            .collect();
+        return Err(problems.into());
     }
     let selected = select_by_key(
         report.jobs.iter().collect(),
@@ -59,12 +54,10 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         "the report's jobs[].key",
     )?;
     if selected.is_empty() {
-        return Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!("{} has no jobs to rerun", args.report.display()),
-                None,
-            ),
+        return Err(CmdError::plain(
+            Failure::Usage,
+            format!("{} has no jobs to rerun", args.report.display()),
+            None,
         ));
     }
     // Where the new images go: --out, or the report's own chapter folder; never the
@@ -192,16 +185,14 @@ fn output_root_of(report: &Path, chapter: u16) -> Result<PathBuf, CmdError> {
         Some(dir) if dir.file_name().is_some_and(|n| n == expected.as_str()) => {
             Ok(dir.parent().unwrap_or(Path::new("/")).to_owned())
         }
-        _ => Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!(
-                    "`{}` is not in its chapter's reports folder (<out>/{expected}/reports/), so \
-                     where the new images go is not known",
-                    report.display()
-                ),
-                Some("pass --out DIR: the new images go to DIR/ch-XX/raw/comfyui/".to_owned()),
+        _ => Err(CmdError::plain(
+            Failure::Usage,
+            format!(
+                "`{}` is not in its chapter's reports folder (<out>/{expected}/reports/), so \
+                 where the new images go is not known",
+                report.display()
             ),
+            Some("pass --out DIR: the new images go to DIR/ch-XX/raw/comfyui/"),
         )),
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cli::RunArgs;
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
+use crate::params;
 use crate::plan::{Job, load_plan};
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions, RunSummary};
@@ -22,37 +23,21 @@ use crate::sim::{Sim, SimConfig};
 pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 /// Where ComfyUI listens by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
-/// The longest per-job timeout (a day), as the manifest's `timeout` allows.
-pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
-/// The most prompts in flight per server, as the manifest's `in_flight` allows.
-pub const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn run(args: RunArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
-        exit_code: exit_codes::INVALID_MANIFEST,
-        diagnostics,
-    })?;
+    let plan = load_plan(&args.manifest)?;
     let jobs = select_jobs(plan.jobs, &args.only)?;
-    let timeout = args.timeout.unwrap_or(plan.comfy.timeout_secs);
-    if !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS) {
-        return Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!(
-                    "--timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECS} (a day), not {timeout}"
-                ),
-                None,
-            ),
-        ));
-    }
+    // Flags are checked here; the manifest's values were checked where they were read.
+    let timeout = args.timeout.map(check_timeout).transpose()?;
     let outage_window = outage_window(args.outage_window)?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
     let depth = args.in_flight.or(plan.comfy.in_flight);
-    if depth.is_some_and(|n| !(1..=MAX_IN_FLIGHT).contains(&n)) {
-        return Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(format!("--in-flight must be 1 to {MAX_IN_FLIGHT}"), None),
+    if depth.is_some_and(|n| !params::IN_FLIGHT.contains(&(n as i128))) {
+        return Err(CmdError::plain(
+            Failure::Usage,
+            format!("--in-flight must be 1 to {}", params::IN_FLIGHT.range.end()),
+            None,
         ));
     }
     // Every folder the run writes, checked before any server is asked.
@@ -74,13 +59,13 @@ pub async fn run(args: RunArgs) -> CmdResult {
         simulator: args.sim,
         engine: EngineConfig::from_settings(&EngineSettings {
             flags: Choices {
-                timeout: args.timeout.map(Duration::from_secs_f64),
+                timeout,
                 in_flight: args.in_flight,
                 retry_failed: args.retry_failed.then_some(true),
                 outage_window,
             },
             manifest: Choices {
-                timeout: Some(Duration::from_secs_f64(plan.comfy.timeout_secs)),
+                timeout: params::timeout(plan.comfy.timeout_secs),
                 in_flight: plan.comfy.in_flight,
                 retry_failed: Some(plan.comfy.retry_failed),
                 outage_window: plan.comfy.outage_window_secs.map(Duration::from_secs_f64),
@@ -111,17 +96,26 @@ fn outage_window(flag: Option<f64>) -> Result<Option<Duration>, CmdError> {
         Some(secs) if secs > 0.0 && Duration::try_from_secs_f64(secs).is_ok() => {
             Ok(Some(Duration::from_secs_f64(secs)))
         }
-        Some(secs) => Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(
-                format!("--outage-window must be a positive number of seconds, not {secs}"),
-                Some(
-                    "e.g. --outage-window 600 waits up to ten minutes for a server that went away"
-                        .to_owned(),
-                ),
-            ),
+        Some(secs) => Err(CmdError::plain(
+            Failure::Usage,
+            format!("--outage-window must be a positive number of seconds, not {secs}"),
+            Some("e.g. --outage-window 600 waits up to ten minutes for a server that went away"),
         )),
     }
+}
+
+/// A per-job timeout of `secs` (`--timeout`), or a usage error.
+pub fn check_timeout(secs: f64) -> Result<Duration, CmdError> {
+    params::timeout(secs).ok_or_else(|| {
+        CmdError::plain(
+            Failure::Usage,
+            format!(
+                "--timeout must be a positive number of seconds up to {} (a day), not {secs}",
+                params::MAX_TIMEOUT_SECS
+            ),
+            None,
+        )
+    })
 }
 
 /// The servers to run on: the built-in simulator (started here, shut down by the caller),
@@ -133,9 +127,10 @@ pub async fn connect(
 ) -> Result<(Option<Sim>, Vec<ComfyClient>), CmdError> {
     let sim = if sim {
         Some(Sim::start(SimConfig::default()).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            CmdError::plain(
+                Failure::Io,
+                format!("failed to start the built-in simulator: {e}"),
+                None,
             )
         })?)
     } else {
@@ -183,19 +178,16 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
                 }
                 clients.push(client)
             }
-            Err(e) => problems.push(Box::new(UserError::new(
+            Err(e) => problems.push(UserError::new(
                 e.to_string(),
                 Some("a server URL looks like http://127.0.0.1:8188 or https://user:password@host/prefix".to_owned()),
-            )) as crate::cmd::Diagnostic),
+            )),
         }
     }
     if problems.is_empty() {
         Ok(clients)
     } else {
-        Err(CmdError {
-            exit_code: exit_codes::PREFLIGHT_FAILED,
-            diagnostics: problems,
-        })
+        Err(CmdError::all(Failure::Preflight, problems))
     }
 }
 
@@ -225,18 +217,14 @@ pub fn select_by_key<T>(
     if selectors.is_empty() {
         return Ok(items);
     }
-    let usage = |message: String, help: String| {
-        Err(CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(message, Some(help)),
-        ))
-    };
+    let usage =
+        |message: String, help: String| Err(CmdError::plain(Failure::Usage, message, Some(&help)));
     const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     for selector in selectors {
         if selector.is_empty() {
             return usage(format!("{flag} \"\" is empty"), FORM.to_owned());
         }
-        if !is_key_prefix(selector) {
+        if !params::is_key_or_part(selector) {
             return usage(
                 format!("{flag} `{selector}` is not a job key or a chapter or page part of one"),
                 FORM.to_owned(),
@@ -278,22 +266,6 @@ pub fn select_by_key<T>(
         .collect())
 }
 
-/// `ch<2+ digits>`, optionally `_p<3+ digits>`, optionally `_s<digits>`: a whole job key as
-/// `plan::job_key` writes them, or its chapter or page part.
-fn is_key_prefix(text: &str) -> bool {
-    let digits = |part: &str, prefix: &str, min: usize| {
-        part.strip_prefix(prefix)
-            .is_some_and(|d| d.len() >= min && d.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let parts: Vec<&str> = text.split('_').collect();
-    match parts[..] {
-        [c] => digits(c, "ch", 2),
-        [c, p] => digits(c, "ch", 2) && digits(p, "p", 3),
-        [c, p, s] => digits(c, "ch", 2) && digits(p, "p", 3) && digits(s, "s", 1),
-        _ => false,
-    }
-}
-
 /// The (at most four) keys fewest edits away from `selector`, in key order.
 fn closest_keys<'k>(selector: &str, keys: &[&'k str]) -> Vec<&'k str> {
     let mut scored: Vec<(usize, usize)> = keys
@@ -325,17 +297,15 @@ pub fn check_output(out: &Path, chapter: u16) -> Result<ChapterDirs, CmdError> {
                 } else {
                     format!("which cannot be followed ({err})")
                 };
-                return Err(CmdError::new(
-                    exit_codes::IO_ERROR,
-                    UserError::new(
-                        format!(
-                            "the output folder `{}` is a symbolic link to `{target}`, {what}",
-                            path.display()
-                        ),
-                        Some(format!(
-                            "create `{target}` (or fix the link), or choose another --out"
-                        )),
+                return Err(CmdError::plain(
+                    Failure::Io,
+                    format!(
+                        "the output folder `{}` is a symbolic link to `{target}`, {what}",
+                        path.display()
                     ),
+                    Some(&format!(
+                        "create `{target}` (or fix the link), or choose another --out"
+                    )),
                 ));
             }
         }
@@ -348,12 +318,10 @@ pub fn check_output(out: &Path, chapter: u16) -> Result<ChapterDirs, CmdError> {
     }
     for file in [dirs.ledger(), dirs.thumbs()] {
         if std::fs::metadata(&file).is_ok_and(|m| !m.is_file()) {
-            return Err(CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(
-                    format!("`{}` is not a regular file", file.display()),
-                    Some("the run writes this file: move what is there away".to_owned()),
-                ),
+            return Err(CmdError::plain(
+                Failure::Io,
+                format!("`{}` is not a regular file", file.display()),
+                Some("the run writes this file: move what is there away"),
             ));
         }
     }

@@ -3,11 +3,10 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::cli::{OnShutdown, ServeArgs};
-use crate::cmd::run::{build_clients, resolve_servers};
-use crate::cmd::{CmdError, CmdResult, UserError};
+use crate::cmd::run::{build_clients, check_timeout, resolve_servers};
+use crate::cmd::{CmdError, CmdResult, Failure};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::exit_codes;
 use crate::serve::{ServeConfig, Service, ShutdownMode};
@@ -15,27 +14,15 @@ use crate::sim::{Fault, Sim, SimConfig};
 
 pub async fn serve(args: ServeArgs) -> CmdResult {
     let mut signals = Signals::install();
-    let usage = |message: String, help: Option<&str>| {
-        CmdError::new(
-            exit_codes::USAGE,
-            UserError::new(message, help.map(str::to_owned)),
-        )
-    };
+    let usage =
+        |message: String, help: Option<&str>| CmdError::plain(Failure::Usage, message, help);
     let listen = resolve_listen(&args.listen).await.map_err(|e| {
         usage(
             format!("--listen {}: {e}", args.listen),
             Some("give an address and port, e.g. 127.0.0.1:3000 (port 0 picks a free one)"),
         )
     })?;
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(usage(
-            format!(
-                "--timeout must be a positive number of seconds, not {}",
-                args.timeout
-            ),
-            None,
-        ));
-    }
+    let timeout = check_timeout(args.timeout)?;
     if args.in_flight == Some(0) || args.max_queue == 0 {
         return Err(usage(
             "--in-flight and --max-queue must be at least 1".to_owned(),
@@ -60,9 +47,10 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             config.step_ms = step_ms;
         }
         Some(Sim::start(config).await.map_err(|e| {
-            CmdError::new(
-                exit_codes::IO_ERROR,
-                UserError::new(format!("failed to start the built-in simulator: {e}"), None),
+            CmdError::plain(
+                Failure::Io,
+                format!("failed to start the built-in simulator: {e}"),
+                None,
             )
         })?)
     } else {
@@ -84,7 +72,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         token: args.token.clone(),
         engine: EngineConfig::from_settings(&EngineSettings {
             flags: Choices {
-                timeout: Some(Duration::from_secs_f64(args.timeout)),
+                timeout: Some(timeout),
                 in_flight: args.in_flight,
                 ..Choices::default()
             },
@@ -95,18 +83,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
             OnShutdown::Cancel => ShutdownMode::Cancel,
         },
     };
-    let service = Service::start(config).await.map_err(|e| {
-        let code = match e {
-            crate::serve::ServeError::TokenRequired(_)
-            | crate::serve::ServeError::TokenTooShort(_)
-            | crate::serve::ServeError::EmptyToken => exit_codes::USAGE,
-            crate::serve::ServeError::Template(..) | crate::serve::ServeError::Workflow { .. } => {
-                exit_codes::INVALID_MANIFEST
-            }
-            _ => exit_codes::IO_ERROR,
-        };
-        CmdError::new(code, UserError::new(e.to_string(), e.hint()))
-    })?;
+    let service = Service::start(config).await?;
     for warning in service.warnings() {
         eprintln!("warning: {warning}");
     }
@@ -135,12 +112,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    result.map_err(|e| {
-        CmdError::new(
-            exit_codes::IO_ERROR,
-            UserError::new(e.to_string(), e.hint()),
-        )
-    })?;
+    result?;
     Ok(exit_codes::OK)
 }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::cli::SimArgs;
-use crate::cmd::{CmdError, CmdResult};
+use crate::cmd::{CmdError, CmdResult, Failure};
 use crate::sim::{Fault, Sim, SimConfig};
 
 pub async fn sim(args: SimArgs) -> CmdResult {
@@ -21,28 +21,25 @@ pub async fn sim(args: SimArgs) -> CmdResult {
     if let Some(l) = args.loras {
         config.loras = l;
     }
-    let mut diagnostics: Vec<crate::cmd::Diagnostic> = Vec::new();
+    let mut diagnostics = Vec::new();
     for spec in &args.faults {
         match spec.parse::<Fault>() {
             Ok(f) => config.faults.push(f),
-            Err(e) => diagnostics.push(Box::new(
+            Err(e) => diagnostics.push(
                 miette::MietteDiagnostic::new(e.to_string())
                     .with_help("e.g. --fault drop-ws:5 or --fault raise:KSampler"),
-            )),
+            ),
         }
     }
     if !diagnostics.is_empty() {
-        return Err(CmdError {
-            exit_code: crate::exit_codes::USAGE,
-            diagnostics,
-        });
+        return Err(CmdError::all(Failure::Usage, diagnostics));
     }
     let addr = format!("{}:{}", config.host, config.port);
     let sim = Sim::start(config).await.map_err(|e| {
-        CmdError::new(
-            crate::exit_codes::IO_ERROR,
-            miette::MietteDiagnostic::new(format!("failed to listen on {addr}: {e}"))
-                .with_help("pick another port with --port, or --port 0 for any free one"),
+        CmdError::plain(
+            Failure::Io,
+            format!("failed to listen on {addr}: {e}"),
+            Some("pick another port with --port, or --port 0 for any free one"),
         )
     })?;
     let mut out = std::io::stdout();

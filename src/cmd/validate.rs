@@ -2,15 +2,12 @@
 //! summary, or every problem at once. Writes nothing.
 
 use crate::cli::ValidateArgs;
-use crate::cmd::{CmdError, CmdResult};
+use crate::cmd::CmdResult;
 use crate::exit_codes;
 use crate::plan::load_plan;
 
 pub async fn validate(args: ValidateArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest).map_err(|diagnostics| CmdError {
-        exit_code: exit_codes::INVALID_MANIFEST,
-        diagnostics,
-    })?;
+    let plan = load_plan(&args.manifest)?;
     println!("ok: {}: {}", plan.manifest_path.display(), plan.summary());
     if !args.servers.is_empty() {
         // The same check `run` makes before submitting anything.

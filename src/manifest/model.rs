@@ -5,24 +5,14 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::diagnostic::SourceFile;
-use crate::plan::LoraParams;
+use crate::diagnostic::SourceFile;
+use crate::params::LoraParams;
 
-/// The default checkpoint when neither `[defaults]` nor a page names one.
-pub const DEFAULT_CHECKPOINT: &str = "AnythingXL_inkBase.safetensors";
-/// The default negative prompt.
-pub const DEFAULT_NEGATIVE: &str = "lowres, bad anatomy, bad hands, text, error, missing fingers";
-pub const DEFAULT_STEPS: u32 = 20;
-pub const DEFAULT_CFG: f64 = 7.0;
-pub const DEFAULT_SAMPLER: &str = "euler";
-pub const DEFAULT_SCHEDULER: &str = "normal";
-pub const DEFAULT_WIDTH: u32 = 512;
-pub const DEFAULT_HEIGHT: u32 = 768;
-pub const DEFAULT_VARIANTS: u32 = 1;
-/// Per-job timeout when `[comfy] timeout` is absent.
-pub const DEFAULT_TIMEOUT_SECS: f64 = 90.0;
-/// The chapter seed when `[chapter] seed` is absent.
-pub const DEFAULT_CHAPTER_SEED: u64 = 0;
+// Old paths of the defaults, still used by `serve`; their home is `params`.
+pub use crate::params::{
+    DEFAULT_CFG, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE, DEFAULT_SAMPLER,
+    DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH,
+};
 
 /// A manifest that passed every check that needs only the manifest itself.
 #[derive(Debug, Clone)]

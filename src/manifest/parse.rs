@@ -3,14 +3,15 @@
 //! the first problem and lose the span of unknown keys).
 
 use std::collections::BTreeMap;
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Problem, SourceFile, did_you_mean};
 use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
-use crate::plan::LoraParams;
+use crate::comfyui::LATENT_STEP;
+use crate::diagnostic::{Problem, SourceFile, did_you_mean};
+use crate::params::{self, Limit, LoraParams};
 
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
 const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
@@ -40,22 +41,8 @@ const SETTING_KEYS: &[&str] = &[
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
 const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
 
-/// KSampler's schedulers in ComfyUI 0.8.0 (`comfy.samplers.SCHEDULER_NAMES`).
-pub const SCHEDULERS: &[&str] = &[
-    "simple",
-    "sgm_uniform",
-    "karras",
-    "exponential",
-    "ddim_uniform",
-    "beta",
-    "normal",
-    "linear_quadratic",
-    "kl_optimal",
-];
-
-/// KSampler's seed input range.
-const SEED_RANGE: RangeInclusive<i128> = 0..=u64::MAX as i128;
-const SEED_HELP: &str = "seeds are integers in KSampler's range 0..=18446744073709551615";
+// The old path of ComfyUI's scheduler list, still used by `serve` and `sim`.
+pub use crate::comfyui::SCHEDULERS;
 
 /// Parse and check a manifest. The manifest is `None` only when the TOML itself is broken;
 /// otherwise it holds everything that could be checked, and is usable only if `problems` is
@@ -217,13 +204,7 @@ impl Checker<'_> {
         table
     }
 
-    fn integer(
-        &mut self,
-        v: &Value<'_>,
-        name: &str,
-        range: RangeInclusive<i128>,
-        help: &str,
-    ) -> Option<i128> {
+    fn integer(&mut self, v: &Value<'_>, name: &str, limit: &Limit<i128>) -> Option<i128> {
         let DeValue::Integer(int) = v.get_ref() else {
             self.wrong_type(v, name, "an integer");
             return None;
@@ -231,28 +212,22 @@ impl Checker<'_> {
         // A value too large even for i128 is simply out of range.
         let value = i128::from_str_radix(int.as_str(), int.radix()).ok();
         match value {
-            Some(n) if range.contains(&n) => Some(n),
+            Some(n) if limit.contains(&n) => Some(n),
             _ => {
-                let (lo, hi) = (range.start(), range.end());
+                let (lo, hi) = (limit.range.start(), limit.range.end());
                 self.error(
                     "manifest::out_of_range",
                     v.span(),
                     format!("`{name}` must be between {lo} and {hi}, found {int}"),
                     "out of range",
-                    help,
+                    limit.help,
                 );
                 None
             }
         }
     }
 
-    fn float(
-        &mut self,
-        v: &Value<'_>,
-        name: &str,
-        range: RangeInclusive<f64>,
-        help: &str,
-    ) -> Option<f64> {
+    fn float(&mut self, v: &Value<'_>, name: &str, limit: &Limit<f64>) -> Option<f64> {
         let value = match v.get_ref() {
             DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
@@ -264,16 +239,16 @@ impl Checker<'_> {
             }
         };
         match value {
-            Some(x) if range.contains(&x) => Some(x),
+            Some(x) if limit.contains(&x) => Some(x),
             _ => {
-                let (lo, hi) = (range.start(), range.end());
+                let (lo, hi) = (limit.range.start(), limit.range.end());
                 let found = &self.file.text()[v.span()];
                 self.error(
                     "manifest::out_of_range",
                     v.span(),
                     format!("`{name}` must be between {lo:?} and {hi:?}, found {found}"),
                     "out of range",
-                    help,
+                    limit.help,
                 );
                 None
             }
@@ -324,7 +299,7 @@ impl Checker<'_> {
         self.unknown_keys(t, CHAPTER_KEYS, "[chapter]");
         match t.get("number") {
             Some(n) => {
-                if let Some(n) = self.integer(n, "number", 1..=999, "chapter numbers are 1..=999") {
+                if let Some(n) = self.integer(n, "number", &params::CHAPTER) {
                     chapter.number = n as u16;
                 }
             }
@@ -339,9 +314,7 @@ impl Checker<'_> {
             chapter.title = self.string(title, "title", true);
         }
         if let Some(seed) = t.get("seed") {
-            chapter.seed = self
-                .integer(seed, "seed", SEED_RANGE, SEED_HELP)
-                .map(|s| s as u64);
+            chapter.seed = self.integer(seed, "seed", &params::SEED).map(|s| s as u64);
         }
         chapter
     }
@@ -376,21 +349,11 @@ impl Checker<'_> {
             }
         }
         if let Some(timeout) = t.get("timeout") {
-            comfy.timeout_secs = self.float(
-                timeout,
-                "timeout",
-                1.0..=86400.0,
-                "`timeout` is seconds per job, counted from when the server starts it",
-            );
+            comfy.timeout_secs = self.float(timeout, "timeout", &params::MANIFEST_TIMEOUT);
         }
         if let Some(n) = t.get("in_flight") {
             comfy.in_flight = self
-                .integer(
-                    n,
-                    "in_flight",
-                    1..=64,
-                    "`in_flight` is prompts queued per server",
-                )
+                .integer(n, "in_flight", &params::IN_FLIGHT)
                 .map(|n| n as usize);
         }
         if let Some(v) = t.get("retry_failed") {
@@ -400,12 +363,7 @@ impl Checker<'_> {
             }
         }
         if let Some(window) = t.get("outage_window") {
-            comfy.outage_window_secs = self.float(
-                window,
-                "outage_window",
-                1.0..=604800.0,
-                "`outage_window` is seconds a server that went away is waited for",
-            );
+            comfy.outage_window_secs = self.float(window, "outage_window", &params::OUTAGE_WINDOW);
         }
         comfy
     }
@@ -429,17 +387,10 @@ impl Checker<'_> {
             s.negative = self.string(v, "negative", true);
         }
         if let Some(v) = t.get("steps") {
-            s.steps = self
-                .integer(v, "steps", 1..=10000, "KSampler takes 1..=10000 steps")
-                .map(|n| n as u32);
+            s.steps = self.integer(v, "steps", &params::STEPS).map(|n| n as u32);
         }
         if let Some(v) = t.get("cfg") {
-            s.cfg = self.float(
-                v,
-                "cfg",
-                0.0..=100.0,
-                "KSampler takes cfg from 0.0 to 100.0",
-            );
+            s.cfg = self.float(v, "cfg", &params::CFG);
         }
         if let Some(v) = t.get("sampler") {
             s.sampler = self.string(v, "sampler", false);
@@ -458,12 +409,7 @@ impl Checker<'_> {
         }
         if let Some(v) = t.get("variants") {
             s.variants = self
-                .integer(
-                    v,
-                    "variants",
-                    1..=1000,
-                    "`variants` is images per page, 1..=1000",
-                )
+                .integer(v, "variants", &params::VARIANTS)
                 .map(|n| n as u32);
         }
         s
@@ -489,10 +435,10 @@ impl Checker<'_> {
     }
 
     fn dimension(&mut self, v: &Value<'_>, name: &str) -> Option<u32> {
-        let help = "EmptyLatentImage takes 16..=16384 pixels, in multiples of 8";
-        let n = self.integer(v, name, 16..=16384, help)?;
-        if n % 8 != 0 {
-            let (down, up) = (n / 8 * 8, n / 8 * 8 + 8);
+        let n = self.integer(v, name, &params::SIZE)?;
+        let step = i128::from(LATENT_STEP);
+        if n % step != 0 {
+            let (down, up) = (n / step * step, n / step * step + step);
             self.error(
                 "manifest::not_multiple_of_8",
                 v.span(),
@@ -514,7 +460,6 @@ impl Checker<'_> {
             return None;
         };
         self.unknown_keys(t, LORA_KEYS, "`lora`");
-        let help = "LoraLoader takes strengths from -100.0 to 100.0 (1.0 is full strength)";
         let name = match t.get("name") {
             Some(n) => self.string(n, "name", false),
             None => {
@@ -528,8 +473,8 @@ impl Checker<'_> {
             }
         };
         let mut strength = |key: &str| match t.get(key) {
-            Some(x) => self.float(x, key, -100.0..=100.0, help),
-            None => Some(1.0),
+            Some(x) => self.float(x, key, &params::LORA_STRENGTH),
+            None => Some(params::DEFAULT_LORA_STRENGTH),
         };
         let strength_model = strength("strength_model");
         let strength_clip = strength("strength_clip");
@@ -598,7 +543,7 @@ impl Checker<'_> {
         let known: Vec<&str> = PAGE_ONLY_KEYS.iter().chain(SETTING_KEYS).copied().collect();
         self.unknown_keys(t, &known, "[[pages]]");
         let number = match t.get("page") {
-            Some(p) => self.integer(p, "page", 1..=999, "page numbers are 1..=999"),
+            Some(p) => self.integer(p, "page", &params::PAGE),
             None => {
                 self.missing(
                     header.clone(),
@@ -649,7 +594,7 @@ impl Checker<'_> {
             return None;
         }
         let explicit = match (seed, seeds) {
-            (Some(s), _) => vec![self.integer(s, "seed", SEED_RANGE, SEED_HELP)? as u64],
+            (Some(s), _) => vec![self.integer(s, "seed", &params::SEED)? as u64],
             (None, Some(list)) => self.seed_list(list)?,
             (None, None) => return Some(PageSeeds::Derived),
         };
@@ -688,7 +633,7 @@ impl Checker<'_> {
         let mut seen: BTreeMap<u64, Range<usize>> = BTreeMap::new();
         let mut ok = true;
         for item in items.iter() {
-            let Some(seed) = self.integer(item, "seeds", SEED_RANGE, SEED_HELP) else {
+            let Some(seed) = self.integer(item, "seeds", &params::SEED) else {
                 ok = false;
                 continue;
             };

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::diagnostic::{Problem, SourceFile};
+use crate::diagnostic::{Problem, SourceFile};
 
 /// Manifests larger than this are refused before parsing (8 MiB; real chapters are a few KiB).
 pub const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;

@@ -1,7 +1,7 @@
 //! A protocol-faithful ComfyUI 0.8.0 simulator (`plasma-batch sim`, `run --sim`, tests).
 //!
 //! `Sim::start` binds a loopback port and serves the HTTP + WebSocket API that
-//! `shared/comfy-protocol.md` describes, with one worker executing prompts serially and
+//! ComfyUI 0.8.0 speaks, with one worker executing prompts serially and
 //! writing real PNG files. Faults (`Fault`) make it misbehave on purpose. This module owns
 //! the public API and the listener lifecycle (crash = stop listening, come back empty on the
 //! same port); `server` has the routes, `worker` the execution, `nodes` the node classes.
@@ -11,6 +11,7 @@ mod image;
 mod jpeg;
 mod nodes;
 mod pyjson;
+pub mod record;
 mod server;
 mod state;
 mod tempdir;

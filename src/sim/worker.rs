@@ -692,16 +692,17 @@ impl<'a> Run<'a> {
             match fault {
                 Fault::SlowNode { class, ms } if class == class_name => {
                     shared.release_frames();
-                    tokio::time::sleep(Duration::from_millis(*ms)).await;
-                }
-                Fault::Hang { class } if class == class_name => loop {
-                    shared.release_frames();
-                    let wake = shared.interrupt_wake.notified();
-                    if shared.interrupt.load(Ordering::SeqCst) {
-                        return Err(NodeFail::Interrupted);
+                    let work = tokio::time::sleep(Duration::from_millis(*ms));
+                    if runs_model_ops(class_name) {
+                        unless_interrupted(shared, work).await?;
+                    } else {
+                        work.await;
                     }
-                    wake.await;
-                },
+                }
+                Fault::Hang { class } if class == class_name => {
+                    shared.release_frames();
+                    unless_interrupted(shared, std::future::pending::<()>()).await?;
+                }
                 Fault::Raise { class } if class == class_name => {
                     return Err(exception(
                         "RuntimeError",
@@ -944,7 +945,9 @@ impl<'a> Run<'a> {
         for value in 1..=steps {
             if !step.is_zero() {
                 shared.release_frames();
-                sleep_until_precise(start + step * value as u32, value == steps).await;
+                // Every model op checks the flag: an interrupt ends the step at once.
+                let step_end = sleep_until_precise(start + step * value as u32, value == steps);
+                unless_interrupted(shared, step_end).await?;
             }
             // hijack_progress.hook: the interrupt check comes first.
             if shared.interrupt.load(Ordering::SeqCst) {
@@ -1050,6 +1053,38 @@ impl<'a> Run<'a> {
             }
         }
         Ok(json!({"images": images}))
+    }
+}
+
+/// Whether ComfyUI 0.8.0 checks the interrupt flag inside nodes of this class, not only
+/// before them: every layer of a model (`comfy.ops`, `run_every_op`) raises
+/// `InterruptProcessingException` once the flag is set, so a sampler, a CLIP encode or a VAE
+/// decode stops within moments (recorded: `10-interrupt-in-node.jsonl`, VAEDecode). Plain
+/// tensor nodes (EmptyImage, ImageBlur, ImageScale, SaveImage, ...) only see it at the next
+/// node boundary (`before_node_execution`).
+fn runs_model_ops(class: &str) -> bool {
+    matches!(class, "KSampler" | "CLIPTextEncode" | "VAEDecode")
+}
+
+/// `work`, unless the interrupt flag is or becomes set first (then `Interrupted`). A
+/// targeted interrupt of another prompt wakes the wait but leaves the flag clear.
+async fn unless_interrupted(
+    shared: &Shared,
+    work: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeFail> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        let wake = shared.interrupt_wake.notified();
+        let mut wake = std::pin::pin!(wake);
+        // Registered before the flag is read, so a `notify_waiters` in between is not lost.
+        wake.as_mut().enable();
+        if shared.interrupt.load(Ordering::SeqCst) {
+            return Err(NodeFail::Interrupted);
+        }
+        tokio::select! {
+            () = &mut work => return Ok(()),
+            () = wake => {}
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::template::{PageValues, Variant};
+use super::fill::{PageValues, Variant};
 
 /// API-format workflow JSON (an object of nodes), compact. Serializes as the JSON itself,
 /// not as a string. Cheap to clone.

@@ -10,10 +10,12 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::canonical::{JobHash, Segments, Step};
+use super::fill::{Fill, Lookup, Slot, TextFill};
+use super::fill::{PageValues, Variant};
 use super::json::Workflow;
-use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, as_text, scan};
+use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, scan};
 use super::spans::{SpanTree, index};
-use crate::manifest::diagnostic::{Problem, SourceFile, did_you_mean};
+use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::manifest::read::NotJson;
 
 /// Templates larger than this are refused before they are read in full (8 MiB, like
@@ -40,105 +42,12 @@ pub struct Template {
     text: Arc<TextFill>,
 }
 
-/// What writing a filled workflow's text needs: the slots, and the compact JSON in the
-/// template's key order with a hole per slot.
-#[derive(Debug)]
-pub(crate) struct TextFill {
-    slots: Vec<Slot>,
-    compact: Segments,
-}
-
-impl TextFill {
-    /// Every slot's value, in slot order.
-    fn values(&self, values: &Lookup<'_>) -> Result<Vec<Value>, Placeholder> {
-        self.slots.iter().map(|slot| slot.value(values)).collect()
-    }
-}
-
-/// The values a page's workflows share (all but seed and filename prefix), bound to the
-/// template they fill. Shared by the page's jobs; each adds its [`Variant`].
-#[derive(Debug)]
-pub struct PageValues {
-    text: Arc<TextFill>,
-    values: SlotValues,
-}
-
-impl PageValues {
-    /// The compact JSON text of the workflow with `variant`'s values: what is sent. Only
-    /// called for a variant [`Template::fill`] accepted, so no value is missing.
-    pub(crate) fn text(&self, variant: &Variant) -> String {
-        let lookup = Lookup {
-            page: &self.values,
-            variant,
-        };
-        let filled = self
-            .text
-            .values(&lookup)
-            .expect("the job was filled from these values once");
-        self.text.compact.fill_text(&filled)
-    }
-}
-
-/// What one workflow adds to its page's values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Variant {
-    pub seed: u64,
-    pub filename_prefix: Arc<str>,
-}
-
-/// A page's values with one variant's on top.
-struct Lookup<'a> {
-    page: &'a SlotValues,
-    variant: &'a Variant,
-}
-
-impl Lookup<'_> {
-    fn get(&self, placeholder: Placeholder) -> Option<Value> {
-        match placeholder {
-            Placeholder::Seed => Some(Value::from(self.variant.seed)),
-            Placeholder::FilenamePrefix => Some(Value::from(&*self.variant.filename_prefix)),
-            other => self.page.get(other).cloned(),
-        }
-    }
-}
-
 /// A filled template: the workflow to send and its job hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filled {
     pub workflow: Workflow,
     /// [`super::canonical::job_hash`] of `workflow`, computed from the template's holes.
     pub hash: JobHash,
-}
-
-#[derive(Debug, Clone)]
-struct Slot {
-    /// From the graph root: node id, "inputs", input name, then any nesting.
-    path: Vec<Step>,
-    fill: Fill,
-}
-
-impl Slot {
-    fn value(&self, values: &Lookup<'_>) -> Result<Value, Placeholder> {
-        Ok(match &self.fill {
-            Fill::Whole(p) => values.get(*p).ok_or(*p)?,
-            Fill::Pieces(pieces) => {
-                let mut text = String::new();
-                for piece in pieces {
-                    match piece {
-                        Piece::Text(t) => text.push_str(t),
-                        Piece::Slot(p) => as_text(&values.get(*p).ok_or(*p)?, &mut text),
-                    }
-                }
-                Value::String(text)
-            }
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Fill {
-    Whole(Placeholder),
-    Pieces(Vec<Piece>),
 }
 
 impl Template {

@@ -1,6 +1,7 @@
 //! The shape of `src/` that `docs/architecture.md` draws, kept by a test: no import points up
-//! its layer table, the simulator stands beside the product, and no two sibling modules (two
-//! top-level modules, or two files of one folder) import each other in a circle.
+//! its layer table, the simulator stands beside the product, both stand on the ground row
+//! (which imports neither), and no two sibling modules (two top-level modules, or two files
+//! of one folder) import each other in a circle.
 //!
 //! The layer table is parsed from the document itself, so the document is the one source of
 //! truth. Imports are read from the source text: `use` declarations (groups, nesting, multi-line,
@@ -26,33 +27,11 @@ pub struct Known {
 
 /// The import debts of today's code, each to be paid by moving code (see docs/architecture.md,
 /// "Where the code does not follow yet"). Remove an entry when its import is gone.
-const KNOWN: &[Known] = &[
-    Known {
-        from: "plan.rs",
-        to: "cmd",
-        reason: "planning returns `cmd::Diagnostic`; diagnostics belong to the shared vocabulary",
-    },
-    Known {
-        from: "manifest/model.rs",
-        to: "plan",
-        reason: "`LoraParams` is defined by the planner; parameters belong to the shared vocabulary",
-    },
-    Known {
-        from: "manifest/parse.rs",
-        to: "plan",
-        reason: "`LoraParams` is defined by the planner; parameters belong to the shared vocabulary",
-    },
-    Known {
-        from: "sim/nodes.rs",
-        to: "manifest",
-        reason: "the simulator takes ComfyUI's scheduler list from the manifest parser; it should own its copy of ComfyUI's facts",
-    },
-    Known {
-        from: "workflow/json.rs",
-        to: "workflow::template",
-        reason: "the filled workflow is written from `template::PageValues`, while templates produce `json::Workflow`",
-    },
-];
+const KNOWN: &[Known] = &[Known {
+    from: "sim/nodes.rs",
+    to: "manifest",
+    reason: "the simulator takes ComfyUI's scheduler list from the manifest parser; it should take it from `comfyui` (the ground row), as its sampler list",
+}];
 
 #[test]
 fn src_follows_the_layers_in_docs_architecture() {
@@ -74,6 +53,8 @@ type ModPath = Vec<String>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rank {
+    /// Under every layer and what stands beside: anything may import it.
+    Ground,
     Layer(u32),
     Beside,
 }
@@ -108,7 +89,7 @@ fn check(src_dir: &Path, doc: &str, known: &[Known]) -> Vec<String> {
         .values()
         .filter_map(|r| match r.rank {
             Rank::Layer(n) => Some(n),
-            Rank::Beside => None,
+            Rank::Ground | Rank::Beside => None,
         })
         .max()
         .unwrap_or(0);
@@ -221,7 +202,7 @@ fn check(src_dir: &Path, doc: &str, known: &[Known]) -> Vec<String> {
 }
 
 /// The rows of the table under `## Layers`: `| rank | layer | modules | ... |`, where rank is a
-/// number (0 at the bottom) or `beside`, and every `name` in backticks in the modules cell is
+/// number (0 at the bottom), `ground` (under them all) or `beside`, and every `name` in backticks in the modules cell is
 /// a top-level module.
 fn parse_layers(doc: &str) -> Result<BTreeMap<String, Row>, String> {
     let fail = |what: &str| {
@@ -266,11 +247,12 @@ fn parse_layers(doc: &str) -> Result<BTreeMap<String, Row>, String> {
         let cell = |c: usize| cells.get(c).map(String::as_str).unwrap_or("");
         let rank = match cell(rank_col) {
             "beside" => Rank::Beside,
+            "ground" => Rank::Ground,
             r => match r.parse() {
                 Ok(n) => Rank::Layer(n),
                 Err(_) => {
                     return fail(&format!(
-                        "row {} of the layer table has rank `{r}`, expected a number or `beside`",
+                        "row {} of the layer table has rank `{r}`, expected a number, `ground` or `beside`",
                         n - 1
                     ));
                 }
@@ -311,8 +293,15 @@ fn layer_breach(i: &Import, rows: &BTreeMap<String, Row>, top: u32) -> Option<St
     let name = |m: &str, r: &Row| match r.rank {
         Rank::Layer(n) => format!("`{m}` (layer {n}, {})", r.layer),
         Rank::Beside => format!("`{m}` ({}, beside the product)", r.layer),
+        Rank::Ground => format!("`{m}` ({}, the ground row)", r.layer),
     };
     match (ra.rank, rb.rank) {
+        (_, Rank::Ground) => None,
+        (Rank::Ground, _) => Some(format!(
+            "makes {} depend on {}: the ground row imports nothing of the product or the stand-in",
+            name(a, ra),
+            name(b, rb)
+        )),
         (Rank::Beside, _) => Some(format!(
             "makes {} depend on {}: what stands beside the product imports nothing of it",
             name(a, ra),
@@ -1082,6 +1071,45 @@ fn checker_keeps_the_simulator_beside_the_product() {
         &problems[1],
         &[
             "src/side.rs:1: `crate::base::B` makes `side` (stand-in, beside the product) depend on `base`",
+        ],
+    );
+}
+
+#[test]
+fn product_and_simulator_may_stand_on_the_ground_row_which_imports_neither() {
+    let doc = DOC.replace("| beside |", "| ground | facts | `floor` | w |\n| beside |");
+    let dir = with(&[
+        (
+            "lib.rs",
+            "pub mod base;\npub mod floor;\npub mod other;\npub mod side;\npub mod top;\n",
+        ),
+        ("floor.rs", "pub struct F;\n"),
+        ("side.rs", "pub struct S(crate::floor::F);\n"),
+        ("base.rs", "use crate::floor::F;\npub struct B(F);\n"),
+    ]);
+    assert_eq!(check(dir.path(), &doc, &[]), Vec::<String>::new());
+
+    let dir = with(&[
+        (
+            "lib.rs",
+            "pub mod base;\npub mod floor;\npub mod other;\npub mod side;\npub mod top;\n",
+        ),
+        (
+            "floor.rs",
+            "use crate::base::B;\nuse crate::side::S;\npub struct F;\n",
+        ),
+    ]);
+    let problems = check_expecting(2, dir.path(), &doc, &[]);
+    says(
+        &problems[0],
+        &[
+            "src/floor.rs:1: `crate::base::B` makes `floor` (facts, the ground row) depend on `base` (layer 0, base): the ground row imports nothing",
+        ],
+    );
+    says(
+        &problems[1],
+        &[
+            "src/floor.rs:2: `crate::side::S` makes `floor` (facts, the ground row) depend on `side` (stand-in, beside the product)",
         ],
     );
 }

@@ -176,7 +176,7 @@ fn usage_and_input_errors_have_their_exit_codes() {
         .arg(dir.path().join("broken.toml"))
         .arg("--sim")
         .assert()
-        .code(plasma_batch::exit_codes::INVALID_MANIFEST);
+        .code(plasma_batch::exit_codes::INVALID_INPUT);
     // The output root is a file: a local error naming the path, before any server is used.
     let blocked = dir.path().join("blocked");
     std::fs::write(&blocked, b"not a directory").unwrap();

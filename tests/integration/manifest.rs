@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use plasma_batch::manifest::excerpt::Bounded;
+use plasma_batch::diagnostic::{Bounded, Problem};
 use plasma_batch::plan::{Plan, load_plan};
 
 const BAD_MANIFESTS: &str = "tests/fixtures/manifests/bad";
@@ -18,14 +18,14 @@ fn bin() -> Command {
 
 /// Every diagnostic of a failed plan, rendered without colour at a fixed width, bounded as
 /// the binary renders them.
-fn render(diagnostics: Vec<plasma_batch::cmd::Diagnostic>) -> String {
+fn render(problems: Vec<Problem>) -> String {
     let handler =
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
             .with_width(100);
     let mut out = String::new();
-    for diagnostic in diagnostics {
+    for problem in problems {
         handler
-            .render_report(&mut out, &Bounded::new(diagnostic))
+            .render_report(&mut out, &Bounded::new(Box::new(problem)))
             .expect("rendering into a String cannot fail");
         out.push('\n');
     }

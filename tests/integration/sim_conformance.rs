@@ -1,15 +1,19 @@
-//! Conformance: replay every recorded ComfyUI 0.8.0 exchange in `shared/comfy-transcripts/`
+//! Conformance: replay every recorded ComfyUI 0.8.0 exchange in `tests/fixtures/comfy/`
 //! against the simulator over real HTTP and WebSocket, in the recorded request order, and
 //! compare message sequences, data, status codes, content types and JSON bodies.
 //!
-//! Normalised on both sides: `timestamp` and `create_time` values, the 5-digit counter in
-//! SaveImage filenames, and (08 only) the `number` priority. Where the simulator cannot
-//! reproduce the real server, each narrower check says why where it is made.
+//! The fixtures come from the project's recorder (`examples/record_comfy.rs`, scenarios in
+//! `src/sim/record.rs`) run against a real ComfyUI 0.8.0; docs/simulator.md says how to
+//! re-record them. Normalised on both sides: `timestamp` and `create_time` values, the
+//! 5-digit counter in SaveImage filenames, and prompt `number`s, compared relative to the
+//! first one a replay sees (the recorded server had run other prompts before). Where the
+//! simulator cannot reproduce the real server, each narrower check says why where it is made.
 //!
-//! Files 01-07 were recorded one after another against one server (its `number` counter and
-//! node cache carry over: 03 finds node "1" cached from 01, 06 lists 05's history), so they
-//! are replayed in order against one simulator. 08 came from a later server session.
+//! Files 01-07 were recorded one after another against one server (its node cache and
+//! history carry over: 03 finds node "1" cached from 01, 06 lists 05's history), so they
+//! are replayed in order against one simulator; 08 and 10 each against one of their own.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,23 +23,47 @@ use serde_json::{Value, json};
 
 use super::sim_support::{Frame, WAIT, Ws, http};
 
-fn transcript(name: &str) -> Vec<Value> {
+pub fn fixture(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/comfy-transcripts")
+        .join("tests/fixtures/comfy")
         .join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("transcript line"))
+        .map(|l| serde_json::from_str(l).expect("fixture line"))
         .collect()
 }
 
-struct Norm {
-    numbers: bool,
+/// What the recording server offered (its tiny random-weight test models).
+pub fn real_comfy_like() -> SimConfig {
+    SimConfig {
+        step_ms: 0,
+        checkpoints: vec!["AnythingXL_inkBase.safetensors".into()],
+        loras: vec!["plasma_test_lora.safetensors".into()],
+        ..SimConfig::default()
+    }
+}
+
+/// Normalises one side (the recording, or the simulator's answers) of a replay.
+#[derive(Default)]
+pub struct Norm {
+    /// The first prompt `number` this side produced; later ones are compared relative to it.
+    base: Cell<Option<i64>>,
 }
 
 impl Norm {
+    fn number(&self, v: &Value) -> Value {
+        match v.as_i64() {
+            Some(n) => {
+                let base = self.base.get().unwrap_or(n);
+                self.base.set(Some(base));
+                json!(n - base)
+            }
+            None => v.clone(),
+        }
+    }
+
     fn value(&self, v: &Value) -> Value {
         match v {
             Value::Object(m) => Value::Object(
@@ -43,13 +71,21 @@ impl Norm {
                     .map(|(k, v)| {
                         let v = match k.as_str() {
                             "timestamp" | "create_time" => json!(0),
-                            "number" if self.numbers => json!(0),
-                            // A Python set: its order is hash-randomised per process.
-                            "current_outputs" => {
+                            "number" => self.number(v),
+                            // Python sets: their order is hash-randomised per process.
+                            "current_outputs" | "executed" if v.is_array() => {
                                 let mut ids: Vec<Value> = v.as_array().cloned().unwrap_or_default();
                                 ids.sort_by_key(|x| x.to_string());
                                 Value::Array(ids)
                             }
+                            // Queue entries are `[number, prompt_id, prompt, extra, outputs]`.
+                            "queue_running" | "queue_pending" => Value::Array(
+                                v.as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|e| self.numbered(e))
+                                    .collect(),
+                            ),
                             _ => self.value(v),
                         };
                         (k.clone(), v)
@@ -62,15 +98,28 @@ impl Norm {
         }
     }
 
+    /// A queue item `[number, prompt_id, prompt, extra_data, outputs_to_execute]`.
+    fn numbered(&self, v: &Value) -> Value {
+        let mut v = self.value(v);
+        if let Some(item) = v.as_array_mut() {
+            if let Some(first) = item.first_mut() {
+                *first = self.number(first);
+            }
+            // `list(good_outputs)`: a Python set again.
+            if let Some(Value::Array(outputs)) = item.get_mut(4) {
+                outputs.sort_by_key(|x| x.to_string());
+            }
+        }
+        v
+    }
+
     /// History entries carry `number` as `prompt[0]`.
     fn history(&self, v: &Value) -> Value {
         let mut v = self.value(v);
-        if self.numbers
-            && let Some(map) = v.as_object_mut()
-        {
+        if let Some(map) = v.as_object_mut() {
             for entry in map.values_mut() {
-                if let Some(p) = entry.get_mut("prompt").and_then(|p| p.as_array_mut()) {
-                    p[0] = json!(0);
+                if let Some(p) = entry.get_mut("prompt") {
+                    *p = self.numbered(p);
                 }
             }
         }
@@ -118,6 +167,8 @@ struct Socket {
     ws: Ws,
     expected: Vec<Value>,
     got: Vec<Value>,
+    /// The JSON frames as received (not normalised), not yet looked at for filenames.
+    raw: Vec<Value>,
 }
 
 impl Socket {
@@ -128,18 +179,21 @@ impl Socket {
             if let Frame::Closed(why) = &f {
                 panic!("socket closed early ({why}); got {:#?}", self.got);
             }
+            if let Frame::Json(v) = &f {
+                self.raw.push(v.clone());
+            }
             self.got.push(frame_key(norm, &f));
         }
     }
 }
 
-/// How strictly a transcript's frame sequences are compared.
+/// How strictly a fixture's frame sequences are compared.
 #[derive(Clone, Copy, PartialEq)]
-enum Order {
+pub enum Order {
     Exact,
     /// `status` broadcasts from `POST /prompt` interleave with the worker's messages by
-    /// timing (04 queues three prompts while one runs). Compare the non-status sequence
-    /// exactly and the sequence of `queue_remaining` values separately.
+    /// timing (04 queues prompts while one runs). Compare the non-status sequence exactly
+    /// and the sequence of `queue_remaining` values separately.
     StatusByValue,
 }
 
@@ -160,25 +214,67 @@ fn compare_frames(file: &str, who: &str, order: Order, expected: &[Value], got: 
     }
 }
 
-struct Replay {
-    sim: Option<Sim>,
+/// Replays fixtures against one simulator, in order (state carries over between them).
+pub struct Replay {
+    sim: Sim,
     base: String,
-    sockets: Vec<Socket>,
-    names: HashMap<String, usize>,
+    sockets: HashMap<String, Socket>,
+    expected_norm: Norm,
+    got_norm: Norm,
+    /// The simulator's name for each saved file, by normalised name: the recording server's
+    /// counters started wherever its output folder was, so `/view` asks for the same image
+    /// under the simulator's name.
+    saved: HashMap<String, String>,
 }
 
-/// A condition on the frames one socket has received so far.
-type FramesPredicate = fn(&[Value]) -> bool;
+/// Every `filename` in `v`, by normalised name.
+fn learn_filenames(v: &Value, saved: &mut HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("filename", Value::String(name)) => {
+                        saved.insert(normalise_filename(name), name.clone());
+                    }
+                    _ => learn_filenames(v, saved),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| learn_filenames(x, saved)),
+        _ => {}
+    }
+}
 
-/// Per-transcript adjustments, each explained where it is used.
-struct Hooks {
-    order: Order,
-    numbers: bool,
-    /// Before the HTTP request with this index, wait until socket "a"'s frames satisfy this.
-    wait_before: &'static [(usize, FramesPredicate)],
+/// `/view?filename=X&...` with X as the simulator named the same image.
+fn view_path(path: &str, saved: &HashMap<String, String>) -> String {
+    let Some(query) = path.strip_prefix("/view?") else {
+        return path.to_string();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.strip_prefix("filename=") {
+            Some(name) => match saved.get(&normalise_filename(name)) {
+                Some(ours) => format!("filename={ours}"),
+                None => p.to_string(),
+            },
+            None => p.to_string(),
+        })
+        .collect();
+    format!("/view?{}", params.join("&"))
+}
+
+/// Per-fixture adjustments, each explained where it is used.
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    pub order: Order,
     /// `/system_stats` differs in machine values: compare the shape only.
-    shape_only_paths: &'static [&'static str],
+    pub shape_only_paths: &'static [&'static str],
 }
+
+pub const EXACT: Hooks = Hooks {
+    order: Order::Exact,
+    shape_only_paths: &[],
+};
 
 fn shape(v: &Value) -> Value {
     match v {
@@ -191,65 +287,68 @@ fn shape(v: &Value) -> Value {
     }
 }
 
+fn socket_of(line: &Value) -> String {
+    line["socket"].as_str().unwrap_or("a").to_string()
+}
+
 impl Replay {
-    async fn run(&mut self, file: &str, hooks: Hooks) {
-        let lines = transcript(file);
-        let norm = Norm {
-            numbers: hooks.numbers,
-        };
+    pub async fn new(config: SimConfig) -> Replay {
+        let sim = Sim::start(config).await.unwrap();
+        Replay {
+            base: sim.url(),
+            sim,
+            sockets: HashMap::new(),
+            expected_norm: Norm::default(),
+            got_norm: Norm::default(),
+            saved: HashMap::new(),
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.sim.shutdown().await;
+    }
+
+    pub async fn run(&mut self, file: &str, lines: &[Value], hooks: Hooks) {
+        let (en, gn) = (&self.expected_norm, &self.got_norm);
         let mut pending_response: Option<(reqwest::StatusCode, Option<String>, Vec<u8>, String)> =
             None;
-        let mut request_index = 0;
-        let mut sockets_seen = 0;
-        for line in &lines {
+        for line in lines {
             let kind = line["kind"].as_str().unwrap_or("");
             match kind {
                 "ws_open" | "ws_reopen_same_client_id" => {
-                    let cid = line["client_id"].as_str().unwrap().to_string();
-                    let ws = Ws::connect(&self.base, &cid).await;
-                    let key = match (kind, sockets_seen) {
-                        ("ws_reopen_same_client_id", _) => "a",
-                        (_, 0) => "a",
-                        _ => "b",
-                    };
-                    sockets_seen += 1;
-                    let idx = self.sockets.len();
-                    self.sockets.push(Socket {
+                    let cid = line["client_id"].as_str().unwrap();
+                    let ws = Ws::connect(&self.base, cid).await;
+                    let socket = Socket {
                         ws,
                         expected: vec![],
                         got: vec![],
-                    });
-                    self.names.insert(key.to_string(), idx);
-                    self.names.insert(cid, idx);
+                        raw: vec![],
+                    };
+                    if let Some(old) = self.sockets.insert(socket_of(line), socket) {
+                        // 07 reconnects after the crash: what the old socket got is compared.
+                        compare_frames(
+                            file,
+                            "a (before the crash)",
+                            hooks.order,
+                            &old.expected,
+                            &old.got,
+                        );
+                    }
                 }
-                "ws_text" | "ws_binary" | "ws_text_client_a_after" => {
-                    // The connect-time status names its socket by `sid`.
-                    let sid = line["msg"]["data"]["sid"].as_str().unwrap_or("a");
-                    let i = self.names[sid];
-                    self.sockets[i].expected.push(recorded_key(&norm, line));
-                }
-                "ws_text_client_b" => {
-                    let i = self.names["b"];
-                    self.sockets[i].expected.push(recorded_key(&norm, line));
+                "ws_text" | "ws_binary" => {
+                    let s = self.sockets.get_mut(&socket_of(line)).expect("a socket");
+                    s.expected.push(recorded_key(en, line));
                 }
                 "http_request" => {
-                    for s in &mut self.sockets {
-                        s.catch_up(&norm).await;
-                    }
-                    for (idx, pred) in hooks.wait_before {
-                        if *idx != request_index {
-                            continue;
-                        }
-                        let s = &mut self.sockets[self.names["a"]];
-                        while !pred(&s.got) {
-                            let f = s.ws.next().await;
-                            s.got.push(frame_key(&norm, &f));
+                    for s in self.sockets.values_mut() {
+                        s.catch_up(gn).await;
+                        for f in s.raw.drain(..) {
+                            learn_filenames(&f, &mut self.saved);
                         }
                     }
-                    request_index += 1;
                     let method = line["method"].as_str().unwrap();
                     let path = line["path"].as_str().unwrap().to_string();
-                    let url = format!("{}{}", self.base, path);
+                    let url = format!("{}{}", self.base, view_path(&path, &self.saved));
                     let req = match method {
                         "GET" => http().get(&url),
                         _ => {
@@ -296,16 +395,13 @@ impl Replay {
                                 String::from_utf8_lossy(&bytes)
                             )
                         });
+                        learn_filenames(&got, &mut self.saved);
                         if hooks.shape_only_paths.iter().any(|p| path.starts_with(p)) {
                             assert_eq!(shape(&got), shape(body), "{file}: {path}: JSON shape");
                         } else if path.starts_with("/history") {
-                            assert_eq!(
-                                norm.history(&got),
-                                norm.history(body),
-                                "{file}: {path}: body"
-                            );
+                            assert_eq!(gn.history(&got), en.history(body), "{file}: {path}: body");
                         } else {
-                            assert_eq!(norm.value(&got), norm.value(body), "{file}: {path}: body");
+                            assert_eq!(gn.value(&got), en.value(body), "{file}: {path}: body");
                         }
                     } else {
                         let want_len = line["bytes"].as_u64().unwrap_or(0) as usize;
@@ -327,17 +423,14 @@ impl Replay {
                     }
                 }
                 "server_killed" => {
-                    let s = &mut self.sockets[self.names["a"]];
-                    s.catch_up(&norm).await;
-                    // Narrower: the recording SIGKILLed ComfyUI and it took 12.5 s to restart;
-                    // the simulator crashes on demand and is back after 300 ms.
-                    self.sim
-                        .as_ref()
-                        .unwrap()
-                        .crash_now(Duration::from_millis(300));
+                    let s = self.sockets.get_mut("a").expect("socket a");
+                    s.catch_up(gn).await;
+                    // Narrower: the recording SIGKILLed ComfyUI and waited for a restart
+                    // (seconds); the simulator crashes on demand and is back after 300 ms.
+                    self.sim.crash_now(Duration::from_millis(300));
                 }
                 "ws_error_after_kill" => {
-                    let s = &mut self.sockets[self.names["a"]];
+                    let s = self.sockets.get_mut("a").expect("socket a");
                     s.ws.closed().await;
                 }
                 "http_error" => {
@@ -349,7 +442,7 @@ impl Replay {
                 "server_restarted" => {}
                 "server_ready" => {
                     let deadline = tokio::time::Instant::now() + WAIT;
-                    while tokio::net::TcpStream::connect(self.sim.as_ref().unwrap().addr())
+                    while tokio::net::TcpStream::connect(self.sim.addr())
                         .await
                         .is_err()
                     {
@@ -360,128 +453,103 @@ impl Replay {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
-                other => panic!("{file}: unknown transcript line kind {other}"),
+                other => panic!("{file}: unknown fixture line kind {other}"),
             }
         }
-        for (name, &i) in self.names.iter().filter(|(k, _)| k.len() == 1) {
-            let s = &mut self.sockets[i];
-            s.catch_up(&norm).await;
+        for (name, s) in self.sockets.iter_mut() {
+            s.catch_up(gn).await;
             compare_frames(file, name, hooks.order, &s.expected, &s.got);
         }
-        for s in &mut self.sockets {
-            // Nothing beyond what the recording shows, except broadcasts the recorder did
-            // not log (05 stops logging the second socket after the first prompt; it still
-            // gets the `status`/`progress_state` broadcasts of the prompt without client_id).
-            // In particular no `executing`/`executed`/`execution_*`. A short quiet period
-            // bounds this check.
-            while let Some(Frame::Json(extra)) = s.ws.next_within(Duration::from_millis(150)).await
-            {
-                let ty = extra["type"].as_str().unwrap_or("");
-                assert!(
-                    ty == "status" || ty == "progress_state",
-                    "{file}: unexpected extra frame {extra}"
-                );
+        for s in self.sockets.values_mut() {
+            // Nothing beyond what the recording shows. A short quiet period bounds this.
+            if let Some(Frame::Json(extra)) = s.ws.next_within(Duration::from_millis(150)).await {
+                panic!("{file}: unexpected extra frame {extra}");
             }
         }
         self.sockets.clear();
-        self.names.clear();
     }
 }
 
-const EXACT: Hooks = Hooks {
-    order: Order::Exact,
-    numbers: false,
-    wait_before: &[],
-    shape_only_paths: &[],
-};
+/// The recording session 01-07, in order, as one simulator replays it.
+pub const SESSION: &[&str] = plasma_batch::sim::record::SCENARIOS.split_at(7).0;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transcripts_01_to_07_replay_against_one_simulator() {
-    let sim = Sim::start(SimConfig {
-        step_ms: 0,
-        // The recording server had no checkpoints installed (06 shows an empty list).
-        checkpoints: vec![],
-        // 04 and 07 need a blur chain that is still running when the interrupt or the kill
-        // arrives; on the recording CPU each 2048x2048 blur took ~5 s. Here it takes 500 ms.
-        faults: vec![Fault::SlowNode {
-            class: "ImageBlur".into(),
-            ms: 500,
-        }],
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let base = sim.url();
-    let mut r = Replay {
-        sim: Some(sim),
-        base,
-        sockets: vec![],
-        names: HashMap::new(),
-    };
-    r.run("01-normal-then-cached.jsonl", EXACT).await;
-    r.run("02-validation-errors.jsonl", EXACT).await;
-    r.run("03-runtime-error.jsonl", EXACT).await;
-    r.run(
-        "04-queue-interrupt-delete.jsonl",
-        Hooks {
+/// How each fixture is compared.
+pub fn hooks(name: &str) -> Hooks {
+    match name {
+        "04-queue-interrupt-delete" => Hooks {
             order: Order::StatusByValue,
-            // The recorded client saw `executing 1` when it interrupted, but the server's
-            // socket lagged: the interrupt landed while node 10 ran (it hit at node 11 with
-            // executed ["1","10"]). Reproduce that server state: interrupt once node 10 runs.
-            wait_before: &[
-                // The recorded server had taken the first prompt (its second `status`)
-                // before the second POST arrived; wait for that so the queue_remaining
-                // values come out the same.
-                (1, |got| {
-                    got.iter().filter(|f| f["type"] == "status").count() >= 3
-                }),
-                (5, |got| {
-                    got.iter()
-                        .any(|f| f["type"] == "executing" && f["data"]["node"] == "10")
-                }),
-            ],
             ..EXACT
         },
-    )
-    .await;
-    r.run("05-other-clients.jsonl", EXACT).await;
-    r.run(
-        "06-reference.jsonl",
-        Hooks {
+        "06-reference" => Hooks {
             shape_only_paths: &["/system_stats"],
             ..EXACT
         },
-    )
-    .await;
-    r.run("07-server-crash-restart.jsonl", EXACT).await;
-    r.sim.take().unwrap().shutdown().await;
+        _ => EXACT,
+    }
+}
+
+/// The simulator a fixture (or a run of fixtures) is replayed against, from the lists of
+/// models the recording server offered.
+pub fn sim_for(name: &str, models: SimConfig) -> SimConfig {
+    // A 1024x1024 blur took the recording CPU a second or more: long enough for 04's
+    // interrupt, 07's kill and 10's interrupt to land mid-chain. Here it takes 500 ms.
+    let slow_blur = Fault::SlowNode {
+        class: "ImageBlur".into(),
+        ms: 500,
+    };
+    match name {
+        // Long enough that the recorded interrupt (sent after `progress` 2) lands in step 3.
+        "08-txt2img-sampler" => SimConfig {
+            step_ms: 150,
+            ..models
+        },
+        "10-interrupt-in-node" => SimConfig {
+            faults: vec![
+                // Far longer than the replay takes to send its interrupt: a decode that
+                // cannot be interrupted inside fails the comparison (it would end at
+                // SaveImage) instead of passing late.
+                Fault::SlowNode {
+                    class: "VAEDecode".into(),
+                    ms: 3_000,
+                },
+                slow_blur,
+            ],
+            ..models
+        },
+        _ => SimConfig {
+            faults: vec![slow_blur],
+            ..models
+        },
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transcript_08_sampler_replays() {
-    let sim = Sim::start(SimConfig {
-        // Long enough that the recorded interrupt (sent after `progress` 2) lands in step 3.
-        step_ms: 150,
-        checkpoints: vec!["AnythingXL_inkBase.safetensors".into()],
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let base = sim.url();
-    let mut r = Replay {
-        sim: Some(sim),
-        base,
-        sockets: vec![],
-        names: HashMap::new(),
-    };
-    // The recording server had handled 519 prompts before: compare `number` loosely.
-    r.run(
-        "08-txt2img-sampler.jsonl",
-        Hooks {
-            numbers: true,
-            ..EXACT
-        },
-    )
-    .await;
-    r.sim.take().unwrap().shutdown().await;
+async fn fixtures_01_to_07_replay_against_one_simulator() {
+    let mut r = Replay::new(sim_for(SESSION[0], real_comfy_like())).await;
+    for name in SESSION {
+        let file = format!("{name}.jsonl");
+        r.run(&file, &fixture(&file), hooks(name)).await;
+    }
+    r.shutdown().await;
+}
+
+/// Replay one fixture against a simulator of its own.
+async fn replay_alone(name: &str) {
+    let mut r = Replay::new(sim_for(name, real_comfy_like())).await;
+    let file = format!("{name}.jsonl");
+    r.run(&file, &fixture(&file), hooks(name)).await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_08_sampler_replays() {
+    replay_alone("08-txt2img-sampler").await;
+}
+
+/// An interrupt inside a model node (VAEDecode raises itself) and one during a plain tensor
+/// node (ImageBlur runs to its end, the next node raises, the output saved before it stays
+/// in the history, the one after it never exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_10_interrupt_inside_and_between_nodes() {
+    replay_alone("10-interrupt-in-node").await;
 }

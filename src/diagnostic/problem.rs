@@ -1,7 +1,8 @@
-//! Spanned, user-facing problems in a manifest or a workflow template.
+//! Spanned, user-facing problems in a file the user named (a manifest, a workflow template,
+//! a run report).
 //!
 //! Each problem carries the file it is about and the exact bytes to underline, so miette can
-//! print `file:line:col` with the source. Manifest and workflow checks both build these;
+//! print `file:line:col` with the source. Manifest, workflow and report checks build these;
 //! nothing here reads files or decides what is wrong.
 
 use std::fmt;
@@ -192,27 +193,9 @@ impl Diagnostic for Problem {
     }
 }
 
-/// The closest candidate to `word`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(word, c), *c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_close_names_only() {
-        let keys = ["steps", "sampler", "scheduler"];
-        assert_eq!(did_you_mean("setps", &keys), Some("steps"));
-        assert_eq!(did_you_mean("schedular", &keys), Some("scheduler"));
-        assert_eq!(did_you_mean("banana", &keys), None);
-    }
 
     #[test]
     fn spans_are_clamped_to_the_text_and_its_characters() {

@@ -8,7 +8,7 @@
 //! window around the label edges on it (`…` marks what is left out), with the labels moved
 //! to match. The `[file:line:col]` heading still names the real line and column. Long
 //! messages, labels and help are shortened too. Rendering goes through here in one place
-//! (`main.rs`), so manifests, templates and reports all get it.
+//! (`cmd::error::finish`), so manifests, templates and reports all get it.
 
 use std::fmt;
 use std::ops::Range;
@@ -18,8 +18,7 @@ use miette::{
     SpanContents,
 };
 
-/// Any diagnostic, as commands return them.
-type BoxedDiagnostic = Box<dyn Diagnostic + Send + Sync + 'static>;
+use super::Diagnostic as BoxedDiagnostic;
 
 /// A source line of at most this many characters is shown whole.
 pub const MAX_LINE_CHARS: usize = 120;
@@ -423,7 +422,7 @@ impl SourceCode for Excerpt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Problem, SourceFile};
+    use crate::diagnostic::{Problem, SourceFile};
 
     fn render(problem: Problem) -> String {
         let handler =

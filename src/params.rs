@@ -1,0 +1,226 @@
+//! The job parameters every layer speaks of: what a parameter defaults to, which values it
+//! takes and the sentence that says so, a LoRA's parameters, the per-job timeout, and how
+//! job keys are written. The manifest checks and the job service read their limits from
+//! here; ComfyUI's own facts (its lists, its nodes' input ranges) come from [`crate::comfyui`].
+//! Decides nothing about where a value came from and reads nothing.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::comfyui;
+
+/// The default checkpoint when neither `[defaults]` nor a page names one.
+pub const DEFAULT_CHECKPOINT: &str = "AnythingXL_inkBase.safetensors";
+/// The default negative prompt.
+pub const DEFAULT_NEGATIVE: &str = "lowres, bad anatomy, bad hands, text, error, missing fingers";
+pub const DEFAULT_STEPS: u32 = 20;
+pub const DEFAULT_CFG: f64 = 7.0;
+pub const DEFAULT_SAMPLER: &str = "euler";
+pub const DEFAULT_SCHEDULER: &str = "normal";
+pub const DEFAULT_WIDTH: u32 = 512;
+pub const DEFAULT_HEIGHT: u32 = 768;
+pub const DEFAULT_VARIANTS: u32 = 1;
+/// A LoRA strength that is not given: full strength.
+pub const DEFAULT_LORA_STRENGTH: f64 = 1.0;
+/// The chapter seed when `[chapter] seed` is absent.
+pub const DEFAULT_CHAPTER_SEED: u64 = 0;
+/// The per-job timeout when neither `--timeout` nor `[comfy] timeout` gives one.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 90.0;
+/// The longest per-job timeout: a day.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// The values a parameter takes, and the sentence that says so (the help of a message
+/// about a value out of range). Integers are compared as `i128`, so any TOML or JSON
+/// integer can be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit<T> {
+    pub range: RangeInclusive<T>,
+    pub help: &'static str,
+}
+
+impl<T: PartialOrd> Limit<T> {
+    pub fn contains(&self, value: &T) -> bool {
+        self.range.contains(value)
+    }
+}
+
+const fn int(range: &RangeInclusive<u32>) -> RangeInclusive<i128> {
+    *range.start() as i128..=*range.end() as i128
+}
+
+pub const CHAPTER: Limit<i128> = Limit {
+    range: 1..=999,
+    help: "chapter numbers are 1..=999",
+};
+pub const PAGE: Limit<i128> = Limit {
+    range: 1..=999,
+    help: "page numbers are 1..=999",
+};
+pub const SEED: Limit<i128> = Limit {
+    range: *comfyui::SEED.start() as i128..=*comfyui::SEED.end() as i128,
+    help: "seeds are integers in KSampler's range 0..=18446744073709551615",
+};
+pub const STEPS: Limit<i128> = Limit {
+    range: int(&comfyui::STEPS),
+    help: "KSampler takes 1..=10000 steps",
+};
+pub const CFG: Limit<f64> = Limit {
+    range: comfyui::CFG,
+    help: "KSampler takes cfg from 0.0 to 100.0",
+};
+/// `width` and `height`; they are also multiples of [`comfyui::LATENT_STEP`].
+pub const SIZE: Limit<i128> = Limit {
+    range: int(&comfyui::LATENT_SIZE),
+    help: "EmptyLatentImage takes 16..=16384 pixels, in multiples of 8",
+};
+pub const LORA_STRENGTH: Limit<f64> = Limit {
+    range: comfyui::LORA_STRENGTH,
+    help: "LoraLoader takes strengths from -100.0 to 100.0 (1.0 is full strength)",
+};
+pub const VARIANTS: Limit<i128> = Limit {
+    range: 1..=1000,
+    help: "`variants` is images per page, 1..=1000",
+};
+/// Prompts in flight per server, as `[comfy] in_flight` and `--in-flight` take them.
+pub const IN_FLIGHT: Limit<i128> = Limit {
+    range: 1..=64,
+    help: "`in_flight` is prompts queued per server",
+};
+/// `[comfy] timeout`: whole seconds are what a manifest means, so at least one. The command
+/// line takes any [`timeout`].
+pub const MANIFEST_TIMEOUT: Limit<f64> = Limit {
+    range: 1.0..=MAX_TIMEOUT_SECS,
+    help: "`timeout` is seconds per job, counted from when the server starts it",
+};
+/// `[comfy] outage_window`: how long a server that went away is waited for, up to a week.
+pub const OUTAGE_WINDOW: Limit<f64> = Limit {
+    range: 1.0..=604_800.0,
+    help: "`outage_window` is seconds a server that went away is waited for",
+};
+
+/// A per-job timeout of `secs` seconds, if that is one: more than 0 and at most a day
+/// (`NaN` and infinity are not).
+pub fn timeout(secs: f64) -> Option<Duration> {
+    (secs > 0.0 && secs <= MAX_TIMEOUT_SECS).then(|| Duration::from_secs_f64(secs))
+}
+
+/// A LoRA as a job uses it: the file and its two strengths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraParams {
+    pub name: String,
+    pub strength_model: f64,
+    pub strength_clip: f64,
+}
+
+/// `ch01_p003`: the chapter (two digits at least) and page (three) every job key starts with.
+fn page_key(chapter: u16, page: u16) -> String {
+    format!("ch{chapter:02}_p{page:03}")
+}
+
+/// `ch01_p003_s2`: a planned job's key, from its chapter, page and 1-based variant.
+pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
+    format!("{}_s{variant}", page_key(chapter, page))
+}
+
+/// `ch01_p003_j1a2b3c4d`: a job service job's key, from its chapter, page and the first 8 hex
+/// digits of its id, so keys sort with the planner's and stay unique per job.
+pub fn service_job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
+    let hex = job_id.simple().to_string();
+    format!("{}_j{}", page_key(chapter, page), &hex[..8])
+}
+
+/// Whether `text` is a planned job key as [`job_key`] writes them, or its chapter (`ch01`) or
+/// page (`ch01_p003`) part.
+pub fn is_key_or_part(text: &str) -> bool {
+    let digits = |part: &str, prefix: &str, min: usize| {
+        part.strip_prefix(prefix)
+            .is_some_and(|d| d.len() >= min && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let parts: Vec<&str> = text.split('_').collect();
+    match parts[..] {
+        [c] => digits(c, "ch", 2),
+        [c, p] => digits(c, "ch", 2) && digits(p, "p", 3),
+        [c, p, s] => digits(c, "ch", 2) && digits(p, "p", 3) && digits(s, "s", 1),
+        _ => false,
+    }
+}
+
+/// `plasma/ch01/ch01_p003_s2`: the `filename_prefix` a job's workflow fills in.
+pub fn filename_prefix(chapter: u16, key: &str) -> String {
+    format!("plasma/ch{chapter:02}/{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_padded_and_recognised() {
+        assert_eq!(job_key(1, 3, 2), "ch01_p003_s2");
+        assert_eq!(job_key(123, 45, 10), "ch123_p045_s10");
+        for key in ["ch01_p003_s2", "ch123_p045_s10", "ch01_p003", "ch01"] {
+            assert!(is_key_or_part(key), "{key}");
+        }
+        for text in [
+            "ch1",
+            "ch01_p03",
+            "ch01_p003_s",
+            "ch01_p003_s2_x",
+            "p003",
+            "",
+        ] {
+            assert!(!is_key_or_part(text), "{text}");
+        }
+        assert_eq!(
+            filename_prefix(1, "ch01_p003_s2"),
+            "plasma/ch01/ch01_p003_s2"
+        );
+    }
+
+    #[test]
+    fn service_keys_are_the_services() {
+        let id = uuid::Uuid::from_u128(0x1a2b3c4d_0000_4000_8000_000000000000);
+        assert_eq!(service_job_key(1, 3, &id), "ch01_p003_j1a2b3c4d");
+        // Until the service takes its keys from here, the two must not drift apart.
+        assert_eq!(
+            service_job_key(12, 345, &id),
+            crate::serve::job_key(12, 345, &id)
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_more_than_nothing_and_at_most_a_day() {
+        assert_eq!(timeout(0.5), Some(Duration::from_millis(500)));
+        assert_eq!(timeout(MAX_TIMEOUT_SECS), Some(Duration::from_secs(86_400)));
+        for bad in [0.0, -1.0, MAX_TIMEOUT_SECS + 1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(timeout(bad), None, "{bad}");
+        }
+        assert!(timeout(DEFAULT_TIMEOUT_SECS).is_some());
+        assert!(MANIFEST_TIMEOUT.contains(&DEFAULT_TIMEOUT_SECS));
+    }
+
+    #[test]
+    fn each_help_names_the_range_it_goes_with() {
+        for limit in [CHAPTER, PAGE, SEED, STEPS, SIZE, VARIANTS] {
+            let range = format!("{}..={}", limit.range.start(), limit.range.end());
+            assert!(limit.help.contains(&range), "{}: {range}", limit.help);
+        }
+        for limit in [CFG, LORA_STRENGTH] {
+            let range = format!("{:?} to {:?}", limit.range.start(), limit.range.end());
+            assert!(limit.help.contains(&range), "{}: {range}", limit.help);
+        }
+        let defaults = [
+            STEPS.contains(&DEFAULT_STEPS.into()),
+            CFG.contains(&DEFAULT_CFG),
+            SIZE.contains(&DEFAULT_WIDTH.into()),
+            SIZE.contains(&DEFAULT_HEIGHT.into()),
+            VARIANTS.contains(&DEFAULT_VARIANTS.into()),
+            LORA_STRENGTH.contains(&DEFAULT_LORA_STRENGTH),
+            comfyui::SAMPLERS.contains(&DEFAULT_SAMPLER),
+            comfyui::SCHEDULERS.contains(&DEFAULT_SCHEDULER),
+        ];
+        assert!(defaults.iter().all(|ok| *ok), "{defaults:?}");
+    }
+}
