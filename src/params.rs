@@ -28,6 +28,10 @@ pub const DEFAULT_LORA_STRENGTH: f64 = 1.0;
 pub const DEFAULT_CHAPTER_SEED: u64 = 0;
 /// The per-job timeout when neither `--timeout` nor `[comfy] timeout` gives one.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 90.0;
+/// How long a server may be unreachable before it is out of rotation for good, when neither
+/// `--outage-window` nor `[comfy] outage_window` gives one: a restart, a reboot or a network
+/// blip is waited for, not failed.
+pub const DEFAULT_OUTAGE_WINDOW_SECS: u64 = 600;
 /// The longest per-job timeout: a day.
 pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 

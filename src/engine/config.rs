@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
+use crate::params;
+
 /// How long a server may be unreachable before it is out of rotation for good (`run
-/// --outage-window`): a restart, a reboot or a network blip is waited for, not failed.
-pub const DEFAULT_OUTAGE_WINDOW: Duration = Duration::from_secs(600);
+/// --outage-window`); the number itself is [`params::DEFAULT_OUTAGE_WINDOW_SECS`].
+pub const DEFAULT_OUTAGE_WINDOW: Duration = Duration::from_secs(params::DEFAULT_OUTAGE_WINDOW_SECS);
 
 /// Tunables of the executor. `Default` is what `plasma-batch run` uses.
 #[derive(Debug, Clone)]
@@ -110,7 +112,7 @@ impl Default for EngineConfig {
         EngineConfig {
             in_flight: 2,
             in_flight_max: 8,
-            timeout: Duration::from_secs(90),
+            timeout: Duration::from_secs_f64(params::DEFAULT_TIMEOUT_SECS),
             transient_retries: 2,
             retry_failed: false,
             stall: Duration::from_secs(20),
