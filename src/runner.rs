@@ -22,6 +22,7 @@ use crate::preflight::{self, PreflightError, ServerInfo};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
 use crate::report::progress::{self, Mode};
 use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
+use crate::time::{new_run_id, rfc3339};
 
 /// Everything a run needs besides the jobs and the servers.
 #[derive(Debug, Clone)]
@@ -84,7 +85,7 @@ pub async fn run_jobs(
 ) -> Result<RunSummary, RunError> {
     let started_at = SystemTime::now();
     let started = Instant::now();
-    let run_id = crate::report::json::new_run_id(started_at);
+    let run_id = new_run_id(started_at);
     let (chapter, records) = ChapterOutput::open(&options.out_root, options.chapter)?;
     let dirs = chapter.dirs.clone();
     remove_stale_temp_files(&dirs.reports);
@@ -161,7 +162,7 @@ pub async fn run_jobs(
             only: options.only.clone(),
             simulator: options.simulator,
         },
-        started_at: crate::report::json::rfc3339(started_at),
+        started_at: rfc3339(started_at),
         ended_at: None,
         totals: Totals::default(),
         jobs: jobs.iter().map(JobReport::pending).collect(),

@@ -5,13 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::manifest::diagnostic::did_you_mean;
-use crate::manifest::model::{
+use crate::comfyui::SCHEDULERS;
+use crate::diagnostic::did_you_mean;
+use crate::params::{
     DEFAULT_CFG, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE, DEFAULT_SAMPLER,
-    DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH,
+    DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH, LoraParams,
 };
-use crate::manifest::parse::SCHEDULERS;
-use crate::plan::{DERIVED_SEED_MASK, LoraParams};
+use crate::plan::DERIVED_SEED_MASK;
 
 /// The fields `POST /jobs` takes.
 pub const FIELDS: [&str; 12] = [
