@@ -389,8 +389,15 @@ impl RunReport {
                 self.tool.name
             ));
         }
-        if !(1..=999).contains(&self.chapter) {
-            problems.push(format!("chapter {} is not 1..=999", self.chapter));
+        let range = |limit: &params::Limit<i128>| {
+            format!("{}..={}", limit.range.start(), limit.range.end())
+        };
+        if !params::CHAPTER.contains(&self.chapter.into()) {
+            problems.push(format!(
+                "chapter {} is not {}",
+                self.chapter,
+                range(&params::CHAPTER)
+            ));
         }
         if !hex64(&self.manifest.sha256) {
             problems.push("manifest.sha256 is not 64 lowercase hex digits".to_owned());
@@ -402,19 +409,22 @@ impl RunReport {
                 params::MAX_TIMEOUT_SECS
             ));
         }
-        if !(1..=64).contains(&self.settings.in_flight) {
+        if !params::IN_FLIGHT.contains(&(self.settings.in_flight as i128)) {
             problems.push(format!(
-                "settings.in_flight {} is not 1..=64",
-                self.settings.in_flight
+                "settings.in_flight {} is not {}",
+                self.settings.in_flight,
+                range(&params::IN_FLIGHT)
             ));
         }
         let mut keys = std::collections::HashSet::new();
         for (n, job) in self.jobs.iter().enumerate() {
-            let expected = crate::params::job_key(self.chapter, job.page, job.variant);
-            if !(1..=999).contains(&job.page) || job.variant == 0 {
+            let expected = params::job_key(self.chapter, job.page, job.variant);
+            if !params::PAGE.contains(&job.page.into()) || job.variant == 0 {
                 problems.push(format!(
-                    "jobs[{n}]: page {} or variant {} out of range (pages 1..=999, variants from 1)",
-                    job.page, job.variant
+                    "jobs[{n}]: page {} or variant {} out of range (pages {}, variants from 1)",
+                    job.page,
+                    job.variant,
+                    range(&params::PAGE)
                 ));
             } else if job.key != expected {
                 problems.push(format!(
@@ -638,6 +648,25 @@ mod tests {
                 .map(|i| JobReport::pending(&Arc::new(job(i))))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_report_chapter_page_and_depth_are_checked_against_params() {
+        let mut r = report(1);
+        r.chapter = 1000;
+        r.settings.in_flight = 65;
+        let mut job = (*r.jobs[0].job).clone();
+        job.page = 0;
+        r.jobs[0].job = Arc::new(job);
+        let problems = r.check();
+        assert_eq!(
+            problems[..3],
+            [
+                "chapter 1000 is not 1..=999",
+                "settings.in_flight 65 is not 1..=64",
+                "jobs[0]: page 0 or variant 1 out of range (pages 1..=999, variants from 1)",
+            ]
+        );
     }
 
     #[test]
