@@ -211,7 +211,7 @@ pub async fn run_jobs(
     let _ = std::fs::create_dir_all(&dirs.reports);
     let report = collected.writer.finish(SystemTime::now())?;
     write_atomic_with(&contact_sheet_path, |out| {
-        html::write_contact_sheet(&report, &options.out_root, out)
+        html::write_contact_sheet(&report, &options.out_root, &dirs.thumbs(), out)
     })?;
 
     debug_assert!(

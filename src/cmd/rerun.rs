@@ -66,7 +66,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         Some(out) => out.clone(),
         None => output_root_of(&args.report, report.chapter)?,
     };
-    check_output(&out_root, report.chapter)?;
+    let dirs = check_output(&out_root, report.chapter)?;
     let old: BTreeMap<String, Vec<String>> = selected
         .iter()
         .map(|job| {
@@ -84,7 +84,6 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
     let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
     let (sim, clients) = connect(args.sim, &args.servers, &recorded).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let dirs = crate::output::ChapterDirs::new(&out_root, report.chapter);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
     let options = RunOptions {
         out_root,

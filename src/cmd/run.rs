@@ -40,11 +40,10 @@ pub async fn run(args: RunArgs) -> CmdResult {
         ));
     }
     // Every folder the run writes, checked before any server is asked.
-    check_output(&args.out, plan.chapter)?;
+    let dirs = check_output(&args.out, plan.chapter)?;
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let dirs = ChapterDirs::new(&args.out, plan.chapter);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
 
     let options = RunOptions {
