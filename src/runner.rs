@@ -54,19 +54,6 @@ pub struct RunSummary {
     pub outcomes: Vec<JobReport>,
 }
 
-impl RunSummary {
-    /// The process exit code for this result.
-    pub fn exit_code(&self) -> i32 {
-        if self.cancelled {
-            crate::exit_codes::INTERRUPTED
-        } else if self.totals.failed + self.totals.timed_out + self.totals.cancelled > 0 {
-            crate::exit_codes::JOBS_FAILED
-        } else {
-            crate::exit_codes::OK
-        }
-    }
-}
-
 /// Why a run could not start (or could not write its report).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

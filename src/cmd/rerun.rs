@@ -10,10 +10,9 @@ use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
 use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
-use crate::cmd::{CmdError, CmdResult, Failure};
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::diagnostic::Problem;
 use crate::engine::EngineConfig;
-use crate::exit_codes;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
@@ -156,13 +155,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
             summary.report_path.display()
         );
     }
-    if summary.cancelled {
-        Ok(exit_codes::INTERRUPTED)
-    } else if differing > 0 {
-        Ok(exit_codes::JOBS_FAILED)
-    } else {
-        Ok(exit_codes::OK)
-    }
+    Ok(Outcome::ended(summary.cancelled, differing > 0))
 }
 
 /// The output root a report lies under: `<out>` of `<out>/ch-XX/reports/<run-id>.json`, where
