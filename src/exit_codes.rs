@@ -10,8 +10,6 @@ pub const USAGE: i32 = 2;
 /// An input (the manifest, a workflow template, a run report) is missing, unreadable or
 /// invalid; nothing was sent to any server.
 pub const INVALID_INPUT: i32 = 3;
-/// [`INVALID_INPUT`] under its first name.
-pub const INVALID_MANIFEST: i32 = INVALID_INPUT;
 /// A server was unreachable or the preflight check (`/object_info`) failed; no job ran.
 pub const PREFLIGHT_FAILED: i32 = 4;
 /// A local I/O problem outside any single job (output root not writable, report not written).

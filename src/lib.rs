@@ -28,6 +28,3 @@ pub mod serve;
 pub mod sim;
 pub mod time;
 pub mod workflow;
-
-/// Thumbnails moved into the output store; the old path still leads there.
-pub use output::thumbs;

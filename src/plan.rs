@@ -23,10 +23,8 @@ use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, filename_prefix,
+    DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
 };
-// Old paths, still used by `report` and `serve`; their home is `params`.
-pub use crate::params::{LoraParams, job_key};
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};

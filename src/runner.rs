@@ -22,6 +22,7 @@ use crate::preflight::{self, PreflightError, ServerInfo};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
 use crate::report::progress::{self, Mode};
 use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
+use crate::time::{new_run_id, rfc3339};
 
 /// Everything a run needs besides the jobs and the servers.
 #[derive(Debug, Clone)]
@@ -53,19 +54,6 @@ pub struct RunSummary {
     pub outcomes: Vec<JobReport>,
 }
 
-impl RunSummary {
-    /// The process exit code for this result.
-    pub fn exit_code(&self) -> i32 {
-        if self.cancelled {
-            crate::exit_codes::INTERRUPTED
-        } else if self.totals.failed + self.totals.timed_out + self.totals.cancelled > 0 {
-            crate::exit_codes::JOBS_FAILED
-        } else {
-            crate::exit_codes::OK
-        }
-    }
-}
-
 /// Why a run could not start (or could not write its report).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -84,7 +72,7 @@ pub async fn run_jobs(
 ) -> Result<RunSummary, RunError> {
     let started_at = SystemTime::now();
     let started = Instant::now();
-    let run_id = crate::report::json::new_run_id(started_at);
+    let run_id = new_run_id(started_at);
     let dirs = ChapterDirs::new(&options.out_root, options.chapter);
     let (chapter, records) = ChapterOutput::open(dirs.clone(), options.chapter)?;
     remove_stale_temp_files(&dirs.reports);
@@ -161,7 +149,7 @@ pub async fn run_jobs(
             only: options.only.clone(),
             simulator: options.simulator,
         },
-        started_at: crate::report::json::rfc3339(started_at),
+        started_at: rfc3339(started_at),
         ended_at: None,
         totals: Totals::default(),
         jobs: jobs.iter().map(JobReport::pending).collect(),
@@ -210,7 +198,7 @@ pub async fn run_jobs(
     let _ = std::fs::create_dir_all(&dirs.reports);
     let report = collected.writer.finish(SystemTime::now())?;
     write_atomic_with(&contact_sheet_path, |out| {
-        html::write_contact_sheet(&report, &options.out_root, out)
+        html::write_contact_sheet(&report, &options.out_root, &dirs.thumbs(), out)
     })?;
 
     debug_assert!(

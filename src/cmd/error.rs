@@ -1,8 +1,10 @@
-//! How a command fails, and the one place that decides a failure's exit code and shows it.
+//! How a command ends, and the one place that decides its exit code and shows a failure.
 //!
-//! A command returns a [`CmdError`]: what kind of [`Failure`] it is and every diagnostic
-//! found. [`Failure::exit_code`] is the only mapping from a failure to an exit code (README
-//! "Exit codes" says what each means); [`finish`] writes the diagnostics, bounded (see
+//! A command that did its work returns an [`Outcome`]: done, done with failed jobs, or
+//! interrupted. One that could not returns a [`CmdError`]: what kind of [`Failure`] it is
+//! and every diagnostic found. [`Outcome::exit_code`] and [`Failure::exit_code`] are the only
+//! mappings to an exit code (README "Exit codes" says what each means); [`finish`] writes
+//! the diagnostics, bounded (see
 //! [`Bounded`]), and returns the code `main.rs` exits with. The errors of the layers below
 //! (`output::PathError`, `runner::RunError`, `serve::ServeError`) become a `CmdError` here,
 //! so `?` is all a command writes.
@@ -11,6 +13,48 @@ use std::io::Write;
 
 use crate::diagnostic::{Bounded, Diagnostic, Problem};
 use crate::exit_codes;
+use crate::runner::RunSummary;
+
+/// How a command that did its work ended. Each is one exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every job succeeded or was skipped; a command without jobs did what it was asked.
+    Done,
+    /// The command finished, but a job failed, timed out or was cancelled by a fault (for
+    /// `rerun`: or reproduced an image that differs).
+    JobsFailed,
+    /// Ctrl-C or SIGTERM stopped it.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The process exit code of this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Done => exit_codes::OK,
+            Outcome::JobsFailed => exit_codes::JOBS_FAILED,
+            Outcome::Interrupted => exit_codes::INTERRUPTED,
+        }
+    }
+
+    /// An interruption outranks failed jobs.
+    pub fn ended(interrupted: bool, jobs_failed: bool) -> Outcome {
+        if interrupted {
+            Outcome::Interrupted
+        } else if jobs_failed {
+            Outcome::JobsFailed
+        } else {
+            Outcome::Done
+        }
+    }
+
+    /// How a run ended: interrupted, or with a job that failed, timed out or was cancelled,
+    /// or done.
+    pub fn of_run(summary: &RunSummary) -> Outcome {
+        let t = &summary.totals;
+        Outcome::ended(summary.cancelled, t.failed + t.timed_out + t.cancelled > 0)
+    }
+}
 
 /// What kind of failure stopped a command. Each is one exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +127,15 @@ impl CmdError {
     }
 }
 
-/// On success, the exit code to end with (a run with failed jobs still "succeeds" as a
-/// command: its code says how the jobs went).
-pub type CmdResult = Result<i32, CmdError>;
+/// On success, how the command ended (a run with failed jobs still "succeeds" as a command:
+/// its outcome says how the jobs went).
+pub type CmdResult = Result<Outcome, CmdError>;
 
 /// The exit code a command ends with. A failure's diagnostics are written to `out` first,
 /// each bounded, whatever its source.
 pub fn finish(result: CmdResult, out: &mut impl Write) -> i32 {
     match result {
-        Ok(code) => code,
+        Ok(outcome) => outcome.exit_code(),
         Err(err) => {
             let code = err.exit_code();
             for diagnostic in err.diagnostics {
@@ -185,6 +229,24 @@ mod tests {
     }
 
     #[test]
+    fn each_outcome_has_its_own_documented_code_and_an_interruption_outranks_failures() {
+        let all = [Outcome::Done, Outcome::JobsFailed, Outcome::Interrupted];
+        let codes: Vec<i32> = all.iter().map(|o| o.exit_code()).collect();
+        assert_eq!(codes, [0, 1, 130]);
+        let ended = [(false, false), (false, true), (true, false), (true, true)]
+            .map(|(interrupted, failed)| Outcome::ended(interrupted, failed));
+        assert_eq!(
+            ended,
+            [
+                Outcome::Done,
+                Outcome::JobsFailed,
+                Outcome::Interrupted,
+                Outcome::Interrupted
+            ]
+        );
+    }
+
+    #[test]
     fn finish_writes_every_diagnostic_bounded_and_returns_the_code() {
         let long = "x".repeat(5000);
         let err = CmdError::all(
@@ -207,7 +269,7 @@ mod tests {
             "not bounded: {shown}"
         );
         let mut out = Vec::new();
-        assert_eq!(finish(Ok(exit_codes::JOBS_FAILED), &mut out), 1);
+        assert_eq!(finish(Ok(Outcome::JobsFailed), &mut out), 1);
         assert!(out.is_empty());
     }
 }

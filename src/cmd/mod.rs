@@ -1,6 +1,6 @@
 //! One function per subcommand: glue between parsed arguments and the library.
-//! Commands return data or a [`CmdError`]; `error.rs` alone decides a failure's exit code and
-//! shows it, for `main.rs` to exit with.
+//! Commands return an [`Outcome`] or a [`CmdError`]; `error.rs` alone decides the exit code
+//! of either and shows a failure, for `main.rs` to exit with.
 
 pub mod error;
 pub mod plan;
@@ -10,7 +10,7 @@ pub mod serve;
 pub mod sim;
 pub mod validate;
 
-pub use error::{CmdError, CmdResult, Failure, UserError, finish};
+pub use error::{CmdError, CmdResult, Failure, Outcome, UserError, finish};
 
 use crate::cli::{Cli, Command};
 

@@ -8,8 +8,7 @@ use std::io::{self, Write};
 use serde::ser::{Serialize, Serializer};
 
 use crate::cli::PlanArgs;
-use crate::cmd::{CmdError, CmdResult, Failure};
-use crate::exit_codes;
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::plan::{Job, JobParams, Plan, load_plan};
 use crate::workflow::canonical::JobHash;
 
@@ -23,9 +22,9 @@ pub async fn plan(args: PlanArgs) -> CmdResult {
     }
     .and_then(|()| out.flush());
     match written {
-        Ok(()) => Ok(exit_codes::OK),
+        Ok(()) => Ok(Outcome::Done),
         // A closed pipe (`plan | head`) is not an error worth reporting.
-        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(exit_codes::OK),
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(Outcome::Done),
         Err(err) => Err(CmdError::plain(
             Failure::Io,
             format!("failed to write the plan to stdout: {err}"),

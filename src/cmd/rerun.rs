@@ -10,10 +10,9 @@ use tokio::sync::watch;
 
 use crate::cli::RerunArgs;
 use crate::cmd::run::{check_output, connect, select_by_key, watch_signals};
-use crate::cmd::{CmdError, CmdResult, Failure};
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::diagnostic::Problem;
 use crate::engine::{Choices, EngineConfig, EngineSettings};
-use crate::exit_codes;
 use crate::report::RunReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
@@ -66,7 +65,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         Some(out) => out.clone(),
         None => output_root_of(&args.report, report.chapter)?,
     };
-    check_output(&out_root, report.chapter)?;
+    let dirs = check_output(&out_root, report.chapter)?;
     let old: BTreeMap<String, Vec<String>> = selected
         .iter()
         .map(|job| {
@@ -84,7 +83,6 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
     let recorded: Vec<String> = report.servers.iter().map(|s| s.url.clone()).collect();
     let (sim, clients) = connect(args.sim, &args.servers, &recorded).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let dirs = crate::output::ChapterDirs::new(&out_root, report.chapter);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
     let options = RunOptions {
         out_root,
@@ -163,13 +161,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
             summary.report_path.display()
         );
     }
-    if summary.cancelled {
-        Ok(exit_codes::INTERRUPTED)
-    } else if differing > 0 {
-        Ok(exit_codes::JOBS_FAILED)
-    } else {
-        Ok(exit_codes::OK)
-    }
+    Ok(Outcome::ended(summary.cancelled, differing > 0))
 }
 
 /// The output root a report lies under: `<out>` of `<out>/ch-XX/reports/<run-id>.json`, where

@@ -8,10 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cli::RunArgs;
-use crate::cmd::{CmdError, CmdResult, Failure, UserError};
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
-use crate::exit_codes;
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
 use crate::params;
 use crate::plan::{Job, load_plan};
@@ -41,11 +40,10 @@ pub async fn run(args: RunArgs) -> CmdResult {
         ));
     }
     // Every folder the run writes, checked before any server is asked.
-    check_output(&args.out, plan.chapter)?;
+    let dirs = check_output(&args.out, plan.chapter)?;
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    let dirs = ChapterDirs::new(&args.out, plan.chapter);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
 
     let options = RunOptions {
@@ -84,8 +82,9 @@ pub async fn run(args: RunArgs) -> CmdResult {
         sim.shutdown().await;
     }
     let summary = result?;
-    print_summary(&summary, args.json);
-    Ok(summary.exit_code())
+    let outcome = Outcome::of_run(&summary);
+    print_summary(&summary, outcome, args.json);
+    Ok(outcome)
 }
 
 /// `--outage-window`, if given and valid (the manifest's value is checked where it is read;
@@ -361,12 +360,12 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
         } else {
             let _no_new_temp_files = remove_own_temp_files(&temp_dirs);
             eprintln!("exiting at once; the ledger and the last written report are consistent");
-            std::process::exit(exit_codes::INTERRUPTED);
+            std::process::exit(Outcome::Interrupted.exit_code());
         }
     }
 }
 
-fn print_summary(summary: &RunSummary, json: bool) {
+fn print_summary(summary: &RunSummary, outcome: Outcome, json: bool) {
     let t = &summary.totals;
     if json {
         let value = serde_json::json!({
@@ -375,7 +374,7 @@ fn print_summary(summary: &RunSummary, json: bool) {
             "contact_sheet": summary.contact_sheet_path,
             "totals": t,
             "cancelled": summary.cancelled,
-            "exit_code": summary.exit_code(),
+            "exit_code": outcome.exit_code(),
         });
         println!(
             "{}",

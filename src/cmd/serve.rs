@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 
 use crate::cli::{OnShutdown, ServeArgs};
 use crate::cmd::run::{build_clients, check_timeout, resolve_servers};
-use crate::cmd::{CmdError, CmdResult, Failure};
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
-use crate::exit_codes;
 use crate::serve::{ServeConfig, Service, ShutdownMode};
 use crate::sim::{Fault, Sim, SimConfig};
 
@@ -106,14 +105,14 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         eprintln!("interrupting posted jobs; signal again to exit at once");
         let _ = hurry.send(true);
         signals.next().await;
-        std::process::exit(exit_codes::INTERRUPTED);
+        std::process::exit(Outcome::Interrupted.exit_code());
     });
     let result = service.shutdown().await;
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
     result?;
-    Ok(exit_codes::OK)
+    Ok(Outcome::Done)
 }
 
 /// `127.0.0.1:3000`, `[::1]:3000` or `localhost:3000` (the first address it resolves to).

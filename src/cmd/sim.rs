@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::cli::SimArgs;
-use crate::cmd::{CmdError, CmdResult, Failure};
+use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::sim::{Fault, Sim, SimConfig};
 
 pub async fn sim(args: SimArgs) -> CmdResult {
@@ -48,7 +48,7 @@ pub async fn sim(args: SimArgs) -> CmdResult {
     let _ = out.flush();
     wait_for_signal().await;
     sim.shutdown().await;
-    Ok(crate::exit_codes::OK)
+    Ok(Outcome::Done)
 }
 
 async fn wait_for_signal() {

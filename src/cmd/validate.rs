@@ -2,8 +2,7 @@
 //! summary, or every problem at once. Writes nothing.
 
 use crate::cli::ValidateArgs;
-use crate::cmd::CmdResult;
-use crate::exit_codes;
+use crate::cmd::{CmdResult, Outcome};
 use crate::plan::load_plan;
 
 pub async fn validate(args: ValidateArgs) -> CmdResult {
@@ -27,5 +26,5 @@ pub async fn validate(args: ValidateArgs) -> CmdResult {
             );
         }
     }
-    Ok(exit_codes::OK)
+    Ok(Outcome::Done)
 }

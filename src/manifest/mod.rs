@@ -8,8 +8,6 @@ pub mod model;
 pub mod parse;
 pub mod read;
 
-// Old paths of the shared diagnostics, still used by `report` and `serve`.
-pub use crate::diagnostic::{self, Problem, SourceFile};
 pub use model::Manifest;
 pub use parse::parse_manifest;
 pub use read::{MAX_MANIFEST_BYTES, read_manifest};

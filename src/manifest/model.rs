@@ -8,12 +8,6 @@ use toml::Spanned;
 use crate::diagnostic::SourceFile;
 use crate::params::LoraParams;
 
-// Old paths of the defaults, still used by `serve`; their home is `params`.
-pub use crate::params::{
-    DEFAULT_CFG, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE, DEFAULT_SAMPLER,
-    DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH,
-};
-
 /// A manifest that passed every check that needs only the manifest itself.
 #[derive(Debug, Clone)]
 pub struct Manifest {

@@ -41,7 +41,7 @@ const SETTING_KEYS: &[&str] = &[
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
 const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
 
-// The old path of ComfyUI's scheduler list, still used by `serve` and `sim`.
+// The old path of ComfyUI's scheduler list, still used by `sim/nodes.rs`.
 pub use crate::comfyui::SCHEDULERS;
 
 /// Parse and check a manifest. The manifest is `None` only when the TOML itself is broken;

@@ -8,12 +8,14 @@ use std::path::Path;
 use base64::Engine as _;
 
 use super::json::{JobReport, RunReport};
-use crate::output::{ChapterDirs, ThumbReader};
+use crate::output::ThumbReader;
 
-/// Render the contact sheet. `out_root` is where the report's image paths are relative to.
-pub fn contact_sheet(report: &RunReport, out_root: &Path) -> String {
+/// Render the contact sheet. `out_root` is where the report's image paths are relative to;
+/// `thumbs` is the chapter's thumbnail pack (`ChapterDirs::thumbs`), where thumbnails made as
+/// the images arrived are found (see `crate::output::thumbs`).
+pub fn contact_sheet(report: &RunReport, out_root: &Path, thumbs: &Path) -> String {
     let mut bytes = Vec::new();
-    write_contact_sheet(report, out_root, &mut bytes).expect("writing to memory");
+    write_contact_sheet(report, out_root, thumbs, &mut bytes).expect("writing to memory");
     String::from_utf8(bytes).expect("the sheet is UTF-8")
 }
 
@@ -25,6 +27,7 @@ const FLUSH_AT: usize = 32 << 10;
 pub fn write_contact_sheet(
     report: &RunReport,
     out_root: &Path,
+    thumbs: &Path,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let mut html = String::with_capacity(2 * FLUSH_AT);
@@ -75,8 +78,7 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
     );
-    // Thumbnails were made as the images arrived (see `crate::output::thumbs`).
-    let mut thumbs = ThumbReader::open(&ChapterDirs::new(out_root, report.chapter).thumbs());
+    let mut thumbs = ThumbReader::open(thumbs);
     // By page, jobs in report order within a page.
     let mut order: Vec<&JobReport> = report.jobs.iter().collect();
     order.sort_by_key(|j| j.page);

@@ -19,14 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::diagnostic::{Problem, SourceFile};
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
 use crate::manifest::read::{NotJson, read_bounded};
-use crate::manifest::{Problem, SourceFile};
 use crate::output::{PathError, write_atomic_with};
+use crate::params;
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
-/// Time formatting lives in [`crate::time`]; these paths still lead there.
-pub use crate::time::{new_run_id, rfc3339};
+use crate::time::rfc3339;
 use crate::workflow::Workflow;
 use crate::workflow::canonical::JobHash;
 
@@ -389,31 +389,42 @@ impl RunReport {
                 self.tool.name
             ));
         }
-        if !(1..=999).contains(&self.chapter) {
-            problems.push(format!("chapter {} is not 1..=999", self.chapter));
+        let range = |limit: &params::Limit<i128>| {
+            format!("{}..={}", limit.range.start(), limit.range.end())
+        };
+        if !params::CHAPTER.contains(&self.chapter.into()) {
+            problems.push(format!(
+                "chapter {} is not {}",
+                self.chapter,
+                range(&params::CHAPTER)
+            ));
         }
         if !hex64(&self.manifest.sha256) {
             problems.push("manifest.sha256 is not 64 lowercase hex digits".to_owned());
         }
         let timeout = self.settings.timeout_secs;
-        if !(timeout > 0.0 && timeout <= 86_400.0) {
+        if params::timeout(timeout).is_none() {
             problems.push(format!(
-                "settings.timeout_secs {timeout} is not 0 < seconds <= 86400"
+                "settings.timeout_secs {timeout} is not 0 < seconds <= {}",
+                params::MAX_TIMEOUT_SECS
             ));
         }
-        if !(1..=64).contains(&self.settings.in_flight) {
+        if !params::IN_FLIGHT.contains(&(self.settings.in_flight as i128)) {
             problems.push(format!(
-                "settings.in_flight {} is not 1..=64",
-                self.settings.in_flight
+                "settings.in_flight {} is not {}",
+                self.settings.in_flight,
+                range(&params::IN_FLIGHT)
             ));
         }
         let mut keys = std::collections::HashSet::new();
         for (n, job) in self.jobs.iter().enumerate() {
-            let expected = crate::plan::job_key(self.chapter, job.page, job.variant);
-            if !(1..=999).contains(&job.page) || job.variant == 0 {
+            let expected = params::job_key(self.chapter, job.page, job.variant);
+            if !params::PAGE.contains(&job.page.into()) || job.variant == 0 {
                 problems.push(format!(
-                    "jobs[{n}]: page {} or variant {} out of range (pages 1..=999, variants from 1)",
-                    job.page, job.variant
+                    "jobs[{n}]: page {} or variant {} out of range (pages {}, variants from 1)",
+                    job.page,
+                    job.variant,
+                    range(&params::PAGE)
                 ));
             } else if job.key != expected {
                 problems.push(format!(
@@ -636,6 +647,52 @@ mod tests {
             jobs: (1..=jobs)
                 .map(|i| JobReport::pending(&Arc::new(job(i))))
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn a_report_chapter_page_and_depth_are_checked_against_params() {
+        let mut r = report(1);
+        r.chapter = 1000;
+        r.settings.in_flight = 65;
+        let mut job = (*r.jobs[0].job).clone();
+        job.page = 0;
+        r.jobs[0].job = Arc::new(job);
+        let problems = r.check();
+        assert_eq!(
+            problems[..3],
+            [
+                "chapter 1000 is not 1..=999",
+                "settings.in_flight 65 is not 1..=64",
+                "jobs[0]: page 0 or variant 1 out of range (pages 1..=999, variants from 1)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_report_timeout_is_checked_as_every_timeout_is() {
+        assert_eq!(report(1).check(), Vec::<String>::new());
+        for (secs, valid) in [
+            (0.5, true),
+            (86_400.0, true),
+            (0.0, false),
+            (-1.0, false),
+            (86_401.0, false),
+            (f64::NAN, false),
+        ] {
+            let mut r = report(1);
+            r.settings.timeout_secs = secs;
+            assert_eq!(params::timeout(secs).is_some(), valid, "{secs}");
+            let problems = r.check();
+            assert_eq!(problems.is_empty(), valid, "{secs}: {problems:?}");
+            if !valid {
+                assert_eq!(
+                    problems,
+                    [format!(
+                        "settings.timeout_secs {secs} is not 0 < seconds <= 86400"
+                    )]
+                );
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! The state every request handler shares ([`App`]) and the job key the service gives a job.
+//! The state every request handler shares ([`App`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,13 +11,6 @@ use super::templates::Templates;
 use crate::comfy::ComfyClient;
 use crate::engine::Engine;
 use crate::plan::Job;
-
-/// `ch01_p003_j1a2b3c4d`: chapter, page and the first 8 hex digits of the job id, so keys
-/// sort with the planner's (`ch01_p003_s1`) and stay unique per job.
-pub fn job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
-    let hex = job_id.simple().to_string();
-    format!("ch{chapter:02}_p{page:03}_j{}", &hex[..8])
-}
 
 /// State every request handler shares.
 pub(crate) struct App {

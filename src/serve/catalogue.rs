@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::request::{FieldProblem, JobRequest};
 use crate::comfy::ComfyClient;
-use crate::manifest::diagnostic::did_you_mean;
+use crate::diagnostic::did_you_mean;
 use crate::workflow::Placeholder;
 
 /// A list at least this old is read again before a name missing from it is refused.

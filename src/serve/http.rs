@@ -16,10 +16,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::app::{App, job_key};
+use super::app::App;
 use super::jobs::{CancelCheck, InsertError};
 use super::record::{JobRecord, Status};
 use super::request::{self, FieldProblem};
+use crate::params::service_job_key;
 
 /// The OpenAPI 3 document of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -341,7 +342,7 @@ async fn create(
     // A key collision (same chapter, page and first 8 hex digits) is rare: draw again.
     for _ in 0..8 {
         let id = uuid::Uuid::new_v4();
-        let key = job_key(request.chapter, request.page, &id);
+        let key = service_job_key(request.chapter, request.page, &id);
         let job = app
             .templates
             .build(&key, &request)

@@ -13,7 +13,6 @@ pub mod request;
 mod service;
 mod templates;
 
-pub use app::job_key;
 pub use http::OPENAPI;
 pub use record::{JobRecord, Status};
 pub use request::JobRequest;

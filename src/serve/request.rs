@@ -1,17 +1,18 @@
 //! `POST /jobs` bodies: parsed from raw JSON so every problem is reported at once, each with
 //! its field and reason, and normalised into a [`JobRequest`] with every default filled in.
-//! Ranges are the manifest's (`docs/manifest.md`). Knows nothing of HTTP or the engine.
+//! Ranges, and the help that says them, are the manifest's, from `params`
+//! (`docs/manifest.md`). Knows nothing of HTTP or the engine.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::manifest::diagnostic::did_you_mean;
-use crate::manifest::model::{
-    DEFAULT_CFG, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE, DEFAULT_SAMPLER,
-    DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH,
+use crate::comfyui::{LATENT_STEP, SCHEDULERS};
+use crate::diagnostic::did_you_mean;
+use crate::params::{
+    self, DEFAULT_CFG, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_LORA_STRENGTH, DEFAULT_NEGATIVE,
+    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_WIDTH, Limit, LoraParams,
 };
-use crate::manifest::parse::SCHEDULERS;
-use crate::plan::{DERIVED_SEED_MASK, LoraParams};
+use crate::plan::DERIVED_SEED_MASK;
 
 /// The fields `POST /jobs` takes.
 pub const FIELDS: [&str; 12] = [
@@ -120,24 +121,15 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         })
         .unwrap_or_else(|| Some(DEFAULT_NEGATIVE.to_owned()));
     let seed = c.optional(&map, "seed", |c, v| {
-        c.integer(v, "seed", 0..=u64::MAX as i128, "KSampler's range")
-            .map(|n| n as u64)
+        c.integer(v, "seed", &params::SEED).map(|n| n as u64)
     });
     let steps = c
         .optional(&map, "steps", |c, v| {
-            c.integer(v, "steps", 1..=10000, "KSampler takes 1..=10000 steps")
-                .map(|n| n as u32)
+            c.integer(v, "steps", &params::STEPS).map(|n| n as u32)
         })
         .unwrap_or(Some(DEFAULT_STEPS));
     let cfg = c
-        .optional(&map, "cfg", |c, v| {
-            c.number(
-                v,
-                "cfg",
-                0.0..=100.0,
-                "KSampler takes cfg from 0.0 to 100.0",
-            )
-        })
+        .optional(&map, "cfg", |c, v| c.number(v, "cfg", &params::CFG))
         .unwrap_or(Some(DEFAULT_CFG));
     let sampler = c
         .optional(&map, "sampler", |c, v| c.name(v, "sampler", false))
@@ -159,14 +151,12 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         }));
     let chapter = c
         .optional(&map, "chapter", |c, v| {
-            c.integer(v, "chapter", 1..=999, "chapter numbers are 1..=999")
-                .map(|n| n as u16)
+            c.integer(v, "chapter", &params::CHAPTER).map(|n| n as u16)
         })
         .unwrap_or(Some(1));
     let page = c
         .optional(&map, "page", |c, v| {
-            c.integer(v, "page", 1..=999, "page numbers are 1..=999")
-                .map(|n| n as u16)
+            c.integer(v, "page", &params::PAGE).map(|n| n as u16)
         })
         .unwrap_or(Some(1));
     if !c.problems.is_empty() {
@@ -280,13 +270,8 @@ impl Checker {
         }
     }
 
-    fn integer(
-        &mut self,
-        v: &Value,
-        field: &str,
-        range: std::ops::RangeInclusive<i128>,
-        help: &str,
-    ) -> Option<i128> {
+    fn integer(&mut self, v: &Value, field: &str, limit: &Limit<i128>) -> Option<i128> {
+        let (range, help) = (&limit.range, limit.help);
         let n = match v {
             Value::Number(n) => n
                 .as_u64()
@@ -324,13 +309,8 @@ impl Checker {
         Some(n)
     }
 
-    fn number(
-        &mut self,
-        v: &Value,
-        field: &str,
-        range: std::ops::RangeInclusive<f64>,
-        help: &str,
-    ) -> Option<f64> {
+    fn number(&mut self, v: &Value, field: &str, limit: &Limit<f64>) -> Option<f64> {
+        let (range, help) = (&limit.range, limit.help);
         let Some(x) = v.as_f64().filter(|_| v.is_number()) else {
             self.problem(field, format!("must be a number, found {}", describe(v)));
             return None;
@@ -363,17 +343,13 @@ impl Checker {
     }
 
     fn dimension(&mut self, v: &Value, field: &str) -> Option<u32> {
-        let n = self.integer(
-            v,
-            field,
-            16..=16384,
-            "EmptyLatentImage takes 16..=16384 pixels",
-        )?;
-        if n % 8 != 0 {
-            let (down, up) = (n / 8 * 8, n / 8 * 8 + 8);
+        let n = self.integer(v, field, &params::SIZE)?;
+        let step = i128::from(LATENT_STEP);
+        if n % step != 0 {
+            let (down, up) = (n / step * step, n / step * step + step);
             self.problem(
                 field,
-                format!("must be a multiple of 8, found {n}; use {down} or {up}"),
+                format!("must be a multiple of {step}, found {n}; use {down} or {up}"),
             );
             return None;
         }
@@ -426,10 +402,9 @@ impl Checker {
             }
             Some(v) => self.name(v, "lora.name", true),
         };
-        let help = "LoraLoader takes strengths from -100.0 to 100.0 (1.0 is full strength)";
         let strength = |c: &mut Self, key: &str| match map.get(key) {
-            None | Some(Value::Null) => Some(1.0),
-            Some(v) => c.number(v, &format!("lora.{key}"), -100.0..=100.0, help),
+            None | Some(Value::Null) => Some(DEFAULT_LORA_STRENGTH),
+            Some(v) => c.number(v, &format!("lora.{key}"), &params::LORA_STRENGTH),
         };
         let strength_model = strength(self, "strength_model");
         let strength_clip = strength(self, "strength_clip");
@@ -650,6 +625,50 @@ mod tests {
         );
         let r = reason(r#"{"prompt_text": "a", "seed": 5.0}"#, "seed");
         assert_eq!(r, "must be an integer, found 5.0");
+    }
+
+    #[test]
+    fn a_value_out_of_range_says_the_range_and_help_the_manifest_says() {
+        let int = |l: Limit<i128>| (format!("{}..={}", l.range.start(), l.range.end()), l.help);
+        let float = |l: Limit<f64>| {
+            (
+                format!("{:?}..={:?}", l.range.start(), l.range.end()),
+                l.help,
+            )
+        };
+        for (body, field, (range, help)) in [
+            (r#""seed": -1"#, "seed", int(params::SEED)),
+            (r#""steps": 0"#, "steps", int(params::STEPS)),
+            (r#""chapter": 1000"#, "chapter", int(params::CHAPTER)),
+            (r#""page": 0"#, "page", int(params::PAGE)),
+            (
+                r#""resolution": {"width": 8, "height": 64}"#,
+                "resolution.width",
+                int(params::SIZE),
+            ),
+            (r#""cfg": 100.5"#, "cfg", float(params::CFG)),
+            (
+                r#""lora": {"name": "x", "strength_clip": -101}"#,
+                "lora.strength_clip",
+                float(params::LORA_STRENGTH),
+            ),
+        ] {
+            let r = reason(&format!(r#"{{"prompt_text": "a", {body}}}"#), field);
+            assert!(r.starts_with(&format!("must be in {range}, found ")), "{r}");
+            assert!(r.ends_with(&format!("({help})")), "{r}");
+        }
+        assert_eq!(
+            reason(
+                r#"{"prompt_text": "a", "resolution": {"width": 64, "height": 100}}"#,
+                "resolution.height"
+            ),
+            "must be a multiple of 8, found 100; use 96 or 104"
+        );
+        // An absent strength is full strength.
+        let c = parse(br#"{"prompt_text": "a", "lora": {"name": "x"}}"#).unwrap();
+        let lora = c.request.lora.unwrap();
+        assert_eq!(lora.strength_model, DEFAULT_LORA_STRENGTH);
+        assert_eq!(lora.strength_clip, DEFAULT_LORA_STRENGTH);
     }
 
     #[test]

@@ -227,10 +227,7 @@ impl Service {
 
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let run_id = format!(
-            "serve-{}",
-            crate::report::json::new_run_id(SystemTime::now())
-        );
+        let run_id = format!("serve-{}", crate::time::new_run_id(SystemTime::now()));
         let ctx = Arc::new(RunContext {
             run_id,
             out_root: config.out_root.clone(),

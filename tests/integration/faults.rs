@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plasma_batch::cmd::Outcome;
 use plasma_batch::engine::EngineConfig;
 use plasma_batch::events::{ErrorKind, JobStatus};
 use plasma_batch::plan::Job;
@@ -44,7 +45,7 @@ fn all_succeeded(summary: &RunSummary) {
         "{:#?}",
         summary.outcomes
     );
-    assert_eq!(summary.exit_code(), 0);
+    assert_eq!(Outcome::of_run(summary).exit_code(), 0);
 }
 
 async fn sim_with(step_ms: u64, faults: &[&str]) -> Sim {
@@ -240,7 +241,10 @@ async fn http_500_on_every_post_fails_the_jobs_and_retires_the_server() {
     let sim = sim_with(1, &["prompt-500-rate:1.0"]).await;
     let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
     assert_eq!(summary.totals.failed, 3, "{:#?}", summary.outcomes);
-    assert_eq!(summary.exit_code(), plasma_batch::exit_codes::JOBS_FAILED);
+    assert_eq!(
+        Outcome::of_run(&summary).exit_code(),
+        plasma_batch::exit_codes::JOBS_FAILED
+    );
     for outcome in &summary.outcomes {
         let error = outcome.error.as_ref().unwrap();
         assert_eq!(error.kind, ErrorKind::Server, "{error:?}");
@@ -320,7 +324,10 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
     let summary = run.await.unwrap().unwrap();
     let report = check_run(&summary, &jobs, &out);
     assert!(summary.cancelled);
-    assert_eq!(summary.exit_code(), plasma_batch::exit_codes::INTERRUPTED);
+    assert_eq!(
+        Outcome::of_run(&summary).exit_code(),
+        plasma_batch::exit_codes::INTERRUPTED
+    );
     assert_eq!(summary.totals.cancelled, 4, "{:#?}", summary.outcomes);
     assert!(report.jobs.iter().all(|j| j.status == JobStatus::Cancelled));
     let posted: Vec<String> = summary

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use plasma_batch::cmd::Outcome;
 use plasma_batch::events::{ErrorKind, JobStatus};
 use plasma_batch::runner::run_jobs;
 
@@ -17,7 +18,7 @@ async fn renders_every_job_with_versions_report_and_contact_sheet() {
     let out = dir.path().join("out");
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.succeeded, 6, "{:#?}", summary.outcomes);
-    assert_eq!(summary.exit_code(), 0);
+    assert_eq!(Outcome::of_run(&summary).exit_code(), 0);
     let report = check_run(&summary, &jobs, &out);
     // Two variants of a page get two versions of the page's file.
     let mut names: Vec<String> = report
@@ -140,7 +141,10 @@ async fn node_exception_fails_the_job_and_writes_no_image() {
     let jobs = jobs(&plan);
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.failed, 2);
-    assert_eq!(summary.exit_code(), plasma_batch::exit_codes::JOBS_FAILED);
+    assert_eq!(
+        Outcome::of_run(&summary).exit_code(),
+        plasma_batch::exit_codes::JOBS_FAILED
+    );
     for outcome in &summary.outcomes {
         let error = outcome.error.as_ref().unwrap();
         assert_eq!(error.kind, ErrorKind::NodeError);
