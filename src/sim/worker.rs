@@ -13,8 +13,9 @@ use serde_json::{Map, Value, json};
 use super::fault::Fault;
 use super::image::{self, Image, Mask};
 use super::nodes::NodeClass;
+use super::pyjson;
+use super::state::Ctrl;
 use super::state::{QueueItem, Shared};
-use super::{Ctrl, pyjson};
 
 /// A value flowing along a link.
 #[derive(Clone, Debug)]
@@ -1093,7 +1094,7 @@ async fn unless_interrupted(
 /// that the client gets blamed for. The coarse timer takes all but the last 2 ms; the rest
 /// is the OS's own sleep and (for a render's last step) a spin of at most 150 us, blocking
 /// the thread: the worker has a thread and runtime of its own (`WorkerThread` in
-/// `sim/mod.rs`), so that holds up nothing else.
+/// `sim/lifecycle.rs`), so that holds up nothing else.
 async fn sleep_until_precise(deadline: tokio::time::Instant, spin: bool) {
     const COARSE_SLACK: Duration = Duration::from_millis(2);
     if let Some(early) = deadline.checked_sub(COARSE_SLACK)
