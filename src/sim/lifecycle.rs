@@ -79,8 +79,10 @@ impl Sim {
         let temp_dir = scratch.subdir("temp")?;
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
         let (epoch, _) = watch::channel(0u64);
+        // The node classes, fixed for the simulator's life: the routes describe and validate
+        // with them, the worker executes them.
+        let catalog = Arc::new(nodes::Catalog::new(&config.checkpoints, &config.loras));
         let shared = Arc::new(Shared {
-            catalog: nodes::Catalog::new(&config.checkpoints, &config.loras),
             rng: Mutex::new(config.seed),
             config,
             output_dir,
@@ -103,6 +105,7 @@ impl Sim {
         let worker_thread = WorkerThread::start()?;
         let supervisor = tokio::spawn(supervise(
             shared.clone(),
+            catalog,
             listener,
             addr,
             ctrl_rx,
@@ -172,6 +175,7 @@ fn kill_connections(shared: &Shared) {
 /// Owns the listener and the worker; restarts both after a crash. Aborting it stops all.
 async fn supervise(
     shared: Arc<Shared>,
+    catalog: Arc<nodes::Catalog>,
     first: TcpListener,
     addr: SocketAddr,
     mut ctrl: mpsc::UnboundedReceiver<Ctrl>,
@@ -208,7 +212,7 @@ async fn supervise(
                 }
             },
         };
-        let router = server::router(shared.clone());
+        let router = server::router(shared.clone(), catalog.clone());
         let kill_listener = KillListener {
             inner: l,
             shared: shared.clone(),
@@ -216,7 +220,7 @@ async fn supervise(
         let serve = tokio::spawn(async move {
             let _ = axum::serve(kill_listener, router).await;
         });
-        let worker = worker_thread.spawn(worker::run(shared.clone()));
+        let worker = worker_thread.spawn(worker::run(shared.clone(), catalog.clone()));
         let tasks = Tasks(vec![serve, worker]);
         match ctrl.recv().await {
             Some(Ctrl::Crash(down_for)) => {

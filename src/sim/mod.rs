@@ -16,6 +16,7 @@ mod image;
 mod jpeg;
 mod lifecycle;
 mod listener;
+mod messages;
 mod nodes;
 mod pyjson;
 pub mod record;

@@ -16,7 +16,6 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::config::{InterruptRecord, SimConfig, SimStats};
 use super::fault::Fault;
-use super::nodes::Catalog;
 use super::pyjson;
 
 /// Frames and their socket id (`None`: every socket), in the order sent.
@@ -171,7 +170,6 @@ pub struct StatsInner {
 
 pub struct Shared {
     pub config: SimConfig,
-    pub catalog: Catalog,
     pub output_dir: PathBuf,
     pub input_dir: PathBuf,
     pub temp_dir: PathBuf,
