@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::fault::Fault;
 use super::messages::Messages;
 use super::nodes::{
-    Catalog, Exec, Execute, NodeClass, NodeFail, Val, exception, unless_interrupted,
+    Catalog, Exec, Execute, NodeClass, NodeFail, NodeResult, Val, exception, unless_interrupted,
 };
 use super::pyjson;
 use super::state::{Ctrl, QueueItem, Shared};
@@ -425,6 +425,8 @@ impl<'a> Run<'a> {
         Value::Object(out)
     }
 
+    /// `execution.execute` for one node: its messages, the interrupt check before it, the
+    /// faults aimed at its class, then the class's own function on its inputs.
     async fn execute_node(
         &mut self,
         node: &str,
@@ -432,7 +434,7 @@ impl<'a> Run<'a> {
         cache: &HashMap<u64, CachedNode>,
         results: &HashMap<String, Vec<Val>>,
         first: bool,
-    ) -> Result<(Vec<Val>, Option<Value>), NodeFail> {
+    ) -> NodeResult {
         let shared = self.shared;
         let pid = self.pid().to_string();
         self.messages

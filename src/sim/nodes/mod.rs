@@ -26,7 +26,7 @@ mod value;
 
 pub use catalog::Catalog;
 pub use class::NodeClass;
-pub use exec::{Exec, Execute, NodeFail, exception, unless_interrupted};
+pub use exec::{Exec, Execute, NodeFail, NodeResult, exception, unless_interrupted};
 pub use save::normpath;
 pub use validate::{Verdict, validate_prompt};
 pub use value::Val;
