@@ -10,6 +10,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
 use crate::comfyui::LATENT_STEP;
+use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
@@ -40,9 +41,6 @@ const SETTING_KEYS: &[&str] = &[
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
 const LORA_KEYS: &[&str] = &["name", "strength_model", "strength_clip"];
-
-// The old path of ComfyUI's scheduler list, still used by `sim/nodes.rs`.
-pub use crate::comfyui::SCHEDULERS;
 
 /// Parse and check a manifest. The manifest is `None` only when the TOML itself is broken;
 /// otherwise it holds everything that could be checked, and is usable only if `problems` is

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
@@ -15,18 +14,20 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::fault::Fault;
-use super::nodes::{self, Verdict};
+use super::nodes::normpath;
+use super::nodes::{self, Catalog, Verdict};
 use super::pyjson;
 use super::state::{Outgoing, QueueItem, Shared, SocketEntry};
-use super::worker::{normpath, now_ms};
+use super::worker::now_ms;
 
 type S = State<Arc<Shared>>;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, catalog: Arc<Catalog>) -> Router {
     let api: Router<Arc<Shared>> = Router::new()
         .route("/ws", get(ws_handler))
         .route("/prompt", get(get_prompt).post(post_prompt))
@@ -49,6 +50,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(api.clone())
         .nest("/api", api)
         .layer(DefaultBodyLimit::max(100 * 1024 * 1024))
+        .layer(Extension(catalog))
         .layer(middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
@@ -142,7 +144,11 @@ async fn get_prompt(State(s): S) -> Response {
     json_ok(&json!({"exec_info": {"queue_remaining": qr}}))
 }
 
-async fn post_prompt(State(s): S, body: Bytes) -> Response {
+async fn post_prompt(
+    State(s): S,
+    Extension(catalog): Extension<Arc<Catalog>>,
+    body: Bytes,
+) -> Response {
     let nth = s.prompt_posts.fetch_add(1, Ordering::SeqCst) + 1;
     let parsed = serde_json::from_slice::<Value>(&body);
     let connected = match parsed.as_ref().ok().and_then(|b| b.get("client_id")) {
@@ -206,7 +212,7 @@ async fn post_prompt(State(s): S, body: Bytes) -> Response {
         None => uuid::Uuid::new_v4().to_string(),
     };
     let verdict = nodes::validate_prompt(
-        &s.catalog,
+        &catalog,
         &s.input_dir,
         prompt,
         body.get("partial_execution_targets"),
@@ -597,19 +603,22 @@ async fn upload_image(State(s): S, mut form: Multipart) -> Response {
 // ---------------------------------------------------------------------------------------
 // descriptive endpoints
 
-async fn object_info(State(s): S) -> Response {
-    let all: Map<String, Value> = s
-        .catalog
+async fn object_info(State(s): S, Extension(catalog): Extension<Arc<Catalog>>) -> Response {
+    let all: Map<String, Value> = catalog
         .all()
         .iter()
-        .map(|c| (c.name.to_string(), s.catalog.info(c, &s.input_dir)))
+        .map(|c| (c.name.to_string(), c.info(&s.input_dir)))
         .collect();
     json_ok(&Value::Object(all))
 }
 
-async fn object_info_class(State(s): S, Path(class): Path<String>) -> Response {
-    match s.catalog.get(&class) {
-        Some(c) => json_ok(&json!({ class: s.catalog.info(c, &s.input_dir) })),
+async fn object_info_class(
+    State(s): S,
+    Extension(catalog): Extension<Arc<Catalog>>,
+    Path(class): Path<String>,
+) -> Response {
+    match catalog.get(&class) {
+        Some(c) => json_ok(&json!({ class: c.info(&s.input_dir) })),
         None => json_ok(&json!({})),
     }
 }

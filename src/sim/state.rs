@@ -14,9 +14,9 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::config::{InterruptRecord, SimConfig, SimStats};
 use super::fault::Fault;
-use super::nodes::Catalog;
-use super::{InterruptRecord, SimConfig, SimStats, pyjson};
+use super::pyjson;
 
 /// Frames and their socket id (`None`: every socket), in the order sent.
 type Frames = Vec<(Message, Option<String>)>;
@@ -155,6 +155,12 @@ impl Core {
     }
 }
 
+/// Commands to the listener supervisor.
+pub enum Ctrl {
+    Crash(Duration),
+    Shutdown,
+}
+
 #[derive(Default)]
 pub struct StatsInner {
     pub stats: SimStats,
@@ -164,7 +170,6 @@ pub struct StatsInner {
 
 pub struct Shared {
     pub config: SimConfig,
-    pub catalog: Catalog,
     pub output_dir: PathBuf,
     pub input_dir: PathBuf,
     pub temp_dir: PathBuf,
@@ -178,7 +183,7 @@ pub struct Shared {
     pub interrupt_wake: Notify,
     /// Bumped on crash and shutdown; every connection dies when it changes.
     pub epoch: watch::Sender<u64>,
-    pub ctrl: mpsc::UnboundedSender<super::Ctrl>,
+    pub ctrl: mpsc::UnboundedSender<Ctrl>,
     pub prompt_posts: AtomicU64,
     pub prompts_accepted_total: AtomicU64,
     pub prompts_started_total: AtomicU64,

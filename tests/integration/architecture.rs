@@ -27,11 +27,7 @@ pub struct Known {
 
 /// The import debts of today's code, each to be paid by moving code (see docs/architecture.md,
 /// "Where the code does not follow yet"). Remove an entry when its import is gone.
-const KNOWN: &[Known] = &[Known {
-    from: "sim/nodes.rs",
-    to: "manifest",
-    reason: "the simulator takes ComfyUI's scheduler list from the manifest parser; it should take it from `comfyui` (the ground row), as its sampler list",
-}];
+const KNOWN: &[Known] = &[];
 
 #[test]
 fn src_follows_the_layers_in_docs_architecture() {

@@ -1,0 +1,123 @@
+//! Image nodes without a model: `EmptyImage`, `ImageScale` (`nodes.py`) and `ImageBlur`
+//! (`comfy_extras.nodes_post_processing`). They see an interrupt only between nodes.
+
+use serde_json::json;
+
+use super::super::image::Image;
+use super::class::{Hooks, MAX_RESOLUTION, Models, NodeClass, image_input, int};
+use super::exec::{Exec, Execute, NodeResult};
+use super::value::Val;
+
+/// `EmptyImage`.
+pub fn empty_image(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "EmptyImage",
+        display_name: "EmptyImage",
+        description: "",
+        python_module: "nodes",
+        category: "image",
+        output_node: false,
+        required: vec![
+            ("width", int(512, 1, MAX_RESOLUTION, Some(1))),
+            ("height", int(512, 1, MAX_RESOLUTION, Some(1))),
+            ("batch_size", int(1, 1, 4096, None)),
+            (
+                "color",
+                json!(["INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}]),
+            ),
+        ],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["IMAGE"],
+        output_tooltips: None,
+        custom_validated: &[],
+        execute: Execute::Now(generate),
+        model_ops: false,
+        hooks: Hooks::NONE,
+    }
+}
+
+/// `EmptyImage.generate`.
+fn generate(ex: &mut Exec<'_, '_>) -> NodeResult {
+    Ok((
+        vec![Val::Image(Image::solid(
+            ex.int("width") as u32,
+            ex.int("height") as u32,
+            ex.int("batch_size") as u32,
+            ex.int("color") as u32,
+        ))],
+        None,
+    ))
+}
+
+/// `ImageBlur`.
+pub fn image_blur(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "ImageBlur",
+        display_name: "Image Blur",
+        description: "",
+        python_module: "comfy_extras.nodes_post_processing",
+        category: "image/postprocessing",
+        output_node: false,
+        required: vec![
+            ("image", json!(["IMAGE", {}])),
+            ("blur_radius", int(1, 1, 31, Some(1))),
+            (
+                "sigma",
+                json!(["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}]),
+            ),
+        ],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["IMAGE"],
+        output_tooltips: None,
+        custom_validated: &[],
+        execute: Execute::Now(blur),
+        model_ops: false,
+        hooks: Hooks::NONE,
+    }
+}
+
+/// `ImageBlur.execute`.
+fn blur(ex: &mut Exec<'_, '_>) -> NodeResult {
+    let img = ex.image("image")?;
+    let blurred = img.blur(ex.int("blur_radius") as u32, ex.float("sigma"));
+    Ok((vec![Val::Image(blurred)], None))
+}
+
+/// `ImageScale`.
+pub fn image_scale(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "ImageScale",
+        display_name: "Upscale Image",
+        description: "",
+        python_module: "nodes",
+        category: "image/upscaling",
+        output_node: false,
+        required: vec![
+            ("image", image_input(None)),
+            (
+                "upscale_method",
+                json!([["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]]),
+            ),
+            ("width", int(512, 0, MAX_RESOLUTION, Some(1))),
+            ("height", int(512, 0, MAX_RESOLUTION, Some(1))),
+            ("crop", json!([["disabled", "center"]])),
+        ],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["IMAGE"],
+        output_tooltips: None,
+        custom_validated: &[],
+        execute: Execute::Now(upscale),
+        model_ops: false,
+        hooks: Hooks::NONE,
+    }
+}
+
+/// `ImageScale.upscale`.
+fn upscale(ex: &mut Exec<'_, '_>) -> NodeResult {
+    let img = ex.image("image")?;
+    let scaled = img.scale(ex.int("width") as u32, ex.int("height") as u32);
+    Ok((vec![Val::Image(scaled)], None))
+}

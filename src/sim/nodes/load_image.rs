@@ -1,0 +1,107 @@
+//! `LoadImage` (`nodes.py`): a PNG from the input folder (where `/upload/image` writes). Its
+//! file list is read per `/object_info` request (`INPUT_TYPES`), a missing file fails
+//! validation (`VALIDATE_INPUTS`), and the file's content is part of its cache signature
+//! (`IS_CHANGED`).
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use super::super::image;
+use super::class::{Hooks, Models, NodeClass};
+use super::exec::{Exec, Execute, NodeResult, exception};
+use super::value::Val;
+
+/// `LoadImage`.
+pub fn load_image(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "LoadImage",
+        display_name: "Load Image",
+        description: "",
+        python_module: "nodes",
+        category: "image",
+        output_node: false,
+        // The file list is filled in per request from the input directory.
+        required: vec![("image", json!([[], {"image_upload": true}]))],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["IMAGE", "MASK"],
+        output_tooltips: None,
+        custom_validated: &["image"],
+        execute: Execute::Now(load),
+        model_ops: false,
+        hooks: Hooks {
+            input_types: Some(input_types),
+            validate_inputs: Some(validate_inputs),
+            is_changed: Some(is_changed),
+        },
+    }
+}
+
+/// `LoadImage.load_image`: the image and its alpha as a mask.
+fn load(ex: &mut Exec<'_, '_>) -> NodeResult {
+    let name = ex.string("image");
+    let name = name.strip_suffix(" [input]").unwrap_or(&name).to_string();
+    let path = ex.shared.input_dir.join(&name);
+    let bytes = std::fs::read(&path).map_err(|e| exception("FileNotFoundError", e.to_string()))?;
+    let (img, mask) = image::decode_png(&bytes).map_err(|_| {
+        exception(
+            "PIL.UnidentifiedImageError",
+            format!("cannot identify image file '{}'", path.display()),
+        )
+    })?;
+    Ok((vec![Val::Image(img), Val::Mask(mask)], None))
+}
+
+/// `LoadImage.INPUT_TYPES`: the choices of `image` are the files in the input folder now.
+fn input_types(info: &mut Value, input_dir: &Path) {
+    info["input"]["required"]["image"][0] = json!(list_input_files(input_dir));
+}
+
+/// `LoadImage.VALIDATE_INPUTS`: the file must exist under the input directory.
+fn validate_inputs(inputs: &Map<String, Value>, input_dir: &Path) -> Vec<(&'static str, String)> {
+    match inputs.get("image") {
+        Some(Value::String(image)) if !input_file_exists(input_dir, image) => {
+            vec![("image", format!("Invalid image file: {image}"))]
+        }
+        _ => vec![],
+    }
+}
+
+/// `LoadImage.IS_CHANGED`: the file's content (empty when it cannot be read).
+fn is_changed(inputs: &Map<String, Value>, input_dir: &Path) -> Option<Vec<u8>> {
+    let name = inputs.get("image")?.as_str()?;
+    Some(
+        std::fs::read(input_dir.join(name.strip_suffix(" [input]").unwrap_or(name)))
+            .unwrap_or_default(),
+    )
+}
+
+/// Image files directly under the input directory, sorted (as `LoadImage.INPUT_TYPES`).
+fn list_input_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    let l = n.to_ascii_lowercase();
+                    [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"]
+                        .iter()
+                        .any(|x| l.ends_with(x))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// `folder_paths.exists_annotated_filepath` under the input directory.
+fn input_file_exists(input_dir: &Path, name: &str) -> bool {
+    let name = name.strip_suffix(" [input]").unwrap_or(name);
+    if name.starts_with('/') || name.split('/').any(|p| p == "..") {
+        return false;
+    }
+    input_dir.join(name).is_file()
+}
