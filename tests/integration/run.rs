@@ -14,7 +14,7 @@ async fn renders_every_job_with_versions_report_and_contact_sheet() {
     let dir = tempfile::tempdir().unwrap();
     let plan = plan(&small_manifest(dir.path(), 3, 2, ""));
     let jobs = jobs(&plan);
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let out = dir.path().join("out");
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.succeeded, 6, "{:#?}", summary.outcomes);
@@ -62,14 +62,13 @@ async fn renders_every_job_with_versions_report_and_contact_sheet() {
     let sheet = std::fs::read_to_string(&summary.contact_sheet_path).unwrap();
     assert_eq!(sheet.matches("data:image/png;base64,").count(), 6);
     assert!(sheet.contains("panel 2: a quiet harbour at night"));
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn incremental_runs_skip_unchanged_jobs_and_render_changed_ones() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let first = plan(&small_manifest(dir.path(), 2, 1, ""));
     let summary = run_on(&first, &out, &[sim.url()], false).await;
     assert_eq!(summary.totals.succeeded, 2);
@@ -107,14 +106,13 @@ async fn incremental_runs_skip_unchanged_jobs_and_render_changed_ones() {
     std::fs::remove_file(out.join("ch-07/raw/comfyui/ch07_p001_v1.png")).unwrap();
     let fourth = run_on(&changed, &out, &[sim.url()], false).await;
     assert_eq!((fourth.totals.skipped, fourth.totals.succeeded), (1, 1));
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn forced_rerun_completes_on_cached_prompts_with_identical_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let first = run_on(&plan, &out, &[sim.url()], false).await;
     // The identical prompt right after is fully cached on the server: no node runs, the
@@ -129,14 +127,13 @@ async fn forced_rerun_completes_on_cached_prompts_with_identical_bytes() {
         second.outcomes[0].images[0].sha256,
         first.outcomes[0].images[0].sha256
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn node_exception_fails_the_job_and_writes_no_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&["raise:VAEDecode"]).await;
+    let sim = TestSim::start(&["raise:VAEDecode"]).await;
     let plan = plan(&small_manifest(dir.path(), 2, 1, ""));
     let jobs = jobs(&plan);
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
@@ -157,14 +154,13 @@ async fn node_exception_fails_the_job_and_writes_no_image() {
     }
     check_run(&summary, &jobs, &out);
     assert!(files_under(&out.join("ch-07/raw")).is_empty());
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn timeout_interrupts_the_prompt_on_the_server_and_writes_no_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&["hang:KSampler"]).await;
+    let sim = TestSim::start(&["hang:KSampler"]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let jobs = jobs(&plan);
     let config = plasma_batch::engine::EngineConfig {
@@ -199,14 +195,13 @@ async fn timeout_interrupts_the_prompt_on_the_server_and_writes_no_image() {
     );
     check_run(&summary, &jobs, &out);
     assert!(files_under(&out.join("ch-07/raw")).is_empty());
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn interrupt_by_someone_else_fails_the_job_without_image() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&["hang:KSampler"]).await;
+    let sim = TestSim::start(&["hang:KSampler"]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let jobs = jobs(&plan);
     let url = sim.url();
@@ -241,14 +236,13 @@ async fn interrupt_by_someone_else_fails_the_job_without_image() {
     assert_eq!(error.node_class.as_deref(), Some("KSampler"));
     check_run(&summary, &jobs, &out);
     assert!(files_under(&out.join("ch-07/raw")).is_empty());
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn server_rejections_are_failures_with_node_details() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 2, 1, ""));
     let mut jobs = jobs(&plan);
     // Page 1: a checkpoint the server does not have (400 value_not_in_list).
@@ -297,7 +291,6 @@ async fn server_rejections_are_failures_with_node_details() {
     assert_eq!(error.kind, ErrorKind::Validation, "{error:?}");
     assert_eq!(error.node_id.as_deref(), Some("21"));
     assert!(files_under(&images).is_empty());
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -309,7 +302,7 @@ async fn unsafe_and_broken_images_from_the_server_are_rejected() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let sim = sim(&[fault]).await;
+        let sim = TestSim::start(&[fault]).await;
         let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
         let jobs = jobs(&plan);
         let summary = run_on(&plan, &out, &[sim.url()], false).await;
@@ -323,7 +316,6 @@ async fn unsafe_and_broken_images_from_the_server_are_rejected() {
         assert!(files_under(&out.join("ch-07/raw")).is_empty(), "{fault}");
         // Nothing escaped the output root.
         assert!(!dir.path().join("x_00001_.png").exists());
-        sim.shutdown().await;
     }
 }
 
@@ -331,7 +323,7 @@ async fn unsafe_and_broken_images_from_the_server_are_rejected() {
 async fn two_concurrent_runs_on_one_chapter_get_distinct_versions() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (a, b) = (sim(&[]).await, sim(&[]).await);
+    let (a, b) = (TestSim::start(&[]).await, TestSim::start(&[]).await);
     let plan = plan(&small_manifest(dir.path(), 2, 2, ""));
     let mut forced = options(&plan, &out, engine());
     forced.force = true;
@@ -362,15 +354,13 @@ async fn two_concurrent_runs_on_one_chapter_get_distinct_versions() {
             assert!(paths.contains(&name), "{name} missing: {paths:?}");
         }
     }
-    a.shutdown().await;
-    b.shutdown().await;
 }
 
 #[tokio::test]
 async fn jobs_spread_over_several_servers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (a, b) = (sim(&[]).await, sim(&[]).await);
+    let (a, b) = (TestSim::start(&[]).await, TestSim::start(&[]).await);
     let plan = plan(&small_manifest(dir.path(), 4, 2, ""));
     let jobs = jobs(&plan);
     let summary = run_jobs(
@@ -390,15 +380,13 @@ async fn jobs_spread_over_several_servers() {
         "one server did all the work"
     );
     assert_eq!(sa.posts_without_socket + sb.posts_without_socket, 0);
-    a.shutdown().await;
-    b.shutdown().await;
 }
 
 #[tokio::test]
 async fn every_image_of_a_batch_is_kept_as_its_own_version() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let mut job = (*jobs(&plan)[0]).clone();
     let mut workflow = job.workflow.to_value();
@@ -426,5 +414,4 @@ async fn every_image_of_a_batch_is_kept_as_its_own_version() {
     let distinct: std::collections::HashSet<_> = images.iter().map(|i| i.sha256).collect();
     assert_eq!(distinct.len(), 3, "the batch images should differ");
     check_run(&summary, &jobs, &out);
-    sim.shutdown().await;
 }
