@@ -11,7 +11,7 @@ use plasma_batch::engine::EngineConfig;
 use plasma_batch::events::{ErrorKind, JobStatus};
 use plasma_batch::plan::Job;
 use plasma_batch::runner::{RunError, RunSummary, run_jobs};
-use plasma_batch::sim::{Fault, Sim, SimConfig};
+use plasma_batch::sim::{Fault, SimConfig};
 
 use crate::support::*;
 
@@ -48,14 +48,13 @@ fn all_succeeded(summary: &RunSummary) {
     assert_eq!(Outcome::of_run(summary).exit_code(), 0);
 }
 
-async fn sim_with(step_ms: u64, faults: &[&str]) -> Sim {
-    Sim::start(SimConfig {
+async fn sim_with(step_ms: u64, faults: &[&str]) -> TestSim {
+    TestSim::with_config(SimConfig {
         step_ms,
         faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
         ..SimConfig::default()
     })
     .await
-    .unwrap()
 }
 
 /// Poll `check` every 10 ms until it holds; panics after 20 s.
@@ -105,7 +104,6 @@ async fn socket_dropped_mid_render_reconnects_and_collects_every_job() {
         stats.prompts_accepted, 6,
         "a prompt the server still had was posted again"
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -114,7 +112,6 @@ async fn silent_socket_with_http_alive_does_not_hang_a_job() {
     let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
     all_succeeded(&summary);
     assert_eq!(sim.stats().prompts_accepted, 2, "a prompt was resubmitted");
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -129,7 +126,6 @@ async fn server_crash_and_restart_mid_run_resubmits_lost_prompts() {
         "the prompt lost in the crash was not resubmitted: {:#?}",
         summary.outcomes
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -184,7 +180,7 @@ async fn first_of_two_servers_goes_away(config: EngineConfig) {
         gone.stats().prompts_accepted > 0
     })
     .await;
-    gone.shutdown().await;
+    gone.stop().await;
     let summary = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the jobs of the server that went away never moved on")
@@ -200,7 +196,6 @@ async fn first_of_two_servers_goes_away(config: EngineConfig) {
         "a job claims to have finished on the dead server: {:#?}",
         summary.outcomes
     );
-    alive.shutdown().await;
 }
 
 #[tokio::test]
@@ -233,7 +228,6 @@ async fn http_500_on_the_first_post_is_retried() {
         "{:#?}",
         summary.outcomes
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -256,7 +250,6 @@ async fn http_500_on_every_post_fails_the_jobs_and_retires_the_server() {
         posts <= u64::from(engine().server_failures_to_retire) + 2,
         "{posts} posts"
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -265,7 +258,6 @@ async fn images_are_found_from_executed_messages_without_asking_history() {
     let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
     all_succeeded(&summary);
     assert_eq!(sim.stats().history_requests, 0);
-    sim.shutdown().await;
 }
 
 /// Run 3 jobs with `faults` and no `executed` messages, so every job's images come from
@@ -276,7 +268,6 @@ async fn completes_through_history(faults: &[&str]) {
     let (summary, _, _dir) = run_on(&[sim.url()], 3, 1, engine()).await;
     all_succeeded(&summary);
     assert_eq!(sim.stats().history_requests, 3);
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -301,7 +292,6 @@ async fn lost_prompt_after_a_200_is_resubmitted() {
     let (summary, _, _dir) = run_on(&[sim.url()], 2, 1, engine()).await;
     all_succeeded(&summary);
     assert_eq!(sim.stats().prompts_accepted, 3);
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -359,7 +349,6 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
         stats.interrupts.iter().all(|i| i.prompt_id.is_some()),
         "a global interrupt was sent"
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -370,7 +359,7 @@ async fn output_folder_that_cannot_be_created_is_a_clear_error() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(out.join("ch-07/raw")).unwrap();
     std::fs::write(out.join("ch-07/raw/comfyui"), b"not a folder").unwrap();
-    let sim = sim_with(1, &[]).await;
+    let sim = sim_with(1, &[]).await.idle_ok();
     let error = run_jobs(
         options(&plan, &out, engine()),
         vec![client(&sim.url())],
@@ -381,8 +370,7 @@ async fn output_folder_that_cannot_be_created_is_a_clear_error() {
     .unwrap_err();
     let text = error.to_string();
     assert!(text.contains("ch-07/raw/comfyui"), "{text}");
-    assert_eq!(sim.stats().prompts_accepted, 0, "a prompt was sent anyway");
-    sim.shutdown().await;
+    assert_eq!(sim.prompts_posted(), 0, "a prompt was sent anyway");
 }
 
 #[tokio::test]
@@ -396,7 +384,6 @@ async fn two_hundred_jobs_survive_crashes_and_socket_drops() {
     all_succeeded(&summary);
     assert_eq!(summary.outcomes.len(), 200);
     assert!(sim.stats().crashes >= 3, "{:?}", sim.stats().crashes);
-    sim.shutdown().await;
 }
 
 /// A TCP proxy to `target` that relays everything, except that it swallows the answer to
@@ -468,7 +455,6 @@ async fn lost_answer_to_a_post_does_not_render_the_prompt_twice() {
         "the prompt whose answer was lost was posted again"
     );
     assert!(summary.outcomes.iter().all(|o| o.attempts == 1));
-    sim.shutdown().await;
 }
 
 /// A TCP proxy to `target` whose first WebSocket becomes a zombie once it relayed a frame
@@ -583,7 +569,6 @@ async fn zombie_socket_is_replaced_under_a_fresh_client_id() {
         "a prompt was posted on an orphaned socket"
     );
     assert_eq!(stats.prompts_accepted, 12, "a prompt was posted twice");
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -607,7 +592,6 @@ async fn report_folder_removed_mid_run_is_made_again_for_the_final_report() {
     let summary = run.await.unwrap().unwrap();
     check_run(&summary, &jobs, &out);
     all_succeeded(&summary);
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -617,7 +601,7 @@ async fn report_folder_that_cannot_be_created_is_a_clear_error() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(out.join("ch-07")).unwrap();
     std::fs::write(out.join("ch-07/reports"), b"not a folder").unwrap();
-    let sim = sim_with(1, &[]).await;
+    let sim = sim_with(1, &[]).await.idle_ok();
     let error = run_jobs(
         options(&plan, &out, engine()),
         vec![client(&sim.url())],
@@ -627,8 +611,7 @@ async fn report_folder_that_cannot_be_created_is_a_clear_error() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("ch-07/reports"), "{error}");
-    assert_eq!(sim.stats().prompts_accepted, 0, "a prompt was sent anyway");
-    sim.shutdown().await;
+    assert_eq!(sim.prompts_posted(), 0, "a prompt was sent anyway");
 }
 
 #[tokio::test]
@@ -692,7 +675,6 @@ async fn a_reattached_prompt_that_failed_is_rendered_again_by_the_next_run() {
     check_run(&third, &jobs, &out);
     assert_ne!(third.outcomes[0].prompt_id.as_deref(), Some(p1.as_str()));
     assert_eq!(sim.stats().prompts_accepted, 2);
-    sim.shutdown().await;
 }
 
 /// One job against a server whose images are bad in the way `fault` makes them: the job
@@ -710,7 +692,6 @@ async fn bad_image_fails_the_job(fault: &str, expect: &str) {
     let mut outside = files_under(dir.path());
     outside.retain(|f| !f.starts_with("out/") && f != "chapter.toml");
     assert!(outside.is_empty(), "{outside:?}");
-    sim.shutdown().await;
 }
 
 #[tokio::test]
@@ -731,18 +712,15 @@ async fn history_naming_parent_paths_fails_the_job_and_fetches_nothing() {
 /// Run 24 jobs on a simulator with `step_ms` and `latency_ms` under `config`; returns the
 /// most prompts the server held at once.
 async fn peak_queue_of(step_ms: u64, latency_ms: u64, config: EngineConfig) -> usize {
-    let sim = Sim::start(SimConfig {
+    let sim = TestSim::with_config(SimConfig {
         step_ms,
         latency_ms,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let (summary, _, _dir) = run_on(&[sim.url()], 24, 1, config).await;
     all_succeeded(&summary);
-    let peak = sim.stats().peak_queue;
-    sim.shutdown().await;
-    peak
+    sim.stats().peak_queue
 }
 
 #[tokio::test]

@@ -66,8 +66,17 @@ pub struct TestSim {
 impl TestSim {
     /// A simulator with 1 ms sampler steps and the given `--fault` specs.
     pub async fn start(faults: &[&str]) -> TestSim {
+        TestSim::hold(sim(faults).await)
+    }
+
+    /// A simulator with the given configuration.
+    pub async fn with_config(config: SimConfig) -> TestSim {
+        TestSim::hold(Sim::start(config).await.unwrap())
+    }
+
+    fn hold(sim: Sim) -> TestSim {
         TestSim {
-            sim: Some(sim(faults).await),
+            sim: Some(sim),
             must_be_used: true,
         }
     }
@@ -90,15 +99,24 @@ impl TestSim {
         }
     }
 
+    /// `POST /prompt` requests that reached the simulator, accepted or rejected.
+    pub fn prompts_posted(&self) -> u64 {
+        self.sim.as_ref().map_or(0, posted)
+    }
+
     fn unused(&self, sim: &Sim) -> Option<String> {
-        let stats = sim.stats();
-        (self.must_be_used && stats.prompts_accepted + stats.prompts_rejected == 0).then(|| {
+        (self.must_be_used && posted(sim) == 0).then(|| {
             format!(
                 "no prompt reached the simulator at {}: the test did not exercise it (TestSim::idle_ok if that is meant)",
                 sim.url()
             )
         })
     }
+}
+
+fn posted(sim: &Sim) -> u64 {
+    let stats = sim.stats();
+    stats.prompts_accepted + stats.prompts_rejected
 }
 
 impl std::ops::Deref for TestSim {
