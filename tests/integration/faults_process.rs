@@ -13,22 +13,21 @@ use std::time::{Duration, Instant};
 
 use plasma_batch::ledger::{LedgerRecord, read_records};
 use plasma_batch::report::{ReportStatus, RunReport};
-use plasma_batch::sim::{Fault, Sim, SimConfig};
+use plasma_batch::sim::{Fault, SimConfig};
 
 use crate::support::*;
 
 /// Generous: a loaded 2-core CI box compiles other things meanwhile.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn sim_with(step_ms: u64, latency_ms: u64, faults: &[&str]) -> Sim {
-    Sim::start(SimConfig {
+async fn sim_with(step_ms: u64, latency_ms: u64, faults: &[&str]) -> TestSim {
+    TestSim::with_config(SimConfig {
         step_ms,
         latency_ms,
         faults: faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect(),
         ..SimConfig::default()
     })
     .await
-    .unwrap()
 }
 
 /// A `plasma-batch run` child whose stderr lines arrive on a channel.
@@ -266,7 +265,6 @@ async fn stop_with(signal: &str) {
         stats.interrupts.iter().all(|i| i.prompt_id.is_some()),
         "a global interrupt"
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,8 +316,6 @@ async fn second_ctrl_c_exits_at_once_with_ledger_and_report_consistent() {
             .iter()
             .all(|j| j.status == ReportStatus::Succeeded)
     );
-    slow.shutdown().await;
-    fresh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +371,6 @@ async fn kill_9_mid_run_then_rerun_completes_without_duplicates() {
         "no prompt of the killed run was re-attached: open {open:?}"
     );
     assert!(sim.stats().prompts_accepted - accepted_before <= 8 - reattached as u64);
-    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +407,6 @@ async fn two_runners_on_the_same_chapter_at_once() {
         stderr.contains("6 jobs: 0 succeeded, 6 skipped"),
         "{stderr}"
     );
-    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +458,6 @@ async fn disk_full_fails_jobs_cleanly_without_partial_images() {
     );
     // No partial image under a final name, and the temp file of the failed write is gone.
     assert!(files_under(&out.join("ch-07/raw")).is_empty());
-    sim.shutdown().await;
 }
 
 #[test]
@@ -514,7 +507,6 @@ async fn retry_failed_in_the_manifest_retries_a_node_exception_once() {
         "a deterministic failure is retried once when asked"
     );
     assert_eq!(sim.stats().prompts_accepted, 2);
-    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +543,6 @@ async fn kill_9_twice_then_a_third_run_completes_without_duplicates() {
     assert_eq!(images, expected, "a page is missing or was rendered twice");
     let records = read_records(&out.join("ch-07/ledger.jsonl")).unwrap();
     assert!(plasma_batch::ledger::open_submissions(&records).is_empty());
-    sim.shutdown().await;
 }
 
 /// A `plasma-batch serve --sim` child. A std child: one that is killed and not waited for
@@ -802,7 +793,6 @@ async fn two_runners_on_one_chapter_record_only_what_their_links_created() {
         .map(|j| j.images.len())
         .sum();
     assert_eq!(check_ledger_images(&out.join("ch-07")), rendered);
-    sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -881,5 +871,4 @@ async fn kill_9_of_serve_mid_load_renders_no_job_twice() {
     );
     assert!(missing.is_empty(), "jobs without their image: {missing:?}");
     assert_eq!(check_ledger_images(&out.join("ch-01")), ids.len());
-    sim.shutdown().await;
 }
