@@ -8,6 +8,7 @@ use plasma_batch::sim::{Sim, SimConfig};
 use serde_json::{Value, json};
 
 use super::sim_support::*;
+use crate::support::TestSim;
 
 fn png_text(bytes: &[u8], key: &str) -> Option<String> {
     let reader = png::Decoder::new(std::io::Cursor::new(bytes))
@@ -41,7 +42,7 @@ async fn view(base: &str, query: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn txt2img_runs_end_to_end_with_real_pngs() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "c1").await;
     assert_eq!(ws.next_json().await["data"]["sid"], "c1");
@@ -124,12 +125,11 @@ async fn txt2img_runs_end_to_end_with_real_pngs() {
     let read = |n: &str| std::fs::read(sim.output_dir().join("ch01").join(n)).unwrap();
     assert_eq!(png_pixels(&read("again_00001_.png")), png_pixels(&bytes));
     assert_ne!(png_pixels(&read("other_00001_.png")), png_pixels(&bytes));
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn identical_prompt_is_served_from_cache() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "c").await;
     let first = submit(&base, Some("c"), &empty_save("cache", 1)).await;
@@ -172,7 +172,7 @@ async fn identical_prompt_is_served_from_cache() {
 
 #[tokio::test]
 async fn reconnect_replaces_the_socket_and_a_stale_close_orphans_the_new_one() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut old = Ws::connect(&base, "same").await;
     old.next_json().await;
@@ -206,7 +206,7 @@ async fn reconnect_replaces_the_socket_and_a_stale_close_orphans_the_new_one() {
 
 #[tokio::test]
 async fn validation_errors_have_comfyui_shapes() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut g = txt2img(1, 2, "x", "v");
     g["4"]["inputs"]["ckpt_name"] = json!("nope.safetensors");
@@ -270,12 +270,11 @@ async fn validation_errors_have_comfyui_shapes() {
 
 #[tokio::test]
 async fn queue_interrupt_and_history_endpoints() {
-    let sim = Sim::start(SimConfig {
+    let sim = TestSim::with_config(SimConfig {
         step_ms: 20,
         ..quick()
     })
-    .await
-    .unwrap();
+    .await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "q").await;
     let long = submit(&base, Some("q"), &txt2img(1, 200, "long", "q")).await;
@@ -339,7 +338,7 @@ async fn queue_interrupt_and_history_endpoints() {
 
 #[tokio::test]
 async fn view_and_upload_follow_the_server_rules() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     assert_eq!(view(&base, "filename=../x.png").await.status(), 400);
     assert_eq!(view(&base, "filename=/etc/passwd").await.status(), 400);
@@ -421,7 +420,8 @@ async fn view_and_upload_follow_the_server_rules() {
 
 #[tokio::test]
 async fn describes_itself_like_comfyui() {
-    let sim = Sim::start(quick()).await.unwrap();
+    // Only GETs: what the server says about itself, no prompt.
+    let sim = TestSim::with_config(quick()).await.idle_ok();
     let base = sim.url();
     let (_, all) = get_json(&base, "/object_info").await;
     for class in [
@@ -493,7 +493,7 @@ async fn describes_itself_like_comfyui() {
 
 #[tokio::test]
 async fn sampler_sends_previews_in_the_negotiated_format() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut plain = Ws::connect(&base, "plain").await;
     plain.next_json().await;
@@ -542,7 +542,7 @@ async fn sampler_sends_previews_in_the_negotiated_format() {
 async fn several_simulators_run_side_by_side_and_free_their_ports() {
     let mut sims = Vec::new();
     for _ in 0..4 {
-        sims.push(Sim::start(quick()).await.unwrap());
+        sims.push(TestSim::with_config(quick()).await);
     }
     for sim in &sims {
         let pid = submit(&sim.url(), None, &empty_save("s", 1)).await;
@@ -550,7 +550,7 @@ async fn several_simulators_run_side_by_side_and_free_their_ports() {
     }
     let addr = sims[0].addr();
     for sim in sims {
-        sim.shutdown().await;
+        sim.stop().await;
     }
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
@@ -655,12 +655,11 @@ fn cli_rejects_a_bad_fault_spec() {
 
 #[tokio::test]
 async fn reconnect_gets_the_executing_hint_without_prompt_id() {
-    let sim = Sim::start(SimConfig {
+    let sim = TestSim::with_config(SimConfig {
         faults: vec!["hang:SaveImage".parse().unwrap()],
         ..quick()
     })
-    .await
-    .unwrap();
+    .await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "hint").await;
     let pid = submit(&base, Some("hint"), &empty_save("hint", 1)).await;
@@ -679,7 +678,7 @@ async fn reconnect_gets_the_executing_hint_without_prompt_id() {
 
 #[tokio::test]
 async fn a_bad_output_is_dropped_and_reported_on_200() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "p").await;
     let mut g = empty_save("good", 5);
@@ -729,7 +728,7 @@ async fn a_bad_output_is_dropped_and_reported_on_200() {
 
 #[tokio::test]
 async fn idle_time_counts_only_between_prompts() {
-    let sim = Sim::start(quick()).await.unwrap();
+    let sim = TestSim::with_config(quick()).await;
     let base = sim.url();
     let mut ws = Ws::connect(&base, "i").await;
     // Idle before the first prompt does not count. (These sleeps are the idle time being
