@@ -442,10 +442,9 @@ async fn recorder_scenarios_match_the_simulator() {
     for (name, lines) in &recorded[..session.len()] {
         r.run(&format!("{name} (live)"), lines, hooks(name)).await;
     }
-    r.shutdown().await;
+    drop(r);
     for (name, lines) in &recorded[session.len()..] {
         let mut r = Replay::new(sim_for(name, models.clone())).await;
         r.run(&format!("{name} (live)"), lines, hooks(name)).await;
-        r.shutdown().await;
     }
 }

@@ -18,10 +18,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plasma_batch::sim::{Fault, Sim, SimConfig};
+use plasma_batch::sim::{Fault, SimConfig};
 use serde_json::{Value, json};
 
 use super::sim_support::{Frame, WAIT, Ws, http};
+use crate::support::TestSim;
 
 pub fn fixture(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -216,7 +217,7 @@ fn compare_frames(file: &str, who: &str, order: Order, expected: &[Value], got: 
 
 /// Replays fixtures against one simulator, in order (state carries over between them).
 pub struct Replay {
-    sim: Sim,
+    sim: TestSim,
     base: String,
     sockets: HashMap<String, Socket>,
     expected_norm: Norm,
@@ -293,7 +294,7 @@ fn socket_of(line: &Value) -> String {
 
 impl Replay {
     pub async fn new(config: SimConfig) -> Replay {
-        let sim = Sim::start(config).await.unwrap();
+        let sim = TestSim::with_config(config).await;
         Replay {
             base: sim.url(),
             sim,
@@ -302,10 +303,6 @@ impl Replay {
             got_norm: Norm::default(),
             saved: HashMap::new(),
         }
-    }
-
-    pub async fn shutdown(self) {
-        self.sim.shutdown().await;
     }
 
     pub async fn run(&mut self, file: &str, lines: &[Value], hooks: Hooks) {
@@ -530,7 +527,6 @@ async fn fixtures_01_to_07_replay_against_one_simulator() {
         let file = format!("{name}.jsonl");
         r.run(&file, &fixture(&file), hooks(name)).await;
     }
-    r.shutdown().await;
 }
 
 /// Replay one fixture against a simulator of its own.
@@ -538,7 +534,6 @@ async fn replay_alone(name: &str) {
     let mut r = Replay::new(sim_for(name, real_comfy_like())).await;
     let file = format!("{name}.jsonl");
     r.run(&file, &fixture(&file), hooks(name)).await;
-    r.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
