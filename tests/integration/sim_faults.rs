@@ -7,10 +7,11 @@ use plasma_batch::sim::{Fault, Sim, SimConfig};
 use serde_json::json;
 
 use super::sim_support::*;
+use crate::support::TestSim;
 
-async fn sim_with(faults: &[&str]) -> Sim {
+async fn sim_with(faults: &[&str]) -> TestSim {
     let faults = faults.iter().map(|f| f.parse::<Fault>().unwrap()).collect();
-    Sim::start(SimConfig { faults, ..quick() }).await.unwrap()
+    TestSim::with_config(SimConfig { faults, ..quick() }).await
 }
 
 async fn wait_until_up(sim: &Sim) {
@@ -136,7 +137,8 @@ async fn crash_every_n_prompts_and_crash_now() {
         wait_until_up(&sim).await;
         assert_eq!(sim.stats().crashes, round as u64);
     }
-    let plain = Sim::start(quick()).await.unwrap();
+    // Crashed on demand, without a prompt.
+    let plain = TestSim::with_config(quick()).await.idle_ok();
     let mut ws = Ws::connect(&plain.url(), "n").await;
     ws.next_json().await;
     plain.crash_now(Duration::from_millis(100));
@@ -379,12 +381,11 @@ async fn late_history_reproduces_issue_11540() {
 
 #[tokio::test]
 async fn latency_delays_responses_and_frames() {
-    let sim = Sim::start(SimConfig {
+    let sim = TestSim::with_config(SimConfig {
         latency_ms: 120,
         ..quick()
     })
-    .await
-    .unwrap();
+    .await;
     let t = Instant::now();
     get_json(&sim.url(), "/queue").await;
     assert!(t.elapsed() >= Duration::from_millis(120));
@@ -405,13 +406,12 @@ async fn latency_delays_responses_and_frames() {
 async fn latency_holds_each_frame_from_its_own_creation_not_the_burst() {
     // Steps 60 ms apart, frames held 100 ms: the progress frames must arrive spread out
     // like the steps, not all at once at the end of the prompt.
-    let sim = Sim::start(SimConfig {
+    let sim = TestSim::with_config(SimConfig {
         step_ms: 60,
         latency_ms: 100,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut ws = Ws::connect(&sim.url(), "spread").await;
     ws.next_json().await;
     let pid = submit(&sim.url(), Some("spread"), &txt2img(1, 4, "x", "spread")).await;
