@@ -3,10 +3,10 @@
 //! what the product checks a manifest against is what the stand-in enforces.
 
 use plasma_batch::comfyui;
-use plasma_batch::sim::Sim;
 use serde_json::{Value, json};
 
 use crate::sim_support::{get_json, quick};
+use crate::support::TestSim;
 
 /// `[type_or_list, {"min": .., "max": .., ..}]` of one input of one node class.
 fn input<'a>(info: &'a Value, class: &str, name: &str) -> &'a Value {
@@ -17,7 +17,8 @@ fn input<'a>(info: &'a Value, class: &str, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn the_simulator_describes_comfyui_with_the_facts_comfyui_holds() {
-    let sim = Sim::start(quick()).await.unwrap();
+    // Only GET /object_info: no prompt.
+    let sim = TestSim::with_config(quick()).await.idle_ok();
     let (status, info) = get_json(&sim.url(), "/object_info").await;
     assert_eq!(status, 200);
 
@@ -67,5 +68,4 @@ async fn the_simulator_describes_comfyui_with_the_facts_comfyui_holds() {
             )
         );
     }
-    sim.shutdown().await;
 }
