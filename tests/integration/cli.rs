@@ -128,7 +128,8 @@ fn missing_model_is_reported_by_preflight_and_validate_server() {
     );
     std::fs::write(&manifest, text).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sim = runtime.block_on(sim(&[]));
+    // Preflight stops both commands: no prompt may reach the simulator.
+    let sim = runtime.block_on(TestSim::start(&[])).idle_ok();
     let out = dir.path().join("out");
     let mut run = bin();
     run.arg("run")
@@ -149,12 +150,7 @@ fn missing_model_is_reported_by_preflight_and_validate_server() {
                     .and(predicate::str::contains("ch07_p001_s1")),
             );
     }
-    assert_eq!(
-        sim.stats().prompts_accepted + sim.stats().prompts_rejected,
-        0,
-        "nothing was submitted"
-    );
-    runtime.block_on(sim.shutdown());
+    assert_eq!(sim.prompts_posted(), 0, "nothing was submitted");
 }
 
 #[test]
@@ -194,13 +190,12 @@ fn usage_and_input_errors_have_their_exit_codes() {
 /// even for renders so short that a depth following the server's pace would grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerun_keeps_the_depth_its_report_recorded() {
-    let sim = plasma_batch::sim::Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 0,
         latency_ms: 30,
         ..plasma_batch::sim::SimConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 12, 1, "");
     let out = dir.path().join("out");
@@ -253,5 +248,4 @@ async fn rerun_keeps_the_depth_its_report_recorded() {
         stats.peak_queue, 1,
         "the rerun posted more than the one prompt at a time its report recorded"
     );
-    sim.shutdown().await;
 }
