@@ -326,7 +326,9 @@ fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
     let images = out.join("ch-07/raw/comfyui");
     make_unwritable(&images);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sim = runtime.block_on(crate::support::sim(&[]));
+    let sim = runtime
+        .block_on(crate::support::TestSim::start(&[]))
+        .idle_ok();
     let output = bin()
         .arg("run")
         .arg(&manifest)
@@ -337,9 +339,8 @@ fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
     let stderr = flat(&output.stderr);
     assert_eq!(output.status.code(), Some(5), "{stderr}");
     assert!(says(&stderr, "ch-07/raw/comfyui"), "{stderr}");
-    let stats = sim.stats();
     assert_eq!(
-        stats.prompts_accepted + stats.prompts_rejected,
+        sim.prompts_posted(),
         0,
         "a prompt was posted before the image folder was found unusable"
     );
@@ -350,7 +351,6 @@ fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
             .extension()
             .is_some_and(|x| x == "json"))
     );
-    runtime.block_on(sim.shutdown());
     use std::os::unix::fs::PermissionsExt;
     if !images.is_symlink() {
         std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o755)).unwrap();
