@@ -158,12 +158,11 @@ fn id_of(accepted: &Value) -> String {
 async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 20,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut cfg = config(&[&sim], &out);
     cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     let service = start(cfg).await;
@@ -257,13 +256,12 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
         "more than in_flight prompts on the server"
     );
     service.shutdown().await.unwrap();
-    sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn every_field_is_validated_with_its_name_and_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await.idle_ok();
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let cases: &[(Value, &str, &str)] = &[
@@ -418,7 +416,7 @@ async fn every_field_is_validated_with_its_name_and_reason() {
     check_schema("post", "/jobs", 400, &error);
     assert!(error["reason"].as_str().unwrap().contains("not valid JSON"));
     assert_eq!(
-        sim.stats().prompts_accepted,
+        sim.prompts_posted(),
         0,
         "nothing invalid reached the server"
     );
@@ -428,7 +426,8 @@ async fn every_field_is_validated_with_its_name_and_reason() {
 #[tokio::test]
 async fn unknown_ids_and_routes_are_404() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&[]).await;
+    // No job is posted: only unknown ids and routes.
+    let sim = TestSim::start(&[]).await.idle_ok();
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let id = uuid::Uuid::new_v4();
@@ -462,7 +461,7 @@ async fn unknown_ids_and_routes_are_404() {
 #[tokio::test]
 async fn cancelling_removes_queued_jobs_and_deletes_or_interrupts_posted_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&["hang:KSampler"]).await;
+    let sim = TestSim::start(&["hang:KSampler"]).await;
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     // Two slots: A runs (and hangs), B waits in ComfyUI's queue, C in ours.
@@ -528,7 +527,7 @@ async fn cancelling_removes_queued_jobs_and_deletes_or_interrupts_posted_ones() 
 #[tokio::test]
 async fn a_job_past_its_timeout_fails_and_is_interrupted_on_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&["hang:KSampler"]).await;
+    let sim = TestSim::start(&["hang:KSampler"]).await;
     let mut cfg = config(&[&sim], dir.path());
     cfg.engine.timeout = Duration::from_millis(300);
     let service = start(cfg).await;
@@ -558,7 +557,7 @@ async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
     let out = dir.path().join("out");
 
     // 1: a job finishes.
-    let good = sim(&[]).await;
+    let good = TestSim::start(&[]).await;
     let service = start(config(&[&good], &out)).await;
     let url = service.url();
     let done = id_of(&post_job(&url, &small(json!({"page": 2}))).await.1);
@@ -566,7 +565,7 @@ async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
     service.shutdown().await.unwrap();
 
     // 2: one job running (it hangs), one in our queue, when the service stops.
-    let hanging = sim(&["hang:KSampler"]).await;
+    let hanging = TestSim::start(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
     cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     let service = start(cfg).await;
@@ -610,7 +609,7 @@ async fn after_a_restart_finished_jobs_answer_and_queued_ones_run() {
 #[tokio::test]
 async fn a_full_queue_answers_429() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&["hang:KSampler"]).await;
+    let sim = TestSim::start(&["hang:KSampler"]).await;
     let mut cfg = config(&[&sim], dir.path());
     cfg.max_queue = 2;
     let service = start(cfg).await;
@@ -643,12 +642,11 @@ async fn a_full_queue_answers_429() {
 async fn a_hundred_concurrent_posts_make_a_hundred_jobs_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 0,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let service = start(config(&[&sim], &out)).await;
     let url = service.url();
     let body = small(json!({"chapter": 5, "steps": 1}));
@@ -681,7 +679,8 @@ async fn a_hundred_concurrent_posts_make_a_hundred_jobs_and_versions() {
 #[tokio::test]
 async fn a_token_is_required_off_loopback_and_checked_when_given() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&[]).await;
+    // Every job here is refused: no prompt may reach the simulator.
+    let sim = TestSim::start(&[]).await.idle_ok();
     let mut cfg = config(&[&sim], dir.path());
     cfg.listen = "0.0.0.0:0".parse().unwrap();
     match Service::start(cfg.clone()).await {
@@ -729,6 +728,7 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
     let response = http().get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200, "/healthz needs no token");
     service.shutdown().await.unwrap();
+    assert_eq!(sim.prompts_posted(), 0, "a refused job reached the server");
 }
 
 fn binary() -> PathBuf {
@@ -882,7 +882,7 @@ async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
         .expect("shutdown returned")
         .unwrap();
 
-    let good = sim(&[]).await;
+    let good = TestSim::start(&[]).await;
     let service = start(config(&[&good], &out)).await;
     let (job, _) = wait_job(&service.url(), &id, status_is("complete")).await;
     assert_eq!(job["imagePath"], "ch-01/raw/comfyui/ch01_p001_v1.png");
@@ -892,7 +892,7 @@ async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
 #[tokio::test]
 async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let lora = json!({"lora": {"name": "inkline_v2.safetensors", "strength_clip": 0.5}});
@@ -928,12 +928,11 @@ async fn a_lora_picks_the_lora_workflow_unless_another_workflow_is_forced() {
 #[tokio::test]
 async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_again() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 10,
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let (mut child, url) = spawn_serve(&["--server", &sim.url()], dir.path(), None).await;
     let id = id_of(
         &post_job(&url, &small(json!({"steps": 100, "page": 6})))
@@ -963,7 +962,7 @@ async fn a_job_running_when_the_process_is_killed_is_re_attached_not_posted_agai
 async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let hanging = sim(&["hang:KSampler"]).await;
+    let hanging = TestSim::start(&["hang:KSampler"]).await;
     let mut cfg = config(&[&hanging], &out);
     cfg.engine = cfg.engine.with_fixed_depth(Some(1));
     cfg.on_shutdown = ShutdownMode::Finish;
@@ -1008,7 +1007,7 @@ async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
     );
     assert_eq!(hanging.stats().prompts_accepted, 1, "B was never posted");
 
-    let good = sim(&[]).await;
+    let good = TestSim::start(&[]).await;
     let service = start(config(&[&good], &out)).await;
     for id in [&a, &b] {
         wait_job(&service.url(), id, status_is("complete")).await;
@@ -1019,7 +1018,7 @@ async fn stopping_refuses_new_jobs_waits_for_posted_ones_and_keeps_the_queue() {
 #[tokio::test]
 async fn a_transient_server_error_is_retried_like_in_a_run() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&["prompt-500:1"]).await;
+    let sim = TestSim::start(&["prompt-500:1"]).await;
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let id = id_of(&post_job(&url, &small(json!({}))).await.1);
@@ -1072,7 +1071,7 @@ async fn send(
 #[tokio::test]
 async fn requests_a_web_page_could_send_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let port = service.addr().port();
@@ -1206,7 +1205,7 @@ async fn requests_a_web_page_could_send_are_refused() {
 #[tokio::test]
 async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 1,
         checkpoints: vec![
             "AnythingXL_inkBase.safetensors".into(),
@@ -1214,8 +1213,7 @@ async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies(
         ],
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let service = start(config(&[&sim], dir.path())).await;
     let url = service.url();
     let refused: &[(Value, &str, &str)] = &[
@@ -1371,7 +1369,7 @@ async fn with_no_server_list_a_subfolder_name_is_refused_and_plain_names_wait() 
 async fn a_link_planted_in_the_image_folder_is_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let service = start(config(&[&sim], &out)).await;
     let url = service.url();
     let mut files = Vec::new();
@@ -1418,7 +1416,7 @@ async fn a_link_planted_in_the_image_folder_is_never_served() {
 async fn a_deleted_output_folder_stops_accepting_jobs_and_readyz_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let service = start(config(&[&sim], &out)).await;
     let url = service.url();
     let id = id_of(&post_job(&url, &small(json!({}))).await.1);
@@ -1456,7 +1454,7 @@ async fn a_deleted_output_folder_stops_accepting_jobs_and_readyz_says_so() {
 async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sim = sim(&[]).await;
+    let sim = TestSim::start(&[]).await;
     let service = start(config(&[&sim], &out)).await;
     let mut ids = Vec::new();
     for page in 1..=3 {
@@ -1520,13 +1518,12 @@ async fn a_damaged_journal_line_is_warned_about_and_kept_aside_not_erased() {
 #[tokio::test]
 async fn only_the_names_the_template_fills_in_are_checked_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(plasma_batch::sim::SimConfig {
+    let sim = TestSim::with_config(plasma_batch::sim::SimConfig {
         step_ms: 1,
         checkpoints: vec!["only.safetensors".into()],
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     // The shipped template fills in the default checkpoint, which this server lacks.
     let service = start(config(&[&sim], &dir.path().join("a"))).await;
     let (status, error) = post_job(&service.url(), &small(json!({}))).await;
