@@ -12,25 +12,30 @@ fn bin() -> Command {
     cmd
 }
 
-#[test]
-fn run_on_the_built_in_simulator_then_rerun_reproduces_identical_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = small_manifest(dir.path(), 2, 1, "");
-    let out = dir.path().join("out");
-    let output = bin()
-        .arg("run")
-        .arg(&manifest)
-        .args(["--sim", "--json", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+/// Run `command`, which must succeed, and read the JSON it prints.
+fn json_of(command: &mut Command) -> serde_json::Value {
+    let output = command.output().unwrap();
     assert_eq!(
         output.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn run_on_the_built_in_simulator_then_rerun_reproduces_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(dir.path(), 2, 1, "");
+    let out = dir.path().join("out");
+    let summary = json_of(
+        bin()
+            .arg("run")
+            .arg(&manifest)
+            .args(["--sim", "--json", "--out"])
+            .arg(&out),
+    );
     assert_eq!(summary["totals"]["succeeded"], 2);
     assert_eq!(summary["exit_code"], 0);
     let report = summary["report"].as_str().unwrap().to_owned();
@@ -38,17 +43,7 @@ fn run_on_the_built_in_simulator_then_rerun_reproduces_identical_bytes() {
     assert!(std::path::Path::new(summary["contact_sheet"].as_str().unwrap()).exists());
     assert!(out.join("ch-07/raw/comfyui/ch07_p002_v1.png").exists());
 
-    let output = bin()
-        .args(["rerun", &report, "--sim", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rerun: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rerun = json_of(bin().args(["rerun", &report, "--sim", "--json"]));
     assert_eq!(rerun["identical"], 2, "{rerun:#}");
     assert_eq!(rerun["different"], 0);
     // New versions, never overwriting the old ones.
@@ -201,16 +196,7 @@ async fn rerun_keeps_the_depth_its_report_recorded() {
     let out = dir.path().join("out");
     let url = sim.url();
     let run = |args: Vec<std::ffi::OsString>| {
-        tokio::task::spawn_blocking(move || {
-            let output = bin().args(args).output().unwrap();
-            assert_eq!(
-                output.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-        })
+        tokio::task::spawn_blocking(move || json_of(bin().args(args)))
     };
     let summary = run(vec![
         "run".into(),
