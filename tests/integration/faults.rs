@@ -351,14 +351,16 @@ async fn cancel_deletes_queued_and_interrupts_running_prompts() {
     );
 }
 
-#[tokio::test]
-async fn output_folder_that_cannot_be_created_is_a_clear_error() {
-    // Running as root, permissions do not stop writes: put a file where a folder must go.
+/// A run whose `folder` (under the output root) is a file: it stops with an error naming
+/// the folder before any prompt is posted. (Running as root, permissions do not stop
+/// writes: a file where a folder must go does.)
+async fn a_file_where_a_folder_must_go_is_a_clear_error(folder: &str) {
     let dir = tempfile::tempdir().unwrap();
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let out = dir.path().join("out");
-    std::fs::create_dir_all(out.join("ch-07/raw")).unwrap();
-    std::fs::write(out.join("ch-07/raw/comfyui"), b"not a folder").unwrap();
+    let blocked = out.join(folder);
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, b"not a folder").unwrap();
     let sim = sim_with(1, &[]).await.idle_ok();
     let error = run_jobs(
         options(&plan, &out, engine()),
@@ -368,9 +370,13 @@ async fn output_folder_that_cannot_be_created_is_a_clear_error() {
     )
     .await
     .unwrap_err();
-    let text = error.to_string();
-    assert!(text.contains("ch-07/raw/comfyui"), "{text}");
+    assert!(error.to_string().contains(folder), "{error}");
     assert_eq!(sim.prompts_posted(), 0, "a prompt was sent anyway");
+}
+
+#[tokio::test]
+async fn output_folder_that_cannot_be_created_is_a_clear_error() {
+    a_file_where_a_folder_must_go_is_a_clear_error("ch-07/raw/comfyui").await;
 }
 
 #[tokio::test]
@@ -596,22 +602,7 @@ async fn report_folder_removed_mid_run_is_made_again_for_the_final_report() {
 
 #[tokio::test]
 async fn report_folder_that_cannot_be_created_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
-    let out = dir.path().join("out");
-    std::fs::create_dir_all(out.join("ch-07")).unwrap();
-    std::fs::write(out.join("ch-07/reports"), b"not a folder").unwrap();
-    let sim = sim_with(1, &[]).await.idle_ok();
-    let error = run_jobs(
-        options(&plan, &out, engine()),
-        vec![client(&sim.url())],
-        jobs(&plan),
-        no_cancel(),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.to_string().contains("ch-07/reports"), "{error}");
-    assert_eq!(sim.prompts_posted(), 0, "a prompt was sent anyway");
+    a_file_where_a_folder_must_go_is_a_clear_error("ch-07/reports").await;
 }
 
 #[tokio::test]
