@@ -91,13 +91,7 @@ fn plain_output_has_one_line_per_finished_job() {
 fn unreachable_server_is_one_clear_error_before_any_job() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 1, 1, "");
-    // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = unused_url();
     bin()
         .arg("run")
         .arg(&manifest)

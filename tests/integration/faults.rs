@@ -130,13 +130,7 @@ async fn server_crash_and_restart_mid_run_resubmits_lost_prompts() {
 
 #[tokio::test]
 async fn server_down_at_start_fails_preflight_naming_the_server() {
-    // A port nobody listens on (bound, then freed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = unused_url();
     let dir = tempfile::tempdir().unwrap();
     let plan = plan(&small_manifest(dir.path(), 1, 1, ""));
     let out = dir.path().join("out");

@@ -857,10 +857,7 @@ async fn the_binary_serves_jobs_on_the_simulator_and_stops_on_sigterm() {
 async fn with_no_server_up_readyz_is_503_and_jobs_wait_for_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let dead = unused_url();
     let mut cfg = config(&[], &out);
     cfg.servers = vec![client(&dead)];
     cfg.on_shutdown = ShutdownMode::Finish;
@@ -1334,10 +1331,7 @@ async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies(
 #[tokio::test]
 async fn with_no_server_list_a_subfolder_name_is_refused_and_plain_names_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let dead = unused_url();
     let mut cfg = config(&[], dir.path());
     cfg.servers = vec![client(&dead)];
     let service = start(cfg).await;

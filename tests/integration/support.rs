@@ -169,6 +169,12 @@ async fn a_test_sim_stopped_unused_fails_the_test() {
     TestSim::start(&[]).await.stop().await;
 }
 
+/// A loopback URL nothing listens on: a port bound, then freed.
+pub fn unused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
 pub fn client(url: &str) -> ComfyClient {
     ComfyClient::with_token(url, http_client(), None).unwrap()
 }
