@@ -127,6 +127,15 @@ impl Runner {
         }
         (status.code(), self.seen.join("\n"))
     }
+
+    /// Two runs of `manifest` into `out` on `server` at once; both must succeed.
+    pub(crate) fn two_at_once(manifest: &Path, out: &Path, server: &str) {
+        let a = Runner::start(manifest, out, server);
+        let b = Runner::start(manifest, out, server);
+        let ((code_a, err_a), (code_b, err_b)) = (a.wait(), b.wait());
+        assert_eq!(code_a, Some(0), "{err_a}");
+        assert_eq!(code_b, Some(0), "{err_b}");
+    }
 }
 
 /// The lines `output` (a child's pipe) writes, as they come, read on a thread of their own.
@@ -379,11 +388,7 @@ async fn two_runners_on_the_same_chapter_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 3, 2, "");
     let out = dir.path().join("out");
-    let a = Runner::start(&manifest, &out, &sim.url());
-    let b = Runner::start(&manifest, &out, &sim.url());
-    let ((code_a, err_a), (code_b, err_b)) = (a.wait(), b.wait());
-    assert_eq!(code_a, Some(0), "{err_a}");
-    assert_eq!(code_b, Some(0), "{err_b}");
+    Runner::two_at_once(&manifest, &out, &sim.url());
     let keys = keys(&manifest);
     let reports = check_reports(&out, &keys);
     assert_eq!(reports.len(), 2);
@@ -780,11 +785,7 @@ async fn two_runners_on_one_chapter_record_only_what_their_links_created() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 3, 4, "");
     let out = dir.path().join("out");
-    let a = Runner::start(&manifest, &out, &sim.url());
-    let b = Runner::start(&manifest, &out, &sim.url());
-    let ((code_a, err_a), (code_b, err_b)) = (a.wait(), b.wait());
-    assert_eq!(code_a, Some(0), "{err_a}");
-    assert_eq!(code_b, Some(0), "{err_b}");
+    Runner::two_at_once(&manifest, &out, &sim.url());
     let reports = check_reports(&out, &keys(&manifest));
     let rendered: usize = reports
         .iter()
