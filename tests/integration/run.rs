@@ -206,9 +206,12 @@ async fn interrupt_by_someone_else_fails_the_job_without_image() {
     let jobs = jobs(&plan);
     let url = sim.url();
     // Another user presses "cancel" in the ComfyUI front end: a global interrupt, sent once
-    // our prompt is running.
+    // our prompt is running. A prompt is listed as running a moment before its execution
+    // starts, and the start clears a pending interrupt (as ComfyUI's does), so the user
+    // presses again while it is still listed.
     let other = tokio::spawn(async move {
         let http = reqwest::Client::new();
+        let mut pressed = false;
         for _ in 0..400 {
             let queue: serde_json::Value = http
                 .get(format!("{url}/queue"))
@@ -218,16 +221,18 @@ async fn interrupt_by_someone_else_fails_the_job_without_image() {
                 .json()
                 .await
                 .unwrap();
-            if queue["queue_running"]
+            let running = queue["queue_running"]
                 .as_array()
-                .is_some_and(|r| !r.is_empty())
-            {
+                .is_some_and(|r| !r.is_empty());
+            if running {
                 http.post(format!("{url}/interrupt")).send().await.unwrap();
+                pressed = true;
+            } else if pressed {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the prompt never started");
+        panic!("the prompt never started, or an interrupt never stopped it");
     });
     let summary = run_on(&plan, &out, &[sim.url()], false).await;
     other.await.unwrap();
