@@ -26,7 +26,7 @@ use plasma_batch::sim::{Sim, SimConfig};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-/// One benchmark scenario: jobs of `steps` KSampler steps at `step_ms` on `sims` simulators.
+/// One benchmark scenario: jobs of `steps` `KSampler` steps at `step_ms` on `sims` simulators.
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
@@ -42,7 +42,7 @@ struct Scenario {
 impl Scenario {
     /// Server-side render time of one job.
     fn render_ms(&self) -> u64 {
-        self.steps as u64 * self.step_ms
+        u64::from(self.steps) * self.step_ms
     }
 
     /// Jobs x render time, spread over the simulators: the servers' own limit.
@@ -142,7 +142,7 @@ fn main() {
 
     println!(
         "plasma-batch executor benchmark ({} cores)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!(
         "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7}  target",
@@ -209,7 +209,7 @@ fn main() {
             result.wall,
             "-",
             "-",
-            (PLANNING_PAGES * PLANNING_VARIANTS) as f64 / result.wall,
+            f64::from(PLANNING_PAGES * PLANNING_VARIANTS) / result.wall,
             result.rss_kb as f64 / 1024.0,
             "-",
             result.cpu_ms as f64 / 1000.0,

@@ -238,7 +238,7 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
                             "this workflow file",
                         )
                         .with_help(help),
-                    )
+                    );
                 }
             }
         }
@@ -444,7 +444,7 @@ const PAGES_PER_THREAD: usize = 64;
 /// contiguous run of pages, and joined in order, so the result is the same as sequentially.
 fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+        .map_or(1, std::num::NonZero::get)
         .min(work.len() / PAGES_PER_THREAD)
         .max(1);
     let build = |pages: &[PageWork<'_>]| {
@@ -615,7 +615,7 @@ pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> 
 }
 
 /// sha256 of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled workflow:
-/// serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
+/// `serde_json`'s compact form with every object's keys sorted by their UTF-8 bytes.
 pub fn job_hash(workflow: &Value) -> JobHash {
     crate::workflow::canonical::job_hash(workflow)
 }

@@ -166,11 +166,7 @@ fn check_value(spec: &Value, value: &Value) -> Option<String> {
         }
         let listed: BTreeSet<String> = choices
             .iter()
-            .map(|c| {
-                c.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| c.to_string())
-            })
+            .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
             .collect();
         let listed: Vec<String> = listed.into_iter().collect();
         let available = if listed.is_empty() {

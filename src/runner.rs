@@ -89,7 +89,7 @@ pub async fn run_jobs(
         for job in &jobs {
             match verified.get(&job.hash.to_string()) {
                 Some(images) if !images.is_empty() => {
-                    skipped.push(skipped_outcome(job, images, &options.out_root))
+                    skipped.push(skipped_outcome(job, images, &options.out_root));
                 }
                 _ => to_run.push(job.clone()),
             }

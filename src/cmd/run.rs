@@ -175,7 +175,7 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
                 if clients.iter().any(|c: &ComfyClient| c.url() == client.url()) {
                     continue;
                 }
-                clients.push(client)
+                clients.push(client);
             }
             Err(e) => problems.push(UserError::new(
                 e.to_string(),
@@ -349,7 +349,7 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
         let term = std::future::pending::<()>();
         tokio::select! {
             result = tokio::signal::ctrl_c() => if result.is_err() { return },
-            _ = term => {}
+            () = term => {}
         }
         seen += 1;
         if seen == 1 {

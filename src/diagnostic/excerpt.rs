@@ -185,7 +185,7 @@ struct Line {
 impl Excerpt {
     /// `None` when the source can be shown as it is (or cannot be read: miette says so).
     fn new(source: &dyn SourceCode, labels: &[LabeledSpan]) -> Option<(Excerpt, Vec<LabeledSpan>)> {
-        let low = labels.iter().map(|l| l.offset()).min()?;
+        let low = labels.iter().map(miette::LabeledSpan::offset).min()?;
         let high = labels.iter().map(|l| l.offset() + l.len()).max()?;
         let around = source
             .read_span(&(low..high).into(), CONTEXT_LINES, CONTEXT_LINES)

@@ -96,7 +96,7 @@ pub(super) fn node_error(server: &str, e: &ExecutionError) -> JobError {
     error
 }
 
-/// "; node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'x' not in [...]"
+/// "; node 4 (CheckpointLoaderSimple): Value not in list: `ckpt_name`: 'x' not in [...]"
 pub(super) fn describe_node_errors(
     node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> String {

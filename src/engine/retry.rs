@@ -71,7 +71,7 @@ pub(super) async fn run_task(
     match attempt {
         Attempt::Succeeded(images) => {
             conn.consecutive_failures.store(0, Ordering::SeqCst);
-            shared.finish(task.outcome(JobStatus::Succeeded, None, images))
+            shared.finish(task.outcome(JobStatus::Succeeded, None, images));
         }
         Attempt::Failed(status, error) => {
             let retry = shared.config.retry_failed
@@ -182,7 +182,7 @@ pub(super) async fn run_task(
 async fn pause(shared: &Shared, delay: Duration) {
     let mut cancel = shared.ctx.cancel.clone();
     tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
+        () = tokio::time::sleep(delay) => {}
         _ = cancel.wait_for(|c| *c) => {}
     }
 }

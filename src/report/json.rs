@@ -535,13 +535,12 @@ impl ReportWriter {
             }
             job.status = outcome.status.into();
             job.server = outcome.server.as_deref().map(|url| {
-                match self.servers.iter().find(|s| &***s == url) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let new: Arc<str> = url.into();
-                        self.servers.push(new.clone());
-                        new
-                    }
+                if let Some(known) = self.servers.iter().find(|s| &***s == url) {
+                    known.clone()
+                } else {
+                    let new: Arc<str> = url.into();
+                    self.servers.push(new.clone());
+                    new
                 }
             });
             job.prompt_id = outcome.prompt_id.clone();

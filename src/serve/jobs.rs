@@ -211,7 +211,7 @@ impl Table {
             }
             tokio::select! {
                 result = changed.changed() => if result.is_err() { return Some(record) },
-                _ = tokio::time::sleep_until(deadline) => return Some(record),
+                () = tokio::time::sleep_until(deadline) => return Some(record),
             }
         }
     }

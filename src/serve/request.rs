@@ -135,16 +135,16 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         .optional(&map, "sampler", |c, v| c.name(v, "sampler", false))
         .unwrap_or_else(|| Some(DEFAULT_SAMPLER.to_owned()));
     let scheduler = c
-        .optional(&map, "scheduler", |c, v| c.scheduler(v))
+        .optional(&map, "scheduler", Checker::scheduler)
         .unwrap_or_else(|| Some(DEFAULT_SCHEDULER.to_owned()));
     let checkpoint_name = c
         .optional(&map, "checkpoint_name", |c, v| {
             c.name(v, "checkpoint_name", true)
         })
         .unwrap_or_else(|| Some(DEFAULT_CHECKPOINT.to_owned()));
-    let lora = c.optional(&map, "lora", |c, v| c.lora(v));
+    let lora = c.optional(&map, "lora", Checker::lora);
     let resolution = c
-        .optional(&map, "resolution", |c, v| c.resolution(v))
+        .optional(&map, "resolution", Checker::resolution)
         .unwrap_or(Some(Resolution {
             width: DEFAULT_WIDTH,
             height: DEFAULT_HEIGHT,

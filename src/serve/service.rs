@@ -342,7 +342,7 @@ impl Service {
             let mut finish = Box::pin(engine.finish());
             let finished = tokio::select! {
                 _ = &mut finish => true,
-                _ = self.app.table.wait_none_posted() => false,
+                () = self.app.table.wait_none_posted() => false,
             };
             if !finished {
                 // Dropping the engine aborts its tasks; the cancel switch ends its

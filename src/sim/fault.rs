@@ -30,7 +30,7 @@ pub enum Fault {
     /// `hang:CLASS`: nodes of CLASS never finish until interrupted.
     Hang { class: String },
     /// `slow-node:CLASS:MS`: nodes of CLASS take MS milliseconds. Like ComfyUI 0.8.0, an
-    /// interrupt stops a model node (KSampler, CLIPTextEncode, VAEDecode) inside; any other
+    /// interrupt stops a model node (`KSampler`, `CLIPTextEncode`, `VAEDecode`) inside; any other
     /// node runs to its end and the interrupt hits at the next node.
     SlowNode { class: String, ms: u64 },
     /// `slow-history:MS`: every `/history` answer is delayed MS milliseconds.

@@ -73,7 +73,7 @@ impl Image {
             Pixels::Raster(data) => {
                 let w = self.width as usize;
                 let h = self.height as usize;
-                data[((b * h + y) * w + x) * 3 + c] as f32 / 255.0
+                f32::from(data[((b * h + y) * w + x) * 3 + c]) / 255.0
             }
         }
     }
@@ -120,12 +120,14 @@ impl Image {
         let (width, height) = match (width, height) {
             (0, 0) => (self.width, self.height),
             (0, h) => (
-                ((self.width as u64 * h as u64) / self.height.max(1) as u64).max(1) as u32,
+                ((u64::from(self.width) * u64::from(h)) / u64::from(self.height.max(1))).max(1)
+                    as u32,
                 h,
             ),
             (w, 0) => (
                 w,
-                ((self.height as u64 * w as u64) / self.width.max(1) as u64).max(1) as u32,
+                ((u64::from(self.height) * u64::from(w)) / u64::from(self.width.max(1))).max(1)
+                    as u32,
             ),
             (w, h) => (w, h),
         };
@@ -210,7 +212,7 @@ impl Mask {
         match &self.values {
             MaskValues::Solid(v) => *v,
             MaskValues::Raster(data) => {
-                data[(b * self.height as usize + y) * self.width as usize + x] as f32 / 255.0
+                f32::from(data[(b * self.height as usize + y) * self.width as usize + x]) / 255.0
             }
         }
     }
@@ -241,7 +243,7 @@ fn box_pass(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: usize, horizontal
     let div = (2 * r + 1) as u32;
     for o in 0..outer {
         for c in 0..3 {
-            let at = |i: isize| src[idx(o, i.clamp(0, inner as isize - 1) as usize) + c] as u32;
+            let at = |i: isize| u32::from(src[idx(o, i.clamp(0, inner as isize - 1) as usize) + c]);
             let mut sum: u32 = (-(r as isize)..=r as isize).map(at).sum();
             for i in 0..inner {
                 dst[idx(o, i) + c] = (sum / div) as u8;
@@ -254,7 +256,7 @@ fn box_pass(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: usize, horizontal
 // ---------------------------------------------------------------------------------------
 // Rendering
 
-/// SplitMix64: tiny, fast, good enough to spread a seed.
+/// `SplitMix64`: tiny, fast, good enough to spread a seed.
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -275,7 +277,7 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a: continue hashing `bytes` from `h`.
 pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
-        h ^= *b as u64;
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
@@ -307,7 +309,7 @@ pub fn render(seed: u64, text: &str, width: u32, height: u32, batch: u32) -> Ima
     let mut data = Vec::with_capacity(width as usize * height as usize * 3 * batch as usize);
     for b in 0..batch {
         render_one(
-            render_key(seed.wrapping_add(b as u64), text),
+            render_key(seed.wrapping_add(u64::from(b)), text),
             width,
             height,
             1.0,
@@ -607,7 +609,7 @@ mod tests {
         let diff = fa
             .iter()
             .zip(fc.iter())
-            .filter(|(x, y)| (**x as i32 - **y as i32).abs() > 24)
+            .filter(|(x, y)| (i32::from(**x) - i32::from(**y)).abs() > 24)
             .count();
         assert!(diff > fa.len() / 10, "only {diff} bytes differ noticeably");
     }

@@ -233,7 +233,7 @@ async fn supervise(
                 shared
                     .counters
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 {
                     let mut st = shared.stats_mut();
@@ -242,7 +242,7 @@ async fn supervise(
                 }
                 // Down: refuse connections, but still obey a shutdown.
                 tokio::select! {
-                    _ = tokio::time::sleep(down_for) => {}
+                    () = tokio::time::sleep(down_for) => {}
                     cmd = ctrl.recv() => if matches!(cmd, Some(Ctrl::Shutdown) | None) {
                         return;
                     },

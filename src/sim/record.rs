@@ -158,12 +158,17 @@ impl Session {
         }
         self.log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Value::Object(out));
     }
 
     fn lines(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Open `/ws?clientId=` as socket `label`; its frames are logged as they arrive.
@@ -194,7 +199,7 @@ impl Session {
                     out.append(&mut m);
                 }
                 log.lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(Value::Object(out));
             };
             loop {
@@ -330,17 +335,16 @@ impl Session {
     ) -> Result<(u16, Option<Value>), String> {
         self.push(json!({"kind": "http_request", "method": method, "path": path, "body": body}));
         let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(&url),
-            _ => {
-                let mut r = self.http.post(&url);
-                if let Some(b) = &body {
-                    r = r
-                        .header("content-type", "application/json")
-                        .body(serde_json::to_vec(b).unwrap_or_default());
-                }
-                r
+        let req = if method == "GET" {
+            self.http.get(&url)
+        } else {
+            let mut r = self.http.post(&url);
+            if let Some(b) = &body {
+                r = r
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(b).unwrap_or_default());
             }
+            r
         };
         let resp = match req.send().await {
             Ok(r) => r,
@@ -508,7 +512,7 @@ fn scrub_paths(s: &str) -> String {
                 rest = &rest[end..];
             }
             _ => {
-                out.push_str(&rest[..i + 1]);
+                out.push_str(&rest[..=i]);
                 rest = &rest[i + 1..];
             }
         }

@@ -41,8 +41,7 @@ fn resolve<'c>(
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn is_link(v: &Value) -> Option<(&str, usize)> {
@@ -71,13 +70,11 @@ pub async fn run(shared: Arc<Shared>, catalog: Arc<Catalog>) {
                 }
                 item
             };
-            match next {
-                Some(item) => break item,
-                None => {
-                    shared.release_frames();
-                    shared.wake.notified().await
-                }
+            if let Some(item) = next {
+                break item;
             }
+            shared.release_frames();
+            shared.wake.notified().await;
         };
         {
             let mut st = shared.stats_mut();

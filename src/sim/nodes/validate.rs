@@ -52,12 +52,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn set(&mut self, id: &str, valid: bool, reasons: Vec<Value>) {
-        match self.position.get(id) {
-            Some(&i) => self.validated[i] = (id.to_string(), valid, reasons),
-            None => {
-                self.position.insert(id.to_string(), self.validated.len());
-                self.validated.push((id.to_string(), valid, reasons));
-            }
+        if let Some(&i) = self.position.get(id) {
+            self.validated[i] = (id.to_string(), valid, reasons);
+        } else {
+            self.position.insert(id.to_string(), self.validated.len());
+            self.validated.push((id.to_string(), valid, reasons));
         }
     }
 
@@ -339,7 +338,7 @@ fn coerce(input_type: &str, val: &Value) -> Result<Value, String> {
                     Ok(json!(f.trunc() as i64))
                 }
             }
-            Value::Bool(b) => Ok(json!(*b as i64)),
+            Value::Bool(b) => Ok(json!(i64::from(*b))),
             Value::String(s) => {
                 let t = s.trim().replace('_', "");
                 t.parse::<i64>()
