@@ -9,6 +9,7 @@
 //! (`VmHWM` of the client process) is the client's alone and scenarios do not pollute each
 //! other. Both processes share this machine's cores, as `plasma-batch sim` + `run` would.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -634,9 +635,10 @@ fn manifest(dir: &Path, pages: u32, variants: u32, steps: u32, size: u32) -> Pat
         workflow_path().display()
     );
     for page in 1..=pages {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[pages]]\npage = {page}\nprompt = \"page {page}: a lighthouse at dusk, ink\"\n"
-        ));
+        );
     }
     let path = dir.join("chapter.toml");
     std::fs::write(&path, text).expect("write the manifest");

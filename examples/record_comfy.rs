@@ -8,6 +8,7 @@
 //!     --start-cmd '../shared/real-comfy/start.sh 8188'
 //! ```
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -84,7 +85,10 @@ async fn main() -> ExitCode {
         match record::record(&args.url, name, &opts).await {
             Ok(lines) => {
                 let path = args.out.join(format!("{name}.jsonl"));
-                let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                let text = lines.iter().fold(String::new(), |mut text, l| {
+                    let _ = writeln!(text, "{l}");
+                    text
+                });
                 if let Err(e) = std::fs::write(&path, text) {
                     eprintln!("error: cannot write {}: {e}", path.display());
                     return ExitCode::FAILURE;

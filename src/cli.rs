@@ -47,6 +47,10 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each bool is one independent command-line flag"
+)]
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The chapter manifest (TOML).

@@ -628,7 +628,7 @@ mod tests {
     #[test]
     fn derived_seeds_are_stable_and_53_bit() {
         // The documented example in docs/manifest.md.
-        assert_eq!(derive_seed(1, 20261125, 1, 1), 5966607474532519);
+        assert_eq!(derive_seed(1, 20_261_125, 1, 1), 5_966_607_474_532_519);
         let seeds: BTreeSet<u64> = [
             derive_seed(1, 0, 1, 1),
             derive_seed(1, 0, 1, 2),

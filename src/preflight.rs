@@ -232,7 +232,7 @@ mod tests {
             },
             workflow: workflow.into(),
             output_nodes: Arc::from(["9".to_owned()]),
-            hash: Default::default(),
+            hash: crate::digest::Sha256Digest::default(),
             workflow_sha256: "w".into(),
         })
     }

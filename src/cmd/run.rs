@@ -213,12 +213,12 @@ pub fn select_by_key<T>(
     flag: &str,
     listing: &str,
 ) -> Result<Vec<T>, CmdError> {
+    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     if selectors.is_empty() {
         return Ok(items);
     }
     let usage =
         |message: String, help: String| Err(CmdError::plain(Failure::Usage, message, Some(&help)));
-    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     for selector in selectors {
         if selector.is_empty() {
             return usage(format!("{flag} \"\" is empty"), FORM.to_owned());

@@ -115,6 +115,7 @@ impl Problem {
     }
 
     /// Underline more bytes of the same file.
+    #[must_use]
     pub fn with_label(mut self, span: Range<usize>, label: impl Into<String>) -> Self {
         let text = self.source.as_ref().map_or("", |s| s.inner().as_str());
         let span = clamp(span, text);
@@ -123,6 +124,7 @@ impl Problem {
         self
     }
 
+    #[must_use]
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self

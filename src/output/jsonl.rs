@@ -66,6 +66,7 @@ impl JsonLines {
     /// From now on, refuse every append once the file was deleted or replaced (see
     /// [`JsonLines::check`]): appending to a deleted file would lose the record while saying
     /// it was kept.
+    #[must_use]
     pub fn refusing_replaced(mut self) -> JsonLines {
         self.guard_replaced = true;
         self

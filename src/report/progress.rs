@@ -109,7 +109,7 @@ impl Display {
     fn show(&mut self, event: &Event) {
         match event {
             Event::RunStarted { servers, .. } => {
-                self.server_urls = servers.clone();
+                self.server_urls.clone_from(servers);
                 if let Some(multi) = &self.multi {
                     for url in servers {
                         let bar = multi.add(ProgressBar::new_spinner());

@@ -7,6 +7,7 @@
 //! Knows nothing of HTTP routes or the engine.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -270,7 +271,7 @@ fn not_offered(server: &str, name: &str, list: &BTreeSet<String>) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     if all.len() > SHOWN {
-        shown.push_str(&format!(" and {} more", all.len() - SHOWN));
+        let _ = write!(shown, " and {} more", all.len() - SHOWN);
     }
     let hint = match did_you_mean(name, &all) {
         Some(close) => format!(" (did you mean {close:?}?)"),

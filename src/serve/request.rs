@@ -208,6 +208,10 @@ impl Checker {
     }
 
     /// `None` (outer) when absent or null; `Some(None)` when present but invalid.
+    #[allow(
+        clippy::option_option,
+        reason = "absent, invalid (already reported) and valid are the three states a caller tells apart"
+    )]
     fn optional<T>(
         &mut self,
         map: &Map<String, Value>,
@@ -628,6 +632,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the default is a constant, copied, not computed: exact equality is the point"
+    )]
     fn a_value_out_of_range_says_the_range_and_help_the_manifest_says() {
         let int = |l: Limit<i128>| (format!("{}..={}", l.range.start(), l.range.end()), l.help);
         let float = |l: Limit<f64>| {

@@ -59,12 +59,12 @@ impl ServeConfig {
     /// The engine settings a long-lived service wants: a server that is down for a while is
     /// waited for, never taken out of rotation for good (that would strand every later
     /// job), and one job's local write failure does not fail the others.
-    pub fn service_engine(base: EngineConfig) -> EngineConfig {
+    pub fn service_engine(base: &EngineConfig) -> EngineConfig {
         EngineConfig {
             stop_on_local_failure: false,
             outage_window: Duration::from_secs(10 * 365 * 24 * 3600),
             server_failures_to_retire: u32::MAX,
-            ..base
+            ..*base
         }
     }
 }
@@ -238,7 +238,7 @@ impl Service {
             reattach,
         });
         let engine = Engine::start(
-            ServeConfig::service_engine(config.engine.clone()),
+            ServeConfig::service_engine(&config.engine),
             config.servers.clone(),
             initial,
             ctx,

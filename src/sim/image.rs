@@ -67,6 +67,10 @@ impl Image {
         }
     }
 
+    #[allow(
+        clippy::many_single_char_names,
+        reason = "pixel code: b, x, y, c, w, h are the tensor's own axis names"
+    )]
     fn value(&self, b: usize, y: usize, x: usize, c: usize) -> f32 {
         match &self.pixels {
             Pixels::Solid(rgb) => rgb[c],
@@ -288,6 +292,10 @@ pub fn render_key(seed: u64, text: &str) -> u64 {
     Rng(fnv1a(FNV_OFFSET, text.as_bytes()) ^ seed.rotate_left(17)).next()
 }
 
+#[allow(
+    clippy::many_single_char_names,
+    reason = "h, s, v (and r, g, b) are the colour model's own names"
+)]
 fn hsv(h: u32, s: f32, v: f32) -> [f32; 3] {
     let h = (h % 360) as f32 / 60.0;
     let c = v * s;
@@ -336,7 +344,12 @@ pub fn render_preview(seed: u64, text: &str, width: u32, height: u32, progress: 
     }
 }
 
+#[allow(
+    clippy::many_single_char_names,
+    reason = "pixel code: b, x, y, c, w, h are the tensor's own axis names"
+)]
 fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
+    const CELL: u32 = 8;
     let mut rng = Rng(key);
     let hue = (rng.next() % 360) as u32;
     // Toned paper, a muted wash and a dark ink of a neighbouring hue.
@@ -366,7 +379,6 @@ fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
         *entry = [0, 1, 2].map(|c| to_u8(a[c] + (b[c] - a[c]) * k));
     }
 
-    const CELL: u32 = 8;
     let gw = (w / CELL + 2) as usize;
     let gh = (h / CELL + 2) as usize;
     let min_side = w.min(h).max(1) as f32;
@@ -616,7 +628,7 @@ mod tests {
 
     #[test]
     fn torch_repr_matches_recording_head() {
-        let img = Image::solid(64, 48, 1, 3368601);
+        let img = Image::solid(64, 48, 1, 3_368_601);
         let s = img.torch_repr();
         assert!(
             s.starts_with(

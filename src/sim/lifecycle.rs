@@ -89,7 +89,7 @@ impl Sim {
             input_dir,
             temp_dir,
             core: Mutex::new(Core::default()),
-            sockets: Mutex::new(Default::default()),
+            sockets: Mutex::new(std::collections::HashMap::new()),
             stats: Mutex::new(StatsInner::default()),
             wake: Notify::new(),
             interrupt: AtomicBool::new(false),
@@ -100,7 +100,7 @@ impl Sim {
             prompts_accepted_total: AtomicU64::new(0),
             prompts_started_total: AtomicU64::new(0),
             drop_once_used: AtomicBool::new(false),
-            counters: Mutex::new(Default::default()),
+            counters: Mutex::new(super::state::SaveCounters::default()),
         });
         let worker_thread = WorkerThread::start()?;
         let supervisor = tokio::spawn(supervise(

@@ -450,7 +450,7 @@ impl Session {
     }
 
     /// Run a shell command (07's kill and start).
-    fn shell(&self, what: &str, cmd: Option<&String>) -> Step {
+    fn shell(what: &str, cmd: Option<&String>) -> Step {
         let cmd = cmd.ok_or_else(|| {
             format!("needs a command to {what} the server (--kill-cmd and --start-cmd)")
         })?;
@@ -469,9 +469,8 @@ impl Session {
     }
 
     /// The first image of `history[prompt_id].outputs[node]`, as a `/view` path.
-    fn view_path(history: &Option<Value>, prompt_id: &str, node: &str) -> Result<String, String> {
+    fn view_path(history: Option<&Value>, prompt_id: &str, node: &str) -> Result<String, String> {
         let img = history
-            .as_ref()
             .and_then(|h| h[prompt_id]["outputs"][node]["images"].get(0))
             .ok_or_else(|| format!("history of {prompt_id} has no image from node {node}"))?;
         let s = |k: &str| img[k].as_str().unwrap_or("").to_string();
@@ -585,7 +584,7 @@ async fn normal_then_cached(s: &mut Session) -> Step {
         let pid = s.submit(&graph, Some("a"), Value::Null).await?;
         s.until_done("a", &pid).await?;
         let (_, history) = s.get(&format!("/history/{pid}")).await?;
-        let view = Session::view_path(&history, &pid, "9")?;
+        let view = Session::view_path(history.as_ref(), &pid, "9")?;
         s.get(&view).await?;
     }
     Ok(())
@@ -764,7 +763,7 @@ async fn crash_restart(s: &mut Session) -> Step {
         )
         .await?;
     s.until_executing("a", &pid, "10").await?;
-    s.shell("kill", s.opts.kill_cmd.as_ref())?;
+    Session::shell("kill", s.opts.kill_cmd.as_ref())?;
     s.push(json!({"kind": "server_killed", "signal": "SIGKILL"}));
     let why = s.until_closed("a").await?;
     s.push(json!({"kind": "ws_error_after_kill", "error": why}));
@@ -772,7 +771,7 @@ async fn crash_restart(s: &mut Session) -> Step {
         return Err("the server still answered after the kill command".into());
     }
     s.push(json!({"kind": "server_restarted"}));
-    s.shell("start", s.opts.start_cmd.as_ref())?;
+    Session::shell("start", s.opts.start_cmd.as_ref())?;
     s.push(json!({"kind": "server_ready"}));
     s.close_sockets().await;
     s.open("a", &cid, "ws_reopen_same_client_id").await?;

@@ -630,8 +630,8 @@ async fn system_stats(State(s): S) -> Response {
     json_ok(&json!({
         "system": {
             "os": "linux",
-            "ram_total": 17179869184u64,
-            "ram_free": 12884901888u64,
+            "ram_total": 17_179_869_184u64,
+            "ram_free": 12_884_901_888u64,
             "comfyui_version": "0.8.0",
             "required_frontend_version": "1.35.9",
             "installed_templates_version": "0.7.67",
@@ -643,14 +643,14 @@ async fn system_stats(State(s): S) -> Response {
         },
         "devices": [{
             "name": "cpu", "type": "cpu", "index": null,
-            "vram_total": 17179869184u64, "vram_free": 12884901888u64,
-            "torch_vram_total": 17179869184u64, "torch_vram_free": 12884901888u64,
+            "vram_total": 17_179_869_184u64, "vram_free": 12_884_901_888u64,
+            "torch_vram_total": 17_179_869_184u64, "torch_vram_free": 12_884_901_888u64,
         }],
     }))
 }
 
 fn server_flags() -> Value {
-    json!({"supports_preview_metadata": true, "max_upload_size": 104857600, "extension": {"manager": {"supports_v4": true}}})
+    json!({"supports_preview_metadata": true, "max_upload_size": 104_857_600, "extension": {"manager": {"supports_v4": true}}})
 }
 
 async fn features() -> Response {

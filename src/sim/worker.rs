@@ -435,14 +435,14 @@ impl<'a> Run<'a> {
         let shared = self.shared;
         let pid = self.pid().to_string();
         self.messages
-            .progress_state(node, json!(0.0), json!(1.0), "running");
+            .progress_state(node, &json!(0.0), json!(1.0), "running");
         self.messages.to_client(
             "executing",
             &json!({"node": node, "display_node": node, "prompt_id": pid}),
         );
         {
             let mut core = shared.core();
-            core.last_client = self.messages.client.clone();
+            core.last_client.clone_from(&self.messages.client);
             core.last_node = Some(node.to_string());
         }
         if first && let Some(ms) = self.crash_ms.take() {

@@ -44,8 +44,11 @@ fn small(extra: Value) -> Value {
         "steps": 3,
         "resolution": {"width": 64, "height": 96},
     });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
+    let Value::Object(extra) = extra else {
+        panic!("small() takes an object, not {extra}")
+    };
+    for (k, v) in extra {
+        body[k] = v;
     }
     body
 }
@@ -693,7 +696,7 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
     cfg.token = Some("s3cret".to_owned());
     match Service::start(cfg.clone()).await {
         Err(e @ ServeError::TokenTooShort(_)) => {
-            assert!(e.to_string().contains("shorter than 16 characters"), "{e}")
+            assert!(e.to_string().contains("shorter than 16 characters"), "{e}");
         }
         Err(other) => panic!("refused for the wrong reason: {other}"),
         Ok(_) => panic!("listened on 0.0.0.0 with a 6-character token"),

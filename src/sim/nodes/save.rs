@@ -191,7 +191,7 @@ pub fn normpath(p: &str) -> Option<String> {
 /// The file names in a folder (empty if it cannot be read).
 fn folder_names(folder: &std::path::Path) -> std::collections::BTreeSet<String> {
     let Ok(rd) = std::fs::read_dir(folder) else {
-        return Default::default();
+        return std::collections::BTreeSet::new();
     };
     rd.filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())

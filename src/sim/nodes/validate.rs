@@ -33,7 +33,9 @@ pub enum Verdict {
 }
 
 fn err(kind: &str, message: impl Into<String>, details: impl Into<String>, extra: Value) -> Value {
-    json!({"type": kind, "message": message.into(), "details": details.into(), "extra_info": extra})
+    let mut error = json!({"type": kind, "message": message.into(), "details": details.into()});
+    error["extra_info"] = extra;
+    error
 }
 
 const TB_VALIDATE_PROMPT: &str = "  File \"ComfyUI/execution.py\", line 1043, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
@@ -285,7 +287,6 @@ impl Validator<'_> {
                     format!("{name}: '{}' not in {list_info}", pyjson::str_value(&val)),
                     json!({"input_name": name, "input_config": config, "received_value": val}),
                 ));
-                continue;
             }
         }
         // The class's VALIDATE_INPUTS, over the inputs as the prompt wrote them.
@@ -554,9 +555,9 @@ mod tests {
     use super::*;
     use crate::comfyui;
 
-    fn check(prompt: Value) -> (Value, Value) {
+    fn check(prompt: &Value) -> (Value, Value) {
         let cat = Catalog::new(&["a.safetensors".into()], &["l.safetensors".into()]);
-        match validate_prompt(&cat, Path::new("/nonexistent"), &prompt, None) {
+        match validate_prompt(&cat, Path::new("/nonexistent"), prompt, None) {
             Verdict::Rejected { error, node_errors } => (error, node_errors),
             Verdict::Accepted { .. } => panic!("accepted"),
             Verdict::Internal => panic!("internal"),
@@ -566,7 +567,7 @@ mod tests {
     #[test]
     fn integer_link_id_is_a_key_error() {
         let (e, ne) = check(
-            json!({"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": [4, 0]}}}),
+            &json!({"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": [4, 0]}}}),
         );
         assert_eq!(e["details"], "Exception when validating node: 4");
         assert_eq!(ne["9"]["errors"][0]["details"], "4");
@@ -574,7 +575,7 @@ mod tests {
 
     #[test]
     fn inner_dangling_link_blames_the_linked_node() {
-        let (_, ne) = check(json!({
+        let (_, ne) = check(&json!({
             "1": {"class_type": "ImageBlur", "inputs": {"image": ["77", 0], "blur_radius": 1, "sigma": 1.0}},
             "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["1", 0]}}
         }));
@@ -588,7 +589,7 @@ mod tests {
 
     #[test]
     fn long_combo_lists_are_summarised() {
-        let (_, ne) = check(json!({
+        let (_, ne) = check(&json!({
             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["4", 1]}},
