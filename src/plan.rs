@@ -313,6 +313,10 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
 /// network. Returns the problems that need both the manifest and the templates to see.
 /// Pages whose template is absent from `templates` (it failed to load, and that problem is
 /// already recorded) are skipped.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's fields resolved in the manifest's order, defaults first"
+)]
 fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();

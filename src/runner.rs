@@ -64,6 +64,10 @@ pub enum RunError {
 }
 
 /// Run `jobs` on `servers` and write images, ledger, report and contact sheet.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a command's steps in order, top to bottom; split, they would only pass the same state around"
+)]
 pub async fn run_jobs(
     options: RunOptions,
     servers: Vec<ComfyClient>,

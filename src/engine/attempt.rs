@@ -39,6 +39,10 @@ enum Terminal {
 }
 
 /// One attempt: post, wait for the end, release the slot, fetch and write the images.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 pub(super) async fn attempt(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,
@@ -255,6 +259,10 @@ impl Drop for Unroute<'_> {
 /// or silent. `posted_as` is the clientId the prompt was posted with (`None`: not by us);
 /// while our socket has another id, nothing will be heard about the prompt, so it is polled.
 /// `Err` carries the attempt's result when it ended without a normal finish.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 async fn wait_for_end(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,

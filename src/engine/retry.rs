@@ -32,6 +32,10 @@ const MAX_QUEUED_LOSSES: u32 = 20;
 /// Run attempts of one job on this server until it succeeds, fails, or must move on.
 /// `permit` is the server slot (released when the server is done with the prompt),
 /// `_unwritten` the place among attempts under way (released when this one ends).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 pub(super) async fn run_task(
     shared: Arc<Shared>,
     conn: Arc<ServerConn>,

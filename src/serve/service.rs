@@ -151,6 +151,10 @@ pub struct Service {
 
 impl Service {
     /// Check the settings, replay the journal, start the engine and listen.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the service's start-up steps in order; each needs the ones before"
+    )]
     pub async fn start(config: ServeConfig) -> Result<Service, ServeError> {
         if let Some(token) = &config.token
             && token.trim().is_empty()

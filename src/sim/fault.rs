@@ -63,6 +63,10 @@ pub struct FaultParseError {
 impl FromStr for Fault {
     type Err = FaultParseError;
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "table-driven: one arm per fault kind of docs/simulator.md"
+    )]
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let err = |reason: &str| FaultParseError {
             spec: spec.to_string(),

@@ -142,6 +142,10 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "mirrors ComfyUI's execute (execution.py): one prompt's nodes and messages in order"
+    )]
     async fn execute(&mut self, cache: &mut HashMap<u64, CachedNode>) {
         let shared = self.shared;
         shared.interrupt.store(false, Ordering::SeqCst);

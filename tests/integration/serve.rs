@@ -264,6 +264,10 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn every_field_is_validated_with_its_name_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(&[]).await;
@@ -1073,6 +1077,10 @@ async fn send(
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn requests_a_web_page_could_send_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sim = sim(&[]).await;
@@ -1207,6 +1215,10 @@ async fn requests_a_web_page_could_send_are_refused() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(plasma_batch::sim::SimConfig {

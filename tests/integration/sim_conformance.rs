@@ -308,6 +308,10 @@ impl Replay {
         self.sim.shutdown().await;
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "replays one transcript line by line; one arm per kind of line"
+    )]
     pub async fn run(&mut self, file: &str, lines: &[Value], hooks: Hooks) {
         let (en, gn) = (&self.expected_norm, &self.got_norm);
         let mut pending_response: Option<(reqwest::StatusCode, Option<String>, Vec<u8>, String)> =

@@ -67,6 +67,10 @@ impl Validator<'_> {
         self.catalog.get(ct)
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "mirrors ComfyUI's validate_inputs (execution.py) check by check"
+    )]
     fn validate_inputs(&mut self, id: &str) -> Result<bool, PyExc> {
         if let Some(&i) = self.position.get(id) {
             return Ok(self.validated[i].1);
@@ -388,6 +392,10 @@ fn coerce(input_type: &str, val: &Value) -> Result<Value, String> {
 }
 
 /// `execution.validate_prompt` plus the `post_prompt` wrapping around it.
+#[allow(
+    clippy::too_many_lines,
+    reason = "mirrors ComfyUI's validate_prompt (execution.py) step by step"
+)]
 pub fn validate_prompt(
     catalog: &Catalog,
     input_dir: &Path,
