@@ -9,6 +9,7 @@
 //! (`VmHWM` of the client process) is the client's alone and scenarios do not pollute each
 //! other. Both processes share this machine's cores, as `plasma-batch sim` + `run` would.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,7 +27,7 @@ use plasma_batch::sim::{Sim, SimConfig};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-/// One benchmark scenario: jobs of `steps` KSampler steps at `step_ms` on `sims` simulators.
+/// One benchmark scenario: jobs of `steps` `KSampler` steps at `step_ms` on `sims` simulators.
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
@@ -42,7 +43,7 @@ struct Scenario {
 impl Scenario {
     /// Server-side render time of one job.
     fn render_ms(&self) -> u64 {
-        self.steps as u64 * self.step_ms
+        u64::from(self.steps) * self.step_ms
     }
 
     /// Jobs x render time, spread over the simulators: the servers' own limit.
@@ -142,7 +143,7 @@ fn main() {
 
     println!(
         "plasma-batch executor benchmark ({} cores)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!(
         "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7}  target",
@@ -209,7 +210,7 @@ fn main() {
             result.wall,
             "-",
             "-",
-            (PLANNING_PAGES * PLANNING_VARIANTS) as f64 / result.wall,
+            f64::from(PLANNING_PAGES * PLANNING_VARIANTS) / result.wall,
             result.rss_kb as f64 / 1024.0,
             "-",
             result.cpu_ms as f64 / 1000.0,
@@ -634,9 +635,10 @@ fn manifest(dir: &Path, pages: u32, variants: u32, steps: u32, size: u32) -> Pat
         workflow_path().display()
     );
     for page in 1..=pages {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[pages]]\npage = {page}\nprompt = \"page {page}: a lighthouse at dusk, ink\"\n"
-        ));
+        );
     }
     let path = dir.join("chapter.toml");
     std::fs::write(&path, text).expect("write the manifest");

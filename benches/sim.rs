@@ -1,4 +1,4 @@
-//! Simulator throughput: trivial prompts (EmptyImage 64x64 -> SaveImage, zero step time)
+//! Simulator throughput: trivial prompts (`EmptyImage` 64x64 -> `SaveImage`, zero step time)
 //! driven by one WebSocket client that keeps several prompts in flight.
 //! Run with `cargo bench --bench sim [-- PROMPTS IN_FLIGHT]`; prints prompts per second.
 
@@ -128,7 +128,7 @@ async fn render_timing() {
     }
     println!(
         "sim: 512x768 txt2img prompt end to end: {:.1} ms each",
-        started.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+        started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds)
     );
     sim.shutdown().await;
 }

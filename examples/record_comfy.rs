@@ -8,6 +8,7 @@
 //!     --start-cmd '../shared/real-comfy/start.sh 8188'
 //! ```
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,18 +50,17 @@ async fn main() -> ExitCode {
     } else {
         let mut out = Vec::new();
         for want in &args.scenarios {
-            match record::SCENARIOS
+            if let Some(s) = record::SCENARIOS
                 .iter()
                 .find(|s| s.starts_with(want.as_str()))
             {
-                Some(s) => out.push(*s),
-                None => {
-                    eprintln!(
-                        "error: no scenario `{want}`; known: {}",
-                        record::SCENARIOS.join(", ")
-                    );
-                    return ExitCode::from(2);
-                }
+                out.push(*s);
+            } else {
+                eprintln!(
+                    "error: no scenario `{want}`; known: {}",
+                    record::SCENARIOS.join(", ")
+                );
+                return ExitCode::from(2);
             }
         }
         out
@@ -73,8 +73,7 @@ async fn main() -> ExitCode {
         // Unlike any earlier session's graphs, so nothing of them is cached on the server.
         tag: (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+            .map_or(0, |d| d.as_secs())
             % 1_000_000) as u32,
         checkpoint: args.checkpoint,
         kill_cmd: args.kill_cmd,
@@ -86,7 +85,10 @@ async fn main() -> ExitCode {
         match record::record(&args.url, name, &opts).await {
             Ok(lines) => {
                 let path = args.out.join(format!("{name}.jsonl"));
-                let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                let text = lines.iter().fold(String::new(), |mut text, l| {
+                    let _ = writeln!(text, "{l}");
+                    text
+                });
                 if let Err(e) = std::fs::write(&path, text) {
                     eprintln!("error: cannot write {}: {e}", path.display());
                     return ExitCode::FAILURE;

@@ -47,6 +47,10 @@ pub struct PlanArgs {
     pub json: bool,
 }
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each bool is one independent command-line flag"
+)]
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The chapter manifest (TOML).
@@ -117,7 +121,7 @@ pub struct SimArgs {
     /// Port to bind (0 picks a free one).
     #[arg(long, default_value_t = 8188)]
     pub port: u16,
-    /// Milliseconds per KSampler step.
+    /// Milliseconds per `KSampler` step.
     #[arg(long, default_value_t = 5)]
     pub step_ms: u64,
     /// Extra latency in milliseconds on every HTTP response and WebSocket frame.
@@ -129,7 +133,7 @@ pub struct SimArgs {
     /// LoRA names the server offers (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub loras: Option<Vec<String>>,
-    /// Where SaveImage writes (default: a temporary directory removed on exit).
+    /// Where `SaveImage` writes (default: a temporary directory removed on exit).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
     /// Inject a fault (repeatable); see docs/simulator.md for the syntax.
@@ -174,7 +178,7 @@ pub struct ServeArgs {
     /// With --sim: inject a simulator fault (repeatable; see docs/simulator.md).
     #[arg(long = "sim-fault", value_name = "SPEC", requires = "sim")]
     pub sim_faults: Vec<String>,
-    /// With --sim: milliseconds per KSampler step.
+    /// With --sim: milliseconds per `KSampler` step.
     #[arg(long, value_name = "MS", requires = "sim")]
     pub sim_step_ms: Option<u64>,
 }

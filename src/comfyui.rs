@@ -1,6 +1,6 @@
 //! What ComfyUI 0.8.0 itself is, as far as plasma-batch and its simulator both rely on it:
-//! KSampler's sampler and scheduler names and the input ranges of the nodes a job fills
-//! (KSampler, EmptyLatentImage, LoraLoader), as ComfyUI's `comfy/samplers.py` and `nodes.py`
+//! `KSampler`'s sampler and scheduler names and the input ranges of the nodes a job fills
+//! (`KSampler`, `EmptyLatentImage`, `LoraLoader`), as ComfyUI's `comfy/samplers.py` and `nodes.py`
 //! define them. Facts, not choices: plasma-batch's own defaults and limits are `params`.
 //!
 //! This module stands under both the product and the simulator (the `ground` row of
@@ -8,7 +8,7 @@
 
 use std::ops::RangeInclusive;
 
-/// KSampler's samplers (`comfy.samplers.KSampler.SAMPLERS`, `SAMPLER_NAMES`), in ComfyUI's order.
+/// `KSampler`'s samplers (`comfy.samplers.KSampler.SAMPLERS`, `SAMPLER_NAMES`), in ComfyUI's order.
 pub const SAMPLERS: &[&str] = &[
     "euler",
     "euler_cfg_pp",
@@ -56,7 +56,7 @@ pub const SAMPLERS: &[&str] = &[
     "uni_pc_bh2",
 ];
 
-/// KSampler's schedulers (`comfy.samplers.SCHEDULER_NAMES`), in ComfyUI's order.
+/// `KSampler`'s schedulers (`comfy.samplers.SCHEDULER_NAMES`), in ComfyUI's order.
 pub const SCHEDULERS: &[&str] = &[
     "simple",
     "sgm_uniform",
@@ -69,16 +69,16 @@ pub const SCHEDULERS: &[&str] = &[
     "kl_optimal",
 ];
 
-/// KSampler's `seed` input: `0..=0xffffffffffffffff`.
+/// `KSampler`'s `seed` input: `0..=0xffffffffffffffff`.
 pub const SEED: RangeInclusive<u64> = 0..=u64::MAX;
-/// KSampler's `steps` input.
+/// `KSampler`'s `steps` input.
 pub const STEPS: RangeInclusive<u32> = 1..=10_000;
-/// KSampler's `cfg` input.
+/// `KSampler`'s `cfg` input.
 pub const CFG: RangeInclusive<f64> = 0.0..=100.0;
-/// EmptyLatentImage's `width` and `height` (`MAX_RESOLUTION` is 16384), in steps of
+/// `EmptyLatentImage`'s `width` and `height` (`MAX_RESOLUTION` is 16384), in steps of
 /// [`LATENT_STEP`].
 pub const LATENT_SIZE: RangeInclusive<u32> = 16..=16_384;
-/// EmptyLatentImage sizes are multiples of this: a latent pixel is 8 image pixels.
+/// `EmptyLatentImage` sizes are multiples of this: a latent pixel is 8 image pixels.
 pub const LATENT_STEP: u32 = 8;
-/// LoraLoader's `strength_model` and `strength_clip` inputs.
+/// `LoraLoader`'s `strength_model` and `strength_clip` inputs.
 pub const LORA_STRENGTH: RangeInclusive<f64> = -100.0..=100.0;

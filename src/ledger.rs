@@ -320,7 +320,7 @@ mod tests {
             .iter()
             .map(|(k, o)| (k.as_str(), o.prompt_id.as_str()))
             .collect();
-        keys.sort();
+        keys.sort_unstable();
         assert_eq!(keys, [("a", "p4"), ("b", "p2"), ("c", "p5")]);
     }
 

@@ -238,7 +238,7 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
                             "this workflow file",
                         )
                         .with_help(help),
-                    )
+                    );
                 }
             }
         }
@@ -313,6 +313,10 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
 /// network. Returns the problems that need both the manifest and the templates to see.
 /// Pages whose template is absent from `templates` (it failed to load, and that problem is
 /// already recorded) are skipped.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's fields resolved in the manifest's order, defaults first"
+)]
 fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
@@ -444,7 +448,7 @@ const PAGES_PER_THREAD: usize = 64;
 /// contiguous run of pages, and joined in order, so the result is the same as sequentially.
 fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+        .map_or(1, std::num::NonZero::get)
         .min(work.len() / PAGES_PER_THREAD)
         .max(1);
     let build = |pages: &[PageWork<'_>]| {
@@ -615,7 +619,7 @@ pub fn derive_seed(chapter: u16, chapter_seed: u64, page: u16, variant: u32) -> 
 }
 
 /// sha256 of `plasma-batch/job/v1\n` followed by the canonical JSON of the filled workflow:
-/// serde_json's compact form with every object's keys sorted by their UTF-8 bytes.
+/// `serde_json`'s compact form with every object's keys sorted by their UTF-8 bytes.
 pub fn job_hash(workflow: &Value) -> JobHash {
     crate::workflow::canonical::job_hash(workflow)
 }
@@ -628,7 +632,7 @@ mod tests {
     #[test]
     fn derived_seeds_are_stable_and_53_bit() {
         // The documented example in docs/manifest.md.
-        assert_eq!(derive_seed(1, 20261125, 1, 1), 5966607474532519);
+        assert_eq!(derive_seed(1, 20_261_125, 1, 1), 5_966_607_474_532_519);
         let seeds: BTreeSet<u64> = [
             derive_seed(1, 0, 1, 1),
             derive_seed(1, 0, 1, 2),

@@ -166,11 +166,7 @@ fn check_value(spec: &Value, value: &Value) -> Option<String> {
         }
         let listed: BTreeSet<String> = choices
             .iter()
-            .map(|c| {
-                c.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| c.to_string())
-            })
+            .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
             .collect();
         let listed: Vec<String> = listed.into_iter().collect();
         let available = if listed.is_empty() {
@@ -236,7 +232,7 @@ mod tests {
             },
             workflow: workflow.into(),
             output_nodes: Arc::from(["9".to_owned()]),
-            hash: Default::default(),
+            hash: crate::digest::Sha256Digest::default(),
             workflow_sha256: "w".into(),
         })
     }

@@ -64,6 +64,10 @@ pub enum RunError {
 }
 
 /// Run `jobs` on `servers` and write images, ledger, report and contact sheet.
+#[allow(
+    clippy::too_many_lines,
+    reason = "a command's steps in order, top to bottom; split, they would only pass the same state around"
+)]
 pub async fn run_jobs(
     options: RunOptions,
     servers: Vec<ComfyClient>,
@@ -89,7 +93,7 @@ pub async fn run_jobs(
         for job in &jobs {
             match verified.get(&job.hash.to_string()) {
                 Some(images) if !images.is_empty() => {
-                    skipped.push(skipped_outcome(job, images, &options.out_root))
+                    skipped.push(skipped_outcome(job, images, &options.out_root));
                 }
                 _ => to_run.push(job.clone()),
             }

@@ -18,7 +18,7 @@ use crate::cli::{Cli, Command};
 pub async fn execute(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Validate(args) => validate::validate(args).await,
-        Command::Plan(args) => plan::plan(args).await,
+        Command::Plan(args) => plan::plan(&args),
         Command::Run(args) => run::run(args).await,
         Command::Rerun(args) => rerun::rerun(args).await,
         Command::Sim(args) => sim::sim(args).await,

@@ -12,7 +12,7 @@ use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::plan::{Job, JobParams, Plan, load_plan};
 use crate::workflow::canonical::JobHash;
 
-pub async fn plan(args: PlanArgs) -> CmdResult {
+pub fn plan(args: &PlanArgs) -> CmdResult {
     let plan = load_plan(&args.manifest)?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if args.json {

@@ -28,6 +28,10 @@ pub struct Comparison {
     pub identical: bool,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a command's steps in order, top to bottom; split, they would only pass the same state around"
+)]
 pub async fn rerun(args: RerunArgs) -> CmdResult {
     let report = RunReport::read(&args.report)?;
     let problems = report.check();

@@ -175,7 +175,7 @@ pub fn build_clients(urls: &[String]) -> Result<Vec<ComfyClient>, CmdError> {
                 if clients.iter().any(|c: &ComfyClient| c.url() == client.url()) {
                     continue;
                 }
-                clients.push(client)
+                clients.push(client);
             }
             Err(e) => problems.push(UserError::new(
                 e.to_string(),
@@ -213,12 +213,12 @@ pub fn select_by_key<T>(
     flag: &str,
     listing: &str,
 ) -> Result<Vec<T>, CmdError> {
+    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     if selectors.is_empty() {
         return Ok(items);
     }
     let usage =
         |message: String, help: String| Err(CmdError::plain(Failure::Usage, message, Some(&help)));
-    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
     for selector in selectors {
         if selector.is_empty() {
             return usage(format!("{flag} \"\" is empty"), FORM.to_owned());
@@ -349,7 +349,7 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
         let term = std::future::pending::<()>();
         tokio::select! {
             result = tokio::signal::ctrl_c() => if result.is_err() { return },
-            _ = term => {}
+            () = term => {}
         }
         seen += 1;
         if seen == 1 {

@@ -11,6 +11,10 @@ use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::serve::{ServeConfig, Service, ShutdownMode};
 use crate::sim::{Fault, Sim, SimConfig};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a command's steps in order, top to bottom; split, they would only pass the same state around"
+)]
 pub async fn serve(args: ServeArgs) -> CmdResult {
     let mut signals = Signals::install();
     let usage =

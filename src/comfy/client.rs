@@ -185,7 +185,7 @@ impl ComfyClient {
         builder
             .send()
             .await
-            .map_err(|source| ComfyError::from_reqwest(self.url(), path, source))
+            .map_err(|source| ComfyError::from_reqwest(self.url(), path, &source))
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -211,7 +211,7 @@ impl ComfyClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|source| ComfyError::from_reqwest(self.url(), path, source))?;
+            .map_err(|source| ComfyError::from_reqwest(self.url(), path, &source))?;
         if !status.is_success() {
             return Err(ComfyError::Status {
                 url: self.url().to_owned(),
@@ -277,7 +277,7 @@ impl ComfyClient {
             let bytes = response
                 .bytes()
                 .await
-                .map_err(|source| ComfyError::from_reqwest(self.url(), path, source))?;
+                .map_err(|source| ComfyError::from_reqwest(self.url(), path, &source))?;
             return match serde_json::from_slice::<PromptRejected>(&bytes) {
                 Ok(rejected) => Ok(PostOutcome::Rejected(rejected)),
                 Err(_) => Err(ComfyError::Status {

@@ -31,7 +31,7 @@ pub enum ComfyError {
 }
 
 impl ComfyError {
-    pub(crate) fn from_reqwest(url: &str, path: &str, source: reqwest::Error) -> ComfyError {
+    pub(crate) fn from_reqwest(url: &str, path: &str, source: &reqwest::Error) -> ComfyError {
         let (url, path) = (url.to_owned(), path.to_owned());
         if source.is_timeout() {
             ComfyError::Timeout { url, path }
@@ -39,13 +39,13 @@ impl ComfyError {
             ComfyError::Decode {
                 url,
                 path,
-                reason: error_chain(&source),
+                reason: error_chain(source),
             }
         } else {
             ComfyError::Connect {
                 url,
                 path,
-                reason: error_chain(&source),
+                reason: error_chain(source),
             }
         }
     }
@@ -56,9 +56,9 @@ impl ComfyError {
             ComfyError::BadUrl { .. } => false,
             ComfyError::Connect { .. }
             | ComfyError::Timeout { .. }
-            | ComfyError::WebSocket { .. } => true,
+            | ComfyError::WebSocket { .. }
+            | ComfyError::Decode { .. } => true,
             ComfyError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-            ComfyError::Decode { .. } => true,
         }
     }
 }

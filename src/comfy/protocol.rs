@@ -117,10 +117,10 @@ impl ServerMessage {
             }
             _ => Value::Null,
         };
-        Some(Self::from_envelope(envelope.kind.into_owned(), data))
+        Some(Self::from_envelope(envelope.kind.into_owned(), &data))
     }
 
-    fn from_envelope(kind: String, data: Value) -> ServerMessage {
+    fn from_envelope(kind: String, data: &Value) -> ServerMessage {
         let str_field = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
         let parsed = match kind.as_str() {
             "status" => Some(ServerMessage::Status {

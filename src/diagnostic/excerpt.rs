@@ -185,7 +185,7 @@ struct Line {
 impl Excerpt {
     /// `None` when the source can be shown as it is (or cannot be read: miette says so).
     fn new(source: &dyn SourceCode, labels: &[LabeledSpan]) -> Option<(Excerpt, Vec<LabeledSpan>)> {
-        let low = labels.iter().map(|l| l.offset()).min()?;
+        let low = labels.iter().map(miette::LabeledSpan::offset).min()?;
         let high = labels.iter().map(|l| l.offset() + l.len()).max()?;
         let around = source
             .read_span(&(low..high).into(), CONTEXT_LINES, CONTEXT_LINES)
@@ -423,6 +423,7 @@ impl SourceCode for Excerpt {
 mod tests {
     use super::*;
     use crate::diagnostic::{Problem, SourceFile};
+    use std::fmt::Write as _;
 
     fn render(problem: Problem) -> String {
         let handler =
@@ -473,7 +474,10 @@ mod tests {
 
     #[test]
     fn a_label_over_many_lines_is_cut_to_its_first_line_and_far_lines_are_left_out() {
-        let text: String = (0..5000).map(|n| format!("line {n}\n")).collect();
+        let text: String = (0..5000).fold(String::new(), |mut text, n| {
+            let _ = writeln!(text, "line {n}");
+            text
+        });
         let far = text.find("line 4000").unwrap();
         let file = SourceFile::new("f", text.clone());
         let shown = render(

@@ -34,7 +34,7 @@ impl SourceFile {
         &self.text
     }
 
-    /// The byte offset of a 1-based line and column as parsers count them (serde_json's
+    /// The byte offset of a 1-based line and column as parsers count them (`serde_json`'s
     /// column counts bytes), kept inside the text.
     pub fn offset_of(&self, line: usize, column: usize) -> usize {
         let line_start: usize = self
@@ -94,8 +94,8 @@ impl Problem {
         }
     }
 
-    /// A serde_json error in `file`, underlined at its line and column; the message is
-    /// `what`, then serde_json's (without its own "at line ... column ...").
+    /// A `serde_json` error in `file`, underlined at its line and column; the message is
+    /// `what`, then `serde_json`'s (without its own "at line ... column ...").
     pub fn json_error(
         code: &'static str,
         file: &SourceFile,
@@ -115,6 +115,7 @@ impl Problem {
     }
 
     /// Underline more bytes of the same file.
+    #[must_use]
     pub fn with_label(mut self, span: Range<usize>, label: impl Into<String>) -> Self {
         let text = self.source.as_ref().map_or("", |s| s.inner().as_str());
         let span = clamp(span, text);
@@ -123,6 +124,7 @@ impl Problem {
         self
     }
 
+    #[must_use]
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self

@@ -39,6 +39,10 @@ enum Terminal {
 }
 
 /// One attempt: post, wait for the end, release the slot, fetch and write the images.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 pub(super) async fn attempt(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,
@@ -255,6 +259,10 @@ impl Drop for Unroute<'_> {
 /// or silent. `posted_as` is the clientId the prompt was posted with (`None`: not by us);
 /// while our socket has another id, nothing will be heard about the prompt, so it is polled.
 /// `Err` carries the attempt's result when it ended without a normal finish.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 async fn wait_for_end(
     shared: &Arc<Shared>,
     conn: &Arc<ServerConn>,
@@ -286,12 +294,12 @@ async fn wait_for_end(
         };
         tokio::select! {
             biased;
-            _ = async { if job_cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+            () = async { if job_cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
                 cancel_on_server(&conn.client, prompt_id).await;
                 return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "cancelled while it was on the server; it was removed or interrupted there")));
             }
             // A dropped sender means nobody can cancel any more, not that we were cancelled.
-            _ = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
+            () = async { if cancel.wait_for(|c| *c).await.is_err() { std::future::pending::<()>().await } } => {
                 conn.delete_all_pending().await;
                 cancel_on_server(&conn.client, prompt_id).await;
                 return Err(Attempt::Failed(JobStatus::Cancelled, JobError::new(ErrorKind::Cancelled, "the run was cancelled while this job was running; it was removed or interrupted on the server")));
@@ -343,7 +351,7 @@ async fn wait_for_end(
                     Signal::Reconcile => check_at = tokio::time::Instant::now(),
                 }
             }
-            _ = timeout => {
+            () = timeout => {
                 // The socket is down (the server is away): the prompt may be gone with it or
                 // still running there, and an interrupt may not reach it. The outage is not
                 // the job's time; once reconciled, the timeout starts again if it still runs.
@@ -358,7 +366,7 @@ async fn wait_for_end(
                     format!("the job ran longer than {:.0} s on {}; it was interrupted there and no image was written", config.timeout.as_secs_f64(), conn.client.url()),
                 )));
             }
-            _ = tokio::time::sleep_until(check_at) => {
+            () = tokio::time::sleep_until(check_at) => {
                 let reconciled = reconcile(&conn.client, prompt_id).await;
                 tracing::debug!(%prompt_id, ok = reconciled.is_ok(), "reconciled");
                 match reconciled {

@@ -95,6 +95,7 @@ impl EngineConfig {
 
     /// With `Some(n)`, exactly `n` prompts per server; with `None`, the depth stays as it
     /// is (by default: 2 to 8, following the server's pace).
+    #[must_use]
     pub fn with_fixed_depth(self, depth: Option<usize>) -> EngineConfig {
         match depth {
             Some(n) => EngineConfig {

@@ -115,7 +115,7 @@ pub(super) async fn connection_task(
             },
         );
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
     }

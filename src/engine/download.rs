@@ -34,6 +34,10 @@ fn unsafe_image_name(image: &ImageRef) -> bool {
 
 /// Download every image to temp files, check them, then give each its final name.
 /// Nothing gets a final name unless every image of the job is good.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one job's images, fetched and written in order with their checks"
+)]
 pub(super) async fn write_images(
     shared: &Arc<Shared>,
     conn: &ServerConn,

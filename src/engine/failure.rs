@@ -5,6 +5,7 @@
 //!
 //! Pure functions of what the server said: no network, no files, no engine state.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::comfy::protocol::ExecutionError;
@@ -85,8 +86,8 @@ pub(super) fn node_error(server: &str, e: &ExecutionError) -> JobError {
             e.exception_message.trim_end()
         ),
     );
-    error.node_id = e.node_id.clone();
-    error.node_class = e.node_type.clone();
+    error.node_id.clone_from(&e.node_id);
+    error.node_class.clone_from(&e.node_type);
     error.details = serde_json::json!({
         "exception_type": e.exception_type,
         "exception_message": e.exception_message,
@@ -96,7 +97,7 @@ pub(super) fn node_error(server: &str, e: &ExecutionError) -> JobError {
     error
 }
 
-/// "; node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'x' not in [...]"
+/// "; node 4 (CheckpointLoaderSimple): Value not in list: `ckpt_name`: 'x' not in [...]"
 pub(super) fn describe_node_errors(
     node_errors: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> String {
@@ -114,9 +115,9 @@ pub(super) fn describe_node_errors(
         for error in errors {
             let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
             let details = error.get("details").and_then(|d| d.as_str()).unwrap_or("");
-            text.push_str(&format!("; node {node} ({class}): {message}"));
+            let _ = write!(text, "; node {node} ({class}): {message}");
             if !details.is_empty() {
-                text.push_str(&format!(": {details}"));
+                let _ = write!(text, ": {details}");
             }
         }
     }

@@ -57,7 +57,7 @@ pub(super) async fn fetch_history(
                 last = Attempt::Transient(format!(
                     "{} has no history for the finished prompt",
                     client.url()
-                ))
+                ));
             }
             Err(error) if unreachable(&error) => last = Attempt::Unreachable(error.to_string()),
             Err(error) => last = Attempt::Transient(error.to_string()),

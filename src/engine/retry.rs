@@ -32,6 +32,10 @@ const MAX_QUEUED_LOSSES: u32 = 20;
 /// Run attempts of one job on this server until it succeeds, fails, or must move on.
 /// `permit` is the server slot (released when the server is done with the prompt),
 /// `_unwritten` the place among attempts under way (released when this one ends).
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 pub(super) async fn run_task(
     shared: Arc<Shared>,
     conn: Arc<ServerConn>,
@@ -71,7 +75,7 @@ pub(super) async fn run_task(
     match attempt {
         Attempt::Succeeded(images) => {
             conn.consecutive_failures.store(0, Ordering::SeqCst);
-            shared.finish(task.outcome(JobStatus::Succeeded, None, images))
+            shared.finish(task.outcome(JobStatus::Succeeded, None, images));
         }
         Attempt::Failed(status, error) => {
             let retry = shared.config.retry_failed
@@ -182,7 +186,7 @@ pub(super) async fn run_task(
 async fn pause(shared: &Shared, delay: Duration) {
     let mut cancel = shared.ctx.cancel.clone();
     tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
+        () = tokio::time::sleep(delay) => {}
         _ = cancel.wait_for(|c| *c) => {}
     }
 }

@@ -75,7 +75,9 @@ impl ServerConn {
     }
 
     pub(super) fn pace(&self) -> std::sync::MutexGuard<'_, pace::Pace> {
-        self.pace.lock().unwrap_or_else(|e| e.into_inner())
+        self.pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) fn client_id(&self) -> String {
@@ -163,7 +165,9 @@ impl ServerConn {
     }
 
     pub(super) fn outage_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.outage_since.lock().unwrap_or_else(|e| e.into_inner())
+        self.outage_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How long the server has been unreachable, if it is.
@@ -199,7 +203,7 @@ impl ServerConn {
             let retired = self.retired_notify.notified();
             tokio::select! {
                 changed = up.changed() => if changed.is_err() { return false },
-                _ = retired => {}
+                () = retired => {}
             }
         }
     }

@@ -41,18 +41,19 @@ pub(super) async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reat
         // the queue closed) there is nothing left to wait for it for.
         let up = tokio::select! {
             up = conn.wait_up() => up,
-            _ = shared.queue.done() => false,
+            () = shared.queue.done() => false,
         };
         if !up {
             break;
         }
         let retired = conn.retired_notify.notified();
-        let task = match reattach.next() {
-            Some(task) => Some(task),
-            None => tokio::select! {
+        let task = if let Some(task) = reattach.next() {
+            Some(task)
+        } else {
+            tokio::select! {
                 task = shared.queue.next() => task,
-                _ = retired => None,
-            },
+                () = retired => None,
+            }
         };
         let Some(task) = task else { break };
         if conn.is_retired() {

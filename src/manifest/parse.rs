@@ -137,7 +137,7 @@ impl Checker<'_> {
     }
 
     fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], place: &str) {
-        for (key, value) in table.iter() {
+        for (key, value) in table {
             let name: &str = key.get_ref();
             if known.contains(&name) {
                 continue;
@@ -326,7 +326,7 @@ impl Checker<'_> {
         if let Some(servers) = t.get("servers") {
             match servers.get_ref().as_array() {
                 Some(list) => {
-                    for server in list.iter() {
+                    for server in list {
                         let Some(url) = self.string(server, "servers", false) else {
                             continue;
                         };
@@ -458,17 +458,16 @@ impl Checker<'_> {
             return None;
         };
         self.unknown_keys(t, LORA_KEYS, "`lora`");
-        let name = match t.get("name") {
-            Some(n) => self.string(n, "name", false),
-            None => {
-                self.missing(
-                    v.span(),
-                    "name",
-                    "`lora`",
-                    "name the LoRA file, e.g. `name = \"inkline_v2.safetensors\"`",
-                );
-                None
-            }
+        let name = if let Some(n) = t.get("name") {
+            self.string(n, "name", false)
+        } else {
+            self.missing(
+                v.span(),
+                "name",
+                "`lora`",
+                "name the LoRA file, e.g. `name = \"inkline_v2.safetensors\"`",
+            );
+            None
         };
         let mut strength = |key: &str| match t.get(key) {
             Some(x) => self.float(x, key, &params::LORA_STRENGTH),
@@ -504,12 +503,12 @@ impl Checker<'_> {
         }
         let mut pages = Vec::with_capacity(list.len());
         let mut seen: BTreeMap<u16, Range<usize>> = BTreeMap::new();
-        for item in list.iter() {
+        for item in list {
             let Some(t) = self.table(item, "pages") else {
                 continue;
             };
             if let Some(page) = self.page(item.span(), t) {
-                let span = t.get("page").map(|p| p.span()).unwrap_or_default();
+                let span = t.get("page").map(toml::Spanned::span).unwrap_or_default();
                 if let Some(first) = seen.get(&page.page) {
                     let number = page.page;
                     self.problems.push(
@@ -540,29 +539,27 @@ impl Checker<'_> {
         let before = self.problems.len();
         let known: Vec<&str> = PAGE_ONLY_KEYS.iter().chain(SETTING_KEYS).copied().collect();
         self.unknown_keys(t, &known, "[[pages]]");
-        let number = match t.get("page") {
-            Some(p) => self.integer(p, "page", &params::PAGE),
-            None => {
-                self.missing(
-                    header.clone(),
-                    "page",
-                    "[[pages]]",
-                    "add `page = N` (1..=999)",
-                );
-                None
-            }
+        let number = if let Some(p) = t.get("page") {
+            self.integer(p, "page", &params::PAGE)
+        } else {
+            self.missing(
+                header.clone(),
+                "page",
+                "[[pages]]",
+                "add `page = N` (1..=999)",
+            );
+            None
         };
-        let prompt = match t.get("prompt") {
-            Some(p) => self.string(p, "prompt", false),
-            None => {
-                self.missing(
-                    header.clone(),
-                    "prompt",
-                    "[[pages]]",
-                    "add `prompt = \"...\"` describing the page",
-                );
-                None
-            }
+        let prompt = if let Some(p) = t.get("prompt") {
+            self.string(p, "prompt", false)
+        } else {
+            self.missing(
+                header.clone(),
+                "prompt",
+                "[[pages]]",
+                "add `prompt = \"...\"` describing the page",
+            );
+            None
         };
         let settings = self.settings(t);
         let seeds = self.page_seeds(t, settings.variants);
@@ -630,7 +627,7 @@ impl Checker<'_> {
         let mut seeds = Vec::with_capacity(items.len());
         let mut seen: BTreeMap<u64, Range<usize>> = BTreeMap::new();
         let mut ok = true;
-        for item in items.iter() {
+        for item in items {
             let Some(seed) = self.integer(item, "seeds", &params::SEED) else {
                 ok = false;
                 continue;

@@ -66,6 +66,7 @@ impl JsonLines {
     /// From now on, refuse every append once the file was deleted or replaced (see
     /// [`JsonLines::check`]): appending to a deleted file would lose the record while saying
     /// it was kept.
+    #[must_use]
     pub fn refusing_replaced(mut self) -> JsonLines {
         self.guard_replaced = true;
         self
@@ -79,7 +80,10 @@ impl JsonLines {
     pub fn append(&self, record: &impl Serialize) -> Result<(), PathError> {
         let mut line = serde_json::to_vec(record).expect("JSON-lines records serialize");
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.guard_replaced {
             self.still_ours(&file)?;
         }
@@ -89,7 +93,12 @@ impl JsonLines {
 
     /// `Err` when the file was deleted or replaced since it was opened.
     pub fn check(&self) -> Result<(), PathError> {
-        self.still_ours(&self.file.lock().unwrap_or_else(|e| e.into_inner()))
+        self.still_ours(
+            &self
+                .file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn still_ours(&self, file: &File) -> Result<(), PathError> {
@@ -121,7 +130,10 @@ impl JsonLines {
 
     /// Flush what was appended to stable storage.
     pub fn sync(&self) -> Result<(), PathError> {
-        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         file.sync_data()
             .map_err(|e| PathError::new("fsync", &self.path, e))
     }

@@ -60,7 +60,12 @@ impl OwnerLock {
     pub fn release(&self) {
         // Emptied, not removed: removing would let a third process lock a new file of the
         // same name while a second one still waits on the old one. Closing it unlocks.
-        if let Some(file) = self.file.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(file) = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             let _ = file.set_len(0);
         }
     }

@@ -95,6 +95,7 @@ impl ImageStore {
     }
 
     /// Keep a thumbnail of every staged image in `thumbs`.
+    #[must_use]
     pub fn with_thumbs(mut self, thumbs: Thumbs) -> ImageStore {
         self.thumbs = Some(thumbs);
         self
@@ -222,7 +223,7 @@ impl ImageStore {
                     return Ok(target);
                 }
                 // Another runner took this version: take the next one.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(PathError::new("create", &target.path, e)),
             }
         }

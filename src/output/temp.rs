@@ -19,7 +19,9 @@ static TEMP_FILES: RwLock<()> = RwLock::new(());
 
 /// `.plasma-tmp-<pid>-<random>.part` in `dir`, removed when dropped.
 pub(crate) fn new_temp_file(dir: &Path) -> Result<tempfile::NamedTempFile, PathError> {
-    let _creating = TEMP_FILES.read().unwrap_or_else(|e| e.into_inner());
+    let _creating = TEMP_FILES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
         .suffix(".part")
@@ -50,7 +52,9 @@ pub fn remove_stale_temp_files(dir: &Path) {
 /// with this only loses its temp file (its rename or link fails); final names are never
 /// touched.
 pub fn remove_own_temp_files(dirs: &[PathBuf]) -> RwLockWriteGuard<'static, ()> {
-    let guard = TEMP_FILES.write().unwrap_or_else(|e| e.into_inner());
+    let guard = TEMP_FILES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let me = std::process::id();
     for dir in dirs {
         let Ok(entries) = fs::read_dir(dir) else {

@@ -66,7 +66,10 @@ impl Thumbs {
         record.extend_from_slice(sha256.as_bytes());
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(png);
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if file.is_none() {
             *file = Some(open_append(&self.path).map_err(|e| e.source)?);
         }
@@ -161,16 +164,16 @@ fn index_pack(file: &File, index: &mut Vec<([u8; 32], u64, u32)>) {
         let start = pos + HEADER as u64;
         let whole = &header[..8] == MAGIC
             && (12..=MAX_THUMB_BYTES).contains(&len)
-            && start + len as u64 <= size
+            && start + u64::from(len) <= size
             && reader
-                .seek(SeekFrom::Start(start + len as u64 - 12))
+                .seek(SeekFrom::Start(start + u64::from(len) - 12))
                 .and_then(|_| reader.read_exact(&mut tail))
                 .is_ok()
             && tail == IEND;
         if whole {
             let digest: [u8; 32] = header[8..40].try_into().expect("32 bytes");
             index.push((digest, start, len));
-            pos = start + len as u64;
+            pos = start + u64::from(len);
         } else {
             match next_magic(&mut reader, pos + 1, size) {
                 Some(next) => pos = next,
@@ -219,13 +222,17 @@ pub fn thumbnail(pixels: &Pixels<'_>) -> Vec<u8> {
     let rgb_at = |x: u32, y: u32| -> [u32; 3] {
         let i = ((y * width + x) as usize) * channels;
         match channels {
-            1 | 2 => [data[i] as u32; 3],
-            _ => [data[i] as u32, data[i + 1] as u32, data[i + 2] as u32],
+            1 | 2 => [u32::from(data[i]); 3],
+            _ => [
+                u32::from(data[i]),
+                u32::from(data[i + 1]),
+                u32::from(data[i + 2]),
+            ],
         }
     };
-    let scale = (width.max(height) as f64 / THUMB_MAX as f64).max(1.0);
-    let tw = ((width as f64 / scale).round() as u32).max(1);
-    let th = ((height as f64 / scale).round() as u32).max(1);
+    let scale = (f64::from(width.max(height)) / f64::from(THUMB_MAX)).max(1.0);
+    let tw = ((f64::from(width) / scale).round() as u32).max(1);
+    let th = ((f64::from(height) / scale).round() as u32).max(1);
     let mut out = Vec::with_capacity((tw * th * 3) as usize);
     for ty in 0..th {
         let y0 = ty * height / th;

@@ -293,6 +293,10 @@ impl RunReport {
     /// shown), of a `schema_version` this version reads, then every field of its type. What
     /// the types do not say is [`RunReport::check`]'s.
     pub fn read(path: &Path) -> Result<RunReport, Problem> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: Option<serde_json::Value>,
+        }
         let name = path.display().to_string();
         let help =
             "pass a report written by `plasma-batch run` (<out>/ch-XX/reports/<run-id>.json)";
@@ -323,10 +327,6 @@ impl RunReport {
         let text = String::from_utf8(bytes).expect("checked to be UTF-8");
         let what = format!("`{name}` is not a valid run report");
         // The version first: a report of another version may have another shape.
-        #[derive(Deserialize)]
-        struct Version {
-            schema_version: Option<serde_json::Value>,
-        }
         let version = match serde_json::from_str::<Version>(&text) {
             Ok(v) => v.schema_version,
             Err(err) => {
@@ -535,19 +535,18 @@ impl ReportWriter {
             }
             job.status = outcome.status.into();
             job.server = outcome.server.as_deref().map(|url| {
-                match self.servers.iter().find(|s| &***s == url) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let new: Arc<str> = url.into();
-                        self.servers.push(new.clone());
-                        new
-                    }
+                if let Some(known) = self.servers.iter().find(|s| &***s == url) {
+                    known.clone()
+                } else {
+                    let new: Arc<str> = url.into();
+                    self.servers.push(new.clone());
+                    new
                 }
             });
-            job.prompt_id = outcome.prompt_id.clone();
+            job.prompt_id.clone_from(&outcome.prompt_id);
             job.attempts = outcome.attempts;
             job.error = outcome.error.clone().map(Box::new);
-            job.images = outcome.images.clone();
+            job.images.clone_from(&outcome.images);
             job.timings = outcome.timings.clone();
         }
         let new = self.finished - self.written_finished;

@@ -98,21 +98,18 @@ impl Display {
     }
 
     fn line(&self, text: String) {
-        match &self.multi {
-            Some(multi) => {
-                let _ = multi.println(text);
-            }
-            None => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{text}");
-            }
+        if let Some(multi) = &self.multi {
+            let _ = multi.println(text);
+        } else {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
         }
     }
 
     fn show(&mut self, event: &Event) {
         match event {
             Event::RunStarted { servers, .. } => {
-                self.server_urls = servers.clone();
+                self.server_urls.clone_from(servers);
                 if let Some(multi) = &self.multi {
                     for url in servers {
                         let bar = multi.add(ProgressBar::new_spinner());
@@ -127,7 +124,7 @@ impl Display {
                 }
             }
             Event::Started { key, server } => {
-                self.server_message(*server, format!("{key}  starting"))
+                self.server_message(*server, format!("{key}  starting"));
             }
             Event::Progress {
                 key,
@@ -165,7 +162,7 @@ impl Display {
                                     "warn {url} still unreachable after {} of {}: {reason}",
                                     human(*down_for),
                                     human(*window)
-                                ))
+                                ));
                             }
                             Some(_) => return,
                         }
@@ -176,7 +173,7 @@ impl Display {
                         self.down[*server] = None;
                     }
                     ServerState::Retired(reason) => {
-                        self.line(format!("warn {url} taken out of rotation: {reason}"))
+                        self.line(format!("warn {url} taken out of rotation: {reason}"));
                     }
                 }
             }
@@ -258,7 +255,9 @@ pub fn finished_line(outcome: &JobOutcome) -> String {
         outcome.timings.queued,
         outcome.timings.downloaded.or(outcome.timings.executed),
     ) {
-        (Some(start), Some(end)) => format!("{:.1} s, ", end.saturating_sub(start) as f64 / 1000.0),
+        (Some(start), Some(end)) => {
+            format!("{:.1} s, ", f64::from(end.saturating_sub(start)) / 1000.0)
+        }
         _ => String::new(),
     };
     let server = outcome.server.as_deref().unwrap_or("-");
@@ -280,8 +279,7 @@ pub fn finished_line(outcome: &JobOutcome) -> String {
             let reason = outcome
                 .error
                 .as_ref()
-                .map(|e| e.message.as_str())
-                .unwrap_or("unknown error");
+                .map_or("unknown error", |e| e.message.as_str());
             format!("{tag} {}: {reason}", outcome.key)
         }
     }

@@ -7,6 +7,7 @@
 //! Knows nothing of HTTP routes or the engine.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,11 +140,11 @@ impl Server {
                 }
                 Ok(Err(error)) => {
                     entry.failing = true;
-                    tracing::debug!(server = self.client.url(), %error, "object_info not read")
+                    tracing::debug!(server = self.client.url(), %error, "object_info not read");
                 }
                 Err(_) => {
                     entry.failing = true;
-                    tracing::debug!(server = self.client.url(), "object_info timed out")
+                    tracing::debug!(server = self.client.url(), "object_info timed out");
                 }
             }
             entry.fetching = false;
@@ -257,7 +258,7 @@ fn missing_names<'a>(
         .collect()
 }
 
-/// "`x` is not on http://gpu1:8188, which has: a, b (did you mean `b`?)"
+/// "`x` is not on <http://gpu1:8188>, which has: a, b (did you mean `b`?)"
 fn not_offered(server: &str, name: &str, list: &BTreeSet<String>) -> String {
     if list.is_empty() {
         return format!("{name:?} is not on {server}, which has none");
@@ -270,7 +271,7 @@ fn not_offered(server: &str, name: &str, list: &BTreeSet<String>) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     if all.len() > SHOWN {
-        shown.push_str(&format!(" and {} more", all.len() - SHOWN));
+        let _ = write!(shown, " and {} more", all.len() - SHOWN);
     }
     let hint = match did_you_mean(name, &all) {
         Some(close) => format!(" (did you mean {close:?}?)"),
@@ -293,7 +294,7 @@ mod tests {
             "Other": {"input": {"optional": {"seed": ["INT", {}]}}}
         });
         let names = Names::from_object_info(&info);
-        let set = |items: &[&str]| Some(items.iter().map(|s| s.to_string()).collect());
+        let set = |items: &[&str]| Some(items.iter().map(ToString::to_string).collect());
         assert_eq!(
             names,
             Names {

@@ -183,7 +183,10 @@ fn foreign(app: &App, request: &Request) -> Option<ApiError> {
     let headers = request.headers();
     let host = match headers.get(header::HOST) {
         Some(value) => Some(value.to_str().unwrap_or("")),
-        None => request.uri().authority().map(|a| a.as_str()),
+        None => request
+            .uri()
+            .authority()
+            .map(axum::http::uri::Authority::as_str),
     };
     if app.token.is_none()
         && let Some(host) = host

@@ -211,7 +211,7 @@ impl Table {
             }
             tokio::select! {
                 result = changed.changed() => if result.is_err() { return Some(record) },
-                _ = tokio::time::sleep_until(deadline) => return Some(record),
+                () = tokio::time::sleep_until(deadline) => return Some(record),
             }
         }
     }
@@ -332,7 +332,7 @@ fn finish(record: &mut JobRecord, outcome: &JobOutcome) {
     record.prompt_id = outcome.prompt_id.clone().or(record.prompt_id.take());
     record.server = outcome.server.clone().or(record.server.take());
     record.attempts = outcome.attempts.max(record.attempts);
-    record.error = outcome.error.clone();
+    record.error.clone_from(&outcome.error);
     if let Some(image) = outcome.images.first() {
         record.image_path = Some(image.path.clone());
         record.image_file = image.path.rsplit('/').next().map(str::to_owned);

@@ -169,12 +169,11 @@ fn read(path: &Path) -> Result<Replayed, OpenError> {
     let mut jobs: Vec<JobRecord> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let unreadable = jsonl::read_each(path, |Line::<JobRecord> { job, .. }| {
-        match index.get(&job.job_id) {
-            Some(&at) => jobs[at] = job,
-            None => {
-                index.insert(job.job_id.clone(), jobs.len());
-                jobs.push(job);
-            }
+        if let Some(&at) = index.get(&job.job_id) {
+            jobs[at] = job;
+        } else {
+            index.insert(job.job_id.clone(), jobs.len());
+            jobs.push(job);
         }
     })?;
     if let Some((line, version)) = unreadable
@@ -304,7 +303,7 @@ mod tests {
                     ..
                 },
             ) => {
-                assert!(e.to_string().contains("newer plasma-batch"), "{e}")
+                assert!(e.to_string().contains("newer plasma-batch"), "{e}");
             }
             other => panic!("{other:?}"),
         }

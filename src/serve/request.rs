@@ -135,16 +135,16 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         .optional(&map, "sampler", |c, v| c.name(v, "sampler", false))
         .unwrap_or_else(|| Some(DEFAULT_SAMPLER.to_owned()));
     let scheduler = c
-        .optional(&map, "scheduler", |c, v| c.scheduler(v))
+        .optional(&map, "scheduler", Checker::scheduler)
         .unwrap_or_else(|| Some(DEFAULT_SCHEDULER.to_owned()));
     let checkpoint_name = c
         .optional(&map, "checkpoint_name", |c, v| {
             c.name(v, "checkpoint_name", true)
         })
         .unwrap_or_else(|| Some(DEFAULT_CHECKPOINT.to_owned()));
-    let lora = c.optional(&map, "lora", |c, v| c.lora(v));
+    let lora = c.optional(&map, "lora", Checker::lora);
     let resolution = c
-        .optional(&map, "resolution", |c, v| c.resolution(v))
+        .optional(&map, "resolution", Checker::resolution)
         .unwrap_or(Some(Resolution {
             width: DEFAULT_WIDTH,
             height: DEFAULT_HEIGHT,
@@ -208,6 +208,10 @@ impl Checker {
     }
 
     /// `None` (outer) when absent or null; `Some(None)` when present but invalid.
+    #[allow(
+        clippy::option_option,
+        reason = "absent, invalid (already reported) and valid are the three states a caller tells apart"
+    )]
     fn optional<T>(
         &mut self,
         map: &Map<String, Value>,
@@ -628,6 +632,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the default is a constant, copied, not computed: exact equality is the point"
+    )]
     fn a_value_out_of_range_says_the_range_and_help_the_manifest_says() {
         let int = |l: Limit<i128>| (format!("{}..={}", l.range.start(), l.range.end()), l.help);
         let float = |l: Limit<f64>| {

@@ -59,12 +59,12 @@ impl ServeConfig {
     /// The engine settings a long-lived service wants: a server that is down for a while is
     /// waited for, never taken out of rotation for good (that would strand every later
     /// job), and one job's local write failure does not fail the others.
-    pub fn service_engine(base: EngineConfig) -> EngineConfig {
+    pub fn service_engine(base: &EngineConfig) -> EngineConfig {
         EngineConfig {
             stop_on_local_failure: false,
             outage_window: Duration::from_secs(10 * 365 * 24 * 3600),
             server_failures_to_retire: u32::MAX,
-            ..base
+            ..*base
         }
     }
 }
@@ -151,6 +151,10 @@ pub struct Service {
 
 impl Service {
     /// Check the settings, replay the journal, start the engine and listen.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the service's start-up steps in order; each needs the ones before"
+    )]
     pub async fn start(config: ServeConfig) -> Result<Service, ServeError> {
         if let Some(token) = &config.token
             && token.trim().is_empty()
@@ -238,7 +242,7 @@ impl Service {
             reattach,
         });
         let engine = Engine::start(
-            ServeConfig::service_engine(config.engine.clone()),
+            ServeConfig::service_engine(&config.engine),
             config.servers.clone(),
             initial,
             ctx,
@@ -342,7 +346,7 @@ impl Service {
             let mut finish = Box::pin(engine.finish());
             let finished = tokio::select! {
                 _ = &mut finish => true,
-                _ = self.app.table.wait_none_posted() => false,
+                () = self.app.table.wait_none_posted() => false,
             };
             if !finished {
                 // Dropping the engine aborts its tasks; the cancel switch ends its

@@ -39,7 +39,7 @@ impl Templates {
     pub(crate) fn load(workflow: Option<&Path>) -> Result<Templates, TemplateError> {
         let parse = |name: &str, bytes: Vec<u8>| {
             Template::parse(name, bytes).map_err(|problems| {
-                let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 TemplateError::Invalid(name.to_owned(), text.join("; "))
             })
         };

@@ -14,7 +14,7 @@ pub struct SimConfig {
     pub host: String,
     /// Port to bind; 0 picks a free one.
     pub port: u16,
-    /// Milliseconds per KSampler step.
+    /// Milliseconds per `KSampler` step.
     pub step_ms: u64,
     /// Added before every HTTP response and every WebSocket frame.
     pub latency_ms: u64,
@@ -22,7 +22,7 @@ pub struct SimConfig {
     pub checkpoints: Vec<String>,
     /// `lora_name` choices.
     pub loras: Vec<String>,
-    /// Where SaveImage writes; None = a temporary directory removed when the Sim goes.
+    /// Where `SaveImage` writes; None = a temporary directory removed when the Sim goes.
     pub output_dir: Option<PathBuf>,
     pub faults: Vec<Fault>,
     /// Seeds probabilistic faults.

@@ -67,13 +67,17 @@ impl Image {
         }
     }
 
+    #[allow(
+        clippy::many_single_char_names,
+        reason = "pixel code: b, x, y, c, w, h are the tensor's own axis names"
+    )]
     fn value(&self, b: usize, y: usize, x: usize, c: usize) -> f32 {
         match &self.pixels {
             Pixels::Solid(rgb) => rgb[c],
             Pixels::Raster(data) => {
                 let w = self.width as usize;
                 let h = self.height as usize;
-                data[((b * h + y) * w + x) * 3 + c] as f32 / 255.0
+                f32::from(data[((b * h + y) * w + x) * 3 + c]) / 255.0
             }
         }
     }
@@ -120,12 +124,14 @@ impl Image {
         let (width, height) = match (width, height) {
             (0, 0) => (self.width, self.height),
             (0, h) => (
-                ((self.width as u64 * h as u64) / self.height.max(1) as u64).max(1) as u32,
+                ((u64::from(self.width) * u64::from(h)) / u64::from(self.height.max(1))).max(1)
+                    as u32,
                 h,
             ),
             (w, 0) => (
                 w,
-                ((self.height as u64 * w as u64) / self.width.max(1) as u64).max(1) as u32,
+                ((u64::from(self.height) * u64::from(w)) / u64::from(self.width.max(1))).max(1)
+                    as u32,
             ),
             (w, h) => (w, h),
         };
@@ -210,7 +216,7 @@ impl Mask {
         match &self.values {
             MaskValues::Solid(v) => *v,
             MaskValues::Raster(data) => {
-                data[(b * self.height as usize + y) * self.width as usize + x] as f32 / 255.0
+                f32::from(data[(b * self.height as usize + y) * self.width as usize + x]) / 255.0
             }
         }
     }
@@ -241,7 +247,7 @@ fn box_pass(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: usize, horizontal
     let div = (2 * r + 1) as u32;
     for o in 0..outer {
         for c in 0..3 {
-            let at = |i: isize| src[idx(o, i.clamp(0, inner as isize - 1) as usize) + c] as u32;
+            let at = |i: isize| u32::from(src[idx(o, i.clamp(0, inner as isize - 1) as usize) + c]);
             let mut sum: u32 = (-(r as isize)..=r as isize).map(at).sum();
             for i in 0..inner {
                 dst[idx(o, i) + c] = (sum / div) as u8;
@@ -254,7 +260,7 @@ fn box_pass(src: &[u8], dst: &mut [u8], w: usize, h: usize, r: usize, horizontal
 // ---------------------------------------------------------------------------------------
 // Rendering
 
-/// SplitMix64: tiny, fast, good enough to spread a seed.
+/// `SplitMix64`: tiny, fast, good enough to spread a seed.
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -275,7 +281,7 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a: continue hashing `bytes` from `h`.
 pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
-        h ^= *b as u64;
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
@@ -286,6 +292,10 @@ pub fn render_key(seed: u64, text: &str) -> u64 {
     Rng(fnv1a(FNV_OFFSET, text.as_bytes()) ^ seed.rotate_left(17)).next()
 }
 
+#[allow(
+    clippy::many_single_char_names,
+    reason = "h, s, v (and r, g, b) are the colour model's own names"
+)]
 fn hsv(h: u32, s: f32, v: f32) -> [f32; 3] {
     let h = (h % 360) as f32 / 60.0;
     let c = v * s;
@@ -307,7 +317,7 @@ pub fn render(seed: u64, text: &str, width: u32, height: u32, batch: u32) -> Ima
     let mut data = Vec::with_capacity(width as usize * height as usize * 3 * batch as usize);
     for b in 0..batch {
         render_one(
-            render_key(seed.wrapping_add(b as u64), text),
+            render_key(seed.wrapping_add(u64::from(b)), text),
             width,
             height,
             1.0,
@@ -334,7 +344,12 @@ pub fn render_preview(seed: u64, text: &str, width: u32, height: u32, progress: 
     }
 }
 
+#[allow(
+    clippy::many_single_char_names,
+    reason = "pixel code: b, x, y, c, w, h are the tensor's own axis names"
+)]
 fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
+    const CELL: u32 = 8;
     let mut rng = Rng(key);
     let hue = (rng.next() % 360) as u32;
     // Toned paper, a muted wash and a dark ink of a neighbouring hue.
@@ -364,7 +379,6 @@ fn render_one(key: u64, w: u32, h: u32, progress: f32, out: &mut Vec<u8>) {
         *entry = [0, 1, 2].map(|c| to_u8(a[c] + (b[c] - a[c]) * k));
     }
 
-    const CELL: u32 = 8;
     let gw = (w / CELL + 2) as usize;
     let gh = (h / CELL + 2) as usize;
     let min_side = w.min(h).max(1) as f32;
@@ -607,14 +621,14 @@ mod tests {
         let diff = fa
             .iter()
             .zip(fc.iter())
-            .filter(|(x, y)| (**x as i32 - **y as i32).abs() > 24)
+            .filter(|(x, y)| (i32::from(**x) - i32::from(**y)).abs() > 24)
             .count();
         assert!(diff > fa.len() / 10, "only {diff} bytes differ noticeably");
     }
 
     #[test]
     fn torch_repr_matches_recording_head() {
-        let img = Image::solid(64, 48, 1, 3368601);
+        let img = Image::solid(64, 48, 1, 3_368_601);
         let s = img.torch_repr();
         assert!(
             s.starts_with(

@@ -45,7 +45,7 @@ mod tests {
         let err: f64 = rgb
             .iter()
             .zip(&back)
-            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
             .sum::<f64>()
             / rgb.len() as f64;
         assert!(err < 6.0, "mean error {err}");

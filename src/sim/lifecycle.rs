@@ -89,7 +89,7 @@ impl Sim {
             input_dir,
             temp_dir,
             core: Mutex::new(Core::default()),
-            sockets: Mutex::new(Default::default()),
+            sockets: Mutex::new(std::collections::HashMap::new()),
             stats: Mutex::new(StatsInner::default()),
             wake: Notify::new(),
             interrupt: AtomicBool::new(false),
@@ -100,7 +100,7 @@ impl Sim {
             prompts_accepted_total: AtomicU64::new(0),
             prompts_started_total: AtomicU64::new(0),
             drop_once_used: AtomicBool::new(false),
-            counters: Mutex::new(Default::default()),
+            counters: Mutex::new(super::state::SaveCounters::default()),
         });
         let worker_thread = WorkerThread::start()?;
         let supervisor = tokio::spawn(supervise(
@@ -233,7 +233,7 @@ async fn supervise(
                 shared
                     .counters
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clear();
                 {
                     let mut st = shared.stats_mut();
@@ -242,7 +242,7 @@ async fn supervise(
                 }
                 // Down: refuse connections, but still obey a shutdown.
                 tokio::select! {
-                    _ = tokio::time::sleep(down_for) => {}
+                    () = tokio::time::sleep(down_for) => {}
                     cmd = ctrl.recv() => if matches!(cmd, Some(Ctrl::Shutdown) | None) {
                         return;
                     },

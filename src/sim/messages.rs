@@ -72,7 +72,7 @@ impl<'a> Messages<'a> {
 
     /// `progress_state`: every node's state so far, sent on each change (each sampler step
     /// too). Only the changed node's entry is serialised; the frame joins the others' text.
-    pub fn progress_state(&mut self, node: &str, value: Value, max: Value, state: &str) {
+    pub fn progress_state(&mut self, node: &str, value: &Value, max: Value, state: &str) {
         #[derive(serde::Serialize)]
         struct Entry<'a> {
             value: &'a Value,
@@ -85,7 +85,7 @@ impl<'a> Messages<'a> {
             real_node_id: &'a str,
         }
         let entry = Entry {
-            value: &value,
+            value,
             max: &max,
             state,
             node_id: node,
@@ -132,7 +132,7 @@ impl<'a> Messages<'a> {
             Some(p) => p.max.clone(),
             None => json!(1),
         };
-        self.progress_state(node, max.clone(), max, "finished");
+        self.progress_state(node, &max.clone(), max, "finished");
     }
 }
 

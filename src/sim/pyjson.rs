@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use std::fmt::Write as _;
 use std::io;
 
 /// `serde_json` formatter that writes what Python's `json.dumps` writes with default options.
@@ -103,7 +104,7 @@ pub fn str_repr(s: &str) -> String {
                 out.push(c);
             }
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+                let _ = write!(out, "\\x{:02x}", c as u32);
             }
             c => out.push(c),
         }

@@ -158,12 +158,17 @@ impl Session {
         }
         self.log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Value::Object(out));
     }
 
     fn lines(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Open `/ws?clientId=` as socket `label`; its frames are logged as they arrive.
@@ -194,7 +199,7 @@ impl Session {
                     out.append(&mut m);
                 }
                 log.lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(Value::Object(out));
             };
             loop {
@@ -330,17 +335,16 @@ impl Session {
     ) -> Result<(u16, Option<Value>), String> {
         self.push(json!({"kind": "http_request", "method": method, "path": path, "body": body}));
         let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(&url),
-            _ => {
-                let mut r = self.http.post(&url);
-                if let Some(b) = &body {
-                    r = r
-                        .header("content-type", "application/json")
-                        .body(serde_json::to_vec(b).unwrap_or_default());
-                }
-                r
+        let req = if method == "GET" {
+            self.http.get(&url)
+        } else {
+            let mut r = self.http.post(&url);
+            if let Some(b) = &body {
+                r = r
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(b).unwrap_or_default());
             }
+            r
         };
         let resp = match req.send().await {
             Ok(r) => r,
@@ -446,7 +450,7 @@ impl Session {
     }
 
     /// Run a shell command (07's kill and start).
-    fn shell(&self, what: &str, cmd: Option<&String>) -> Step {
+    fn shell(what: &str, cmd: Option<&String>) -> Step {
         let cmd = cmd.ok_or_else(|| {
             format!("needs a command to {what} the server (--kill-cmd and --start-cmd)")
         })?;
@@ -465,9 +469,8 @@ impl Session {
     }
 
     /// The first image of `history[prompt_id].outputs[node]`, as a `/view` path.
-    fn view_path(history: &Option<Value>, prompt_id: &str, node: &str) -> Result<String, String> {
+    fn view_path(history: Option<&Value>, prompt_id: &str, node: &str) -> Result<String, String> {
         let img = history
-            .as_ref()
             .and_then(|h| h[prompt_id]["outputs"][node]["images"].get(0))
             .ok_or_else(|| format!("history of {prompt_id} has no image from node {node}"))?;
         let s = |k: &str| img[k].as_str().unwrap_or("").to_string();
@@ -508,7 +511,7 @@ fn scrub_paths(s: &str) -> String {
                 rest = &rest[end..];
             }
             _ => {
-                out.push_str(&rest[..i + 1]);
+                out.push_str(&rest[..=i]);
                 rest = &rest[i + 1..];
             }
         }
@@ -581,7 +584,7 @@ async fn normal_then_cached(s: &mut Session) -> Step {
         let pid = s.submit(&graph, Some("a"), Value::Null).await?;
         s.until_done("a", &pid).await?;
         let (_, history) = s.get(&format!("/history/{pid}")).await?;
-        let view = Session::view_path(&history, &pid, "9")?;
+        let view = Session::view_path(history.as_ref(), &pid, "9")?;
         s.get(&view).await?;
     }
     Ok(())
@@ -760,7 +763,7 @@ async fn crash_restart(s: &mut Session) -> Step {
         )
         .await?;
     s.until_executing("a", &pid, "10").await?;
-    s.shell("kill", s.opts.kill_cmd.as_ref())?;
+    Session::shell("kill", s.opts.kill_cmd.as_ref())?;
     s.push(json!({"kind": "server_killed", "signal": "SIGKILL"}));
     let why = s.until_closed("a").await?;
     s.push(json!({"kind": "ws_error_after_kill", "error": why}));
@@ -768,7 +771,7 @@ async fn crash_restart(s: &mut Session) -> Step {
         return Err("the server still answered after the kill command".into());
     }
     s.push(json!({"kind": "server_restarted"}));
-    s.shell("start", s.opts.start_cmd.as_ref())?;
+    Session::shell("start", s.opts.start_cmd.as_ref())?;
     s.push(json!({"kind": "server_ready"}));
     s.close_sockets().await;
     s.open("a", &cid, "ws_reopen_same_client_id").await?;

@@ -100,7 +100,7 @@ async fn guard(State(s): S, req: Request, next: Next) -> Response {
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.to_ascii_lowercase())
+        .map(str::to_ascii_lowercase)
 }
 
 fn split_host_port(s: &str) -> (String, Option<String>) {
@@ -115,7 +115,7 @@ fn split_host_port(s: &str) -> (String, Option<String>) {
 }
 
 fn origin_mismatch(host: &str, origin: &str) -> bool {
-    let netloc = origin.split_once("://").map(|(_, r)| r).unwrap_or("");
+    let netloc = origin.split_once("://").map_or("", |(_, r)| r);
     let netloc = netloc.split('/').next().unwrap_or("");
     let (o_host, o_port) = split_host_port(netloc);
     let (h_host, h_port) = split_host_port(host);
@@ -144,6 +144,10 @@ async fn get_prompt(State(s): S) -> Response {
     json_ok(&json!({"exec_info": {"queue_remaining": qr}}))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "mirrors ComfyUI's post_prompt (server.py) step by step"
+)]
 async fn post_prompt(
     State(s): S,
     Extension(catalog): Extension<Arc<Catalog>>,
@@ -180,29 +184,26 @@ async fn post_prompt(
         }
     };
     let client_id = body.get("client_id").cloned();
-    let (number, sort_key) = match body.get("number") {
-        Some(n) => {
-            let f = match n {
-                Value::Number(n) => n.as_f64(),
-                Value::String(t) => t.trim().parse::<f64>().ok(),
-                Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-                _ => None,
-            };
-            let Some(f) = f else { return internal_error() };
-            (json!(f), f)
+    let (number, sort_key) = if let Some(n) = body.get("number") {
+        let f = match n {
+            Value::Number(n) => n.as_f64(),
+            Value::String(t) => t.trim().parse::<f64>().ok(),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        };
+        let Some(f) = f else { return internal_error() };
+        (json!(f), f)
+    } else {
+        let mut core = s.core();
+        let mut n = core.number;
+        let front = body
+            .get("front")
+            .is_some_and(|f| !matches!(f, Value::Null | Value::Bool(false)) && f != &json!(0));
+        if front {
+            n = -n;
         }
-        None => {
-            let mut core = s.core();
-            let mut n = core.number;
-            let front = body
-                .get("front")
-                .is_some_and(|f| !matches!(f, Value::Null | Value::Bool(false)) && f != &json!(0));
-            if front {
-                n = -n;
-            }
-            core.number += 1;
-            (json!(n), n as f64)
-        }
+        core.number += 1;
+        (json!(n), n as f64)
     };
     let Some(prompt) = body.get("prompt") else {
         return no_prompt(&s, false);
@@ -308,7 +309,7 @@ fn ids(v: Option<&Value>) -> Vec<String> {
 }
 
 fn truthy(v: Option<&Value>) -> bool {
-    !matches!(v, None | Some(Value::Null) | Some(Value::Bool(false))) && v != Some(&json!(0))
+    !matches!(v, None | Some(Value::Null | Value::Bool(false))) && v != Some(&json!(0))
 }
 
 async fn post_queue(State(s): S, body: Bytes) -> Response {
@@ -410,19 +411,16 @@ async fn post_interrupt(State(s): S, body: Bytes) -> Response {
         .filter(|v| !v.is_null())
         .map(pyjson::str_value);
     let running = s.core().running.as_ref().map(|r| r.prompt_id.clone());
-    let hit = match &target {
-        Some(p) => {
-            if running.as_ref() == Some(p) {
-                s.interrupt.store(true, Ordering::SeqCst);
-                running
-            } else {
-                None
-            }
-        }
-        None => {
+    let hit = if let Some(p) = &target {
+        if running.as_ref() == Some(p) {
             s.interrupt.store(true, Ordering::SeqCst);
             running
+        } else {
+            None
         }
+    } else {
+        s.interrupt.store(true, Ordering::SeqCst);
+        running
     };
     s.interrupt_wake.notify_waiters();
     s.record_interrupt(target, hit);
@@ -452,7 +450,7 @@ fn dir_for(s: &Shared, kind: &str) -> Option<std::path::PathBuf> {
 
 fn content_type(name: &str) -> &'static str {
     let lower = name.to_ascii_lowercase();
-    let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let ext = lower.rsplit_once('.').map_or("", |(_, e)| e);
     match ext {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
@@ -636,8 +634,8 @@ async fn system_stats(State(s): S) -> Response {
     json_ok(&json!({
         "system": {
             "os": "linux",
-            "ram_total": 17179869184u64,
-            "ram_free": 12884901888u64,
+            "ram_total": 17_179_869_184u64,
+            "ram_free": 12_884_901_888u64,
             "comfyui_version": "0.8.0",
             "required_frontend_version": "1.35.9",
             "installed_templates_version": "0.7.67",
@@ -649,14 +647,14 @@ async fn system_stats(State(s): S) -> Response {
         },
         "devices": [{
             "name": "cpu", "type": "cpu", "index": null,
-            "vram_total": 17179869184u64, "vram_free": 12884901888u64,
-            "torch_vram_total": 17179869184u64, "torch_vram_free": 12884901888u64,
+            "vram_total": 17_179_869_184u64, "vram_free": 12_884_901_888u64,
+            "torch_vram_total": 17_179_869_184u64, "torch_vram_free": 12_884_901_888u64,
         }],
     }))
 }
 
 fn server_flags() -> Value {
-    json!({"supports_preview_metadata": true, "max_upload_size": 104857600, "extension": {"manager": {"supports_v4": true}}})
+    json!({"supports_preview_metadata": true, "max_upload_size": 104_857_600, "extension": {"manager": {"supports_v4": true}}})
 }
 
 async fn features() -> Response {
@@ -727,6 +725,10 @@ enum WsFate {
 }
 
 /// One WebSocket connection, as `websocket_handler` runs it.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one protocol exchange in order; its select! arms share the exchange's state"
+)]
 async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
     let mut epoch = s.epoch.subscribe();
     let start = *epoch.borrow_and_update();
@@ -770,7 +772,7 @@ async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
     let mut rx_open = true;
     let fate = loop {
         tokio::select! {
-            _ = &mut killed => return,
+            () = &mut killed => return,
             out = rx.recv(), if rx_open => {
                 let Some(mut out) = out else { rx_open = false; continue };
                 // Frames already waiting (a node's end and the next one's start come in
@@ -822,7 +824,7 @@ async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
                         }
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
                 _ => {}
             },
         }
@@ -832,7 +834,7 @@ async fn client(s: Arc<Shared>, mut socket: WebSocket, sid: String) {
             // A zombie: the socket stays open but nothing is read or written again.
             loop {
                 tokio::select! {
-                    _ = &mut killed => return,
+                    () = &mut killed => return,
                     out = rx.recv(), if rx_open => if out.is_none() { rx_open = false },
                 }
             }

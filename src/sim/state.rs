@@ -88,17 +88,14 @@ impl History {
         {
             self.seq_of.remove(&old);
         }
-        match self.seq_of.get(id) {
-            Some(seq) => {
-                if let Some(slot) = self.by_seq.get_mut(seq) {
-                    slot.1 = entry;
-                }
+        if let Some(seq) = self.seq_of.get(id) {
+            if let Some(slot) = self.by_seq.get_mut(seq) {
+                slot.1 = entry;
             }
-            None => {
-                self.next += 1;
-                self.seq_of.insert(id.to_string(), self.next);
-                self.by_seq.insert(self.next, (id.to_string(), entry));
-            }
+        } else {
+            self.next += 1;
+            self.seq_of.insert(id.to_string(), self.next);
+            self.by_seq.insert(self.next, (id.to_string(), entry));
         }
     }
 
@@ -189,7 +186,7 @@ pub struct Shared {
     pub prompts_started_total: AtomicU64,
     pub drop_once_used: AtomicBool,
     pub rng: Mutex<u64>,
-    /// SaveImage counters: per folder, the file names in it (read from disk once, then kept
+    /// `SaveImage` counters: per folder, the file names in it (read from disk once, then kept
     /// current), and the highest counter per (folder, filename prefix).
     pub counters: Mutex<SaveCounters>,
 }
@@ -217,7 +214,10 @@ impl Shared {
 
     /// A uniform number in [0, 1) from the seeded generator.
     pub fn random(&self) -> f64 {
-        let mut state = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut rng = super::image::Rng(*state);
         let z = rng.next();
         *state = rng.0;
@@ -225,15 +225,21 @@ impl Shared {
     }
 
     pub fn core(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketEntry>> {
-        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn stats_mut(&self) -> std::sync::MutexGuard<'_, StatsInner> {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn snapshot_stats(&self) -> SimStats {

@@ -41,8 +41,7 @@ fn resolve<'c>(
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn is_link(v: &Value) -> Option<(&str, usize)> {
@@ -71,13 +70,11 @@ pub async fn run(shared: Arc<Shared>, catalog: Arc<Catalog>) {
                 }
                 item
             };
-            match next {
-                Some(item) => break item,
-                None => {
-                    shared.release_frames();
-                    shared.wake.notified().await
-                }
+            if let Some(item) = next {
+                break item;
             }
+            shared.release_frames();
+            shared.wake.notified().await;
         };
         {
             let mut st = shared.stats_mut();
@@ -145,6 +142,10 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "mirrors ComfyUI's execute (execution.py): one prompt's nodes and messages in order"
+    )]
     async fn execute(&mut self, cache: &mut HashMap<u64, CachedNode>) {
         let shared = self.shared;
         shared.interrupt.store(false, Ordering::SeqCst);
@@ -438,14 +439,14 @@ impl<'a> Run<'a> {
         let shared = self.shared;
         let pid = self.pid().to_string();
         self.messages
-            .progress_state(node, json!(0.0), json!(1.0), "running");
+            .progress_state(node, &json!(0.0), json!(1.0), "running");
         self.messages.to_client(
             "executing",
             &json!({"node": node, "display_node": node, "prompt_id": pid}),
         );
         {
             let mut core = shared.core();
-            core.last_client = self.messages.client.clone();
+            core.last_client.clone_from(&self.messages.client);
             core.last_node = Some(node.to_string());
         }
         if first && let Some(ms) = self.crash_ms.take() {

@@ -1,5 +1,5 @@
 //! The canonical JSON of a workflow and the job hash built on it (documented in
-//! `docs/manifest.md`): serde_json's compact form with every object's keys sorted by their
+//! `docs/manifest.md`): `serde_json`'s compact form with every object's keys sorted by their
 //! UTF-8 bytes, hashed with sha256 after a versioned prefix.
 
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ pub struct Segments(Vec<Segment>);
 #[derive(Debug, Clone)]
 enum Segment {
     Bytes(Vec<u8>),
-    /// The value of slot `n`, serialized as serde_json does.
+    /// The value of slot `n`, serialized as `serde_json` does.
     Slot(usize),
 }
 
@@ -65,7 +65,7 @@ impl Segments {
         segments
     }
 
-    /// The compact JSON of `graph` in its own key order (as serde_json writes it), with the
+    /// The compact JSON of `graph` in its own key order (as `serde_json` writes it), with the
     /// value at `slots[path]` left as a hole: filling a job is then a few appends.
     pub fn ordered(graph: &Value, slots: &HashMap<Vec<Step>, usize>) -> Self {
         let mut segments = Segments::default();
@@ -73,7 +73,7 @@ impl Segments {
         segments
     }
 
-    /// The text with `filled[n]` in hole `n`, each written as serde_json writes it.
+    /// The text with `filled[n]` in hole `n`, each written as `serde_json` writes it.
     pub fn fill_text(&self, filled: &[Value]) -> String {
         let mut text = Vec::with_capacity(self.0.iter().map(Segment::len).sum::<usize>() + 64);
         for segment in &self.0 {
@@ -125,7 +125,7 @@ fn write(
     slots: &HashMap<Vec<Step>, usize>,
     out: &mut Segments,
 ) {
-    write_in(value, path, slots, out, true)
+    write_in(value, path, slots, out, true);
 }
 
 /// `sorted`: keys by their UTF-8 bytes (canonical); otherwise in the map's own order.

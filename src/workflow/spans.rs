@@ -1,5 +1,5 @@
 //! Byte spans of the keys and values of a JSON document, so template problems can point at
-//! the node and input they are about. serde_json's `Value` keeps no positions.
+//! the node and input they are about. `serde_json`'s `Value` keeps no positions.
 
 use std::ops::Range;
 
@@ -35,7 +35,7 @@ impl SpanTree {
         }
     }
 
-    /// The entry for `key`, if this is an object that has it (the last one wins, as in serde_json).
+    /// The entry for `key`, if this is an object that has it (the last one wins, as in `serde_json`).
     pub fn entry(&self, key: &str) -> Option<&Entry> {
         match self {
             SpanTree::Object { entries, .. } => entries.iter().rev().find(|e| e.key == key),
@@ -51,7 +51,7 @@ impl SpanTree {
     }
 }
 
-/// Index `text`, which must already have parsed as JSON (serde_json checks syntax and depth).
+/// Index `text`, which must already have parsed as JSON (`serde_json` checks syntax and depth).
 pub fn index(text: &str) -> SpanTree {
     let mut scanner = Scanner {
         text,
@@ -72,7 +72,7 @@ impl Scanner<'_> {
         while self
             .bytes
             .get(self.pos)
-            .is_some_and(|b| b.is_ascii_whitespace())
+            .is_some_and(u8::is_ascii_whitespace)
         {
             self.pos += 1;
         }

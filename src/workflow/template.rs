@@ -243,6 +243,10 @@ impl Checker<'_> {
     }
 
     /// Check every node; returns the `SaveImage` node ids.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one check after another over a workflow graph, each reporting where it failed"
+    )]
     fn graph(&mut self, graph: &Value, tree: &SpanTree) -> Vec<String> {
         let name = self.file.name().to_owned();
         let Some(nodes) = graph.as_object() else {

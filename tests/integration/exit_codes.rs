@@ -206,7 +206,7 @@ fn a_server_url_that_is_no_url_exits_4_before_any_job() {
     assert!(
         crate::support::files_under(&out)
             .iter()
-            .all(|f| !f.ends_with(".png"))
+            .all(|f| !crate::support::has_extension(f, "png"))
     );
 }
 

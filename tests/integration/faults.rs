@@ -436,7 +436,7 @@ async fn proxy_losing_first_post_answer(target: std::net::SocketAddr) -> String 
                     }
                 };
                 // Whichever side ends first closes both.
-                tokio::select! { _ = up => {}, _ = down => {} }
+                tokio::select! { () = up => {}, () = down => {} }
             });
         }
     });
@@ -537,7 +537,7 @@ async fn proxy_with_zombie_socket(
                     }
                     std::future::pending::<()>().await;
                 };
-                tokio::select! { _ = up => {}, _ = down => {} }
+                tokio::select! { () = up => {}, () = down => {} }
             });
         }
     });

@@ -17,7 +17,7 @@ use crate::support::*;
 pub(crate) struct SimProcess {
     child: Child,
     pub url: String,
-    /// Where its SaveImage writes (inside its own temp folder unless `--output-dir`).
+    /// Where its `SaveImage` writes (inside its own temp folder unless `--output-dir`).
     pub output_dir: PathBuf,
 }
 
@@ -110,7 +110,7 @@ impl Drop for SimProcess {
 }
 
 fn run_with(manifest: &Path, out: &Path, server: &str, extra: &[&str]) -> Runner {
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let extra: Vec<String> = extra.iter().map(ToString::to_string).collect();
     Runner::start_with(manifest, out, server, move |mut argv| {
         argv.extend(extra);
         argv

@@ -5,6 +5,7 @@
 //! exit), never on sleeps, and checks the same invariants as `check_run`, from the report.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -92,8 +93,8 @@ impl Runner {
                         return line;
                     }
                 }
-                Err(_) => panic!(
-                    "no line with {needle:?}; stderr so far:\n{}",
+                Err(e) => panic!(
+                    "no line with {needle:?} ({e}); stderr so far:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -431,7 +432,7 @@ async fn disk_full_fails_jobs_cleanly_without_partial_images() {
     let runner = Runner::start_with(&manifest, &out, &sim.url(), |argv| {
         let mut quoted = String::from("trap '' XFSZ; ulimit -f 96; exec");
         for arg in argv {
-            quoted.push_str(&format!(" '{arg}'"));
+            let _ = write!(quoted, " '{arg}'");
         }
         vec!["bash".into(), "-c".into(), quoted]
     });
@@ -560,12 +561,12 @@ struct ServeChild {
 impl ServeChild {
     /// `wrap` may put the binary behind a shell; waits for the "listening on" line.
     fn start(out: &Path, wrap: impl FnOnce(Vec<String>) -> Vec<String>) -> ServeChild {
-        ServeChild::spawned(spawn_serve(wrap(serve_argv(out, None))))
+        ServeChild::spawned(spawn_serve(&wrap(serve_argv(out, None))))
     }
 
     /// On a ComfyUI server instead of the built-in simulator.
     fn start_on(out: &Path, server: &str) -> ServeChild {
-        ServeChild::spawned(spawn_serve(serve_argv(out, Some(server))))
+        ServeChild::spawned(spawn_serve(&serve_argv(out, Some(server))))
     }
 
     fn spawned((child, url): (Child, Result<String, String>)) -> ServeChild {
@@ -609,7 +610,7 @@ fn serve_argv(out: &Path, server: Option<&str>) -> Vec<String> {
 
 /// Start `argv` (`serve`) and wait for its first stdout line: `Ok(url)`, or `Err(stderr)` if it
 /// exited first (the child is then reaped).
-fn spawn_serve(argv: Vec<String>) -> (Child, Result<String, String>) {
+fn spawn_serve(argv: &[String]) -> (Child, Result<String, String>) {
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .env_remove("PLASMA_TOKEN")
@@ -627,17 +628,16 @@ fn spawn_serve(argv: Vec<String>) -> (Child, Result<String, String>) {
         for _ in lines {}
     });
     let first = rx.recv_timeout(DEADLINE).expect("serve printed nothing");
-    match first.and_then(|l| {
+    if let Some(url) = first.and_then(|l| {
         l.strip_prefix("plasma-batch serve listening on ")
             .map(str::to_owned)
     }) {
-        Some(url) => (child, Ok(url)),
-        None => {
-            let code = wait_exit(&mut child);
-            let mut stderr = String::new();
-            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
-            (child, Err(format!("exit {code:?}\n{stderr}")))
-        }
+        (child, Ok(url))
+    } else {
+        let code = wait_exit(&mut child);
+        let mut stderr = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+        (child, Err(format!("exit {code:?}\n{stderr}")))
     }
 }
 
@@ -706,7 +706,7 @@ fn a_second_serve_on_one_output_is_refused_until_the_first_dies() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut first = ServeChild::start(&out, |argv| argv);
-    let (_, refused) = spawn_serve(serve_argv(&out, None));
+    let (_, refused) = spawn_serve(&serve_argv(&out, None));
     let stderr = refused.expect_err("a second service started on the same --out");
     assert!(stderr.starts_with("exit Some(5)"), "{stderr}");
     // miette wraps long lines behind a `│` margin.
@@ -802,7 +802,7 @@ async fn kill_9_of_serve_mid_load_renders_no_job_twice() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let images = out.join("ch-01/raw/comfyui");
-    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, Iterator::count);
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for round in 1..=6u16 {

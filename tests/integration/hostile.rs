@@ -320,6 +320,7 @@ fn make_unwritable(dir: &Path) {
 
 #[test]
 fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let manifest = small_manifest(dir.path(), 3, 1, "");
     let out = dir.path().join("out");
@@ -351,7 +352,6 @@ fn an_image_folder_that_refuses_files_stops_the_run_before_any_prompt() {
             .extension()
             .is_some_and(|x| x == "json"))
     );
-    use std::os::unix::fs::PermissionsExt;
     if !images.is_symlink() {
         std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

@@ -11,6 +11,7 @@
 //! have nothing else to do meanwhile: the tests watch its queue and history. They hold
 //! one lock, so they never overlap with each other. CI does not run them.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,13 +105,15 @@ fn manifest(dir: &Path, marker: &str, pages: u16, steps: u32, checkpoint: &str) 
         repo().join("workflows/txt2img-lora.json").display(),
     );
     for page in 1..=pages {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[pages]]\npage = {page}\nprompt = \"panel {page}, a harbour at night, {marker}\"\n"
-        ));
+        );
         if page == 2 {
-            text.push_str(&format!(
-                "lora = {{ name = \"{LORA}\", strength_model = 0.8, strength_clip = 0.7 }}\n"
-            ));
+            let _ = writeln!(
+                text,
+                "lora = {{ name = \"{LORA}\", strength_model = 0.8, strength_clip = 0.7 }}"
+            );
         }
     }
     let path = dir.join("chapter.toml");

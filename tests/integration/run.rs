@@ -276,7 +276,7 @@ async fn server_rejections_are_failures_with_node_details() {
         events,
         cancel: no_cancel(),
         started: std::time::Instant::now(),
-        reattach: Default::default(),
+        reattach: std::collections::HashMap::new(),
     });
     let outcomes =
         plasma_batch::engine::execute(engine(), vec![client(&sim.url())], jobs, ctx).await;

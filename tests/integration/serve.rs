@@ -44,8 +44,11 @@ fn small(extra: Value) -> Value {
         "steps": 3,
         "resolution": {"width": 64, "height": 96},
     });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
+    let Value::Object(extra) = extra else {
+        panic!("small() takes an object, not {extra}")
+    };
+    for (k, v) in extra {
+        body[k] = v;
     }
     body
 }
@@ -259,6 +262,10 @@ async fn a_job_goes_from_queued_to_running_to_complete_and_its_image_is_served()
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn every_field_is_validated_with_its_name_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let sim = TestSim::start(&[]).await.idle_ok();
@@ -692,7 +699,7 @@ async fn a_token_is_required_off_loopback_and_checked_when_given() {
     cfg.token = Some("s3cret".to_owned());
     match Service::start(cfg.clone()).await {
         Err(e @ ServeError::TokenTooShort(_)) => {
-            assert!(e.to_string().contains("shorter than 16 characters"), "{e}")
+            assert!(e.to_string().contains("shorter than 16 characters"), "{e}");
         }
         Err(other) => panic!("refused for the wrong reason: {other}"),
         Ok(_) => panic!("listened on 0.0.0.0 with a 6-character token"),
@@ -1066,6 +1073,10 @@ async fn send(
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn requests_a_web_page_could_send_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sim = TestSim::start(&[]).await;
@@ -1200,6 +1211,10 @@ async fn requests_a_web_page_could_send_are_refused() {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, a table of cases checked in turn"
+)]
 async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let sim = TestSim::with_config(plasma_batch::sim::SimConfig {

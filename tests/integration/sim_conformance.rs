@@ -5,7 +5,7 @@
 //! The fixtures come from the project's recorder (`examples/record_comfy.rs`, scenarios in
 //! `src/sim/record.rs`) run against a real ComfyUI 0.8.0; docs/simulator.md says how to
 //! re-record them. Normalised on both sides: `timestamp` and `create_time` values, the
-//! 5-digit counter in SaveImage filenames, and prompt `number`s, compared relative to the
+//! 5-digit counter in `SaveImage` filenames, and prompt `number`s, compared relative to the
 //! first one a replay sees (the recorded server had run other prompts before). Where the
 //! simulator cannot reproduce the real server, each narrower check says why where it is made.
 //!
@@ -76,7 +76,7 @@ impl Norm {
                             // Python sets: their order is hash-randomised per process.
                             "current_outputs" | "executed" if v.is_array() => {
                                 let mut ids: Vec<Value> = v.as_array().cloned().unwrap_or_default();
-                                ids.sort_by_key(|x| x.to_string());
+                                ids.sort_by_key(ToString::to_string);
                                 Value::Array(ids)
                             }
                             // Queue entries are `[number, prompt_id, prompt, extra, outputs]`.
@@ -108,7 +108,7 @@ impl Norm {
             }
             // `list(good_outputs)`: a Python set again.
             if let Some(Value::Array(outputs)) = item.get_mut(4) {
-                outputs.sort_by_key(|x| x.to_string());
+                outputs.sort_by_key(ToString::to_string);
             }
         }
         v
@@ -305,6 +305,10 @@ impl Replay {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "replays one transcript line by line; one arm per kind of line"
+    )]
     pub async fn run(&mut self, file: &str, lines: &[Value], hooks: Hooks) {
         let (en, gn) = (&self.expected_norm, &self.got_norm);
         let mut pending_response: Option<(reqwest::StatusCode, Option<String>, Vec<u8>, String)> =
@@ -346,15 +350,14 @@ impl Replay {
                     let method = line["method"].as_str().unwrap();
                     let path = line["path"].as_str().unwrap().to_string();
                     let url = format!("{}{}", self.base, view_path(&path, &self.saved));
-                    let req = match method {
-                        "GET" => http().get(&url),
-                        _ => {
-                            let body = &line["body"];
-                            http()
-                                .post(&url)
-                                .header("content-type", "application/json")
-                                .body(serde_json::to_vec(body).unwrap())
-                        }
+                    let req = if method == "GET" {
+                        http().get(&url)
+                    } else {
+                        let body = &line["body"];
+                        http()
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(serde_json::to_vec(body).unwrap())
                     };
                     match req.send().await {
                         Ok(resp) => {
@@ -378,7 +381,7 @@ impl Replay {
                 "http_response" => {
                     let (status, ct, bytes, path) = pending_response.take().expect("a response");
                     assert_eq!(
-                        status.as_u16() as u64,
+                        u64::from(status.as_u16()),
                         line["status"].as_u64().unwrap(),
                         "{file}: {path}: status"
                     );
@@ -453,7 +456,7 @@ impl Replay {
                 other => panic!("{file}: unknown fixture line kind {other}"),
             }
         }
-        for (name, s) in self.sockets.iter_mut() {
+        for (name, s) in &mut self.sockets {
             s.catch_up(gn).await;
             compare_frames(file, name, hooks.order, &s.expected, &s.got);
         }
@@ -541,8 +544,8 @@ async fn fixture_08_sampler_replays() {
     replay_alone("08-txt2img-sampler").await;
 }
 
-/// An interrupt inside a model node (VAEDecode raises itself) and one during a plain tensor
-/// node (ImageBlur runs to its end, the next node raises, the output saved before it stays
+/// An interrupt inside a model node (`VAEDecode` raises itself) and one during a plain tensor
+/// node (`ImageBlur` runs to its end, the next node raises, the output saved before it stays
 /// in the history, the one after it never exists).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_10_interrupt_inside_and_between_nodes() {

@@ -135,7 +135,7 @@ async fn crash_every_n_prompts_and_crash_now() {
         submit(&base, Some("e"), &empty_save("e", round)).await;
         ws.closed().await;
         wait_until_up(&sim).await;
-        assert_eq!(sim.stats().crashes, round as u64);
+        assert_eq!(sim.stats().crashes, u64::from(round));
     }
     // Crashed on demand, without a prompt.
     let plain = TestSim::with_config(quick()).await.idle_ok();

@@ -83,7 +83,7 @@ impl Ws {
         loop {
             match self.next().await {
                 Frame::Json(v) => return v,
-                Frame::Binary(_) => continue,
+                Frame::Binary(_) => {}
                 Frame::Closed(why) => panic!("socket closed while waiting for a message: {why}"),
             }
         }

@@ -2,6 +2,7 @@
 //! options with short timings, and the invariants every run must keep.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +29,10 @@ pub fn small_manifest(dir: &Path, pages: u16, variants: u32, prompt_suffix: &str
         repo().join("workflows/txt2img.json").display()
     );
     for page in 1..=pages {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[pages]]\npage = {page}\nprompt = \"panel {page}: a quiet harbour at night{prompt_suffix}\"\n"
-        ));
+        );
     }
     let path = dir.join("chapter.toml");
     std::fs::write(&path, text).unwrap();
@@ -312,10 +314,17 @@ pub fn check_run(summary: &RunSummary, plan_jobs: &[Arc<Job>], out: &Path) -> Ru
     for file in files_under(out) {
         let allowed = expected_files.contains(&file)
             || is_run_file(&file)
-            || (file.contains("/raw/comfyui/") && file.ends_with(".png") && !file.contains("/."));
+            || (file.contains("/raw/comfyui/")
+                && has_extension(&file, "png")
+                && !file.contains("/."));
         assert!(allowed, "unexpected file under the output root: {file}");
     }
     report
+}
+
+/// Whether `file`'s extension is exactly `ext` (the names plasma-batch writes are lower-case).
+pub fn has_extension(file: &str, ext: &str) -> bool {
+    Path::new(file).extension().is_some_and(|e| e == ext)
 }
 
 /// A file a run keeps besides its images: ledger, reports, contact sheets, thumbnails.
@@ -323,5 +332,7 @@ pub fn is_run_file(file: &str) -> bool {
     let name = file.rsplit('/').next().unwrap();
     name == "ledger.jsonl"
         || (file.contains("/reports/")
-            && (name.ends_with(".json") || name.ends_with(".html") || name == "thumbs.pack"))
+            && (has_extension(name, "json")
+                || has_extension(name, "html")
+                || name == "thumbs.pack"))
 }

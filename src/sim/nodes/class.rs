@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::exec::Execute;
 use crate::comfyui;
 
-/// `nodes.MAX_RESOLUTION`: the largest side ComfyUI accepts (EmptyLatentImage's own bound).
+/// `nodes.MAX_RESOLUTION`: the largest side ComfyUI accepts (`EmptyLatentImage`'s own bound).
 pub const MAX_RESOLUTION: i64 = *comfyui::LATENT_SIZE.end() as i64;
 
 /// The model files a simulator offers (`ckpt_name` and `lora_name` choices).
@@ -42,8 +42,8 @@ pub struct NodeClass {
     /// Whether ComfyUI 0.8.0 checks the interrupt flag inside the node, not only before it:
     /// every layer of a model (`comfy.ops`, `run_every_op`) raises
     /// `InterruptProcessingException` once the flag is set, so a sampler, a CLIP encode or a
-    /// VAE decode stops within moments (recorded: `10-interrupt-in-node.jsonl`, VAEDecode).
-    /// Plain tensor nodes (EmptyImage, ImageBlur, ImageScale, SaveImage, ...) only see it at
+    /// VAE decode stops within moments (recorded: `10-interrupt-in-node.jsonl`, `VAEDecode`).
+    /// Plain tensor nodes (`EmptyImage`, `ImageBlur`, `ImageScale`, `SaveImage`, ...) only see it at
     /// the next node boundary (`before_node_execution`).
     pub model_ops: bool,
     pub hooks: Hooks,

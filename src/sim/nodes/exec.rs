@@ -131,7 +131,7 @@ impl<'r, 'a> Exec<'r, 'a> {
     pub fn float(&self, name: &str) -> f64 {
         self.literals
             .get(name)
-            .and_then(|v| v.as_f64())
+            .and_then(serde_json::Value::as_f64)
             .unwrap_or(0.0)
     }
 

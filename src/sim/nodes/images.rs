@@ -23,7 +23,7 @@ pub fn empty_image(_models: &Models) -> NodeClass {
             ("batch_size", int(1, 1, 4096, None)),
             (
                 "color",
-                json!(["INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}]),
+                json!(["INT", {"default": 0, "min": 0, "max": 0xFF_FFFF, "step": 1, "display": "color"}]),
             ),
         ],
         optional: vec![],
@@ -38,6 +38,10 @@ pub fn empty_image(_models: &Models) -> NodeClass {
 }
 
 /// `EmptyImage.generate`.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "a node function has the node table's signature; others of this class fail"
+)]
 fn generate(ex: &mut Exec<'_, '_>) -> NodeResult {
     Ok((
         vec![Val::Image(Image::solid(

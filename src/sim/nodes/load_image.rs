@@ -81,8 +81,8 @@ fn is_changed(inputs: &Map<String, Value>, input_dir: &Path) -> Option<Vec<u8>> 
 fn list_input_files(dir: &Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .filter_map(|e| e.file_name().into_string().ok())
                 .filter(|n| {
                     let l = n.to_ascii_lowercase();

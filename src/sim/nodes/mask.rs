@@ -56,7 +56,7 @@ fn image_to_mask_fn(ex: &mut Exec<'_, '_>) -> NodeResult {
             traceback: EXECUTION_FRAMES
                 .iter()
                 .chain(&IMAGE_TO_MASK_FRAMES)
-                .map(|f| f.to_string())
+                .map(ToString::to_string)
                 .collect(),
         });
     }

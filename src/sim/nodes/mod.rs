@@ -5,10 +5,10 @@
 //! and strings; `exec` is what an execution gets and gives. Nothing here touches a socket:
 //! nodes report progress through the prompt's `Messages`.
 //!
-//! Families: `loaders` (CheckpointLoaderSimple, LoraLoader), `conditioning`
-//! (CLIPTextEncode), `latent` (EmptyLatentImage, VAEDecode), `sampling` (KSampler), `save`
-//! (SaveImage, PreviewImage), `images` (EmptyImage, ImageBlur, ImageScale), `mask`
-//! (ImageToMask, MaskToImage), `load_image` (LoadImage).
+//! Families: `loaders` (`CheckpointLoaderSimple`, `LoraLoader`), `conditioning`
+//! (`CLIPTextEncode`), `latent` (`EmptyLatentImage`, `VAEDecode`), `sampling` (`KSampler`), `save`
+//! (`SaveImage`, `PreviewImage`), `images` (`EmptyImage`, `ImageBlur`, `ImageScale`), `mask`
+//! (`ImageToMask`, `MaskToImage`), `load_image` (`LoadImage`).
 
 mod catalog;
 mod class;

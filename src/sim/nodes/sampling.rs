@@ -156,7 +156,7 @@ async fn steps_with_progress(
             return Err(NodeFail::Interrupted);
         }
         ex.messages
-            .progress_state(node, json!(value), json!(steps), "running");
+            .progress_state(node, &json!(value), json!(steps), "running");
         // Latent previews are JPEG, as `latent_preview` sends them (quality 95).
         let jpeg = preview.then(|| {
             let preview = image::render_preview(

@@ -118,7 +118,10 @@ fn write_images(
     let traversal = shared
         .faults()
         .any(|f| matches!(f, Fault::TraversalFilenames));
-    let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+    let mut counters = shared
+        .counters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let counters = &mut *counters;
     // A folder is made (and read) the first time it is used after a start.
     let names = counters.folders.entry(folder.clone()).or_insert_with(|| {
@@ -188,9 +191,9 @@ pub fn normpath(p: &str) -> Option<String> {
 /// The file names in a folder (empty if it cannot be read).
 fn folder_names(folder: &std::path::Path) -> std::collections::BTreeSet<String> {
     let Ok(rd) = std::fs::read_dir(folder) else {
-        return Default::default();
+        return std::collections::BTreeSet::new();
     };
-    rd.filter_map(|e| e.ok())
+    rd.filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .collect()
 }

@@ -33,7 +33,9 @@ pub enum Verdict {
 }
 
 fn err(kind: &str, message: impl Into<String>, details: impl Into<String>, extra: Value) -> Value {
-    json!({"type": kind, "message": message.into(), "details": details.into(), "extra_info": extra})
+    let mut error = json!({"type": kind, "message": message.into(), "details": details.into()});
+    error["extra_info"] = extra;
+    error
 }
 
 const TB_VALIDATE_PROMPT: &str = "  File \"ComfyUI/execution.py\", line 1043, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
@@ -52,12 +54,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn set(&mut self, id: &str, valid: bool, reasons: Vec<Value>) {
-        match self.position.get(id) {
-            Some(&i) => self.validated[i] = (id.to_string(), valid, reasons),
-            None => {
-                self.position.insert(id.to_string(), self.validated.len());
-                self.validated.push((id.to_string(), valid, reasons));
-            }
+        if let Some(&i) = self.position.get(id) {
+            self.validated[i] = (id.to_string(), valid, reasons);
+        } else {
+            self.position.insert(id.to_string(), self.validated.len());
+            self.validated.push((id.to_string(), valid, reasons));
         }
     }
 
@@ -66,6 +67,10 @@ impl Validator<'_> {
         self.catalog.get(ct)
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "mirrors ComfyUI's validate_inputs (execution.py) check by check"
+    )]
     fn validate_inputs(&mut self, id: &str) -> Result<bool, PyExc> {
         if let Some(&i) = self.position.get(id) {
             return Ok(self.validated[i].1);
@@ -286,7 +291,6 @@ impl Validator<'_> {
                     format!("{name}: '{}' not in {list_info}", pyjson::str_value(&val)),
                     json!({"input_name": name, "input_config": config, "received_value": val}),
                 ));
-                continue;
             }
         }
         // The class's VALIDATE_INPUTS, over the inputs as the prompt wrote them.
@@ -339,7 +343,7 @@ fn coerce(input_type: &str, val: &Value) -> Result<Value, String> {
                     Ok(json!(f.trunc() as i64))
                 }
             }
-            Value::Bool(b) => Ok(json!(*b as i64)),
+            Value::Bool(b) => Ok(json!(i64::from(*b))),
             Value::String(s) => {
                 let t = s.trim().replace('_', "");
                 t.parse::<i64>()
@@ -388,6 +392,10 @@ fn coerce(input_type: &str, val: &Value) -> Result<Value, String> {
 }
 
 /// `execution.validate_prompt` plus the `post_prompt` wrapping around it.
+#[allow(
+    clippy::too_many_lines,
+    reason = "mirrors ComfyUI's validate_prompt (execution.py) step by step"
+)]
 pub fn validate_prompt(
     catalog: &Catalog,
     input_dir: &Path,
@@ -555,9 +563,9 @@ mod tests {
     use super::*;
     use crate::comfyui;
 
-    fn check(prompt: Value) -> (Value, Value) {
+    fn check(prompt: &Value) -> (Value, Value) {
         let cat = Catalog::new(&["a.safetensors".into()], &["l.safetensors".into()]);
-        match validate_prompt(&cat, Path::new("/nonexistent"), &prompt, None) {
+        match validate_prompt(&cat, Path::new("/nonexistent"), prompt, None) {
             Verdict::Rejected { error, node_errors } => (error, node_errors),
             Verdict::Accepted { .. } => panic!("accepted"),
             Verdict::Internal => panic!("internal"),
@@ -567,7 +575,7 @@ mod tests {
     #[test]
     fn integer_link_id_is_a_key_error() {
         let (e, ne) = check(
-            json!({"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": [4, 0]}}}),
+            &json!({"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": [4, 0]}}}),
         );
         assert_eq!(e["details"], "Exception when validating node: 4");
         assert_eq!(ne["9"]["errors"][0]["details"], "4");
@@ -575,7 +583,7 @@ mod tests {
 
     #[test]
     fn inner_dangling_link_blames_the_linked_node() {
-        let (_, ne) = check(json!({
+        let (_, ne) = check(&json!({
             "1": {"class_type": "ImageBlur", "inputs": {"image": ["77", 0], "blur_radius": 1, "sigma": 1.0}},
             "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["1", 0]}}
         }));
@@ -589,7 +597,7 @@ mod tests {
 
     #[test]
     fn long_combo_lists_are_summarised() {
-        let (_, ne) = check(json!({
+        let (_, ne) = check(&json!({
             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["4", 1]}},
