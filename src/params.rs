@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::comfyui;
+use crate::diagnostic::did_you_mean;
 
 /// The default checkpoint when neither `[defaults]` nor a page names one.
 pub const DEFAULT_CHECKPOINT: &str = "AnythingXL_inkBase.safetensors";
@@ -103,6 +104,18 @@ pub const OUTAGE_WINDOW: Limit<f64> = Limit {
     range: 1.0..=604_800.0,
     help: "`outage_window` is seconds a server that went away is waited for",
 };
+
+/// The help for a scheduler `KSampler` does not have: the closest one, else the list. The
+/// manifest and the job service say the same.
+pub fn unknown_scheduler_help(name: &str) -> String {
+    match did_you_mean(name, comfyui::SCHEDULERS) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None => format!(
+            "KSampler's schedulers are: {}",
+            comfyui::SCHEDULERS.join(", ")
+        ),
+    }
+}
 
 /// A per-job timeout of `secs` seconds, if that is one: more than 0 and at most a day
 /// (`NaN` and infinity are not).

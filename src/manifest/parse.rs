@@ -418,10 +418,7 @@ impl Checker<'_> {
         if SCHEDULERS.contains(&name.as_str()) {
             return Some(name);
         }
-        let help = match did_you_mean(&name, SCHEDULERS) {
-            Some(close) => format!("did you mean `{close}`?"),
-            None => format!("KSampler's schedulers are: {}", SCHEDULERS.join(", ")),
-        };
+        let help = params::unknown_scheduler_help(&name);
         self.error(
             "manifest::unknown_scheduler",
             v.span(),

@@ -338,10 +338,7 @@ impl Checker {
         if SCHEDULERS.contains(&name.as_str()) {
             return Some(name);
         }
-        let hint = match did_you_mean(&name, SCHEDULERS) {
-            Some(close) => format!("did you mean `{close}`?"),
-            None => format!("KSampler's schedulers are: {}", SCHEDULERS.join(", ")),
-        };
+        let hint = params::unknown_scheduler_help(&name);
         self.problem("scheduler", format!("unknown scheduler `{name}`; {hint}"));
         None
     }
