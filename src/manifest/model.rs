@@ -56,6 +56,40 @@ pub struct Settings {
     pub height: Option<u32>,
     pub lora: Option<Spanned<LoraSetting>>,
     pub variants: Option<u32>,
+    /// User variables (`vars = { name = value }`), by name; a page's table is merged over
+    /// the defaults' one. Referenced from templates as `{{name}}`.
+    pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
+}
+
+/// The value of a user variable: the four TOML scalar types a workflow input can take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarValue {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl VarValue {
+    /// The type's name as diagnostics say it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            VarValue::Int(_) => "integer",
+            VarValue::Float(_) => "float",
+            VarValue::Str(_) => "string",
+            VarValue::Bool(_) => "boolean",
+        }
+    }
+
+    /// The value as JSON, as it is put into a workflow input.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            VarValue::Int(i) => (*i).into(),
+            VarValue::Float(f) => (*f).into(),
+            VarValue::Str(s) => s.clone().into(),
+            VarValue::Bool(b) => (*b).into(),
+        }
+    }
 }
 
 /// `lora = { ... }` uses a LoRA; `lora = false` on a page drops the default one.
