@@ -523,13 +523,19 @@ async fn view(State(s): S, Query(q): Query<HashMap<String, String>>) -> Response
         .into_response()
 }
 
+/// `POST /upload/image` (`server.py` `image_upload`), transcript 09 and the real server's
+/// answers: an unknown `type` is a 500 (`get_dir_by_type`), no `image` part a bare 400 and
+/// an `image` part without a filename a 500 (aiohttp makes it a text field); a path that
+/// leaves the folder is a bare 400. Without `overwrite`, a name taken by the same bytes is
+/// answered as is (nothing written) and one taken by other bytes becomes `name (1).ext`,
+/// `name (2).ext`, ... The bytes are not checked: a non-image is stored as is.
 async fn upload_image(State(s): S, mut form: Multipart) -> Response {
-    let mut image: Option<(String, Bytes)> = None;
+    let mut image: Option<(Option<String>, Bytes)> = None;
     let mut fields: HashMap<String, String> = HashMap::new();
     while let Ok(Some(field)) = form.next_field().await {
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" {
-            let filename = field.file_name().unwrap_or_default().to_string();
+            let filename = field.file_name().map(str::to_string);
             let Ok(data) = field.bytes().await else {
                 return StatusCode::BAD_REQUEST.into_response();
             };
@@ -549,18 +555,11 @@ async fn upload_image(State(s): S, mut form: Multipart) -> Response {
     let Some((filename, data)) = image else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    if filename.is_empty() {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
+    // `image.file` of a text field: AttributeError.
+    let Some(mut filename) = filename.filter(|f| !f.is_empty()) else {
+        return internal_error();
+    };
     let subfolder = fields.get("subfolder").cloned().unwrap_or_default();
-    let joined = if subfolder.is_empty() {
-        filename.clone()
-    } else {
-        format!("{subfolder}/{filename}")
-    };
-    let Some(rel) = normpath(&joined) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
     let Some(rel_dir) = normpath(&subfolder) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -569,33 +568,67 @@ async fn upload_image(State(s): S, mut form: Multipart) -> Response {
     } else {
         base.join(&rel_dir)
     };
-    let _ = std::fs::create_dir_all(&folder);
+    let target = |filename: &str| {
+        let joined = if rel_dir.is_empty() {
+            filename.to_string()
+        } else {
+            format!("{rel_dir}/{filename}")
+        };
+        normpath(&joined).map(|r| base.join(r))
+    };
+    let Some(mut path) = target(&filename) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if std::fs::create_dir_all(&folder).is_err() {
+        return internal_error();
+    }
     let overwrite = matches!(
         fields.get("overwrite").map(String::as_str),
         Some("true" | "1")
     );
-    let mut final_name = rel.rsplit('/').next().unwrap_or(&filename).to_string();
-    let (stem, ext) = match final_name.rfind('.') {
-        Some(i) if i > 0 => (final_name[..i].to_string(), final_name[i..].to_string()),
-        _ => (final_name.clone(), String::new()),
+    let (stem, ext) = {
+        let (stem, ext) = splitext(&filename);
+        (stem.to_string(), ext.to_string())
     };
     let mut duplicate = false;
     if !overwrite {
         let digest = Sha256::digest(&data);
         let mut i = 1;
-        while let Ok(existing) = std::fs::read(folder.join(&final_name)) {
-            if Sha256::digest(&existing) == digest {
-                duplicate = true;
-                break;
+        while path.exists() {
+            match std::fs::read(&path) {
+                Ok(existing) if Sha256::digest(&existing) == digest => {
+                    duplicate = true;
+                    break;
+                }
+                Ok(_) => {}
+                // A folder of that name: open() raises.
+                Err(_) => return internal_error(),
             }
-            final_name = format!("{stem} ({i}){ext}");
+            filename = format!("{stem} ({i}){ext}");
+            let Some(next) = target(&filename) else {
+                return StatusCode::BAD_REQUEST.into_response();
+            };
+            path = next;
             i += 1;
         }
     }
-    if !duplicate && std::fs::write(folder.join(&final_name), &data).is_err() {
+    // A name with a `/` whose folder does not exist: open() raises.
+    if !duplicate && std::fs::write(&path, &data).is_err() {
         return internal_error();
     }
-    json_ok(&json!({"name": final_name, "subfolder": subfolder, "type": kind}))
+    json_ok(&json!({"name": filename, "subfolder": subfolder, "type": kind}))
+}
+
+/// Python's `os.path.splitext`: the extension starts at the last `.` of the last path
+/// segment, unless that segment is only dots before it (`.hidden` has none).
+fn splitext(name: &str) -> (&str, &str) {
+    let seg_start = name.rfind('/').map_or(0, |i| i + 1);
+    let seg = &name[seg_start..];
+    let leading = seg.len() - seg.trim_start_matches('.').len();
+    match seg.rfind('.') {
+        Some(i) if i >= leading && i > 0 => name.split_at(seg_start + i),
+        _ => (name, ""),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

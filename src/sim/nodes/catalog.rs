@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::class::{Models, NodeClass};
-use super::{conditioning, images, latent, load_image, loaders, mask, sampling, save};
+use super::{conditioning, images, latent, load_image, loaders, mask, sampling, save, vae_encode};
 
 /// Every class the simulator serves: each builds its description and names its execution.
 const CLASSES: &[fn(&Models) -> NodeClass] = &[
@@ -22,6 +22,7 @@ const CLASSES: &[fn(&Models) -> NodeClass] = &[
     mask::mask_to_image,
     load_image::load_image,
     images::image_scale,
+    vae_encode::vae_encode,
 ];
 
 /// Every class the simulator serves, built once per simulator from its model lists.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::image;
 use super::class::{Hooks, Models, NodeClass};
-use super::exec::{Exec, Execute, NodeResult, exception};
+use super::exec::{Exec, Execute, NodeFail, NodeResult, exception};
 use super::value::Val;
 
 /// `LoadImage`.
@@ -38,19 +38,59 @@ pub fn load_image(_models: &Models) -> NodeClass {
     }
 }
 
-/// `LoadImage.load_image`: the image and its alpha as a mask.
+/// `LoadImage.load_image`: the image and its alpha as a mask. What `PIL.Image.open` raises
+/// when the name is a folder, is gone, or holds no image it can read (transcript 09: an
+/// upload that is not an image is stored as is and fails only here), with its frames.
 fn load(ex: &mut Exec<'_, '_>) -> NodeResult {
     let name = ex.string("image");
     let name = name.strip_suffix(" [input]").unwrap_or(&name).to_string();
     let path = ex.shared.input_dir.join(&name);
-    let bytes = std::fs::read(&path).map_err(|e| exception("FileNotFoundError", e.to_string()))?;
+    let shown = path.display();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(_) if path.is_dir() => {
+            return Err(pil_open_failed(
+                "IsADirectoryError",
+                format!("[Errno 21] Is a directory: '{shown}'"),
+                OPEN_FRAME,
+            ));
+        }
+        Err(_) => {
+            return Err(pil_open_failed(
+                "FileNotFoundError",
+                format!("[Errno 2] No such file or directory: '{shown}'"),
+                OPEN_FRAME,
+            ));
+        }
+    };
     let (img, mask) = image::decode_png(&bytes).map_err(|_| {
-        exception(
+        pil_open_failed(
             "PIL.UnidentifiedImageError",
-            format!("cannot identify image file '{}'", path.display()),
+            format!("cannot identify image file '{shown}'"),
+            UNIDENTIFIED_FRAME,
         )
     })?;
     Ok((vec![Val::Image(img), Val::Mask(mask)], None))
+}
+
+/// The frames from `load_image` down to PIL, as ComfyUI 0.8.0 reports them (transcript 09
+/// and the real server's answer for a folder).
+const LOAD_FRAMES: [&str; 2] = [
+    "  File \"ComfyUI/nodes.py\", line 1664, in load_image\n    img = node_helpers.pillow(Image.open, image_path)\n          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
+    "  File \"ComfyUI/node_helpers.py\", line 31, in pillow\n    x = fn(arg)\n        ^^^^^^^\n",
+];
+/// `Image.open` failing to open the file.
+const OPEN_FRAME: &str = "  File \"ComfyUI/.venv/lib/python3.11/site-packages/PIL/Image.py\", line 3654, in open\n    fp = builtins.open(filename, \"rb\")\n         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
+/// `Image.open` finding no format that reads the file.
+const UNIDENTIFIED_FRAME: &str = "  File \"ComfyUI/.venv/lib/python3.11/site-packages/PIL/Image.py\", line 3730, in open\n    raise UnidentifiedImageError(msg)\n";
+
+fn pil_open_failed(type_name: &str, message: String, last: &str) -> NodeFail {
+    let mut fail = exception(type_name, message);
+    if let NodeFail::Exception { traceback, .. } = &mut fail {
+        traceback.extend(LOAD_FRAMES.iter().map(|f| (*f).to_string()));
+        traceback.push(last.to_string());
+    }
+    fail
 }
 
 /// `LoadImage.INPUT_TYPES`: the choices of `image` are the files in the input folder now.
@@ -97,11 +137,14 @@ fn list_input_files(dir: &Path) -> Vec<String> {
     files
 }
 
-/// `folder_paths.exists_annotated_filepath` under the input directory.
+/// `folder_paths.exists_annotated_filepath` under the input directory: a file or a folder
+/// (`os.path.exists`; a folder passes and fails when the node runs, as on the real server).
+/// Unlike the real server, which reads any path a prompt names, an absolute name or one
+/// with `..` counts as missing: the simulator reads nothing outside its own folders.
 fn input_file_exists(input_dir: &Path, name: &str) -> bool {
     let name = name.strip_suffix(" [input]").unwrap_or(name);
     if name.starts_with('/') || name.split('/').any(|p| p == "..") {
         return false;
     }
-    input_dir.join(name).is_file()
+    input_dir.join(name).exists()
 }

@@ -8,7 +8,7 @@
 //! Families: `loaders` (`CheckpointLoaderSimple`, `LoraLoader`), `conditioning`
 //! (`CLIPTextEncode`), `latent` (`EmptyLatentImage`, `VAEDecode`), `sampling` (`KSampler`), `save`
 //! (`SaveImage`, `PreviewImage`), `images` (`EmptyImage`, `ImageBlur`, `ImageScale`), `mask`
-//! (`ImageToMask`, `MaskToImage`), `load_image` (`LoadImage`).
+//! (`ImageToMask`, `MaskToImage`), `load_image` (`LoadImage`), `vae_encode` (`VAEEncode`).
 
 mod catalog;
 mod class;
@@ -21,6 +21,7 @@ mod loaders;
 mod mask;
 mod sampling;
 mod save;
+mod vae_encode;
 mod validate;
 mod value;
 
