@@ -34,6 +34,10 @@ struct Args {
     /// Checkpoint the sampler scenarios load.
     #[arg(long, default_value = "AnythingXL_inkBase.safetensors")]
     checkpoint: String,
+    /// The server's input folder, when it was started with `--input-directory`: written
+    /// `ComfyUI/input` in the recording (09's error messages name it).
+    #[arg(long)]
+    input_dir: Option<String>,
     /// Seconds any one wait may take.
     #[arg(long, default_value_t = 300)]
     wait_s: u64,
@@ -79,6 +83,7 @@ async fn main() -> ExitCode {
         kill_cmd: args.kill_cmd,
         start_cmd: args.start_cmd,
         wait: Duration::from_secs(args.wait_s),
+        input_dir: args.input_dir,
     };
     for name in chosen {
         eprint!("{name} ... ");

@@ -7,7 +7,9 @@
 //! - `ws_open` / `ws_reopen_same_client_id` (`client_id`, `socket`),
 //! - `ws_text` (`msg`: the JSON frame) and `ws_binary` (`event`, `image_type`, `bytes`,
 //!   `head_hex`: the first 12 bytes); `socket` names the connection (`a`, `b`),
-//! - `http_request` (`method`, `path`, `body`: JSON or null) and `http_response`
+//! - `http_request` (`method`, `path`, `body`: JSON or null; for `POST /upload/image`
+//!   `multipart` instead: the image part's `filename`, `bytes`, `sha256` and `base64`, then
+//!   the text fields `type`, `subfolder`, `overwrite` as sent) and `http_response`
 //!   (`status`, `content_type`, then `body` when it is JSON, else `bytes` and `head_hex`,
 //!   the first 16 bytes), or `http_error` when the connection was refused,
 //! - `server_killed`, `ws_error_after_kill`, `server_restarted`, `server_ready` (07 only).
@@ -34,6 +36,7 @@ pub const SCENARIOS: &[&str] = &[
     "06-reference",
     "07-server-crash-restart",
     "08-txt2img-sampler",
+    "09-upload-img2img",
     "10-interrupt-in-node",
 ];
 
@@ -52,6 +55,11 @@ pub struct RecordOptions {
     pub start_cmd: Option<String>,
     /// Upper bound for any one wait (a message, a response).
     pub wait: Duration,
+    /// The server's input folder when it is not its install folder's `input/` (the server
+    /// was started with `--input-directory`): written `ComfyUI/input` in the recording, as
+    /// the install folder is written `ComfyUI`. `None`: 09 reads it from the command line
+    /// `/system_stats` shows (`--input-directory`, `--base-directory`).
+    pub input_dir: Option<String>,
 }
 
 impl Default for RecordOptions {
@@ -62,6 +70,7 @@ impl Default for RecordOptions {
             kill_cmd: None,
             start_cmd: None,
             wait: Duration::from_secs(300),
+            input_dir: None,
         }
     }
 }
@@ -90,6 +99,7 @@ pub async fn record(
         "06-reference" => reference(&mut s).await,
         "07-server-crash-restart" => crash_restart(&mut s).await,
         "08-txt2img-sampler" => sampler(&mut s).await,
+        "09-upload-img2img" => upload_img2img(&mut s).await,
         "10-interrupt-in-node" => interrupt_in_node(&mut s).await,
         _ => Err(format!(
             "no such scenario (known: {})",
@@ -101,7 +111,32 @@ pub async fn record(
         scenario: scenario.to_string(),
         message,
     })?;
-    Ok(s.lines())
+    let lines = s.lines();
+    Ok(match s.input_dir.as_deref() {
+        Some(dir) if !dir.is_empty() => lines
+            .into_iter()
+            .map(|l| replace_in_strings(l, dir.trim_end_matches('/'), "ComfyUI/input"))
+            .collect(),
+        _ => lines,
+    })
+}
+
+/// `from` replaced by `to` in every string of `v`.
+fn replace_in_strings(v: Value, from: &str, to: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace(from, to)),
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .map(|x| replace_in_strings(x, from, to))
+                .collect(),
+        ),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, x)| (k, replace_in_strings(x, from, to)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 type Step = Result<(), String>;
@@ -128,6 +163,8 @@ struct Session {
     t0: Instant,
     log: Arc<Mutex<Vec<Value>>>,
     sockets: Vec<Socket>,
+    /// The server's input folder, as it appears in its messages (see `RecordOptions`).
+    input_dir: Option<String>,
 }
 
 fn t_ms(t0: Instant) -> f64 {
@@ -146,6 +183,7 @@ impl Session {
             t0: Instant::now(),
             log: Arc::new(Mutex::new(Vec::new())),
             sockets: Vec::new(),
+            input_dir: opts.input_dir.clone(),
         }
     }
 
@@ -353,6 +391,16 @@ impl Session {
                 return Err(format!("{method} {url}: {e}"));
             }
         };
+        self.response(resp, method, &url).await
+    }
+
+    /// Log an answer: its status, content type, and body (JSON, else its length and start).
+    async fn response(
+        &mut self,
+        resp: reqwest::Response,
+        method: &str,
+        url: &str,
+    ) -> Result<(u16, Option<Value>), String> {
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -424,6 +472,76 @@ impl Session {
 
     async fn get(&mut self, path: &str) -> Result<(u16, Option<Value>), String> {
         self.request("GET", path, None).await
+    }
+
+    /// `POST /upload/image` (multipart: the `image` part, then the text `fields` in order),
+    /// logged with the bytes sent (base64: the replay sends them again) and the answer.
+    async fn upload(
+        &mut self,
+        filename: &str,
+        bytes: &[u8],
+        fields: &[(&str, &str)],
+    ) -> Result<(u16, Option<Value>), String> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut multipart = serde_json::Map::new();
+        multipart.insert("filename".into(), json!(filename));
+        multipart.insert("bytes".into(), json!(bytes.len()));
+        multipart.insert(
+            "sha256".into(),
+            json!(hex::encode(sha2::Sha256::digest(bytes))),
+        );
+        for (k, v) in fields {
+            multipart.insert((*k).into(), json!(v));
+        }
+        multipart.insert(
+            "base64".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
+        self.push(json!({"kind": "http_request", "method": "POST", "path": "/upload/image", "multipart": multipart}));
+        let mut form = reqwest::multipart::Form::new().part(
+            "image",
+            reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(filename.to_string()),
+        );
+        for (k, v) in fields {
+            form = form.text((*k).to_string(), (*v).to_string());
+        }
+        let url = format!("{}/upload/image", self.base);
+        let resp = match self.http.post(&url).multipart(form).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.push(json!({"kind": "http_error", "error": e.to_string()}));
+                return Err(format!("POST {url}: {e}"));
+            }
+        };
+        self.response(resp, "POST", &url).await
+    }
+
+    /// The server's input folder from its command line (`/system_stats` `argv`), when it
+    /// was moved off the install folder; not part of the recording.
+    async fn learn_input_dir(&mut self) {
+        if self.input_dir.is_some() {
+            return;
+        }
+        let url = format!("{}/system_stats", self.base);
+        let Ok(resp) = self.http.get(&url).send().await else {
+            return;
+        };
+        let stats: Value = resp.json().await.unwrap_or(Value::Null);
+        let argv: Vec<&str> = stats["system"]["argv"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let after = |flag: &str| {
+            argv.iter()
+                .position(|a| *a == flag)
+                .and_then(|i| argv.get(i + 1))
+                .map(|v| (*v).to_string())
+        };
+        self.input_dir = after("--input-directory")
+            .or_else(|| after("--base-directory").map(|b| format!("{b}/input")));
     }
 
     /// Open socket `a` with a fresh client id and take its connect-time `status`.
@@ -819,6 +937,87 @@ async fn sampler(s: &mut Session) -> Step {
         json!({}),
     )
     .await?;
+    Ok(())
+}
+
+/// A small solid-colour PNG (64x96: the VAE encodes it in moments on a CPU).
+fn solid_png(color: u32) -> Vec<u8> {
+    super::image::encode_png(&super::image::Image::solid(64, 96, 1, color), 0, &[])
+}
+
+fn img2img(ckpt: &str, image: &str, seed: u64) -> Value {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "10": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "the same panel, more ink", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.6, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["11", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "rec_img2img", "images": ["8", 0]}}
+    })
+}
+
+/// 09: input images. Uploads under a subfolder of this session: a new name, the same name
+/// with the same bytes (the same name back, nothing written), the same name with other
+/// bytes (`ref (1).png`), `overwrite=true` (the name kept), a file that is not an image
+/// (stored as is), a `../` subfolder (400), and `/view?type=input`. Then img2img from the
+/// upload after `POST /free`, a `LoadImage` of a missing file (400 at POST) and one of the
+/// stored non-image (accepted, fails when `LoadImage` runs).
+async fn upload_img2img(s: &mut Session) -> Step {
+    s.learn_input_dir().await;
+    s.open_a().await?;
+    let sub = format!("plasma_rec_{:08x}", color(s, 12) ^ s.opts.tag);
+    let (first, second) = (solid_png(color(s, 13)), solid_png(color(s, 14)));
+    let input = [("type", "input"), ("subfolder", sub.as_str())];
+    s.upload("ref.png", &first, &input).await?;
+    s.upload("ref.png", &first, &input).await?;
+    s.upload("ref.png", &second, &input).await?;
+    let overwrite = [
+        ("type", "input"),
+        ("subfolder", sub.as_str()),
+        ("overwrite", "true"),
+    ];
+    s.upload("ref.png", &second, &overwrite).await?;
+    s.upload("notes.png", b"not an image at all\n", &input)
+        .await?;
+    s.upload(
+        "evil.png",
+        &first,
+        &[("type", "input"), ("subfolder", "../../escape")],
+    )
+    .await?;
+    s.get(&format!(
+        "/view?filename=ref.png&subfolder={sub}&type=input"
+    ))
+    .await?;
+    s.free().await?;
+    let ckpt = s.opts.checkpoint.clone();
+    let seed = 7 + u64::from(s.opts.tag % 100_000) * 2;
+    let pid = s
+        .submit(
+            &img2img(&ckpt, &format!("{sub}/ref (1).png"), seed),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &pid).await?;
+    s.get(&format!("/history/{pid}")).await?;
+    s.post_prompt(
+        &img2img(&ckpt, &format!("{sub}/missing.png"), seed),
+        Some("a"),
+        json!({}),
+    )
+    .await?;
+    let pid = s
+        .submit(
+            &img2img(&ckpt, &format!("{sub}/notes.png"), seed + 1),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &pid).await?;
+    s.get(&format!("/history/{pid}")).await?;
     Ok(())
 }
 

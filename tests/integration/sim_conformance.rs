@@ -11,7 +11,7 @@
 //!
 //! Files 01-07 were recorded one after another against one server (its node cache and
 //! history carry over: 03 finds node "1" cached from 01, 06 lists 05's history), so they
-//! are replayed in order against one simulator; 08 and 10 each against one of their own.
+//! are replayed in order against one simulator; 08, 09 and 10 each against one of their own.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -51,6 +51,9 @@ pub fn real_comfy_like() -> SimConfig {
 pub struct Norm {
     /// The first prompt `number` this side produced; later ones are compared relative to it.
     base: Cell<Option<i64>>,
+    /// The simulator's input folder, written `ComfyUI/input` as the recorder writes the real
+    /// server's (`LoadImage`'s errors name the file they could not read).
+    input_dir: Option<String>,
 }
 
 impl Norm {
@@ -94,7 +97,12 @@ impl Norm {
                     .collect(),
             ),
             Value::Array(a) => a.iter().map(|x| self.value(x)).collect(),
-            Value::String(s) => Value::String(normalise_filename(s)),
+            Value::String(s) => match &self.input_dir {
+                Some(dir) if s.contains(dir.as_str()) => Value::String(normalise_filename(
+                    &s.replace(dir.as_str(), "ComfyUI/input"),
+                )),
+                _ => Value::String(normalise_filename(s)),
+            },
             other => other.clone(),
         }
     }
@@ -264,6 +272,32 @@ fn view_path(path: &str, saved: &HashMap<String, String>) -> String {
     format!("/view?{}", params.join("&"))
 }
 
+/// A recorded `POST /upload/image` as a form again: the image part from the recorded
+/// bytes (checked against their recorded length and sha256), then the text fields as sent.
+fn upload_form(recorded: &Value) -> reqwest::multipart::Form {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(recorded["base64"].as_str().expect("the upload's bytes"))
+        .expect("base64");
+    assert_eq!(Some(bytes.len() as u64), recorded["bytes"].as_u64());
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        recorded["sha256"].as_str().unwrap_or("")
+    );
+    let filename = recorded["filename"].as_str().unwrap().to_string();
+    let mut form = reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(bytes).file_name(filename),
+    );
+    for (k, v) in recorded.as_object().unwrap() {
+        if !matches!(k.as_str(), "filename" | "bytes" | "sha256" | "base64") {
+            form = form.text(k.clone(), v.as_str().unwrap().to_string());
+        }
+    }
+    form
+}
+
 /// Per-fixture adjustments, each explained where it is used.
 #[derive(Clone, Copy)]
 pub struct Hooks {
@@ -295,12 +329,16 @@ fn socket_of(line: &Value) -> String {
 impl Replay {
     pub async fn new(config: SimConfig) -> Replay {
         let sim = TestSim::with_config(config).await;
+        let got_norm = Norm {
+            input_dir: Some(sim.input_dir().display().to_string()),
+            ..Norm::default()
+        };
         Replay {
             base: sim.url(),
             sim,
             sockets: HashMap::new(),
             expected_norm: Norm::default(),
-            got_norm: Norm::default(),
+            got_norm,
             saved: HashMap::new(),
         }
     }
@@ -350,7 +388,9 @@ impl Replay {
                     let method = line["method"].as_str().unwrap();
                     let path = line["path"].as_str().unwrap().to_string();
                     let url = format!("{}{}", self.base, view_path(&path, &self.saved));
-                    let req = if method == "GET" {
+                    let req = if let Some(multipart) = line.get("multipart") {
+                        http().post(&url).multipart(upload_form(multipart))
+                    } else if method == "GET" {
                         http().get(&url)
                     } else {
                         let body = &line["body"];
@@ -406,7 +446,8 @@ impl Replay {
                     } else {
                         let want_len = line["bytes"].as_u64().unwrap_or(0) as usize;
                         let head = line["head_hex"].as_str().unwrap_or("");
-                        if head.starts_with("89504e47") {
+                        // An input file is served back as uploaded: compared exactly.
+                        if head.starts_with("89504e47") && !path.contains("type=input") {
                             // Narrower: the real PNG is encoded by PIL at compress_level 4; the
                             // simulator's bytes differ in size. Compare the PNG signature.
                             assert!(
@@ -542,6 +583,14 @@ async fn replay_alone(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_08_sampler_replays() {
     replay_alone("08-txt2img-sampler").await;
+}
+
+/// Input images: uploads (new, same bytes, other bytes, overwrite, a non-image, an escaping
+/// subfolder), `/view?type=input`, img2img from the upload, `LoadImage` of a missing file
+/// (400 at POST) and of the stored non-image (fails when it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_09_upload_and_img2img_replays() {
+    replay_alone("09-upload-img2img").await;
 }
 
 /// An interrupt inside a model node (`VAEDecode` raises itself) and one during a plain tensor
