@@ -16,6 +16,7 @@ pub mod digest;
 pub mod engine;
 pub mod events;
 pub mod exit_codes;
+pub mod inputs;
 pub mod ledger;
 pub mod manifest;
 pub mod output;
