@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::error::{ComfyError, error_chain};
 use super::protocol::{
     HistoryEntry, ImageRef, PromptAccepted, PromptRejected, PromptRequest, QueueSnapshot,
+    UploadAnswer,
 };
 
 /// Environment variable with a bearer token sent to every server.
@@ -328,6 +329,37 @@ impl ComfyClient {
     pub async fn interrupt(&self, prompt_id: &str) -> Result<(), ComfyError> {
         self.post_empty("interrupt", json!({ "prompt_id": prompt_id }))
             .await
+    }
+
+    /// `POST /upload/image` of one file part (multipart `image`, then `type=input`,
+    /// `subfolder`, and `overwrite=true` when asked), into the server's input folder. The
+    /// part may be a stream: it is sent as it is read. `len` (the part's length) sets how
+    /// long the upload may take: 30 s and one more second per MiB.
+    pub async fn upload_image(
+        &self,
+        image: reqwest::multipart::Part,
+        len: u64,
+        subfolder: &str,
+        overwrite: bool,
+    ) -> Result<UploadAnswer, ComfyError> {
+        let path = "upload/image";
+        let mut form = reqwest::multipart::Form::new()
+            .part("image", image)
+            .text("type", "input")
+            .text("subfolder", subfolder.to_owned());
+        if overwrite {
+            form = form.text("overwrite", "true");
+        }
+        let timeout = JSON_TIMEOUT + Duration::from_secs(len / (1024 * 1024));
+        let response = self
+            .send(
+                self.request(reqwest::Method::POST, path)
+                    .timeout(timeout)
+                    .multipart(form),
+                path,
+            )
+            .await?;
+        self.json_body(response, path).await
     }
 
     /// `GET /view` for one output image: its body, read as it arrives (status already

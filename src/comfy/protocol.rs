@@ -243,6 +243,17 @@ pub struct ErrorBody {
     pub details: Value,
 }
 
+/// 200 answer of `POST /upload/image`: where the server stored the file. `name` differs
+/// from the one sent when another file already held it (`name (1).ext`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct UploadAnswer {
+    pub name: String,
+    #[serde(default)]
+    pub subfolder: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
 /// One image reference in a history entry's outputs.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ImageRef {

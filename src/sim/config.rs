@@ -82,4 +82,8 @@ pub struct SimStats {
     /// Prompt ids deleted through `POST /queue {"delete": [...]}`.
     pub queue_deletes: Vec<String>,
     pub crashes: u64,
+    /// `POST /upload/image` requests answered 200, and how many of them wrote a file (the
+    /// others named a file that already held the same bytes).
+    pub uploads: u64,
+    pub uploads_written: u64,
 }

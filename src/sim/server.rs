@@ -616,6 +616,11 @@ async fn upload_image(State(s): S, mut form: Multipart) -> Response {
     if !duplicate && std::fs::write(&path, &data).is_err() {
         return internal_error();
     }
+    {
+        let mut stats = s.stats_mut();
+        stats.stats.uploads += 1;
+        stats.stats.uploads_written += u64::from(!duplicate);
+    }
     json_ok(&json!({"name": filename, "subfolder": subfolder, "type": kind}))
 }
 
