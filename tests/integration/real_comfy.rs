@@ -30,7 +30,7 @@ const LORA: &str = "plasma_test_lora.safetensors";
 const DEADLINE: Duration = Duration::from_secs(300);
 
 /// The tests share one server: one at a time.
-static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One test's server, its turn on it, and a folder and marker of its own.
 struct Case {
@@ -58,7 +58,7 @@ impl Case {
 }
 
 /// The server's URL, or `None` (with the reason printed) when the tests are not wanted.
-fn real_comfy(test: &str) -> Option<String> {
+pub fn real_comfy(test: &str) -> Option<String> {
     match std::env::var("PLASMA_REAL_COMFY") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().trim_end_matches('/').to_string()),
         _ => {

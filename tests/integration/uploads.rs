@@ -12,6 +12,7 @@ use plasma_batch::inputs::{InputImage, check_image_file};
 use plasma_batch::workflow::Workflow;
 use serde_json::json;
 
+use crate::real_comfy::{SERVER, real_comfy};
 use crate::support::{TestSim, client};
 
 /// A real PNG of `width` x `height` whose pixels depend on `seed`.
@@ -214,4 +215,77 @@ async fn a_server_that_lost_its_input_folder_gets_the_image_again_and_the_prompt
         PostOutcome::Accepted(_)
     ));
     assert_eq!(sim.stats().uploads, 2);
+}
+
+/// Opt-in (`PLASMA_REAL_COMFY`, see `real_comfy.rs`): the real ComfyUI 0.8.0 answers as the
+/// module expects: a new image stored under its content name with its bytes, the same bytes
+/// again answered with the same name (so a second run sends one request and no overwrite),
+/// a `LoadImage` of the upload accepted, and one of a name it does not have refused in the
+/// words `missing_inputs` reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_server_answers_uploads_as_the_module_expects() {
+    let Some(url) = real_comfy("the_real_server_answers_uploads_as_the_module_expects") else {
+        return;
+    };
+    let _one = SERVER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(&url);
+    // New content each time, so the first upload writes.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let image = checked(&png_file(dir.path(), "ref.png", 16, 16, seed));
+    let first = Uploads::new();
+    let name = first.ensure(&c, &image).await.unwrap();
+    assert_eq!(first.requests_sent(), 1);
+    let view = reqwest::get(format!(
+        "{url}/view?filename={}&subfolder=plasma&type=input",
+        name.name
+    ))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
+    assert!(
+        view.as_ref() == std::fs::read(&image.path).unwrap().as_slice(),
+        "the server serves back the uploaded bytes"
+    );
+    let second = Uploads::new();
+    assert_eq!(second.ensure(&c, &image).await.unwrap(), name);
+    assert_eq!(
+        second.requests_sent(),
+        1,
+        "same bytes: the same name, no overwrite"
+    );
+
+    let graph = |image: &str| {
+        Workflow::from_value(&json!({
+            "10": {"class_type": "LoadImage", "inputs": {"image": image}},
+            "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "plasma_upload_check", "images": ["10", 0]}}
+        }))
+    };
+    let post = |graph: Workflow| {
+        let c = c.clone();
+        async move {
+            let prompt_id = uuid::Uuid::new_v4().to_string();
+            c.post_prompt(&PromptRequest {
+                prompt: &graph,
+                client_id: "plasma-upload-check",
+                prompt_id: &prompt_id,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    assert!(matches!(
+        post(graph(&name.load_image_value())).await,
+        PostOutcome::Accepted(_)
+    ));
+    let absent = format!("plasma/{}.png", "0".repeat(32));
+    let PostOutcome::Rejected(rejected) = post(graph(&absent)).await else {
+        panic!("a LoadImage of a file the server does not have must be refused");
+    };
+    assert_eq!(missing_inputs(&rejected), vec![absent]);
 }
