@@ -22,13 +22,15 @@
 //!   are not the ones checked (the file changed since), the upload is an error.
 //! - **Lost uploads**: when `POST /prompt` is refused because `LoadImage` names a file the
 //!   server no longer has ([`missing_inputs`]: its input folder was emptied, or it is a
-//!   server this run had not used), [`Uploads::reupload`] sends it again; the caller then
-//!   posts once more.
+//!   server this run had not used), [`Uploads::reupload`] sends it again unless an upload
+//!   finished after that refused POST was sent (then jobs refused together share one new
+//!   upload); the caller then posts once more.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -117,16 +119,13 @@ impl UploadError {
     }
 }
 
-/// One image on one server: its upload, done once; `generation` counts re-uploads.
-struct Entry {
-    done: Arc<OnceCell<UploadedName>>,
-    generation: u64,
-}
+/// One image on one server: its upload, done once, and when it was done.
+type Done = Arc<OnceCell<(UploadedName, Instant)>>;
 
 /// What this run has uploaded where (see the module's description). Share one per run.
 #[derive(Default)]
 pub struct Uploads {
-    entries: Mutex<HashMap<(String, Sha256Digest), Entry>>,
+    entries: Mutex<HashMap<(String, Sha256Digest), Done>>,
     /// Upload requests sent, overwrites included.
     sent: AtomicU64,
 }
@@ -144,33 +143,20 @@ impl Uploads {
         client: &ComfyClient,
         image: &InputImage,
     ) -> Result<UploadedName, UploadError> {
-        let cell = self.cell(client, image, None);
-        cell.get_or_try_init(|| self.upload(client, image))
-            .await
-            .cloned()
+        self.done_by(client, image, None).await
     }
 
-    /// Upload `image` to `client`'s server again, after the server refused a prompt because
-    /// it does not have it ([`missing_inputs`]). Several jobs refused for the same image at
-    /// the same time share one new upload.
+    /// Upload `image` to `client`'s server again, after the server refused a prompt posted
+    /// at `posted_at` because it does not have the image ([`missing_inputs`]). An upload
+    /// finished after that moment is taken as it is: several jobs refused for the same
+    /// image share one new upload.
     pub async fn reupload(
         &self,
         client: &ComfyClient,
         image: &InputImage,
+        posted_at: Instant,
     ) -> Result<UploadedName, UploadError> {
-        let (cell, generation) = {
-            let entries = self.lock();
-            entries
-                .get(&key(client, image))
-                .map(|e| (Arc::clone(&e.done), e.generation))
-                .unzip()
-        };
-        // Only an upload that finished is stale; one under way is joined.
-        let stale = generation.filter(|_| cell.is_some_and(|c| c.initialized()));
-        let cell = self.cell(client, image, stale);
-        cell.get_or_try_init(|| self.upload(client, image))
-            .await
-            .cloned()
+        self.done_by(client, image, Some(posted_at)).await
     }
 
     /// Upload requests sent so far (overwrites included), for reports and tests.
@@ -178,30 +164,35 @@ impl Uploads {
         self.sent.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sha256Digest), Entry>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The image's cell on that server; a fresh one when `replace` names the generation
-    /// that is there now.
-    fn cell(
+    /// The image's upload to that server, done now unless one finished after `stale_before`
+    /// (any finished one when `None`) or one is under way.
+    async fn done_by(
         &self,
         client: &ComfyClient,
         image: &InputImage,
-        replace: Option<u64>,
-    ) -> Arc<OnceCell<UploadedName>> {
-        let mut entries = self.lock();
-        let entry = entries.entry(key(client, image)).or_insert_with(|| Entry {
-            done: Arc::new(OnceCell::new()),
-            generation: 0,
-        });
-        if replace == Some(entry.generation) {
-            entry.done = Arc::new(OnceCell::new());
-            entry.generation += 1;
-        }
-        Arc::clone(&entry.done)
+        stale_before: Option<Instant>,
+    ) -> Result<UploadedName, UploadError> {
+        let cell = {
+            let mut entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cell = entries.entry(key(client, image)).or_default();
+            let stale = match (cell.get(), stale_before) {
+                (Some((_, finished)), Some(posted)) => *finished <= posted,
+                _ => false,
+            };
+            if stale {
+                *cell = Done::default();
+            }
+            Arc::clone(cell)
+        };
+        cell.get_or_try_init(|| async {
+            let name = self.upload(client, image).await?;
+            Ok((name, Instant::now()))
+        })
+        .await
+        .map(|(name, _)| name.clone())
     }
 
     /// One upload under the image's name; again with `overwrite` when other bytes hold it.

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use plasma_batch::comfy::protocol::PromptRequest;
 use plasma_batch::comfy::{PostOutcome, UploadError, UploadedName, Uploads, missing_inputs};
@@ -191,30 +192,48 @@ async fn a_server_that_lost_its_input_folder_gets_the_image_again_and_the_prompt
     let post = |prompt_id: &'static str| {
         let (c, graph) = (c.clone(), graph.clone());
         async move {
-            c.post_prompt(&PromptRequest {
-                prompt: &graph,
-                client_id: "uploads-test",
-                prompt_id,
-            })
-            .await
-            .unwrap()
+            let posted_at = Instant::now();
+            let outcome = c
+                .post_prompt(&PromptRequest {
+                    prompt: &graph,
+                    client_id: "uploads-test",
+                    prompt_id,
+                })
+                .await
+                .unwrap();
+            (outcome, posted_at)
         }
     };
     // The server's input folder is emptied behind the run's back.
     std::fs::remove_dir_all(sim.input_dir().join("plasma")).unwrap();
     // This run uploaded it already: ensure alone would not send it again.
     assert_eq!(uploads.ensure(&c, &image).await.unwrap(), name);
-    let PostOutcome::Rejected(rejected) = post("00000000-0000-4000-8000-000000000001").await else {
-        panic!("LoadImage of a file the server lost must be refused");
-    };
-    assert_eq!(missing_inputs(&rejected), vec![name.load_image_value()]);
-    assert_eq!(uploads.reupload(&c, &image).await.unwrap(), name);
+    // Two jobs refused for it at the same time.
+    let (first, second) = tokio::join!(
+        post("00000000-0000-4000-8000-000000000001"),
+        post("00000000-0000-4000-8000-000000000002")
+    );
+    for (outcome, _) in [&first, &second] {
+        let PostOutcome::Rejected(rejected) = outcome else {
+            panic!("LoadImage of a file the server lost must be refused");
+        };
+        assert_eq!(missing_inputs(rejected), vec![name.load_image_value()]);
+    }
+    assert_eq!(uploads.reupload(&c, &image, first.1).await.unwrap(), name);
     assert!(on_server(&sim, &name).is_file());
+    // The second one's refusal came before that new upload: it is not sent a third time.
+    assert_eq!(uploads.reupload(&c, &image, second.1).await.unwrap(), name);
+    assert_eq!(sim.stats().uploads, 2);
     assert!(matches!(
-        post("00000000-0000-4000-8000-000000000002").await,
+        post("00000000-0000-4000-8000-000000000003").await.0,
         PostOutcome::Accepted(_)
     ));
-    assert_eq!(sim.stats().uploads, 2);
+    // Lost again after that: a refusal posted after the last upload sends it once more.
+    std::fs::remove_dir_all(sim.input_dir().join("plasma")).unwrap();
+    let (outcome, posted_at) = post("00000000-0000-4000-8000-000000000004").await;
+    assert!(matches!(outcome, PostOutcome::Rejected(_)));
+    assert_eq!(uploads.reupload(&c, &image, posted_at).await.unwrap(), name);
+    assert_eq!(sim.stats().uploads, 3);
 }
 
 /// Opt-in (`PLASMA_REAL_COMFY`, see `real_comfy.rs`): the real ComfyUI 0.8.0 answers as the
