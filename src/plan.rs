@@ -464,7 +464,7 @@ fn var_problems(
         }
     }
     // Per template (as written) and variable, the pages using it without a value.
-    let mut lacking: BTreeMap<(&str, &str), Vec<u16>> = BTreeMap::new();
+    let mut lacking: BTreeMap<(&str, &str), Vec<&Page>> = BTreeMap::new();
     let mut used: BTreeSet<&str> = BTreeSet::new();
     let mut every_page_known = manifest.pages_complete;
     for r in resolved {
@@ -477,10 +477,7 @@ fn var_problems(
             used.insert(name);
             if defined.contains(name) && !own.contains_key(name) && !defaults.contains_key(name) {
                 let written = r.workflow.map_or("", |w| w.get_ref().as_str());
-                lacking
-                    .entry((written, name))
-                    .or_default()
-                    .push(r.page.page);
+                lacking.entry((written, name)).or_default().push(r.page);
             }
         }
         let slots: Vec<&str> = template.vars().collect();
@@ -496,8 +493,7 @@ fn var_problems(
         }
     }
     for ((written, name), pages) in lacking {
-        let slot = SlotName::Var(name.into());
-        problems.push(templates[written].missing_value_problem(&slot, &pages));
+        problems.push(no_var_value(manifest, &templates[written], name, &pages));
     }
     if every_page_known {
         let slots: Vec<&str> = used.iter().copied().collect();
@@ -509,6 +505,42 @@ fn var_problems(
         }
     }
     problems
+}
+
+/// Pages whose workflow uses variable `name` but that have no value for it (neither their
+/// own nor a default): underlined in the manifest, where the value is missing.
+fn no_var_value(manifest: &Manifest, template: &Template, name: &str, pages: &[&Page]) -> Problem {
+    const SHOWN: usize = 8;
+    let numbers: Vec<String> = pages.iter().map(|p| p.page.to_string()).collect();
+    let which = match numbers.as_slice() {
+        [one] => format!("page {one} has"),
+        many if many.len() <= SHOWN => format!("pages {} have", many.join(", ")),
+        many => format!(
+            "pages {}, ... ({} in all) have",
+            many[..SHOWN].join(", "),
+            many.len()
+        ),
+    };
+    let node = template
+        .node_using(&SlotName::Var(name.into()))
+        .unwrap_or_default();
+    let mut problem = Problem::at(
+        "manifest::no_var_value",
+        &manifest.file,
+        pages[0].header.clone(),
+        format!(
+            "{which} no value for variable `{name}`, which node `{node}` of workflow `{}` uses",
+            template.file().name()
+        ),
+        format!("no `{name}` for this page"),
+    );
+    for page in pages.iter().skip(1).take(SHOWN - 1) {
+        problem = problem.with_label(page.header.clone(), "nor for this one");
+    }
+    problem.with_help(format!(
+        "give the page(s) `vars = {{ {name} = ... }}`, or give `{name}` a default in [defaults] \
+         `vars`"
+    ))
 }
 
 /// A variable that fills nothing; `slots` are the variables the workflows concerned do use.

@@ -520,8 +520,18 @@ impl Checker<'_> {
             },
             DeValue::String(text) => Some(VarValue::Str(text.to_string())),
             DeValue::Boolean(b) => Some(VarValue::Bool(*b)),
-            _ => {
-                self.wrong_type(v, name, "an integer, float, string or boolean");
+            other => {
+                self.error(
+                    "manifest::wrong_type",
+                    v.span(),
+                    format!(
+                        "variable `{name}` must be an integer, float, string or boolean, found {}",
+                        other.type_str()
+                    ),
+                    "not a single value",
+                    "a variable fills one workflow input: write one value, e.g. `0.5`, `\"ink\"`, \
+                     `3` or `true`",
+                );
                 None
             }
         }
@@ -542,7 +552,8 @@ impl Checker<'_> {
             if std::mem::discriminant(d) == std::mem::discriminant(o) {
                 continue;
             }
-            let (dt, ot) = (d.type_name(), o.type_name());
+            let a = |t: &str| format!("{} {t}", if t.starts_with('i') { "an" } else { "a" });
+            let (dt, ot) = (a(d.type_name()), a(o.type_name()));
             let help = match (d, o) {
                 (VarValue::Int(_), VarValue::Float(_)) => format!(
                     "write a whole number here, or write the default as a float (e.g. \
@@ -554,7 +565,7 @@ impl Checker<'_> {
                 ),
                 _ => format!(
                     "a variable fills the same workflow input on every page: write this \
-                     value as a {dt}, or give the variable another name"
+                     value as {dt}, or give the variable another name"
                 ),
             };
             self.problems.push(
@@ -562,10 +573,10 @@ impl Checker<'_> {
                     "manifest::var_type",
                     self.file,
                     value.span(),
-                    format!("variable `{name}` is a {ot} on this page but a {dt} in [defaults]"),
-                    format!("a {ot}"),
+                    format!("variable `{name}` is {ot} on this page but {dt} in [defaults]"),
+                    ot.clone(),
                 )
-                .with_label(default.span(), format!("a {dt} in [defaults]"))
+                .with_label(default.span(), format!("{dt} in [defaults]"))
                 .with_help(help),
             );
         }

@@ -154,6 +154,11 @@ impl Template {
         })
     }
 
+    /// The id of the first node that uses `slot`, if the template uses it.
+    pub fn node_using(&self, slot: &SlotName) -> Option<&str> {
+        self.uses.get(slot).map(|(node, _)| node.as_str())
+    }
+
     /// Whether the template uses variable `name`.
     pub fn uses_var(&self, name: &str) -> bool {
         self.uses.contains_key(&SlotName::Var(name.into()))
@@ -215,12 +220,6 @@ impl Template {
             format!(
                 "page(s) {}{more} have no LoRA: give them `lora = {{ name = \"...\" }}`, or a \
                  workflow without LoRA slots (a page must never send an empty LoRA name)",
-                shown.join(", ")
-            )
-        } else if let SlotName::Var(_) = placeholder {
-            format!(
-                "page(s) {}{more} have no value for variable `{name}`: give them `vars = {{ \
-                 {name} = ... }}`, or give it a default in [defaults]",
                 shown.join(", ")
             )
         } else {
