@@ -456,7 +456,14 @@ fn var_problems(
         .map(String::as_str)
         .collect();
     let defined_list: Vec<&str> = defined.iter().copied().collect();
-    for template in templates.values() {
+    // Every template the manifest names, used by a page or not (as a broken one is).
+    let named: BTreeSet<&str> = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| [&s.workflow, &s.lora_workflow])
+        .flatten()
+        .map(|w| w.get_ref().as_str())
+        .collect();
+    for template in named.iter().filter_map(|w| templates.get(*w)) {
         for name in template.vars() {
             if !defined.contains(name) {
                 problems.push(template.unknown_var_problem(name, &defined_list));
@@ -792,10 +799,18 @@ mod tests {
     fn templates() -> Templates {
         let plain = include_str!("../workflows/txt2img.json");
         let lora = include_str!("../workflows/txt2img-lora.json");
-        [("plain.json", plain), ("lora.json", lora)]
-            .into_iter()
-            .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
-            .collect()
+        let vars = r#"{
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}},
+            "1": {"class_type": "X", "inputs": {"flag": "{{flag}}", "note": "{{prompt}} / {{flag}} / {{n}}", "n": "{{n}}"}}
+        }"#;
+        [
+            ("plain.json", plain),
+            ("lora.json", lora),
+            ("vars.json", vars),
+        ]
+        .into_iter()
+        .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
+        .collect()
     }
 
     fn expand_text(text: &str) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
@@ -846,5 +861,72 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(problems[0].code(), "workflow::no_value");
+    }
+
+    #[test]
+    fn variables_are_typed_whole_and_text_inside_strings() {
+        let jobs = expand_text(
+            "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\nvars = { flag = true, n = 2 }\n\
+             [[pages]]\npage = 1\nprompt = \"a\"\n[[pages]]\npage = 2\nprompt = \"b\"\nvars = { n = -3 }\n",
+        )
+        .unwrap();
+        let first = jobs[0].workflow.to_value();
+        assert_eq!(first["1"]["inputs"]["flag"], serde_json::json!(true));
+        assert_eq!(first["1"]["inputs"]["n"], serde_json::json!(2));
+        assert_eq!(first["1"]["inputs"]["note"], "a / true / 2");
+        assert_eq!(jobs[1].workflow.to_value()["1"]["inputs"]["n"], -3);
+        assert_eq!(jobs[1].params.vars["n"], VarValue::Int(-3));
+        assert_ne!(jobs[0].hash, jobs[1].hash);
+    }
+
+    #[test]
+    fn variable_problems_need_the_templates() {
+        let head = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\n";
+        let codes = |text: String| -> Vec<&'static str> {
+            expand_text(&text)
+                .unwrap_err()
+                .iter()
+                .map(Problem::code)
+                .collect()
+        };
+        // `n` is defined nowhere: an unknown placeholder, not also a page without a value.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true }}\n[[pages]]\npage = 1\nprompt = \"a\"\n"
+            )),
+            ["workflow::unknown_placeholder"]
+        );
+        // Defined on page 1 only: page 2 has no value.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true }}\n[[pages]]\npage = 1\nprompt = \"a\"\nvars = {{ n = 1 }}\n\
+                 [[pages]]\npage = 2\nprompt = \"b\"\n"
+            )),
+            ["manifest::no_var_value"]
+        );
+        // A default no workflow uses, and a page's own variable its workflow does not use.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true, n = 1, x = 2 }}\n[[pages]]\npage = 1\nprompt = \"a\"\n\
+                 [[pages]]\npage = 2\nprompt = \"b\"\nworkflow = \"plain.json\"\nvars = {{ y = 1 }}\n"
+            )),
+            ["manifest::unused_var", "manifest::unused_var"]
+        );
+    }
+
+    #[test]
+    fn a_job_from_params_names_a_variable_it_lacks() {
+        let templates = templates();
+        let job = expand_text(
+            "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\nvars = { flag = true, n = 2 }\n[[pages]]\npage = 1\nprompt = \"a\"\n",
+        )
+        .unwrap()[0]
+            .clone();
+        let mut params = job.params.clone();
+        Arc::make_mut(&mut params.page).vars.remove("n");
+        let err =
+            job_from_params(&templates["vars.json"], job.key.clone(), 1, 1, 5, params).unwrap_err();
+        assert_eq!(err, SlotName::Var("n".into()));
+        assert!(!err.needs_lora());
     }
 }

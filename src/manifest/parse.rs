@@ -157,6 +157,11 @@ impl Checker<'_> {
             let help = match (did_you_mean(name, known), belongs_in(name)) {
                 (Some(close), _) => format!("did you mean `{close}`?"),
                 (None, Some(home)) => format!("`{name}` belongs in {home}"),
+                (None, None) if known.contains(&"vars") && params::is_var_name(name) => format!(
+                    "{place} takes: {}; a value for a workflow's `{{{{{name}}}}}` is a variable: \
+                     `vars = {{ {name} = ... }}`",
+                    known.join(", ")
+                ),
                 (None, None) => format!("{place} takes: {}", known.join(", ")),
             };
             self.error(
@@ -955,6 +960,66 @@ prompt = "q"
             codes(&format!("[comfy]\nretry_failed = \"yes\"\n{MINIMAL}")),
             ["manifest::wrong_type"]
         );
+    }
+
+    #[test]
+    fn reads_variables_in_both_forms_and_merges_types() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nvars = { d = 0.5, s = \"ink\", n = 3, b = false }\n\
+            [[pages]]\npage = 1\nprompt = \"p\"\nvars = { d = 1, b = true }\n\
+            [[pages]]\npage = 2\nprompt = \"q\"\n[pages.vars]\ns = \"wash\"\nn = -7\nextra = \"x\"\n";
+        let (manifest, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = manifest.unwrap();
+        let get = |vars: &Vars, name: &str| vars[name].get_ref().clone();
+        assert_eq!(get(&m.defaults.vars, "d"), VarValue::Float(0.5));
+        assert_eq!(get(&m.defaults.vars, "s"), VarValue::Str("ink".into()));
+        assert_eq!(get(&m.defaults.vars, "n"), VarValue::Int(3));
+        assert_eq!(get(&m.defaults.vars, "b"), VarValue::Bool(false));
+        // An integer where the default is a float is that float.
+        assert_eq!(get(&m.pages[0].settings.vars, "d"), VarValue::Float(1.0));
+        assert_eq!(get(&m.pages[0].settings.vars, "b"), VarValue::Bool(true));
+        assert_eq!(
+            get(&m.pages[1].settings.vars, "s"),
+            VarValue::Str("wash".into())
+        );
+        assert_eq!(get(&m.pages[1].settings.vars, "n"), VarValue::Int(-7));
+        assert_eq!(
+            get(&m.pages[1].settings.vars, "extra"),
+            VarValue::Str("x".into())
+        );
+        // Each span covers `name = value`.
+        let span = m.defaults.vars["s"].span();
+        assert_eq!(&text[span], "s = \"ink\"");
+        assert!(m.pages_complete);
+    }
+
+    #[test]
+    fn variable_rules() {
+        let with = |defaults: &str, page: &str| {
+            codes(&format!(
+                "[chapter]\nnumber = 1\n[defaults]\nvars = {{ {defaults} }}\n[[pages]]\npage = 1\nprompt = \"p\"\nvars = {{ {page} }}\n"
+            ))
+        };
+        assert_eq!(with("seed = 1", ""), ["manifest::var_name"]);
+        assert_eq!(with("", "\"a b\" = 1"), ["manifest::var_name"]);
+        assert_eq!(with("x = 1", "x = 1.5"), ["manifest::var_type"]);
+        assert_eq!(with("x = \"1\"", "x = 1"), ["manifest::var_type"]);
+        assert_eq!(with("x = true", "x = \"yes\""), ["manifest::var_type"]);
+        assert_eq!(with("x = inf", ""), ["manifest::out_of_range"]);
+        assert_eq!(with("x = 1979-05-27", ""), ["manifest::wrong_type"]);
+        assert_eq!(with("x = { y = 1 }", ""), ["manifest::wrong_type"]);
+        assert!(with("x = 1.5", "x = 2").is_empty());
+        assert!(with("_x1 = 1", "Y = \"a\"").is_empty());
+        // A page with a problem is left out, and the manifest says some page was.
+        let (m, _) = parse(&format!("{MINIMAL}vars = {{ seed = 1 }}\n"));
+        assert!(!m.unwrap().pages_complete);
+    }
+
+    #[test]
+    fn an_unknown_page_key_that_could_be_a_variable_says_how_to_write_one() {
+        let (_, problems) = parse(&format!("{MINIMAL}denoise = 0.5\n"));
+        let help = miette::Diagnostic::help(&problems[0]).unwrap().to_string();
+        assert!(help.contains("`vars = { denoise = ... }`"), "{help}");
     }
 
     #[test]

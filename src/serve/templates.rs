@@ -149,3 +149,20 @@ impl Templates {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_with_variables_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vars.json");
+        let text = TXT2IMG
+            .1
+            .replace("\"batch_size\": 1", "\"batch_size\": \"{{batch}}\"");
+        std::fs::write(&path, text).unwrap();
+        let err = Templates::load(Some(&path)).err().expect("refused");
+        assert!(err.to_string().contains("{{batch}}"), "{err}");
+    }
+}
