@@ -149,8 +149,10 @@ fn run_and_rerun_of_jobs_with_variables_reproduce_them() {
 fn preflight_checks_the_values_variables_fill_in() {
     let dir = tempfile::tempdir().unwrap();
     // Page 3's variable fills KSampler's `scheduler`, a combo: `karas` is none of its options.
+    // Page 2's fills `denoise`, a FLOAT of 0.0..=1.0.
     let manifest = vars_manifest(dir.path(), |t| {
         t.replace("noise_schedule = \"normal\"", "noise_schedule = \"karas\"")
+            .replace("denoise = 1,", "denoise = 2.5,")
     });
     bin().args(["validate"]).arg(&manifest).assert().success();
     let out = dir.path().join("out");
@@ -163,7 +165,11 @@ fn preflight_checks_the_values_variables_fill_in() {
         .code(plasma_batch::exit_codes::PREFLIGHT_FAILED)
         .stderr(
             predicate::str::contains("scheduler \"karas\" is not available")
-                .and(predicate::str::contains("ch03_p003_s1"))
+                .and(predicate::str::contains("(jobs ch03_p003_s1)"))
+                .and(predicate::str::contains(
+                    "denoise 2.5 is above the maximum 1",
+                ))
+                .and(predicate::str::contains("(jobs ch03_p002_s1)"))
                 .and(predicate::str::contains("ch03_p001_s1").not()),
         );
     assert!(
