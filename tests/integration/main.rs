@@ -20,4 +20,5 @@ mod sim_faults;
 mod sim_support;
 mod support;
 mod uploads;
+mod vars;
 mod vocabulary;
