@@ -11,6 +11,7 @@ use std::fmt;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::digest::Sha256Digest;
@@ -41,7 +42,8 @@ impl Limits {
 }
 
 /// An image format ComfyUI's `LoadImage` reads and the product accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Png,
     Jpeg,
@@ -92,7 +94,7 @@ impl fmt::Display for ImageFormat {
 }
 
 /// A checked input image: where it is, what it is, and its content's sha256.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputImage {
     pub path: PathBuf,
     pub format: ImageFormat,

@@ -104,6 +104,10 @@ pub struct Job {
     pub hash: JobHash,
     /// sha256 (hex) of the workflow template file's bytes (shared by the template's jobs).
     pub workflow_sha256: Arc<str>,
+    /// Input images the workflow's `LoadImage` nodes name by their upload name
+    /// (`comfy::upload`): put on the server before the job is posted. Not written when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<crate::inputs::InputImage>,
 }
 
 /// The resolved parameters of a job: its page's (one `Arc` shared by the page's variants,
@@ -697,6 +701,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
             params,
             output_nodes: work.output_nodes.clone(),
             workflow_sha256: template.sha256().clone(),
+            inputs: Vec::new(),
         }));
     }
 }
@@ -756,6 +761,7 @@ pub fn job_from_params(
         params,
         output_nodes: template.save_nodes().into(),
         workflow_sha256: template.sha256().clone(),
+        inputs: Vec::new(),
     })
 }
 

@@ -154,6 +154,11 @@ fn check_value(spec: &Value, value: &Value) -> Option<String> {
     }
     let kind = spec.get(0)?;
     let options = spec.get(1);
+    // An uploaded input (`LoadImage`'s `image`): the list is only the input folder's top
+    // level, and the file is uploaded before the job is posted; the server checks it then.
+    if options.and_then(|o| o.get("image_upload")) == Some(&Value::Bool(true)) {
+        return None;
+    }
     // Classic combo: `[["a", "b"], {...}]`; V3 combo: `["COMBO", {"options": [...]}]`.
     let choices = kind.as_array().or_else(|| {
         (kind == "COMBO")
@@ -235,6 +240,7 @@ mod tests {
             output_nodes: Arc::from(["9".to_owned()]),
             hash: crate::digest::Sha256Digest::default(),
             workflow_sha256: "w".into(),
+            inputs: Vec::new(),
         })
     }
 
@@ -279,5 +285,20 @@ mod tests {
             "{}",
             text[0]
         );
+    }
+
+    #[test]
+    fn an_uploaded_input_is_not_checked_against_the_input_folder_list() {
+        // ComfyUI 0.8.0's LoadImage lists only the input folder's top level; an upload under
+        // `plasma/` is never in that list, and is put there before the job is posted.
+        let info = json!({"LoadImage": {"input": {"required": {
+            "image": [["a.png"], {"image_upload": true}]
+        }}}});
+        let wf =
+            job(json!({"10": {"class_type": "LoadImage", "inputs": {"image": "plasma/0123.png"}}}));
+        assert!(check_jobs("http://s", &info, &[wf]).is_empty());
+        let listed = json!({"X": {"input": {"required": {"image": [["a.png"], {}]}}}});
+        let wf = job(json!({"10": {"class_type": "X", "inputs": {"image": "plasma/0123.png"}}}));
+        assert_eq!(check_jobs("http://s", &listed, &[wf]).len(), 1);
     }
 }

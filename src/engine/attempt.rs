@@ -22,7 +22,7 @@ use super::shared::Shared;
 use super::task::{Attempt, Task};
 
 use crate::comfy::protocol::PromptRequest;
-use crate::comfy::{HistoryEntry, PostOutcome, ServerMessage};
+use crate::comfy::{HistoryEntry, PostOutcome, ServerMessage, UploadError, UploadedName};
 use crate::events::{ErrorKind, Event, JobError, JobStatus};
 use crate::ledger::{LEDGER_VERSION, LedgerRecord};
 
@@ -97,9 +97,38 @@ pub(super) async fn attempt(
             client_id: &posted_as,
             prompt_id: &prompt_id,
         };
+        // The job's input images first: uploaded now unless this run already put them on
+        // this server (other jobs render meanwhile: only this job's slot waits).
+        for image in &task.job.inputs {
+            if let Err(error) = shared.uploads.ensure(client, image).await {
+                return upload_failed(&error);
+            }
+        }
         tracing::debug!(key = %task.key, %prompt_id, server = client.url(), "posting");
         let posting = Instant::now();
-        let posted = client.post_prompt(&request).await;
+        let mut posted = client.post_prompt(&request).await;
+        // The server lost an input it had (its input folder was emptied): upload the
+        // images it names again, once, and post once more.
+        if let Ok(PostOutcome::Rejected(rejected)) = &posted {
+            let missing = crate::comfy::missing_inputs(rejected);
+            let lost: Vec<_> = task
+                .job
+                .inputs
+                .iter()
+                .filter(|image| {
+                    missing.contains(&UploadedName::for_image(image).load_image_value())
+                })
+                .collect();
+            if !lost.is_empty() {
+                tracing::debug!(key = %task.key, server = client.url(), lost = lost.len(), "uploading lost inputs again");
+                for image in lost {
+                    if let Err(error) = shared.uploads.reupload(client, image, posting).await {
+                        return upload_failed(&error);
+                    }
+                }
+                posted = client.post_prompt(&request).await;
+            }
+        }
         match &posted {
             Ok(PostOutcome::Accepted(_)) => {
                 conn.pace().posted(posting.elapsed());
@@ -418,5 +447,18 @@ async fn wait_for_end(
                 }
             }
         }
+    }
+}
+
+/// An input image that could not be put on the server: retried later when the server's
+/// trouble may pass, else the job fails with the file named.
+fn upload_failed(error: &UploadError) -> Attempt {
+    if error.is_transient() {
+        Attempt::Transient(error.to_string())
+    } else {
+        Attempt::Failed(
+            JobStatus::Failed,
+            JobError::new(ErrorKind::Validation, error.to_string()),
+        )
     }
 }

@@ -86,6 +86,7 @@ impl Engine {
             downloads: Arc::new(Semaphore::new(config.downloads.max(1))),
             servers: conns.clone(),
             stopped: std::sync::OnceLock::new(),
+            uploads: crate::comfy::Uploads::new(),
             config,
             ctx,
         });

@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) servers: Vec<Arc<ServerConn>>,
     /// Why the queue was closed to new work (a local write failure), if it was.
     pub(super) stopped: std::sync::OnceLock<String>,
+    /// The input images this run put on each server (`comfy::upload`).
+    pub(super) uploads: crate::comfy::Uploads,
 }
 
 impl Shared {

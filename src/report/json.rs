@@ -232,6 +232,7 @@ impl<'de> Deserialize<'de> for JobReport {
             output_nodes: entry.output_nodes.into_owned().into(),
             hash: entry.job_hash,
             workflow_sha256: entry.workflow_sha256.into_owned().into(),
+            inputs: Vec::new(),
         };
         Ok(JobReport {
             job: Arc::new(job),
@@ -617,6 +618,7 @@ mod tests {
             output_nodes: Arc::from(["9".to_owned()]),
             hash: JobHash::default(),
             workflow_sha256: "0".repeat(64).into(),
+            inputs: Vec::new(),
         };
         RunReport {
             schema_version: REPORT_SCHEMA_VERSION,

@@ -25,6 +25,10 @@ pub enum Fault {
     Prompt500Rate { p: f64 },
     /// `lose:N`: the Nth accepted prompt gets its 200 but is never queued or run.
     Lose { nth: u64 },
+    /// `lose-inputs:N`: the input folder is emptied just before the Nth `POST /prompt` is
+    /// validated (a server whose disk was wiped, or a fresh one behind the same URL), so a
+    /// `LoadImage` of an earlier upload is refused there.
+    LoseInputs { nth: u64 },
     /// `raise:CLASS`: nodes of CLASS raise a `RuntimeError` (an `execution_error`).
     Raise { class: String },
     /// `hang:CLASS`: nodes of CLASS never finish until interrupted.
@@ -158,6 +162,12 @@ impl FromStr for Fault {
                     nth: positive(0, "the prompt number")?,
                 }
             }
+            "lose-inputs" => {
+                want(1)?;
+                Fault::LoseInputs {
+                    nth: positive(0, "the prompt number")?,
+                }
+            }
             "raise" => {
                 want(1)?;
                 Fault::Raise { class: class(0)? }
@@ -224,6 +234,7 @@ impl fmt::Display for Fault {
             Fault::Prompt500 { nth } => write!(f, "prompt-500:{nth}"),
             Fault::Prompt500Rate { p } => write!(f, "prompt-500-rate:{p}"),
             Fault::Lose { nth } => write!(f, "lose:{nth}"),
+            Fault::LoseInputs { nth } => write!(f, "lose-inputs:{nth}"),
             Fault::Raise { class } => write!(f, "raise:{class}"),
             Fault::Hang { class } => write!(f, "hang:{class}"),
             Fault::SlowNode { class, ms } => write!(f, "slow-node:{class}:{ms}"),
@@ -253,6 +264,7 @@ mod tests {
             "prompt-500:1",
             "prompt-500-rate:0.25",
             "lose:2",
+            "lose-inputs:1",
             "raise:KSampler",
             "hang:SaveImage",
             "slow-node:ImageBlur:200",

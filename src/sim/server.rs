@@ -162,6 +162,12 @@ async fn post_prompt(
     if !connected {
         s.stats_mut().stats.posts_without_socket += 1;
     }
+    if s.faults()
+        .any(|fault| matches!(fault, Fault::LoseInputs { nth: n } if *n == nth))
+    {
+        let _ = std::fs::remove_dir_all(&s.input_dir);
+        let _ = std::fs::create_dir_all(&s.input_dir);
+    }
     let injected = s.faults().any(|fault| match fault {
         Fault::Prompt500 { nth: n } => *n == nth,
         Fault::Prompt500Rate { p } => s.random() < *p,

@@ -10,11 +10,13 @@ use std::time::Instant;
 use plasma_batch::comfy::protocol::PromptRequest;
 use plasma_batch::comfy::{PostOutcome, UploadError, UploadedName, Uploads, missing_inputs};
 use plasma_batch::inputs::{InputImage, check_image_file};
+use plasma_batch::plan::Job;
+use plasma_batch::report::ReportStatus;
 use plasma_batch::workflow::Workflow;
 use serde_json::json;
 
 use crate::real_comfy::{SERVER, real_comfy};
-use crate::support::{TestSim, client};
+use crate::support::{TestSim, client, engine, no_cancel, options, plan, png_size, small_manifest};
 
 /// A real PNG of `width` x `height` whose pixels depend on `seed`.
 fn png_file(dir: &Path, name: &str, width: u32, height: u32, seed: u32) -> PathBuf {
@@ -307,4 +309,114 @@ async fn the_real_server_answers_uploads_as_the_module_expects() {
         panic!("a LoadImage of a file the server does not have must be refused");
     };
     assert_eq!(missing_inputs(&rejected), vec![absent]);
+}
+
+/// The plan's jobs as img2img-style jobs: `LoadImage` of `image`'s upload name -> `SaveImage`
+/// with the job's own prefix, `image` among the job's inputs.
+fn jobs_loading(plan: &plasma_batch::plan::Plan, image: &InputImage) -> Vec<Arc<Job>> {
+    let name = UploadedName::for_image(image).load_image_value();
+    plan.jobs
+        .iter()
+        .map(|job| {
+            let mut job = (**job).clone();
+            job.workflow = Workflow::from_value(&json!({
+                "10": {"class_type": "LoadImage", "inputs": {"image": name}},
+                "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": &*job.params.filename_prefix, "images": ["10", 0]}}
+            }));
+            job.output_nodes = Arc::from(["9".to_owned()]);
+            job.inputs = vec![image.clone()];
+            Arc::new(job)
+        })
+        .collect()
+}
+
+/// A run of `pages` x `variants` such jobs (see [`jobs_loading`]) on the server at `url`,
+/// writing under `dir/out`.
+async fn run_loading(
+    dir: &Path,
+    url: &str,
+    image: &InputImage,
+    pages: u16,
+    variants: u32,
+) -> plasma_batch::runner::RunSummary {
+    let plan = plan(&small_manifest(dir, pages, variants, ""));
+    plasma_batch::runner::run_jobs(
+        options(&plan, &dir.join("out"), engine()),
+        vec![client(url)],
+        jobs_loading(&plan, image),
+        no_cancel(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_puts_each_input_on_the_server_once_before_the_jobs_that_load_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&[]).await;
+    let image = checked(&png_file(dir.path(), "sheet.png", 64, 96, 8));
+    let summary = run_loading(dir.path(), &sim.url(), &image, 2, 2).await;
+    assert_eq!(summary.outcomes.len(), 4);
+    for outcome in &summary.outcomes {
+        assert_eq!(
+            outcome.status,
+            ReportStatus::Succeeded,
+            "{}: {:?}",
+            outcome.job.key,
+            outcome.error
+        );
+        // The saved image is the loaded one (the manifest's 64x96: the download checks it).
+        assert_eq!(
+            png_size(&dir.path().join("out").join(&outcome.images[0].path)),
+            (64, 96)
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!((stats.uploads, stats.prompts_accepted), (1, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_refused_because_the_server_lost_its_input_uploads_it_again_and_posts_once_more() {
+    let dir = tempfile::tempdir().unwrap();
+    // The input folder is wiped just before the first POST is validated.
+    let sim = TestSim::start(&["lose-inputs:1"]).await;
+    let image = checked(&png_file(dir.path(), "pose.png", 64, 96, 9));
+    let summary = run_loading(dir.path(), &sim.url(), &image, 1, 1).await;
+    let outcome = &summary.outcomes[0];
+    assert_eq!(
+        outcome.status,
+        ReportStatus::Succeeded,
+        "{:?}",
+        outcome.error
+    );
+    assert_eq!(
+        outcome.attempts, 1,
+        "uploading again is part of the one attempt"
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.uploads,
+            stats.prompts_rejected,
+            stats.prompts_accepted
+        ),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_that_cannot_be_read_fails_its_job_naming_the_file_and_nothing_is_posted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&[]).await.idle_ok();
+    let image = checked(&png_file(dir.path(), "gone.png", 8, 8, 10));
+    std::fs::remove_file(&image.path).unwrap();
+    let summary = run_loading(dir.path(), &sim.url(), &image, 1, 1).await;
+    let outcome = &summary.outcomes[0];
+    assert_eq!(outcome.status, ReportStatus::Failed);
+    let message = &outcome.error.as_ref().unwrap().message;
+    assert!(
+        message.contains("gone.png") && message.contains(&sim.url()),
+        "{message}"
+    );
+    assert_eq!(sim.prompts_posted(), 0);
 }
