@@ -459,6 +459,45 @@ pub fn encode_png(image: &Image, index: u32, text: &[(String, String)]) -> Vec<u
     out
 }
 
+/// Decode a PNG, JPEG or WebP (by its first bytes) into (image, mask from alpha or zeros),
+/// as `LoadImage` does with PIL; anything else is an error (PIL's `UnidentifiedImageError`).
+pub fn decode_image(bytes: &[u8]) -> Result<(Image, Mask), String> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(bytes)
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        let options = zune_jpeg::zune_core::options::DecoderOptions::default()
+            .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
+        let mut decoder =
+            zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
+        let rgb = decoder.decode().map_err(|e| e.to_string())?;
+        let info = decoder.info().ok_or("no JPEG header")?;
+        Ok(with_alpha(
+            u32::from(info.width),
+            u32::from(info.height),
+            rgb,
+            None,
+        ))
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        let mut decoder =
+            image_webp::WebPDecoder::new(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        let (w, h) = decoder.dimensions();
+        let mut buf = vec![0; decoder.output_buffer_size().ok_or("image too large")?];
+        decoder.read_image(&mut buf).map_err(|e| e.to_string())?;
+        if decoder.has_alpha() {
+            let (mut rgb, mut a) = (Vec::with_capacity(buf.len() / 4 * 3), Vec::new());
+            for px in buf.chunks_exact(4) {
+                rgb.extend_from_slice(&px[..3]);
+                a.push(255 - px[3]);
+            }
+            Ok(with_alpha(w, h, rgb, Some(a)))
+        } else {
+            Ok(with_alpha(w, h, buf, None))
+        }
+    } else {
+        Err("not a PNG, JPEG or WebP".into())
+    }
+}
+
 /// Decode a PNG into (image, mask from alpha or zeros), as `LoadImage` does.
 pub fn decode_png(bytes: &[u8]) -> Result<(Image, Mask), String> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
@@ -491,6 +530,12 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Image, Mask), String> {
         }
         png::ColorType::Indexed => return Err("unsupported indexed PNG".into()),
     }
+    Ok(with_alpha(w, h, rgb, alpha))
+}
+
+/// A decoded frame as `LoadImage`'s outputs: the RGB image and its mask (1 - alpha, or
+/// ComfyUI's 64x64 zeros when there is no alpha).
+fn with_alpha(w: u32, h: u32, rgb: Vec<u8>, alpha: Option<Vec<u8>>) -> (Image, Mask) {
     let image = Image {
         batch: 1,
         width: w,
@@ -507,7 +552,7 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Image, Mask), String> {
     } else {
         (w, h)
     };
-    Ok((
+    (
         image,
         Mask {
             batch: 1,
@@ -515,7 +560,7 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Image, Mask), String> {
             height: mh,
             values,
         },
-    ))
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -624,6 +669,37 @@ mod tests {
             .filter(|(x, y)| (i32::from(**x) - i32::from(**y)).abs() > 24)
             .count();
         assert!(diff > fa.len() / 10, "only {diff} bytes differ noticeably");
+    }
+
+    #[test]
+    fn load_image_reads_png_jpeg_and_webp_by_content() {
+        let img = render(3, "ink", 24, 16, 1);
+        let rgb = img.frame(0).to_vec();
+        let mut jpg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpg, 95)
+            .encode(&rgb, 24, 16, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let mut rgba = Vec::new();
+        for px in rgb.chunks_exact(3) {
+            rgba.extend_from_slice(px);
+            rgba.push(255);
+        }
+        let mut webp = Vec::new();
+        image_webp::WebPEncoder::new(&mut webp)
+            .encode(&rgba, 24, 16, image_webp::ColorType::Rgba8)
+            .unwrap();
+        for (what, bytes, mask) in [
+            ("png", encode_png(&img, 0, &[]), (64, 64)),
+            ("jpeg", jpg, (64, 64)),
+            // Alpha: the mask is the image's size (1 - alpha).
+            ("webp", webp, (24, 16)),
+        ] {
+            let (got, m) = decode_image(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!((got.width, got.height, got.batch), (24, 16, 1), "{what}");
+            assert_eq!((m.width, m.height), mask, "{what}");
+            assert_eq!(got.frame(0).len(), 24 * 16 * 3, "{what}");
+        }
+        assert!(decode_image(b"these are notes").is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `LoadImage` (`nodes.py`): a PNG from the input folder (where `/upload/image` writes). Its
+//! `LoadImage` (`nodes.py`): a PNG, JPEG or WebP from the input folder (where `/upload/image` writes). Its
 //! file list is read per `/object_info` request (`INPUT_TYPES`), a missing file fails
 //! validation (`VALIDATE_INPUTS`), and the file's content is part of its cache signature
 //! (`IS_CHANGED`).
@@ -63,7 +63,7 @@ fn load(ex: &mut Exec<'_, '_>) -> NodeResult {
             ));
         }
     };
-    let (img, mask) = image::decode_png(&bytes).map_err(|_| {
+    let (img, mask) = image::decode_image(&bytes).map_err(|_| {
         pil_open_failed(
             "PIL.UnidentifiedImageError",
             format!("cannot identify image file '{shown}'"),
