@@ -25,6 +25,8 @@ pub const DEFAULT_HEIGHT: u32 = 768;
 pub const DEFAULT_VARIANTS: u32 = 1;
 /// A LoRA strength that is not given: full strength.
 pub const DEFAULT_LORA_STRENGTH: f64 = 1.0;
+/// The most LoRAs one `loras` stack may hold.
+pub const MAX_LORAS: usize = 8;
 /// The chapter seed when `[chapter] seed` is absent.
 pub const DEFAULT_CHAPTER_SEED: u64 = 0;
 /// The per-job timeout when neither `--timeout` nor `[comfy] timeout` gives one.

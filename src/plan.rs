@@ -17,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::Problem;
-use crate::manifest::model::{LoraSetting, Page, PageSeeds};
+use crate::manifest::model::{LoraSetting, Page, PageSeeds, Settings, VarValue};
 use crate::manifest::read::read_bounded;
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
@@ -25,7 +25,9 @@ use crate::params::{
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
     DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
 };
+use crate::workflow::bind::{Binding, Bindings, Kind};
 use crate::workflow::canonical::JobHash;
+use crate::workflow::lora_chain::{find_anchor, no_anchor_problem};
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
 
@@ -138,6 +140,10 @@ pub struct PageParams {
     pub width: u32,
     pub height: u32,
     pub lora: Option<LoraParams>,
+    /// A `loras` stack, in chain order (one `LoraLoader` each in the workflow sent); empty
+    /// and left out of the JSON when the page has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraParams>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
 }
@@ -160,6 +166,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
     let templates = load_templates(&parsed, base, &mut problems);
+    unused_bindings(&parsed, &mut problems);
     let checked = if parsed.defaults_complete {
         expand(&parsed, &templates)
     } else {
@@ -211,8 +218,9 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
             // Any path is allowed (shared templates live outside the chapter's folder), but
             // only a regular file of bounded size, and its bytes are never shown unless they
             // look like JSON (see `Template::parse`).
+            let bindings = bindings_for(manifest, written.get_ref());
             match read_bounded(&path, MAX_TEMPLATE_BYTES) {
-                Ok(bytes) => match Template::parse(&shown, bytes) {
+                Ok(bytes) => match Template::parse_bound(&shown, bytes, bindings.as_ref()) {
                     Ok(template) => {
                         templates.insert(written.get_ref().clone(), template);
                     }
@@ -244,6 +252,72 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
         }
     }
     templates
+}
+
+/// The `[bind."<path>"]` bindings of the workflow written as `written`, if it has any.
+fn bindings_for(manifest: &Manifest, written: &str) -> Option<Bindings> {
+    let bind = manifest
+        .bind
+        .iter()
+        .find(|b| b.workflow.get_ref() == written)?;
+    let list = bind
+        .inputs
+        .iter()
+        .map(|input| Binding {
+            name: input.name.get_ref().clone(),
+            name_span: input.name.span(),
+            target: input.target.get_ref().clone(),
+            target_span: input.target.span(),
+        })
+        .collect();
+    let vars = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| s.vars.iter())
+        .map(|(name, value)| {
+            let kind = match value.get_ref() {
+                VarValue::Int(_) => Kind::Integer,
+                VarValue::Float(_) => Kind::Number,
+                VarValue::Str(_) => Kind::String,
+                VarValue::Bool(_) => Kind::Boolean,
+            };
+            (name.clone(), kind)
+        });
+    Some(Bindings::new(manifest.file.clone(), list, vars))
+}
+
+/// A `[bind."<path>"]` table for a workflow no page uses: a typo, most likely.
+fn unused_bindings(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    let written: BTreeSet<&str> = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| [&s.workflow, &s.lora_workflow])
+        .flatten()
+        .map(|w| w.get_ref().as_str())
+        .collect();
+    for bind in &manifest.bind {
+        let path = bind.workflow.get_ref();
+        if written.contains(path.as_str()) {
+            continue;
+        }
+        let paths: Vec<&str> = written.iter().copied().collect();
+        let help = match crate::diagnostic::did_you_mean(path, &paths) {
+            Some(close) => format!("did you mean `[bind.\"{close}\"]`?"),
+            None if paths.is_empty() => "no workflow is named in this manifest".to_owned(),
+            None => format!(
+                "key `[bind]` tables by a `workflow` or `lora_workflow` path exactly as written: {}",
+                paths.join(", ")
+            ),
+        };
+        problems.push(
+            Problem::at(
+                "bind::unused_workflow",
+                &manifest.file,
+                bind.workflow.span(),
+                format!("no page uses workflow `{path}`, so its bindings bind nothing"),
+                "no `workflow` or `lora_workflow` is written like this",
+            )
+            .with_help(help),
+        );
+    }
 }
 
 /// `a/b/../c` -> `a/c`, for display only (the file is read through the path as joined).
@@ -283,18 +357,38 @@ struct Resolved<'m> {
     workflow: Option<&'m toml::Spanned<String>>,
     output_node: Option<&'m toml::Spanned<String>>,
     lora: Option<(&'m LoraParams, Range<usize>)>,
+    /// A `loras` stack (maybe empty, which uses no LoRA) and where it was written.
+    stack: Option<(&'m [LoraParams], Range<usize>)>,
+}
+
+/// A table's LoRA setting: `Some(None)` is `lora = false`.
+type LoraChoice<'m> = Option<Option<Loras<'m>>>;
+
+#[derive(Clone)]
+enum Loras<'m> {
+    One(&'m LoraParams, Range<usize>),
+    Stack(&'m [LoraParams], Range<usize>),
+}
+
+fn lora_choice(settings: &Settings) -> LoraChoice<'_> {
+    if let Some(stack) = &settings.loras {
+        return Some(Some(Loras::Stack(stack.get_ref(), stack.span())));
+    }
+    settings.lora.as_ref().map(|l| match l.get_ref() {
+        LoraSetting::Use(params) => Some(Loras::One(params, l.span())),
+        LoraSetting::Off => None,
+    })
 }
 
 fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
     let (d, s) = (&manifest.defaults, &page.settings);
-    let lora = s
-        .lora
-        .as_ref()
-        .or(d.lora.as_ref())
-        .and_then(|l| match l.get_ref() {
-            LoraSetting::Use(params) => Some((params, l.span())),
-            LoraSetting::Off => None,
-        });
+    // A page's `lora` or `loras` replaces whichever of the two `[defaults]` has.
+    let choice = lora_choice(s).or_else(|| lora_choice(d)).flatten();
+    let (lora, stack) = match choice {
+        Some(Loras::One(params, span)) => (Some((params, span)), None),
+        Some(Loras::Stack(stack, span)) => (None, Some((stack, span))),
+        None => (None, None),
+    };
     // A page's own `workflow` wins; a page with a LoRA then takes `lora_workflow` if any.
     let workflow = s.workflow.as_ref().or_else(|| {
         lora.as_ref()
@@ -306,6 +400,7 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
         workflow,
         output_node: s.output_node.as_ref().or(d.output_node.as_ref()),
         lora,
+        stack,
     }
 }
 
@@ -383,6 +478,58 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             }
             None => template.save_nodes().into(),
         };
+        let mut chain = None;
+        if let Some((stack, span)) = &r.stack {
+            if template.lora_placeholder().is_some() {
+                if reported.insert(("stack_slots", written.get_ref().clone(), span.start)) {
+                    problems.push(
+                        Problem::at(
+                            "manifest::loras_with_lora_slots",
+                            &manifest.file,
+                            span.clone(),
+                            format!(
+                                "page {} has `loras`, but workflow `{}` has `{{{{lora_name}}}}` \
+                                 slots, which a stack does not fill",
+                                r.page.page,
+                                template.file().name()
+                            ),
+                            "a stack is chained into the workflow",
+                        )
+                        .with_help(
+                            "use a workflow without LoRA slots (e.g. workflows/txt2img.json): \
+                             the stack's LoraLoader nodes are inserted after the checkpoint \
+                             loader",
+                        ),
+                    );
+                }
+                continue;
+            }
+            if !stack.is_empty() {
+                let named = manifest
+                    .bind
+                    .iter()
+                    .find(|b| b.workflow.get_ref() == written.get_ref())
+                    .and_then(|b| b.lora_anchor.as_ref());
+                let reference = named.map(|n| n.get_ref().as_str());
+                match find_anchor(template.graph(), reference) {
+                    Ok(anchor) => chain = Some((anchor, *stack)),
+                    Err(error) => {
+                        let at = named.map_or(span.clone(), toml::Spanned::span);
+                        if reported.insert(("anchor", written.get_ref().clone(), at.start)) {
+                            problems.push(no_anchor_problem(
+                                &error,
+                                template.graph(),
+                                reference,
+                                template.file().name(),
+                                &manifest.file,
+                                at,
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
         match &r.lora {
             Some((_, span)) if !template.uses(Placeholder::LoraName) => {
                 if reported.insert(("lora_ignored", written.get_ref().clone(), span.start)) {
@@ -406,7 +553,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                 }
                 continue;
             }
-            None if template.lora_placeholder().is_some() => {
+            None if r.stack.is_none() && template.lora_placeholder().is_some() => {
                 lacking_lora
                     .entry(written.get_ref().as_str())
                     .or_default()
@@ -419,6 +566,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             resolved: r,
             template,
             output_nodes,
+            chain,
         });
     }
     for (written, pages) in lacking_lora {
@@ -439,6 +587,8 @@ struct PageWork<'m> {
     resolved: &'m Resolved<'m>,
     template: &'m Template,
     output_nodes: Arc<[String]>,
+    /// A non-empty LoRA stack and the node it follows.
+    chain: Option<(String, &'m [LoraParams])>,
 }
 
 /// Pages per thread below which threads are not worth starting.
@@ -483,7 +633,13 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
 
 /// The jobs of one page, appended in variant order.
 fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
-    let (r, template) = (work.resolved, work.template);
+    let r = work.resolved;
+    // A stack makes the page's own template: the file's graph with the chain in it.
+    let chained = work.chain.as_ref().map(|(anchor, stack)| {
+        let graph = crate::workflow::lora_chain::chain(work.template.graph(), anchor, stack);
+        work.template.derive(&graph)
+    });
+    let template = chained.as_ref().unwrap_or(work.template);
     let (d, s) = (&manifest.defaults, &r.page.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
@@ -519,6 +675,11 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         width: s.width.or(d.width).unwrap_or(DEFAULT_WIDTH),
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
+        loras: r
+            .stack
+            .as_ref()
+            .map(|(s, _)| s.to_vec())
+            .unwrap_or_default(),
         workflow_path: Path::new(template.file().name()).into(),
     });
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.

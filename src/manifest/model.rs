@@ -20,6 +20,27 @@ pub struct Manifest {
     pub defaults_complete: bool,
     /// In manifest order; page numbers are unique. A page with a problem is left out.
     pub pages: Vec<Page>,
+    /// `[bind."<workflow path>"]` tables, in manifest order.
+    pub bind: Vec<WorkflowBind>,
+}
+
+/// `[bind."<workflow path>"]`: how a workflow used as it was exported takes the manifest's
+/// values. The path is matched against `workflow` / `lora_workflow` exactly as written.
+#[derive(Debug, Clone)]
+pub struct WorkflowBind {
+    pub workflow: Spanned<String>,
+    /// `name = "<node>.<input>"` (or a list of such targets), one entry per target.
+    pub inputs: Vec<BindInput>,
+    /// `loras = "<node>"`: the node whose MODEL and CLIP outputs a LoRA stack follows.
+    pub lora_anchor: Option<Spanned<String>>,
+}
+
+/// One bound input: the value `name` (a placeholder or variable name) goes to `target`,
+/// `"<node id or title>.<input>"` as written.
+#[derive(Debug, Clone)]
+pub struct BindInput {
+    pub name: Spanned<String>,
+    pub target: Spanned<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +76,9 @@ pub struct Settings {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub lora: Option<Spanned<LoraSetting>>,
+    /// `loras = [{ name, strength_model, strength_clip }, ...]`: a LoRA stack, chained into
+    /// the workflow in order (an empty list drops an inherited LoRA or stack).
+    pub loras: Option<Spanned<Vec<LoraParams>>>,
     pub variants: Option<u32>,
     /// User variables (`vars = { name = value }`), by name; a page's table is merged over
     /// the defaults' one. Referenced from templates as `{{name}}`.

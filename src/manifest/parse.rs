@@ -8,13 +8,15 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
+use super::model::{
+    BindInput, Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings, WorkflowBind,
+};
 use crate::comfyui::LATENT_STEP;
 use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
-const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
+const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages", "bind"];
 const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
 const COMFY_KEYS: &[&str] = &[
     "servers",
@@ -36,6 +38,7 @@ const SETTING_KEYS: &[&str] = &[
     "width",
     "height",
     "lora",
+    "loras",
     "variants",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
@@ -88,6 +91,7 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     };
     let defaults_complete = c.problems.len() == before_defaults;
     let pages = c.pages(root.get("pages"));
+    let bind = root.get("bind").map(|v| c.bind(v)).unwrap_or_default();
     let manifest = Manifest {
         file: file.clone(),
         chapter,
@@ -95,6 +99,7 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
         defaults,
         defaults_complete,
         pages,
+        bind,
     };
     (Some(manifest), c.problems)
 }
@@ -113,6 +118,8 @@ fn belongs_in(name: &str) -> Option<&'static str> {
         Some("[defaults] or on a page")
     } else if PAGE_ONLY_KEYS.contains(&name) {
         Some("[[pages]]")
+    } else if name == "bind" {
+        Some("a top-level `[bind.\"<workflow path>\"]` table")
     } else {
         None
     }
@@ -405,6 +412,19 @@ impl Checker<'_> {
         if let Some(v) = t.get("lora") {
             s.lora = self.lora(v).map(|l| Spanned::new(v.span(), l));
         }
+        if let Some(v) = t.get("loras") {
+            s.loras = self.loras(v).map(|l| Spanned::new(v.span(), l));
+            if t.get("lora").is_some() {
+                self.error(
+                    "manifest::lora_conflict",
+                    v.span(),
+                    "`lora` and `loras` cannot both be set in one table".to_owned(),
+                    "second way to give LoRAs",
+                    "use `loras = [...]` alone (a stack of one is `loras = [{ name = \"...\" }]`), \
+                     or `lora` alone with a workflow that has `{{lora_name}}` slots",
+                );
+            }
+        }
         if let Some(v) = t.get("variants") {
             s.variants = self
                 .integer(v, "variants", &params::VARIANTS)
@@ -454,14 +474,25 @@ impl Checker<'_> {
             self.wrong_type(v, "lora", "a table `{ name = \"...\" }` or `false`");
             return None;
         };
-        self.unknown_keys(t, LORA_KEYS, "`lora`");
+        self.lora_params(v.span(), t, "`lora`")
+            .map(LoraSetting::Use)
+    }
+
+    /// `{ name, strength_model, strength_clip }` in `place` (`lora`, or an item of `loras`).
+    fn lora_params(
+        &mut self,
+        span: Range<usize>,
+        t: &DeTable<'_>,
+        place: &str,
+    ) -> Option<LoraParams> {
+        self.unknown_keys(t, LORA_KEYS, place);
         let name = if let Some(n) = t.get("name") {
             self.string(n, "name", false)
         } else {
             self.missing(
-                v.span(),
+                span,
                 "name",
-                "`lora`",
+                place,
                 "name the LoRA file, e.g. `name = \"inkline_v2.safetensors\"`",
             );
             None
@@ -472,11 +503,116 @@ impl Checker<'_> {
         };
         let strength_model = strength("strength_model");
         let strength_clip = strength("strength_clip");
-        Some(LoraSetting::Use(LoraParams {
+        Some(LoraParams {
             name: name?,
             strength_model: strength_model?,
             strength_clip: strength_clip?,
-        }))
+        })
+    }
+
+    /// `loras = [{ name = "..." }, ...]`: 0 to [`params::MAX_LORAS`] LoRAs, in order.
+    fn loras(&mut self, v: &Value<'_>) -> Option<Vec<LoraParams>> {
+        let expected = "an array of tables `[{ name = \"...\" }, ...]`";
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, "loras", expected);
+            return None;
+        };
+        let mut ok = true;
+        if items.len() > params::MAX_LORAS {
+            self.error(
+                "manifest::out_of_range",
+                v.span(),
+                format!(
+                    "`loras` holds at most {} LoRAs, found {}",
+                    params::MAX_LORAS,
+                    items.len()
+                ),
+                "too many LoRAs",
+                "a stack is 0 to 8 LoRAs, each one LoraLoader node in the graph sent",
+            );
+            ok = false;
+        }
+        let mut stack = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(t) = item.get_ref().as_table() else {
+                self.wrong_type(item, "loras", "a table `{ name = \"...\" }`");
+                ok = false;
+                continue;
+            };
+            match self.lora_params(item.span(), t, "an item of `loras`") {
+                Some(lora) => stack.push(lora),
+                None => ok = false,
+            }
+        }
+        ok.then_some(stack)
+    }
+
+    /// `[bind."<workflow path>"]` tables: `name = "<node>.<input>"` (or a list of targets),
+    /// and `loras = "<node>"`. Names and targets are checked against the workflow when it is
+    /// loaded; here only their shape.
+    fn bind(&mut self, v: &Value<'_>) -> Vec<WorkflowBind> {
+        let Some(t) = self.table(v, "bind") else {
+            return Vec::new();
+        };
+        let mut binds = Vec::new();
+        for (key, value) in t {
+            let workflow = Spanned::new(key.span(), key.get_ref().to_string());
+            let Some(entries) = value.get_ref().as_table() else {
+                self.wrong_type(
+                    value,
+                    &format!("bind.\"{}\"", workflow.get_ref()),
+                    "a table such as `{ prompt = \"Positive.text\" }`",
+                );
+                continue;
+            };
+            let mut bind = WorkflowBind {
+                workflow,
+                inputs: Vec::new(),
+                lora_anchor: None,
+            };
+            for (name, target) in entries {
+                let name_text: &str = name.get_ref();
+                if name_text == "loras" {
+                    bind.lora_anchor = self.spanned_string(target, "loras");
+                    continue;
+                }
+                let targets: Vec<&Value<'_>> = match target.get_ref() {
+                    DeValue::String(_) => vec![target],
+                    DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+                    _ => {
+                        self.wrong_type(
+                            target,
+                            name_text,
+                            "a target `\"<node>.<input>\"` or a list of them",
+                        );
+                        continue;
+                    }
+                };
+                for one in targets {
+                    let Some(text) = self.string(one, name_text, false) else {
+                        continue;
+                    };
+                    if !matches!(text.rsplit_once('.'), Some((node, input)) if !node.is_empty() && !input.is_empty())
+                    {
+                        self.error(
+                            "manifest::bad_binding",
+                            one.span(),
+                            format!("`{text}` is not a `<node>.<input>` target"),
+                            "expected `\"<node>.<input>\"`",
+                            "name the node by its id or its title, then the input, e.g. \
+                             \"Positive.text\" or \"3.seed\"",
+                        );
+                        continue;
+                    }
+                    bind.inputs.push(BindInput {
+                        name: Spanned::new(name.span(), name_text.to_owned()),
+                        target: Spanned::new(one.span(), text),
+                    });
+                }
+            }
+            binds.push(bind);
+        }
+        binds
     }
 
     fn pages(&mut self, v: Option<&Value<'_>>) -> Vec<Page> {

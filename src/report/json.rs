@@ -600,6 +600,7 @@ mod tests {
                 width: 64,
                 height: 64,
                 lora: None,
+                loras: Vec::new(),
                 workflow_path: Path::new("w.json").into(),
             }),
             filename_prefix: "x".into(),

@@ -105,6 +105,7 @@ impl Templates {
                 width: request.resolution.width,
                 height: request.resolution.height,
                 lora: request.lora.clone(),
+                loras: Vec::new(),
                 workflow_path: Path::new("").into(),
             }),
             filename_prefix: "".into(),

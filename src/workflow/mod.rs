@@ -4,9 +4,11 @@
 //! bytes and a set of values. From `manifest` it takes only `read::NotJson`, the check that
 //! bytes can be a JSON object at all (shared with manifests and run reports).
 
+pub mod bind;
 pub mod canonical;
 pub mod fill;
 pub mod json;
+pub mod lora_chain;
 pub mod placeholder;
 pub mod spans;
 pub mod template;
