@@ -848,6 +848,37 @@ mod tests {
     }
 
     #[test]
+    fn a_page_stack_replaces_the_default_lora_and_uses_the_plain_workflow() {
+        let jobs = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nloras = [{{ name = \"x\" }}, {{ name = \"y\" }}]\n\
+             [[pages]]\npage = 2\nprompt = \"b\"\nloras = []\n[[pages]]\npage = 3\nprompt = \"c\"\n"
+        ))
+        .unwrap();
+        let loaders = |job: &Job| {
+            let sent = job.workflow.to_value();
+            let mut names: Vec<String> = sent
+                .as_object()
+                .unwrap()
+                .values()
+                .filter(|n| n["class_type"] == "LoraLoader")
+                .map(|n| n["inputs"]["lora_name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(&*jobs[0].params.workflow_path, Path::new("plain.json"));
+        assert!(jobs[0].params.lora.is_none());
+        assert_eq!(jobs[0].params.loras.len(), 2);
+        assert_eq!(loaders(&jobs[0]), ["x", "y"]);
+        assert_eq!(jobs[0].hash, job_hash(&jobs[0].workflow.to_value()));
+        assert_eq!(&*jobs[1].params.workflow_path, Path::new("plain.json"));
+        assert!(loaders(&jobs[1]).is_empty());
+        // The default single `lora` still takes the lora workflow.
+        assert_eq!(&*jobs[2].params.workflow_path, Path::new("lora.json"));
+        assert_eq!(loaders(&jobs[2]), ["ink.safetensors"]);
+    }
+
+    #[test]
     fn a_lora_page_on_a_plain_workflow_is_an_error() {
         let problems = expand_text(&format!(
             "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nworkflow = \"plain.json\"\n"

@@ -924,6 +924,50 @@ prompt = "q"
     }
 
     #[test]
+    fn reads_bindings_and_lora_stacks() {
+        let text = format!(
+            "{MINIMAL}loras = [{{ name = \"a\" }}, {{ name = \"b\", strength_clip = 0.5 }}]\n\
+             [bind.\"w.json\"]\nprompt = \"Positive.text\"\nseed = [\"3.seed\", \"v1.5 Sampler.noise_seed\"]\nloras = \"Load Checkpoint\"\n"
+        );
+        let (m, problems) = parse(&text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = m.unwrap();
+        let stack = m.pages[0].settings.loras.as_ref().unwrap().get_ref();
+        assert_eq!(stack.len(), 2);
+        assert_eq!(
+            stack[1],
+            LoraParams {
+                name: "b".into(),
+                strength_model: 1.0,
+                strength_clip: 0.5
+            }
+        );
+        let bind = &m.bind[0];
+        assert_eq!(bind.workflow.get_ref(), "w.json");
+        let targets: Vec<(&str, &str)> = bind
+            .inputs
+            .iter()
+            .map(|b| (b.name.get_ref().as_str(), b.target.get_ref().as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("prompt", "Positive.text"),
+                ("seed", "3.seed"),
+                ("seed", "v1.5 Sampler.noise_seed")
+            ]
+        );
+        assert_eq!(
+            bind.lora_anchor.as_ref().unwrap().get_ref(),
+            "Load Checkpoint"
+        );
+        assert_eq!(
+            codes(&format!("{MINIMAL}loras = {{ name = \"a\" }}\n")),
+            ["manifest::wrong_type"]
+        );
+    }
+
+    #[test]
     fn quoted_numbers_get_a_hint() {
         let (_, problems) = parse(&format!("{MINIMAL}steps = \"20\"\n"));
         let help = miette::Diagnostic::help(&problems[0]).unwrap().to_string();

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod auth;
+mod bind;
 mod cli;
 mod exit_codes;
 mod faults;
