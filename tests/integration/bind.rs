@@ -152,7 +152,7 @@ height = 512
     assert_eq!(second["prompt"], as_exported);
 }
 
-/// The LoraLoader nodes from the sampler's model back to the checkpoint, in chain order
+/// The `LoraLoader` nodes from the sampler's model back to the checkpoint, in chain order
 /// (first after the checkpoint first), checking CLIP follows the same chain.
 fn chain_of(sent: &Value) -> Vec<(String, f64, f64)> {
     let nodes = sent.as_object().unwrap();
@@ -193,10 +193,9 @@ fn chain_of(sent: &Value) -> Vec<(String, f64, f64)> {
     chain
 }
 
-#[test]
-fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("chapter.toml");
+/// Pages with no stack, the default stack of one, three on txt2img and three on the export.
+fn stack_manifest(dir: &Path) -> PathBuf {
+    let manifest = dir.join("chapter.toml");
     std::fs::write(
         &manifest,
         format!(
@@ -243,6 +242,13 @@ loras = [{{ name = "inkline_v2.safetensors" }}, {{ name = "screentone_v1.safeten
         ),
     )
     .unwrap();
+    manifest
+}
+
+#[test]
+fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = stack_manifest(dir.path());
 
     // plan --json shows each page's stack.
     let plan = bin()
