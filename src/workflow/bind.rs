@@ -468,6 +468,40 @@ mod tests {
     }
 
     #[test]
+    fn variables_bind_with_their_own_type() {
+        let text = r#"{"3": {"class_type": "KSampler", "inputs": {"denoise": 1, "sampler_name": "euler"}}}"#;
+        let manifest = SourceFile::new("m.toml", "strength = \"3.denoise\"");
+        let binding = |name: &str, target: &str| Binding {
+            name: name.into(),
+            name_span: 0..8,
+            target: target.into(),
+            target_span: 11..22,
+        };
+        let bindings = Bindings::new(
+            manifest,
+            vec![
+                binding("strength", "3.denoise"),
+                binding("flag", "3.sampler_name"),
+            ],
+            [
+                ("strength".to_owned(), Kind::Number),
+                ("flag".to_owned(), Kind::Boolean),
+            ],
+        );
+        let mut graph: Value = serde_json::from_str(text).unwrap();
+        let problems = apply(
+            &mut graph,
+            &index(text),
+            &SourceFile::new("w.json", text),
+            &bindings,
+        );
+        let codes: Vec<&str> = problems.iter().map(Problem::code).collect();
+        assert_eq!(codes, ["bind::type_mismatch"]);
+        assert_eq!(graph["3"]["inputs"]["denoise"], "{{strength}}");
+        assert_eq!(graph["3"]["inputs"]["sampler_name"], "euler");
+    }
+
+    #[test]
     fn a_binding_turns_the_literal_into_a_placeholder() {
         let text = r#"{"6": {"class_type": "CLIPTextEncode", "_meta": {"title": "Positive"}, "inputs": {"text": "a cat", "clip": ["4", 1]}}}"#;
         let mut graph: Value = serde_json::from_str(text).unwrap();
