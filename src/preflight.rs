@@ -226,6 +226,7 @@ mod tests {
                     height: 768,
                     lora: None,
                     loras: Vec::new(),
+                    vars: std::collections::BTreeMap::new(),
                     workflow_path: std::path::Path::new("w.json").into(),
                 }),
                 filename_prefix: "x".into(),

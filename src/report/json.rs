@@ -601,6 +601,7 @@ mod tests {
                 height: 64,
                 lora: None,
                 loras: Vec::new(),
+                vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("w.json").into(),
             }),
             filename_prefix: "x".into(),

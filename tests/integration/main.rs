@@ -20,4 +20,5 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod vars;
 mod vocabulary;
