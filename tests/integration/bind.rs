@@ -345,3 +345,36 @@ fn preflight_names_every_lora_of_a_stack_the_server_lacks() {
         );
     assert!(files_under(&out).iter().all(|f| !has_extension(f, "png")));
 }
+
+#[test]
+fn a_binding_to_a_variable_takes_each_pages_value_and_its_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("chapter.toml");
+    let text = |denoise_target: &str| {
+        format!(
+            "[chapter]\nnumber = 2\n\n[defaults]\nworkflow = \"{w}\"\nvars = {{ denoise = 0.6 }}\n\n\
+             [bind.\"{w}\"]\ndenoise = \"{denoise_target}\"\n\n\
+             [[pages]]\npage = 1\nprompt = \"a\"\n\n[[pages]]\npage = 2\nprompt = \"b\"\nvars = {{ denoise = 0.4 }}\n",
+            w = exported().display()
+        )
+    };
+    std::fs::write(&manifest, text("KSampler.denoise")).unwrap();
+    let plan = plasma_batch::plan::load_plan(&manifest).unwrap_or_else(|p| panic!("{p:?}"));
+    let denoise: Vec<Value> = plan
+        .jobs
+        .iter()
+        .map(|j| j.workflow.to_value()["3"]["inputs"]["denoise"].clone())
+        .collect();
+    assert_eq!(denoise, [0.6, 0.4]);
+
+    // A float variable cannot take a string input's place.
+    std::fs::write(&manifest, text("KSampler.scheduler")).unwrap();
+    let problems = plasma_batch::plan::load_plan(&manifest).unwrap_err();
+    let codes: Vec<&str> = problems.iter().map(|p| p.code()).collect();
+    assert_eq!(codes, ["bind::type_mismatch"]);
+    assert!(
+        problems[0].message().contains("`denoise` is a number"),
+        "{}",
+        problems[0].message()
+    );
+}
