@@ -370,7 +370,10 @@ fn a_binding_to_a_variable_takes_each_pages_value_and_its_type() {
     // A float variable cannot take a string input's place.
     std::fs::write(&manifest, text("KSampler.scheduler")).unwrap();
     let problems = plasma_batch::plan::load_plan(&manifest).unwrap_err();
-    let codes: Vec<&str> = problems.iter().map(|p| p.code()).collect();
+    let codes: Vec<&str> = problems
+        .iter()
+        .map(plasma_batch::diagnostic::Problem::code)
+        .collect();
     assert_eq!(codes, ["bind::type_mismatch"]);
     assert!(
         problems[0].message().contains("`denoise` is a number"),
