@@ -152,6 +152,17 @@ pub struct PageParams {
     pub workflow_path: Arc<Path>,
 }
 
+impl PageParams {
+    /// The LoRA file names the job uses, in chain order: its `lora`, or its `loras` stack.
+    pub fn lora_names(&self) -> Vec<&str> {
+        self.lora
+            .iter()
+            .chain(&self.loras)
+            .map(|l| l.name.as_str())
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeedSource {

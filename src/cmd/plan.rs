@@ -105,9 +105,10 @@ fn table_row(job: &Job) -> [String; 9] {
         p.steps.to_string(),
         format!("{:?}", p.cfg),
         format!("{}x{}", p.width, p.height),
-        p.lora
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |l| l.name.clone()),
+        match p.lora_names().as_slice() {
+            [] => "-".to_owned(),
+            names => names.join("+"),
+        },
         job.hash.to_string()[..12].to_owned(),
     ]
 }

@@ -147,12 +147,10 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
             cfg = job.params.cfg,
             sampler = escape(&job.params.sampler),
             scheduler = escape(&job.params.scheduler),
-            lora = job
-                .params
-                .lora
-                .as_ref()
-                .map(|l| format!(" · LoRA {}", escape(&l.name)))
-                .unwrap_or_default(),
+            lora = match job.params.lora_names().as_slice() {
+                [] => String::new(),
+                names => format!(" · LoRA {}", escape(&names.join(", "))),
+            },
             vars = vars_text(&job.params.vars),
             prompt = escape(&job.params.prompt),
         );

@@ -20,8 +20,8 @@ fn exported() -> PathBuf {
     repo().join("workflows/exported-sd15.json")
 }
 
-/// `run --sim --json`, which must succeed; the run report it wrote.
-fn run_sim(manifest: &Path, out: &Path) -> Value {
+/// `run --sim --json`, which must succeed; the run report it wrote and its contact sheet.
+fn run_sim(manifest: &Path, out: &Path) -> (Value, String) {
     let output = bin()
         .arg("run")
         .arg(manifest)
@@ -38,7 +38,8 @@ fn run_sim(manifest: &Path, out: &Path) -> Value {
     );
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
     let report = std::fs::read(summary["report"].as_str().unwrap()).unwrap();
-    serde_json::from_slice(&report).unwrap()
+    let sheet = std::fs::read_to_string(summary["contact_sheet"].as_str().unwrap()).unwrap();
+    (serde_json::from_slice(&report).unwrap(), sheet)
 }
 
 fn job<'r>(report: &'r Value, key: &str) -> &'r Value {
@@ -112,7 +113,7 @@ height = 512
     )
     .unwrap();
     let out = dir.path().join("out");
-    let report = run_sim(&manifest, &out);
+    let (report, _) = run_sim(&manifest, &out);
     let first = job(&report, "ch05_p001_s1");
     assert_eq!(first["status"], "succeeded", "{first:#}");
     let sent = &first["prompt"];
@@ -250,6 +251,16 @@ fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = stack_manifest(dir.path());
 
+    // The plan's table names each page's stack in order.
+    let table = bin().arg("plan").arg(&manifest).output().unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains(
+            " screentone_v1.safetensors+inkline_v2.safetensors+lineart_clean.safetensors "
+        ),
+        "{table}"
+    );
+
     // plan --json shows each page's stack.
     let plan = bin()
         .arg("plan")
@@ -271,7 +282,13 @@ fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
         serde_json::json!({"name": "lineart_clean.safetensors", "strength_model": -0.25, "strength_clip": 2.0})
     );
 
-    let report = run_sim(&manifest, &dir.path().join("out"));
+    let (report, sheet) = run_sim(&manifest, &dir.path().join("out"));
+    assert!(
+        sheet.contains(
+            " · LoRA screentone_v1.safetensors, inkline_v2.safetensors, lineart_clean.safetensors<"
+        ),
+        "{sheet}"
+    );
     let chains: Vec<Vec<(String, f64, f64)>> = [
         "ch06_p001_s1",
         "ch06_p002_s1",
