@@ -302,6 +302,10 @@ fn bindings_for(manifest: &Manifest, written: &str) -> Option<Bindings> {
 
 /// A `[bind."<path>"]` table for a workflow no page uses: a typo, most likely.
 fn unused_bindings(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    // A page or default left out for a problem may be the one that names the workflow.
+    if !(manifest.pages_complete && manifest.defaults_complete) {
+        return;
+    }
     let written: BTreeSet<&str> = std::iter::once(&manifest.defaults)
         .chain(manifest.pages.iter().map(|p| &p.settings))
         .flat_map(|s| [&s.workflow, &s.lora_workflow])
