@@ -398,3 +398,34 @@ fn a_binding_to_a_variable_takes_each_pages_value_and_its_type() {
         problems[0].message()
     );
 }
+
+#[test]
+fn a_bound_anchor_places_the_chain_when_the_workflow_has_two_checkpoint_loaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("chapter.toml");
+    let workflow = repo().join("tests/fixtures/workflows/two-checkpoints.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[chapter]\nnumber = 2\n\n[defaults]\nworkflow = \"{w}\"\n\n[bind.\"{w}\"]\nloras = \"4\"\n\n\
+             [[pages]]\npage = 1\nprompt = \"a\"\nloras = [{{ name = \"x\" }}, {{ name = \"y\" }}]\n",
+            w = workflow.display()
+        ),
+    )
+    .unwrap();
+    let plan = plasma_batch::plan::load_plan(&manifest).unwrap_or_else(|p| panic!("{p:?}"));
+    let sent = plan.jobs[0].workflow.to_value();
+    let names: Vec<String> = chain_of(&sent).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["x", "y"]);
+    assert_eq!(
+        sent["plasma_lora_1"]["inputs"]["model"],
+        serde_json::json!(["4", 0])
+    );
+    // The other loader, which only gives the VAE, is left as it was.
+    assert_eq!(sent["8"]["inputs"]["vae"], serde_json::json!(["12", 2]));
+    assert_eq!(
+        plan.jobs[0].workflow_sha256.as_ref(),
+        sha256_file(&workflow),
+        "workflow_sha256 is the template file's, chain or not"
+    );
+}
