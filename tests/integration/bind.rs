@@ -429,3 +429,18 @@ fn a_bound_anchor_places_the_chain_when_the_workflow_has_two_checkpoint_loaders(
         "workflow_sha256 is the template file's, chain or not"
     );
 }
+
+#[test]
+fn the_shipped_exported_workflow_example_plans_with_its_stacks() {
+    let plan = plasma_batch::plan::load_plan(&repo().join("manifests/exported.toml"))
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    let stacks: Vec<usize> = plan
+        .jobs
+        .iter()
+        .map(|j| chain_of(&j.workflow.to_value()).len())
+        .collect();
+    assert_eq!(stacks, [2, 1, 0]);
+    let sent = plan.jobs[0].workflow.to_value();
+    assert_eq!(sent["6"]["inputs"]["text"], &*plan.jobs[0].params.prompt);
+    assert_eq!(sent["3"]["inputs"]["seed"], plan.jobs[0].seed);
+}
