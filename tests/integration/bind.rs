@@ -283,6 +283,11 @@ fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
     );
 
     let (report, sheet) = run_sim(&manifest, &dir.path().join("out"));
+    let errors: Vec<String> = crate::report_schema::validator()
+        .iter_errors(&report)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "the report with stacks: {errors:#?}");
     assert!(
         sheet.contains(
             " · LoRA screentone_v1.safetensors, inkline_v2.safetensors, lineart_clean.safetensors<"
