@@ -19,15 +19,18 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::Problem;
 use crate::manifest::model::{LoraSetting, Page, PageSeeds};
 use crate::manifest::read::read_bounded;
+use crate::manifest::sweep::{AxisValue, point_text};
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
+    DEFAULT_WIDTH, LoraParams, filename_prefix, swept_job_key,
 };
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
+
+mod sweep;
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -140,6 +143,10 @@ pub struct PageParams {
     pub lora: Option<LoraParams>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
+    /// A swept page's axis values for this job's sweep point, in axis order (absent when the
+    /// page has no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<AxisValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,7 +461,9 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
         for w in pages {
-            page_jobs(manifest, w, &mut jobs);
+            for point in sweep::points(manifest, w.resolved.page) {
+                page_jobs(manifest, w, point, &mut jobs);
+            }
         }
         jobs
     };
@@ -481,10 +490,15 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
+/// The jobs of one page (or of one sweep point of it), appended in variant order.
+fn page_jobs(
+    manifest: &Manifest,
+    work: &PageWork<'_>,
+    point: sweep::Point,
+    jobs: &mut Vec<Arc<Job>>,
+) {
     let (r, template) = (work.resolved, work.template);
-    let (d, s) = (&manifest.defaults, &r.page.settings);
+    let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
     let seeds: Vec<(u64, SeedSource)> = match &r.page.seeds {
@@ -520,12 +534,14 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
         workflow_path: Path::new(template.file().name()).into(),
+        sweep: point.values,
     });
+    let point_text = point_text(&base.sweep);
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
-        let key = job_key(chapter, page, variant);
+        let key = swept_job_key(chapter, page, &point_text, variant);
         let params = JobParams {
             page: base.clone(),
             filename_prefix: filename_prefix(chapter, &key).into(),

@@ -226,6 +226,7 @@ mod tests {
                     height: 768,
                     lora: None,
                     workflow_path: std::path::Path::new("w.json").into(),
+                    sweep: Vec::new(),
                 }),
                 filename_prefix: "x".into(),
                 seed_source: crate::plan::SeedSource::Derived,

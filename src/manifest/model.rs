@@ -27,6 +27,8 @@ pub struct Chapter {
     pub number: u16,
     pub title: Option<String>,
     pub seed: Option<u64>,
+    /// `max_sweep_jobs`: the most jobs one page's sweep may expand to.
+    pub max_sweep_jobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -59,6 +61,9 @@ pub struct Settings {
     /// User variables (`vars = { name = value }`), by name; a page's table is merged over
     /// the defaults' one. Referenced from templates as `{{name}}`.
     pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
+    /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
+    /// (`sweep = {}` on a page sweeps nothing).
+    pub sweep: Option<Spanned<super::sweep::Sweep>>,
 }
 
 /// The value of a user variable: the four TOML scalar types a workflow input can take.

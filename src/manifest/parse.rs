@@ -14,8 +14,10 @@ use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
+mod sweep;
+
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
-const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
+const CHAPTER_KEYS: &[&str] = &["number", "title", "seed", "max_sweep_jobs"];
 const COMFY_KEYS: &[&str] = &[
     "servers",
     "timeout",
@@ -37,6 +39,7 @@ const SETTING_KEYS: &[&str] = &[
     "height",
     "lora",
     "variants",
+    "sweep",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
@@ -79,15 +82,18 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
     let before_defaults = c.problems.len();
-    let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
+    let mut defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
             c.settings(t)
         }
         None => Settings::default(),
     };
+    c.check_defaults_sweep(&mut defaults);
     let defaults_complete = c.problems.len() == before_defaults;
-    let pages = c.pages(root.get("pages"));
+    let mut pages = c.pages(root.get("pages"));
+    let mut reported = false;
+    pages.retain_mut(|page| c.check_page_sweep(&chapter, &defaults, page, &mut reported));
     let manifest = Manifest {
         file: file.clone(),
         chapter,
@@ -281,6 +287,7 @@ impl Checker<'_> {
             number: 0,
             title: None,
             seed: None,
+            max_sweep_jobs: None,
         };
         let Some(v) = v else {
             self.missing(
@@ -313,6 +320,11 @@ impl Checker<'_> {
         }
         if let Some(seed) = t.get("seed") {
             chapter.seed = self.integer(seed, "seed", &params::SEED).map(|s| s as u64);
+        }
+        if let Some(max) = t.get("max_sweep_jobs") {
+            chapter.max_sweep_jobs = self
+                .integer(max, "max_sweep_jobs", &params::MAX_SWEEP_JOBS)
+                .map(|n| n as u32);
         }
         chapter
     }
@@ -409,6 +421,9 @@ impl Checker<'_> {
             s.variants = self
                 .integer(v, "variants", &params::VARIANTS)
                 .map(|n| n as u32);
+        }
+        if let Some(v) = t.get("sweep") {
+            s.sweep = self.sweep(v);
         }
         s
     }

@@ -418,7 +418,8 @@ impl RunReport {
         }
         let mut keys = std::collections::HashSet::new();
         for (n, job) in self.jobs.iter().enumerate() {
-            let expected = params::job_key(self.chapter, job.page, job.variant);
+            let point = crate::manifest::sweep::point_text(&job.params.sweep);
+            let expected = params::swept_job_key(self.chapter, job.page, &point, job.variant);
             if !params::PAGE.contains(&job.page.into()) || job.variant == 0 {
                 problems.push(format!(
                     "jobs[{n}]: page {} or variant {} out of range (pages {}, variants from 1)",
@@ -426,9 +427,14 @@ impl RunReport {
                     job.variant,
                     range(&params::PAGE)
                 ));
-            } else if job.key != expected {
+            } else if job.key != expected || !params::is_key_or_part(&expected) {
+                let point = if point.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sweep point {point}")
+                };
                 problems.push(format!(
-                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}, variant {}",
+                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}{point}, variant {}",
                     job.key, self.chapter, job.page, job.variant
                 ));
             } else if !keys.insert(job.key.as_str()) {
@@ -601,6 +607,7 @@ mod tests {
                 height: 64,
                 lora: None,
                 workflow_path: Path::new("w.json").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "x".into(),
             seed_source: crate::plan::SeedSource::Derived,

@@ -106,6 +106,7 @@ impl Templates {
                 height: request.resolution.height,
                 lora: request.lora.clone(),
                 workflow_path: Path::new("").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "".into(),
             seed_source: SeedSource::Explicit,
