@@ -128,6 +128,26 @@ pub fn value_label(value: &VarValue) -> String {
     }
 }
 
+/// The axes of a swept page from its jobs' points: each axis's name and its values in the
+/// order they first appear (the order written). Empty when the points have no axis values.
+pub fn axes_of<'a>(
+    points: impl IntoIterator<Item = &'a [AxisValue]>,
+) -> Vec<(&'a str, Vec<&'a VarValue>)> {
+    let mut axes: Vec<(&str, Vec<&VarValue>)> = Vec::new();
+    for point in points {
+        for (i, a) in point.iter().enumerate() {
+            if axes.len() <= i {
+                axes.push((&a.axis, Vec::new()));
+            }
+            let values = &mut axes[i].1;
+            if !values.contains(&&a.value) {
+                values.push(&a.value);
+            }
+        }
+    }
+    axes
+}
+
 impl Serialize for VarValue {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {

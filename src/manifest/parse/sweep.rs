@@ -182,7 +182,10 @@ impl Checker<'_> {
             );
             return false;
         }
-        if values.iter().any(|v| matches!(v.get_ref(), VarValue::Float(_))) {
+        if values
+            .iter()
+            .any(|v| matches!(v.get_ref(), VarValue::Float(_)))
+        {
             for value in values.iter_mut() {
                 if let VarValue::Int(i) = *value.get_ref() {
                     *value = Spanned::new(value.span(), VarValue::Float(i as f64));
