@@ -155,9 +155,10 @@ impl Checker<'_> {
                 }
                 _ => "key",
             };
-            let help = match (did_you_mean(name, known), belongs_in(name)) {
-                (Some(close), _) => format!("did you mean `{close}`?"),
-                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+            // A key of another table is that key, however close it is to one of this table.
+            let help = match (belongs_in(name), did_you_mean(name, known)) {
+                (Some(home), _) => format!("`{name}` belongs in {home}"),
+                (None, Some(close)) => format!("did you mean `{close}`?"),
                 (None, None) => format!("{place} takes: {}", known.join(", ")),
             };
             self.error(

@@ -173,9 +173,9 @@ impl Checker<'_> {
                         first.get_ref().type_name(),
                         odd.get_ref().type_name()
                     ),
-                    format!("a {}", odd.get_ref().type_name()),
+                    a(odd.get_ref()),
                 )
-                .with_label(first.span(), format!("a {}", first.get_ref().type_name()))
+                .with_label(first.span(), a(first.get_ref()))
                 .with_help(format!(
                     "every value of `{name}` takes the same template slot: give them one type"
                 )),
@@ -426,15 +426,15 @@ impl Checker<'_> {
                                 self.file,
                                 value.span(),
                                 format!(
-                                    "sweep axis `{}` has a {} value, but variable `{}` is a {}",
+                                    "sweep axis `{}` has {} value, but variable `{}` is {}",
                                     axis.name,
-                                    v.type_name(),
+                                    a(v),
                                     axis.name,
-                                    w.type_name()
+                                    a(w)
                                 ),
-                                format!("a {}", v.type_name()),
+                                a(v),
                             )
-                            .with_label(var.span(), format!("a {}", w.type_name()))
+                            .with_label(var.span(), a(w))
                             .with_help(format!(
                                 "sweep `{}` over {} values, as its definition",
                                 axis.name,
@@ -452,6 +452,14 @@ impl Checker<'_> {
         }
         *axes = keep;
         Spanned::new(span, sweep.into_inner())
+    }
+}
+
+/// `an integer`, `a float`: the value's type with its article.
+fn a(value: &VarValue) -> String {
+    match value {
+        VarValue::Int(_) => "an integer".to_owned(),
+        other => format!("a {}", other.type_name()),
     }
 }
 
@@ -496,4 +504,86 @@ fn is_identifier(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::SourceFile;
+    use toml::de::DeTable;
+
+    /// The sweep of `sweep = ...` (the text), checked alone and then against `vars`.
+    fn check(text: &str, vars: &[(&str, VarValue)]) -> (Option<Sweep>, Vec<Problem>) {
+        let file = SourceFile::new("m.toml", text);
+        let doc = DeTable::parse(file.text()).expect("valid TOML");
+        let mut c = Checker {
+            file: &file,
+            problems: Vec::new(),
+        };
+        let vars: BTreeMap<String, Spanned<VarValue>> = vars
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), Spanned::new(0..1, v.clone())))
+            .collect();
+        let sweep = c
+            .sweep(&doc.get_ref()["sweep"])
+            .map(|s| c.check_vars(s, &vars).into_inner());
+        (sweep, c.problems)
+    }
+
+    fn help(p: &Problem) -> String {
+        miette::Diagnostic::help(p).unwrap().to_string()
+    }
+
+    #[test]
+    fn a_variable_axis_takes_its_variables_type() {
+        let (sweep, problems) = check(
+            "sweep = { denoise = [1, 0.5], cfg = [6, 7.5] }",
+            &[("denoise", VarValue::Float(0.4))],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let sweep = sweep.unwrap();
+        let names: Vec<&str> = sweep.axes.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["denoise", "cfg"], "in the order written");
+        let values: Vec<&VarValue> = sweep.axes[0].values.iter().map(Spanned::get_ref).collect();
+        assert_eq!(values, [&VarValue::Float(1.0), &VarValue::Float(0.5)]);
+        assert!(sweep.axes[0].is_var && !sweep.axes[1].is_var);
+        // An all-integer axis of a float variable is floats too.
+        let (sweep, problems) = check(
+            "sweep = { denoise = [1, 2] }",
+            &[("denoise", VarValue::Float(0.4))],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            *sweep.unwrap().axes[0].values[1].get_ref(),
+            VarValue::Float(2.0)
+        );
+    }
+
+    #[test]
+    fn a_variable_axis_of_another_type_is_refused() {
+        let (_, problems) = check(
+            "sweep = { style = [\"ink\", \"wash\"] }",
+            &[("style", VarValue::Int(3))],
+        );
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code(), "manifest::sweep_mixed_types");
+        assert_eq!(
+            problems[0].message(),
+            "sweep axis `style` has a string value, but variable `style` is an integer"
+        );
+    }
+
+    #[test]
+    fn an_unknown_axis_suggests_settings_and_variables() {
+        let (_, problems) = check(
+            "sweep = { denoize = [0.5] }",
+            &[("denoise", VarValue::Float(0.4))],
+        );
+        assert_eq!(problems[0].code(), "manifest::sweep_unknown_axis");
+        assert_eq!(help(&problems[0]), "did you mean `denoise`?");
+        let (_, problems) = check("sweep = { stpes = [1] }", &[]);
+        assert_eq!(help(&problems[0]), "did you mean `steps`?");
+        let (_, problems) = check("sweep = { \"a b\" = [1] }", &[]);
+        assert_eq!(problems[0].code(), "manifest::sweep_unknown_axis");
+    }
 }
