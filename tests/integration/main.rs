@@ -19,4 +19,5 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod sweep;
 mod vocabulary;
