@@ -719,4 +719,40 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems[0].code(), "workflow::no_value");
     }
+
+    #[test]
+    fn a_defaults_sweep_applies_to_every_page_but_one_that_opts_out() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\n\
+                    sweep = { steps = [10, 20] }\n\
+                    [[pages]]\npage = 1\nprompt = \"a\"\nseeds = [7, 8]\n\
+                    [[pages]]\npage = 2\nprompt = \"b\"\nsweep = {}\n\
+                    [[pages]]\npage = 3\nprompt = \"c\"\nsweep = { cfg = [4] }\n";
+        let jobs = expand_text(text).unwrap();
+        let keys: Vec<(&str, u64)> = jobs.iter().map(|j| (j.key.as_str(), j.seed)).collect();
+        let derived = |page| derive_seed(1, 0, page, 1);
+        assert_eq!(
+            keys,
+            [
+                ("ch01_p001_steps=10_s1", 7),
+                ("ch01_p001_steps=10_s2", 8),
+                ("ch01_p001_steps=20_s1", 7),
+                ("ch01_p001_steps=20_s2", 8),
+                ("ch01_p002_s1", derived(2)),
+                ("ch01_p003_cfg=4.0_s1", derived(3)),
+            ]
+        );
+        assert_eq!(jobs[2].workflow.to_value()["3"]["inputs"]["steps"], 20);
+        assert_eq!(jobs[2].params.steps, 20);
+        assert_eq!(jobs[5].workflow.to_value()["3"]["inputs"]["cfg"], 4.0);
+        assert_eq!(
+            jobs[5].params.steps, DEFAULT_STEPS,
+            "page 3's own sweep replaces the defaults'"
+        );
+        assert_eq!(
+            jobs[2].params.filename_prefix.as_ref(),
+            "plasma/ch01/ch01_p001_steps=20_s1"
+        );
+        let hashes: BTreeSet<_> = jobs.iter().map(|j| j.hash).collect();
+        assert_eq!(hashes.len(), jobs.len(), "every point sends something else");
+    }
 }
