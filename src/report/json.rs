@@ -676,6 +676,37 @@ mod tests {
     }
 
     #[test]
+    fn a_swept_key_must_be_the_one_its_axis_values_make() {
+        use crate::manifest::model::VarValue;
+        use crate::manifest::sweep::AxisValue;
+        let swept = |axis: &str, key: &str| {
+            let mut r = report(1);
+            let mut job = (*r.jobs[0].job).clone();
+            Arc::make_mut(&mut job.params.page).sweep = vec![AxisValue {
+                axis: axis.into(),
+                value: VarValue::Str("a b".into()),
+            }];
+            job.key = key.into();
+            r.jobs[0].job = Arc::new(job);
+            r.check()
+        };
+        assert_eq!(
+            swept("style", "ch01_p001_style=a-b_s1"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            swept("style", "ch01_p001_s1"),
+            [
+                "jobs[0].key `ch01_p001_s1` is not `ch01_p001_style=a-b_s1`, the key of chapter 1, \
+              page 1, sweep point style=a-b, variant 1"
+            ]
+        );
+        // An axis name that is not an identifier could make a key a path: refused.
+        let problems = swept("../x", "ch01_p001_../x=a-b_s1");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
     fn a_report_timeout_is_checked_as_every_timeout_is() {
         assert_eq!(report(1).check(), Vec::<String>::new());
         for (secs, valid) in [

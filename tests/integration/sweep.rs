@@ -222,3 +222,41 @@ fn check_grids(sheet: &str) {
         }
     }
 }
+
+#[test]
+fn a_one_axis_sweep_is_one_row_of_cells_each_with_the_points_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("one.toml");
+    let text = format!(
+        "[chapter]\nnumber = 6\n\n[defaults]\nworkflow = \"{}\"\nwidth = 64\nheight = 64\nsteps = 2\n\
+         sweep = {{ scheduler = [\"karras\", \"normal\"] }}\n\n\
+         [[pages]]\npage = 4\nprompt = \"rain on the salt road\"\nvariants = 2\n",
+        repo().join("workflows/txt2img.json").display()
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let summary = run(&manifest, &dir.path().join("out"));
+    assert_eq!(summary["totals"]["succeeded"], 4, "{summary:#}");
+    let sheet = std::fs::read_to_string(summary["contact_sheet"].as_str().unwrap()).unwrap();
+    let start = sheet.find("<table class=\"sweep\">").expect("a grid");
+    let grid = &sheet[start..start + sheet[start..].find("</table>").unwrap()];
+    assert!(!grid.contains("<caption>") && !grid.contains("scope=\"row\""));
+    assert!(grid.contains(
+        "<thead><tr><th scope=\"col\">scheduler=karras</th><th scope=\"col\">scheduler=normal</th></tr></thead>"
+    ));
+    assert_eq!(
+        grid.matches("<tr>").count(),
+        2,
+        "a header row and one row of cells"
+    );
+    for scheduler in ["karras", "normal"] {
+        let at = grid
+            .find(&format!("<td data-x=\"scheduler={scheduler}\">"))
+            .unwrap();
+        let cell = &grid[at..at + grid[at..].find("</td>").unwrap()];
+        for variant in 1..=2 {
+            let key = format!("ch06_p004_scheduler={scheduler}_s{variant}");
+            assert!(cell.contains(&format!(">{key}<")), "{key} not in its cell");
+        }
+        assert_eq!(cell.matches("class=\"card\"").count(), 2);
+    }
+}
