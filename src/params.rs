@@ -128,6 +128,35 @@ pub fn timeout(secs: f64) -> Option<Duration> {
     (secs > 0.0 && secs <= MAX_TIMEOUT_SECS).then(|| Duration::from_secs_f64(secs))
 }
 
+/// The built-in `{{placeholder}}` names a workflow template may use, in the order
+/// `workflow::Placeholder` lists them. A manifest variable may not take one of these names.
+pub const PLACEHOLDER_NAMES: [&str; 14] = [
+    "seed",
+    "prompt",
+    "negative",
+    "checkpoint",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "width",
+    "height",
+    "lora_name",
+    "lora_strength_model",
+    "lora_strength_clip",
+    "filename_prefix",
+];
+
+/// Whether `name` can name a manifest variable: an identifier (an ASCII letter or `_`, then
+/// letters, digits or `_`), so `{{name}}` in a template is its slot.
+pub fn is_var_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A LoRA as a job uses it: the file and its two strengths.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraParams {

@@ -225,6 +225,7 @@ mod tests {
                     width: 512,
                     height: 768,
                     lora: None,
+                    vars: std::collections::BTreeMap::new(),
                     workflow_path: std::path::Path::new("w.json").into(),
                     sweep: Vec::new(),
                 }),

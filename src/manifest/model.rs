@@ -20,6 +20,9 @@ pub struct Manifest {
     pub defaults_complete: bool,
     /// In manifest order; page numbers are unique. A page with a problem is left out.
     pub pages: Vec<Page>,
+    /// False when a page was left out for a problem: checks over every page of the chapter
+    /// (is a default variable used anywhere?) are then skipped, as they could only guess.
+    pub pages_complete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +62,8 @@ pub struct Settings {
     pub lora: Option<Spanned<LoraSetting>>,
     pub variants: Option<u32>,
     /// User variables (`vars = { name = value }`), by name; a page's table is merged over
-    /// the defaults' one. Referenced from templates as `{{name}}`.
+    /// the defaults' one. Referenced from templates as `{{name}}`. Each span covers the whole
+    /// `name = value` entry.
     pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
     /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
     /// (`sweep = {}` on a page sweeps nothing).
@@ -67,7 +71,9 @@ pub struct Settings {
 }
 
 /// The value of a user variable: the four TOML scalar types a workflow input can take.
-#[derive(Debug, Clone, PartialEq)]
+/// Written (plan, report) as the bare JSON value; read back by its JSON type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum VarValue {
     Int(i64),
     Float(f64),

@@ -148,36 +148,6 @@ pub fn axes_of<'a>(
     axes
 }
 
-impl Serialize for VarValue {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            VarValue::Int(i) => serializer.serialize_i64(*i),
-            VarValue::Float(f) => serializer.serialize_f64(*f),
-            VarValue::Str(s) => serializer.serialize_str(s),
-            VarValue::Bool(b) => serializer.serialize_bool(*b),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for VarValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match serde_json::Value::deserialize(deserializer)? {
-            serde_json::Value::Bool(b) => Ok(VarValue::Bool(b)),
-            serde_json::Value::String(s) => Ok(VarValue::Str(s)),
-            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) if !n.is_f64() => Ok(VarValue::Int(i)),
-                (_, Some(f)) => Ok(VarValue::Float(f)),
-                _ => Err(serde::de::Error::custom(format!(
-                    "{n} is out of range for a value"
-                ))),
-            },
-            other => Err(serde::de::Error::custom(format!(
-                "expected an integer, float, string or boolean, found {other}"
-            ))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::path::Path;
 use base64::Engine as _;
 
 use super::json::{JobReport, RunReport};
+use crate::manifest::model::VarValue;
 use crate::manifest::sweep;
 use crate::output::ThumbReader;
 
@@ -231,7 +232,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
         let _ = write!(
             html,
             "<div><span class=\"key\">{key}</span> <span class=\"status {status}\">{status}</span></div>\
-             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg} · {sampler}/{scheduler}{lora}</div>\
+             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg} · {sampler}/{scheduler}{lora}{vars}</div>\
              <div class=\"prompt\">{prompt}</div>",
             key = escape(&job.key),
             variant = job.variant,
@@ -246,6 +247,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
                 .as_ref()
                 .map(|l| format!(" · LoRA {}", escape(&l.name)))
                 .unwrap_or_default(),
+            vars = vars_text(&job.params.vars),
             prompt = escape(&job.params.prompt),
         );
         if let Some(error) = &job.error {
@@ -257,6 +259,19 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
         }
         html.push_str("</div>\n");
     }
+}
+
+/// ` · style=ink · denoise=0.55`: a job's variables (strings as they are), escaped.
+fn vars_text(vars: &std::collections::BTreeMap<String, VarValue>) -> String {
+    let mut text = String::new();
+    for (name, value) in vars {
+        let shown = match value {
+            VarValue::Str(s) => s.clone(),
+            other => other.to_json().to_string(),
+        };
+        let _ = write!(text, " · {}={}", escape(name), escape(&shown));
+    }
+    text
 }
 
 fn escape(text: &str) -> String {

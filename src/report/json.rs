@@ -606,6 +606,7 @@ mod tests {
                 width: 64,
                 height: 64,
                 lora: None,
+                vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("w.json").into(),
                 sweep: Vec::new(),
             }),

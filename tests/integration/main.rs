@@ -20,4 +20,5 @@ mod sim_faults;
 mod sim_support;
 mod support;
 mod sweep;
+mod vars;
 mod vocabulary;

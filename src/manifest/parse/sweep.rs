@@ -55,7 +55,7 @@ impl Checker<'_> {
                 continue;
             }
             let is_var = !SETTING_AXES.contains(&name);
-            if is_var && !is_identifier(name) {
+            if is_var && !params::is_var_name(name) {
                 let help = match did_you_mean(name, SETTING_AXES) {
                     Some(close) => format!("did you mean `{close}`?"),
                     None => format!(
@@ -495,15 +495,6 @@ fn longest_key(chapter: u16, page: u16, sweep: &Sweep, images: u64) -> String {
         })
         .collect();
     params::swept_job_key(chapter, page, &point_text(&point), images as u32)
-}
-
-/// A variable's name: an ASCII letter or `_`, then letters, digits or `_`.
-fn is_identifier(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
