@@ -38,6 +38,26 @@ fn run(manifest: &Path, out: &Path) -> Value {
     )
 }
 
+/// Run the manifest, all `succeeded` jobs succeeding: the summary, the report's path and the
+/// report, checked against its schema.
+fn run_all(manifest: &Path, out: &Path, succeeded: u64) -> (Value, String, Value) {
+    let summary = run(manifest, out);
+    assert_eq!(summary["totals"]["succeeded"], succeeded, "{summary:#}");
+    let path = summary["report"].as_str().unwrap().to_owned();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    crate::report_schema::validator()
+        .validate(&report)
+        .unwrap_or_else(|e| panic!("the report does not match its schema: {e}"));
+    (summary, path, report)
+}
+
+/// `rerun --job selector` of the report reproduces `count` jobs byte for byte.
+fn rerun_reproduces(report: &str, selector: &str, count: u64) {
+    let rerun = json_of(bin().args(["rerun", report, "--sim", "--json", "--job", selector]));
+    assert_eq!(rerun["identical"], count, "{rerun:#}");
+    assert_eq!(rerun["different"], 0);
+}
+
 fn keys(jobs: &Value) -> Vec<&str> {
     jobs.as_array()
         .unwrap()
@@ -96,14 +116,7 @@ fn a_swept_page_renders_every_point_through_plan_run_report_sheet_and_rerun() {
 
     // run: the product rendered, each with its own values sent to the server.
     let out = dir.path().join("out");
-    let summary = run(&manifest, &out);
-    assert_eq!(summary["totals"]["succeeded"], 9, "{summary:#}");
-    let report_path = summary["report"].as_str().unwrap().to_owned();
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    crate::report_schema::validator()
-        .validate(&report)
-        .unwrap_or_else(|e| panic!("the report does not match its schema: {e}"));
+    let (summary, report_path, report) = run_all(&manifest, &out, 9);
     assert_eq!(keys(&report["jobs"]), expected);
     let mut images = Vec::new();
     for job in report["jobs"].as_array().unwrap() {
@@ -134,16 +147,7 @@ fn a_swept_page_renders_every_point_through_plan_run_report_sheet_and_rerun() {
     );
 
     // rerun of one sweep point's jobs (selected by their key's point part) reproduces them.
-    let rerun = json_of(bin().args([
-        "rerun",
-        &report_path,
-        "--sim",
-        "--json",
-        "--job",
-        "ch05_p001_cfg=7.5_sampler=euler",
-    ]));
-    assert_eq!(rerun["identical"], 2, "{rerun:#}");
-    assert_eq!(rerun["different"], 0);
+    rerun_reproduces(&report_path, "ch05_p001_cfg=7.5_sampler=euler", 2);
 }
 
 #[test]
@@ -259,4 +263,66 @@ fn a_one_axis_sweep_is_one_row_of_cells_each_with_the_points_variants() {
         }
         assert_eq!(cell.matches("class=\"card\"").count(), 2);
     }
+}
+
+/// The variables fixture with page 1 swept over two of its variables.
+fn swept_vars_manifest(dir: &Path) -> PathBuf {
+    let template = repo().join("tests/fixtures/workflows/good/txt2img-vars.json");
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/manifests/good/vars.toml"))
+        .unwrap()
+        .replace(
+            "\"../../workflows/good/txt2img-vars.json\"",
+            &format!("\"{}\"", template.display()),
+        )
+        .replace(
+            "prompt = \"a salt flat at dawn\"\n",
+            "prompt = \"a salt flat at dawn\"\nsweep = { denoise = [0.3, 1], style = [\"ink wash\", \"charcoal\"] }\n",
+        );
+    let path = dir.join("vars-sweep.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_variable_axis_sets_the_variable_each_point_sends_and_rerun_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = swept_vars_manifest(dir.path());
+    let out = dir.path().join("out");
+    let (_, report_path, report) = run_all(&manifest, &out, 6);
+    let jobs = &report["jobs"];
+    assert_eq!(
+        keys(jobs)[..4],
+        [
+            "ch03_p001_denoise=0.3_style=ink-wash_s1",
+            "ch03_p001_denoise=0.3_style=charcoal_s1",
+            "ch03_p001_denoise=1.0_style=ink-wash_s1",
+            "ch03_p001_denoise=1.0_style=charcoal_s1",
+        ]
+    );
+    for job in jobs.as_array().unwrap().iter().take(4) {
+        let (denoise, style) = (
+            &job["params"]["sweep"][0]["value"],
+            &job["params"]["sweep"][1]["value"],
+        );
+        assert!(
+            denoise.is_f64(),
+            "a float variable's axis is floats: {denoise}"
+        );
+        assert_eq!(&job["params"]["vars"]["denoise"], denoise);
+        assert_eq!(&job["params"]["vars"]["style"], style);
+        let sent = &job["prompt"];
+        assert_eq!(&sent["3"]["inputs"]["denoise"], denoise);
+        assert_eq!(
+            sent["6"]["inputs"]["text"],
+            format!(
+                "a salt flat at dawn, in the style of {}",
+                style.as_str().unwrap()
+            )
+        );
+    }
+    // Page 2 keeps its own values: the sweep is page 1's.
+    assert_eq!(jobs[4]["key"], "ch03_p002_s1");
+    assert_eq!(jobs[4]["params"]["vars"]["style"], "charcoal");
+
+    rerun_reproduces(&report_path, "ch03_p001_denoise=1.0", 2);
 }

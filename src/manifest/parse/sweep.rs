@@ -90,10 +90,10 @@ impl Checker<'_> {
                 .iter()
                 .map(|item| self.axis_value(name, is_var, item))
                 .collect();
-            let Some(mut values) = values.into_iter().collect::<Option<Vec<_>>>() else {
+            let Some(values) = values.into_iter().collect::<Option<Vec<_>>>() else {
                 continue;
             };
-            if is_var && !self.same_types(name, &mut values) {
+            if is_var && !self.same_types(name, &values) {
                 continue;
             }
             if !self.distinct_texts(name, &values) {
@@ -151,9 +151,9 @@ impl Checker<'_> {
         Some(Spanned::new(v.span(), value))
     }
 
-    /// A variable axis's values are all of one type (integers count as floats beside floats,
-    /// and are then made floats).
-    fn same_types(&mut self, name: &str, values: &mut [Spanned<VarValue>]) -> bool {
+    /// A variable axis's values are all of one type (integers count as floats beside floats;
+    /// the variable's type decides which they are).
+    fn same_types(&mut self, name: &str, values: &[Spanned<VarValue>]) -> bool {
         let kind = |v: &VarValue| match v {
             VarValue::Int(_) | VarValue::Float(_) => "number",
             other => other.type_name(),
@@ -181,16 +181,6 @@ impl Checker<'_> {
                 )),
             );
             return false;
-        }
-        if values
-            .iter()
-            .any(|v| matches!(v.get_ref(), VarValue::Float(_)))
-        {
-            for value in values.iter_mut() {
-                if let VarValue::Int(i) = *value.get_ref() {
-                    *value = Spanned::new(value.span(), VarValue::Float(i as f64));
-                }
-            }
         }
         true
     }
@@ -446,7 +436,8 @@ impl Checker<'_> {
                     }
                 }
             }
-            if ok {
+            // `1` and `1.0` of a float variable are one value.
+            if ok && self.distinct_texts(&axis.name, &axis.values) {
                 keep.push(axis);
             }
         }
