@@ -1,15 +1,14 @@
 //! Sweeps: `sweep = { cfg = [5.0, 7.0], sampler = ["euler", "dpmpp_2m"] }` on a page (or in
 //! `[defaults]`) declares axes; the page becomes one sweep point per combination of axis
-//! values. This module holds the checked shape and how a point is written into a job key;
-//! `manifest::parse` checks sweeps and `plan` expands them.
-
-use std::ops::Range;
+//! values. This module holds the names an axis takes and how a point is written into a job
+//! key (the checked `Sweep` is in `model`); `manifest::parse` checks sweeps and `plan`
+//! expands them.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use toml::Spanned;
 
 use super::model::VarValue;
+pub use super::model::{Axis, Sweep};
 
 /// Page settings an axis may sweep over; any other axis name must be a variable.
 pub const SETTING_AXES: &[&str] = &[
@@ -32,33 +31,6 @@ pub const MAX_KEY_BYTES: usize = 200;
 
 /// Key text of a string value longer than this is cut and given a digest of the whole value.
 const MAX_TEXT_CHARS: usize = 32;
-
-/// A checked sweep: its axes in the order written.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sweep {
-    pub axes: Vec<Axis>,
-}
-
-impl Sweep {
-    /// How many points the sweep has (the product of its axes' lengths; 1 with no axes).
-    pub fn points(&self) -> u64 {
-        self.axes
-            .iter()
-            .map(|a| a.values.len() as u64)
-            .fold(1, u64::saturating_mul)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Axis {
-    /// A name of [`SETTING_AXES`] or a variable's.
-    pub name: String,
-    /// The axis name as written, for problems about it.
-    pub span: Range<usize>,
-    pub is_var: bool,
-    /// Checked values (as the setting or the variable takes them), none repeated.
-    pub values: Vec<Spanned<VarValue>>,
-}
 
 /// One axis value of a swept job, as the plan and the report record it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
