@@ -275,6 +275,11 @@ impl Checker<'_> {
             None => defaults.sweep.clone(),
         };
         let Some(sweep) = sweep else { return true };
+        if sweep.get_ref().axes.is_empty() {
+            // `sweep = {}`: the page is not swept.
+            page.settings.sweep = is_own.then_some(sweep);
+            return self.problems.len() == before;
+        }
         let from = if is_own { "the page" } else { "[defaults]" };
         for axis in sweep.get_ref().axes.iter().filter(|a| !a.is_var) {
             if is_set(&page.settings, &axis.name) {
@@ -539,6 +544,31 @@ mod tests {
             *sweep.unwrap().axes[0].values[1].get_ref(),
             VarValue::Float(2.0)
         );
+    }
+
+    #[test]
+    fn the_job_limit_counts_points_times_images_and_can_be_raised() {
+        let codes = |max: u32, page: &str| -> Vec<&'static str> {
+            let text = format!(
+                "[chapter]\nnumber = 1\nmax_sweep_jobs = {max}\n[[pages]]\npage = 1\nprompt = \"p\"\n{page}"
+            );
+            crate::manifest::parse_manifest(&SourceFile::new("m.toml", text))
+                .1
+                .iter()
+                .map(Problem::code)
+                .collect()
+        };
+        let swept = "variants = 2\nsweep = { steps = [1, 2, 3] }\n";
+        assert_eq!(codes(5, swept), ["manifest::sweep_too_large"]);
+        assert!(codes(6, swept).is_empty());
+        assert!(codes(6, "seeds = [1, 2, 3]\nsweep = { steps = [1, 2] }\n").is_empty());
+        assert_eq!(
+            codes(5, "seeds = [1, 2, 3]\nsweep = { steps = [1, 2] }\n"),
+            ["manifest::sweep_too_large"]
+        );
+        // Only sweeps are limited: `sweep = {}` is no sweep.
+        assert!(codes(1, "variants = 4\nsweep = {}\n").is_empty());
+        assert_eq!(codes(0, "")[..], ["manifest::out_of_range"]);
     }
 
     #[test]
