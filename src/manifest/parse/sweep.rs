@@ -320,38 +320,10 @@ impl Checker<'_> {
                     .unwrap_or(DEFAULT_VARIANTS),
             ),
         };
-        let points = sweep.get_ref().points();
-        let jobs = points.saturating_mul(images);
-        let max = chapter.max_sweep_jobs.unwrap_or(DEFAULT_MAX_SWEEP_JOBS);
-        if jobs > u64::from(max) && (is_own || !*reported_defaults) {
-            *reported_defaults |= !is_own;
-            let sizes: Vec<String> = sweep
-                .get_ref()
-                .axes
-                .iter()
-                .map(|a| format!("{} {}", a.values.len(), a.name))
-                .collect();
-            self.problems.push(
-                Problem::at(
-                    "manifest::sweep_too_large",
-                    self.file,
-                    sweep.span(),
-                    format!(
-                        "page {}'s sweep makes {jobs} jobs ({} x {images} image(s) a point), \
-                         over the limit of {max} a page",
-                        page.page,
-                        sizes.join(" x ")
-                    ),
-                    format!("{points} sweep points"),
-                )
-                .with_label(page.header.clone(), "this page")
-                .with_help(format!(
-                    "sweep fewer values, or raise the limit with `max_sweep_jobs = {jobs}` in \
-                     [chapter] (at most {})",
-                    params::MAX_SWEEP_JOBS.range.end()
-                )),
-            );
-        }
+        // A `[defaults]` sweep too large for several pages is said once (and fails each).
+        let say = is_own || !*reported_defaults;
+        let over = self.too_large(chapter, page, &sweep, images, say);
+        *reported_defaults |= over && !is_own;
         let longest = longest_key(chapter.number, page.page, sweep.get_ref(), images);
         if longest.len() > MAX_KEY_BYTES {
             self.error(
@@ -367,7 +339,54 @@ impl Checker<'_> {
             );
         }
         page.settings.sweep = is_own.then_some(sweep);
-        self.problems.len() == before
+        self.problems.len() == before && !over
+    }
+
+    /// Whether the page's sweep makes more jobs than the chapter allows (said if `say`).
+    fn too_large(
+        &mut self,
+        chapter: &Chapter,
+        page: &Page,
+        sweep: &Spanned<Sweep>,
+        images: u64,
+        say: bool,
+    ) -> bool {
+        let points = sweep.get_ref().points();
+        let jobs = points.saturating_mul(images);
+        let max = chapter.max_sweep_jobs.unwrap_or(DEFAULT_MAX_SWEEP_JOBS);
+        if jobs <= u64::from(max) {
+            return false;
+        }
+        if !say {
+            return true;
+        }
+        let sizes: Vec<String> = sweep
+            .get_ref()
+            .axes
+            .iter()
+            .map(|a| format!("{} {}", a.values.len(), a.name))
+            .collect();
+        self.problems.push(
+            Problem::at(
+                "manifest::sweep_too_large",
+                self.file,
+                sweep.span(),
+                format!(
+                    "page {}'s sweep makes {jobs} jobs ({} x {images} image(s) a point), \
+                     over the limit of {max} a page",
+                    page.page,
+                    sizes.join(" x ")
+                ),
+                format!("{points} sweep points"),
+            )
+            .with_label(page.header.clone(), "this page")
+            .with_help(format!(
+                "sweep fewer values, or raise the limit with `max_sweep_jobs = {jobs}` in \
+                 [chapter] (at most {})",
+                params::MAX_SWEEP_JOBS.range.end()
+            )),
+        );
+        true
     }
 
     /// Every variable axis names a variable defined where the sweep applies, with values of
@@ -569,6 +588,16 @@ mod tests {
         // Only sweeps are limited: `sweep = {}` is no sweep.
         assert!(codes(1, "variants = 4\nsweep = {}\n").is_empty());
         assert_eq!(codes(0, "")[..], ["manifest::out_of_range"]);
+        // A `[defaults]` sweep too large for two pages is said once.
+        let text = "[chapter]\nnumber = 1\nmax_sweep_jobs = 2\n[defaults]\nsweep = { steps = [1, 2, 3] }\n\
+                    [[pages]]\npage = 1\nprompt = \"p\"\n[[pages]]\npage = 2\nprompt = \"q\"\n";
+        let (manifest, problems) =
+            crate::manifest::parse_manifest(&SourceFile::new("m.toml", text));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            manifest.unwrap().pages.is_empty(),
+            "neither page is planned"
+        );
     }
 
     #[test]
