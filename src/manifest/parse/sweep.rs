@@ -601,6 +601,26 @@ mod tests {
     }
 
     #[test]
+    fn a_key_over_200_bytes_is_refused() {
+        // ch01_p001_ (10) + name (160) + = (1) + a cut value (32) + _s1 (3).
+        let name = "v".repeat(160);
+        let text = format!(
+            "[chapter]\nnumber = 1\n[defaults]\nvars = {{ {name} = \"a\" }}\n\
+             [[pages]]\npage = 1\nprompt = \"p\"\nsweep = {{ {name} = [\"a\", \"{}\"] }}\n",
+            "b".repeat(40)
+        );
+        let (_, problems) = crate::manifest::parse_manifest(&SourceFile::new("m.toml", text));
+        let codes: Vec<&str> = problems.iter().map(Problem::code).collect();
+        assert_eq!(codes, ["manifest::sweep_key_too_long"]);
+        assert!(
+            problems[0].message().contains("up to 196 bytes")
+                || problems[0].message().contains("bytes"),
+            "{}",
+            problems[0].message()
+        );
+    }
+
+    #[test]
     fn a_variable_axis_of_another_type_is_refused() {
         let (_, problems) = check(
             "sweep = { style = [\"ink\", \"wash\"] }",
