@@ -16,7 +16,7 @@ pub(super) struct Point {
 }
 
 /// The sweep that applies to a page: its own, else the defaults'.
-pub(super) fn page_sweep<'m>(manifest: &'m Manifest, page: &'m Page) -> Option<&'m Sweep> {
+fn page_sweep<'m>(manifest: &'m Manifest, page: &'m Page) -> Option<&'m Sweep> {
     page.settings
         .sweep
         .as_ref()
@@ -27,8 +27,11 @@ pub(super) fn page_sweep<'m>(manifest: &'m Manifest, page: &'m Page) -> Option<&
 /// The page's points; a page without a sweep has one, with no axis values.
 pub(super) fn points(manifest: &Manifest, page: &Page) -> Vec<Point> {
     let axes = page_sweep(manifest, page).map_or(&[][..], |s| &s.axes[..]);
+    let mut settings = page.settings.clone();
+    // Each point is one set of values: the sweep itself is not copied to every one.
+    settings.sweep = None;
     let mut points = vec![Point {
-        settings: page.settings.clone(),
+        settings,
         values: Vec::new(),
     }];
     for axis in axes {
