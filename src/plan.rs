@@ -19,17 +19,20 @@ use sha2::{Digest, Sha256};
 use crate::diagnostic::{Problem, did_you_mean};
 use crate::manifest::model::{LoraSetting, Page, PageSeeds, Settings, VarValue};
 use crate::manifest::read::read_bounded;
+use crate::manifest::sweep::{AxisValue, point_text};
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
+    DEFAULT_WIDTH, LoraParams, filename_prefix, swept_job_key,
 };
 use crate::workflow::bind::{Binding, Bindings, Kind};
 use crate::workflow::canonical::JobHash;
 use crate::workflow::lora_chain::{find_anchor, no_anchor_problem};
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotName, SlotValues, Template, Variant, Workflow};
+
+mod sweep;
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -150,6 +153,10 @@ pub struct PageParams {
     pub vars: BTreeMap<String, VarValue>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
+    /// A swept page's axis values for this job's sweep point, in axis order (absent when the
+    /// page has no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<AxisValue>,
 }
 
 impl PageParams {
@@ -760,7 +767,9 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
         for w in pages {
-            page_jobs(manifest, w, &mut jobs);
+            for point in sweep::points(manifest, w.resolved.page) {
+                page_jobs(manifest, w, point, &mut jobs);
+            }
         }
         jobs
     };
@@ -787,8 +796,13 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
+/// The jobs of one page (or of one sweep point of it), appended in variant order.
+fn page_jobs(
+    manifest: &Manifest,
+    work: &PageWork<'_>,
+    point: sweep::Point,
+    jobs: &mut Vec<Arc<Job>>,
+) {
     let r = work.resolved;
     // A stack makes the page's own template: the file's graph with the chain in it.
     let chained = work.chain.as_ref().map(|(anchor, stack)| {
@@ -796,7 +810,7 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         work.template.derive(&graph)
     });
     let template = chained.as_ref().unwrap_or(work.template);
-    let (d, s) = (&manifest.defaults, &r.page.settings);
+    let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
     let seeds: Vec<(u64, SeedSource)> = match &r.page.seeds {
@@ -844,12 +858,14 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
             })
             .collect(),
         workflow_path: Path::new(template.file().name()).into(),
+        sweep: point.values,
     });
+    let point_text = point_text(&base.sweep);
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
-        let key = job_key(chapter, page, variant);
+        let key = swept_job_key(chapter, page, &point_text, variant);
         let params = JobParams {
             page: base.clone(),
             filename_prefix: filename_prefix(chapter, &key).into(),
@@ -1068,6 +1084,42 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(problems[0].code(), "workflow::no_value");
+    }
+
+    #[test]
+    fn a_defaults_sweep_applies_to_every_page_but_one_that_opts_out() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\n\
+                    sweep = { steps = [10, 20] }\n\
+                    [[pages]]\npage = 1\nprompt = \"a\"\nseeds = [7, 8]\n\
+                    [[pages]]\npage = 2\nprompt = \"b\"\nsweep = {}\n\
+                    [[pages]]\npage = 3\nprompt = \"c\"\nsweep = { cfg = [4] }\n";
+        let jobs = expand_text(text).unwrap();
+        let keys: Vec<(&str, u64)> = jobs.iter().map(|j| (j.key.as_str(), j.seed)).collect();
+        let derived = |page| derive_seed(1, 0, page, 1);
+        assert_eq!(
+            keys,
+            [
+                ("ch01_p001_steps=10_s1", 7),
+                ("ch01_p001_steps=10_s2", 8),
+                ("ch01_p001_steps=20_s1", 7),
+                ("ch01_p001_steps=20_s2", 8),
+                ("ch01_p002_s1", derived(2)),
+                ("ch01_p003_cfg=4.0_s1", derived(3)),
+            ]
+        );
+        assert_eq!(jobs[2].workflow.to_value()["3"]["inputs"]["steps"], 20);
+        assert_eq!(jobs[2].params.steps, 20);
+        assert_eq!(jobs[5].workflow.to_value()["3"]["inputs"]["cfg"], 4.0);
+        assert_eq!(
+            jobs[5].params.steps, DEFAULT_STEPS,
+            "page 3's own sweep replaces the defaults'"
+        );
+        assert_eq!(
+            jobs[2].params.filename_prefix.as_ref(),
+            "plasma/ch01/ch01_p001_steps=20_s1"
+        );
+        let hashes: BTreeSet<_> = jobs.iter().map(|j| j.hash).collect();
+        assert_eq!(hashes.len(), jobs.len(), "every point sends something else");
     }
 
     #[test]

@@ -228,6 +228,7 @@ mod tests {
                     loras: Vec::new(),
                     vars: std::collections::BTreeMap::new(),
                     workflow_path: std::path::Path::new("w.json").into(),
+                    sweep: Vec::new(),
                 }),
                 filename_prefix: "x".into(),
                 seed_source: crate::plan::SeedSource::Derived,

@@ -17,8 +17,10 @@ use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
+mod sweep;
+
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages", "bind"];
-const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
+const CHAPTER_KEYS: &[&str] = &["number", "title", "seed", "max_sweep_jobs"];
 const COMFY_KEYS: &[&str] = &[
     "servers",
     "timeout",
@@ -42,6 +44,7 @@ const SETTING_KEYS: &[&str] = &[
     "loras",
     "variants",
     "vars",
+    "sweep",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
@@ -84,16 +87,19 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
     let before_defaults = c.problems.len();
-    let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
+    let mut defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
             c.settings(t)
         }
         None => Settings::default(),
     };
+    c.check_defaults_sweep(&mut defaults);
     let defaults_complete = c.problems.len() == before_defaults;
     let before_pages = c.problems.len();
-    let pages = c.pages(root.get("pages"), &defaults.vars);
+    let mut pages = c.pages(root.get("pages"), &defaults.vars);
+    let mut reported = false;
+    pages.retain_mut(|page| c.check_page_sweep(&chapter, &defaults, page, &mut reported));
     let pages_complete = c.problems.len() == before_pages;
     let bind = root.get("bind").map(|v| c.bind(v)).unwrap_or_default();
     let manifest = Manifest {
@@ -162,9 +168,10 @@ impl Checker<'_> {
                 }
                 _ => "key",
             };
-            let help = match (did_you_mean(name, known), belongs_in(name)) {
-                (Some(close), _) => format!("did you mean `{close}`?"),
-                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+            // A key of another table is that key, however close it is to one of this table.
+            let help = match (belongs_in(name), did_you_mean(name, known)) {
+                (Some(home), _) => format!("`{name}` belongs in {home}"),
+                (None, Some(close)) => format!("did you mean `{close}`?"),
                 (None, None) if known.contains(&"vars") && params::is_var_name(name) => format!(
                     "{place} takes: {}; a value for a workflow's `{{{{{name}}}}}` is a variable: \
                      `vars = {{ {name} = ... }}`",
@@ -299,6 +306,7 @@ impl Checker<'_> {
             number: 0,
             title: None,
             seed: None,
+            max_sweep_jobs: None,
         };
         let Some(v) = v else {
             self.missing(
@@ -331,6 +339,11 @@ impl Checker<'_> {
         }
         if let Some(seed) = t.get("seed") {
             chapter.seed = self.integer(seed, "seed", &params::SEED).map(|s| s as u64);
+        }
+        if let Some(max) = t.get("max_sweep_jobs") {
+            chapter.max_sweep_jobs = self
+                .integer(max, "max_sweep_jobs", &params::MAX_SWEEP_JOBS)
+                .map(|n| n as u32);
         }
         chapter
     }
@@ -443,6 +456,9 @@ impl Checker<'_> {
         }
         if let Some(v) = t.get("vars") {
             s.vars = self.vars(v);
+        }
+        if let Some(v) = t.get("sweep") {
+            s.sweep = self.sweep(v);
         }
         s
     }

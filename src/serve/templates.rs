@@ -117,6 +117,7 @@ impl Templates {
                 loras: Vec::new(),
                 vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "".into(),
             seed_source: SeedSource::Explicit,

@@ -20,5 +20,6 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod sweep;
 mod vars;
 mod vocabulary;
