@@ -449,3 +449,27 @@ fn the_shipped_exported_workflow_example_plans_with_its_stacks() {
     assert_eq!(sent["6"]["inputs"]["text"], &*plan.jobs[0].params.prompt);
     assert_eq!(sent["3"]["inputs"]["seed"], plan.jobs[0].seed);
 }
+
+#[test]
+fn every_sweep_point_of_a_page_with_a_stack_sends_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("chapter.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[chapter]\nnumber = 2\n\n[defaults]\nworkflow = \"{}\"\n\n[[pages]]\npage = 1\nprompt = \"a\"\n\
+             sweep = {{ cfg = [5.0, 7.0] }}\nloras = [{{ name = \"x\" }}, {{ name = \"y\" }}]\n",
+            repo().join("workflows/txt2img.json").display()
+        ),
+    )
+    .unwrap();
+    let plan = plasma_batch::plan::load_plan(&manifest).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(plan.jobs.len(), 2);
+    for job in &plan.jobs {
+        let sent = job.workflow.to_value();
+        let names: Vec<String> = chain_of(&sent).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names, ["x", "y"], "{}", job.key);
+        assert_eq!(job.hash, plasma_batch::plan::job_hash(&sent));
+    }
+    assert_ne!(plan.jobs[0].hash, plan.jobs[1].hash);
+}
