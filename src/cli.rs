@@ -53,8 +53,10 @@ pub struct PlanArgs {
 )]
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The chapter manifest (TOML).
-    pub manifest: PathBuf,
+    /// Chapter manifests (TOML), or folders of them (every `*.toml` directly inside): all
+    /// of them run together as one book, each chapter with its own report.
+    #[arg(value_name = "MANIFEST", required = true)]
+    pub manifests: Vec<PathBuf>,
     /// ComfyUI server URL (repeatable). Overrides `[comfy] servers` and `PLASMA_COMFY_URL`.
     #[arg(long = "server", value_name = "URL")]
     pub servers: Vec<String>,
@@ -90,6 +92,12 @@ pub struct RunArgs {
     /// Print the report path and totals as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    // Books and shards.
+    /// Render only shard K of N (K from 0 to N-1): the jobs whose key hashes to K, so N
+    /// processes render disjoint parts of the book. K may name an environment variable that
+    /// holds it: `--shard JOB_COMPLETION_INDEX/4`.
+    #[arg(long, value_name = "K/N", env = crate::shard::SHARD_ENV)]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -165,7 +165,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
     }
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
