@@ -27,6 +27,33 @@ pub enum Command {
     Sim(SimArgs),
     /// Serve the HTTP job service: submit single panels as JSON, poll for the image.
     Serve(ServeArgs),
+    /// Work with run reports (`report merge`: the shards of a chapter into one report).
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Combine the shard reports of each chapter (`run --shard K/N`) into one report and
+    /// contact sheet; fails naming the keys when a planned job is in no report or in two.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard reports (`<out>/ch-XX/reports/<run-id>.json`), book summaries of shard runs
+    /// (`<out>/reports/<run-id>.json`), or folders of either (every `*.json` directly inside).
+    #[arg(value_name = "REPORT", required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Where the merged reports go: `DIR/ch-XX.json` and the contact sheet `DIR/ch-XX.html`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Of several reports of one shard (a folder that keeps every run's), take the newest.
+    #[arg(long)]
+    pub newest: bool,
+    /// Print the merged reports and totals as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

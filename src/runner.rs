@@ -19,11 +19,11 @@ use crate::ledger;
 use crate::output::{ChapterDirs, PathError, remove_stale_temp_files, write_atomic_with};
 use crate::plan::Job;
 use crate::preflight::{self, PreflightError, ServerInfo};
-use crate::shard::Shard;
 use crate::report::book::{BookChapter, BookReport};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, ShardRecord, Tool};
 use crate::report::progress::{self, Mode};
 use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
+use crate::shard::Shard;
 use crate::time::{new_run_id, rfc3339};
 
 /// Everything a run needs besides the jobs and the servers.

@@ -50,7 +50,11 @@ impl Shard {
         };
         let count: u32 = match n.trim().parse() {
             Ok(n) if (1..=MAX_SHARDS).contains(&n) => n,
-            _ => return Err(format!("`{text}`: N must be a number from 1 to {MAX_SHARDS}; {FORM}")),
+            _ => {
+                return Err(format!(
+                    "`{text}`: N must be a number from 1 to {MAX_SHARDS}; {FORM}"
+                ));
+            }
         };
         let k = k.trim();
         let is_name = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -73,7 +77,9 @@ impl Shard {
                 "`{text}`{from}: K is {index}, but shards are counted from 0, so K must be 0 to {}; {FORM}",
                 count - 1
             )),
-            Err(_) => Err(format!("`{text}`{from}: K `{value}` is not a number; {FORM}")),
+            Err(_) => Err(format!(
+                "`{text}`{from}: K `{value}` is not a number; {FORM}"
+            )),
         }
     }
 }
@@ -126,9 +132,7 @@ mod tests {
 
     #[test]
     fn every_key_is_in_exactly_one_shard_and_adding_keys_moves_none() {
-        let keys: Vec<String> = (1..=400)
-            .map(|p| crate::params::job_key(1, p, 1))
-            .collect();
+        let keys: Vec<String> = (1..=400).map(|p| crate::params::job_key(1, p, 1)).collect();
         let count = 4;
         let mut sizes = [0usize; 4];
         for key in &keys {
@@ -142,9 +146,7 @@ mod tests {
         assert!(sizes.iter().all(|&n| (60..=140).contains(&n)), "{sizes:?}");
         // The key alone decides: more pages leave the first 400 where they were.
         let before: Vec<u32> = keys.iter().map(|k| Shard::of_key(k, count)).collect();
-        let more: Vec<String> = (1..=800)
-            .map(|p| crate::params::job_key(1, p, 1))
-            .collect();
+        let more: Vec<String> = (1..=800).map(|p| crate::params::job_key(1, p, 1)).collect();
         let after: Vec<u32> = more[..400]
             .iter()
             .map(|k| Shard::of_key(k, count))

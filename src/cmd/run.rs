@@ -38,7 +38,9 @@ pub async fn run(args: RunArgs) -> CmdResult {
                 CmdError::plain(
                     Failure::Usage,
                     format!("--shard {message}"),
-                    Some("e.g. --shard 0/4 in the first of four processes, --shard 3/4 in the last"),
+                    Some(
+                        "e.g. --shard 0/4 in the first of four processes, --shard 3/4 in the last",
+                    ),
                 )
             })
         })
@@ -128,7 +130,10 @@ fn manifest_paths(given: &[PathBuf]) -> Result<Vec<PathBuf>, CmdError> {
         let entries = std::fs::read_dir(path).map_err(|e| {
             CmdError::plain(
                 Failure::InvalidInput,
-                format!("failed to read the manifest folder `{}`: {e}", path.display()),
+                format!(
+                    "failed to read the manifest folder `{}`: {e}",
+                    path.display()
+                ),
                 None,
             )
         })?;
@@ -233,7 +238,9 @@ fn book_settings(plans: &[Plan], args: &RunArgs) -> Result<ComfySettings, CmdErr
                     plans[0].manifest_path.display(),
                     plan.manifest_path.display()
                 ),
-                Some(format!("make them agree, or give {flag} on the command line")),
+                Some(format!(
+                    "make them agree, or give {flag} on the command line"
+                )),
             ));
         }
     }

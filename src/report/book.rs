@@ -82,7 +82,8 @@ impl BookReport {
     /// Write `<out>/reports/<run-id>.json` and `.html`, atomically; returns both paths.
     pub fn write(&self, out_root: &Path) -> Result<(PathBuf, PathBuf), PathError> {
         let folder = out_root.join("reports");
-        std::fs::create_dir_all(&folder).map_err(|e| PathError::new("create directory", &folder, e))?;
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| PathError::new("create directory", &folder, e))?;
         let json = folder.join(format!("{}.json", self.run_id));
         let html = folder.join(format!("{}.html", self.run_id));
         write_atomic_with(&json, |out| {
@@ -162,4 +163,3 @@ td:nth-child(-n+2),th:nth-child(-n+2){{text-align:left}} .bad{{color:#c62828;fon
         html
     }
 }
-

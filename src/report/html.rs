@@ -30,6 +30,18 @@ pub fn write_contact_sheet(
     thumbs: &Path,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
+    write_contact_sheet_from(report, &[(out_root, thumbs)], &|_| 0, out)
+}
+
+/// [`write_contact_sheet`] of a report whose images lie under several output roots (a
+/// merge of shards that each wrote their own): `roots` are each root with its thumbnail
+/// pack, `root_of` says which one a job's images are under.
+pub fn write_contact_sheet_from(
+    report: &RunReport,
+    roots: &[(&Path, &Path)],
+    root_of: &dyn Fn(&JobReport) -> usize,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut html = String::with_capacity(2 * FLUSH_AT);
     let title = format!(
         "Chapter {}{} — run {}",
@@ -78,7 +90,10 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
     );
-    let mut thumbs = ThumbReader::open(thumbs);
+    let mut readers: Vec<ThumbReader> = roots
+        .iter()
+        .map(|(_, thumbs)| ThumbReader::open(thumbs))
+        .collect();
     // By page, jobs in report order within a page.
     let mut order: Vec<&JobReport> = report.jobs.iter().collect();
     order.sort_by_key(|j| j.page);
@@ -89,7 +104,8 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
             page[0].page
         );
         for job in page {
-            card(&mut html, job, out_root, &mut thumbs);
+            let at = root_of(job).min(roots.len() - 1);
+            card(&mut html, job, roots[at].0, &mut readers[at]);
             // A page can hold thousands of cards: write in steps of ~32 KiB, so the sheet
             // never holds more than that (and one thumbnail) in memory.
             if html.len() >= FLUSH_AT {

@@ -4,6 +4,7 @@
 pub mod book;
 pub mod html;
 pub mod json;
+pub mod merge;
 pub mod progress;
 
 pub use json::{JobReport, ReportStatus, ReportWriter, RunReport, Totals};
