@@ -47,8 +47,8 @@ pub enum MergeError {
 const MAX_KEYS_SHOWN: usize = 20;
 
 /// Merge the shard reports of one chapter (`sources` is not empty, all of one chapter).
-/// With `newest`, of several reports of one shard only the newest (by run id, which starts
-/// with its UTC start time) is taken: a folder that keeps every night's reports.
+/// With `newest`, of several reports of one shard only the newest (by start time, to the
+/// millisecond) is taken: a folder that keeps every night's reports.
 pub fn merge(mut sources: Vec<ShardSource>, newest: bool) -> Result<Merged, MergeError> {
     let first_shard = check_split(&sources)?;
     if newest {
@@ -102,7 +102,9 @@ fn check_split(sources: &[ShardSource]) -> Result<ShardRecord, MergeError> {
 fn keep_newest(sources: &mut Vec<ShardSource>) {
     {
         // Newest first, then keep the first of each shard.
-        sources.sort_by(|a, b| b.report.run_id.cmp(&a.report.run_id));
+        sources.sort_by(|a, b| {
+            (&b.report.started_at, &b.report.run_id).cmp(&(&a.report.started_at, &a.report.run_id))
+        });
         let mut seen = Vec::new();
         sources.retain(|s| {
             let index = s.report.shard.as_ref().map(|s| s.index);

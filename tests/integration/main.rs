@@ -2,6 +2,7 @@
 
 mod architecture;
 mod auth;
+mod book;
 mod cli;
 mod exit_codes;
 mod faults;
