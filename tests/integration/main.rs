@@ -4,6 +4,7 @@ mod architecture;
 mod auth;
 mod book;
 mod cli;
+mod examples;
 mod exit_codes;
 mod faults;
 mod faults_outage;
