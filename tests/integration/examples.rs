@@ -121,8 +121,19 @@ fn check_merged(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ci_workflow_renders_shards_on_separate_runners_and_merges_their_artifacts() {
+/// What the test takes from `examples/ci/nightly.yml`, each part checked on the way.
+struct Ci {
+    matrix: Vec<u64>,
+    render_cmd: String,
+    junit: bool,
+    upload: Value,
+    download: Value,
+    merge_cmd: String,
+    sheets: String,
+    junit_paths: String,
+}
+
+fn read_ci_workflow() -> Ci {
     let docs = yaml_documents(&repo().join("examples/ci/nightly.yml"));
     let workflow = &docs[0];
     assert!(
@@ -176,7 +187,31 @@ async fn the_ci_workflow_renders_shards_on_separate_runners_and_merges_their_art
         .as_str()
         .unwrap()
         .to_owned();
+    Ci {
+        matrix,
+        render_cmd,
+        junit,
+        upload,
+        download,
+        merge_cmd,
+        sheets,
+        junit_paths,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ci_workflow_renders_shards_on_separate_runners_and_merges_their_artifacts() {
+    let Ci {
+        matrix,
+        render_cmd,
+        junit,
+        upload,
+        download,
+        merge_cmd,
+        sheets,
+        junit_paths,
+    } = read_ci_workflow();
+    let count = matrix.len();
     let dir = tempfile::tempdir().unwrap();
     let single = single_run(dir.path());
     // Two servers for all shards; which one renders a job is the executor's choice.
