@@ -323,6 +323,13 @@ fn shards_split_a_chapter_by_key_and_merge_back_from_their_own_roots() {
     assert_eq!(merged["totals"]["succeeded"], 10, "{merged:#}");
     let report = RunReport::read(&merged_dir.join("ch-04.json")).unwrap();
     assert!(report.check().is_empty(), "{:?}", report.check());
+    // Shard reports and the merged report are run reports of the committed schema.
+    let validator = crate::report_schema::validator();
+    for path in reports.iter().chain([&merged_dir.join("ch-04.json")]) {
+        let value: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        crate::report_schema::assert_valid(&validator, &value);
+    }
     assert_eq!(report.merged_from.len(), 3);
     let keys: Vec<&str> = report.jobs.iter().map(|j| j.key.as_str()).collect();
     let planned: Vec<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
