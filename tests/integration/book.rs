@@ -426,6 +426,19 @@ fn a_merge_fails_naming_the_keys_of_a_missing_shard_or_of_a_shard_run_twice() {
     let report = RunReport::read(&merged.join("ch-05.json")).unwrap();
     let again_id = RunReport::read(&again).unwrap().run_id;
     assert!(report.merged_from.iter().any(|m| m.run_id == again_id));
+    // Shards of different splits do not merge: an input problem naming both.
+    let of_three = shard_run("2/3");
+    expect_stderr(
+        bin()
+            .args(["report", "merge"])
+            .args([&first, &of_three])
+            .arg("--out")
+            .arg(dir.path().join("m3")),
+        3,
+        predicate::str::contains("is shard 0/2 but")
+            .and(predicate::str::contains("is shard 2/3"))
+            .and(predicate::str::contains("different splits")),
+    );
     // A report that is not a shard's is refused as an input problem.
     let whole = json_of(
         bin()
