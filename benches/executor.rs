@@ -832,7 +832,7 @@ fn shard_child(args: &[String]) {
     println!("RESULT {wall} {} {code} {jobs} {}", peak_rss_kb(), cpu_ms());
 }
 
-/// `--merge-child REPORTS OUT`: `plasma-batch report merge REPORTS --out OUT`; prints
+/// `--merge-child REPORTS OUT`: `plasma-batch report merge REPORTS --out OUT --json`; prints
 /// `RESULT wall rss_kb exit succeeded`.
 fn merge_child(args: &[String]) {
     use clap::Parser as _;
@@ -843,6 +843,7 @@ fn merge_child(args: &[String]) {
         &args[0],
         "--out",
         &args[1],
+        "--json",
     ]);
     let rt = runtime();
     let started = Instant::now();
