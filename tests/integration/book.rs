@@ -426,6 +426,28 @@ fn a_merge_fails_naming_the_keys_of_a_missing_shard_or_of_a_shard_run_twice() {
     let report = RunReport::read(&merged.join("ch-05.json")).unwrap();
     let again_id = RunReport::read(&again).unwrap().run_id;
     assert!(report.merged_from.iter().any(|m| m.run_id == again_id));
+}
+
+#[test]
+fn reports_of_other_splits_or_of_whole_runs_do_not_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("book");
+    write_book(&book, &[(6, 2, 1)], &plain);
+    let manifest = book.join("ch06.toml");
+    let out = dir.path().join("out");
+    let shard_run = |shard: &str| {
+        path_of(
+            &json_of(
+                bin()
+                    .arg("run")
+                    .arg(&manifest)
+                    .args(["--sim", "--json", "--force", "--shard", shard, "--out"])
+                    .arg(&out),
+                0,
+            )["report"],
+        )
+    };
+    let first = shard_run("0/2");
     // Shards of different splits do not merge: an input problem naming both.
     let of_three = shard_run("2/3");
     expect_stderr(
@@ -457,6 +479,7 @@ fn a_merge_fails_naming_the_keys_of_a_missing_shard_or_of_a_shard_run_twice() {
         3,
         predicate::str::contains("is not a shard report"),
     );
+    assert!(!dir.path().join("m2").exists() && !dir.path().join("m3").exists());
 }
 
 #[test]
