@@ -504,3 +504,38 @@ fn a_shard_that_is_not_k_of_n_is_a_usage_error() {
     }
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+fn only_selects_across_the_book_and_a_chapter_it_leaves_out_gets_no_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("book");
+    write_book(&book, &[(1, 2, 1), (2, 2, 1)], &plain);
+    let out = dir.path().join("out");
+    let summary = json_of(
+        bin()
+            .arg("run")
+            .arg(&book)
+            .args(["--sim", "--json", "--only", "ch02_p002", "--out"])
+            .arg(&out),
+        0,
+    );
+    assert_eq!(summary["totals"]["jobs"], 1, "{summary:#}");
+    assert_eq!(summary["chapters"].as_array().unwrap().len(), 1);
+    let report = RunReport::read(&path_of(&summary["chapters"][0]["report"])).unwrap();
+    assert_eq!(report.chapter, 2);
+    assert_eq!(
+        rendered_keys(&report, &out),
+        BTreeSet::from(["ch02_p002_s1".to_owned()])
+    );
+    assert!(!out.join("ch-01").exists());
+    // A selector no chapter of the book has is a usage error, as for one chapter.
+    expect_stderr(
+        bin()
+            .arg("run")
+            .arg(&book)
+            .args(["--sim", "--only", "ch03", "--out"])
+            .arg(&out),
+        2,
+        predicate::str::contains("--only ch03 matches no job"),
+    );
+}
