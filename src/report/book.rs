@@ -1,7 +1,8 @@
 //! The book summary of a run of several chapters: `<out>/reports/<run-id>.json` (the
 //! chapters, their totals and reports, the book's totals) and `<run-id>.html` beside it (a
 //! table linking every chapter's contact sheet). Each chapter keeps its own report and
-//! contact sheet in `<out>/ch-XX/reports/`, as a one-chapter run writes them.
+//! contact sheet in `<out>/ch-XX/reports/`, as a one-chapter run writes them. Schema:
+//! `docs/book.schema.json`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -150,6 +150,11 @@ async fn a_folder_of_manifests_runs_as_one_book_on_one_socket_per_server() {
     let book_summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&book_json).unwrap()).unwrap();
     assert_eq!(book_summary["kind"], "book");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("docs/book.schema.json")).unwrap())
+            .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    crate::report_schema::assert_valid(&validator, &book_summary);
     assert_eq!(book_summary["totals"]["succeeded"], 7);
     assert_eq!(book_summary["chapters"][1]["chapter"], 2);
     assert_eq!(book_summary["chapters"][1]["totals"]["jobs"], 2);
