@@ -394,6 +394,36 @@ async fn the_indexed_job_renders_shards_into_one_shared_root_and_merges_them() {
         .filter(|f| f.contains("/raw/comfyui/") && has_extension(f, "png"))
         .collect();
     assert_eq!(images.len(), 10, "{images:?}");
+    // Each chapter's ledger took the records of every pod of the first night, whole lines,
+    // interleaved: one `submitted` per job of the chapter, from as many runs as pods had
+    // jobs of it.
+    for (chapter, jobs) in &single {
+        let ledger =
+            std::fs::read_to_string(root.join(format!("ch-{chapter:02}/ledger.jsonl"))).unwrap();
+        let records: Vec<Value> = ledger
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        let submitted: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["event"] == "submitted")
+            .collect();
+        let keys: BTreeSet<&str> = submitted
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(submitted.len(), jobs.len());
+        assert_eq!(keys, jobs.keys().map(String::as_str).collect());
+        let runs: BTreeSet<&str> = submitted
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap())
+            .collect();
+        let pods: BTreeSet<u32> = jobs
+            .keys()
+            .map(|k| plasma_batch::shard::Shard::of_key(k, count as u32))
+            .collect();
+        assert_eq!(runs.len(), pods.len(), "chapter {chapter}");
+    }
     a.stop().await;
     b.stop().await;
 }
