@@ -394,10 +394,16 @@ async fn the_indexed_job_renders_shards_into_one_shared_root_and_merges_them() {
         .filter(|f| f.contains("/raw/comfyui/") && has_extension(f, "png"))
         .collect();
     assert_eq!(images.len(), 10, "{images:?}");
-    // Each chapter's ledger took the records of every pod of the first night, whole lines,
-    // interleaved: one `submitted` per job of the chapter, from as many runs as pods had
-    // jobs of it.
-    for (chapter, jobs) in &single {
+    check_shared_ledgers(&root, &single, count as u32);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Each chapter's ledger in the shared `root` took the records of every pod of the first
+/// night, whole lines, interleaved: one `submitted` per job of the chapter, from as many runs
+/// as pods had jobs of it.
+fn check_shared_ledgers(root: &Path, single: &BTreeMap<u16, BTreeMap<String, String>>, count: u32) {
+    for (chapter, jobs) in single {
         let ledger =
             std::fs::read_to_string(root.join(format!("ch-{chapter:02}/ledger.jsonl"))).unwrap();
         let records: Vec<Value> = ledger
@@ -420,12 +426,10 @@ async fn the_indexed_job_renders_shards_into_one_shared_root_and_merges_them() {
             .collect();
         let pods: BTreeSet<u32> = jobs
             .keys()
-            .map(|k| plasma_batch::shard::Shard::of_key(k, count as u32))
+            .map(|k| plasma_batch::shard::Shard::of_key(k, count))
             .collect();
         assert_eq!(runs.len(), pods.len(), "chapter {chapter}");
     }
-    a.stop().await;
-    b.stop().await;
 }
 
 fn copy_tree(from: &Path, to: &Path) {
