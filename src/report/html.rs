@@ -33,6 +33,18 @@ pub fn write_contact_sheet(
     thumbs: &Path,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
+    write_contact_sheet_from(report, &[(out_root, thumbs)], &|_| 0, out)
+}
+
+/// [`write_contact_sheet`] of a report whose images lie under several output roots (a
+/// merge of shards that each wrote their own): `roots` are each root with its thumbnail
+/// pack, `root_of` says which one a job's images are under.
+pub fn write_contact_sheet_from(
+    report: &RunReport,
+    roots: &[(&Path, &Path)],
+    root_of: &dyn Fn(&JobReport) -> usize,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut html = String::with_capacity(2 * FLUSH_AT);
     let title = format!(
         "Chapter {}{} — run {}",
@@ -84,19 +96,23 @@ table.sweep td .card{{margin-bottom:6px}}
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
     );
-    let mut thumbs = ThumbReader::open(thumbs);
+    let mut readers: Vec<ThumbReader> = roots
+        .iter()
+        .map(|(_, thumbs)| ThumbReader::open(thumbs))
+        .collect();
     // By page, jobs in report order within a page.
     let mut order: Vec<&JobReport> = report.jobs.iter().collect();
     order.sort_by_key(|j| j.page);
     for page in order.chunk_by(|a, b| a.page == b.page) {
         let _ = writeln!(html, "<h2>Page {}</h2>", page[0].page);
         if page.iter().any(|j| !j.params.sweep.is_empty()) {
-            sweep_grids(&mut html, page, out_root, &mut thumbs, out)?;
+            sweep_grids(&mut html, page, roots, root_of, &mut readers, out)?;
             continue;
         }
         html.push_str("<div class=\"grid\">\n");
         for job in page {
-            card(&mut html, job, out_root, &mut thumbs);
+            let at = root_of(job).min(roots.len() - 1);
+            card(&mut html, job, roots[at].0, &mut readers[at]);
             // A page can hold thousands of cards: write in steps of ~32 KiB, so the sheet
             // never holds more than that (and one thumbnail) in memory.
             if html.len() >= FLUSH_AT {
@@ -118,8 +134,9 @@ table.sweep td .card{{margin-bottom:6px}}
 fn sweep_grids(
     html: &mut String,
     page: &[&JobReport],
-    out_root: &Path,
-    thumbs: &mut ThumbReader,
+    roots: &[(&Path, &Path)],
+    root_of: &dyn Fn(&JobReport) -> usize,
+    readers: &mut [ThumbReader],
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let axes = sweep::axes_of(page.iter().map(|j| &j.params.sweep[..]));
@@ -183,7 +200,8 @@ fn sweep_grids(
                 }
                 html.push('>');
                 for job in cells.get(&(rest.clone(), y, x)).into_iter().flatten() {
-                    card(html, job, out_root, thumbs);
+                    let at = root_of(job).min(roots.len() - 1);
+                    card(html, job, roots[at].0, &mut readers[at]);
                     if html.len() >= FLUSH_AT {
                         out.write_all(html.as_bytes())?;
                         html.clear();
@@ -272,7 +290,7 @@ fn vars_text(vars: &std::collections::BTreeMap<String, VarValue>) -> String {
     text
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

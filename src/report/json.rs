@@ -26,6 +26,7 @@ use crate::output::{PathError, write_atomic_with};
 use crate::params;
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
+use crate::shard::Shard;
 use crate::time::rfc3339;
 use crate::workflow::Workflow;
 use crate::workflow::canonical::JobHash;
@@ -50,7 +51,45 @@ pub struct RunReport {
     pub started_at: String,
     pub ended_at: Option<String>,
     pub totals: Totals,
+    /// Set when the run was one shard of a book (`run --shard K/N`): which one, and the key
+    /// of every job the chapter planned over all shards, which `report merge` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// Set on a report made by `report merge`: the shard reports it combines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedFrom>,
     pub jobs: Vec<JobReport>,
+}
+
+/// Which shard a run was, and what the whole chapter planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// From 0 to `count - 1`.
+    pub index: u32,
+    pub count: u32,
+    /// Every planned job key of the chapter (after `--only`), all shards together.
+    pub planned: Vec<String>,
+}
+
+impl ShardRecord {
+    pub fn shard(&self) -> Shard {
+        Shard {
+            index: self.index,
+            count: self.count,
+        }
+    }
+}
+
+/// One shard report a merged report was made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedFrom {
+    pub run_id: String,
+    /// `K/N`.
+    pub shard: String,
+    /// The report file, as given to `report merge`.
+    pub report: String,
+    /// The output root its image paths are relative to.
+    pub output_root: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,6 +305,19 @@ impl JobReport {
             chapter,
             ..(*self.job).clone()
         }
+    }
+}
+
+impl Totals {
+    /// Add `other`'s counts to these (a book's totals are its chapters').
+    pub fn add(&mut self, other: &Totals) {
+        self.jobs += other.jobs;
+        self.succeeded += other.succeeded;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.cancelled += other.cancelled;
+        self.pending += other.pending;
     }
 }
 
@@ -652,6 +704,8 @@ mod tests {
             started_at: rfc3339(SystemTime::UNIX_EPOCH),
             ended_at: None,
             totals: Totals::default(),
+            shard: None,
+            merged_from: Vec::new(),
             jobs: (1..=jobs)
                 .map(|i| JobReport::pending(&Arc::new(job(i))))
                 .collect(),

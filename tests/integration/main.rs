@@ -3,7 +3,9 @@
 mod architecture;
 mod auth;
 mod bind;
+mod book;
 mod cli;
+mod examples;
 mod exit_codes;
 mod faults;
 mod faults_outage;
