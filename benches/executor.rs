@@ -2,7 +2,10 @@
 //! on the same simulator settings, plus the planning cost of a 100,000-job manifest.
 //!
 //! `cargo bench --bench executor` runs every scenario; `cargo bench --bench executor -- b e10k`
-//! (or `PLASMA_BENCH=b,e10k`) runs some. Scenarios: a b c d e1k e10k planning.
+//! (or `PLASMA_BENCH=b,e10k`) runs some. Scenarios: a b c d e1k e10k planning, and, only
+//! when named (`-- shards`), the sharded book: 10,000 jobs in 10 chapters over 16
+//! simulators, rendered by 4 `run --shard K/4` processes at once into one output root, then
+//! `report merge`.
 //!
 //! Each (scenario, client) runs in a fresh child process (this binary re-executed with
 //! `--child`), and the simulators of a scenario run in a grandchild (`--sim`), so a peak RSS
@@ -126,6 +129,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("--sim") => return serve_sims(&args[1..]),
         Some("--child") => return child(&args[1], &args[2]),
+        Some("--shard-child") => return shard_child(&args[1..]),
+        Some("--merge-child") => return merge_child(&args[1..]),
         _ => {}
     }
     // `cargo bench` passes `--bench`; anything else not starting with `-` names a scenario.
@@ -200,29 +205,38 @@ fn main() {
         }
     }
     if runs("planning") {
-        let result = run_child("planning", "plan");
-        let ok = result.wall < 1.0;
-        failed |= !ok;
-        println!(
-            "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7} {:>7.2} {:>7}  {} < 1 s",
-            "expand+hash",
-            PLANNING_PAGES * PLANNING_VARIANTS,
-            result.wall,
-            "-",
-            "-",
-            f64::from(PLANNING_PAGES * PLANNING_VARIANTS) / result.wall,
-            result.rss_kb as f64 / 1024.0,
-            "-",
-            result.cpu_ms as f64 / 1000.0,
-            "-",
-            if ok { "PASS" } else { "FAIL" }
-        );
+        failed |= !planning();
+    }
+    // Not part of a plain run (it takes a minute or two): `-- shards` or PLASMA_BENCH=shards.
+    if wanted.iter().any(|w| w == "shards") {
+        failed |= !sharded();
     }
     if failed {
         println!("some targets were missed");
     }
     // A static is never dropped: remove the children's images now.
     let _ = std::fs::remove_dir_all(output_root());
+}
+
+/// The planning scenario in its own process; prints its line, true when it met its target.
+fn planning() -> bool {
+    let result = run_child("planning", "plan");
+    let ok = result.wall < 1.0;
+    println!(
+        "plan  {:<13} {:>6} {:>8.2} {:>8} {:>6} {:>8.0} {:>8.1} {:>7} {:>7.2} {:>7}  {} < 1 s",
+        "expand+hash",
+        PLANNING_PAGES * PLANNING_VARIANTS,
+        result.wall,
+        "-",
+        "-",
+        f64::from(PLANNING_PAGES * PLANNING_VARIANTS) / result.wall,
+        result.rss_kb as f64 / 1024.0,
+        "-",
+        result.cpu_ms as f64 / 1000.0,
+        "-",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    ok
 }
 
 /// plasma-batch's target for a scenario, and how it reads.
@@ -630,8 +644,20 @@ fn planning_manifest(dir: &Path) -> PathBuf {
 }
 
 fn manifest(dir: &Path, pages: u32, variants: u32, steps: u32, size: u32) -> PathBuf {
+    chapter_manifest(dir, 1, pages, variants, steps, size)
+}
+
+/// Chapter `chapter` of `pages` pages of `variants` variants, as `dir/chNN.toml`.
+fn chapter_manifest(
+    dir: &Path,
+    chapter: u16,
+    pages: u32,
+    variants: u32,
+    steps: u32,
+    size: u32,
+) -> PathBuf {
     let mut text = format!(
-        "[chapter]\nnumber = 1\nseed = 7\n\n[defaults]\nworkflow = '{}'\nvariants = {variants}\nsteps = {steps}\nwidth = {size}\nheight = {size}\n",
+        "[chapter]\nnumber = {chapter}\nseed = 7\n\n[defaults]\nworkflow = '{}'\nvariants = {variants}\nsteps = {steps}\nwidth = {size}\nheight = {size}\n",
         workflow_path().display()
     );
     for page in 1..=pages {
@@ -640,7 +666,198 @@ fn manifest(dir: &Path, pages: u32, variants: u32, steps: u32, size: u32) -> Pat
             "\n[[pages]]\npage = {page}\nprompt = \"page {page}: a lighthouse at dusk, ink\"\n"
         );
     }
-    let path = dir.join("chapter.toml");
+    let path = dir.join(format!("ch{chapter:02}.toml"));
     std::fs::write(&path, text).expect("write the manifest");
     path
+}
+
+/// The sharded book: 10 chapters of 10 pages x 100 variants, 40 ms renders, 16 simulators,
+/// 4 shards.
+const SHARDED: Scenario = Scenario {
+    name: "shards",
+    what: "book, 10,000 jobs, 16 simulators, 4 shards at once, 40 ms render",
+    jobs: 10_000,
+    sims: 16,
+    steps: 10,
+    step_ms: 4,
+    latency_ms: 0,
+    size: 64,
+};
+const SHARDS: u32 = 4;
+const BOOK_CHAPTERS: u16 = 10;
+
+/// Run the sharded book: every shard in its own process (`--shard-child`, the binary's own
+/// `run` command line), all at once, then `report merge` (`--merge-child`). Prints a line per
+/// shard and one for the book; true when every job succeeded and the merge holds them all.
+fn sharded() -> bool {
+    let s = SHARDED;
+    println!("{}: {}", s.name, s.what);
+    let base = output_root().join("shards");
+    let book = base.join("book");
+    std::fs::create_dir_all(&book).expect("book folder");
+    let per_chapter = s.jobs as u32 / u32::from(BOOK_CHAPTERS);
+    for chapter in 1..=BOOK_CHAPTERS {
+        chapter_manifest(&book, chapter, per_chapter / 100, 100, s.steps, s.size);
+    }
+    let root = base.join("out");
+    let (sims, urls) = start_sims(&s);
+    let exe = std::env::current_exe().expect("own path");
+    let started = Instant::now();
+    let children: Vec<Child> = (0..SHARDS)
+        .map(|k| {
+            Command::new(&exe)
+                .args(["--shard-child", &format!("{k}/{SHARDS}")])
+                .arg(&book)
+                .arg(&root)
+                .arg(urls.join(","))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start a shard")
+        })
+        .collect();
+    let mut ok = true;
+    let mut shard_lines = Vec::new();
+    for (k, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().expect("a shard ends");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| panic!("shard {k} printed no result: {text}"))
+            .split_whitespace()
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        // wall, rss kB, exit code, jobs, cpu ms
+        ok &= fields[2] == 0.0;
+        shard_lines.push(fields);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (idle_ms, sim_cpu) = sims.stop();
+    for (k, f) in shard_lines.iter().enumerate() {
+        println!(
+            "  shard {k}/{SHARDS}: {:>5} jobs  wall {:>6.2} s  peak RSS {:>5.1} MB  CPU {:>6.2} s  exit {}",
+            f[3],
+            f[0],
+            f[1] / 1024.0,
+            f[4] / 1000.0,
+            f[2]
+        );
+    }
+    let eff = s.ideal_secs() / wall;
+    println!(
+        "  book: {} jobs  wall {wall:.2} s  servers' limit {:.2} s  eff {eff:.3}  {:.0} jobs/s  sim idle {:.2} s  sim CPU {:.2} s",
+        s.jobs,
+        s.ideal_secs(),
+        s.jobs as f64 / wall,
+        idle_ms as f64 / 1000.0,
+        sim_cpu as f64 / 1000.0
+    );
+    let merged = base.join("merged");
+    let output = Command::new(&exe)
+        .arg("--merge-child")
+        .arg(root.join("reports"))
+        .arg(&merged)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the merge");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("the merge printed no result: {text}"))
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    let merged_ok = fields[2] == 0.0 && (fields[3] - s.jobs as f64).abs() < 0.5;
+    ok &= merged_ok;
+    println!(
+        "  merge: {} reports -> {} chapters, {} jobs succeeded  wall {:.2} s  peak RSS {:.1} MB  exit {}",
+        SHARDS * u32::from(BOOK_CHAPTERS),
+        BOOK_CHAPTERS,
+        fields[3],
+        fields[0],
+        fields[1] / 1024.0,
+        fields[2]
+    );
+    println!(
+        "  {}",
+        if ok {
+            "PASS every job rendered once and merged"
+        } else {
+            "FAIL a shard or the merge did not finish clean"
+        }
+    );
+    ok
+}
+
+/// `--shard-child K/N BOOK ROOT URLS`: `plasma-batch run BOOK --shard K/N --out ROOT --server
+/// ...` through the binary's own command code; prints `RESULT wall rss_kb exit jobs cpu_ms`.
+fn shard_child(args: &[String]) {
+    use clap::Parser as _;
+    let mut line = vec![
+        "plasma-batch".to_owned(),
+        "run".to_owned(),
+        args[1].clone(),
+        "--shard".to_owned(),
+        args[0].clone(),
+        "--out".to_owned(),
+        args[2].clone(),
+        "--json".to_owned(),
+    ];
+    for url in args[3].split(',') {
+        line.extend(["--server".to_owned(), url.to_owned()]);
+    }
+    let cli = plasma_batch::cli::Cli::parse_from(line);
+    let shard = plasma_batch::shard::Shard::parse(&args[0], |_| None).expect("K/N");
+    let rt = runtime();
+    let started = Instant::now();
+    let result = rt.block_on(plasma_batch::cmd::execute(cli));
+    let wall = started.elapsed().as_secs_f64();
+    let code = plasma_batch::cmd::finish(result, &mut std::io::stderr());
+    // This shard's share of the book, by the rule `run` used.
+    let book = Path::new(&args[1]);
+    let jobs: usize = (1..=BOOK_CHAPTERS)
+        .map(|c| {
+            load_plan(&book.join(format!("ch{c:02}.toml")))
+                .expect("the book plans")
+                .jobs
+                .iter()
+                .filter(|j| shard.selects(&j.key))
+                .count()
+        })
+        .sum();
+    rt.shutdown_background();
+    println!("RESULT {wall} {} {code} {jobs} {}", peak_rss_kb(), cpu_ms());
+}
+
+/// `--merge-child REPORTS OUT`: `plasma-batch report merge REPORTS --out OUT --json`; prints
+/// `RESULT wall rss_kb exit succeeded`.
+fn merge_child(args: &[String]) {
+    use clap::Parser as _;
+    let cli = plasma_batch::cli::Cli::parse_from([
+        "plasma-batch",
+        "report",
+        "merge",
+        &args[0],
+        "--out",
+        &args[1],
+        "--json",
+    ]);
+    let rt = runtime();
+    let started = Instant::now();
+    let result = rt.block_on(plasma_batch::cmd::execute(cli));
+    let wall = started.elapsed().as_secs_f64();
+    let code = plasma_batch::cmd::finish(result, &mut std::io::stderr());
+    let rss = peak_rss_kb();
+    let succeeded: usize = (1..=BOOK_CHAPTERS)
+        .map(|c| {
+            plasma_batch::report::RunReport::read(
+                &Path::new(&args[1]).join(format!("ch-{c:02}.json")),
+            )
+            .map_or(0, |r| r.totals.succeeded)
+        })
+        .sum();
+    println!("RESULT {wall} {rss} {code} {succeeded}");
 }

@@ -27,6 +27,33 @@ pub enum Command {
     Sim(SimArgs),
     /// Serve the HTTP job service: submit single panels as JSON, poll for the image.
     Serve(ServeArgs),
+    /// Work with run reports (`report merge`: the shards of a chapter into one report).
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Combine the shard reports of each chapter (`run --shard K/N`) into one report and
+    /// contact sheet; fails naming the keys when a planned job is in no report or in two.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard reports (`<out>/ch-XX/reports/<run-id>.json`), book summaries of shard runs
+    /// (`<out>/reports/<run-id>.json`), or folders of either (every `*.json` directly inside).
+    #[arg(value_name = "REPORT", required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Where the merged reports go: `DIR/ch-XX.json` and the contact sheet `DIR/ch-XX.html`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Of several reports of one shard (a folder that keeps every run's), take the newest.
+    #[arg(long)]
+    pub newest: bool,
+    /// Print the merged reports and totals as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -53,8 +80,10 @@ pub struct PlanArgs {
 )]
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The chapter manifest (TOML).
-    pub manifest: PathBuf,
+    /// Chapter manifests (TOML), or folders of them (every `*.toml` directly inside): all
+    /// of them run together as one book, each chapter with its own report.
+    #[arg(value_name = "MANIFEST", required = true)]
+    pub manifests: Vec<PathBuf>,
     /// ComfyUI server URL (repeatable). Overrides `[comfy] servers` and `PLASMA_COMFY_URL`.
     #[arg(long = "server", value_name = "URL")]
     pub servers: Vec<String>,
@@ -71,7 +100,7 @@ pub struct RunArgs {
     /// pace needs: more only while renders are shorter than a round trip).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
-    /// Only run the jobs of KEY (repeatable): a chapter, page or job key, e.g. `ch01_p003`.
+    /// Only run the jobs of KEY (repeatable): a chapter, page, sweep point or job key, e.g. `ch01_p003`.
     #[arg(long = "only", value_name = "KEY")]
     pub only: Vec<String>,
     /// Render every selected job again as new versions, even if the ledger has its image.
@@ -90,13 +119,19 @@ pub struct RunArgs {
     /// Print the report path and totals as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    // Books and shards.
+    /// Render only shard K of N (K from 0 to N-1): the jobs whose key hashes to K, so N
+    /// processes render disjoint parts of the book. K may name an environment variable that
+    /// holds it: `--shard JOB_COMPLETION_INDEX/4`.
+    #[arg(long, value_name = "K/N", env = crate::shard::SHARD_ENV)]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RerunArgs {
     /// A run report (`<out>/ch-XX/reports/<run-id>.json`).
     pub report: PathBuf,
-    /// Only the jobs of KEY (repeatable; a chapter, page or job key); default: every job.
+    /// Only the jobs of KEY (repeatable; a chapter, page, sweep point or job key); default: every job.
     #[arg(long = "job", value_name = "KEY")]
     pub jobs: Vec<String>,
     /// ComfyUI server URL (repeatable); default: the servers the report names.

@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod report;
 pub mod runner;
 pub mod serve;
+pub mod shard;
 pub mod sim;
 pub mod time;
 pub mod workflow;

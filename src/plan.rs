@@ -17,17 +17,22 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::{Problem, did_you_mean};
-use crate::manifest::model::{LoraSetting, Page, PageSeeds, VarValue};
+use crate::manifest::model::{LoraSetting, Page, PageSeeds, Settings, VarValue};
 use crate::manifest::read::read_bounded;
+use crate::manifest::sweep::{AxisValue, point_text};
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
+    DEFAULT_WIDTH, LoraParams, filename_prefix, swept_job_key,
 };
+use crate::workflow::bind::{Binding, Bindings, Kind};
 use crate::workflow::canonical::JobHash;
+use crate::workflow::lora_chain::{find_anchor, no_anchor_problem};
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotName, SlotValues, Template, Variant, Workflow};
+
+mod sweep;
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -142,12 +147,31 @@ pub struct PageParams {
     pub width: u32,
     pub height: u32,
     pub lora: Option<LoraParams>,
+    /// A `loras` stack, in chain order (one `LoraLoader` each in the workflow sent); empty
+    /// and left out of the JSON when the page has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraParams>,
     /// The manifest variables the job's workflow uses, by name, as filled in (the page's
     /// value, else `[defaults]`'s). Not written when there are none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, VarValue>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
+    /// A swept page's axis values for this job's sweep point, in axis order (absent when the
+    /// page has no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<AxisValue>,
+}
+
+impl PageParams {
+    /// The LoRA file names the job uses, in chain order: its `lora`, or its `loras` stack.
+    pub fn lora_names(&self) -> Vec<&str> {
+        self.lora
+            .iter()
+            .chain(&self.loras)
+            .map(|l| l.name.as_str())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +192,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
     let templates = load_templates(&parsed, base, &mut problems);
+    unused_bindings(&parsed, &mut problems);
     let checked = if parsed.defaults_complete {
         expand(&parsed, &templates)
     } else {
@@ -219,8 +244,9 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
             // Any path is allowed (shared templates live outside the chapter's folder), but
             // only a regular file of bounded size, and its bytes are never shown unless they
             // look like JSON (see `Template::parse`).
+            let bindings = bindings_for(manifest, written.get_ref());
             match read_bounded(&path, MAX_TEMPLATE_BYTES) {
-                Ok(bytes) => match Template::parse(&shown, bytes) {
+                Ok(bytes) => match Template::parse_bound(&shown, bytes, bindings.as_ref()) {
                     Ok(template) => {
                         templates.insert(written.get_ref().clone(), template);
                     }
@@ -252,6 +278,76 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
         }
     }
     templates
+}
+
+/// The `[bind."<path>"]` bindings of the workflow written as `written`, if it has any.
+fn bindings_for(manifest: &Manifest, written: &str) -> Option<Bindings> {
+    let bind = manifest
+        .bind
+        .iter()
+        .find(|b| b.workflow.get_ref() == written)?;
+    let list = bind
+        .inputs
+        .iter()
+        .map(|input| Binding {
+            name: input.name.get_ref().clone(),
+            name_span: input.name.span(),
+            target: input.target.get_ref().clone(),
+            target_span: input.target.span(),
+        })
+        .collect();
+    let vars = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| s.vars.iter())
+        .map(|(name, value)| {
+            let kind = match value.get_ref() {
+                VarValue::Int(_) => Kind::Integer,
+                VarValue::Float(_) => Kind::Number,
+                VarValue::Str(_) => Kind::String,
+                VarValue::Bool(_) => Kind::Boolean,
+            };
+            (name.clone(), kind)
+        });
+    Some(Bindings::new(manifest.file.clone(), list, vars))
+}
+
+/// A `[bind."<path>"]` table for a workflow no page uses: a typo, most likely.
+fn unused_bindings(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    // A page or default left out for a problem may be the one that names the workflow.
+    if !(manifest.pages_complete && manifest.defaults_complete) {
+        return;
+    }
+    let written: BTreeSet<&str> = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| [&s.workflow, &s.lora_workflow])
+        .flatten()
+        .map(|w| w.get_ref().as_str())
+        .collect();
+    for bind in &manifest.bind {
+        let path = bind.workflow.get_ref();
+        if written.contains(path.as_str()) {
+            continue;
+        }
+        let paths: Vec<&str> = written.iter().copied().collect();
+        let help = match did_you_mean(path, &paths) {
+            Some(close) => format!("did you mean `[bind.\"{close}\"]`?"),
+            None if paths.is_empty() => "no workflow is named in this manifest".to_owned(),
+            None => format!(
+                "key `[bind]` tables by a `workflow` or `lora_workflow` path exactly as written: {}",
+                paths.join(", ")
+            ),
+        };
+        problems.push(
+            Problem::at(
+                "bind::unused_workflow",
+                &manifest.file,
+                bind.workflow.span(),
+                format!("no page uses workflow `{path}`, so its bindings bind nothing"),
+                "no `workflow` or `lora_workflow` is written like this",
+            )
+            .with_help(help),
+        );
+    }
 }
 
 /// `a/b/../c` -> `a/c`, for display only (the file is read through the path as joined).
@@ -291,18 +387,38 @@ struct Resolved<'m> {
     workflow: Option<&'m toml::Spanned<String>>,
     output_node: Option<&'m toml::Spanned<String>>,
     lora: Option<(&'m LoraParams, Range<usize>)>,
+    /// A `loras` stack (maybe empty, which uses no LoRA) and where it was written.
+    stack: Option<(&'m [LoraParams], Range<usize>)>,
+}
+
+/// A table's LoRA setting: `Some(None)` is `lora = false`.
+type LoraChoice<'m> = Option<Option<Loras<'m>>>;
+
+#[derive(Clone)]
+enum Loras<'m> {
+    One(&'m LoraParams, Range<usize>),
+    Stack(&'m [LoraParams], Range<usize>),
+}
+
+fn lora_choice(settings: &Settings) -> LoraChoice<'_> {
+    if let Some(stack) = &settings.loras {
+        return Some(Some(Loras::Stack(stack.get_ref(), stack.span())));
+    }
+    settings.lora.as_ref().map(|l| match l.get_ref() {
+        LoraSetting::Use(params) => Some(Loras::One(params, l.span())),
+        LoraSetting::Off => None,
+    })
 }
 
 fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
     let (d, s) = (&manifest.defaults, &page.settings);
-    let lora = s
-        .lora
-        .as_ref()
-        .or(d.lora.as_ref())
-        .and_then(|l| match l.get_ref() {
-            LoraSetting::Use(params) => Some((params, l.span())),
-            LoraSetting::Off => None,
-        });
+    // A page's `lora` or `loras` replaces whichever of the two `[defaults]` has.
+    let choice = lora_choice(s).or_else(|| lora_choice(d)).flatten();
+    let (lora, stack) = match choice {
+        Some(Loras::One(params, span)) => (Some((params, span)), None),
+        Some(Loras::Stack(stack, span)) => (None, Some((stack, span))),
+        None => (None, None),
+    };
     // A page's own `workflow` wins; a page with a LoRA then takes `lora_workflow` if any.
     let workflow = s.workflow.as_ref().or_else(|| {
         lora.as_ref()
@@ -314,6 +430,7 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
         workflow,
         output_node: s.output_node.as_ref().or(d.output_node.as_ref()),
         lora,
+        stack,
     }
 }
 
@@ -391,6 +508,58 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             }
             None => template.save_nodes().into(),
         };
+        let mut chain = None;
+        if let Some((stack, span)) = &r.stack {
+            if template.lora_placeholder().is_some() {
+                if reported.insert(("stack_slots", written.get_ref().clone(), span.start)) {
+                    problems.push(
+                        Problem::at(
+                            "manifest::loras_with_lora_slots",
+                            &manifest.file,
+                            span.clone(),
+                            format!(
+                                "page {} has `loras`, but workflow `{}` has `{{{{lora_name}}}}` \
+                                 slots, which a stack does not fill",
+                                r.page.page,
+                                template.file().name()
+                            ),
+                            "a stack is chained into the workflow",
+                        )
+                        .with_help(
+                            "use a workflow without LoRA slots (e.g. workflows/txt2img.json): \
+                             the stack's LoraLoader nodes are inserted after the checkpoint \
+                             loader",
+                        ),
+                    );
+                }
+                continue;
+            }
+            if !stack.is_empty() {
+                let named = manifest
+                    .bind
+                    .iter()
+                    .find(|b| b.workflow.get_ref() == written.get_ref())
+                    .and_then(|b| b.lora_anchor.as_ref());
+                let reference = named.map(|n| n.get_ref().as_str());
+                match find_anchor(template.graph(), reference) {
+                    Ok(anchor) => chain = Some((anchor, *stack)),
+                    Err(error) => {
+                        let at = named.map_or(span.clone(), toml::Spanned::span);
+                        if reported.insert(("anchor", written.get_ref().clone(), at.start)) {
+                            problems.push(no_anchor_problem(
+                                &error,
+                                template.graph(),
+                                reference,
+                                template.file().name(),
+                                &manifest.file,
+                                at,
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
         match &r.lora {
             Some((_, span)) if !template.uses(Placeholder::LoraName) => {
                 if reported.insert(("lora_ignored", written.get_ref().clone(), span.start)) {
@@ -414,7 +583,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                 }
                 continue;
             }
-            None if template.lora_placeholder().is_some() => {
+            None if r.stack.is_none() && template.lora_placeholder().is_some() => {
                 lacking_lora
                     .entry(written.get_ref().as_str())
                     .or_default()
@@ -427,6 +596,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             resolved: r,
             template,
             output_nodes,
+            chain,
         });
     }
     for (written, pages) in lacking_lora {
@@ -584,6 +754,8 @@ struct PageWork<'m> {
     resolved: &'m Resolved<'m>,
     template: &'m Template,
     output_nodes: Arc<[String]>,
+    /// A non-empty LoRA stack and the node it follows.
+    chain: Option<(String, &'m [LoraParams])>,
 }
 
 /// Pages per thread below which threads are not worth starting.
@@ -599,7 +771,9 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
         for w in pages {
-            page_jobs(manifest, w, &mut jobs);
+            for point in sweep::points(manifest, w.resolved.page) {
+                page_jobs(manifest, w, point, &mut jobs);
+            }
         }
         jobs
     };
@@ -626,10 +800,21 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
-    let (r, template) = (work.resolved, work.template);
-    let (d, s) = (&manifest.defaults, &r.page.settings);
+/// The jobs of one page (or of one sweep point of it), appended in variant order.
+fn page_jobs(
+    manifest: &Manifest,
+    work: &PageWork<'_>,
+    point: sweep::Point,
+    jobs: &mut Vec<Arc<Job>>,
+) {
+    let r = work.resolved;
+    // A stack makes the page's own template: the file's graph with the chain in it.
+    let chained = work.chain.as_ref().map(|(anchor, stack)| {
+        let graph = crate::workflow::lora_chain::chain(work.template.graph(), anchor, stack);
+        work.template.derive(&graph)
+    });
+    let template = chained.as_ref().unwrap_or(work.template);
+    let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
     let seeds: Vec<(u64, SeedSource)> = match &r.page.seeds {
@@ -664,6 +849,11 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         width: s.width.or(d.width).unwrap_or(DEFAULT_WIDTH),
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
+        loras: r
+            .stack
+            .as_ref()
+            .map(|(s, _)| s.to_vec())
+            .unwrap_or_default(),
         vars: template
             .vars()
             .filter_map(|name| {
@@ -672,12 +862,14 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
             })
             .collect(),
         workflow_path: Path::new(template.file().name()).into(),
+        sweep: point.values,
     });
+    let point_text = point_text(&base.sweep);
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
-        let key = job_key(chapter, page, variant);
+        let key = swept_job_key(chapter, page, &point_text, variant);
         let params = JobParams {
             page: base.clone(),
             filename_prefix: filename_prefix(chapter, &key).into(),
@@ -852,6 +1044,37 @@ mod tests {
     }
 
     #[test]
+    fn a_page_stack_replaces_the_default_lora_and_uses_the_plain_workflow() {
+        let jobs = expand_text(&format!(
+            "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nloras = [{{ name = \"x\" }}, {{ name = \"y\" }}]\n\
+             [[pages]]\npage = 2\nprompt = \"b\"\nloras = []\n[[pages]]\npage = 3\nprompt = \"c\"\n"
+        ))
+        .unwrap();
+        let loaders = |job: &Job| {
+            let sent = job.workflow.to_value();
+            let mut names: Vec<String> = sent
+                .as_object()
+                .unwrap()
+                .values()
+                .filter(|n| n["class_type"] == "LoraLoader")
+                .map(|n| n["inputs"]["lora_name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(&*jobs[0].params.workflow_path, Path::new("plain.json"));
+        assert!(jobs[0].params.lora.is_none());
+        assert_eq!(jobs[0].params.loras.len(), 2);
+        assert_eq!(loaders(&jobs[0]), ["x", "y"]);
+        assert_eq!(jobs[0].hash, job_hash(&jobs[0].workflow.to_value()));
+        assert_eq!(&*jobs[1].params.workflow_path, Path::new("plain.json"));
+        assert!(loaders(&jobs[1]).is_empty());
+        // The default single `lora` still takes the lora workflow.
+        assert_eq!(&*jobs[2].params.workflow_path, Path::new("lora.json"));
+        assert_eq!(loaders(&jobs[2]), ["ink.safetensors"]);
+    }
+
+    #[test]
     fn a_lora_page_on_a_plain_workflow_is_an_error() {
         let problems = expand_text(&format!(
             "{HEAD}[[pages]]\npage = 1\nprompt = \"a\"\nworkflow = \"plain.json\"\n"
@@ -867,6 +1090,42 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(problems[0].code(), "workflow::no_value");
+    }
+
+    #[test]
+    fn a_defaults_sweep_applies_to_every_page_but_one_that_opts_out() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\n\
+                    sweep = { steps = [10, 20] }\n\
+                    [[pages]]\npage = 1\nprompt = \"a\"\nseeds = [7, 8]\n\
+                    [[pages]]\npage = 2\nprompt = \"b\"\nsweep = {}\n\
+                    [[pages]]\npage = 3\nprompt = \"c\"\nsweep = { cfg = [4] }\n";
+        let jobs = expand_text(text).unwrap();
+        let keys: Vec<(&str, u64)> = jobs.iter().map(|j| (j.key.as_str(), j.seed)).collect();
+        let derived = |page| derive_seed(1, 0, page, 1);
+        assert_eq!(
+            keys,
+            [
+                ("ch01_p001_steps=10_s1", 7),
+                ("ch01_p001_steps=10_s2", 8),
+                ("ch01_p001_steps=20_s1", 7),
+                ("ch01_p001_steps=20_s2", 8),
+                ("ch01_p002_s1", derived(2)),
+                ("ch01_p003_cfg=4.0_s1", derived(3)),
+            ]
+        );
+        assert_eq!(jobs[2].workflow.to_value()["3"]["inputs"]["steps"], 20);
+        assert_eq!(jobs[2].params.steps, 20);
+        assert_eq!(jobs[5].workflow.to_value()["3"]["inputs"]["cfg"], 4.0);
+        assert_eq!(
+            jobs[5].params.steps, DEFAULT_STEPS,
+            "page 3's own sweep replaces the defaults'"
+        );
+        assert_eq!(
+            jobs[2].params.filename_prefix.as_ref(),
+            "plasma/ch01/ch01_p001_steps=20_s1"
+        );
+        let hashes: BTreeSet<_> = jobs.iter().map(|j| j.hash).collect();
+        assert_eq!(hashes.len(), jobs.len(), "every point sends something else");
     }
 
     #[test]

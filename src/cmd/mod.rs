@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod plan;
+pub mod report;
 pub mod rerun;
 pub mod run;
 pub mod serve;
@@ -23,5 +24,6 @@ pub async fn execute(cli: Cli) -> CmdResult {
         Command::Rerun(args) => rerun::rerun(args).await,
         Command::Sim(args) => sim::sim(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Report(crate::cli::ReportCommand::Merge(args)) => report::merge(&args),
     }
 }

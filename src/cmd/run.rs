@@ -13,9 +13,11 @@ use crate::comfy::{ComfyClient, http_client};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
 use crate::params;
-use crate::plan::{Job, load_plan};
+use crate::plan::{ComfySettings, Job, Plan, load_plan};
+use crate::report::Totals;
 use crate::report::progress::Mode;
-use crate::runner::{self, RunOptions, RunSummary};
+use crate::runner::{self, BookOptions, BookSummary, ChapterRun, RunSummary};
+use crate::shard::Shard;
 use crate::sim::{Sim, SimConfig};
 
 /// Environment variable naming the server(s), comma-separated; beaten by `--server`.
@@ -24,14 +26,36 @@ pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
 
 pub async fn run(args: RunArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest)?;
-    let jobs = select_jobs(plan.jobs, &args.only)?;
+    // Every manifest is read and checked before anything else happens.
+    let paths = manifest_paths(&args.manifests)?;
+    let is_book = paths.len() > 1 || args.manifests.iter().any(|p| p.is_dir());
+    let plans = load_plans(&paths)?;
+    let shard = args
+        .shard
+        .as_deref()
+        .map(|text| {
+            Shard::parse(text, |name| std::env::var(name).ok()).map_err(|message| {
+                CmdError::plain(
+                    Failure::Usage,
+                    format!("--shard {message}"),
+                    Some(
+                        "e.g. --shard 0/4 in the first of four processes, --shard 3/4 in the last",
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let comfy = book_settings(&plans, &args)?;
+    let selected = select_jobs(
+        plans.iter().flat_map(|p| p.jobs.iter().cloned()).collect(),
+        &args.only,
+    )?;
     // Flags are checked here; the manifest's values were checked where they were read.
     let timeout = args.timeout.map(check_timeout).transpose()?;
     let outage_window = outage_window(args.outage_window)?;
     // A depth set on the command line or in the manifest is fixed; otherwise it follows
     // the servers' pace (see `EngineConfig::in_flight_max`).
-    let depth = args.in_flight.or(plan.comfy.in_flight);
+    let depth = args.in_flight.or(comfy.in_flight);
     if depth.is_some_and(|n| !params::IN_FLIGHT.contains(&(n as i128))) {
         return Err(CmdError::plain(
             Failure::Usage,
@@ -39,19 +63,19 @@ pub async fn run(args: RunArgs) -> CmdResult {
             None,
         ));
     }
+    let chapters = chapter_runs(&plans, &selected, args.only.is_empty(), shard);
     // Every folder the run writes, checked before any server is asked.
-    let dirs = check_output(&args.out, plan.chapter)?;
+    let mut temp_dirs = Vec::new();
+    for chapter in &chapters {
+        temp_dirs.extend(check_output(&args.out, chapter.chapter)?.temp_dirs());
+    }
 
-    let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
+    let (sim, clients) = connect(args.sim, &args.servers, &comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
+    tokio::spawn(watch_signals(cancel_tx, temp_dirs));
 
-    let options = RunOptions {
+    let options = BookOptions {
         out_root: args.out.clone(),
-        chapter: plan.chapter,
-        title: plan.title.clone(),
-        manifest_path: plan.manifest_path.display().to_string(),
-        manifest_sha256: plan.manifest_sha256.clone(),
         force: args.force,
         only: args.only.clone(),
         simulator: args.sim,
@@ -63,10 +87,10 @@ pub async fn run(args: RunArgs) -> CmdResult {
                 outage_window,
             },
             manifest: Choices {
-                timeout: params::timeout(plan.comfy.timeout_secs),
-                in_flight: plan.comfy.in_flight,
-                retry_failed: Some(plan.comfy.retry_failed),
-                outage_window: plan.comfy.outage_window_secs.map(Duration::from_secs_f64),
+                timeout: params::timeout(comfy.timeout_secs),
+                in_flight: comfy.in_flight,
+                retry_failed: Some(comfy.retry_failed),
+                outage_window: comfy.outage_window_secs.map(Duration::from_secs_f64),
             },
         }),
         mode: if args.quiet || args.json {
@@ -76,15 +100,199 @@ pub async fn run(args: RunArgs) -> CmdResult {
         } else {
             Mode::Plain
         },
+        shard,
+        summary: is_book,
     };
-    let result = runner::run_jobs(options, clients, jobs, cancel_rx).await;
+    let result = runner::run_book(options, chapters, clients, cancel_rx).await;
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    let summary = result?;
-    let outcome = Outcome::of_run(&summary);
-    print_summary(&summary, outcome, args.json);
+    let book = result?;
+    let t = &book.totals;
+    let outcome = Outcome::ended(book.cancelled, t.failed + t.timed_out + t.cancelled > 0);
+    if is_book {
+        print_book(&book, shard, outcome, args.json);
+    } else {
+        print_summary(&book.chapters[0], shard, outcome, args.json);
+    }
     Ok(outcome)
+}
+
+/// The manifest files named: each file as given, and each folder's `*.toml` files (directly
+/// inside, by name). A folder without one is an input error.
+fn manifest_paths(given: &[PathBuf]) -> Result<Vec<PathBuf>, CmdError> {
+    let mut paths = Vec::new();
+    for path in given {
+        if !path.is_dir() {
+            paths.push(path.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| {
+            CmdError::plain(
+                Failure::InvalidInput,
+                format!(
+                    "failed to read the manifest folder `{}`: {e}",
+                    path.display()
+                ),
+                None,
+            )
+        })?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        if found.is_empty() {
+            return Err(CmdError::plain(
+                Failure::InvalidInput,
+                format!("the folder `{}` holds no `*.toml` manifest", path.display()),
+                Some("name manifest files, or a folder that holds chapter manifests"),
+            ));
+        }
+        found.sort();
+        paths.extend(found);
+    }
+    Ok(paths)
+}
+
+/// Every manifest planned; the problems of all of them at once, and two manifests of one
+/// chapter (their images, ledger and reports would be the same files) named together.
+fn load_plans(paths: &[PathBuf]) -> Result<Vec<Plan>, CmdError> {
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if plans.iter().any(|p| p.manifest_path == *path) {
+            continue;
+        }
+        match load_plan(path) {
+            Ok(plan) => plans.push(plan),
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.into());
+    }
+    let mut clashes = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if let Some(first) = plans[..i].iter().find(|p| p.chapter == plan.chapter) {
+            clashes.push(UserError::new(
+                format!(
+                    "`{}` and `{}` are both chapter {}",
+                    first.manifest_path.display(),
+                    plan.manifest_path.display(),
+                    plan.chapter
+                ),
+                Some("each chapter of a book has its own number ([chapter] number): renumber one, or run them separately".to_owned()),
+            ));
+        }
+    }
+    if clashes.is_empty() {
+        Ok(plans)
+    } else {
+        Err(CmdError::all(Failure::InvalidInput, clashes))
+    }
+}
+
+/// The `[comfy]` settings of a book: its manifests' servers together, and a timeout, depth,
+/// retry and outage window they agree on (one engine runs them all). Where they differ the
+/// flag decides; without one, it is an input error naming the manifests.
+fn book_settings(plans: &[Plan], args: &RunArgs) -> Result<ComfySettings, CmdError> {
+    let first = &plans[0].comfy;
+    let mut settings = first.clone();
+    let mut problems = Vec::new();
+    for plan in &plans[1..] {
+        let c = &plan.comfy;
+        for url in &c.servers {
+            if !settings.servers.contains(url) {
+                settings.servers.push(url.clone());
+            }
+        }
+        let differs = [
+            (
+                "timeout",
+                "--timeout",
+                args.timeout.is_none() && c.timeout_secs.to_bits() != first.timeout_secs.to_bits(),
+            ),
+            (
+                "in_flight",
+                "--in-flight",
+                args.in_flight.is_none() && c.in_flight != first.in_flight,
+            ),
+            (
+                "retry_failed",
+                "--retry-failed",
+                !args.retry_failed && c.retry_failed != first.retry_failed,
+            ),
+            (
+                "outage_window",
+                "--outage-window",
+                args.outage_window.is_none()
+                    && c.outage_window_secs.map(f64::to_bits)
+                        != first.outage_window_secs.map(f64::to_bits),
+            ),
+        ];
+        for (key, flag, _) in differs.iter().filter(|d| d.2) {
+            problems.push(UserError::new(
+                format!(
+                    "`{}` and `{}` set different [comfy] {key}; one run of a book uses one",
+                    plans[0].manifest_path.display(),
+                    plan.manifest_path.display()
+                ),
+                Some(format!(
+                    "make them agree, or give {flag} on the command line"
+                )),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(CmdError::all(Failure::InvalidInput, problems))
+    }
+}
+
+/// Each chapter's part of the run: the selected jobs of it (of this shard, with one). Without
+/// `--only` every chapter runs, even one whose jobs are all another shard's (its report
+/// says which jobs the chapter planned, for `report merge`).
+fn chapter_runs(
+    plans: &[Plan],
+    selected: &[Arc<Job>],
+    all_chapters: bool,
+    shard: Option<Shard>,
+) -> Vec<ChapterRun> {
+    plans
+        .iter()
+        .filter_map(|plan| {
+            let planned: Vec<Arc<Job>> = selected
+                .iter()
+                .filter(|j| j.chapter == plan.chapter)
+                .cloned()
+                .collect();
+            if planned.is_empty() && !all_chapters {
+                return None;
+            }
+            let jobs = match shard {
+                Some(shard) => planned
+                    .iter()
+                    .filter(|j| shard.selects(&j.key))
+                    .cloned()
+                    .collect(),
+                None => planned.clone(),
+            };
+            Some(ChapterRun {
+                chapter: plan.chapter,
+                title: plan.title.clone(),
+                manifest_path: plan.manifest_path.display().to_string(),
+                manifest_sha256: plan.manifest_sha256.clone(),
+                jobs,
+                planned: if shard.is_some() {
+                    planned.iter().map(|j| j.key.clone()).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .collect()
 }
 
 /// `--outage-window`, if given and valid (the manifest's value is checked where it is read;
@@ -213,7 +421,8 @@ pub fn select_by_key<T>(
     flag: &str,
     listing: &str,
 ) -> Result<Vec<T>, CmdError> {
-    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
+    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003), a sweep point \
+                        (ch01_p003_cfg=7.0) or a job (ch01_p003_s2)";
     if selectors.is_empty() {
         return Ok(items);
     }
@@ -365,15 +574,47 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
     }
 }
 
-fn print_summary(summary: &RunSummary, outcome: Outcome, json: bool) {
+fn print_summary(summary: &RunSummary, shard: Option<Shard>, outcome: Outcome, json: bool) {
     let t = &summary.totals;
     if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "run_id": summary.run_id,
             "report": summary.report_path,
             "contact_sheet": summary.contact_sheet_path,
             "totals": t,
             "cancelled": summary.cancelled,
+            "exit_code": outcome.exit_code(),
+        });
+        if let Some(shard) = shard {
+            value["shard"] = shard.to_string().into();
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("summary serializes")
+        );
+        return;
+    }
+    eprintln!("{}", totals_line(t, summary.cancelled, shard));
+    eprintln!("report: {}", summary.report_path.display());
+    eprintln!("contact sheet: {}", summary.contact_sheet_path.display());
+}
+
+/// A book run: a line per chapter, the book's totals and where its summary is.
+fn print_book(book: &BookSummary, shard: Option<Shard>, outcome: Outcome, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "run_id": book.run_id,
+            "summary": book.summary_path,
+            "summary_html": book.summary_html_path,
+            "shard": shard.map(|s| s.to_string()),
+            "chapters": book.chapters.iter().map(|c| serde_json::json!({
+                "chapter": c.chapter,
+                "report": c.report_path,
+                "contact_sheet": c.contact_sheet_path,
+                "totals": c.totals,
+            })).collect::<Vec<_>>(),
+            "totals": book.totals,
+            "cancelled": book.cancelled,
             "exit_code": outcome.exit_code(),
         });
         println!(
@@ -382,22 +623,40 @@ fn print_summary(summary: &RunSummary, outcome: Outcome, json: bool) {
         );
         return;
     }
-    eprintln!(
-        "{} jobs: {} succeeded, {} skipped, {} failed, {} timed out, {} cancelled{}",
+    for chapter in &book.chapters {
+        let t = &chapter.totals;
+        eprintln!(
+            "{}: {} jobs, {} succeeded, {} skipped, {} failed, {} timed out, {} cancelled",
+            chapter.report_path.display(),
+            t.jobs,
+            t.succeeded,
+            t.skipped,
+            t.failed,
+            t.timed_out,
+            t.cancelled
+        );
+    }
+    eprintln!("{}", totals_line(&book.totals, book.cancelled, shard));
+    if let Some(path) = &book.summary_path {
+        eprintln!("book summary: {}", path.display());
+    }
+    if let Some(path) = &book.summary_html_path {
+        eprintln!("book page: {}", path.display());
+    }
+}
+
+fn totals_line(t: &Totals, cancelled: bool, shard: Option<Shard>) -> String {
+    format!(
+        "{}{} jobs: {} succeeded, {} skipped, {} failed, {} timed out, {} cancelled{}",
+        shard.map(|s| format!("shard {s}: ")).unwrap_or_default(),
         t.jobs,
         t.succeeded,
         t.skipped,
         t.failed,
         t.timed_out,
         t.cancelled,
-        if summary.cancelled {
-            " (interrupted)"
-        } else {
-            ""
-        }
-    );
-    eprintln!("report: {}", summary.report_path.display());
-    eprintln!("contact sheet: {}", summary.contact_sheet_path.display());
+        if cancelled { " (interrupted)" } else { "" }
+    )
 }
 
 #[cfg(test)]

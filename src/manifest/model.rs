@@ -23,6 +23,27 @@ pub struct Manifest {
     /// False when a page was left out for a problem: checks over every page of the chapter
     /// (is a default variable used anywhere?) are then skipped, as they could only guess.
     pub pages_complete: bool,
+    /// `[bind."<workflow path>"]` tables, in manifest order.
+    pub bind: Vec<WorkflowBind>,
+}
+
+/// `[bind."<workflow path>"]`: how a workflow used as it was exported takes the manifest's
+/// values. The path is matched against `workflow` / `lora_workflow` exactly as written.
+#[derive(Debug, Clone)]
+pub struct WorkflowBind {
+    pub workflow: Spanned<String>,
+    /// `name = "<node>.<input>"` (or a list of such targets), one entry per target.
+    pub inputs: Vec<BindInput>,
+    /// `loras = "<node>"`: the node whose MODEL and CLIP outputs a LoRA stack follows.
+    pub lora_anchor: Option<Spanned<String>>,
+}
+
+/// One bound input: the value `name` (a placeholder or variable name) goes to `target`,
+/// `"<node id or title>.<input>"` as written.
+#[derive(Debug, Clone)]
+pub struct BindInput {
+    pub name: Spanned<String>,
+    pub target: Spanned<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +51,8 @@ pub struct Chapter {
     pub number: u16,
     pub title: Option<String>,
     pub seed: Option<u64>,
+    /// `max_sweep_jobs`: the most jobs one page's sweep may expand to.
+    pub max_sweep_jobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,11 +81,17 @@ pub struct Settings {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub lora: Option<Spanned<LoraSetting>>,
+    /// `loras = [{ name, strength_model, strength_clip }, ...]`: a LoRA stack, chained into
+    /// the workflow in order (an empty list drops an inherited LoRA or stack).
+    pub loras: Option<Spanned<Vec<LoraParams>>>,
     pub variants: Option<u32>,
     /// User variables (`vars = { name = value }`), by name; a page's table is merged over
     /// the defaults' one. Referenced from templates as `{{name}}`. Each span covers the whole
     /// `name = value` entry.
     pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
+    /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
+    /// (`sweep = {}` on a page sweeps nothing).
+    pub sweep: Option<Spanned<Sweep>>,
 }
 
 /// The value of a user variable: the four TOML scalar types a workflow input can take.
@@ -96,6 +125,33 @@ impl VarValue {
             VarValue::Bool(b) => (*b).into(),
         }
     }
+}
+
+/// A checked sweep: its axes in the order written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    pub axes: Vec<Axis>,
+}
+
+impl Sweep {
+    /// How many points the sweep has (the product of its axes' lengths; 1 with no axes).
+    pub fn points(&self) -> u64 {
+        self.axes
+            .iter()
+            .map(|a| a.values.len() as u64)
+            .fold(1, u64::saturating_mul)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// A name of `sweep::SETTING_AXES` or a variable's.
+    pub name: String,
+    /// The axis name as written, for problems about it.
+    pub span: Range<usize>,
+    pub is_var: bool,
+    /// Checked values (as the setting or the variable takes them), none repeated.
+    pub values: Vec<Spanned<VarValue>>,
 }
 
 /// `lora = { ... }` uses a LoRA; `lora = false` on a page drops the default one.

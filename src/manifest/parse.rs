@@ -8,14 +8,19 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings, VarValue};
+use super::model::{
+    BindInput, Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings, VarValue,
+    WorkflowBind,
+};
 use crate::comfyui::LATENT_STEP;
 use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
-const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
-const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
+mod sweep;
+
+const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages", "bind"];
+const CHAPTER_KEYS: &[&str] = &["number", "title", "seed", "max_sweep_jobs"];
 const COMFY_KEYS: &[&str] = &[
     "servers",
     "timeout",
@@ -36,8 +41,10 @@ const SETTING_KEYS: &[&str] = &[
     "width",
     "height",
     "lora",
+    "loras",
     "variants",
     "vars",
+    "sweep",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
@@ -80,17 +87,21 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
     let before_defaults = c.problems.len();
-    let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
+    let mut defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
             c.settings(t)
         }
         None => Settings::default(),
     };
+    c.check_defaults_sweep(&mut defaults);
     let defaults_complete = c.problems.len() == before_defaults;
     let before_pages = c.problems.len();
-    let pages = c.pages(root.get("pages"), &defaults.vars);
+    let mut pages = c.pages(root.get("pages"), &defaults.vars);
+    let mut reported = false;
+    pages.retain_mut(|page| c.check_page_sweep(&chapter, &defaults, page, &mut reported));
     let pages_complete = c.problems.len() == before_pages;
+    let bind = root.get("bind").map(|v| c.bind(v)).unwrap_or_default();
     let manifest = Manifest {
         file: file.clone(),
         chapter,
@@ -99,6 +110,7 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
         defaults_complete,
         pages,
         pages_complete,
+        bind,
     };
     (Some(manifest), c.problems)
 }
@@ -118,6 +130,8 @@ fn belongs_in(name: &str) -> Option<&'static str> {
         Some("[defaults] or on a page")
     } else if PAGE_ONLY_KEYS.contains(&name) {
         Some("[[pages]]")
+    } else if name == "bind" {
+        Some("a top-level `[bind.\"<workflow path>\"]` table")
     } else {
         None
     }
@@ -154,9 +168,10 @@ impl Checker<'_> {
                 }
                 _ => "key",
             };
-            let help = match (did_you_mean(name, known), belongs_in(name)) {
-                (Some(close), _) => format!("did you mean `{close}`?"),
-                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+            // A key of another table is that key, however close it is to one of this table.
+            let help = match (belongs_in(name), did_you_mean(name, known)) {
+                (Some(home), _) => format!("`{name}` belongs in {home}"),
+                (None, Some(close)) => format!("did you mean `{close}`?"),
                 (None, None) if known.contains(&"vars") && params::is_var_name(name) => format!(
                     "{place} takes: {}; a value for a workflow's `{{{{{name}}}}}` is a variable: \
                      `vars = {{ {name} = ... }}`",
@@ -291,6 +306,7 @@ impl Checker<'_> {
             number: 0,
             title: None,
             seed: None,
+            max_sweep_jobs: None,
         };
         let Some(v) = v else {
             self.missing(
@@ -323,6 +339,11 @@ impl Checker<'_> {
         }
         if let Some(seed) = t.get("seed") {
             chapter.seed = self.integer(seed, "seed", &params::SEED).map(|s| s as u64);
+        }
+        if let Some(max) = t.get("max_sweep_jobs") {
+            chapter.max_sweep_jobs = self
+                .integer(max, "max_sweep_jobs", &params::MAX_SWEEP_JOBS)
+                .map(|n| n as u32);
         }
         chapter
     }
@@ -415,6 +436,19 @@ impl Checker<'_> {
         if let Some(v) = t.get("lora") {
             s.lora = self.lora(v).map(|l| Spanned::new(v.span(), l));
         }
+        if let Some(v) = t.get("loras") {
+            s.loras = self.loras(v).map(|l| Spanned::new(v.span(), l));
+            if t.get("lora").is_some() {
+                self.error(
+                    "manifest::lora_conflict",
+                    v.span(),
+                    "`lora` and `loras` cannot both be set in one table".to_owned(),
+                    "second way to give LoRAs",
+                    "use `loras = [...]` alone (a stack of one is `loras = [{ name = \"...\" }]`), \
+                     or `lora` alone with a workflow that has `{{lora_name}}` slots",
+                );
+            }
+        }
         if let Some(v) = t.get("variants") {
             s.variants = self
                 .integer(v, "variants", &params::VARIANTS)
@@ -422,6 +456,9 @@ impl Checker<'_> {
         }
         if let Some(v) = t.get("vars") {
             s.vars = self.vars(v);
+        }
+        if let Some(v) = t.get("sweep") {
+            s.sweep = self.sweep(v);
         }
         s
     }
@@ -628,14 +665,25 @@ impl Checker<'_> {
             self.wrong_type(v, "lora", "a table `{ name = \"...\" }` or `false`");
             return None;
         };
-        self.unknown_keys(t, LORA_KEYS, "`lora`");
+        self.lora_params(v.span(), t, "`lora`")
+            .map(LoraSetting::Use)
+    }
+
+    /// `{ name, strength_model, strength_clip }` in `place` (`lora`, or an item of `loras`).
+    fn lora_params(
+        &mut self,
+        span: Range<usize>,
+        t: &DeTable<'_>,
+        place: &str,
+    ) -> Option<LoraParams> {
+        self.unknown_keys(t, LORA_KEYS, place);
         let name = if let Some(n) = t.get("name") {
             self.string(n, "name", false)
         } else {
             self.missing(
-                v.span(),
+                span,
                 "name",
-                "`lora`",
+                place,
                 "name the LoRA file, e.g. `name = \"inkline_v2.safetensors\"`",
             );
             None
@@ -646,11 +694,116 @@ impl Checker<'_> {
         };
         let strength_model = strength("strength_model");
         let strength_clip = strength("strength_clip");
-        Some(LoraSetting::Use(LoraParams {
+        Some(LoraParams {
             name: name?,
             strength_model: strength_model?,
             strength_clip: strength_clip?,
-        }))
+        })
+    }
+
+    /// `loras = [{ name = "..." }, ...]`: 0 to [`params::MAX_LORAS`] LoRAs, in order.
+    fn loras(&mut self, v: &Value<'_>) -> Option<Vec<LoraParams>> {
+        let expected = "an array of tables `[{ name = \"...\" }, ...]`";
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, "loras", expected);
+            return None;
+        };
+        let mut ok = true;
+        if items.len() > params::MAX_LORAS {
+            self.error(
+                "manifest::out_of_range",
+                v.span(),
+                format!(
+                    "`loras` holds at most {} LoRAs, found {}",
+                    params::MAX_LORAS,
+                    items.len()
+                ),
+                "too many LoRAs",
+                "a stack is 0 to 8 LoRAs, each one LoraLoader node in the graph sent",
+            );
+            ok = false;
+        }
+        let mut stack = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(t) = item.get_ref().as_table() else {
+                self.wrong_type(item, "loras", "a table `{ name = \"...\" }`");
+                ok = false;
+                continue;
+            };
+            match self.lora_params(item.span(), t, "an item of `loras`") {
+                Some(lora) => stack.push(lora),
+                None => ok = false,
+            }
+        }
+        ok.then_some(stack)
+    }
+
+    /// `[bind."<workflow path>"]` tables: `name = "<node>.<input>"` (or a list of targets),
+    /// and `loras = "<node>"`. Names and targets are checked against the workflow when it is
+    /// loaded; here only their shape.
+    fn bind(&mut self, v: &Value<'_>) -> Vec<WorkflowBind> {
+        let Some(t) = self.table(v, "bind") else {
+            return Vec::new();
+        };
+        let mut binds = Vec::new();
+        for (key, value) in t {
+            let workflow = Spanned::new(key.span(), key.get_ref().to_string());
+            let Some(entries) = value.get_ref().as_table() else {
+                self.wrong_type(
+                    value,
+                    &format!("bind.\"{}\"", workflow.get_ref()),
+                    "a table such as `{ prompt = \"Positive.text\" }`",
+                );
+                continue;
+            };
+            let mut bind = WorkflowBind {
+                workflow,
+                inputs: Vec::new(),
+                lora_anchor: None,
+            };
+            for (name, target) in entries {
+                let name_text: &str = name.get_ref();
+                if name_text == "loras" {
+                    bind.lora_anchor = self.spanned_string(target, "loras");
+                    continue;
+                }
+                let targets: Vec<&Value<'_>> = match target.get_ref() {
+                    DeValue::String(_) => vec![target],
+                    DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+                    _ => {
+                        self.wrong_type(
+                            target,
+                            name_text,
+                            "a target `\"<node>.<input>\"` or a list of them",
+                        );
+                        continue;
+                    }
+                };
+                for one in targets {
+                    let Some(text) = self.string(one, name_text, false) else {
+                        continue;
+                    };
+                    if !matches!(text.rsplit_once('.'), Some((node, input)) if !node.is_empty() && !input.is_empty())
+                    {
+                        self.error(
+                            "manifest::bad_binding",
+                            one.span(),
+                            format!("`{text}` is not a `<node>.<input>` target"),
+                            "expected `\"<node>.<input>\"`",
+                            "name the node by its id or its title, then the input, e.g. \
+                             \"Positive.text\" or \"3.seed\"",
+                        );
+                        continue;
+                    }
+                    bind.inputs.push(BindInput {
+                        name: Spanned::new(name.span(), name_text.to_owned()),
+                        target: Spanned::new(one.span(), text),
+                    });
+                }
+            }
+            binds.push(bind);
+        }
+        binds
     }
 
     fn pages(&mut self, v: Option<&Value<'_>>, default_vars: &Vars) -> Vec<Page> {
@@ -958,6 +1111,50 @@ prompt = "q"
         assert!(m.unwrap().comfy.retry_failed);
         assert_eq!(
             codes(&format!("[comfy]\nretry_failed = \"yes\"\n{MINIMAL}")),
+            ["manifest::wrong_type"]
+        );
+    }
+
+    #[test]
+    fn reads_bindings_and_lora_stacks() {
+        let text = format!(
+            "{MINIMAL}loras = [{{ name = \"a\" }}, {{ name = \"b\", strength_clip = 0.5 }}]\n\
+             [bind.\"w.json\"]\nprompt = \"Positive.text\"\nseed = [\"3.seed\", \"v1.5 Sampler.noise_seed\"]\nloras = \"Load Checkpoint\"\n"
+        );
+        let (m, problems) = parse(&text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = m.unwrap();
+        let stack = m.pages[0].settings.loras.as_ref().unwrap().get_ref();
+        assert_eq!(stack.len(), 2);
+        assert_eq!(
+            stack[1],
+            LoraParams {
+                name: "b".into(),
+                strength_model: 1.0,
+                strength_clip: 0.5
+            }
+        );
+        let bind = &m.bind[0];
+        assert_eq!(bind.workflow.get_ref(), "w.json");
+        let targets: Vec<(&str, &str)> = bind
+            .inputs
+            .iter()
+            .map(|b| (b.name.get_ref().as_str(), b.target.get_ref().as_str()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("prompt", "Positive.text"),
+                ("seed", "3.seed"),
+                ("seed", "v1.5 Sampler.noise_seed")
+            ]
+        );
+        assert_eq!(
+            bind.lora_anchor.as_ref().unwrap().get_ref(),
+            "Load Checkpoint"
+        );
+        assert_eq!(
+            codes(&format!("{MINIMAL}loras = {{ name = \"a\" }}\n")),
             ["manifest::wrong_type"]
         );
     }

@@ -26,6 +26,7 @@ use crate::output::{PathError, write_atomic_with};
 use crate::params;
 use crate::plan::{Job, JobParams};
 use crate::preflight::ServerInfo;
+use crate::shard::Shard;
 use crate::time::rfc3339;
 use crate::workflow::Workflow;
 use crate::workflow::canonical::JobHash;
@@ -50,7 +51,45 @@ pub struct RunReport {
     pub started_at: String,
     pub ended_at: Option<String>,
     pub totals: Totals,
+    /// Set when the run was one shard of a book (`run --shard K/N`): which one, and the key
+    /// of every job the chapter planned over all shards, which `report merge` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// Set on a report made by `report merge`: the shard reports it combines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedFrom>,
     pub jobs: Vec<JobReport>,
+}
+
+/// Which shard a run was, and what the whole chapter planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// From 0 to `count - 1`.
+    pub index: u32,
+    pub count: u32,
+    /// Every planned job key of the chapter (after `--only`), all shards together.
+    pub planned: Vec<String>,
+}
+
+impl ShardRecord {
+    pub fn shard(&self) -> Shard {
+        Shard {
+            index: self.index,
+            count: self.count,
+        }
+    }
+}
+
+/// One shard report a merged report was made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedFrom {
+    pub run_id: String,
+    /// `K/N`.
+    pub shard: String,
+    /// The report file, as given to `report merge`.
+    pub report: String,
+    /// The output root its image paths are relative to.
+    pub output_root: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +309,19 @@ impl JobReport {
     }
 }
 
+impl Totals {
+    /// Add `other`'s counts to these (a book's totals are its chapters').
+    pub fn add(&mut self, other: &Totals) {
+        self.jobs += other.jobs;
+        self.succeeded += other.succeeded;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.timed_out += other.timed_out;
+        self.cancelled += other.cancelled;
+        self.pending += other.pending;
+    }
+}
+
 impl RunReport {
     pub fn totals(&self) -> Totals {
         let mut totals = Totals {
@@ -419,7 +471,8 @@ impl RunReport {
         }
         let mut keys = std::collections::HashSet::new();
         for (n, job) in self.jobs.iter().enumerate() {
-            let expected = params::job_key(self.chapter, job.page, job.variant);
+            let point = crate::manifest::sweep::point_text(&job.params.sweep);
+            let expected = params::swept_job_key(self.chapter, job.page, &point, job.variant);
             if !params::PAGE.contains(&job.page.into()) || job.variant == 0 {
                 problems.push(format!(
                     "jobs[{n}]: page {} or variant {} out of range (pages {}, variants from 1)",
@@ -427,9 +480,14 @@ impl RunReport {
                     job.variant,
                     range(&params::PAGE)
                 ));
-            } else if job.key != expected {
+            } else if job.key != expected || !params::is_key_or_part(&expected) {
+                let point = if point.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sweep point {point}")
+                };
                 problems.push(format!(
-                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}, variant {}",
+                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}{point}, variant {}",
                     job.key, self.chapter, job.page, job.variant
                 ));
             } else if !keys.insert(job.key.as_str()) {
@@ -601,8 +659,10 @@ mod tests {
                 width: 64,
                 height: 64,
                 lora: None,
+                loras: Vec::new(),
                 vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("w.json").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "x".into(),
             seed_source: crate::plan::SeedSource::Derived,
@@ -646,6 +706,8 @@ mod tests {
             started_at: rfc3339(SystemTime::UNIX_EPOCH),
             ended_at: None,
             totals: Totals::default(),
+            shard: None,
+            merged_from: Vec::new(),
             jobs: (1..=jobs)
                 .map(|i| JobReport::pending(&Arc::new(job(i))))
                 .collect(),
@@ -669,6 +731,37 @@ mod tests {
                 "jobs[0]: page 0 or variant 1 out of range (pages 1..=999, variants from 1)",
             ]
         );
+    }
+
+    #[test]
+    fn a_swept_key_must_be_the_one_its_axis_values_make() {
+        use crate::manifest::model::VarValue;
+        use crate::manifest::sweep::AxisValue;
+        let swept = |axis: &str, key: &str| {
+            let mut r = report(1);
+            let mut job = (*r.jobs[0].job).clone();
+            Arc::make_mut(&mut job.params.page).sweep = vec![AxisValue {
+                axis: axis.into(),
+                value: VarValue::Str("a b".into()),
+            }];
+            job.key = key.into();
+            r.jobs[0].job = Arc::new(job);
+            r.check()
+        };
+        assert_eq!(
+            swept("style", "ch01_p001_style=a-b_s1"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            swept("style", "ch01_p001_s1"),
+            [
+                "jobs[0].key `ch01_p001_s1` is not `ch01_p001_style=a-b_s1`, the key of chapter 1, \
+              page 1, sweep point style=a-b, variant 1"
+            ]
+        );
+        // An axis name that is not an identifier could make a key a path: refused.
+        let problems = swept("../x", "ch01_p001_../x=a-b_s1");
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

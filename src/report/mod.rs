@@ -1,8 +1,10 @@
 //! Reporters: the live progress display, the JSON run report and the HTML contact sheet.
 //! They consume engine events and results; none of them talks to a server.
 
+pub mod book;
 pub mod html;
 pub mod json;
+pub mod merge;
 pub mod progress;
 
 pub use json::{JobReport, ReportStatus, ReportWriter, RunReport, Totals};

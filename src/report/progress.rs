@@ -26,15 +26,17 @@ pub enum Mode {
 
 /// The result of the collector thread.
 pub struct Collected {
-    pub writer: ReportWriter,
+    /// The writers it was given, in the same order.
+    pub writers: Vec<ReportWriter>,
     /// The first report write that failed (the run goes on; the final write tries again).
     pub write_error: Option<PathError>,
 }
 
-/// Consume engine events on a thread of its own until the engine's sender is dropped.
+/// Consume engine events on a thread of its own until the engine's sender is dropped. A
+/// finished job goes to the writer of its chapter (one writer per chapter of the run).
 pub fn spawn_collector(
     mut events: mpsc::UnboundedReceiver<Event>,
-    mut writer: ReportWriter,
+    mut writers: Vec<ReportWriter>,
     mode: Mode,
     total: usize,
     already_done: usize,
@@ -43,20 +45,32 @@ pub fn spawn_collector(
         let mut display = Display::new(mode, total, already_done);
         let mut write_error = None;
         while let Some(event) = events.blocking_recv() {
-            if let Event::Finished(outcome) = &event
-                && let Err(error) = writer.record(outcome)
-                && write_error.is_none()
-            {
-                write_error = Some(error);
+            if let Event::Finished(outcome) = &event {
+                let chapter = chapter_of(&outcome.key);
+                let writer = match &mut writers[..] {
+                    [only] => Some(only),
+                    all => all.iter_mut().find(|w| Some(w.report().chapter) == chapter),
+                };
+                if let Some(writer) = writer
+                    && let Err(error) = writer.record(outcome)
+                    && write_error.is_none()
+                {
+                    write_error = Some(error);
+                }
             }
             display.show(&event);
         }
         display.finish();
         Collected {
-            writer,
+            writers,
             write_error,
         }
     })
+}
+
+/// The chapter a job key names: 3 for `ch03_p001_s1`.
+fn chapter_of(key: &str) -> Option<u16> {
+    key.split('_').next()?.strip_prefix("ch")?.parse().ok()
 }
 
 struct Display {

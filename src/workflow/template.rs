@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::bind::{self, Bindings};
 use super::canonical::{JobHash, Segments, Step};
 use super::fill::{Fill, Lookup, Slot, TextFill};
 use super::fill::{PageValues, Variant};
@@ -57,6 +58,16 @@ impl Template {
     /// is refused with a diagnostic that shows none of its bytes: a manifest may name any
     /// file, and its contents (`/proc/self/environ`, `/etc/shadow`) must not be printed.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Template, Vec<Problem>> {
+        Self::parse_bound(name, bytes, None)
+    }
+
+    /// [`Template::parse`], with `bindings` first turning bound literals into placeholders
+    /// (see [`super::bind`]); their problems come with the template's own.
+    pub fn parse_bound(
+        name: &str,
+        bytes: Vec<u8>,
+        bindings: Option<&Bindings>,
+    ) -> Result<Template, Vec<Problem>> {
         if let Some(not_json) = NotJson::check(&bytes) {
             let code = match not_json {
                 NotJson::NotUtf8(_) => "workflow::not_utf8",
@@ -80,14 +91,15 @@ impl Template {
         let sha256: Arc<str> = hex::encode(Sha256::digest(&bytes)).into();
         let text = String::from_utf8(bytes).expect("checked to be UTF-8 above");
         let file = SourceFile::new(name, text);
-        let graph: Value = match serde_json::from_str(file.text()) {
+        let mut graph: Value = match serde_json::from_str(file.text()) {
             Ok(graph) => graph,
             Err(err) => return Err(vec![not_json(&file, &err)]),
         };
         let tree = index(file.text());
+        let bound = bindings.map_or_else(Vec::new, |b| bind::apply(&mut graph, &tree, &file, b));
         let mut checker = Checker {
             file: &file,
-            problems: Vec::new(),
+            problems: bound,
             slots: Vec::new(),
             uses: BTreeMap::new(),
         };
@@ -121,6 +133,23 @@ impl Template {
     /// sha256 (hex) of the template file's bytes.
     pub fn sha256(&self) -> &Arc<str> {
         &self.sha256
+    }
+
+    /// The graph as checked (bound literals already placeholders), for building a derived
+    /// template such as one with a LoRA chain.
+    pub fn graph(&self) -> &Value {
+        &self.graph
+    }
+
+    /// The template `graph` (derived from this one's, already checked) makes, named and
+    /// hashed as this one: `workflow_sha256` stays the file's.
+    #[must_use]
+    pub fn derive(&self, graph: &Value) -> Template {
+        let text = serde_json::to_string_pretty(graph).expect("a Value serializes");
+        let mut derived = Template::parse(self.file.name(), text.into_bytes())
+            .expect("a graph derived from a checked template is checked");
+        derived.sha256 = self.sha256.clone();
+        derived
     }
 
     pub fn has_node(&self, id: &str) -> bool {

@@ -2,7 +2,10 @@
 
 mod architecture;
 mod auth;
+mod bind;
+mod book;
 mod cli;
+mod examples;
 mod exit_codes;
 mod faults;
 mod faults_outage;
@@ -19,6 +22,7 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod sweep;
 mod uploads;
 mod vars;
 mod vocabulary;

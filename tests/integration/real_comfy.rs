@@ -452,3 +452,48 @@ async fn recorder_scenarios_match_the_simulator() {
         r.run(&format!("{name} (live)"), lines, hooks(name)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unedited_export_with_bindings_and_a_lora_stack_on_the_real_server() {
+    let test = "an_unedited_export_with_bindings_and_a_lora_stack_on_the_real_server";
+    let Some(case) = Case::start(test).await else {
+        return;
+    };
+    let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
+    let workflow = repo().join("workflows/exported-sd15.json");
+    let manifest = case.dir.path().join("chapter.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[chapter]\nnumber = 7\n\n[defaults]\nworkflow = \"{w}\"\ncheckpoint = \"{CHECKPOINT}\"\nsteps = 3\nwidth = 64\nheight = 96\n\n\
+             [bind.\"{w}\"]\nprompt = \"Positive.text\"\nseed = \"KSampler.seed\"\nsteps = \"KSampler.steps\"\n\
+             checkpoint = \"Load Checkpoint.ckpt_name\"\nwidth = \"Empty Latent Image.width\"\nheight = \"Empty Latent Image.height\"\n\n\
+             [[pages]]\npage = 1\nprompt = \"a harbour, {marker}\"\n\
+             loras = [{{ name = \"{LORA}\", strength_model = 0.5 }}, {{ name = \"{LORA}\", strength_clip = 0.25 }}, {{ name = \"{LORA}\", strength_model = -1 }}]\n",
+            w = workflow.display()
+        ),
+    )
+    .unwrap();
+    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let job = &report(out).jobs[0];
+    assert_eq!(job.status, ReportStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(png_size(&out.join(&job.images[0].path)), (64, 96));
+    // The server ran the graph sent: three LoraLoaders, titles and all.
+    let prompt_id = job.prompt_id.as_deref().unwrap();
+    let entry = get(&format!("{url}/history/{prompt_id}")).await;
+    let graph = &entry[prompt_id]["prompt"][2];
+    let strengths: Vec<(f64, f64)> = (1..=3)
+        .map(|n| {
+            let inputs = &graph[format!("plasma_lora_{n}")]["inputs"];
+            (
+                inputs["strength_model"].as_f64().unwrap(),
+                inputs["strength_clip"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(strengths, [(0.5, 1.0), (1.0, 0.25), (-1.0, 1.0)]);
+    assert_eq!(graph["3"]["inputs"]["model"][0], "plasma_lora_3");
+    assert_eq!(graph["6"]["_meta"]["title"], "Positive");
+}
