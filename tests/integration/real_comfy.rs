@@ -432,10 +432,11 @@ async fn recorder_scenarios_match_the_simulator() {
         .filter(|s| *s != "07-server-crash-restart")
         .collect();
     let mut recorded = Vec::new();
-    for name in session
-        .iter()
-        .chain(&["08-txt2img-sampler", "10-interrupt-in-node"])
-    {
+    for name in session.iter().chain(&[
+        "08-txt2img-sampler",
+        "10-interrupt-in-node",
+        "11-node-classes",
+    ]) {
         let lines = record::record(&url, name, &opts)
             .await
             .unwrap_or_else(|e| panic!("recording from {url}: {e}"));

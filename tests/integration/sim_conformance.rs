@@ -79,6 +79,18 @@ impl Norm {
                                 ids.sort_by_key(ToString::to_string);
                                 Value::Array(ids)
                             }
+                            // A node's validation errors follow `valid_inputs`, a set of its
+                            // input names.
+                            "errors" if v.is_array() => {
+                                let mut errors: Vec<Value> = v
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|e| self.value(e))
+                                    .collect();
+                                errors.sort_by_key(ToString::to_string);
+                                Value::Array(errors)
+                            }
                             // Queue entries are `[number, prompt_id, prompt, extra, outputs]`.
                             "queue_running" | "queue_pending" => Value::Array(
                                 v.as_array()
@@ -550,4 +562,12 @@ async fn fixture_08_sampler_replays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_10_interrupt_inside_and_between_nodes() {
     replay_alone("10-interrupt-in-node").await;
+}
+
+/// The node classes of the shipped templates beyond txt2img: their `/object_info` equal to
+/// the real server's, their validation errors, and three graphs through the real sampler (a
+/// LoRA chain, two passes, base and refiner, img2img).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_11_template_node_classes_replay() {
+    replay_alone("11-node-classes").await;
 }

@@ -149,3 +149,8 @@ pub fn image_input(tooltip: Option<&str>) -> Value {
         None => json!(["IMAGE"]),
     }
 }
+
+/// A `scale_by` input (`ImageScaleBy`, `LatentUpscaleBy`): a factor from 0.01 to 8.
+pub fn scale_by(default: f64) -> Value {
+    json!(["FLOAT", {"default": default, "min": 0.01, "max": 8.0, "step": 0.01}])
+}

@@ -6,9 +6,11 @@
 //! nodes report progress through the prompt's `Messages`.
 //!
 //! Families: `loaders` (`CheckpointLoaderSimple`, `LoraLoader`), `conditioning`
-//! (`CLIPTextEncode`), `latent` (`EmptyLatentImage`, `VAEDecode`), `sampling` (`KSampler`), `save`
-//! (`SaveImage`, `PreviewImage`), `images` (`EmptyImage`, `ImageBlur`, `ImageScale`), `mask`
-//! (`ImageToMask`, `MaskToImage`), `load_image` (`LoadImage`).
+//! (`CLIPTextEncode`, `CLIPSetLastLayer`, `ConditioningCombine`), `latent`
+//! (`EmptyLatentImage`, `VAEDecode`, `VAEEncode`, `LatentUpscale`, `LatentUpscaleBy`),
+//! `sampling` (`KSampler`, `KSamplerAdvanced`), `save` (`SaveImage`, `PreviewImage`), `images`
+//! (`EmptyImage`, `ImageBlur`, `ImageScale`, `ImageScaleBy`), `mask` (`ImageToMask`,
+//! `MaskToImage`), `load_image` (`LoadImage`).
 
 mod catalog;
 mod class;

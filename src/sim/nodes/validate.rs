@@ -100,6 +100,14 @@ impl Validator<'_> {
             .chain(class.optional.iter().map(|(k, v)| (*k, v.clone(), false)))
             .collect();
         for (name, info, required) in all {
+            // `info = (input_type, extra_info)`: a spec without options gets `{}`.
+            let info = match info {
+                Value::Array(mut spec) if spec.len() == 1 => {
+                    spec.push(json!({}));
+                    Value::Array(spec)
+                }
+                other => other,
+            };
             let Some(val) = inputs.get(name) else {
                 if required {
                     errors.push(err(
