@@ -19,4 +19,5 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod templates;
 mod vocabulary;
