@@ -452,3 +452,71 @@ async fn recorder_scenarios_match_the_simulator() {
         r.run(&format!("{name} (live)"), lines, hooks(name)).await;
     }
 }
+
+/// The size of a PNG given as bytes.
+fn png_bytes_size(bytes: &[u8]) -> (u32, u32) {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .expect("a PNG");
+    (reader.info().width, reader.info().height)
+}
+
+/// The shipped templates beyond txt2img, filled with small values (64x64, 3 steps, the
+/// server's tiny checkpoint for every checkpoint name), accepted by the real server and
+/// rendered through its sampler: every sampler of each graph reports its steps, and the
+/// saved PNG has the size the template's values give. A sweep of two `denoise` values and
+/// two CLIP layers, as a manifest would send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_templates_render_on_the_real_sampler() {
+    use super::sim_support::{Ws, submit};
+    use super::templates::{TEMPLATES, expected_size, prepared, values};
+    use serde_json::json;
+
+    let Some(case) = Case::start("shipped_templates_render_on_the_real_sampler").await else {
+        return;
+    };
+    let (url, marker) = (case.url.as_str(), case.marker.as_str());
+    let client = format!("plasma-templates-{}", micros());
+    let mut ws = Ws::connect(url, &client).await;
+    let mut runs: Vec<(&str, Vec<(&str, Value)>)> =
+        TEMPLATES.iter().map(|name| (*name, vec![])).collect();
+    for denoise in [0.4, 0.6] {
+        runs.push(("sdxl-two-pass.json", vec![("denoise", json!(denoise))]));
+    }
+    runs.push(("txt2img-clip-skip.json", vec![("clip_skip", json!(-1))]));
+    for (i, (name, vars)) in runs.iter().enumerate() {
+        let values = values(
+            CHECKPOINT,
+            &format!("plasma_templates/{i}"),
+            &format!("a harbour at night, {marker} {i}"),
+            vars,
+        );
+        let prompt = prepared(name, &values);
+        let pid = submit(url, Some(&client), &prompt).await;
+        let frames = ws.until_done(&pid).await;
+        let (status, types) = history_messages(url, &pid).await;
+        assert_eq!(status, "success", "{name} {vars:?}: {types:?}");
+        for (id, node) in prompt.as_object().unwrap() {
+            if node["class_type"] == "KSampler" {
+                let steps = frames
+                    .iter()
+                    .filter(|f| f["type"] == "progress" && f["data"]["node"] == id.as_str())
+                    .count();
+                assert_eq!(steps, 3, "{name}: sampler {id} ran {steps} steps");
+            }
+        }
+        let entry = get(&format!("{url}/history/{pid}")).await;
+        let image = &entry[&pid]["outputs"]["9"]["images"][0];
+        let view = format!(
+            "{url}/view?filename={}&subfolder={}&type=output",
+            image["filename"].as_str().unwrap(),
+            image["subfolder"].as_str().unwrap()
+        );
+        let bytes = reqwest::get(&view).await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            png_bytes_size(&bytes),
+            expected_size(name, &values),
+            "{name} {vars:?}"
+        );
+    }
+}
