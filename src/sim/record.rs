@@ -888,6 +888,15 @@ async fn node_classes(s: &mut Session) -> Step {
         s.get(&format!("/object_info/{class}")).await?;
     }
     s.open_a().await?;
+    // Nothing cached from before (as in 10): one tiny prompt of other nodes first.
+    let clear = s
+        .submit(
+            &empty_save("plasma_rec_clear", 8, 8, color(s, 13)),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &clear).await?;
     let ckpt = s.opts.checkpoint.clone();
     let c = color(s, 12);
     let loader = json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}});
@@ -900,7 +909,8 @@ async fn node_classes(s: &mut Session) -> Step {
     let advanced = |seed: u64, noise: &str, start: u32, end: u32, leftover: &str, latent: &str| json!({"class_type": "KSamplerAdvanced", "inputs": {"add_noise": noise, "noise_seed": seed, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "start_at_step": start, "end_at_step": end, "return_with_leftover_noise": leftover, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": [latent, 0]}});
     let seed = 51_207 + u64::from(s.opts.tag % 100_000) * 4;
 
-    // Refused: out of range, not in the list, a missing input, a link of the wrong type.
+    // Refused: out of range, not in the list, a missing input, a link of the wrong type, a
+    // slot the linked node does not have.
     let refused = [
         json!({"4": loader, "5": latent,
                "20": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["5", 0], "upscale_method": "lanczos", "scale_by": 9.0}},
@@ -914,6 +924,11 @@ async fn node_classes(s: &mut Session) -> Step {
                "32": {"class_type": "LatentUpscale", "inputs": {"samples": ["30", 0], "upscale_method": "area", "width": 12, "height": 64, "crop": "top"}},
                "8": {"class_type": "VAEDecode", "inputs": {"samples": ["32", 0], "vae": ["31", 0]}},
                "9": save("8", "x")}),
+        // CLIPSetLastLayer has one output: slot 1 raises inside the linked node's check.
+        json!({"4": loader, "12": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}},
+               "6": text("a", json!(["12", 1])), "7": text("b", json!(["4", 1])), "5": latent,
+               "3": advanced(seed, "enable", 0, 10_000, "disable", "5"),
+               "8": decode("3"), "9": save("8", "x")}),
     ];
     for prompt in &refused {
         s.post_prompt(prompt, Some("a"), json!({})).await?;
