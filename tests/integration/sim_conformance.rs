@@ -292,7 +292,16 @@ pub const EXACT: Hooks = Hooks {
 fn shape(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        Value::Array(a) => a.iter().map(shape).collect(),
+        // The kinds of items, not their number (`argv` is as long as the server's command line).
+        Value::Array(a) => {
+            let mut kinds: Vec<Value> = Vec::new();
+            for item in a.iter().map(shape) {
+                if !kinds.contains(&item) {
+                    kinds.push(item);
+                }
+            }
+            Value::Array(kinds)
+        }
         Value::String(_) => json!("string"),
         Value::Number(_) => json!("number"),
         Value::Bool(_) => json!("bool"),

@@ -327,3 +327,29 @@ async fn new_classes_check_their_inputs() {
         "{body}"
     );
 }
+
+/// A scale that leaves no pixel raises in the node as PyTorch's `interpolate` does (the
+/// message a real ComfyUI 0.8.0 gave for this graph).
+#[tokio::test]
+async fn an_empty_image_scale_raises_like_pytorch() {
+    let sim = TestSim::with_config(quick()).await;
+    let base = sim.url();
+    let mut ws = Ws::connect(&base, "templates").await;
+    let g = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 24, "batch_size": 1, "color": 1234}},
+        "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 0.01}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "empty", "images": ["2", 0]}}
+    });
+    let pid = submit(&base, Some("templates"), &g).await;
+    let frames = ws.until_done(&pid).await;
+    let error = frames
+        .iter()
+        .find(|f| f["type"] == "execution_error")
+        .expect("an execution_error");
+    assert_eq!(error["data"]["node_id"], "2");
+    assert_eq!(error["data"]["exception_type"], "RuntimeError");
+    assert_eq!(
+        error["data"]["exception_message"],
+        "Input and output sizes should be greater than 0, but got input (H: 24, W: 16) output (H: 0, W: 0)\n"
+    );
+}

@@ -181,3 +181,17 @@ pub async fn unless_interrupted(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::py_round;
+
+    #[test]
+    fn rounds_halves_to_even_as_python_does() {
+        // round(0.5), round(1.5), round(2.5), round(-2.5) in Python: 0, 2, 2, -2.
+        assert_eq!(
+            [0.5, 1.5, 2.5, -2.5, 12.0 * 1.25, 2.4999].map(py_round),
+            [0, 2, 2, -2, 15, 2]
+        );
+    }
+}
