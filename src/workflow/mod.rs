@@ -7,6 +7,7 @@
 pub mod canonical;
 pub mod fill;
 pub mod json;
+pub mod output_size;
 pub mod placeholder;
 pub mod spans;
 pub mod template;

@@ -44,7 +44,8 @@ pub fn empty_latent_image(_models: &Models) -> NodeClass {
     }
 }
 
-/// `EmptyLatentImage.generate`.
+/// `EmptyLatentImage.generate`: `width // 8` x `height // 8` latent cells, so the decoded
+/// picture's sides are the next multiple of 8 down.
 #[allow(
     clippy::unnecessary_wraps,
     reason = "a node function has the node table's signature; others of this class fail"
@@ -52,8 +53,8 @@ pub fn empty_latent_image(_models: &Models) -> NodeClass {
 fn generate(ex: &mut Exec<'_, '_>) -> NodeResult {
     Ok((
         vec![Val::Latent {
-            width: ex.int("width") as u32,
-            height: ex.int("height") as u32,
+            width: (ex.int("width") / 8 * 8) as u32,
+            height: (ex.int("height") / 8 * 8) as u32,
             batch: ex.int("batch_size") as u32,
             sampled: None,
             encoded: None,
