@@ -353,3 +353,42 @@ async fn an_empty_image_scale_raises_like_pytorch() {
         "Input and output sizes should be greater than 0, but got input (H: 24, W: 16) output (H: 0, W: 0)\n"
     );
 }
+
+/// Through the real binary on `--sim`: the two-pass template (its own variables written in
+/// as literals, the rest filled by the manifest) saves images larger than the job's size,
+/// and the run takes them (checked against the size the graph saves), not fails them.
+#[test]
+fn run_takes_the_upscaled_images_of_a_two_pass_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("workflows/sdxl-two-pass.json")).unwrap();
+    let literal = text
+        .replace("\"{{upscale}}\"", "1.5")
+        .replace("\"{{denoise}}\"", "0.5");
+    assert!(!literal.contains("{{upscale}}") && !literal.contains("{{denoise}}"));
+    std::fs::write(dir.path().join("two-pass.json"), literal).unwrap();
+    let manifest = dir.path().join("ch.toml");
+    std::fs::write(
+        &manifest,
+        "[chapter]\nnumber = 2\ntitle = \"two passes\"\nseed = 5\n\n[defaults]\nworkflow = \"two-pass.json\"\nsteps = 3\nwidth = 64\nheight = 96\n\n[[pages]]\npage = 1\nprompt = \"a harbour at night\"\nvariants = 2\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasma-batch"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--quiet", "--out"])
+        .arg(&out)
+        .env_remove("PLASMA_COMFY_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let raw = out.join("ch-02/raw/comfyui");
+    for v in 1..=2 {
+        // 64x96 is 8x12 latent cells; x1.5 is 12x18: 96x144 pixels.
+        assert_eq!(
+            png_size(&raw.join(format!("ch02_p001_v{v}.png"))),
+            (96, 144)
+        );
+    }
+}
