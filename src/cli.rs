@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// pace needs: more only while renders are shorter than a round trip).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
-    /// Only run the jobs of KEY (repeatable): a chapter, page or job key, e.g. `ch01_p003`.
+    /// Only run the jobs of KEY (repeatable): a chapter, page, sweep point or job key, e.g. `ch01_p003`.
     #[arg(long = "only", value_name = "KEY")]
     pub only: Vec<String>,
     /// Render every selected job again as new versions, even if the ledger has its image.
@@ -96,7 +96,7 @@ pub struct RunArgs {
 pub struct RerunArgs {
     /// A run report (`<out>/ch-XX/reports/<run-id>.json`).
     pub report: PathBuf,
-    /// Only the jobs of KEY (repeatable; a chapter, page or job key); default: every job.
+    /// Only the jobs of KEY (repeatable; a chapter, page, sweep point or job key); default: every job.
     #[arg(long = "job", value_name = "KEY")]
     pub jobs: Vec<String>,
     /// ComfyUI server URL (repeatable); default: the servers the report names.

@@ -88,6 +88,11 @@ pub const VARIANTS: Limit<i128> = Limit {
     range: 1..=1000,
     help: "`variants` is images per page, 1..=1000",
 };
+/// `[chapter] max_sweep_jobs`: how many jobs one page's sweep may expand to.
+pub const MAX_SWEEP_JOBS: Limit<i128> = Limit {
+    range: 1..=100_000,
+    help: "`max_sweep_jobs` is jobs per swept page, 1..=100000",
+};
 /// Prompts in flight per server, as `[comfy] in_flight` and `--in-flight` take them.
 pub const IN_FLIGHT: Limit<i128> = Limit {
     range: 1..=64,
@@ -123,6 +128,35 @@ pub fn timeout(secs: f64) -> Option<Duration> {
     (secs > 0.0 && secs <= MAX_TIMEOUT_SECS).then(|| Duration::from_secs_f64(secs))
 }
 
+/// The built-in `{{placeholder}}` names a workflow template may use, in the order
+/// `workflow::Placeholder` lists them. A manifest variable may not take one of these names.
+pub const PLACEHOLDER_NAMES: [&str; 14] = [
+    "seed",
+    "prompt",
+    "negative",
+    "checkpoint",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "width",
+    "height",
+    "lora_name",
+    "lora_strength_model",
+    "lora_strength_clip",
+    "filename_prefix",
+];
+
+/// Whether `name` can name a manifest variable: an identifier (an ASCII letter or `_`, then
+/// letters, digits or `_`), so `{{name}}` in a template is its slot.
+pub fn is_var_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A LoRA as a job uses it: the file and its two strengths.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraParams {
@@ -141,6 +175,15 @@ pub fn job_key(chapter: u16, page: u16, variant: u32) -> String {
     format!("{}_s{variant}", page_key(chapter, page))
 }
 
+/// `ch01_p003_cfg=7.0_sampler=euler_s2`: the key of a job of a sweep point (as
+/// `manifest::sweep::point_text` writes it); with no point, [`job_key`].
+pub fn swept_job_key(chapter: u16, page: u16, point: &str, variant: u32) -> String {
+    if point.is_empty() {
+        return job_key(chapter, page, variant);
+    }
+    format!("{}_{point}_s{variant}", page_key(chapter, page))
+}
+
 /// `ch01_p003_j1a2b3c4d`: a job service job's key, from its chapter, page and the first 8 hex
 /// digits of its id, so keys sort with the planner's and stay unique per job.
 pub fn service_job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
@@ -148,8 +191,8 @@ pub fn service_job_key(chapter: u16, page: u16, job_id: &uuid::Uuid) -> String {
     format!("{}_j{}", page_key(chapter, page), &hex[..8])
 }
 
-/// Whether `text` is a planned job key as [`job_key`] writes them, or its chapter (`ch01`) or
-/// page (`ch01_p003`) part.
+/// Whether `text` is a planned job key as [`job_key`] or [`swept_job_key`] write them, or its
+/// chapter (`ch01`), page (`ch01_p003`) or sweep point (`ch01_p003_cfg=7.0`) part.
 pub fn is_key_or_part(text: &str) -> bool {
     let digits = |part: &str, prefix: &str, min: usize| {
         part.strip_prefix(prefix)
@@ -159,8 +202,50 @@ pub fn is_key_or_part(text: &str) -> bool {
     match parts[..] {
         [c] => digits(c, "ch", 2),
         [c, p] => digits(c, "ch", 2) && digits(p, "p", 3),
-        [c, p, s] => digits(c, "ch", 2) && digits(p, "p", 3) && digits(s, "s", 1),
+        [c, p, s] if digits(s, "s", 1) => digits(c, "ch", 2) && digits(p, "p", 3),
+        [c, p, ref rest @ ..] => {
+            let rest = match rest.split_last() {
+                Some((last, point)) if digits(last, "s", 1) => point,
+                _ => rest,
+            };
+            digits(c, "ch", 2) && digits(p, "p", 3) && is_point(&rest.join("_"))
+        }
         _ => false,
+    }
+}
+
+/// `cfg=7.0_my_var=a-b`: axis names (identifiers) each with `=` and a value's key text.
+fn is_point(text: &str) -> bool {
+    // A name may hold `_`, a value text never does: each `=` ends a name, and the value runs
+    // to the next `_` that is followed by a name and `=`.
+    let mut rest = text;
+    loop {
+        let Some((name, after)) = rest.split_once('=') else {
+            return false;
+        };
+        let name_ok = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return false;
+        }
+        let (value, next) = match after.split_once('_') {
+            Some((value, next)) => (value, Some(next)),
+            None => (after, None),
+        };
+        if value.is_empty()
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
+        {
+            return false;
+        }
+        match next {
+            Some(next) => rest = next,
+            None => return true,
+        }
     }
 }
 
@@ -190,6 +275,25 @@ mod tests {
         ] {
             assert!(!is_key_or_part(text), "{text}");
         }
+        for key in [
+            "ch01_p003_cfg=7.0_s1",
+            "ch01_p003_cfg=7.0_sampler=dpmpp-2m_s12",
+            "ch01_p003_cfg=7.0",
+            "ch01_p003_my_var=-1.5e-3_s1",
+        ] {
+            assert!(is_key_or_part(key), "{key}");
+        }
+        for text in [
+            "ch01_p003_cfg=_s1",
+            "ch01_p003_cfg7_s1",
+            "ch01_p003_cfg=a/b_s1",
+            "ch01_p003_=1_s1",
+            "ch01_p003_cfg=1=2_s1",
+        ] {
+            assert!(!is_key_or_part(text), "{text}");
+        }
+        assert_eq!(swept_job_key(1, 3, "", 2), "ch01_p003_s2");
+        assert_eq!(swept_job_key(1, 3, "cfg=7.0", 2), "ch01_p003_cfg=7.0_s2");
         assert_eq!(
             filename_prefix(1, "ch01_p003_s2"),
             "plasma/ch01/ch01_p003_s2"
@@ -216,7 +320,7 @@ mod tests {
 
     #[test]
     fn each_help_names_the_range_it_goes_with() {
-        for limit in [CHAPTER, PAGE, SEED, STEPS, SIZE, VARIANTS] {
+        for limit in [CHAPTER, PAGE, SEED, STEPS, SIZE, VARIANTS, MAX_SWEEP_JOBS] {
             let range = format!("{}..={}", limit.range.start(), limit.range.end());
             assert!(limit.help.contains(&range), "{}: {range}", limit.help);
         }

@@ -16,18 +16,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::diagnostic::Problem;
-use crate::manifest::model::{LoraSetting, Page, PageSeeds};
+use crate::diagnostic::{Problem, did_you_mean};
+use crate::manifest::model::{LoraSetting, Page, PageSeeds, VarValue};
 use crate::manifest::read::read_bounded;
+use crate::manifest::sweep::{AxisValue, point_text};
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
     DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraParams, filename_prefix, job_key,
+    DEFAULT_WIDTH, LoraParams, filename_prefix, swept_job_key,
 };
 use crate::workflow::canonical::JobHash;
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
-use crate::workflow::{Placeholder, SlotValues, Template, Variant, Workflow};
+use crate::workflow::{Placeholder, SlotName, SlotValues, Template, Variant, Workflow};
+
+mod sweep;
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -138,8 +141,16 @@ pub struct PageParams {
     pub width: u32,
     pub height: u32,
     pub lora: Option<LoraParams>,
+    /// The manifest variables the job's workflow uses, by name, as filled in (the page's
+    /// value, else `[defaults]`'s). Not written when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, VarValue>,
     /// The template path as resolved (relative to the manifest's directory when it was).
     pub workflow_path: Arc<Path>,
+    /// A swept page's axis values for this job's sweep point, in axis order (absent when the
+    /// page has no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<AxisValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,14 +435,151 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
     for (written, pages) in lacking_lora {
         let template = &templates[written];
         if let Some(placeholder) = template.lora_placeholder() {
-            problems.push(template.missing_value_problem(placeholder, &pages));
+            problems.push(template.missing_value_problem(&SlotName::Builtin(placeholder), &pages));
         }
     }
+    problems.extend(var_problems(manifest, templates, &resolved));
     if problems.is_empty() {
         Ok(build_jobs(manifest, &work))
     } else {
         Err(problems)
     }
+}
+
+/// The problems of the manifest's variables with the templates: a `{{name}}` no variable of
+/// the chapter defines (unknown placeholder), one some page using the template has no value
+/// for, a page's variable its own workflow does not use, and a `[defaults]` variable no
+/// workflow of the chapter uses.
+fn var_problems(
+    manifest: &Manifest,
+    templates: &Templates,
+    resolved: &[Resolved<'_>],
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let defaults = &manifest.defaults.vars;
+    let defined: BTreeSet<&str> = defaults
+        .keys()
+        .chain(manifest.pages.iter().flat_map(|p| p.settings.vars.keys()))
+        .map(String::as_str)
+        .collect();
+    let defined_list: Vec<&str> = defined.iter().copied().collect();
+    // Every template the manifest names, used by a page or not (as a broken one is).
+    let named: BTreeSet<&str> = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| [&s.workflow, &s.lora_workflow])
+        .flatten()
+        .map(|w| w.get_ref().as_str())
+        .collect();
+    for template in named.iter().filter_map(|w| templates.get(*w)) {
+        for name in template.vars() {
+            if !defined.contains(name) {
+                problems.push(template.unknown_var_problem(name, &defined_list));
+            }
+        }
+    }
+    // Per template (as written) and variable, the pages using it without a value.
+    let mut lacking: BTreeMap<(&str, &str), Vec<&Page>> = BTreeMap::new();
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    let mut every_page_known = manifest.pages_complete;
+    for r in resolved {
+        let Some(template) = r.workflow.and_then(|w| templates.get(w.get_ref())) else {
+            every_page_known = false;
+            continue;
+        };
+        let own = &r.page.settings.vars;
+        for name in template.vars() {
+            used.insert(name);
+            if defined.contains(name) && !own.contains_key(name) && !defaults.contains_key(name) {
+                let written = r.workflow.map_or("", |w| w.get_ref().as_str());
+                lacking.entry((written, name)).or_default().push(r.page);
+            }
+        }
+        let slots: Vec<&str> = template.vars().collect();
+        for (name, value) in own {
+            if !template.uses_var(name) {
+                let message = format!(
+                    "variable `{name}` of page {} is not used by its workflow `{}`",
+                    r.page.page,
+                    template.file().name()
+                );
+                problems.push(unused_var(manifest, name, value.span(), message, &slots));
+            }
+        }
+    }
+    for ((written, name), pages) in lacking {
+        problems.push(no_var_value(manifest, &templates[written], name, &pages));
+    }
+    if every_page_known {
+        let slots: Vec<&str> = used.iter().copied().collect();
+        for (name, value) in defaults {
+            if !used.contains(name.as_str()) {
+                let message = format!("variable `{name}` is used by no workflow of this chapter");
+                problems.push(unused_var(manifest, name, value.span(), message, &slots));
+            }
+        }
+    }
+    problems
+}
+
+/// Pages whose workflow uses variable `name` but that have no value for it (neither their
+/// own nor a default): underlined in the manifest, where the value is missing.
+fn no_var_value(manifest: &Manifest, template: &Template, name: &str, pages: &[&Page]) -> Problem {
+    const SHOWN: usize = 8;
+    let numbers: Vec<String> = pages.iter().map(|p| p.page.to_string()).collect();
+    let which = match numbers.as_slice() {
+        [one] => format!("page {one} has"),
+        many if many.len() <= SHOWN => format!("pages {} have", many.join(", ")),
+        many => format!(
+            "pages {}, ... ({} in all) have",
+            many[..SHOWN].join(", "),
+            many.len()
+        ),
+    };
+    let node = template
+        .node_using(&SlotName::Var(name.into()))
+        .unwrap_or_default();
+    let mut problem = Problem::at(
+        "manifest::no_var_value",
+        &manifest.file,
+        pages[0].header.clone(),
+        format!(
+            "{which} no value for variable `{name}`, which node `{node}` of workflow `{}` uses",
+            template.file().name()
+        ),
+        format!("no `{name}` for this page"),
+    );
+    for page in pages.iter().skip(1).take(SHOWN - 1) {
+        problem = problem.with_label(page.header.clone(), "nor for this one");
+    }
+    problem.with_help(format!(
+        "give the page(s) `vars = {{ {name} = ... }}`, or give `{name}` a default in [defaults] \
+         `vars`"
+    ))
+}
+
+/// A variable that fills nothing; `slots` are the variables the workflows concerned do use.
+fn unused_var(
+    manifest: &Manifest,
+    name: &str,
+    span: Range<usize>,
+    message: String,
+    slots: &[&str],
+) -> Problem {
+    let help = match did_you_mean(name, slots) {
+        Some(close) => format!("did you mean `{close}`? the workflow uses `{{{{{close}}}}}`"),
+        None => format!(
+            "remove it, or write `{{{{{name}}}}}` in the workflow input it should fill (a \
+             value that fills nothing would be silently ignored)"
+        ),
+    };
+    Problem::at(
+        "manifest::unused_var",
+        &manifest.file,
+        span,
+        message,
+        "fills no workflow input",
+    )
+    .with_help(help)
 }
 
 /// A page that passed every check, with what its jobs need.
@@ -454,7 +602,9 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
         for w in pages {
-            page_jobs(manifest, w, &mut jobs);
+            for point in sweep::points(manifest, w.resolved.page) {
+                page_jobs(manifest, w, point, &mut jobs);
+            }
         }
         jobs
     };
@@ -481,10 +631,15 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page, appended in variant order.
-fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>) {
+/// The jobs of one page (or of one sweep point of it), appended in variant order.
+fn page_jobs(
+    manifest: &Manifest,
+    work: &PageWork<'_>,
+    point: sweep::Point,
+    jobs: &mut Vec<Arc<Job>>,
+) {
     let (r, template) = (work.resolved, work.template);
-    let (d, s) = (&manifest.defaults, &r.page.settings);
+    let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
     let seeds: Vec<(u64, SeedSource)> = match &r.page.seeds {
@@ -519,13 +674,22 @@ fn page_jobs(manifest: &Manifest, work: &PageWork<'_>, jobs: &mut Vec<Arc<Job>>)
         width: s.width.or(d.width).unwrap_or(DEFAULT_WIDTH),
         height: s.height.or(d.height).unwrap_or(DEFAULT_HEIGHT),
         lora: r.lora.as_ref().map(|(l, _)| (*l).clone()),
+        vars: template
+            .vars()
+            .filter_map(|name| {
+                let value = s.vars.get(name).or_else(|| d.vars.get(name))?;
+                Some((name.to_owned(), value.get_ref().clone()))
+            })
+            .collect(),
         workflow_path: Path::new(template.file().name()).into(),
+        sweep: point.values,
     });
+    let point_text = point_text(&base.sweep);
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
     for (index, (seed, seed_source)) in seeds.into_iter().enumerate() {
         let variant = index as u32 + 1;
-        let key = job_key(chapter, page, variant);
+        let key = swept_job_key(chapter, page, &point_text, variant);
         let params = JobParams {
             page: base.clone(),
             filename_prefix: filename_prefix(chapter, &key).into(),
@@ -571,13 +735,16 @@ fn page_values(p: &PageParams) -> SlotValues {
         v.set(Placeholder::LoraStrengthModel, lora.strength_model);
         v.set(Placeholder::LoraStrengthClip, lora.strength_clip);
     }
+    for (name, value) in &p.vars {
+        v.set_var(name, value.to_json());
+    }
     v
 }
 
 /// One job from resolved parameters and a template, filled exactly as the planner fills a
 /// page's variants (used by the job service, which gets its parameters over HTTP).
 /// `params.filename_prefix` is set here; the error is a placeholder the template uses but
-/// `params` has no value for (a LoRA slot without a LoRA).
+/// `params` has no value for (a LoRA slot without a LoRA, a variable `params.vars` lacks).
 pub fn job_from_params(
     template: &Template,
     key: String,
@@ -585,7 +752,7 @@ pub fn job_from_params(
     page: u16,
     seed: u64,
     mut params: JobParams,
-) -> Result<Job, Placeholder> {
+) -> Result<Job, SlotName> {
     params.filename_prefix = filename_prefix(chapter, &key).into();
     Arc::make_mut(&mut params.page).workflow_path = Path::new(template.file().name()).into();
     let values = template.page_values(page_values(&params));
@@ -648,10 +815,18 @@ mod tests {
     fn templates() -> Templates {
         let plain = include_str!("../workflows/txt2img.json");
         let lora = include_str!("../workflows/txt2img-lora.json");
-        [("plain.json", plain), ("lora.json", lora)]
-            .into_iter()
-            .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
-            .collect()
+        let vars = r#"{
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "{{filename_prefix}}"}},
+            "1": {"class_type": "X", "inputs": {"flag": "{{flag}}", "note": "{{prompt}} / {{flag}} / {{n}}", "n": "{{n}}"}}
+        }"#;
+        [
+            ("plain.json", plain),
+            ("lora.json", lora),
+            ("vars.json", vars),
+        ]
+        .into_iter()
+        .map(|(name, text)| (name.to_owned(), Template::parse(name, text.into()).unwrap()))
+        .collect()
     }
 
     fn expand_text(text: &str) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
@@ -702,5 +877,108 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(problems[0].code(), "workflow::no_value");
+    }
+
+    #[test]
+    fn a_defaults_sweep_applies_to_every_page_but_one_that_opts_out() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"plain.json\"\n\
+                    sweep = { steps = [10, 20] }\n\
+                    [[pages]]\npage = 1\nprompt = \"a\"\nseeds = [7, 8]\n\
+                    [[pages]]\npage = 2\nprompt = \"b\"\nsweep = {}\n\
+                    [[pages]]\npage = 3\nprompt = \"c\"\nsweep = { cfg = [4] }\n";
+        let jobs = expand_text(text).unwrap();
+        let keys: Vec<(&str, u64)> = jobs.iter().map(|j| (j.key.as_str(), j.seed)).collect();
+        let derived = |page| derive_seed(1, 0, page, 1);
+        assert_eq!(
+            keys,
+            [
+                ("ch01_p001_steps=10_s1", 7),
+                ("ch01_p001_steps=10_s2", 8),
+                ("ch01_p001_steps=20_s1", 7),
+                ("ch01_p001_steps=20_s2", 8),
+                ("ch01_p002_s1", derived(2)),
+                ("ch01_p003_cfg=4.0_s1", derived(3)),
+            ]
+        );
+        assert_eq!(jobs[2].workflow.to_value()["3"]["inputs"]["steps"], 20);
+        assert_eq!(jobs[2].params.steps, 20);
+        assert_eq!(jobs[5].workflow.to_value()["3"]["inputs"]["cfg"], 4.0);
+        assert_eq!(
+            jobs[5].params.steps, DEFAULT_STEPS,
+            "page 3's own sweep replaces the defaults'"
+        );
+        assert_eq!(
+            jobs[2].params.filename_prefix.as_ref(),
+            "plasma/ch01/ch01_p001_steps=20_s1"
+        );
+        let hashes: BTreeSet<_> = jobs.iter().map(|j| j.hash).collect();
+        assert_eq!(hashes.len(), jobs.len(), "every point sends something else");
+    }
+
+    #[test]
+    fn variables_are_typed_whole_and_text_inside_strings() {
+        let jobs = expand_text(
+            "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\nvars = { flag = true, n = 2 }\n\
+             [[pages]]\npage = 1\nprompt = \"a\"\n[[pages]]\npage = 2\nprompt = \"b\"\nvars = { n = -3 }\n",
+        )
+        .unwrap();
+        let first = jobs[0].workflow.to_value();
+        assert_eq!(first["1"]["inputs"]["flag"], serde_json::json!(true));
+        assert_eq!(first["1"]["inputs"]["n"], serde_json::json!(2));
+        assert_eq!(first["1"]["inputs"]["note"], "a / true / 2");
+        assert_eq!(jobs[1].workflow.to_value()["1"]["inputs"]["n"], -3);
+        assert_eq!(jobs[1].params.vars["n"], VarValue::Int(-3));
+        assert_ne!(jobs[0].hash, jobs[1].hash);
+    }
+
+    #[test]
+    fn variable_problems_need_the_templates() {
+        let head = "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\n";
+        let codes = |text: String| -> Vec<&'static str> {
+            expand_text(&text)
+                .unwrap_err()
+                .iter()
+                .map(Problem::code)
+                .collect()
+        };
+        // `n` is defined nowhere: an unknown placeholder, not also a page without a value.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true }}\n[[pages]]\npage = 1\nprompt = \"a\"\n"
+            )),
+            ["workflow::unknown_placeholder"]
+        );
+        // Defined on page 1 only: page 2 has no value.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true }}\n[[pages]]\npage = 1\nprompt = \"a\"\nvars = {{ n = 1 }}\n\
+                 [[pages]]\npage = 2\nprompt = \"b\"\n"
+            )),
+            ["manifest::no_var_value"]
+        );
+        // A default no workflow uses, and a page's own variable its workflow does not use.
+        assert_eq!(
+            codes(format!(
+                "{head}vars = {{ flag = true, n = 1, x = 2 }}\n[[pages]]\npage = 1\nprompt = \"a\"\n\
+                 [[pages]]\npage = 2\nprompt = \"b\"\nworkflow = \"plain.json\"\nvars = {{ y = 1 }}\n"
+            )),
+            ["manifest::unused_var", "manifest::unused_var"]
+        );
+    }
+
+    #[test]
+    fn a_job_from_params_names_a_variable_it_lacks() {
+        let templates = templates();
+        let job = expand_text(
+            "[chapter]\nnumber = 1\n[defaults]\nworkflow = \"vars.json\"\nvars = { flag = true, n = 2 }\n[[pages]]\npage = 1\nprompt = \"a\"\n",
+        )
+        .unwrap()[0]
+            .clone();
+        let mut params = job.params.clone();
+        Arc::make_mut(&mut params.page).vars.remove("n");
+        let err =
+            job_from_params(&templates["vars.json"], job.key.clone(), 1, 1, 5, params).unwrap_err();
+        assert_eq!(err, SlotName::Var("n".into()));
+        assert!(!err.needs_lora());
     }
 }

@@ -9,6 +9,7 @@ use serde::ser::{Serialize, Serializer};
 
 use crate::cli::PlanArgs;
 use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
+use crate::manifest::sweep;
 use crate::plan::{Job, JobParams, Plan, load_plan};
 use crate::workflow::canonical::JobHash;
 
@@ -112,6 +113,29 @@ fn table_row(job: &Job) -> [String; 9] {
     ]
 }
 
+/// `page 3 sweeps cfg [5.0, 7.0] x sampler [euler, dpmpp_2m]: 4 points, 8 jobs`, for a
+/// page whose jobs are swept.
+fn sweep_line(page: &[std::sync::Arc<Job>]) -> Option<String> {
+    let axes = sweep::axes_of(page.iter().map(|j| &j.params.sweep[..]));
+    if axes.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = axes
+        .iter()
+        .map(|(name, values)| {
+            let values: Vec<String> = values.iter().map(|v| sweep::value_label(v)).collect();
+            format!("{name} [{}]", values.join(", "))
+        })
+        .collect();
+    let points: usize = axes.iter().map(|(_, values)| values.len()).product();
+    Some(format!(
+        "page {} sweeps {}: {points} points, {} jobs",
+        page[0].page,
+        shown.join(" x "),
+        page.len()
+    ))
+}
+
 /// The plan as an aligned text table, one job per line: one pass for the column widths,
 /// then one that writes each row as it is formatted.
 pub fn write_plan_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
@@ -138,6 +162,11 @@ pub fn write_plan_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     line(out, &mut TABLE_HEADER.iter().copied())?;
     for job in &plan.jobs {
         line(out, &mut table_row(job).iter().map(String::as_str))?;
+    }
+    for page in plan.jobs.chunk_by(|a, b| a.page == b.page) {
+        if let Some(axes) = sweep_line(page) {
+            writeln!(out, "{axes}")?;
+        }
     }
     writeln!(out, "{}", plan.summary())
 }

@@ -213,7 +213,8 @@ pub fn select_by_key<T>(
     flag: &str,
     listing: &str,
 ) -> Result<Vec<T>, CmdError> {
-    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003) or a job (ch01_p003_s2)";
+    const FORM: &str = "a selector is a chapter (ch01), a page (ch01_p003), a sweep point \
+                        (ch01_p003_cfg=7.0) or a job (ch01_p003_s2)";
     if selectors.is_empty() {
         return Ok(items);
     }

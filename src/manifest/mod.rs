@@ -7,6 +7,7 @@
 pub mod model;
 pub mod parse;
 pub mod read;
+pub mod sweep;
 
 pub use model::Manifest;
 pub use parse::parse_manifest;

@@ -20,6 +20,9 @@ pub struct Manifest {
     pub defaults_complete: bool,
     /// In manifest order; page numbers are unique. A page with a problem is left out.
     pub pages: Vec<Page>,
+    /// False when a page was left out for a problem: checks over every page of the chapter
+    /// (is a default variable used anywhere?) are then skipped, as they could only guess.
+    pub pages_complete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Chapter {
     pub number: u16,
     pub title: Option<String>,
     pub seed: Option<u64>,
+    /// `max_sweep_jobs`: the most jobs one page's sweep may expand to.
+    pub max_sweep_jobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,12 +62,18 @@ pub struct Settings {
     pub lora: Option<Spanned<LoraSetting>>,
     pub variants: Option<u32>,
     /// User variables (`vars = { name = value }`), by name; a page's table is merged over
-    /// the defaults' one. Referenced from templates as `{{name}}`.
+    /// the defaults' one. Referenced from templates as `{{name}}`. Each span covers the whole
+    /// `name = value` entry.
     pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
+    /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
+    /// (`sweep = {}` on a page sweeps nothing).
+    pub sweep: Option<Spanned<Sweep>>,
 }
 
 /// The value of a user variable: the four TOML scalar types a workflow input can take.
-#[derive(Debug, Clone, PartialEq)]
+/// Written (plan, report) as the bare JSON value; read back by its JSON type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum VarValue {
     Int(i64),
     Float(f64),
@@ -90,6 +101,33 @@ impl VarValue {
             VarValue::Bool(b) => (*b).into(),
         }
     }
+}
+
+/// A checked sweep: its axes in the order written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    pub axes: Vec<Axis>,
+}
+
+impl Sweep {
+    /// How many points the sweep has (the product of its axes' lengths; 1 with no axes).
+    pub fn points(&self) -> u64 {
+        self.axes
+            .iter()
+            .map(|a| a.values.len() as u64)
+            .fold(1, u64::saturating_mul)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// A name of `sweep::SETTING_AXES` or a variable's.
+    pub name: String,
+    /// The axis name as written, for problems about it.
+    pub span: Range<usize>,
+    pub is_var: bool,
+    /// Checked values (as the setting or the variable takes them), none repeated.
+    pub values: Vec<Spanned<VarValue>>,
 }
 
 /// `lora = { ... }` uses a LoRA; `lora = false` on a page drops the default one.

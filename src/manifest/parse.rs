@@ -8,14 +8,16 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings};
+use super::model::{Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings, VarValue};
 use crate::comfyui::LATENT_STEP;
 use crate::comfyui::SCHEDULERS;
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::params::{self, Limit, LoraParams};
 
+mod sweep;
+
 const TOP_KEYS: &[&str] = &["chapter", "comfy", "defaults", "pages"];
-const CHAPTER_KEYS: &[&str] = &["number", "title", "seed"];
+const CHAPTER_KEYS: &[&str] = &["number", "title", "seed", "max_sweep_jobs"];
 const COMFY_KEYS: &[&str] = &[
     "servers",
     "timeout",
@@ -37,6 +39,8 @@ const SETTING_KEYS: &[&str] = &[
     "height",
     "lora",
     "variants",
+    "vars",
+    "sweep",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
 const PAGE_ONLY_KEYS: &[&str] = &["page", "prompt", "seed", "seeds"];
@@ -79,15 +83,20 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     let chapter = c.chapter(root.get("chapter"));
     let comfy = root.get("comfy").map(|v| c.comfy(v)).unwrap_or_default();
     let before_defaults = c.problems.len();
-    let defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
+    let mut defaults = match root.get("defaults").and_then(|v| c.table(v, "defaults")) {
         Some(t) => {
             c.unknown_keys(t, SETTING_KEYS, "[defaults]");
             c.settings(t)
         }
         None => Settings::default(),
     };
+    c.check_defaults_sweep(&mut defaults);
     let defaults_complete = c.problems.len() == before_defaults;
-    let pages = c.pages(root.get("pages"));
+    let before_pages = c.problems.len();
+    let mut pages = c.pages(root.get("pages"), &defaults.vars);
+    let mut reported = false;
+    pages.retain_mut(|page| c.check_page_sweep(&chapter, &defaults, page, &mut reported));
+    let pages_complete = c.problems.len() == before_pages;
     let manifest = Manifest {
         file: file.clone(),
         chapter,
@@ -95,11 +104,13 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
         defaults,
         defaults_complete,
         pages,
+        pages_complete,
     };
     (Some(manifest), c.problems)
 }
 
 type Value<'i> = Spanned<DeValue<'i>>;
+type Vars = BTreeMap<String, Spanned<VarValue>>;
 
 /// Where a key that is unknown in one table does belong, for the hint.
 fn belongs_in(name: &str) -> Option<&'static str> {
@@ -149,9 +160,15 @@ impl Checker<'_> {
                 }
                 _ => "key",
             };
-            let help = match (did_you_mean(name, known), belongs_in(name)) {
-                (Some(close), _) => format!("did you mean `{close}`?"),
-                (None, Some(home)) => format!("`{name}` belongs in {home}"),
+            // A key of another table is that key, however close it is to one of this table.
+            let help = match (belongs_in(name), did_you_mean(name, known)) {
+                (Some(home), _) => format!("`{name}` belongs in {home}"),
+                (None, Some(close)) => format!("did you mean `{close}`?"),
+                (None, None) if known.contains(&"vars") && params::is_var_name(name) => format!(
+                    "{place} takes: {}; a value for a workflow's `{{{{{name}}}}}` is a variable: \
+                     `vars = {{ {name} = ... }}`",
+                    known.join(", ")
+                ),
                 (None, None) => format!("{place} takes: {}", known.join(", ")),
             };
             self.error(
@@ -281,6 +298,7 @@ impl Checker<'_> {
             number: 0,
             title: None,
             seed: None,
+            max_sweep_jobs: None,
         };
         let Some(v) = v else {
             self.missing(
@@ -313,6 +331,11 @@ impl Checker<'_> {
         }
         if let Some(seed) = t.get("seed") {
             chapter.seed = self.integer(seed, "seed", &params::SEED).map(|s| s as u64);
+        }
+        if let Some(max) = t.get("max_sweep_jobs") {
+            chapter.max_sweep_jobs = self
+                .integer(max, "max_sweep_jobs", &params::MAX_SWEEP_JOBS)
+                .map(|n| n as u32);
         }
         chapter
     }
@@ -410,7 +433,174 @@ impl Checker<'_> {
                 .integer(v, "variants", &params::VARIANTS)
                 .map(|n| n as u32);
         }
+        if let Some(v) = t.get("vars") {
+            s.vars = self.vars(v);
+        }
+        if let Some(v) = t.get("sweep") {
+            s.sweep = self.sweep(v);
+        }
         s
+    }
+
+    /// `vars = { name = value, ... }`: each name an identifier that is no built-in
+    /// placeholder, each value an integer, float, string or boolean. Each entry's span covers
+    /// `name = value`.
+    fn vars(&mut self, v: &Value<'_>) -> Vars {
+        let mut vars = Vars::new();
+        let Some(t) = self.table(v, "vars") else {
+            return vars;
+        };
+        for (key, value) in t {
+            let name: &str = key.get_ref();
+            let named = self.var_name(name, key.span());
+            let typed = self.var_value(name, value);
+            if let (true, Some(typed)) = (named, typed) {
+                let span = key.span().start..value.span().end.max(key.span().end);
+                vars.insert(name.to_owned(), Spanned::new(span, typed));
+            }
+        }
+        vars
+    }
+
+    fn var_name(&mut self, name: &str, span: Range<usize>) -> bool {
+        if params::PLACEHOLDER_NAMES.contains(&name) {
+            let help = if SETTING_KEYS.contains(&name) || PAGE_ONLY_KEYS.contains(&name) {
+                format!(
+                    "`{{{{{name}}}}}` is filled from the `{name}` setting: set `{name} = ...` in \
+                     [defaults] or on the page, or give the variable another name"
+                )
+            } else if name.starts_with("lora_") {
+                format!(
+                    "`{{{{{name}}}}}` is filled from `lora = {{ ... }}`; give the variable \
+                     another name"
+                )
+            } else {
+                format!(
+                    "`{{{{{name}}}}}` is filled by plasma-batch; give the variable another name"
+                )
+            };
+            self.error(
+                "manifest::var_name",
+                span,
+                format!("variable `{name}` has the name of a built-in placeholder"),
+                "a built-in placeholder",
+                help,
+            );
+            return false;
+        }
+        if params::is_var_name(name) {
+            return true;
+        }
+        let mut fixed: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if !fixed.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            fixed.insert(0, '_');
+        }
+        self.error(
+            "manifest::var_name",
+            span,
+            format!("variable name `{name}` is not an identifier"),
+            "not an identifier",
+            format!(
+                "a variable is written `{{{{name}}}}` in a workflow, so its name is an ASCII \
+                 letter or `_` followed by letters, digits or `_`, e.g. `{fixed}`"
+            ),
+        );
+        false
+    }
+
+    fn var_value(&mut self, name: &str, v: &Value<'_>) -> Option<VarValue> {
+        match v.get_ref() {
+            DeValue::Integer(int) => {
+                let value = i64::from_str_radix(int.as_str(), int.radix()).ok();
+                if value.is_none() {
+                    self.error(
+                        "manifest::out_of_range",
+                        v.span(),
+                        format!("variable `{name}` must be a 64-bit integer, found {int}"),
+                        "out of range",
+                        "integer variables are -9223372036854775808..=9223372036854775807",
+                    );
+                }
+                value.map(VarValue::Int)
+            }
+            DeValue::Float(f) => match f.as_str().parse::<f64>() {
+                Ok(x) if x.is_finite() => Some(VarValue::Float(x)),
+                _ => {
+                    self.error(
+                        "manifest::out_of_range",
+                        v.span(),
+                        format!("variable `{name}` must be a finite number, found {f}"),
+                        "not a finite number",
+                        "JSON, and so a workflow input, has no infinity or NaN",
+                    );
+                    None
+                }
+            },
+            DeValue::String(text) => Some(VarValue::Str(text.to_string())),
+            DeValue::Boolean(b) => Some(VarValue::Bool(*b)),
+            other => {
+                self.error(
+                    "manifest::wrong_type",
+                    v.span(),
+                    format!(
+                        "variable `{name}` must be an integer, float, string or boolean, found {}",
+                        other.type_str()
+                    ),
+                    "not a single value",
+                    "a variable fills one workflow input: write one value, e.g. `0.5`, `\"ink\"`, \
+                     `3` or `true`",
+                );
+                None
+            }
+        }
+    }
+
+    /// A page's variable has the type of the default of the same name: an integer where the
+    /// default is a float is taken as that float; any other difference is an error.
+    fn var_types(&mut self, own: &mut Vars, defaults: &Vars) {
+        for (name, value) in own.iter_mut() {
+            let Some(default) = defaults.get(name) else {
+                continue;
+            };
+            let (d, o) = (default.get_ref(), value.get_ref());
+            if let (VarValue::Float(_), VarValue::Int(i)) = (d, o) {
+                *value = Spanned::new(value.span(), VarValue::Float(*i as f64));
+                continue;
+            }
+            if std::mem::discriminant(d) == std::mem::discriminant(o) {
+                continue;
+            }
+            let a = |t: &str| format!("{} {t}", if t.starts_with('i') { "an" } else { "a" });
+            let (dt, ot) = (a(d.type_name()), a(o.type_name()));
+            let help = match (d, o) {
+                (VarValue::Int(_), VarValue::Float(_)) => format!(
+                    "write a whole number here, or write the default as a float (e.g. \
+                     `{name} = {}.0`) so pages may give fractions",
+                    match d {
+                        VarValue::Int(i) => *i,
+                        _ => 0,
+                    }
+                ),
+                _ => format!(
+                    "a variable fills the same workflow input on every page: write this \
+                     value as {dt}, or give the variable another name"
+                ),
+            };
+            self.problems.push(
+                Problem::at(
+                    "manifest::var_type",
+                    self.file,
+                    value.span(),
+                    format!("variable `{name}` is {ot} on this page but {dt} in [defaults]"),
+                    ot.clone(),
+                )
+                .with_label(default.span(), format!("{dt} in [defaults]"))
+                .with_help(help),
+            );
+        }
     }
 
     fn scheduler(&mut self, v: &Value<'_>) -> Option<String> {
@@ -479,7 +669,7 @@ impl Checker<'_> {
         }))
     }
 
-    fn pages(&mut self, v: Option<&Value<'_>>) -> Vec<Page> {
+    fn pages(&mut self, v: Option<&Value<'_>>, default_vars: &Vars) -> Vec<Page> {
         let help = "add pages as `[[pages]]` tables, each with `page = N` and `prompt = \"...\"`";
         let Some(v) = v else {
             self.missing(0..0, "[[pages]]", "the manifest", help);
@@ -504,7 +694,7 @@ impl Checker<'_> {
             let Some(t) = self.table(item, "pages") else {
                 continue;
             };
-            if let Some(page) = self.page(item.span(), t) {
+            if let Some(page) = self.page(item.span(), t, default_vars) {
                 let span = t.get("page").map(toml::Spanned::span).unwrap_or_default();
                 if let Some(first) = seen.get(&page.page) {
                     let number = page.page;
@@ -532,7 +722,7 @@ impl Checker<'_> {
     }
 
     /// A page, or `None` if it has any problem (later checks would only echo it).
-    fn page(&mut self, header: Range<usize>, t: &DeTable<'_>) -> Option<Page> {
+    fn page(&mut self, header: Range<usize>, t: &DeTable<'_>, default_vars: &Vars) -> Option<Page> {
         let before = self.problems.len();
         let known: Vec<&str> = PAGE_ONLY_KEYS.iter().chain(SETTING_KEYS).copied().collect();
         self.unknown_keys(t, &known, "[[pages]]");
@@ -558,7 +748,8 @@ impl Checker<'_> {
             );
             None
         };
-        let settings = self.settings(t);
+        let mut settings = self.settings(t);
+        self.var_types(&mut settings.vars, default_vars);
         let seeds = self.page_seeds(t, settings.variants);
         if self.problems.len() > before {
             return None;
@@ -785,6 +976,66 @@ prompt = "q"
             codes(&format!("[comfy]\nretry_failed = \"yes\"\n{MINIMAL}")),
             ["manifest::wrong_type"]
         );
+    }
+
+    #[test]
+    fn reads_variables_in_both_forms_and_merges_types() {
+        let text = "[chapter]\nnumber = 1\n[defaults]\nvars = { d = 0.5, s = \"ink\", n = 3, b = false }\n\
+            [[pages]]\npage = 1\nprompt = \"p\"\nvars = { d = 1, b = true }\n\
+            [[pages]]\npage = 2\nprompt = \"q\"\n[pages.vars]\ns = \"wash\"\nn = -7\nextra = \"x\"\n";
+        let (manifest, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let m = manifest.unwrap();
+        let get = |vars: &Vars, name: &str| vars[name].get_ref().clone();
+        assert_eq!(get(&m.defaults.vars, "d"), VarValue::Float(0.5));
+        assert_eq!(get(&m.defaults.vars, "s"), VarValue::Str("ink".into()));
+        assert_eq!(get(&m.defaults.vars, "n"), VarValue::Int(3));
+        assert_eq!(get(&m.defaults.vars, "b"), VarValue::Bool(false));
+        // An integer where the default is a float is that float.
+        assert_eq!(get(&m.pages[0].settings.vars, "d"), VarValue::Float(1.0));
+        assert_eq!(get(&m.pages[0].settings.vars, "b"), VarValue::Bool(true));
+        assert_eq!(
+            get(&m.pages[1].settings.vars, "s"),
+            VarValue::Str("wash".into())
+        );
+        assert_eq!(get(&m.pages[1].settings.vars, "n"), VarValue::Int(-7));
+        assert_eq!(
+            get(&m.pages[1].settings.vars, "extra"),
+            VarValue::Str("x".into())
+        );
+        // Each span covers `name = value`.
+        let span = m.defaults.vars["s"].span();
+        assert_eq!(&text[span], "s = \"ink\"");
+        assert!(m.pages_complete);
+    }
+
+    #[test]
+    fn variable_rules() {
+        let with = |defaults: &str, page: &str| {
+            codes(&format!(
+                "[chapter]\nnumber = 1\n[defaults]\nvars = {{ {defaults} }}\n[[pages]]\npage = 1\nprompt = \"p\"\nvars = {{ {page} }}\n"
+            ))
+        };
+        assert_eq!(with("seed = 1", ""), ["manifest::var_name"]);
+        assert_eq!(with("", "\"a b\" = 1"), ["manifest::var_name"]);
+        assert_eq!(with("x = 1", "x = 1.5"), ["manifest::var_type"]);
+        assert_eq!(with("x = \"1\"", "x = 1"), ["manifest::var_type"]);
+        assert_eq!(with("x = true", "x = \"yes\""), ["manifest::var_type"]);
+        assert_eq!(with("x = inf", ""), ["manifest::out_of_range"]);
+        assert_eq!(with("x = 1979-05-27", ""), ["manifest::wrong_type"]);
+        assert_eq!(with("x = { y = 1 }", ""), ["manifest::wrong_type"]);
+        assert!(with("x = 1.5", "x = 2").is_empty());
+        assert!(with("_x1 = 1", "Y = \"a\"").is_empty());
+        // A page with a problem is left out, and the manifest says some page was.
+        let (m, _) = parse(&format!("{MINIMAL}vars = {{ seed = 1 }}\n"));
+        assert!(!m.unwrap().pages_complete);
+    }
+
+    #[test]
+    fn an_unknown_page_key_that_could_be_a_variable_says_how_to_write_one() {
+        let (_, problems) = parse(&format!("{MINIMAL}denoise = 0.5\n"));
+        let help = miette::Diagnostic::help(&problems[0]).unwrap().to_string();
+        assert!(help.contains("`vars = { denoise = ... }`"), "{help}");
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! URIs, no scripts, no external files) showing every job by page and version with its
 //! prompt, seed, status and error. A pure function from a report to bytes, plus thumbnails.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use base64::Engine as _;
 
 use super::json::{JobReport, RunReport};
+use crate::manifest::model::VarValue;
+use crate::manifest::sweep;
 use crate::output::ThumbReader;
 
 /// Render the contact sheet. `out_root` is where the report's image paths are relative to;
@@ -57,6 +60,9 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
 .status{{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;color:#fff}}
 .succeeded{{background:#2e7d32}} .skipped{{background:#607d8b}} .failed,.timed_out{{background:#c62828}} .cancelled{{background:#ef6c00}} .pending{{background:#9e9e9e}}
 .error{{color:#b71c1c;font-size:12px;white-space:pre-wrap;word-break:break-word}}
+table.sweep{{border-collapse:collapse;margin:8px 0 16px}} table.sweep caption{{text-align:left;font-weight:600;padding:4px 0}}
+table.sweep th{{font-size:12px;padding:4px 8px;background:#ece8df;white-space:nowrap}} table.sweep td{{vertical-align:top;padding:6px;border:1px solid #ddd}}
+table.sweep td .card{{margin-bottom:6px}}
 </style></head><body>
 <h1>{title}</h1>
 <p class="meta">manifest {manifest} · started {started} · ended {ended}{incomplete}</p>
@@ -83,11 +89,12 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
     let mut order: Vec<&JobReport> = report.jobs.iter().collect();
     order.sort_by_key(|j| j.page);
     for page in order.chunk_by(|a, b| a.page == b.page) {
-        let _ = write!(
-            html,
-            "<h2>Page {}</h2>\n<div class=\"grid\">\n",
-            page[0].page
-        );
+        let _ = writeln!(html, "<h2>Page {}</h2>", page[0].page);
+        if page.iter().any(|j| !j.params.sweep.is_empty()) {
+            sweep_grids(&mut html, page, out_root, &mut thumbs, out)?;
+            continue;
+        }
+        html.push_str("<div class=\"grid\">\n");
         for job in page {
             card(&mut html, job, out_root, &mut thumbs);
             // A page can hold thousands of cards: write in steps of ~32 KiB, so the sheet
@@ -103,6 +110,94 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
     }
     html.push_str("</body></html>\n");
     out.write_all(html.as_bytes())
+}
+
+/// A swept page as XY grids: columns are the first axis's values, rows the second's, and
+/// each combination of any further axes is a grid of its own, captioned with its values.
+/// A cell holds its sweep point's cards (one per image of each variant).
+fn sweep_grids(
+    html: &mut String,
+    page: &[&JobReport],
+    out_root: &Path,
+    thumbs: &mut ThumbReader,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let axes = sweep::axes_of(page.iter().map(|j| &j.params.sweep[..]));
+    let label = |axis: usize, value: usize| {
+        let (name, values) = &axes[axis];
+        escape(&format!("{name}={}", sweep::value_label(values[value])))
+    };
+    // Each job's place: the further axes' value indices, then row, then column.
+    let mut cells: BTreeMap<(Vec<usize>, usize, usize), Vec<&JobReport>> = BTreeMap::new();
+    for job in page {
+        let at: Vec<usize> = axes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, values))| {
+                job.params
+                    .sweep
+                    .get(i)
+                    .and_then(|a| values.iter().position(|v| **v == a.value))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let (x, y) = (at[0], at.get(1).copied().unwrap_or(0));
+        let rest = at.get(2..).unwrap_or_default().to_vec();
+        cells.entry((rest, y, x)).or_default().push(job);
+    }
+    let mut groups: Vec<Vec<usize>> = cells.keys().map(|(rest, _, _)| rest.clone()).collect();
+    groups.dedup();
+    let (x_axis, y_axis) = (&axes[0], axes.get(1));
+    for rest in groups {
+        html.push_str("<table class=\"sweep\">");
+        if !rest.is_empty() {
+            let caption: Vec<String> = rest
+                .iter()
+                .enumerate()
+                .map(|(i, v)| label(i + 2, *v))
+                .collect();
+            let _ = write!(html, "<caption>{}</caption>", caption.join(" · "));
+        }
+        html.push_str("<thead><tr>");
+        if let Some((y_name, _)) = y_axis {
+            let _ = write!(
+                html,
+                "<th class=\"corner\">{} \\ {}</th>",
+                escape(y_name),
+                escape(x_axis.0)
+            );
+        }
+        for x in 0..x_axis.1.len() {
+            let _ = write!(html, "<th scope=\"col\">{}</th>", label(0, x));
+        }
+        html.push_str("</tr></thead>\n<tbody>\n");
+        for y in 0..y_axis.map_or(1, |(_, values)| values.len()) {
+            html.push_str("<tr>");
+            if y_axis.is_some() {
+                let _ = write!(html, "<th scope=\"row\">{}</th>", label(1, y));
+            }
+            for x in 0..x_axis.1.len() {
+                let _ = write!(html, "<td data-x=\"{}\"", label(0, x));
+                if y_axis.is_some() {
+                    let _ = write!(html, " data-y=\"{}\"", label(1, y));
+                }
+                html.push('>');
+                for job in cells.get(&(rest.clone(), y, x)).into_iter().flatten() {
+                    card(html, job, out_root, thumbs);
+                    if html.len() >= FLUSH_AT {
+                        out.write_all(html.as_bytes())?;
+                        html.clear();
+                    }
+                }
+                html.push_str("</td>");
+            }
+            html.push_str("</tr>\n");
+        }
+        html.push_str("</tbody></table>\n");
+    }
+    out.write_all(html.as_bytes())?;
+    html.clear();
+    Ok(())
 }
 
 fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbReader) {
@@ -137,7 +232,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
         let _ = write!(
             html,
             "<div><span class=\"key\">{key}</span> <span class=\"status {status}\">{status}</span></div>\
-             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg} · {sampler}/{scheduler}{lora}</div>\
+             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg} · {sampler}/{scheduler}{lora}{vars}</div>\
              <div class=\"prompt\">{prompt}</div>",
             key = escape(&job.key),
             variant = job.variant,
@@ -152,6 +247,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
                 .as_ref()
                 .map(|l| format!(" · LoRA {}", escape(&l.name)))
                 .unwrap_or_default(),
+            vars = vars_text(&job.params.vars),
             prompt = escape(&job.params.prompt),
         );
         if let Some(error) = &job.error {
@@ -163,6 +259,19 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
         }
         html.push_str("</div>\n");
     }
+}
+
+/// ` · style=ink · denoise=0.55`: a job's variables (strings as they are), escaped.
+fn vars_text(vars: &std::collections::BTreeMap<String, VarValue>) -> String {
+    let mut text = String::new();
+    for (name, value) in vars {
+        let shown = match value {
+            VarValue::Str(s) => s.clone(),
+            other => other.to_json().to_string(),
+        };
+        let _ = write!(text, " · {}={}", escape(name), escape(&shown));
+    }
+    text
 }
 
 fn escape(text: &str) -> String {

@@ -418,7 +418,8 @@ impl RunReport {
         }
         let mut keys = std::collections::HashSet::new();
         for (n, job) in self.jobs.iter().enumerate() {
-            let expected = params::job_key(self.chapter, job.page, job.variant);
+            let point = crate::manifest::sweep::point_text(&job.params.sweep);
+            let expected = params::swept_job_key(self.chapter, job.page, &point, job.variant);
             if !params::PAGE.contains(&job.page.into()) || job.variant == 0 {
                 problems.push(format!(
                     "jobs[{n}]: page {} or variant {} out of range (pages {}, variants from 1)",
@@ -426,9 +427,14 @@ impl RunReport {
                     job.variant,
                     range(&params::PAGE)
                 ));
-            } else if job.key != expected {
+            } else if job.key != expected || !params::is_key_or_part(&expected) {
+                let point = if point.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sweep point {point}")
+                };
                 problems.push(format!(
-                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}, variant {}",
+                    "jobs[{n}].key `{}` is not `{expected}`, the key of chapter {}, page {}{point}, variant {}",
                     job.key, self.chapter, job.page, job.variant
                 ));
             } else if !keys.insert(job.key.as_str()) {
@@ -600,7 +606,9 @@ mod tests {
                 width: 64,
                 height: 64,
                 lora: None,
+                vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("w.json").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "x".into(),
             seed_source: crate::plan::SeedSource::Derived,
@@ -666,6 +674,37 @@ mod tests {
                 "jobs[0]: page 0 or variant 1 out of range (pages 1..=999, variants from 1)",
             ]
         );
+    }
+
+    #[test]
+    fn a_swept_key_must_be_the_one_its_axis_values_make() {
+        use crate::manifest::model::VarValue;
+        use crate::manifest::sweep::AxisValue;
+        let swept = |axis: &str, key: &str| {
+            let mut r = report(1);
+            let mut job = (*r.jobs[0].job).clone();
+            Arc::make_mut(&mut job.params.page).sweep = vec![AxisValue {
+                axis: axis.into(),
+                value: VarValue::Str("a b".into()),
+            }];
+            job.key = key.into();
+            r.jobs[0].job = Arc::new(job);
+            r.check()
+        };
+        assert_eq!(
+            swept("style", "ch01_p001_style=a-b_s1"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            swept("style", "ch01_p001_s1"),
+            [
+                "jobs[0].key `ch01_p001_s1` is not `ch01_p001_style=a-b_s1`, the key of chapter 1, \
+              page 1, sweep point style=a-b, variant 1"
+            ]
+        );
+        // An axis name that is not an identifier could make a key a path: refused.
+        let problems = swept("../x", "ch01_p001_../x=a-b_s1");
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

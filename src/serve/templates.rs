@@ -60,6 +60,15 @@ impl Templates {
                         "it has no SaveImage node".to_owned(),
                     ));
                 }
+                if let Some(name) = template.vars().next() {
+                    return Err(TemplateError::Invalid(
+                        path.display().to_string(),
+                        format!(
+                            "it uses {{{{{name}}}}}, which is no built-in placeholder; the job \
+                             service has no variables (they come from a chapter manifest)"
+                        ),
+                    ));
+                }
                 Ok(Templates {
                     plain: template,
                     lora: None,
@@ -105,7 +114,9 @@ impl Templates {
                 width: request.resolution.width,
                 height: request.resolution.height,
                 lora: request.lora.clone(),
+                vars: std::collections::BTreeMap::new(),
                 workflow_path: Path::new("").into(),
+                sweep: Vec::new(),
             }),
             filename_prefix: "".into(),
             seed_source: SeedSource::Explicit,
@@ -137,5 +148,22 @@ impl Templates {
                 )
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_with_variables_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vars.json");
+        let text = TXT2IMG
+            .1
+            .replace("\"batch_size\": 1", "\"batch_size\": \"{{batch}}\"");
+        std::fs::write(&path, text).unwrap();
+        let err = Templates::load(Some(&path)).err().expect("refused");
+        assert!(err.to_string().contains("{{batch}}"), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::canonical::{Segments, Step};
-use super::placeholder::{Piece, Placeholder, SlotValues, as_text};
+use super::placeholder::{Piece, Placeholder, SlotName, SlotValues, as_text};
 
 /// What writing a filled workflow's text needs: the slots, and the compact JSON in the
 /// template's key order with a hole per slot.
@@ -20,7 +20,7 @@ pub(crate) struct TextFill {
 
 impl TextFill {
     /// Every slot's value, in slot order.
-    pub(super) fn values(&self, values: &Lookup<'_>) -> Result<Vec<Value>, Placeholder> {
+    pub(super) fn values(&self, values: &Lookup<'_>) -> Result<Vec<Value>, SlotName> {
         self.slots.iter().map(|slot| slot.value(values)).collect()
     }
 }
@@ -63,11 +63,13 @@ pub(super) struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
-    fn get(&self, placeholder: Placeholder) -> Option<Value> {
-        match placeholder {
-            Placeholder::Seed => Some(Value::from(self.variant.seed)),
-            Placeholder::FilenamePrefix => Some(Value::from(&*self.variant.filename_prefix)),
-            other => self.page.get(other).cloned(),
+    fn get(&self, slot: &SlotName) -> Option<Value> {
+        match slot {
+            SlotName::Builtin(Placeholder::Seed) => Some(Value::from(self.variant.seed)),
+            SlotName::Builtin(Placeholder::FilenamePrefix) => {
+                Some(Value::from(&*self.variant.filename_prefix))
+            }
+            other => self.page.get_slot(other).cloned(),
         }
     }
 }
@@ -80,15 +82,17 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    fn value(&self, values: &Lookup<'_>) -> Result<Value, Placeholder> {
+    fn value(&self, values: &Lookup<'_>) -> Result<Value, SlotName> {
         Ok(match &self.fill {
-            Fill::Whole(p) => values.get(*p).ok_or(*p)?,
+            Fill::Whole(p) => values.get(p).ok_or_else(|| p.clone())?,
             Fill::Pieces(pieces) => {
                 let mut text = String::new();
                 for piece in pieces {
                     match piece {
                         Piece::Text(t) => text.push_str(t),
-                        Piece::Slot(p) => as_text(&values.get(*p).ok_or(*p)?, &mut text),
+                        Piece::Slot(p) => {
+                            as_text(&values.get(p).ok_or_else(|| p.clone())?, &mut text);
+                        }
                     }
                 }
                 Value::String(text)
@@ -99,6 +103,6 @@ impl Slot {
 
 #[derive(Debug, Clone)]
 pub(super) enum Fill {
-    Whole(Placeholder),
+    Whole(SlotName),
     Pieces(Vec<Piece>),
 }

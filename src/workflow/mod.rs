@@ -14,5 +14,5 @@ pub mod template;
 
 pub use fill::{PageValues, Variant};
 pub use json::Workflow;
-pub use placeholder::{Placeholder, SlotValues};
+pub use placeholder::{Placeholder, SlotName, SlotValues};
 pub use template::{Filled, Template};

@@ -1,4 +1,9 @@
-//! Template placeholders: `{{name}}` inside a JSON string of a node's inputs.
+//! Template placeholders: `{{name}}` inside a JSON string of a node's inputs. A name is a
+//! built-in [`Placeholder`] or, any other identifier, a manifest variable's slot
+//! ([`SlotName::Var`]); whether the manifest defines it is planning's question.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -39,22 +44,8 @@ impl Placeholder {
         Placeholder::FilenamePrefix,
     ];
 
-    pub const NAMES: [&'static str; 14] = [
-        "seed",
-        "prompt",
-        "negative",
-        "checkpoint",
-        "steps",
-        "cfg",
-        "sampler",
-        "scheduler",
-        "width",
-        "height",
-        "lora_name",
-        "lora_strength_model",
-        "lora_strength_clip",
-        "filename_prefix",
-    ];
+    /// Their names, as written between `{{` and `}}`.
+    pub const NAMES: [&'static str; 14] = crate::params::PLACEHOLDER_NAMES;
 
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
@@ -76,10 +67,42 @@ impl Placeholder {
     }
 }
 
+/// What a `{{name}}` in a template stands for: a built-in placeholder or a variable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SlotName {
+    Builtin(Placeholder),
+    /// A manifest variable (`vars = { name = ... }`), by name.
+    Var(Arc<str>),
+}
+
+impl SlotName {
+    /// The built-in placeholder of that name, else a variable if `name` is an identifier.
+    pub fn from_name(name: &str) -> Option<SlotName> {
+        match Placeholder::from_name(name) {
+            Some(p) => Some(SlotName::Builtin(p)),
+            None if crate::params::is_var_name(name) => Some(SlotName::Var(name.into())),
+            None => None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            SlotName::Builtin(p) => p.name(),
+            SlotName::Var(name) => name,
+        }
+    }
+
+    /// Whether this is a built-in placeholder that only pages with a LoRA have a value for.
+    pub fn needs_lora(&self) -> bool {
+        matches!(self, SlotName::Builtin(p) if p.needs_lora())
+    }
+}
+
 /// One job's placeholder values; a missing entry means the job has no value for it.
 #[derive(Debug, Clone, Default)]
 pub struct SlotValues {
     values: [Option<Value>; 14],
+    vars: BTreeMap<Arc<str>, Value>,
 }
 
 impl SlotValues {
@@ -90,13 +113,26 @@ impl SlotValues {
     pub fn get(&self, placeholder: Placeholder) -> Option<&Value> {
         self.values[placeholder as usize].as_ref()
     }
+
+    /// Give variable `name` its value.
+    pub fn set_var(&mut self, name: &str, value: Value) {
+        self.vars.insert(name.into(), value);
+    }
+
+    /// The value of a built-in placeholder or a variable.
+    pub fn get_slot(&self, slot: &SlotName) -> Option<&Value> {
+        match slot {
+            SlotName::Builtin(p) => self.get(*p),
+            SlotName::Var(name) => self.vars.get(name),
+        }
+    }
 }
 
 /// A part of a template string that mixes text and placeholders.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     Text(String),
-    Slot(Placeholder),
+    Slot(SlotName),
 }
 
 /// What a template string is, as far as filling goes.
@@ -105,13 +141,15 @@ pub enum Scanned {
     /// No placeholder: left as it is.
     Literal,
     /// Exactly one placeholder and nothing else: replaced by the typed value.
-    Whole(Placeholder),
+    Whole(SlotName),
     /// Placeholders inside text: substituted as text.
     Pieces(Vec<Piece>),
 }
 
 /// Split a template string into text and placeholders. `{{` not followed by a name
-/// (`[A-Za-z0-9_]+`) and `}}` is ordinary text. Returns the unknown names on error.
+/// (`[A-Za-z0-9_]+`) and `}}` is ordinary text. A name that is no built-in placeholder is a
+/// variable; one that cannot be a variable either (it starts with a digit) is returned as an
+/// error, with every other such name.
 pub fn scan(s: &str) -> Result<Scanned, Vec<String>> {
     let mut pieces = Vec::new();
     let mut unknown = Vec::new();
@@ -130,7 +168,7 @@ pub fn scan(s: &str) -> Result<Scanned, Vec<String>> {
             continue;
         }
         let name = &s[name_start..name_end];
-        match Placeholder::from_name(name) {
+        match SlotName::from_name(name) {
             Some(p) => {
                 if open > text_start {
                     pieces.push(Piece::Text(s[text_start..open].to_owned()));
@@ -150,7 +188,7 @@ pub fn scan(s: &str) -> Result<Scanned, Vec<String>> {
     }
     Ok(match pieces.as_slice() {
         [] => Scanned::Literal,
-        [Piece::Slot(p)] => Scanned::Whole(*p),
+        [Piece::Slot(p)] => Scanned::Whole(p.clone()),
         _ => Scanned::Pieces(pieces),
     })
 }
@@ -167,6 +205,10 @@ pub fn as_text(value: &Value, out: &mut String) {
 mod tests {
     use super::*;
 
+    fn builtin(p: Placeholder) -> SlotName {
+        SlotName::Builtin(p)
+    }
+
     #[test]
     fn names_round_trip() {
         for p in Placeholder::ALL {
@@ -176,7 +218,10 @@ mod tests {
 
     #[test]
     fn whole_string_is_typed() {
-        assert_eq!(scan("{{seed}}"), Ok(Scanned::Whole(Placeholder::Seed)));
+        assert_eq!(
+            scan("{{seed}}"),
+            Ok(Scanned::Whole(builtin(Placeholder::Seed)))
+        );
         assert_eq!(scan("plain"), Ok(Scanned::Literal));
     }
 
@@ -186,9 +231,9 @@ mod tests {
             scan("a {{prompt}}, {{steps}} steps"),
             Ok(Scanned::Pieces(vec![
                 Piece::Text("a ".into()),
-                Piece::Slot(Placeholder::Prompt),
+                Piece::Slot(builtin(Placeholder::Prompt)),
                 Piece::Text(", ".into()),
-                Piece::Slot(Placeholder::Steps),
+                Piece::Slot(builtin(Placeholder::Steps)),
                 Piece::Text(" steps".into()),
             ]))
         );
@@ -201,16 +246,34 @@ mod tests {
             scan("{{{seed}}"),
             Ok(Scanned::Pieces(vec![
                 Piece::Text("{".into()),
-                Piece::Slot(Placeholder::Seed)
+                Piece::Slot(builtin(Placeholder::Seed))
             ]))
         );
     }
 
     #[test]
-    fn unknown_names_are_reported() {
+    fn other_identifiers_are_variables() {
         assert_eq!(
             scan("{{sead}} and {{prompt}} {{Steps}}"),
-            Err(vec!["sead".to_owned(), "Steps".to_owned()])
+            Ok(Scanned::Pieces(vec![
+                Piece::Slot(SlotName::Var("sead".into())),
+                Piece::Text(" and ".into()),
+                Piece::Slot(builtin(Placeholder::Prompt)),
+                Piece::Text(" ".into()),
+                Piece::Slot(SlotName::Var("Steps".into())),
+            ]))
+        );
+        assert_eq!(
+            scan("{{_x1}}"),
+            Ok(Scanned::Whole(SlotName::Var("_x1".into())))
+        );
+    }
+
+    #[test]
+    fn names_that_cannot_be_variables_are_reported() {
+        assert_eq!(
+            scan("{{1st}} and {{prompt}} {{9}}"),
+            Err(vec!["1st".to_owned(), "9".to_owned()])
         );
     }
 }

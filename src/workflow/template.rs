@@ -13,7 +13,7 @@ use super::canonical::{JobHash, Segments, Step};
 use super::fill::{Fill, Lookup, Slot, TextFill};
 use super::fill::{PageValues, Variant};
 use super::json::Workflow;
-use super::placeholder::{Piece, Placeholder, Scanned, SlotValues, scan};
+use super::placeholder::{Piece, Placeholder, Scanned, SlotName, SlotValues, scan};
 use super::spans::{SpanTree, index};
 use crate::diagnostic::{Problem, SourceFile, did_you_mean};
 use crate::manifest::read::NotJson;
@@ -34,8 +34,8 @@ pub struct Template {
     sha256: Arc<str>,
     graph: Value,
     save_nodes: Vec<String>,
-    /// Where each placeholder is first used: node id and the span of the string.
-    uses: BTreeMap<Placeholder, (String, Range<usize>)>,
+    /// Where each placeholder or variable is first used: node id and the span of the string.
+    uses: BTreeMap<SlotName, (String, Range<usize>)>,
     /// The canonical JSON with a hole per slot, for the job hash.
     canonical: Segments,
     /// The slots and the text that is sent, shared with every workflow filled from here.
@@ -133,13 +133,35 @@ impl Template {
     }
 
     pub fn uses(&self, placeholder: Placeholder) -> bool {
-        self.uses.contains_key(&placeholder)
+        self.uses.contains_key(&SlotName::Builtin(placeholder))
     }
 
     /// The first LoRA placeholder the template uses, if any: a page without a LoRA cannot
     /// fill it.
     pub fn lora_placeholder(&self) -> Option<Placeholder> {
-        self.uses.keys().copied().find(|p| p.needs_lora())
+        self.uses.keys().find_map(|slot| match slot {
+            SlotName::Builtin(p) if p.needs_lora() => Some(*p),
+            _ => None,
+        })
+    }
+
+    /// The names of the variables (`{{name}}` that is no built-in placeholder) the template
+    /// uses, sorted.
+    pub fn vars(&self) -> impl Iterator<Item = &str> {
+        self.uses.keys().filter_map(|slot| match slot {
+            SlotName::Var(name) => Some(&**name),
+            SlotName::Builtin(_) => None,
+        })
+    }
+
+    /// The id of the first node that uses `slot`, if the template uses it.
+    pub fn node_using(&self, slot: &SlotName) -> Option<&str> {
+        self.uses.get(slot).map(|(node, _)| node.as_str())
+    }
+
+    /// Whether the template uses variable `name`.
+    pub fn uses_var(&self, name: &str) -> bool {
+        self.uses.contains_key(&SlotName::Var(name.into()))
     }
 
     /// Bind the values a page's workflows share (any seed or filename prefix in `values` is
@@ -156,7 +178,7 @@ impl Template {
     ///
     /// Substitution is one pass over the template's own strings: text that a value brings in
     /// (a prompt containing `{{seed}}`, say) is never scanned again.
-    pub fn fill(&self, page: &Arc<PageValues>, variant: Variant) -> Result<Filled, Placeholder> {
+    pub fn fill(&self, page: &Arc<PageValues>, variant: Variant) -> Result<Filled, SlotName> {
         debug_assert!(
             Arc::ptr_eq(&self.text, &page.text),
             "values of another template"
@@ -188,9 +210,9 @@ impl Template {
         )
     }
 
-    /// A placeholder the template uses but some pages have no value for.
-    pub fn missing_value_problem(&self, placeholder: Placeholder, pages: &[u16]) -> Problem {
-        let (node, span) = self.uses.get(&placeholder).cloned().unwrap_or_default();
+    /// A placeholder or variable the template uses but some pages have no value for.
+    pub fn missing_value_problem(&self, placeholder: &SlotName, pages: &[u16]) -> Problem {
+        let (node, span) = self.uses.get(placeholder).cloned().unwrap_or_default();
         let name = placeholder.name();
         let shown: Vec<String> = pages.iter().take(8).map(u16::to_string).collect();
         let more = if pages.len() > 8 { ", ..." } else { "" };
@@ -217,6 +239,45 @@ impl Template {
     }
 }
 
+impl Template {
+    /// A `{{name}}` that is neither a built-in placeholder nor a variable the chapter
+    /// defines anywhere; `vars` are the names the chapter does define, for "did you mean".
+    pub fn unknown_var_problem(&self, name: &str, vars: &[&str]) -> Problem {
+        let (node, span) = self
+            .uses
+            .get(&SlotName::Var(name.into()))
+            .cloned()
+            .unwrap_or_default();
+        let known: Vec<&str> = Placeholder::NAMES
+            .iter()
+            .copied()
+            .chain(vars.iter().copied())
+            .collect();
+        let help = match did_you_mean(name, &known) {
+            Some(close) if vars.contains(&close) => {
+                format!("did you mean variable `{{{{{close}}}}}`?")
+            }
+            Some(close) => format!("did you mean `{{{{{close}}}}}`?"),
+            None => format!(
+                "define it as a variable, `vars = {{ {name} = ... }}` in [defaults] or on the \
+                 pages that use this workflow; built-in placeholders are: {}",
+                Placeholder::NAMES.join(", ")
+            ),
+        };
+        Problem::at(
+            "workflow::unknown_placeholder",
+            &self.file,
+            span,
+            format!(
+                "unknown placeholder `{{{{{name}}}}}` in node `{node}` of workflow `{}`",
+                self.file.name()
+            ),
+            "unknown placeholder",
+        )
+        .with_help(help)
+    }
+}
+
 fn not_json(file: &SourceFile, err: &serde_json::Error) -> Problem {
     let what = format!("workflow `{}` is not valid JSON", file.name());
     Problem::json_error("workflow::not_json", file, err, &what).with_help(API_FORMAT_HELP)
@@ -226,7 +287,7 @@ struct Checker<'f> {
     file: &'f SourceFile,
     problems: Vec<Problem>,
     slots: Vec<Slot>,
-    uses: BTreeMap<Placeholder, (String, Range<usize>)>,
+    uses: BTreeMap<SlotName, (String, Range<usize>)>,
 }
 
 impl Checker<'_> {
@@ -437,12 +498,15 @@ impl Checker<'_> {
         match value {
             Value::String(s) => match scan(s) {
                 Ok(Scanned::Literal) => {}
-                Ok(Scanned::Whole(p)) => self.slot(node, tree, path, Fill::Whole(p), &[p]),
+                Ok(Scanned::Whole(p)) => {
+                    let used = [p.clone()];
+                    self.slot(node, tree, path, Fill::Whole(p), &used);
+                }
                 Ok(Scanned::Pieces(pieces)) => {
-                    let used: Vec<Placeholder> = pieces
+                    let used: Vec<SlotName> = pieces
                         .iter()
                         .filter_map(|piece| match piece {
-                            Piece::Slot(p) => Some(*p),
+                            Piece::Slot(p) => Some(p.clone()),
                             Piece::Text(_) => None,
                         })
                         .collect();
@@ -452,7 +516,11 @@ impl Checker<'_> {
                     for name in unknown {
                         let help = match did_you_mean(&name, &Placeholder::NAMES) {
                             Some(close) => format!("did you mean `{{{{{close}}}}}`?"),
-                            None => format!("placeholders are: {}", Placeholder::NAMES.join(", ")),
+                            None => format!(
+                                "a variable's name starts with a letter or `_`; placeholders \
+                                 are: {}",
+                                Placeholder::NAMES.join(", ")
+                            ),
                         };
                         self.error(
                             "workflow::unknown_placeholder",
@@ -495,11 +563,11 @@ impl Checker<'_> {
         tree: &SpanTree,
         path: Vec<Step>,
         fill: Fill,
-        used: &[Placeholder],
+        used: &[SlotName],
     ) {
         for p in used {
             self.uses
-                .entry(*p)
+                .entry(p.clone())
                 .or_insert_with(|| (node.to_owned(), tree.span()));
         }
         self.slots.push(Slot { path, fill });
@@ -523,7 +591,7 @@ mod tests {
         }
     }
 
-    fn fill(t: &Template, values: SlotValues) -> Result<Filled, Placeholder> {
+    fn fill(t: &Template, values: SlotValues) -> Result<Filled, SlotName> {
         t.fill(&t.page_values(values), variant())
     }
 
@@ -546,7 +614,7 @@ mod tests {
         let t = Template::parse("t.json", GRAPH.into()).unwrap();
         assert_eq!(
             fill(&t, SlotValues::default()).map(|f| f.hash),
-            Err(Placeholder::Width)
+            Err(SlotName::Builtin(Placeholder::Width))
         );
     }
 
@@ -579,7 +647,7 @@ mod tests {
     fn reports_every_broken_node() {
         let problems = Template::parse(
             "t.json",
-            r#"{"1": {"inputs": {}}, "2": {"class_type": "X", "inputs": {"a": [1, 0], "b": ["7", 0], "c": "{{sead}}"}}}"#.into(),
+            r#"{"1": {"inputs": {}}, "2": {"class_type": "X", "inputs": {"a": [1, 0], "b": ["7", 0], "c": "{{1sead}}"}}}"#.into(),
         )
         .unwrap_err();
         let codes: Vec<&str> = problems.iter().map(Problem::code).collect();

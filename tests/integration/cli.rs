@@ -5,7 +5,7 @@ use predicates::prelude::*;
 
 use crate::support::*;
 
-fn bin() -> Command {
+pub fn bin() -> Command {
     let mut cmd = Command::cargo_bin("plasma-batch").unwrap();
     cmd.env_remove("PLASMA_COMFY_URL")
         .env_remove("PLASMA_COMFY_TOKEN");
@@ -13,7 +13,7 @@ fn bin() -> Command {
 }
 
 /// Run `command`, which must succeed, and read the JSON it prints.
-fn json_of(command: &mut Command) -> serde_json::Value {
+pub fn json_of(command: &mut Command) -> serde_json::Value {
     let output = command.output().unwrap();
     assert_eq!(
         output.status.code(),

@@ -19,5 +19,7 @@ mod sim_conformance;
 mod sim_faults;
 mod sim_support;
 mod support;
+mod sweep;
 mod templates;
+mod vars;
 mod vocabulary;
