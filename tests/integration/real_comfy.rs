@@ -520,3 +520,26 @@ async fn shipped_templates_render_on_the_real_sampler() {
         );
     }
 }
+
+/// The same templates through a manifest (its variables and a sweep of `denoise`) and the
+/// real binary, rendered by the real server's sampler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chapter_of_the_templates_with_variables_on_the_real_sampler() {
+    use super::templates::{chapter_manifest, check_chapter};
+
+    let Some(case) =
+        Case::start("chapter_of_the_templates_with_variables_on_the_real_sampler").await
+    else {
+        return;
+    };
+    let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
+    let manifest = chapter_manifest(case.dir.path(), CHECKPOINT, marker);
+    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for job in &check_chapter(out).jobs {
+        let prompt_id = job.prompt_id.as_deref().unwrap();
+        let (status, types) = history_messages(url, prompt_id).await;
+        assert_eq!(status, "success", "{}: {types:?}", job.key);
+    }
+}

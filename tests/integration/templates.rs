@@ -392,3 +392,74 @@ fn run_takes_the_upscaled_images_of_a_two_pass_template() {
         );
     }
 }
+
+/// A chapter (number 7) on the templates, through the manifest's own variables: two passes
+/// with the `[defaults]` values, a sweep of `denoise` over two values, and the CLIP-layer
+/// template with a page's own `clip_skip`; 64x64, 3 steps, `checkpoint` everywhere.
+pub fn chapter_manifest(dir: &Path, checkpoint: &str, marker: &str) -> PathBuf {
+    let workflow = |name: &str| repo().join("workflows").join(name).display().to_string();
+    let text = format!(
+        "[chapter]\nnumber = 7\ntitle = \"templates\"\nseed = 77\n\n[defaults]\nworkflow = \"{}\"\ncheckpoint = \"{checkpoint}\"\nsteps = 3\nwidth = 64\nheight = 64\nvars = {{ upscale = 1.5, denoise = 0.55, clip_skip = -2 }}\n\n[[pages]]\npage = 1\nprompt = \"a harbour at night, {marker}\"\n\n[[pages]]\npage = 2\nprompt = \"a lantern in the wind, {marker}\"\nsweep = {{ denoise = [0.4, 0.7] }}\n\n[[pages]]\npage = 3\nworkflow = \"{}\"\nprompt = \"a gull on a post, {marker}\"\nvars = {{ clip_skip = -1 }}\n",
+        workflow("sdxl-two-pass.json"),
+        workflow("txt2img-clip-skip.json"),
+    );
+    let path = dir.join("chapter.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The report of a run of [`chapter_manifest`] into `out`: every job succeeded, with an
+/// image of the size its template gives (96x96 after the 1.5 upscale, 64x64 otherwise), and
+/// the two points of the sweep differ.
+pub fn check_chapter(out: &Path) -> plasma_batch::report::RunReport {
+    let dir = out.join("ch-07/reports");
+    let mut reports: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    reports.sort();
+    let report = plasma_batch::report::RunReport::read(reports.last().expect("a report")).unwrap();
+    assert_eq!(report.jobs.len(), 4);
+    let mut swept = Vec::new();
+    for job in &report.jobs {
+        assert_eq!(
+            job.status,
+            plasma_batch::report::ReportStatus::Succeeded,
+            "{}: {:?}",
+            job.key,
+            job.error
+        );
+        let path = out.join(&job.images[0].path);
+        let size = if job.page == 3 { (64, 64) } else { (96, 96) };
+        assert_eq!(png_size(&path), size, "{}", job.key);
+        if job.page == 2 {
+            swept.push(job.images[0].sha256);
+        }
+    }
+    assert_eq!(swept.len(), 2);
+    assert_ne!(
+        swept[0], swept[1],
+        "the two denoise values gave one picture"
+    );
+    report
+}
+
+#[test]
+fn a_chapter_of_the_templates_with_variables_and_a_sweep_renders_on_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter_manifest(dir.path(), CHECKPOINT, "sim");
+    let out = dir.path().join("out");
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasma-batch"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--quiet", "--out"])
+        .arg(&out)
+        .env_remove("PLASMA_COMFY_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    check_chapter(&out);
+}
