@@ -783,11 +783,22 @@ async fn crash_restart(s: &mut Session) -> Step {
     Ok(())
 }
 
-/// 08: the real sampler path after `POST /free`: progress per step with latent previews,
+/// 08: the real sampler path after `POST /free` and a tiny prompt: progress per step with latent previews,
 /// then an interrupt during sampling, then an unknown checkpoint (400).
 async fn sampler(s: &mut Session) -> Step {
     s.open_a().await?;
     s.free().await?;
+    // The server applies the `/free` when its worker next looks, which can be after it took
+    // the next prompt: a tiny prompt of other nodes first, so the sampler's prompts find
+    // the cache the same either way (as in 10).
+    let clear = s
+        .submit(
+            &empty_save("plasma_rec_clear", 8, 8, color(s, 14)),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &clear).await?;
     let seed = 34_296 + u64::from(s.opts.tag % 100_000) * 2;
     let ckpt = s.opts.checkpoint.clone();
     let preview = json!({"extra_data": {"preview_method": "latent2rgb"}});
