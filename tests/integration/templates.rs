@@ -3,10 +3,10 @@
 //! they use, rendered on the simulator over loopback. `real_comfy` renders the same templates
 //! through a real ComfyUI with the helpers here.
 //!
-//! The templates are filled here as a manifest fills them: a JSON string that is exactly
-//! `{{name}}` becomes the typed value, and the exported workflow (no placeholders) gets its
-//! inputs set by node title. Once manifests take variables and bindings, `prepared` can give
-//! way to a manifest run; the checks stay the same.
+//! Most tests fill the templates here as a manifest fills them (a JSON string that is exactly
+//! `{{name}}` becomes the typed value; the exported workflow, which has no placeholders, gets
+//! its inputs set by node id or title, as bindings will) and post them directly;
+//! `chapter_manifest` runs them through a manifest's variables and a sweep instead.
 
 use std::path::{Path, PathBuf};
 
