@@ -877,25 +877,20 @@ async fn interrupt_in_node(s: &mut Session) -> Step {
     Ok(())
 }
 
-/// The classes 11 describes and runs: those of the shipped templates beyond txt2img.
-pub const TEMPLATE_CLASSES: [&str; 7] = [
-    "KSamplerAdvanced",
-    "LatentUpscale",
-    "LatentUpscaleBy",
-    "VAEEncode",
-    "CLIPSetLastLayer",
-    "ImageScaleBy",
-    "ConditioningCombine",
-];
-
-/// 11: the node classes of the shipped templates beyond txt2img: their `/object_info`, the
-/// validation errors they give, and three graphs through the real sampler: a chain of two
+/// 11: the `/object_info` of every class the simulator knows (but those whose choices are
+/// the server's files: the loaders, in 06, and `LoadImage`), then for the node classes of
+/// the shipped templates beyond txt2img: the validation errors they give, and three graphs
+/// through the real sampler: a chain of two
 /// LoRAs under a CLIP layer with combined prompts and a two-pass render (latent upscale,
 /// second `KSampler` at denoise 0.5); base and refiner with `KSamplerAdvanced` (and one that
 /// starts after the last step), a latent upscale to a height and an image scale; img2img
 /// from an encoded image, and that image decoded back.
 async fn node_classes(s: &mut Session) -> Step {
-    for class in TEMPLATE_CLASSES {
+    // Every class this simulator knows, as the server describes it.
+    let catalog = super::nodes::Catalog::new(&[], &[]);
+    let files = ["CheckpointLoaderSimple", "LoraLoader", "LoadImage"];
+    let classes: Vec<&str> = catalog.all().iter().map(|c| c.name).collect();
+    for class in classes.into_iter().filter(|c| !files.contains(c)) {
         s.get(&format!("/object_info/{class}")).await?;
     }
     s.open_a().await?;

@@ -63,7 +63,7 @@ fn generate(ex: &mut Exec<'_, '_>) -> NodeResult {
 pub fn image_blur(_models: &Models) -> NodeClass {
     NodeClass {
         name: "ImageBlur",
-        display_name: "Image Blur",
+        display_name: "",
         description: "",
         python_module: "comfy_extras.nodes_post_processing",
         category: "image/postprocessing",
@@ -83,7 +83,7 @@ pub fn image_blur(_models: &Models) -> NodeClass {
         custom_validated: &[],
         execute: Execute::Now(blur),
         model_ops: false,
-        hooks: Hooks::NONE,
+        hooks: Hooks::V3,
     }
 }
 
