@@ -18,6 +18,7 @@ use crate::comfy::{ComfyClient, ImageRef};
 use crate::events::{ErrorKind, ImageRecord, JobError, JobStatus};
 use crate::ledger::{ImageEntry, LEDGER_VERSION};
 use crate::output::{PathError, StageError, StagedImage};
+use crate::workflow::output_size::saved_size;
 
 /// Largest image body accepted from `/view`.
 const MAX_IMAGE_BYTES: u64 = 512 << 20;
@@ -62,7 +63,9 @@ pub(super) async fn write_images(
         ));
     }
     let _download = shared.downloads.clone().acquire_owned().await.ok();
-    let expected = Some((task.job.params.width, task.job.params.height));
+    // The size the graph gives its saved images (larger after an upscale pass), else the job's.
+    let expected = saved_size(&task.job.workflow.to_value(), &task.job.output_nodes)
+        .or(Some((task.job.params.width, task.job.params.height)));
     let mut staged = Vec::with_capacity(images.len());
     for image in images {
         let mut last_error = None;

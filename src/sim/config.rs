@@ -40,6 +40,8 @@ impl Default for SimConfig {
                 "AnythingXL_inkBase.safetensors".into(),
                 "sd_xl_base_1.0.safetensors".into(),
                 "v1-5-pruned-emaonly.safetensors".into(),
+                // What ComfyUI's default graph (`workflows/exported-sd15.json`) loads.
+                "v1-5-pruned-emaonly-fp16.safetensors".into(),
             ],
             loras: vec![
                 "inkline_v2.safetensors".into(),

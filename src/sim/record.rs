@@ -38,6 +38,7 @@ pub const SCENARIOS: &[&str] = &[
     "08-txt2img-sampler",
     "09-upload-img2img",
     "10-interrupt-in-node",
+    "11-node-classes",
 ];
 
 /// What a recording may need besides the server's URL.
@@ -101,6 +102,7 @@ pub async fn record(
         "08-txt2img-sampler" => sampler(&mut s).await,
         "09-upload-img2img" => upload_img2img(&mut s).await,
         "10-interrupt-in-node" => interrupt_in_node(&mut s).await,
+        "11-node-classes" => node_classes(&mut s).await,
         _ => Err(format!(
             "no such scenario (known: {})",
             SCENARIOS.join(", ")
@@ -899,11 +901,22 @@ async fn crash_restart(s: &mut Session) -> Step {
     Ok(())
 }
 
-/// 08: the real sampler path after `POST /free`: progress per step with latent previews,
+/// 08: the real sampler path after `POST /free` and a tiny prompt: progress per step with latent previews,
 /// then an interrupt during sampling, then an unknown checkpoint (400).
 async fn sampler(s: &mut Session) -> Step {
     s.open_a().await?;
     s.free().await?;
+    // The server applies the `/free` when its worker next looks, which can be after it took
+    // the next prompt: a tiny prompt of other nodes first, so the sampler's prompts find
+    // the cache the same either way (as in 10).
+    let clear = s
+        .submit(
+            &empty_save("plasma_rec_clear", 8, 8, color(s, 14)),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &clear).await?;
     let seed = 34_296 + u64::from(s.opts.tag % 100_000) * 2;
     let ckpt = s.opts.checkpoint.clone();
     let preview = json!({"extra_data": {"preview_method": "latent2rgb"}});
@@ -1060,6 +1073,111 @@ async fn interrupt_in_node(s: &mut Session) -> Step {
     s.interrupt_during("a", &pid, "10").await?;
     s.until_done("a", &pid).await?;
     s.get(&format!("/history/{pid}")).await?;
+    Ok(())
+}
+
+/// 11: the `/object_info` of every class the simulator knows (but those whose choices are
+/// the server's files: the loaders, in 06, and `LoadImage`), then for the node classes of
+/// the shipped templates beyond txt2img: the validation errors they give, and three graphs
+/// through the real sampler: a chain of two
+/// LoRAs under a CLIP layer with combined prompts and a two-pass render (latent upscale,
+/// second `KSampler` at denoise 0.5); base and refiner with `KSamplerAdvanced` (and one that
+/// starts after the last step), a latent upscale to a height and an image scale; img2img
+/// from an encoded image, and that image decoded back.
+async fn node_classes(s: &mut Session) -> Step {
+    // Every class this simulator knows, as the server describes it.
+    let catalog = super::nodes::Catalog::new(&[], &[]);
+    let files = ["CheckpointLoaderSimple", "LoraLoader", "LoadImage"];
+    let classes: Vec<&str> = catalog.all().iter().map(|c| c.name).collect();
+    for class in classes.into_iter().filter(|c| !files.contains(c)) {
+        s.get(&format!("/object_info/{class}")).await?;
+    }
+    s.open_a().await?;
+    // Nothing cached from before (as in 10): one tiny prompt of other nodes first.
+    let clear = s
+        .submit(
+            &empty_save("plasma_rec_clear", 8, 8, color(s, 13)),
+            Some("a"),
+            Value::Null,
+        )
+        .await?;
+    s.until_done("a", &clear).await?;
+    let ckpt = s.opts.checkpoint.clone();
+    let c = color(s, 12);
+    let loader = json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}});
+    let latent = json!({"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}});
+    let image = json!({"class_type": "EmptyImage", "inputs": {"width": 72, "height": 60, "batch_size": 1, "color": c}});
+    let save = |from: &str, prefix: &str| json!({"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": [from, 0]}});
+    let decode = |from: &str| json!({"class_type": "VAEDecode", "inputs": {"samples": [from, 0], "vae": ["4", 2]}});
+    let text = |t: &str, clip: Value| json!({"class_type": "CLIPTextEncode", "inputs": {"text": t, "clip": clip}});
+    let ksampler = |seed: u64, steps: u32, denoise: f64, latent: &str| json!({"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": denoise, "model": ["11", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": [latent, 0]}});
+    let advanced = |seed: u64, noise: &str, start: u32, end: u32, leftover: &str, latent: &str| json!({"class_type": "KSamplerAdvanced", "inputs": {"add_noise": noise, "noise_seed": seed, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "start_at_step": start, "end_at_step": end, "return_with_leftover_noise": leftover, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": [latent, 0]}});
+    let seed = 51_207 + u64::from(s.opts.tag % 100_000) * 4;
+
+    // Refused: out of range, not in the list, a missing input, a link of the wrong type, a
+    // slot the linked node does not have.
+    let refused = [
+        json!({"4": loader, "5": latent,
+               "20": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["5", 0], "upscale_method": "lanczos", "scale_by": 9.0}},
+               "8": decode("20"), "9": save("8", "x")}),
+        json!({"4": loader, "12": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": 0}},
+               "6": text("a", json!(["12", 0])), "7": text("b", json!(["12", 0])), "5": latent,
+               "3": advanced(seed, "sometimes", 0, 10_000, "disable", "5"),
+               "8": decode("3"), "9": save("8", "x")}),
+        json!({"1": image, "30": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "bislerp", "scale_by": 0.0}},
+               "31": {"class_type": "VAEEncode", "inputs": {"pixels": ["30", 0]}},
+               "32": {"class_type": "LatentUpscale", "inputs": {"samples": ["30", 0], "upscale_method": "area", "width": 12, "height": 64, "crop": "top"}},
+               "8": {"class_type": "VAEDecode", "inputs": {"samples": ["32", 0], "vae": ["31", 0]}},
+               "9": save("8", "x")}),
+        // CLIPSetLastLayer has one output: slot 1 raises inside the linked node's check.
+        json!({"4": loader, "12": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}},
+               "6": text("a", json!(["12", 1])), "7": text("b", json!(["4", 1])), "5": latent,
+               "3": advanced(seed, "enable", 0, 10_000, "disable", "5"),
+               "8": decode("3"), "9": save("8", "x")}),
+    ];
+    for prompt in &refused {
+        s.post_prompt(prompt, Some("a"), json!({})).await?;
+    }
+
+    let mut two_pass = json!({
+        "4": loader, "5": latent,
+        "10": {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "plasma_test_lora.safetensors", "strength_model": 0.8, "strength_clip": 0.7}},
+        "11": {"class_type": "LoraLoader", "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora_name": "plasma_test_lora.safetensors", "strength_model": -0.5, "strength_clip": 1.25}},
+        "12": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["11", 1], "stop_at_clip_layer": -2}},
+        "13": text("a lighthouse at dusk", json!(["12", 0])), "14": text("ink wash", json!(["12", 0])),
+        "6": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["13", 0], "conditioning_2": ["14", 0]}},
+        "7": text("lowres", json!(["12", 0])),
+        "3": ksampler(seed, 3, 1.0, "5"),
+        "20": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5}},
+        "21": ksampler(seed + 1, 2, 0.5, "20"),
+        "8": decode("21"), "9": save("8", "plasma_rec_two_pass"),
+    });
+    let mut refiner = json!({
+        "4": loader, "5": latent,
+        "6": text("a harbour at night", json!(["4", 1])), "7": text("lowres", json!(["4", 1])),
+        "3": advanced(seed + 2, "enable", 0, 3, "enable", "5"),
+        "21": advanced(seed + 2, "disable", 3, 10_000, "disable", "3"),
+        "22": advanced(seed + 3, "enable", 9, 10_000, "disable", "21"),
+        "23": {"class_type": "LatentUpscale", "inputs": {"samples": ["22", 0], "upscale_method": "bilinear", "width": 0, "height": 80, "crop": "disabled"}},
+        "8": decode("23"),
+        "30": {"class_type": "ImageScaleBy", "inputs": {"image": ["8", 0], "upscale_method": "area", "scale_by": 0.5}},
+        "9": save("30", "plasma_rec_refiner"),
+    });
+    let mut img2img = json!({
+        "4": loader, "1": image,
+        "6": text("a paper boat", json!(["4", 1])), "7": text("lowres", json!(["4", 1])),
+        "31": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["4", 2]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed + 4, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.6, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["31", 0]}},
+        "8": decode("3"), "9": save("8", "plasma_rec_img2img"),
+        "18": decode("31"), "19": save("18", "plasma_rec_roundtrip"),
+    });
+    // Nothing of the earlier graphs cached: each has its own seed, colour and texts.
+    for graph in [&mut two_pass, &mut refiner, &mut img2img] {
+        graph["7"]["inputs"]["text"] = json!(format!("lowres {}", s.opts.tag));
+        let pid = s.submit(graph, Some("a"), Value::Null).await?;
+        s.until_done("a", &pid).await?;
+        s.get(&format!("/history/{pid}")).await?;
+    }
     Ok(())
 }
 

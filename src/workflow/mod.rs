@@ -12,6 +12,7 @@ pub mod canonical;
 pub mod fill;
 pub mod json;
 pub mod lora_chain;
+pub mod output_size;
 pub mod placeholder;
 pub mod spans;
 pub mod template;

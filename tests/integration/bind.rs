@@ -68,7 +68,10 @@ fn an_unedited_export_with_bindings_and_placeholders_renders_on_the_simulator() 
     let workflow = dir.path().join("mixed.json");
     std::fs::write(
         &workflow,
-        text.replace("\"v1-5-pruned-emaonly.safetensors\"", "\"{{checkpoint}}\""),
+        text.replace(
+            "\"v1-5-pruned-emaonly-fp16.safetensors\"",
+            "\"{{checkpoint}}\"",
+        ),
     )
     .unwrap();
     let manifest = dir.path().join("chapter.toml");
@@ -87,8 +90,8 @@ width = 64
 height = 96
 
 [bind."mixed.json"]
-prompt = "Positive.text"
-negative = "Negative.text"
+prompt = "6.text"
+negative = "7.text"
 seed = "KSampler.seed"
 steps = "3.steps"
 cfg = "KSampler.cfg"
@@ -141,7 +144,7 @@ height = 512
         sent["9"]["inputs"]["filename_prefix"],
         "plasma/ch05/ch05_p001_s1"
     );
-    assert_eq!(sent["6"]["_meta"]["title"], "Positive");
+    assert_eq!(sent["6"]["_meta"]["title"], "CLIP Text Encode (Prompt)");
     assert_hash_is_of_the_sent_graph(first);
     let image = out.join(first["images"][0]["path"].as_str().unwrap());
     assert_eq!(png_size(&image), (64, 96));

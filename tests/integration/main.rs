@@ -23,6 +23,7 @@ mod sim_faults;
 mod sim_support;
 mod support;
 mod sweep;
+mod templates;
 mod uploads;
 mod vars;
 mod vocabulary;

@@ -436,6 +436,7 @@ async fn recorder_scenarios_match_the_simulator() {
         "08-txt2img-sampler",
         "09-upload-img2img",
         "10-interrupt-in-node",
+        "11-node-classes",
     ]) {
         let lines = record::record(&url, name, &opts)
             .await
@@ -466,7 +467,7 @@ async fn an_unedited_export_with_bindings_and_a_lora_stack_on_the_real_server() 
         &manifest,
         format!(
             "[chapter]\nnumber = 7\n\n[defaults]\nworkflow = \"{w}\"\ncheckpoint = \"{CHECKPOINT}\"\nsteps = 3\nwidth = 64\nheight = 96\n\n\
-             [bind.\"{w}\"]\nprompt = \"Positive.text\"\nseed = \"KSampler.seed\"\nsteps = \"KSampler.steps\"\n\
+             [bind.\"{w}\"]\nprompt = \"6.text\"\nseed = \"KSampler.seed\"\nsteps = \"KSampler.steps\"\n\
              checkpoint = \"Load Checkpoint.ckpt_name\"\nwidth = \"Empty Latent Image.width\"\nheight = \"Empty Latent Image.height\"\n\n\
              [[pages]]\npage = 1\nprompt = \"a harbour, {marker}\"\n\
              loras = [{{ name = \"{LORA}\", strength_model = 0.5 }}, {{ name = \"{LORA}\", strength_clip = 0.25 }}, {{ name = \"{LORA}\", strength_model = -1 }}]\n",
@@ -495,5 +496,96 @@ async fn an_unedited_export_with_bindings_and_a_lora_stack_on_the_real_server() 
         .collect();
     assert_eq!(strengths, [(0.5, 1.0), (1.0, 0.25), (-1.0, 1.0)]);
     assert_eq!(graph["3"]["inputs"]["model"][0], "plasma_lora_3");
-    assert_eq!(graph["6"]["_meta"]["title"], "Positive");
+    assert_eq!(graph["6"]["_meta"]["title"], "CLIP Text Encode (Prompt)");
+}
+
+/// The size of a PNG given as bytes.
+fn png_bytes_size(bytes: &[u8]) -> (u32, u32) {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .expect("a PNG");
+    (reader.info().width, reader.info().height)
+}
+
+/// The shipped templates beyond txt2img, filled with small values (64x64, 3 steps, the
+/// server's tiny checkpoint for every checkpoint name), accepted by the real server and
+/// rendered through its sampler: every sampler of each graph reports its steps, and the
+/// saved PNG has the size the template's values give. A sweep of two `denoise` values and
+/// two CLIP layers, as a manifest would send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_templates_render_on_the_real_sampler() {
+    use super::sim_support::{Ws, submit};
+    use super::templates::{TEMPLATES, expected_size, prepared, values};
+    use serde_json::json;
+
+    let Some(case) = Case::start("shipped_templates_render_on_the_real_sampler").await else {
+        return;
+    };
+    let (url, marker) = (case.url.as_str(), case.marker.as_str());
+    let client = format!("plasma-templates-{}", micros());
+    let mut ws = Ws::connect(url, &client).await;
+    let mut runs: Vec<(&str, Vec<(&str, Value)>)> =
+        TEMPLATES.iter().map(|name| (*name, vec![])).collect();
+    for denoise in [0.4, 0.6] {
+        runs.push(("sdxl-two-pass.json", vec![("denoise", json!(denoise))]));
+    }
+    runs.push(("txt2img-clip-skip.json", vec![("clip_skip", json!(-1))]));
+    for (i, (name, vars)) in runs.iter().enumerate() {
+        let values = values(
+            CHECKPOINT,
+            &format!("plasma_templates/{i}"),
+            &format!("a harbour at night, {marker} {i}"),
+            vars,
+        );
+        let prompt = prepared(name, &values);
+        let pid = submit(url, Some(&client), &prompt).await;
+        let frames = ws.until_done(&pid).await;
+        let (status, types) = history_messages(url, &pid).await;
+        assert_eq!(status, "success", "{name} {vars:?}: {types:?}");
+        for (id, node) in prompt.as_object().unwrap() {
+            if node["class_type"] == "KSampler" {
+                let steps = frames
+                    .iter()
+                    .filter(|f| f["type"] == "progress" && f["data"]["node"] == id.as_str())
+                    .count();
+                assert_eq!(steps, 3, "{name}: sampler {id} ran {steps} steps");
+            }
+        }
+        let entry = get(&format!("{url}/history/{pid}")).await;
+        let image = &entry[&pid]["outputs"]["9"]["images"][0];
+        let view = format!(
+            "{url}/view?filename={}&subfolder={}&type=output",
+            image["filename"].as_str().unwrap(),
+            image["subfolder"].as_str().unwrap()
+        );
+        let bytes = reqwest::get(&view).await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            png_bytes_size(&bytes),
+            expected_size(name, &values),
+            "{name} {vars:?}"
+        );
+    }
+}
+
+/// The same templates through a manifest (its variables and a sweep of `denoise`) and the
+/// real binary, rendered by the real server's sampler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chapter_of_the_templates_with_variables_on_the_real_sampler() {
+    use super::templates::{chapter_manifest, check_chapter};
+
+    let Some(case) =
+        Case::start("chapter_of_the_templates_with_variables_on_the_real_sampler").await
+    else {
+        return;
+    };
+    let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
+    let manifest = chapter_manifest(case.dir.path(), CHECKPOINT, marker);
+    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for job in &check_chapter(out).jobs {
+        let prompt_id = job.prompt_id.as_deref().unwrap();
+        let (status, types) = history_messages(url, prompt_id).await;
+        assert_eq!(status, "success", "{}: {types:?}", job.key);
+    }
 }

@@ -219,7 +219,7 @@ async fn validation_errors_have_comfyui_shapes() {
     let ne = &body["node_errors"];
     assert_eq!(
         ne["4"]["errors"][0]["details"],
-        "ckpt_name: 'nope.safetensors' not in ['AnythingXL_inkBase.safetensors', 'sd_xl_base_1.0.safetensors', 'v1-5-pruned-emaonly.safetensors']"
+        "ckpt_name: 'nope.safetensors' not in ['AnythingXL_inkBase.safetensors', 'sd_xl_base_1.0.safetensors', 'v1-5-pruned-emaonly.safetensors', 'v1-5-pruned-emaonly-fp16.safetensors']"
     );
     assert_eq!(
         ne["3"]["errors"][0]["message"],

@@ -82,6 +82,18 @@ impl Norm {
                                 ids.sort_by_key(ToString::to_string);
                                 Value::Array(ids)
                             }
+                            // A node's validation errors follow `valid_inputs`, a set of its
+                            // input names.
+                            "errors" if v.is_array() => {
+                                let mut errors: Vec<Value> = v
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|e| self.value(e))
+                                    .collect();
+                                errors.sort_by_key(ToString::to_string);
+                                Value::Array(errors)
+                            }
                             // Queue entries are `[number, prompt_id, prompt, extra, outputs]`.
                             "queue_running" | "queue_pending" => Value::Array(
                                 v.as_array()
@@ -314,7 +326,16 @@ pub const EXACT: Hooks = Hooks {
 fn shape(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        Value::Array(a) => a.iter().map(shape).collect(),
+        // The kinds of items, not their number (`argv` is as long as the server's command line).
+        Value::Array(a) => {
+            let mut kinds: Vec<Value> = Vec::new();
+            for item in a.iter().map(shape) {
+                if !kinds.contains(&item) {
+                    kinds.push(item);
+                }
+            }
+            Value::Array(kinds)
+        }
         Value::String(_) => json!("string"),
         Value::Number(_) => json!("number"),
         Value::Bool(_) => json!("bool"),
@@ -599,4 +620,12 @@ async fn fixture_09_upload_and_img2img_replays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_10_interrupt_inside_and_between_nodes() {
     replay_alone("10-interrupt-in-node").await;
+}
+
+/// The node classes of the shipped templates beyond txt2img: their `/object_info` equal to
+/// the real server's, their validation errors, and three graphs through the real sampler (a
+/// LoRA chain, two passes, base and refiner, img2img).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_11_template_node_classes_replay() {
+    replay_alone("11-node-classes").await;
 }

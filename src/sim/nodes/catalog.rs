@@ -4,16 +4,22 @@
 use std::collections::HashMap;
 
 use super::class::{Models, NodeClass};
-use super::{conditioning, images, latent, load_image, loaders, mask, sampling, save, vae_encode};
+use super::{conditioning, images, latent, load_image, loaders, mask, sampling, save};
 
 /// Every class the simulator serves: each builds its description and names its execution.
 const CLASSES: &[fn(&Models) -> NodeClass] = &[
     loaders::checkpoint_loader_simple,
     loaders::lora_loader,
     conditioning::clip_text_encode,
+    conditioning::clip_set_last_layer,
+    conditioning::conditioning_combine,
     latent::empty_latent_image,
+    latent::latent_upscale,
+    latent::latent_upscale_by,
     sampling::ksampler,
+    sampling::ksampler_advanced,
     latent::vae_decode,
+    latent::vae_encode,
     save::save_image,
     save::preview_image,
     images::empty_image,
@@ -22,7 +28,7 @@ const CLASSES: &[fn(&Models) -> NodeClass] = &[
     mask::mask_to_image,
     load_image::load_image,
     images::image_scale,
-    vae_encode::vae_encode,
+    images::image_scale_by,
 ];
 
 /// Every class the simulator serves, built once per simulator from its model lists.

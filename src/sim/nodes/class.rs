@@ -149,3 +149,38 @@ pub fn image_input(tooltip: Option<&str>) -> Value {
         None => json!(["IMAGE"]),
     }
 }
+
+/// A `scale_by` input (`ImageScaleBy`, `LatentUpscaleBy`): a factor from 0.01 to 8.
+pub fn scale_by(default: f64) -> Value {
+    json!(["FLOAT", {"default": default, "min": 0.01, "max": 8.0, "step": 0.01}])
+}
+
+/// `INPUT_TYPES` of a node written on ComfyUI's V3 schema (`comfy_extras.nodes_mask`,
+/// `nodes_post_processing`, ...): its `/object_info` entry has these fields too, and a
+/// display name it does not set is `null` (an empty `display_name` here).
+pub fn v3_schema(info: &mut Value, _input_dir: &Path) {
+    let Some(o) = info.as_object_mut() else {
+        return;
+    };
+    let outputs = o
+        .get("output")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    o.insert("output_tooltips".into(), json!(vec![Value::Null; outputs]));
+    o.insert("output_matchtypes".into(), Value::Null);
+    if o.get("display_name") == Some(&json!("")) {
+        o.insert("display_name".into(), Value::Null);
+    }
+    for flag in ["deprecated", "experimental", "api_node"] {
+        o.insert(flag.into(), json!(false));
+    }
+}
+
+impl Hooks {
+    /// A V3-schema node's: [`v3_schema`].
+    pub const V3: Hooks = Hooks {
+        input_types: Some(v3_schema),
+        validate_inputs: None,
+        is_changed: None,
+    };
+}

@@ -63,6 +63,22 @@ pub fn exception(type_name: &str, message: impl Into<String>) -> NodeFail {
     }
 }
 
+/// Python's `round()` of a float to an int: halves go to the even neighbour.
+pub fn py_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// PyTorch's `interpolate` refusing an empty side (`from` and `to` as width, height).
+pub fn empty_interpolation(from: (i64, i64), to: (i64, i64)) -> NodeFail {
+    exception(
+        "RuntimeError",
+        format!(
+            "Input and output sizes should be greater than 0, but got input (H: {}, W: {}) output (H: {}, W: {})",
+            from.1, from.0, to.1, to.0
+        ),
+    )
+}
+
 /// One node's execution: where it runs and what its inputs are.
 pub struct Exec<'r, 'a> {
     pub shared: &'a Shared,
@@ -163,5 +179,19 @@ pub async fn unless_interrupted(
             () = &mut work => return Ok(()),
             () = wake => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::py_round;
+
+    #[test]
+    fn rounds_halves_to_even_as_python_does() {
+        // round(0.5), round(1.5), round(2.5), round(-2.5) in Python: 0, 2, 2, -2.
+        assert_eq!(
+            [0.5, 1.5, 2.5, -2.5, 12.0 * 1.25, 2.4999].map(py_round),
+            [0, 2, 2, -2, 15, 2]
+        );
     }
 }

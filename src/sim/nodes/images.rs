@@ -1,12 +1,17 @@
-//! Image nodes without a model: `EmptyImage`, `ImageScale` (`nodes.py`) and `ImageBlur`
-//! (`comfy_extras.nodes_post_processing`). They see an interrupt only between nodes.
+//! Image nodes without a model: `EmptyImage`, `ImageScale`, `ImageScaleBy` (`nodes.py`) and
+//! `ImageBlur` (`comfy_extras.nodes_post_processing`). They see an interrupt only between
+//! nodes.
 
 use serde_json::json;
 
 use super::super::image::Image;
-use super::class::{Hooks, MAX_RESOLUTION, Models, NodeClass, image_input, int};
-use super::exec::{Exec, Execute, NodeResult};
+use super::class::{Hooks, MAX_RESOLUTION, Models, NodeClass, image_input, int, scale_by};
+use super::exec::{Exec, Execute, NodeResult, empty_interpolation, py_round};
 use super::value::Val;
+
+/// `ImageScale`'s and `ImageScaleBy`'s methods.
+const IMAGE_UPSCALE_METHODS: [&str; 5] =
+    ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"];
 
 /// `EmptyImage`.
 pub fn empty_image(_models: &Models) -> NodeClass {
@@ -58,7 +63,7 @@ fn generate(ex: &mut Exec<'_, '_>) -> NodeResult {
 pub fn image_blur(_models: &Models) -> NodeClass {
     NodeClass {
         name: "ImageBlur",
-        display_name: "Image Blur",
+        display_name: "",
         description: "",
         python_module: "comfy_extras.nodes_post_processing",
         category: "image/postprocessing",
@@ -78,7 +83,7 @@ pub fn image_blur(_models: &Models) -> NodeClass {
         custom_validated: &[],
         execute: Execute::Now(blur),
         model_ops: false,
-        hooks: Hooks::NONE,
+        hooks: Hooks::V3,
     }
 }
 
@@ -100,10 +105,7 @@ pub fn image_scale(_models: &Models) -> NodeClass {
         output_node: false,
         required: vec![
             ("image", image_input(None)),
-            (
-                "upscale_method",
-                json!([["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]]),
-            ),
+            ("upscale_method", json!([IMAGE_UPSCALE_METHODS])),
             ("width", int(512, 0, MAX_RESOLUTION, Some(1))),
             ("height", int(512, 0, MAX_RESOLUTION, Some(1))),
             ("crop", json!([["disabled", "center"]])),
@@ -124,4 +126,45 @@ fn upscale(ex: &mut Exec<'_, '_>) -> NodeResult {
     let img = ex.image("image")?;
     let scaled = img.scale(ex.int("width") as u32, ex.int("height") as u32);
     Ok((vec![Val::Image(scaled)], None))
+}
+
+/// `ImageScaleBy`.
+pub fn image_scale_by(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "ImageScaleBy",
+        display_name: "Upscale Image By",
+        description: "",
+        python_module: "nodes",
+        category: "image/upscaling",
+        output_node: false,
+        required: vec![
+            ("image", image_input(None)),
+            ("upscale_method", json!([IMAGE_UPSCALE_METHODS])),
+            ("scale_by", scale_by(1.0)),
+        ],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["IMAGE"],
+        output_tooltips: None,
+        custom_validated: &[],
+        execute: Execute::Now(upscale_by),
+        model_ops: false,
+        hooks: Hooks::NONE,
+    }
+}
+
+/// `ImageScaleBy.upscale`: each side times `scale_by`, rounded as Python rounds; PyTorch
+/// refuses an empty side as `interpolate` does.
+fn upscale_by(ex: &mut Exec<'_, '_>) -> NodeResult {
+    let img = ex.image("image")?;
+    let scale = ex.float("scale_by");
+    let (w, h) = (
+        py_round(f64::from(img.width) * scale),
+        py_round(f64::from(img.height) * scale),
+    );
+    if w <= 0 || h <= 0 {
+        let from = (i64::from(img.width), i64::from(img.height));
+        return Err(empty_interpolation(from, (w, h)));
+    }
+    Ok((vec![Val::Image(img.scale(w as u32, h as u32))], None))
 }

@@ -52,6 +52,7 @@ fn load_checkpoint(ex: &mut Exec<'_, '_>) -> NodeResult {
             Val::Clip {
                 ckpt,
                 loras: vec![],
+                last_layer: -1,
             },
             Val::Vae,
         ],
@@ -107,8 +108,14 @@ pub fn lora_loader(models: &Models) -> NodeClass {
 /// `LoraLoader.load_lora`.
 fn load_lora(ex: &mut Exec<'_, '_>) -> NodeResult {
     let lora = ex.string("lora_name");
-    let (Some(Val::Model { ckpt: m, loras: ml }), Some(Val::Clip { ckpt: c, loras: cl })) =
-        (ex.link("model"), ex.link("clip"))
+    let (
+        Some(Val::Model { ckpt: m, loras: ml }),
+        Some(Val::Clip {
+            ckpt: c,
+            loras: cl,
+            last_layer,
+        }),
+    ) = (ex.link("model"), ex.link("clip"))
     else {
         return Err(exception(
             "AttributeError",
@@ -128,6 +135,7 @@ fn load_lora(ex: &mut Exec<'_, '_>) -> NodeResult {
             Val::Clip {
                 ckpt: c.clone(),
                 loras: cl,
+                last_layer: *last_layer,
             },
         ],
         None,

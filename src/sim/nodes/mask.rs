@@ -29,7 +29,7 @@ pub fn image_to_mask(_models: &Models) -> NodeClass {
         custom_validated: &[],
         execute: Execute::Now(image_to_mask_fn),
         model_ops: false,
-        hooks: Hooks::NONE,
+        hooks: Hooks::V3,
     }
 }
 
@@ -80,7 +80,7 @@ pub fn mask_to_image(_models: &Models) -> NodeClass {
         custom_validated: &[],
         execute: Execute::Now(mask_to_image_fn),
         model_ops: false,
-        hooks: Hooks::NONE,
+        hooks: Hooks::V3,
     }
 }
 

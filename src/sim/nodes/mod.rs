@@ -6,9 +6,11 @@
 //! nodes report progress through the prompt's `Messages`.
 //!
 //! Families: `loaders` (`CheckpointLoaderSimple`, `LoraLoader`), `conditioning`
-//! (`CLIPTextEncode`), `latent` (`EmptyLatentImage`, `VAEDecode`), `sampling` (`KSampler`), `save`
-//! (`SaveImage`, `PreviewImage`), `images` (`EmptyImage`, `ImageBlur`, `ImageScale`), `mask`
-//! (`ImageToMask`, `MaskToImage`), `load_image` (`LoadImage`), `vae_encode` (`VAEEncode`).
+//! (`CLIPTextEncode`, `CLIPSetLastLayer`, `ConditioningCombine`), `latent`
+//! (`EmptyLatentImage`, `VAEDecode`, `VAEEncode`, `LatentUpscale`, `LatentUpscaleBy`),
+//! `sampling` (`KSampler`, `KSamplerAdvanced`), `save` (`SaveImage`, `PreviewImage`), `images`
+//! (`EmptyImage`, `ImageBlur`, `ImageScale`, `ImageScaleBy`), `mask` (`ImageToMask`,
+//! `MaskToImage`), `load_image` (`LoadImage`).
 
 mod catalog;
 mod class;
@@ -21,7 +23,6 @@ mod loaders;
 mod mask;
 mod sampling;
 mod save;
-mod vae_encode;
 mod validate;
 mod value;
 

@@ -1,19 +1,21 @@
-//! Sampling: `KSampler` (`nodes.py`). Each step takes `step_ms` of simulated GPU time,
-//! checks the interrupt flag, then reports progress (and, when the prompt asked for them,
-//! latent previews); the sampled latent remembers the seed and text it renders.
+//! Sampling: `KSampler` and `KSamplerAdvanced` (`nodes.py`). Each step takes `step_ms` of
+//! simulated GPU time, checks the interrupt flag, then reports progress (and, when the prompt
+//! asked for them, latent previews); the sampled latent remembers the seed and text it
+//! renders. A pass that keeps part of the picture it was given (`denoise` below 1, a
+//! refiner starting at a later step) renders one derived from that picture and its own seed.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::super::image;
+use super::super::image::{self, FNV_OFFSET, Rng, fnv1a};
 use super::super::jpeg;
 use super::super::messages::binary_frame;
 use super::super::pyjson;
 use super::super::state::Shared;
 use super::class::{Hooks, Models, NodeClass};
-use super::exec::{Exec, Execute, NodeFail, Waiting, exception, unless_interrupted};
+use super::exec::{Exec, Execute, NodeFail, NodeResult, Waiting, exception, unless_interrupted};
 use super::value::Val;
 use crate::comfyui;
 
@@ -79,37 +81,139 @@ pub fn ksampler(_models: &Models) -> NodeClass {
     }
 }
 
-/// `KSampler.sample`.
+/// `KSampler.sample`: `steps` steps whatever the `denoise` (`KSampler.set_steps` takes the
+/// last `steps` of `steps / denoise`).
 fn sample<'e>(ex: &'e mut Exec<'_, '_>) -> Waiting<'e> {
     Box::pin(async move {
-        let Some(Val::Latent {
+        let denoise = ex.float("denoise");
+        let keep = (denoise <= 0.9999).then_some(denoise);
+        let steps = ex.int("steps").max(1) as u64;
+        let seed = ex.uint("seed");
+        run_sampler(ex, seed, steps, keep).await
+    })
+}
+
+/// A sampler's run over its `latent_image`: `steps` steps (none: the latent comes back as
+/// it was), then the latent that renders the positive text from `seed`, derived from the
+/// picture it was given when `keep` says part of it stays.
+async fn run_sampler(
+    ex: &mut Exec<'_, '_>,
+    seed: u64,
+    steps: u64,
+    keep: Option<f64>,
+) -> NodeResult {
+    let Some(latent @ Val::Latent { .. }) = ex.link("latent_image").cloned() else {
+        return Err(exception(
+            "TypeError",
+            "'NoneType' object is not subscriptable",
+        ));
+    };
+    if steps == 0 {
+        return Ok((vec![latent], None));
+    }
+    let Val::Latent {
+        width,
+        height,
+        batch,
+        sampled,
+        encoded,
+    } = latent
+    else {
+        unreachable!("matched above")
+    };
+    let (text, salt) = match ex.link("positive") {
+        Some(Val::Cond { text, salt }) => (text.clone(), *salt),
+        _ => (String::new(), 0),
+    };
+    // The picture the latent already holds, if any: sampled, or encoded from an image.
+    let before = match (&sampled, &encoded) {
+        (Some((s, t)), _) => Some(image::render_key(*s, t)),
+        (None, Some(img)) => Some(fnv1a(FNV_OFFSET, &img.frame(0))),
+        (None, None) => None,
+    };
+    let seed = match (before, keep) {
+        (Some(before), Some(keep)) => {
+            Rng(before ^ (seed ^ salt).rotate_left(29) ^ keep.to_bits()).next()
+        }
+        _ => seed ^ salt,
+    };
+    steps_with_progress(ex, seed, &text, width, height, steps).await?;
+    Ok((
+        vec![Val::Latent {
             width,
             height,
             batch,
-            ..
-        }) = ex.link("latent_image").cloned()
-        else {
-            return Err(exception(
-                "TypeError",
-                "'NoneType' object is not subscriptable",
-            ));
-        };
-        let text = match ex.link("positive") {
-            Some(Val::Cond { text }) => text.clone(),
-            _ => String::new(),
-        };
-        let seed = ex.uint("seed");
+            sampled: Some((seed, text)),
+            encoded,
+        }],
+        None,
+    ))
+}
+
+/// `KSamplerAdvanced`.
+pub fn ksampler_advanced(_models: &Models) -> NodeClass {
+    NodeClass {
+        name: "KSamplerAdvanced",
+        display_name: "KSampler (Advanced)",
+        description: "",
+        python_module: "nodes",
+        category: "sampling",
+        output_node: false,
+        required: vec![
+            ("model", json!(["MODEL"])),
+            ("add_noise", json!([["enable", "disable"]])),
+            (
+                "noise_seed",
+                json!(["INT", {"default": 0, "min": *comfyui::SEED.start(), "max": *comfyui::SEED.end(), "control_after_generate": true}]),
+            ),
+            (
+                "steps",
+                json!(["INT", {"default": 20, "min": *comfyui::STEPS.start(), "max": *comfyui::STEPS.end()}]),
+            ),
+            (
+                "cfg",
+                json!(["FLOAT", {"default": 8.0, "min": *comfyui::CFG.start(), "max": *comfyui::CFG.end(), "step": 0.1, "round": 0.01}]),
+            ),
+            ("sampler_name", json!([comfyui::SAMPLERS])),
+            ("scheduler", json!([comfyui::SCHEDULERS])),
+            ("positive", json!(["CONDITIONING"])),
+            ("negative", json!(["CONDITIONING"])),
+            ("latent_image", json!(["LATENT"])),
+            (
+                "start_at_step",
+                json!(["INT", {"default": 0, "min": 0, "max": 10000}]),
+            ),
+            (
+                "end_at_step",
+                json!(["INT", {"default": 10000, "min": 0, "max": 10000}]),
+            ),
+            ("return_with_leftover_noise", json!([["disable", "enable"]])),
+        ],
+        optional: vec![],
+        hidden: vec![],
+        outputs: vec!["LATENT"],
+        output_tooltips: None,
+        custom_validated: &[],
+        execute: Execute::Wait(sample_advanced),
+        model_ops: true,
+        hooks: Hooks::NONE,
+    }
+}
+
+/// `KSamplerAdvanced.sample`: the steps from `start_at_step` to `end_at_step` of `steps`
+/// (`KSampler.sample` cuts the sigmas so); none when it starts at or after the last one.
+fn sample_advanced<'e>(ex: &'e mut Exec<'_, '_>) -> Waiting<'e> {
+    Box::pin(async move {
         let steps = ex.int("steps").max(1) as u64;
-        steps_with_progress(ex, seed, &text, width, height, steps).await?;
-        Ok((
-            vec![Val::Latent {
-                width,
-                height,
-                batch,
-                sampled: Some((seed, text)),
-            }],
-            None,
-        ))
+        let start = ex.int("start_at_step").max(0) as u64;
+        let end = (ex.int("end_at_step").max(0) as u64).min(steps);
+        let run = end.saturating_sub(start);
+        // From pure noise only when it adds noise from the first step; otherwise the pass
+        // refines the picture it was given.
+        let fresh = start == 0 && ex.string("add_noise") == "enable";
+        let keep = (!fresh).then(|| start as f64 / steps as f64);
+        let seed = ex.uint("noise_seed");
+        run_sampler(ex, seed, run, keep).await
     })
 }
 

@@ -40,7 +40,7 @@ fn err(kind: &str, message: impl Into<String>, details: impl Into<String>, extra
 
 const TB_VALIDATE_PROMPT: &str = "  File \"ComfyUI/execution.py\", line 1043, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
 const TB_LOOKUP: &str = "  File \"ComfyUI/execution.py\", line 818, in validate_inputs\n    o_class_type = prompt[o_id]['class_type']\n                   ~~~~~~^^^^^^\n";
-const TB_INNER: &str = "  File \"ComfyUI/execution.py\", line 836, in validate_inputs\n    r = await validate_inputs(prompt_id, prompt, o_id, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
+const TB_INNER: &str = "  File \"ComfyUI/execution.py\", line 838, in validate_inputs\n    r = await validate_inputs(prompt_id, prompt, o_id, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n";
 const TB_SLOT: &str = "  File \"ComfyUI/execution.py\", line 820, in validate_inputs\n    received_type = r[val[1]]\n                    ~^^^^^^^^\n";
 
 struct Validator<'a> {
@@ -100,6 +100,14 @@ impl Validator<'_> {
             .chain(class.optional.iter().map(|(k, v)| (*k, v.clone(), false)))
             .collect();
         for (name, info, required) in all {
+            // `info = (input_type, extra_info)`: a spec without options gets `{}`.
+            let info = match info {
+                Value::Array(mut spec) if spec.len() == 1 => {
+                    spec.push(json!({}));
+                    Value::Array(spec)
+                }
+                other => other,
+            };
             let Some(val) = inputs.get(name) else {
                 if required {
                     errors.push(err(

@@ -12,16 +12,24 @@ pub enum Val {
     Clip {
         ckpt: String,
         loras: Vec<(String, f64)>,
+        /// `CLIPSetLastLayer`'s `stop_at_clip_layer` (-1: the last layer, the default).
+        last_layer: i64,
     },
     Vae,
     Cond {
         text: String,
+        /// What besides the text changes the picture (0: nothing; a CLIP layer other than
+        /// the last one): mixed into the sampler's seed.
+        salt: u64,
     },
     Latent {
         width: u32,
         height: u32,
         batch: u32,
+        /// The seed and text the decoder renders, once sampled.
         sampled: Option<(u64, String)>,
+        /// The picture `VAEEncode` made this latent from (decoded back when never sampled).
+        encoded: Option<Image>,
     },
     Image(Image),
     Mask(Mask),
