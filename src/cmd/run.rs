@@ -41,6 +41,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
     }
     // Every folder the run writes, checked before any server is asked.
     let dirs = check_output(&args.out, plan.chapter)?;
+    crate::cmd::ci::check_paths(&args.route_ci)?;
 
     let (sim, clients) = connect(args.sim, &args.servers, &plan.comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -84,6 +85,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
     let summary = result?;
     let outcome = Outcome::of_run(&summary);
     print_summary(&summary, outcome, args.json);
+    crate::cmd::ci::write(&args.route_ci, &[&summary])?;
     Ok(outcome)
 }
 

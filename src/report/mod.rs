@@ -1,6 +1,7 @@
 //! Reporters: the live progress display, the JSON run report and the HTML contact sheet.
 //! They consume engine events and results; none of them talks to a server.
 
+pub mod ci;
 pub mod html;
 pub mod json;
 pub mod progress;
