@@ -6,6 +6,7 @@
 //! server is bothered), skip jobs whose image the ledger vouches for, preflight the servers
 //! for the rest, then execute and keep the report current.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,12 +14,18 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::comfy::ComfyClient;
-use crate::engine::{ChapterOutput, Engine, EngineConfig, Outputs, Reattach, RunContext};
-use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
+use crate::engine::{
+    Catalogue, ChapterOutput, Engine, EngineConfig, Outputs, Reattach, RunContext,
+    unroutable_message,
+};
+use crate::events::{
+    ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, RouteState, ServerRouting,
+    Timings,
+};
 use crate::ledger;
 use crate::output::{ChapterDirs, PathError, remove_stale_temp_files, write_atomic_with};
 use crate::plan::Job;
-use crate::preflight::{self, PreflightError, ServerInfo};
+use crate::preflight::{self, PreflightError, ServerInfo, Survey};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
 use crate::report::progress::{self, Mode};
 use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
@@ -37,6 +44,10 @@ pub struct RunOptions {
     /// The `--only` selectors, for the report.
     pub only: Vec<String>,
     pub simulator: bool,
+    /// Stop before anything runs unless every server is up and has everything every job
+    /// needs (`run --all-or-nothing`; `rerun`). Otherwise each job goes to the servers that
+    /// can take it (see [`route`]).
+    pub all_or_nothing: bool,
     pub engine: EngineConfig,
     pub mode: Mode,
 }
@@ -116,19 +127,34 @@ pub async fn run_jobs(
         })
         .collect();
 
-    let server_infos = if to_run.is_empty() {
-        servers
-            .iter()
-            .map(|s| ServerInfo {
-                url: s.url().to_owned(),
-                comfyui_version: None,
-            })
-            .collect()
+    let routes = if to_run.is_empty() {
+        Routes::every_server(&servers, Vec::new())
+    } else if options.all_or_nothing {
+        let infos = preflight::check(&servers, &to_run)
+            .await
+            .map_err(RunError::Preflight)?;
+        Routes::every_server(&servers, infos)
     } else {
-        preflight::check(&servers, &to_run)
+        route(&servers, &to_run)
             .await
             .map_err(RunError::Preflight)?
     };
+    let Routes {
+        infos: server_infos,
+        catalogues,
+        routings,
+        unroutable,
+    } = routes;
+    let mut unroutable_outcomes = Vec::new();
+    if !unroutable.is_empty() {
+        to_run.retain(|job| match unroutable.get(&job.key) {
+            Some(why) => {
+                unroutable_outcomes.push(unroutable_outcome(job, why));
+                false
+            }
+            None => true,
+        });
+    }
 
     let report = RunReport {
         schema_version: crate::report::json::REPORT_SCHEMA_VERSION,
@@ -176,6 +202,17 @@ pub async fn run_jobs(
         total: jobs.len(),
         servers: servers.iter().map(|s| s.url().to_owned()).collect(),
     });
+    for (server, routing) in routings.into_iter().enumerate() {
+        if let Some(routing) = routing {
+            let _ = events_tx.send(Event::Routing {
+                server,
+                routing: Box::new(routing),
+            });
+        }
+    }
+    for outcome in unroutable_outcomes {
+        let _ = events_tx.send(Event::Finished(Box::new(outcome)));
+    }
     let ctx = Arc::new(RunContext {
         run_id: run_id.clone(),
         out_root: options.out_root.clone(),
@@ -187,7 +224,9 @@ pub async fn run_jobs(
     });
     // The outcomes are read back from the report, which records every one of them anyway.
     if !to_run.is_empty() {
-        let engine = Engine::start(options.engine.clone(), servers, to_run, ctx.clone(), false);
+        let servers = servers.into_iter().zip(catalogues).collect();
+        let engine =
+            Engine::start_routed(options.engine.clone(), servers, to_run, ctx.clone(), false);
         engine.finish().await;
     }
     drop(ctx);
@@ -220,6 +259,124 @@ pub async fn run_jobs(
         cancelled,
         outcomes: report.jobs,
     })
+}
+
+/// The servers as the run starts with them: what the report says of each, what the engine
+/// routes by, which jobs each can take, and the jobs no server that is up can take (key ->
+/// the error).
+struct Routes {
+    infos: Vec<ServerInfo>,
+    catalogues: Vec<Catalogue>,
+    routings: Vec<Option<ServerRouting>>,
+    unroutable: HashMap<String, String>,
+}
+
+impl Routes {
+    /// Every server takes every job (nothing to run, or the all-or-nothing preflight passed).
+    fn every_server(servers: &[ComfyClient], mut infos: Vec<ServerInfo>) -> Routes {
+        if infos.len() != servers.len() {
+            infos = servers
+                .iter()
+                .map(|s| ServerInfo {
+                    url: s.url().to_owned(),
+                    comfyui_version: None,
+                })
+                .collect();
+        }
+        Routes {
+            infos,
+            catalogues: servers.iter().map(|_| Catalogue::Any).collect(),
+            routings: servers.iter().map(|_| None).collect(),
+            unroutable: HashMap::new(),
+        }
+    }
+}
+
+/// Ask every server what it has; a job goes to the servers that have all it needs. A server
+/// that cannot be reached is skipped while another is up (it is tried again during the run);
+/// jobs no server that is up can take fail, the rest run. Stops before anything runs (a
+/// preflight failure) when no server is up, or no job can run anywhere.
+async fn route(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Result<Routes, Vec<PreflightError>> {
+    let surveys = preflight::survey(servers).await;
+    if !surveys.iter().any(|s| matches!(s, Survey::Up { .. })) {
+        return Err(surveys
+            .into_iter()
+            .filter_map(|s| match s {
+                Survey::Down { error, .. } => Some(error),
+                Survey::Up { .. } => None,
+            })
+            .collect());
+    }
+    let mut routes = Routes {
+        infos: Vec::new(),
+        catalogues: Vec::new(),
+        routings: Vec::new(),
+        unroutable: HashMap::new(),
+    };
+    // Per job: why each server that is up cannot take it (none: some server can).
+    let mut refusals: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut can_run = vec![false; jobs.len()];
+    for survey in &surveys {
+        routes.infos.push(survey.info().clone());
+        match survey {
+            Survey::Up { info, catalogue } => {
+                for (n, job) in jobs.iter().enumerate() {
+                    match preflight::refusal(&info.url, catalogue, job) {
+                        None => can_run[n] = true,
+                        Some(why) => refusals.entry(&job.key).or_default().push(why),
+                    }
+                }
+                routes.routings.push(Some(preflight::routing(
+                    &info.url,
+                    catalogue,
+                    jobs.iter().map(|j| &**j),
+                    RouteState::Up,
+                )));
+                routes.catalogues.push(Catalogue::Known(catalogue.clone()));
+            }
+            Survey::Down { error, .. } => {
+                routes.routings.push(Some(ServerRouting {
+                    state: RouteState::Down,
+                    checked: 0,
+                    cannot_take: Vec::new(),
+                    reason: Some(error.message.clone()),
+                }));
+                routes.catalogues.push(Catalogue::Unknown);
+            }
+        }
+    }
+    if !can_run.contains(&true) {
+        // Nothing can run anywhere: the whole preflight, as the all-or-nothing one says it.
+        return Err(surveys
+            .iter()
+            .flat_map(|survey| match survey {
+                Survey::Up { info, catalogue } => preflight::check_jobs(&info.url, catalogue, jobs),
+                Survey::Down { error, .. } => vec![error.clone()],
+            })
+            .collect());
+    }
+    for (n, job) in jobs.iter().enumerate() {
+        if !can_run[n] {
+            let why = refusals.remove(job.key.as_str()).unwrap_or_default();
+            routes
+                .unroutable
+                .insert(job.key.clone(), unroutable_message(&why));
+        }
+    }
+    Ok(routes)
+}
+
+fn unroutable_outcome(job: &Job, why: &str) -> JobOutcome {
+    JobOutcome {
+        key: job.key.clone(),
+        status: JobStatus::Failed,
+        server: None,
+        prompt_id: None,
+        attempts: 0,
+        error: Some(JobError::new(ErrorKind::Unroutable, why)),
+        images: Vec::new(),
+        timings: Timings::default(),
+    }
 }
 
 fn skipped_outcome(job: &Job, images: &[ledger::VerifiedImage], out_root: &Path) -> JobOutcome {

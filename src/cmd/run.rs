@@ -48,6 +48,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
 
     let options = RunOptions {
+        all_or_nothing: args.route_ci.all_or_nothing,
         out_root: args.out.clone(),
         chapter: plan.chapter,
         title: plan.title.clone(),

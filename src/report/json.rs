@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::diagnostic::{Problem, SourceFile};
-use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
+use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, ServerRouting, Timings};
 use crate::manifest::read::{NotJson, read_bounded};
 use crate::output::{PathError, write_atomic_with};
 use crate::params;
@@ -69,6 +69,10 @@ pub struct ManifestRef {
 pub struct ServerRecord {
     pub url: String,
     pub comfyui_version: Option<String>,
+    /// Which jobs it could take (absent with `--all-or-nothing`, where every server takes
+    /// every job, and in reports of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<ServerRouting>,
 }
 
 impl From<&ServerInfo> for ServerRecord {
@@ -76,6 +80,7 @@ impl From<&ServerInfo> for ServerRecord {
         ServerRecord {
             url: info.url.clone(),
             comfyui_version: info.comfyui_version.clone(),
+            routing: None,
         }
     }
 }
@@ -557,6 +562,13 @@ impl ReportWriter {
             self.write()?;
         }
         Ok(())
+    }
+
+    /// Which jobs server `index` could take; written with the next write.
+    pub fn routing(&mut self, index: usize, routing: &ServerRouting) {
+        if let Some(server) = self.report.servers.get_mut(index) {
+            server.routing = Some(routing.clone());
+        }
     }
 
     /// Write the current state now.

@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::json::ReportWriter;
-use crate::events::{Event, JobOutcome, JobStatus, ServerState};
+use crate::events::{Event, JobOutcome, JobStatus, RouteState, ServerRouting, ServerState};
 use crate::output::PathError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub fn spawn_collector(
                 && write_error.is_none()
             {
                 write_error = Some(error);
+            }
+            if let Event::Routing { server, routing } = &event {
+                writer.routing(*server, routing);
             }
             display.show(&event);
         }
@@ -193,6 +196,15 @@ impl Display {
                     self.line(finished_line(outcome));
                 }
             }
+            Event::Routing { server, routing } => {
+                let url = self.server_urls.get(*server).cloned().unwrap_or_default();
+                self.server_message(*server, routing_status(routing));
+                if self.mode != Mode::Quiet {
+                    for line in routing_lines(&url, routing) {
+                        self.line(line);
+                    }
+                }
+            }
             Event::Submitted { .. } => {}
         }
     }
@@ -231,6 +243,55 @@ pub fn server_status(state: &ServerState) -> String {
         ServerState::Back { down_for } => format!("connected (back after {})", human(*down_for)),
         ServerState::Retired(reason) => format!("out of rotation: {reason}"),
     }
+}
+
+/// A server's status line while it has not taken a job yet: what it can take.
+fn routing_status(routing: &ServerRouting) -> String {
+    match routing.state {
+        RouteState::Down => "unreachable at the start; tried again during the run".to_owned(),
+        RouteState::Up | RouteState::Joined => {
+            format!(
+                "can take {} of {} jobs",
+                routing.can_take(),
+                routing.checked
+            )
+        }
+    }
+}
+
+/// The lines that say which jobs a server can take, and why it cannot take the others.
+pub fn routing_lines(url: &str, routing: &ServerRouting) -> Vec<String> {
+    let mut lines = vec![match routing.state {
+        RouteState::Down => format!(
+            "warn {url} is unreachable at the start: skipped for now, tried again during the run; {}",
+            routing.reason.as_deref().unwrap_or("no answer")
+        ),
+        RouteState::Up => format!(
+            "route {url} can take {} of {} jobs",
+            routing.can_take(),
+            routing.checked
+        ),
+        RouteState::Joined => format!(
+            "route {url} joined the run: it can take {} of the {} jobs waiting",
+            routing.can_take(),
+            routing.checked
+        ),
+    }];
+    for refusal in &routing.cannot_take {
+        let shown: Vec<&str> = refusal.jobs.iter().take(5).map(String::as_str).collect();
+        let more = refusal.jobs.len() - shown.len();
+        lines.push(format!(
+            "route {url} cannot take {}{}: {}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            refusal.reason
+        ));
+    }
+    lines
 }
 
 /// `0.4 s`, `12 s`, `3 min 20 s`, `10 min`.

@@ -22,7 +22,7 @@ pub(crate) fn run(manifest: &Path, out: &Path, server: &str, extra: &[&str]) -> 
     bin()
         .arg("run")
         .arg(manifest)
-        .args(["--server", server, "--quiet", "--out"])
+        .args(["--server", server, "--out"])
         .arg(out)
         .args(extra)
         .output()

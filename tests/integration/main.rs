@@ -13,6 +13,7 @@ mod hostile;
 mod manifest;
 mod real_comfy;
 mod report_schema;
+mod routing;
 mod run;
 mod serve;
 mod sim;

@@ -9,7 +9,7 @@ pub fn validator() -> jsonschema::Validator {
     jsonschema::validator_for(&schema).expect("the schema itself is valid")
 }
 
-fn assert_valid(validator: &jsonschema::Validator, report: &serde_json::Value) {
+pub(crate) fn assert_valid(validator: &jsonschema::Validator, report: &serde_json::Value) {
     let errors: Vec<String> = validator
         .iter_errors(report)
         .map(|e| format!("{} at {}", e, e.instance_path()))
