@@ -28,7 +28,7 @@ use crate::plan::Job;
 use crate::preflight::{self, PreflightError, ServerInfo, Survey};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, Tool};
 use crate::report::progress::{self, Mode};
-use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
+use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, changes, html};
 use crate::time::{new_run_id, rfc3339};
 
 /// Everything a run needs besides the jobs and the servers.
@@ -97,10 +97,17 @@ pub async fn run_jobs(
     // Incremental: a job whose hash has a verified image on disk is done already.
     let mut skipped = Vec::new();
     let mut to_run: Vec<Arc<Job>> = Vec::new();
+    // Also what each job's previous image is, for its change mark (new, unchanged, changed).
+    let verified = ledger::verified_images(&dirs.root, &records);
+    let changes = changes::job_changes(
+        &jobs,
+        &ledger::latest_images(&verified, &records),
+        &dirs.reports,
+        &options.out_root,
+    );
     if options.force {
         to_run = jobs.clone();
     } else {
-        let verified = ledger::verified_images(&dirs.root, &records);
         for job in &jobs {
             match verified.get(&job.hash.to_string()) {
                 Some(images) if !images.is_empty() => {
@@ -182,7 +189,14 @@ pub async fn run_jobs(
         started_at: rfc3339(started_at),
         ended_at: None,
         totals: Totals::default(),
-        jobs: jobs.iter().map(JobReport::pending).collect(),
+        jobs: jobs
+            .iter()
+            .zip(changes)
+            .map(|(job, change)| JobReport {
+                change: Some(change),
+                ..JobReport::pending(job)
+            })
+            .collect(),
     };
     let report_path = dirs.reports.join(format!("{run_id}.json"));
     let contact_sheet_path = dirs.reports.join(format!("{run_id}.html"));

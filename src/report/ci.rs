@@ -302,6 +302,19 @@ pub fn markdown_summary(runs: &[ChapterRun]) -> String {
         "{} jobs: {} succeeded, {} skipped, {} failed, {} timed out, {} cancelled\n",
         sum.jobs, sum.succeeded, sum.skipped, sum.failed, sum.timed_out, sum.cancelled
     );
+    let changed = |kind: super::ChangeKind| -> usize {
+        runs.iter()
+            .flat_map(|r| r.report.jobs.iter())
+            .filter(|j| j.change.as_ref().is_some_and(|c| c.kind == kind))
+            .count()
+    };
+    let _ = writeln!(
+        md,
+        "Since the previous images: {} changed, {} new, {} unchanged\n",
+        changed(super::ChangeKind::Changed),
+        changed(super::ChangeKind::New),
+        changed(super::ChangeKind::Unchanged)
+    );
     md.push_str("| chapter | jobs | succeeded | skipped | failed | timed out | cancelled | contact sheet |\n");
     md.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for run in runs {

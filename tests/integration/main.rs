@@ -2,6 +2,7 @@
 
 mod architecture;
 mod auth;
+mod changes;
 mod ci_formats;
 mod cli;
 mod exit_codes;
