@@ -222,3 +222,46 @@ fn a_server_down_at_the_start_joins_the_run_when_it_comes_back() {
     );
     assert!(late.stats()["prompts_accepted"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn jobs_only_a_server_gone_for_good_could_take_fail_with_why_and_the_rest_run() {
+    // The ink server crashes on its first prompt and stays away past the outage window; the
+    // XL server cannot take its jobs, so they fail (they must not wait for ever), while the
+    // XL page renders.
+    let ink = SimProcess::start(&[
+        "--step-ms",
+        "1",
+        "--checkpoints",
+        INK,
+        "--fault",
+        "crash-after:1:60000",
+    ]);
+    let xl = SimProcess::start(&["--step-ms", "1", "--checkpoints", XL]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest_with_checkpoints(dir.path(), &[INK, INK, XL]);
+    let out = dir.path().join("out");
+    let output = run(
+        &manifest,
+        &out,
+        &ink.url,
+        &["--server", &xl.url, "--outage-window", "1", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = report_of(&output);
+    let jobs = jobs_of(&report);
+    assert_eq!(jobs["ch07_p003_s1"].0, "succeeded", "{jobs:?}");
+    assert_eq!(jobs["ch07_p003_s1"].1, xl.url);
+    for key in ["ch07_p001_s1", "ch07_p002_s1"] {
+        let (status, _, message) = &jobs[key];
+        assert_eq!(status, "failed", "{jobs:?}");
+        assert!(
+            message.contains(&format!("{} was unreachable", ink.url)),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("\"{INK}\" is not available")) && message.contains(&xl.url),
+            "{message}"
+        );
+    }
+    assert_eq!(xl.stats()["prompts_rejected"], 0);
+}
