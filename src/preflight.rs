@@ -144,12 +144,24 @@ pub fn routing<'j>(
     jobs: impl IntoIterator<Item = &'j Job>,
     state: RouteState,
 ) -> ServerRouting {
+    grouped(
+        state,
+        jobs.into_iter()
+            .map(|job| (job.key.as_str(), refusal(server, object_info, job))),
+    )
+}
+
+/// A server's routing from each job's key and why it cannot take it (`None`: it can).
+pub fn grouped<'k>(
+    state: RouteState,
+    verdicts: impl IntoIterator<Item = (&'k str, Option<String>)>,
+) -> ServerRouting {
     let mut checked = 0;
     let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for job in jobs {
+    for (key, why) in verdicts {
         checked += 1;
-        if let Some(reason) = refusal(server, object_info, job) {
-            by_reason.entry(reason).or_default().push(job.key.clone());
+        if let Some(reason) = why {
+            by_reason.entry(reason).or_default().push(key.to_owned());
         }
     }
     ServerRouting {

@@ -334,17 +334,19 @@ async fn route(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Result<Routes, Vec
         routes.infos.push(survey.info().clone());
         match survey {
             Survey::Up { info, catalogue } => {
-                for (n, job) in jobs.iter().enumerate() {
-                    match preflight::refusal(&info.url, catalogue, job) {
+                let verdicts: Vec<Option<String>> = jobs
+                    .iter()
+                    .map(|job| preflight::refusal(&info.url, catalogue, job))
+                    .collect();
+                for ((n, job), why) in jobs.iter().enumerate().zip(&verdicts) {
+                    match why {
                         None => can_run[n] = true,
-                        Some(why) => refusals.entry(&job.key).or_default().push(why),
+                        Some(why) => refusals.entry(&job.key).or_default().push(why.clone()),
                     }
                 }
-                routes.routings.push(Some(preflight::routing(
-                    &info.url,
-                    catalogue,
-                    jobs.iter().map(|j| &**j),
+                routes.routings.push(Some(preflight::grouped(
                     RouteState::Up,
+                    jobs.iter().map(|job| job.key.as_str()).zip(verdicts),
                 )));
                 routes.catalogues.push(Catalogue::Known(catalogue.clone()));
             }

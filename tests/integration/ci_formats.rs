@@ -208,6 +208,10 @@ fn check_markdown(markdown: &str, contact_sheet: &str, url: &str) {
         "{markdown}"
     );
     assert!(
+        markdown.contains("Since the previous images: 0 changed, 2 new, 1 unchanged"),
+        "{markdown}"
+    );
+    assert!(
         markdown.contains("3 jobs: 0 succeeded, 1 skipped, 2 failed"),
         "{markdown}"
     );
