@@ -54,7 +54,7 @@ pub async fn check(
 }
 
 async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Vec<PreflightError>> {
-    let (info, object_info) = reach(server).await.map_err(|e| vec![e])?;
+    let (info, object_info) = reach(server).await.map_err(|(e, _)| vec![e])?;
     let problems = check_jobs(server.url(), &object_info, jobs);
     if !problems.is_empty() {
         return Err(problems);
@@ -63,13 +63,17 @@ async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Ve
 }
 
 /// Ask a server what it is (`/system_stats`) and what it has (`/object_info`).
-async fn reach(server: &ComfyClient) -> Result<(ServerInfo, Value), PreflightError> {
-    let unreachable = |error: crate::comfy::ComfyError| PreflightError {
-        message: format!("server {} is not usable: {error}", server.url()),
-        help: Some(format!(
-            "start ComfyUI at {} (or fix the URL in [comfy] servers / --server / PLASMA_COMFY_URL), or use --sim to run on the built-in simulator",
-            server.url()
-        )),
+async fn reach(server: &ComfyClient) -> Result<(ServerInfo, Value), (PreflightError, String)> {
+    let unreachable = |error: crate::comfy::ComfyError| {
+        let reason = error.to_string();
+        let error = PreflightError {
+            message: format!("server {} is not usable: {reason}", server.url()),
+            help: Some(format!(
+                "start ComfyUI at {} (or fix the URL in [comfy] servers / --server / PLASMA_COMFY_URL), or use --sim to run on the built-in simulator",
+                server.url()
+            )),
+        };
+        (error, reason)
     };
     let stats = server.system_stats().await.map_err(unreachable)?;
     let object_info = server.object_info().await.map_err(unreachable)?;
@@ -91,10 +95,11 @@ pub enum Survey {
         info: ServerInfo,
         catalogue: Arc<Value>,
     },
-    /// It could not be reached: why.
+    /// It could not be reached: the preflight error, and the bare reason.
     Down {
         info: ServerInfo,
         error: PreflightError,
+        reason: String,
     },
 }
 
@@ -114,12 +119,13 @@ pub async fn survey(servers: &[ComfyClient]) -> Vec<Survey> {
                 info,
                 catalogue: Arc::new(object_info),
             },
-            Err(error) => Survey::Down {
+            Err((error, reason)) => Survey::Down {
                 info: ServerInfo {
                     url: server.url().to_owned(),
                     comfyui_version: None,
                 },
                 error,
+                reason,
             },
         }
     }))

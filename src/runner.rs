@@ -350,12 +350,12 @@ async fn route(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Result<Routes, Vec
                 )));
                 routes.catalogues.push(Catalogue::Known(catalogue.clone()));
             }
-            Survey::Down { error, .. } => {
+            Survey::Down { reason, .. } => {
                 routes.routings.push(Some(ServerRouting {
                     state: RouteState::Down,
                     checked: 0,
                     cannot_take: Vec::new(),
-                    reason: Some(error.message.clone()),
+                    reason: Some(reason.clone()),
                 }));
                 routes.catalogues.push(Catalogue::Unknown);
             }

@@ -70,6 +70,8 @@ struct Display {
     server_urls: Vec<String>,
     /// Per server: while it is unreachable, the last minute of its outage a line was shown for.
     down: Vec<Option<u64>>,
+    /// Servers said to be unreachable at the start (their first outage line would repeat it).
+    down_at_start: Vec<usize>,
 }
 
 impl Display {
@@ -97,6 +99,7 @@ impl Display {
             servers: Vec::new(),
             server_urls: Vec::new(),
             down: Vec::new(),
+            down_at_start: Vec::new(),
         }
     }
 
@@ -156,6 +159,7 @@ impl Display {
                         // line shows it) one a minute while it stays down.
                         let minute = down_for.as_secs() / 60;
                         match self.down[*server] {
+                            None if self.down_at_start.contains(server) => {}
                             None => self.line(format!(
                                 "warn {url} unreachable: {reason}; retrying for up to {} (jobs wait for it)",
                                 human(*window)
@@ -199,6 +203,9 @@ impl Display {
             Event::Routing { server, routing } => {
                 let url = self.server_urls.get(*server).cloned().unwrap_or_default();
                 self.server_message(*server, routing_status(routing));
+                if routing.state == RouteState::Down {
+                    self.down_at_start.push(*server);
+                }
                 if self.mode != Mode::Quiet {
                     for line in routing_lines(&url, routing) {
                         self.line(line);
