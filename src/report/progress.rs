@@ -377,4 +377,26 @@ mod tests {
         );
         assert_eq!(human(Duration::from_secs(42)), "42 s");
     }
+
+    #[test]
+    fn routing_lines_say_how_many_jobs_a_server_can_take_and_why_not_the_others() {
+        let keys: Vec<String> = (1..=7).map(|p| format!("ch01_p{p:03}_s1")).collect();
+        let routing = ServerRouting {
+            state: RouteState::Up,
+            checked: 9,
+            cannot_take: vec![crate::events::Refusal {
+                reason: "no XL".to_owned(),
+                jobs: keys,
+            }],
+            reason: None,
+        };
+        assert_eq!(
+            routing_lines("http://a", &routing),
+            [
+                "route http://a can take 2 of 9 jobs",
+                "route http://a cannot take ch01_p001_s1, ch01_p002_s1, ch01_p003_s1, ch01_p004_s1, ch01_p005_s1 and 2 more: no XL",
+            ]
+        );
+        assert_eq!(routing_status(&routing), "can take 2 of 9 jobs");
+    }
 }
