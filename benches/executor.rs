@@ -393,6 +393,7 @@ fn child(scenario: &str, client: &str) {
                 force: false,
                 only: Vec::new(),
                 simulator: true,
+                all_or_nothing: false,
                 engine: EngineConfig::default(),
                 mode: Mode::Quiet,
             };

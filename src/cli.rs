@@ -125,6 +125,8 @@ pub struct RunArgs {
     /// holds it: `--shard JOB_COMPLETION_INDEX/4`.
     #[arg(long, value_name = "K/N", env = crate::shard::SHARD_ENV)]
     pub shard: Option<String>,
+    #[command(flatten)]
+    pub route_ci: RouteCiArgs,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +218,24 @@ pub struct ServeArgs {
     /// With --sim: milliseconds per `KSampler` step.
     #[arg(long, value_name = "MS", requires = "sim")]
     pub sim_step_ms: Option<u64>,
+}
+
+/// `run`'s routing and CI output flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RouteCiArgs {
+    /// Stop before anything runs if any server is unreachable or lacks a model, node class
+    /// or option some job needs (default: each job goes to the servers that have all it
+    /// needs, jobs no live server can take fail, the rest run).
+    #[arg(long)]
+    pub all_or_nothing: bool,
+    /// Also write the run as JUnit XML to PATH: one test suite per chapter, one test case
+    /// per job.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Also write a Markdown summary to PATH (totals, failed jobs, contact sheets); it is
+    /// appended to `$GITHUB_STEP_SUMMARY` too when that is set.
+    #[arg(long, value_name = "PATH")]
+    pub summary: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -63,6 +63,9 @@ pub enum ErrorKind {
     Io,
     /// The run was cancelled (Ctrl-C, SIGTERM) before the job finished.
     Cancelled,
+    /// No server that is up (or may still come back) has every model, node class and option
+    /// the job needs.
+    Unroutable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +151,46 @@ pub enum ServerState {
     Retired(String),
 }
 
+/// Which jobs one server can take: what its preflight found at the start of a run, or when
+/// it joined the run later (it was down at the start). The report's `servers[].routing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRouting {
+    pub state: RouteState,
+    /// Jobs it was checked against (at the start: those to run; on joining: those waiting).
+    pub checked: usize,
+    /// The jobs it cannot take, grouped by why.
+    pub cannot_take: Vec<Refusal>,
+    /// Why it was skipped at the start (`state` `down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a server stood when its jobs were worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteState {
+    /// Up at the start and checked.
+    Up,
+    /// Unreachable at the start: skipped, tried again during the run (within the outage window).
+    Down,
+    /// Down at the start, reachable later: checked then and took jobs from there on.
+    Joined,
+}
+
+/// Jobs a server cannot take, and why (a model, node class or option it lacks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: String,
+    pub jobs: Vec<String>,
+}
+
+impl ServerRouting {
+    /// How many of the jobs checked it can take.
+    pub fn can_take(&self) -> usize {
+        self.checked - self.cannot_take.iter().map(|r| r.jobs.len()).sum::<usize>()
+    }
+}
+
 /// Everything the engine tells its observers. `server` is an index into the run's servers.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -180,6 +223,11 @@ pub enum Event {
     Server {
         server: usize,
         state: ServerState,
+    },
+    /// Which jobs a server can take (see [`ServerRouting`]).
+    Routing {
+        server: usize,
+        routing: Box<ServerRouting>,
     },
     Finished(Box<JobOutcome>),
 }

@@ -208,6 +208,33 @@ pub fn verified_images(
     by_hash
 }
 
+/// Per job key, its latest image (in ledger order) among `verified` (see
+/// [`verified_images`]), with the job hash it was made for: the chapter's previous image of
+/// each job, as a run that has not written any yet sees it.
+pub fn latest_images<S: std::hash::BuildHasher>(
+    verified: &HashMap<String, Vec<VerifiedImage>, S>,
+    records: &[LedgerRecord],
+) -> HashMap<String, (String, VerifiedImage)> {
+    let by_file: HashMap<&str, (&str, &VerifiedImage)> = verified
+        .iter()
+        .flat_map(|(hash, images)| {
+            images
+                .iter()
+                .map(move |i| (i.file.as_str(), (hash.as_str(), i)))
+        })
+        .collect();
+    let mut latest = HashMap::new();
+    for record in records {
+        if let LedgerRecord::Image(entry) | LedgerRecord::ImageIntent(entry) = record
+            && let Some((hash, image)) = by_file.get(entry.file.as_str())
+            && image.key == entry.key
+        {
+            latest.insert(entry.key.clone(), ((*hash).to_owned(), (*image).clone()));
+        }
+    }
+    latest
+}
+
 /// A submission whose run never recorded an end for it (the runner was killed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenSubmission {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::comfy::ComfyClient;
+use crate::events::{Refusal, RouteState, ServerRouting};
 use crate::plan::Job;
 
 /// What the report records about a server.
@@ -53,71 +54,142 @@ pub async fn check(
 }
 
 async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Vec<PreflightError>> {
-    let unreachable = |error: crate::comfy::ComfyError| {
-        vec![PreflightError {
-            message: format!("server {} is not usable: {error}", server.url()),
-            help: Some(format!(
-                "start ComfyUI at {} (or fix the URL in [comfy] servers / --server / PLASMA_COMFY_URL), or use --sim to run on the built-in simulator",
-                server.url()
-            )),
-        }]
-    };
-    let stats = server.system_stats().await.map_err(unreachable)?;
-    let object_info = server.object_info().await.map_err(unreachable)?;
+    let (info, object_info) = reach(server).await.map_err(|(e, _)| vec![e])?;
     let problems = check_jobs(server.url(), &object_info, jobs);
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(ServerInfo {
+    Ok(info)
+}
+
+/// Ask a server what it is (`/system_stats`) and what it has (`/object_info`).
+async fn reach(server: &ComfyClient) -> Result<(ServerInfo, Value), (PreflightError, String)> {
+    let unreachable = |error: crate::comfy::ComfyError| {
+        let reason = error.to_string();
+        let error = PreflightError {
+            message: format!("server {} is not usable: {reason}", server.url()),
+            help: Some(format!(
+                "start ComfyUI at {} (or fix the URL in [comfy] servers / --server / PLASMA_COMFY_URL), or use --sim to run on the built-in simulator",
+                server.url()
+            )),
+        };
+        (error, reason)
+    };
+    let stats = server.system_stats().await.map_err(unreachable)?;
+    let object_info = server.object_info().await.map_err(unreachable)?;
+    let info = ServerInfo {
         url: server.url().to_owned(),
         comfyui_version: stats
             .pointer("/system/comfyui_version")
             .and_then(Value::as_str)
             .map(str::to_owned),
-    })
+    };
+    Ok((info, object_info))
+}
+
+/// One server at the start of a run that routes jobs by what each server has.
+#[derive(Debug)]
+pub enum Survey {
+    /// It answered: what it is and its node catalogue (`/object_info`).
+    Up {
+        info: ServerInfo,
+        catalogue: Arc<Value>,
+    },
+    /// It could not be reached: the preflight error, and the bare reason.
+    Down {
+        info: ServerInfo,
+        error: PreflightError,
+        reason: String,
+    },
+}
+
+impl Survey {
+    pub fn info(&self) -> &ServerInfo {
+        match self {
+            Survey::Up { info, .. } | Survey::Down { info, .. } => info,
+        }
+    }
+}
+
+/// Ask every server, at once, what it is and what it has.
+pub async fn survey(servers: &[ComfyClient]) -> Vec<Survey> {
+    futures::future::join_all(servers.iter().map(|server| async move {
+        match reach(server).await {
+            Ok((info, object_info)) => Survey::Up {
+                info,
+                catalogue: Arc::new(object_info),
+            },
+            Err((error, reason)) => Survey::Down {
+                info: ServerInfo {
+                    url: server.url().to_owned(),
+                    comfyui_version: None,
+                },
+                error,
+                reason,
+            },
+        }
+    }))
+    .await
+}
+
+/// Why the server at `server` with this catalogue cannot take `job` (each problem, `; `
+/// between them), or `None` if it has every node class, model and option the job needs.
+pub fn refusal(server: &str, object_info: &Value, job: &Job) -> Option<String> {
+    let problems = job_problems(server, object_info, job);
+    if problems.is_empty() {
+        return None;
+    }
+    let texts: Vec<String> = problems.into_iter().map(|(text, _)| text).collect();
+    Some(texts.join("; "))
+}
+
+/// Which of `jobs` the server can take, with the others grouped by why.
+pub fn routing<'j>(
+    server: &str,
+    object_info: &Value,
+    jobs: impl IntoIterator<Item = &'j Job>,
+    state: RouteState,
+) -> ServerRouting {
+    grouped(
+        state,
+        jobs.into_iter()
+            .map(|job| (job.key.as_str(), refusal(server, object_info, job))),
+    )
+}
+
+/// A server's routing from each job's key and why it cannot take it (`None`: it can).
+pub fn grouped<'k>(
+    state: RouteState,
+    verdicts: impl IntoIterator<Item = (&'k str, Option<String>)>,
+) -> ServerRouting {
+    let mut checked = 0;
+    let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, why) in verdicts {
+        checked += 1;
+        if let Some(reason) = why {
+            by_reason.entry(reason).or_default().push(key.to_owned());
+        }
+    }
+    ServerRouting {
+        state,
+        checked,
+        cannot_take: by_reason
+            .into_iter()
+            .map(|(reason, jobs)| Refusal { reason, jobs })
+            .collect(),
+        reason: None,
+    }
 }
 
 /// Compare every node of every job with the catalogue. Problems are grouped so that a model
 /// missing on all 200 jobs is one line naming the jobs, not 200 lines.
 pub fn check_jobs(server: &str, object_info: &Value, jobs: &[Arc<Job>]) -> Vec<PreflightError> {
-    // (problem text) -> job keys
+    // (problem text) -> (help, job keys)
     let mut found: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
-    let mut note = |text: String, help: Option<String>, key: &str| {
-        let entry = found.entry(text).or_insert_with(|| (help, Vec::new()));
-        entry.1.push(key.to_owned());
-    };
     for job in jobs {
-        let workflow = job.workflow.to_value();
-        let Some(nodes) = workflow.as_object() else {
-            continue;
-        };
-        for (node_id, node) in nodes {
-            let class = node.get("class_type").and_then(Value::as_str).unwrap_or("");
-            let Some(info) = object_info.get(class) else {
-                note(
-                    format!("node {node_id}: class {class} does not exist on {server}"),
-                    Some(format!(
-                        "install the custom node that provides {class} on {server}, or change the workflow"
-                    )),
-                    &job.key,
-                );
-                continue;
-            };
-            let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
-                continue;
-            };
-            for (name, value) in inputs {
-                let Some(spec) = input_spec(info, name) else {
-                    continue;
-                };
-                if let Some(problem) = check_value(spec, value) {
-                    note(
-                        format!("node {node_id} ({class}): {name} {problem} on {server}"),
-                        None,
-                        &job.key,
-                    );
-                }
-            }
+        for (text, help) in job_problems(server, object_info, job) {
+            let entry = found.entry(text).or_insert_with(|| (help, Vec::new()));
+            entry.1.push(job.key.clone());
         }
     }
     found
@@ -137,6 +209,43 @@ pub fn check_jobs(server: &str, object_info: &Value, jobs: &[Arc<Job>]) -> Vec<P
             }
         })
         .collect()
+}
+
+/// Every node of one job compared with the catalogue: each problem (naming the server) and,
+/// where there is one beyond the usual, what to do.
+fn job_problems(server: &str, object_info: &Value, job: &Job) -> Vec<(String, Option<String>)> {
+    let mut problems = Vec::new();
+    let workflow = job.workflow.to_value();
+    let Some(nodes) = workflow.as_object() else {
+        return problems;
+    };
+    for (node_id, node) in nodes {
+        let class = node.get("class_type").and_then(Value::as_str).unwrap_or("");
+        let Some(info) = object_info.get(class) else {
+            problems.push((
+                format!("node {node_id}: class {class} does not exist on {server}"),
+                Some(format!(
+                    "install the custom node that provides {class} on {server}, or change the workflow"
+                )),
+            ));
+            continue;
+        };
+        let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
+            continue;
+        };
+        for (name, value) in inputs {
+            let Some(spec) = input_spec(info, name) else {
+                continue;
+            };
+            if let Some(problem) = check_value(spec, value) {
+                problems.push((
+                    format!("node {node_id} ({class}): {name} {problem} on {server}"),
+                    None,
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn input_spec<'a>(info: &'a Value, name: &str) -> Option<&'a Value> {

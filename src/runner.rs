@@ -6,6 +6,7 @@
 //! server is bothered), skip jobs whose image the ledger vouches for, preflight the servers
 //! for the rest, then execute and keep the report current.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,16 +14,22 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::comfy::ComfyClient;
-use crate::engine::{ChapterOutput, Engine, EngineConfig, Outputs, Reattach, RunContext};
-use crate::events::{Event, ImageRecord, JobOutcome, JobStatus, Timings};
+use crate::engine::{
+    Catalogue, ChapterOutput, Engine, EngineConfig, Outputs, Reattach, RunContext,
+    unroutable_message,
+};
+use crate::events::{
+    ErrorKind, Event, ImageRecord, JobError, JobOutcome, JobStatus, RouteState, ServerRouting,
+    Timings,
+};
 use crate::ledger;
 use crate::output::{ChapterDirs, PathError, remove_stale_temp_files, write_atomic_with};
 use crate::plan::Job;
-use crate::preflight::{self, PreflightError, ServerInfo};
+use crate::preflight::{self, PreflightError, ServerInfo, Survey};
 use crate::report::book::{BookChapter, BookReport};
 use crate::report::json::{ManifestRef, ServerRecord, Settings, ShardRecord, Tool};
 use crate::report::progress::{self, Mode};
-use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, html};
+use crate::report::{JobReport, ReportStatus, ReportWriter, RunReport, Totals, changes, html};
 use crate::shard::Shard;
 use crate::time::{new_run_id, rfc3339};
 
@@ -39,6 +46,10 @@ pub struct RunOptions {
     /// The `--only` selectors, for the report.
     pub only: Vec<String>,
     pub simulator: bool,
+    /// Stop before anything runs unless every server is up and has everything every job
+    /// needs (`run --all-or-nothing`; `rerun`). Otherwise each job goes to the servers that
+    /// can take it (see [`route`]).
+    pub all_or_nothing: bool,
     pub engine: EngineConfig,
     pub mode: Mode,
 }
@@ -69,6 +80,10 @@ pub enum RunError {
 /// What a run of several chapters (a book) shares: everything in [`RunOptions`] but the
 /// chapter's own fields, which are each [`ChapterRun`]'s.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent yes/no options of a run, each set from its own flag"
+)]
 pub struct BookOptions {
     pub out_root: PathBuf,
     pub force: bool,
@@ -80,6 +95,8 @@ pub struct BookOptions {
     pub shard: Option<Shard>,
     /// Also write the book summary `<out>/reports/<run-id>.json` and `.html`.
     pub summary: bool,
+    /// Today's preflight: every server must take every job, or nothing runs.
+    pub all_or_nothing: bool,
 }
 
 /// One chapter of a book run: its manifest and the jobs to run of it.
@@ -122,6 +139,7 @@ pub async fn run_jobs(
         mode: options.mode,
         shard: None,
         summary: false,
+        all_or_nothing: options.all_or_nothing,
     };
     let chapter = ChapterRun {
         chapter: options.chapter,
@@ -139,6 +157,8 @@ pub async fn run_jobs(
 struct Opened {
     dirs: ChapterDirs,
     skipped: Vec<JobOutcome>,
+    /// Each job's change mark, in the chapter's job order.
+    changes: Vec<crate::report::JobChange>,
 }
 
 /// Run the chapters' jobs on `servers` (one engine, one socket per server for all of them)
@@ -168,12 +188,19 @@ pub async fn run_book(
         outputs.insert(run.chapter, chapter);
 
         // Incremental: a job whose hash has a verified image on disk is done already.
+        // Also what each job's previous image is, for its change mark (new, unchanged, changed).
         let mut skipped = Vec::new();
         let first_new = to_run.len();
+        let verified = ledger::verified_images(&dirs.root, &records);
+        let changes = changes::job_changes(
+            &run.jobs,
+            &ledger::latest_images(&verified, &records),
+            &dirs.reports,
+            &options.out_root,
+        );
         if options.force {
             to_run.extend(run.jobs.iter().cloned());
         } else {
-            let verified = ledger::verified_images(&dirs.root, &records);
             for job in &run.jobs {
                 match verified.get(&job.hash.to_string()) {
                     Some(images) if !images.is_empty() => {
@@ -196,22 +223,41 @@ pub async fn run_book(
                 },
             ))
         }));
-        opened.push(Opened { dirs, skipped });
+        opened.push(Opened {
+            dirs,
+            skipped,
+            changes,
+        });
     }
 
-    let server_infos = if to_run.is_empty() {
-        servers
-            .iter()
-            .map(|s| ServerInfo {
-                url: s.url().to_owned(),
-                comfyui_version: None,
-            })
-            .collect()
+    let routes = if to_run.is_empty() {
+        Routes::every_server(&servers, Vec::new())
+    } else if options.all_or_nothing {
+        let infos = preflight::check(&servers, &to_run)
+            .await
+            .map_err(RunError::Preflight)?;
+        Routes::every_server(&servers, infos)
     } else {
-        preflight::check(&servers, &to_run)
+        route(&servers, &to_run)
             .await
             .map_err(RunError::Preflight)?
     };
+    let Routes {
+        infos: server_infos,
+        catalogues,
+        routings,
+        unroutable,
+    } = routes;
+    let mut unroutable_outcomes = Vec::new();
+    if !unroutable.is_empty() {
+        to_run.retain(|job| match unroutable.get(&job.key) {
+            Some(why) => {
+                unroutable_outcomes.push(unroutable_outcome(job, why));
+                false
+            }
+            None => true,
+        });
+    }
 
     let mut writers = Vec::with_capacity(chapters.len());
     let mut total = 0;
@@ -249,7 +295,15 @@ pub async fn run_book(
                 planned: run.planned.clone(),
             }),
             merged_from: Vec::new(),
-            jobs: run.jobs.iter().map(JobReport::pending).collect(),
+            jobs: run
+                .jobs
+                .iter()
+                .zip(&chapter.changes)
+                .map(|(job, change)| JobReport {
+                    change: Some(change.clone()),
+                    ..JobReport::pending(job)
+                })
+                .collect(),
         };
         let report_path = chapter.dirs.reports.join(format!("{run_id}.json"));
         let mut writer = ReportWriter::new(report, report_path);
@@ -270,6 +324,17 @@ pub async fn run_book(
         total,
         servers: servers.iter().map(|s| s.url().to_owned()).collect(),
     });
+    for (server, routing) in routings.into_iter().enumerate() {
+        if let Some(routing) = routing {
+            let _ = events_tx.send(Event::Routing {
+                server,
+                routing: Box::new(routing),
+            });
+        }
+    }
+    for outcome in unroutable_outcomes {
+        let _ = events_tx.send(Event::Finished(Box::new(outcome)));
+    }
     let ctx = Arc::new(RunContext {
         run_id: run_id.clone(),
         out_root: options.out_root.clone(),
@@ -281,7 +346,9 @@ pub async fn run_book(
     });
     // The outcomes are read back from the reports, which record every one of them anyway.
     if !to_run.is_empty() {
-        let engine = Engine::start(options.engine.clone(), servers, to_run, ctx.clone(), false);
+        let servers = servers.into_iter().zip(catalogues).collect();
+        let engine =
+            Engine::start_routed(options.engine.clone(), servers, to_run, ctx.clone(), false);
         engine.finish().await;
     }
     drop(ctx);
@@ -358,6 +425,126 @@ pub async fn run_book(
         summary_path,
         summary_html_path,
     })
+}
+
+/// The servers as the run starts with them: what the report says of each, what the engine
+/// routes by, which jobs each can take, and the jobs no server that is up can take (key ->
+/// the error).
+struct Routes {
+    infos: Vec<ServerInfo>,
+    catalogues: Vec<Catalogue>,
+    routings: Vec<Option<ServerRouting>>,
+    unroutable: HashMap<String, String>,
+}
+
+impl Routes {
+    /// Every server takes every job (nothing to run, or the all-or-nothing preflight passed).
+    fn every_server(servers: &[ComfyClient], mut infos: Vec<ServerInfo>) -> Routes {
+        if infos.len() != servers.len() {
+            infos = servers
+                .iter()
+                .map(|s| ServerInfo {
+                    url: s.url().to_owned(),
+                    comfyui_version: None,
+                })
+                .collect();
+        }
+        Routes {
+            infos,
+            catalogues: servers.iter().map(|_| Catalogue::Any).collect(),
+            routings: servers.iter().map(|_| None).collect(),
+            unroutable: HashMap::new(),
+        }
+    }
+}
+
+/// Ask every server what it has; a job goes to the servers that have all it needs. A server
+/// that cannot be reached is skipped while another is up (it is tried again during the run);
+/// jobs no server that is up can take fail, the rest run. Stops before anything runs (a
+/// preflight failure) when no server is up, or no job can run anywhere.
+async fn route(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Result<Routes, Vec<PreflightError>> {
+    let surveys = preflight::survey(servers).await;
+    if !surveys.iter().any(|s| matches!(s, Survey::Up { .. })) {
+        return Err(surveys
+            .into_iter()
+            .filter_map(|s| match s {
+                Survey::Down { error, .. } => Some(error),
+                Survey::Up { .. } => None,
+            })
+            .collect());
+    }
+    let mut routes = Routes {
+        infos: Vec::new(),
+        catalogues: Vec::new(),
+        routings: Vec::new(),
+        unroutable: HashMap::new(),
+    };
+    // Per job: why each server that is up cannot take it (none: some server can).
+    let mut refusals: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut can_run = vec![false; jobs.len()];
+    for survey in &surveys {
+        routes.infos.push(survey.info().clone());
+        match survey {
+            Survey::Up { info, catalogue } => {
+                let verdicts: Vec<Option<String>> = jobs
+                    .iter()
+                    .map(|job| preflight::refusal(&info.url, catalogue, job))
+                    .collect();
+                for ((n, job), why) in jobs.iter().enumerate().zip(&verdicts) {
+                    match why {
+                        None => can_run[n] = true,
+                        Some(why) => refusals.entry(&job.key).or_default().push(why.clone()),
+                    }
+                }
+                routes.routings.push(Some(preflight::grouped(
+                    RouteState::Up,
+                    jobs.iter().map(|job| job.key.as_str()).zip(verdicts),
+                )));
+                routes.catalogues.push(Catalogue::Known(catalogue.clone()));
+            }
+            Survey::Down { reason, .. } => {
+                routes.routings.push(Some(ServerRouting {
+                    state: RouteState::Down,
+                    checked: 0,
+                    cannot_take: Vec::new(),
+                    reason: Some(reason.clone()),
+                }));
+                routes.catalogues.push(Catalogue::Unknown);
+            }
+        }
+    }
+    if !can_run.contains(&true) {
+        // Nothing can run anywhere: the whole preflight, as the all-or-nothing one says it.
+        return Err(surveys
+            .iter()
+            .flat_map(|survey| match survey {
+                Survey::Up { info, catalogue } => preflight::check_jobs(&info.url, catalogue, jobs),
+                Survey::Down { error, .. } => vec![error.clone()],
+            })
+            .collect());
+    }
+    for (n, job) in jobs.iter().enumerate() {
+        if !can_run[n] {
+            let why = refusals.remove(job.key.as_str()).unwrap_or_default();
+            routes
+                .unroutable
+                .insert(job.key.clone(), unroutable_message(&why));
+        }
+    }
+    Ok(routes)
+}
+
+fn unroutable_outcome(job: &Job, why: &str) -> JobOutcome {
+    JobOutcome {
+        key: job.key.clone(),
+        status: JobStatus::Failed,
+        server: None,
+        prompt_id: None,
+        attempts: 0,
+        error: Some(JobError::new(ErrorKind::Unroutable, why)),
+        images: Vec::new(),
+        timings: Timings::default(),
+    }
 }
 
 fn skipped_outcome(job: &Job, images: &[ledger::VerifiedImage], out_root: &Path) -> JobOutcome {

@@ -2,6 +2,7 @@
 //! Commands return an [`Outcome`] or a [`CmdError`]; `error.rs` alone decides the exit code
 //! of either and shows a failure, for `main.rs` to exit with.
 
+pub mod ci;
 pub mod error;
 pub mod plan;
 pub mod report;

@@ -89,6 +89,8 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(watch_signals(cancel_tx, dirs.temp_dirs()));
     let options = RunOptions {
+        // A rerun reproduces every image it names, each where it can: all or nothing.
+        all_or_nothing: true,
         out_root,
         chapter: report.chapter,
         title: report.title.clone(),

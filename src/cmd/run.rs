@@ -69,12 +69,14 @@ pub async fn run(args: RunArgs) -> CmdResult {
     for chapter in &chapters {
         temp_dirs.extend(check_output(&args.out, chapter.chapter)?.temp_dirs());
     }
+    crate::cmd::ci::check_paths(&args.route_ci)?;
 
     let (sim, clients) = connect(args.sim, &args.servers, &comfy.servers).await?;
     let (cancel_tx, cancel_rx) = watch::channel(false);
     tokio::spawn(watch_signals(cancel_tx, temp_dirs));
 
     let options = BookOptions {
+        all_or_nothing: args.route_ci.all_or_nothing,
         out_root: args.out.clone(),
         force: args.force,
         only: args.only.clone(),
@@ -115,6 +117,8 @@ pub async fn run(args: RunArgs) -> CmdResult {
     } else {
         print_summary(&book.chapters[0], shard, outcome, args.json);
     }
+    let chapters: Vec<&RunSummary> = book.chapters.iter().collect();
+    crate::cmd::ci::write(&args.route_ci, &chapters)?;
     Ok(outcome)
 }
 

@@ -16,7 +16,7 @@ use super::config::EngineConfig;
 use super::connection::connection_task;
 use super::context::RunContext;
 use super::queue::{JobQueue, Queued};
-use super::server::ServerConn;
+use super::server::{Catalogue, ServerConn};
 use super::shared::Shared;
 use super::slots::server_main;
 use super::task::Task;
@@ -57,7 +57,20 @@ impl Engine {
         ctx: Arc<RunContext>,
         keep_outcomes: bool,
     ) -> Engine {
-        let urls: Vec<&str> = servers.iter().map(ComfyClient::url).collect();
+        let servers = servers.into_iter().map(|s| (s, Catalogue::Any)).collect();
+        Engine::start_routed(config, servers, initial, ctx, keep_outcomes)
+    }
+
+    /// [`Engine::start`] with each server's [`Catalogue`]: a job goes only to the servers
+    /// that have what it needs (see `route.rs`).
+    pub fn start_routed(
+        config: EngineConfig,
+        servers: Vec<(ComfyClient, Catalogue)>,
+        initial: Vec<Arc<Job>>,
+        ctx: Arc<RunContext>,
+        keep_outcomes: bool,
+    ) -> Engine {
+        let urls: Vec<&str> = servers.iter().map(|(s, _)| s.url()).collect();
         let mut ready = VecDeque::with_capacity(initial.len());
         let mut reattach = Vec::new();
         for job in initial {
@@ -75,7 +88,9 @@ impl Engine {
         let conns: Vec<Arc<ServerConn>> = servers
             .into_iter()
             .enumerate()
-            .map(|(index, client)| Arc::new(ServerConn::new(index, client, &config)))
+            .map(|(index, (client, catalogue))| {
+                Arc::new(ServerConn::new(index, client, catalogue, &config))
+            })
             .collect();
         let shared = Arc::new(Shared {
             unwritten: Arc::new(Semaphore::new(unwritten)),

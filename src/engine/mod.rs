@@ -35,6 +35,7 @@
 //! - `connection`: the socket's loop. `reconcile`: asking about a prompt over HTTP.
 //! - `download`: a finished prompt's images to disk, with their ledger entries.
 //! - `attempt`: one attempt, from POST to result. `retry`: what follows it.
+//! - `route`: which server takes which job; a server down at the start joining.
 //! - `slots`: one server's loop. `executor`: [`Engine`] and [`execute`].
 
 mod attempt;
@@ -49,6 +50,7 @@ mod pace;
 mod queue;
 mod reconcile;
 mod retry;
+mod route;
 mod server;
 mod shared;
 mod slots;
@@ -59,3 +61,5 @@ pub use context::{Reattach, RunContext};
 pub use executor::{Engine, execute};
 pub(crate) use outputs::relative;
 pub use outputs::{ChapterOutput, Outputs};
+pub use route::unroutable_message;
+pub use server::Catalogue;

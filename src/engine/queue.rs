@@ -38,11 +38,32 @@ pub(super) enum Queued {
     Again(Box<Task>),
 }
 
+/// What a server's loop makes of a job waiting in the queue.
+pub(super) enum Pick {
+    /// Take it: the server has all it needs.
+    Take,
+    /// Leave it for another server that can (or may) take it.
+    Leave,
+    /// No server left can take it: fail it, saying why.
+    Fail(String),
+}
+
+/// What [`JobQueue::next`] hands out.
+pub(super) enum Next {
+    Run(Task),
+    /// A job no server left can take, with why.
+    Unroutable(Task, String),
+}
+
 impl Queued {
     fn key(&self) -> &str {
+        &self.job().key
+    }
+
+    fn job(&self) -> &Job {
         match self {
-            Queued::Fresh(job) => &job.key,
-            Queued::Again(task) => &task.job.key,
+            Queued::Fresh(job) => job,
+            Queued::Again(task) => &task.job,
         }
     }
 
@@ -78,9 +99,10 @@ impl JobQueue {
         mine
     }
 
-    /// The next job, or `None` when every job is finished (and no more may come) or the
-    /// queue is closed.
-    pub(super) async fn next(&self) -> Option<Task> {
+    /// The first job `pick` takes (or says to fail), or `None` when every job is finished
+    /// (and no more may come) or the queue is closed. Jobs it leaves stay, in order, for
+    /// other servers.
+    pub(super) async fn next(&self, pick: impl Fn(&Job) -> Pick) -> Option<Next> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -90,8 +112,19 @@ impl JobQueue {
                 if state.closed {
                     return None;
                 }
-                if let Some(queued) = state.ready.pop_front() {
-                    return Some(queued.into_task());
+                let found = state.ready.iter().enumerate().find_map(|(at, queued)| {
+                    match pick(queued.job()) {
+                        Pick::Take => Some((at, None)),
+                        Pick::Leave => None,
+                        Pick::Fail(why) => Some((at, Some(why))),
+                    }
+                });
+                if let Some((at, why)) = found {
+                    let task = state.ready.remove(at).expect("found").into_task();
+                    return Some(match why {
+                        None => Next::Run(task),
+                        Some(why) => Next::Unroutable(task, why),
+                    });
                 }
                 if state.outstanding == 0 && !state.accepting {
                     return None;
@@ -136,6 +169,24 @@ impl JobQueue {
         let mut state = self.state.lock().expect("queue poisoned");
         let index = state.ready.iter().position(|q| q.key() == key)?;
         state.ready.remove(index).map(Queued::into_task)
+    }
+
+    /// The jobs waiting to be posted.
+    pub(super) fn waiting(&self) -> Vec<Arc<Job>> {
+        let state = self.state.lock().expect("queue poisoned");
+        state
+            .ready
+            .iter()
+            .map(|queued| match queued {
+                Queued::Fresh(job) => job.clone(),
+                Queued::Again(task) => task.job.clone(),
+            })
+            .collect()
+    }
+
+    /// Something the picks depend on changed (a server joined or left): look again.
+    pub(super) fn poke(&self) {
+        self.changed.notify_waiters();
     }
 
     pub(super) fn stop_accepting(&self) {

@@ -8,8 +8,8 @@
 //! attempts' decisions `retry.rs`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -17,6 +17,28 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::config::EngineConfig;
 use super::pace;
 use crate::comfy::{ComfyClient, ServerMessage};
+use crate::plan::Job;
+
+/// What the engine knows of a server's node catalogue, for routing jobs to it.
+#[derive(Debug, Clone)]
+pub enum Catalogue {
+    /// It takes every job (the job service; `run --all-or-nothing`, whose preflight
+    /// already made sure every server has everything).
+    Any,
+    /// Its `/object_info`: it takes the jobs whose every node, model and option it has.
+    Known(Arc<serde_json::Value>),
+    /// Not known yet (it was down at the start): asked for when it is first reachable.
+    Unknown,
+}
+
+/// Can a server take a job?
+pub(super) enum Verdict {
+    Takes,
+    /// No: what it lacks.
+    Refuses(Arc<str>),
+    /// Not known yet ([`Catalogue::Unknown`]).
+    NotYetKnown,
+}
 
 /// What a prompt's waiter hears from the connection task.
 pub(super) enum Signal {
@@ -52,10 +74,18 @@ pub(super) struct ServerConn {
     pending_deleted: tokio::sync::OnceCell<()>,
     /// Render and round-trip times, for the number of prompts to keep posted.
     pace: Mutex<pace::Pace>,
+    catalogue: Mutex<Catalogue>,
+    /// Per job key, once looked at: why it cannot take the job (`None`: it can).
+    verdicts: Mutex<HashMap<String, Option<Arc<str>>>>,
 }
 
 impl ServerConn {
-    pub(super) fn new(index: usize, client: ComfyClient, config: &EngineConfig) -> ServerConn {
+    pub(super) fn new(
+        index: usize,
+        client: ComfyClient,
+        catalogue: Catalogue,
+        config: &EngineConfig,
+    ) -> ServerConn {
         ServerConn {
             index,
             client,
@@ -71,6 +101,41 @@ impl ServerConn {
             counted_epoch: AtomicU64::new(u64::MAX),
             pending_deleted: tokio::sync::OnceCell::new(),
             pace: Mutex::new(pace::Pace::new(config.in_flight, config.in_flight_max)),
+            catalogue: Mutex::new(catalogue),
+            verdicts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether its catalogue is still to be asked for ([`Catalogue::Unknown`]).
+    pub(super) fn catalogue_unknown(&self) -> bool {
+        matches!(
+            *self.catalogue.lock().expect("catalogue poisoned"),
+            Catalogue::Unknown
+        )
+    }
+
+    pub(super) fn set_catalogue(&self, catalogue: Catalogue) {
+        *self.catalogue.lock().expect("catalogue poisoned") = catalogue;
+    }
+
+    /// Can it take `job`? Worked out once per job from its catalogue (see
+    /// `preflight::refusal`), then remembered.
+    pub(super) fn verdict(&self, job: &Job) -> Verdict {
+        let catalogue = match &*self.catalogue.lock().expect("catalogue poisoned") {
+            Catalogue::Any => return Verdict::Takes,
+            Catalogue::Unknown => return Verdict::NotYetKnown,
+            Catalogue::Known(catalogue) => catalogue.clone(),
+        };
+        let mut verdicts = self.verdicts.lock().expect("verdicts poisoned");
+        let why = verdicts
+            .entry(job.key.clone())
+            .or_insert_with(|| {
+                crate::preflight::refusal(self.client.url(), &catalogue, job).map(Arc::from)
+            })
+            .clone();
+        match why {
+            None => Verdict::Takes,
+            Some(why) => Verdict::Refuses(why),
         }
     }
 

@@ -86,6 +86,8 @@ impl Shared {
     pub(super) fn retire(&self, conn: &ServerConn, reason: String) {
         if conn.retire(reason.clone()) {
             self.emit_server(conn, ServerState::Retired(reason));
+            // Jobs only it could take have no server now: the other loops look again.
+            self.queue.poke();
         }
     }
 

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::queue::Next;
 use super::retry::run_task;
+use super::route;
 use super::server::ServerConn;
 use super::shared::Shared;
 use super::task::Task;
+use crate::events::{ErrorKind, JobError, JobStatus};
 
 /// One server's loop: take jobs while slots are free and the socket is up.
 /// `reattach` are prompts a previous (killed) run left on this server: they come first.
@@ -46,13 +49,28 @@ pub(super) async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reat
         if !up {
             break;
         }
+        if conn.catalogue_unknown() && !route::join(&shared, &conn).await {
+            // Reachable over the socket but not over HTTP yet: the socket's loop sees to it.
+            tokio::time::sleep(shared.backoff(1)).await;
+            continue;
+        }
         let retired = conn.retired_notify.notified();
         let task = if let Some(task) = reattach.next() {
             Some(task)
         } else {
-            tokio::select! {
-                task = shared.queue.next() => task,
+            let next = tokio::select! {
+                next = shared.queue.next(|job| route::pick(&shared, &conn, job)) => next,
                 () = retired => None,
+            };
+            match next {
+                Some(Next::Run(task)) => Some(task),
+                Some(Next::Unroutable(task, why)) => {
+                    shared.finish(
+                        task.fail(JobStatus::Failed, JobError::new(ErrorKind::Unroutable, why)),
+                    );
+                    continue;
+                }
+                None => None,
             }
         };
         let Some(task) = task else { break };

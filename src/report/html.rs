@@ -8,7 +8,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use super::json::{JobReport, RunReport};
+use super::json::{ChangeKind, JobReport, RunReport};
 use crate::manifest::model::VarValue;
 use crate::manifest::sweep;
 use crate::output::ThumbReader;
@@ -75,6 +75,8 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
 table.sweep{{border-collapse:collapse;margin:8px 0 16px}} table.sweep caption{{text-align:left;font-weight:600;padding:4px 0}}
 table.sweep th{{font-size:12px;padding:4px 8px;background:#ece8df;white-space:nowrap}} table.sweep td{{vertical-align:top;padding:6px;border:1px solid #ddd}}
 table.sweep td .card{{margin-bottom:6px}}
+.card.changed{{width:452px;border-color:#f9a825}} .pair{{display:flex;gap:8px}} .pair>div{{flex:1}}
+.change{{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;background:#fff3c4;color:#5d4300}} .change.new{{background:#e3f2fd;color:#0d47a1}}
 </style></head><body>
 <h1>{title}</h1>
 <p class="meta">manifest {manifest} · started {started} · ended {ended}{incomplete}</p>
@@ -95,6 +97,20 @@ table.sweep td .card{{margin-bottom:6px}}
         failed = totals.failed,
         timed_out = totals.timed_out,
         cancelled = totals.cancelled,
+    );
+    let count = |kind: ChangeKind| {
+        report
+            .jobs
+            .iter()
+            .filter(|j| j.change.as_ref().is_some_and(|c| c.kind == kind))
+            .count()
+    };
+    let _ = writeln!(
+        html,
+        "<p class=\"totals changes\"><span>since the previous images:</span><span>{} changed</span><span>{} new</span><span>{} unchanged</span></p>",
+        count(ChangeKind::Changed),
+        count(ChangeKind::New),
+        count(ChangeKind::Unchanged)
     );
     let mut readers: Vec<ThumbReader> = roots
         .iter()
@@ -225,8 +241,12 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
     } else {
         job.images.iter().map(Some).collect()
     };
+    let change = job.change.as_ref();
+    // A changed job shows its previous image beside the new one.
+    let before = change
+        .filter(|c| c.kind == ChangeKind::Changed)
+        .and_then(|c| c.previous.as_ref());
     for image in images {
-        html.push_str("<div class=\"card\">");
         let mut thumb = |i: &crate::events::ImageRecord| {
             let png = thumbs.get_or_make(&i.sha256, &out_root.join(&i.path))?;
             Some(format!(
@@ -234,18 +254,37 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
                 base64::engine::general_purpose::STANDARD.encode(png)
             ))
         };
+        let before_uri = before.and_then(|b| thumb(&b.image).map(|uri| (b, uri)));
+        if let Some((previous, uri)) = &before_uri {
+            html.push_str("<div class=\"card changed\"><div class=\"pair\"><div class=\"before\">");
+            thumbnail(html, &previous.image, uri, "before: ");
+            html.push_str("</div><div class=\"now\">");
+        } else {
+            html.push_str("<div class=\"card\">");
+        }
         match image.and_then(|i| thumb(i).map(|uri| (i, uri))) {
-            Some((image, uri)) => {
-                let name = image.path.rsplit('/').next().unwrap_or(&image.path);
+            Some((image, uri)) => thumbnail(html, image, &uri, ""),
+            None => html.push_str("<div class=\"noimg\">no image</div>"),
+        }
+        if before_uri.is_some() {
+            html.push_str("</div></div>");
+        }
+        match change {
+            Some(c) if c.kind == ChangeKind::Changed => {
+                let what = if c.params.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", escape(&c.params.join(", ")))
+                };
                 let _ = write!(
                     html,
-                    "<img src=\"{uri}\" alt=\"{alt}\" title=\"{alt}\"><div class=\"meta\">{alt} · {w}x{h}</div>",
-                    alt = escape(name),
-                    w = image.width,
-                    h = image.height
+                    "<div><span class=\"change\">changed{what}</span></div>"
                 );
             }
-            None => html.push_str("<div class=\"noimg\">no image</div>"),
+            Some(c) if c.kind == ChangeKind::New => {
+                html.push_str("<div><span class=\"change new\">new</span></div>");
+            }
+            _ => {}
         }
         let _ = write!(
             html,
@@ -288,6 +327,18 @@ fn vars_text(vars: &std::collections::BTreeMap<String, VarValue>) -> String {
         let _ = write!(text, " · {}={}", escape(name), escape(&shown));
     }
     text
+}
+
+/// One thumbnail and its caption: `prefix`, the file name and its size.
+fn thumbnail(html: &mut String, image: &crate::events::ImageRecord, uri: &str, prefix: &str) {
+    let name = image.path.rsplit('/').next().unwrap_or(&image.path);
+    let _ = write!(
+        html,
+        "<img src=\"{uri}\" alt=\"{alt}\" title=\"{alt}\"><div class=\"meta\">{prefix}{alt} · {w}x{h}</div>",
+        alt = escape(name),
+        w = image.width,
+        h = image.height
+    );
 }
 
 pub(super) fn escape(text: &str) -> String {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::diagnostic::{Problem, SourceFile};
-use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, Timings};
+use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, ServerRouting, Timings};
 use crate::manifest::read::{NotJson, read_bounded};
 use crate::output::{PathError, write_atomic_with};
 use crate::params;
@@ -108,6 +108,10 @@ pub struct ManifestRef {
 pub struct ServerRecord {
     pub url: String,
     pub comfyui_version: Option<String>,
+    /// Which jobs it could take (absent with `--all-or-nothing`, where every server takes
+    /// every job, and in reports of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<ServerRouting>,
 }
 
 impl From<&ServerInfo> for ServerRecord {
@@ -115,6 +119,7 @@ impl From<&ServerInfo> for ServerRecord {
         ServerRecord {
             url: info.url.clone(),
             comfyui_version: info.comfyui_version.clone(),
+            routing: None,
         }
     }
 }
@@ -198,6 +203,52 @@ pub struct JobReport {
     pub error: Option<Box<JobError>>,
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
+    /// New, unchanged or changed since the chapter's previous image of this job.
+    pub change: Option<JobChange>,
+}
+
+/// What changed about a job since the chapter's previous image of it (its latest image the
+/// ledger vouches for and the disk confirms, made before this run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobChange {
+    pub kind: ChangeKind,
+    /// The previous image, if there is one (`unchanged` and `changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousImage>,
+    /// With `changed`: the parameters (`params` fields, `seed`, `workflow`) whose values
+    /// differ from those recorded in the report of the run that made the previous image;
+    /// empty when that report is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The chapter has no earlier image of this job.
+    New,
+    /// Same job hash as the previous image: the same inputs.
+    Unchanged,
+    /// Other inputs than the previous image.
+    Changed,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::New => "new",
+            ChangeKind::Unchanged => "unchanged",
+            ChangeKind::Changed => "changed",
+        }
+    }
+}
+
+/// The chapter's previous image of a job: the run that made it, its job hash, the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousImage {
+    pub run_id: String,
+    pub job_hash: String,
+    pub image: ImageRecord,
 }
 
 impl Deref for JobReport {
@@ -227,7 +278,17 @@ struct Entry<'a> {
     error: Cow<'a, Option<Box<JobError>>>,
     images: Cow<'a, [ImageRecord]>,
     timings: Cow<'a, Timings>,
+    #[serde(default, skip_serializing_if = "is_none")]
+    change: Cow<'a, Option<JobChange>>,
     prompt: Cow<'a, Workflow>,
+}
+
+#[allow(
+    clippy::ptr_arg,
+    reason = "serde's skip_serializing_if hands over the field as it is typed"
+)]
+fn is_none(change: &Cow<'_, Option<JobChange>>) -> bool {
+    change.is_none()
 }
 
 impl Serialize for JobReport {
@@ -249,6 +310,7 @@ impl Serialize for JobReport {
             error: Cow::Borrowed(&self.error),
             images: Cow::Borrowed(&self.images),
             timings: Cow::Borrowed(&self.timings),
+            change: Cow::Borrowed(&self.change),
             prompt: Cow::Borrowed(&job.workflow),
         }
         .serialize(serializer)
@@ -282,6 +344,7 @@ impl<'de> Deserialize<'de> for JobReport {
             error: entry.error.into_owned(),
             images: entry.images.into_owned(),
             timings: entry.timings.into_owned(),
+            change: entry.change.into_owned(),
         })
     }
 }
@@ -297,6 +360,7 @@ impl JobReport {
             error: None,
             images: Vec::new(),
             timings: Timings::default(),
+            change: None,
         }
     }
 
@@ -616,6 +680,13 @@ impl ReportWriter {
             self.write()?;
         }
         Ok(())
+    }
+
+    /// Which jobs server `index` could take; written with the next write.
+    pub fn routing(&mut self, index: usize, routing: &ServerRouting) {
+        if let Some(server) = self.report.servers.get_mut(index) {
+            server.routing = Some(routing.clone());
+        }
     }
 
     /// Write the current state now.

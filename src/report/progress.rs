@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::json::ReportWriter;
-use crate::events::{Event, JobOutcome, JobStatus, ServerState};
+use crate::events::{Event, JobOutcome, JobStatus, RouteState, ServerRouting, ServerState};
 use crate::output::PathError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,12 @@ pub fn spawn_collector(
                     write_error = Some(error);
                 }
             }
+            if let Event::Routing { server, routing } = &event {
+                // Every chapter's report lists the servers, and each one what it could take.
+                for writer in &mut writers {
+                    writer.routing(*server, routing);
+                }
+            }
             display.show(&event);
         }
         display.finish();
@@ -81,6 +87,8 @@ struct Display {
     server_urls: Vec<String>,
     /// Per server: while it is unreachable, the last minute of its outage a line was shown for.
     down: Vec<Option<u64>>,
+    /// Servers said to be unreachable at the start (their first outage line would repeat it).
+    down_at_start: Vec<usize>,
 }
 
 impl Display {
@@ -108,6 +116,7 @@ impl Display {
             servers: Vec::new(),
             server_urls: Vec::new(),
             down: Vec::new(),
+            down_at_start: Vec::new(),
         }
     }
 
@@ -167,6 +176,7 @@ impl Display {
                         // line shows it) one a minute while it stays down.
                         let minute = down_for.as_secs() / 60;
                         match self.down[*server] {
+                            None if self.down_at_start.contains(server) => {}
                             None => self.line(format!(
                                 "warn {url} unreachable: {reason}; retrying for up to {} (jobs wait for it)",
                                 human(*window)
@@ -207,6 +217,18 @@ impl Display {
                     self.line(finished_line(outcome));
                 }
             }
+            Event::Routing { server, routing } => {
+                let url = self.server_urls.get(*server).cloned().unwrap_or_default();
+                self.server_message(*server, routing_status(routing));
+                if routing.state == RouteState::Down {
+                    self.down_at_start.push(*server);
+                }
+                if self.mode != Mode::Quiet {
+                    for line in routing_lines(&url, routing) {
+                        self.line(line);
+                    }
+                }
+            }
             Event::Submitted { .. } => {}
         }
     }
@@ -245,6 +267,55 @@ pub fn server_status(state: &ServerState) -> String {
         ServerState::Back { down_for } => format!("connected (back after {})", human(*down_for)),
         ServerState::Retired(reason) => format!("out of rotation: {reason}"),
     }
+}
+
+/// A server's status line while it has not taken a job yet: what it can take.
+fn routing_status(routing: &ServerRouting) -> String {
+    match routing.state {
+        RouteState::Down => "unreachable at the start; tried again during the run".to_owned(),
+        RouteState::Up | RouteState::Joined => {
+            format!(
+                "can take {} of {} jobs",
+                routing.can_take(),
+                routing.checked
+            )
+        }
+    }
+}
+
+/// The lines that say which jobs a server can take, and why it cannot take the others.
+pub fn routing_lines(url: &str, routing: &ServerRouting) -> Vec<String> {
+    let mut lines = vec![match routing.state {
+        RouteState::Down => format!(
+            "warn {url} is unreachable at the start: skipped for now, tried again during the run; {}",
+            routing.reason.as_deref().unwrap_or("no answer")
+        ),
+        RouteState::Up => format!(
+            "route {url} can take {} of {} jobs",
+            routing.can_take(),
+            routing.checked
+        ),
+        RouteState::Joined => format!(
+            "route {url} joined the run: it can take {} of the {} jobs waiting",
+            routing.can_take(),
+            routing.checked
+        ),
+    }];
+    for refusal in &routing.cannot_take {
+        let shown: Vec<&str> = refusal.jobs.iter().take(5).map(String::as_str).collect();
+        let more = refusal.jobs.len() - shown.len();
+        lines.push(format!(
+            "route {url} cannot take {}{}: {}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            refusal.reason
+        ));
+    }
+    lines
 }
 
 /// `0.4 s`, `12 s`, `3 min 20 s`, `10 min`.
@@ -322,5 +393,27 @@ mod tests {
             "connected (back after 0.3 s)"
         );
         assert_eq!(human(Duration::from_secs(42)), "42 s");
+    }
+
+    #[test]
+    fn routing_lines_say_how_many_jobs_a_server_can_take_and_why_not_the_others() {
+        let keys: Vec<String> = (1..=7).map(|p| format!("ch01_p{p:03}_s1")).collect();
+        let routing = ServerRouting {
+            state: RouteState::Up,
+            checked: 9,
+            cannot_take: vec![crate::events::Refusal {
+                reason: "no XL".to_owned(),
+                jobs: keys,
+            }],
+            reason: None,
+        };
+        assert_eq!(
+            routing_lines("http://a", &routing),
+            [
+                "route http://a can take 2 of 9 jobs",
+                "route http://a cannot take ch01_p001_s1, ch01_p002_s1, ch01_p003_s1, ch01_p004_s1, ch01_p005_s1 and 2 more: no XL",
+            ]
+        );
+        assert_eq!(routing_status(&routing), "can take 2 of 9 jobs");
     }
 }

@@ -257,7 +257,7 @@ impl Table {
             | Event::Progress { key, .. }
             | Event::Retrying { key, .. } => key.to_string(),
             Event::Finished(outcome) => outcome.key.clone(),
-            Event::RunStarted { .. } | Event::Server { .. } => return None,
+            Event::RunStarted { .. } | Event::Server { .. } | Event::Routing { .. } => return None,
         };
         let id = inner.by_key.get(&key)?.clone();
         let entry = inner.jobs.get_mut(&id)?;
@@ -307,7 +307,7 @@ impl Table {
                     }
                 }
             }
-            Event::RunStarted { .. } | Event::Server { .. } => {}
+            Event::RunStarted { .. } | Event::Server { .. } | Event::Routing { .. } => {}
         }
         drop(inner);
         self.bump();

@@ -233,15 +233,26 @@ fn a_server_gone_past_the_outage_window_fails_the_rest_naming_it() {
 
 #[test]
 fn a_server_killed_and_started_again_by_hand_is_waited_for() {
+    // The same ComfyUI started again keeps its output folder: an image rendered before the
+    // kill and not yet fetched is still there to fetch.
+    let images_dir = tempfile::tempdir().unwrap();
+    let images = images_dir.path().display().to_string();
     let KilledMidRun {
         sim: first,
         mut runner,
         manifest,
         out,
         _dir,
-    } = killed_mid_run(&["--step-ms", "10"], &[], "");
+    } = killed_mid_run(&["--step-ms", "10", "--output-dir", &images], &[], "");
     runner.wait_line(&format!("warn {} unreachable", first.url));
-    let second = SimProcess::start(&["--step-ms", "10", "--port", &first.port()]);
+    let second = SimProcess::start(&[
+        "--step-ms",
+        "10",
+        "--port",
+        &first.port(),
+        "--output-dir",
+        &images,
+    ]);
     assert_eq!(second.url, first.url);
     let (code, stderr) = runner.wait();
     assert_eq!(code, Some(0), "{stderr}");

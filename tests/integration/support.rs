@@ -204,6 +204,7 @@ pub fn options(plan: &Plan, out: &Path, engine: EngineConfig) -> RunOptions {
         force: false,
         only: Vec::new(),
         simulator: true,
+        all_or_nothing: false,
         engine,
         mode: Mode::Quiet,
     }

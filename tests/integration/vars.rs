@@ -155,11 +155,12 @@ fn preflight_checks_the_values_variables_fill_in() {
             .replace("denoise = 1,", "denoise = 2.5,")
     });
     bin().args(["validate"]).arg(&manifest).assert().success();
+    // All or nothing: preflight stops the run before anything is sent, naming each job.
     let out = dir.path().join("out");
     bin()
         .arg("run")
         .arg(&manifest)
-        .args(["--sim", "--out"])
+        .args(["--sim", "--all-or-nothing", "--out"])
         .arg(&out)
         .assert()
         .code(plasma_batch::exit_codes::PREFLIGHT_FAILED)
@@ -176,4 +177,22 @@ fn preflight_checks_the_values_variables_fill_in() {
         !out.join("ch-03/raw/comfyui/ch03_p001_v1.png").exists(),
         "preflight stops the run before anything is sent"
     );
+    // Routed (the default): the two jobs no server can take fail with why, the third renders.
+    bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--out"])
+        .arg(&out)
+        .assert()
+        .code(plasma_batch::exit_codes::JOBS_FAILED)
+        .stderr(
+            predicate::str::contains(
+                "FAIL ch03_p003_s1: no server in the run can take this job: node 3 (KSampler): scheduler \"karas\" is not available",
+            )
+            .and(predicate::str::contains(
+                "FAIL ch03_p002_s1: no server in the run can take this job: node 3 (KSampler): denoise 2.5 is above the maximum 1",
+            )),
+        );
+    assert!(out.join("ch-03/raw/comfyui/ch03_p001_v1.png").exists());
+    assert!(!out.join("ch-03/raw/comfyui/ch03_p002_v1.png").exists());
 }
