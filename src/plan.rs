@@ -23,8 +23,8 @@ use crate::manifest::sweep::{AxisValue, point_text};
 use crate::manifest::{Manifest, parse_manifest, read_manifest};
 use crate::params::{
     DEFAULT_CFG, DEFAULT_CHAPTER_SEED, DEFAULT_CHECKPOINT, DEFAULT_HEIGHT, DEFAULT_NEGATIVE,
-    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_TIMEOUT_SECS, DEFAULT_VARIANTS,
-    DEFAULT_WIDTH, LoraParams, filename_prefix, swept_job_key,
+    DEFAULT_SAMPLER, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_VARIANTS, DEFAULT_WIDTH, LoraParams,
+    filename_prefix, swept_job_key,
 };
 use crate::workflow::bind::{Binding, Bindings, Kind};
 use crate::workflow::canonical::JobHash;
@@ -79,7 +79,8 @@ impl Plan {
 pub struct ComfySettings {
     /// May be empty: the command line or the environment then has to name a server.
     pub servers: Vec<String>,
-    pub timeout_secs: f64,
+    /// `None`: the manifest leaves it to the flag or the default.
+    pub timeout_secs: Option<f64>,
     pub in_flight: Option<usize>,
     /// `--retry-failed` turns it on too; there is no flag to turn it off.
     pub retry_failed: bool,
@@ -206,7 +207,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
             title: parsed.chapter.title.clone(),
             comfy: ComfySettings {
                 servers: parsed.comfy.servers.clone(),
-                timeout_secs: parsed.comfy.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+                timeout_secs: parsed.comfy.timeout_secs,
                 in_flight: parsed.comfy.in_flight,
                 retry_failed: parsed.comfy.retry_failed,
                 outage_window_secs: parsed.comfy.outage_window_secs,

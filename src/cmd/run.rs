@@ -89,7 +89,9 @@ pub async fn run(args: RunArgs) -> CmdResult {
                 outage_window,
             },
             manifest: Choices {
-                timeout: params::timeout(comfy.timeout_secs),
+                timeout: params::timeout(
+                    comfy.timeout_secs.unwrap_or(params::DEFAULT_TIMEOUT_SECS),
+                ),
                 in_flight: comfy.in_flight,
                 retry_failed: Some(comfy.retry_failed),
                 outage_window: comfy.outage_window_secs.map(Duration::from_secs_f64),
@@ -198,12 +200,26 @@ fn load_plans(paths: &[PathBuf]) -> Result<Vec<Plan>, CmdError> {
 }
 
 /// The `[comfy]` settings of a book: its manifests' servers together, and a timeout, depth,
-/// retry and outage window they agree on (one engine runs them all). Where they differ the
-/// flag decides; without one, it is an input error naming the manifests.
+/// retry and outage window for all of them (one engine runs them all). A value one manifest
+/// sets and the others leave out is the book's; where two manifests set different values the
+/// flag decides, and without one it is an input error naming the manifests.
 fn book_settings(plans: &[Plan], args: &RunArgs) -> Result<ComfySettings, CmdError> {
-    let first = &plans[0].comfy;
-    let mut settings = first.clone();
+    let mut settings = plans[0].comfy.clone();
     let mut problems = Vec::new();
+    let mut clash = |key: &str, flag: &str, set_by: &Plan, plan: &Plan| {
+        problems.push(UserError::new(
+            format!(
+                "`{}` and `{}` set different [comfy] {key}; one run of a book uses one",
+                set_by.manifest_path.display(),
+                plan.manifest_path.display()
+            ),
+            Some(format!(
+                "make them agree, or give {flag} on the command line"
+            )),
+        ));
+    };
+    // Which manifest gave each setting its value so far.
+    let (mut timeout_by, mut in_flight_by, mut outage_by) = (&plans[0], &plans[0], &plans[0]);
     for plan in &plans[1..] {
         let c = &plan.comfy;
         for url in &c.servers {
@@ -211,41 +227,30 @@ fn book_settings(plans: &[Plan], args: &RunArgs) -> Result<ComfySettings, CmdErr
                 settings.servers.push(url.clone());
             }
         }
-        let differs = [
-            (
-                "timeout",
-                "--timeout",
-                args.timeout.is_none() && c.timeout_secs.to_bits() != first.timeout_secs.to_bits(),
-            ),
-            (
-                "in_flight",
-                "--in-flight",
-                args.in_flight.is_none() && c.in_flight != first.in_flight,
-            ),
-            (
-                "retry_failed",
-                "--retry-failed",
-                !args.retry_failed && c.retry_failed != first.retry_failed,
-            ),
-            (
-                "outage_window",
-                "--outage-window",
-                args.outage_window.is_none()
-                    && c.outage_window_secs.map(f64::to_bits)
-                        != first.outage_window_secs.map(f64::to_bits),
-            ),
-        ];
-        for (key, flag, _) in differs.iter().filter(|d| d.2) {
-            problems.push(UserError::new(
-                format!(
-                    "`{}` and `{}` set different [comfy] {key}; one run of a book uses one",
-                    plans[0].manifest_path.display(),
-                    plan.manifest_path.display()
-                ),
-                Some(format!(
-                    "make them agree, or give {flag} on the command line"
-                )),
-            ));
+        match (settings.timeout_secs, c.timeout_secs) {
+            (None, Some(_)) => (settings.timeout_secs, timeout_by) = (c.timeout_secs, plan),
+            (Some(a), Some(b)) if a.to_bits() != b.to_bits() && args.timeout.is_none() => {
+                clash("timeout", "--timeout", timeout_by, plan);
+            }
+            _ => {}
+        }
+        match (settings.in_flight, c.in_flight) {
+            (None, Some(_)) => (settings.in_flight, in_flight_by) = (c.in_flight, plan),
+            (Some(a), Some(b)) if a != b && args.in_flight.is_none() => {
+                clash("in_flight", "--in-flight", in_flight_by, plan);
+            }
+            _ => {}
+        }
+        // Retrying deterministic failures once is asked for, never forbidden: one asks for all.
+        settings.retry_failed |= c.retry_failed;
+        match (settings.outage_window_secs, c.outage_window_secs) {
+            (None, Some(_)) => {
+                (settings.outage_window_secs, outage_by) = (c.outage_window_secs, plan);
+            }
+            (Some(a), Some(b)) if a.to_bits() != b.to_bits() && args.outage_window.is_none() => {
+                clash("outage_window", "--outage-window", outage_by, plan);
+            }
+            _ => {}
         }
     }
     if problems.is_empty() {

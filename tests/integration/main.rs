@@ -20,6 +20,7 @@ mod report_schema;
 mod routing;
 mod run;
 mod serve;
+mod shipped;
 mod sim;
 mod sim_conformance;
 mod sim_faults;
