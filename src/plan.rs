@@ -588,6 +588,22 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             }
             _ => {}
         }
+        let unused = sweep::unused_axes(manifest, r.page, template);
+        for axis in &unused {
+            let at = (written.get_ref().clone(), axis.span.start);
+            if reported.insert(("sweep_unused", at.0, at.1)) {
+                problems.push(sweep::unused_axis_problem(
+                    manifest,
+                    r.page,
+                    axis,
+                    template,
+                    written.get_ref(),
+                ));
+            }
+        }
+        if !unused.is_empty() {
+            continue;
+        }
         work.push(PageWork {
             resolved: r,
             template,
