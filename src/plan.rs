@@ -782,9 +782,27 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
         .max(1);
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
+        // A stack makes the page's own template: the file's graph with the chain in it,
+        // built once per template and stack (pages and sweep points share it).
+        let mut chained: Vec<(&PageWork<'_>, Template)> = Vec::new();
         for w in pages {
+            let template = match &w.chain {
+                None => w.template,
+                Some((anchor, stack)) => {
+                    let same = |(other, _): &(&PageWork<'_>, Template)| {
+                        std::ptr::eq(other.template, w.template) && other.chain == w.chain
+                    };
+                    let index = chained.iter().position(same).unwrap_or_else(|| {
+                        let graph =
+                            crate::workflow::lora_chain::chain(w.template.graph(), anchor, stack);
+                        chained.push((w, w.template.derive(&graph)));
+                        chained.len() - 1
+                    });
+                    &chained[index].1
+                }
+            };
             for point in sweep::points(manifest, w.resolved.page) {
-                page_jobs(manifest, w, point, &mut jobs);
+                page_jobs(manifest, w, template, point, &mut jobs);
             }
         }
         jobs
@@ -812,20 +830,16 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page (or of one sweep point of it), appended in variant order.
+/// The jobs of one page (or of one sweep point of it), appended in variant order;
+/// `template` is the page's, its LoRA stack chained in.
 fn page_jobs(
     manifest: &Manifest,
     work: &PageWork<'_>,
+    template: &Template,
     point: sweep::Point,
     jobs: &mut Vec<Arc<Job>>,
 ) {
     let r = work.resolved;
-    // A stack makes the page's own template: the file's graph with the chain in it.
-    let chained = work.chain.as_ref().map(|(anchor, stack)| {
-        let graph = crate::workflow::lora_chain::chain(work.template.graph(), anchor, stack);
-        work.template.derive(&graph)
-    });
-    let template = chained.as_ref().unwrap_or(work.template);
     let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;
