@@ -178,6 +178,49 @@ fn a_value_added_to_an_axis_renders_only_the_new_points() {
     );
 }
 
+#[test]
+fn only_and_rerun_job_select_by_any_axis_values_of_a_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "5, 7.5");
+    let out = dir.path().join("out");
+    // `sampler` is the second axis: its row is every cfg and step count of that sampler.
+    let summary = json_of(
+        bin()
+            .arg("run")
+            .arg(&manifest)
+            .args([
+                "--sim",
+                "--json",
+                "--only",
+                "ch05_p001_sampler=dpmpp-2m",
+                "--out",
+            ])
+            .arg(&out),
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(summary["report"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        keys(&report["jobs"]),
+        [
+            "ch05_p001_cfg=5.0_sampler=dpmpp-2m_steps=2_s1",
+            "ch05_p001_cfg=5.0_sampler=dpmpp-2m_steps=3_s1",
+            "ch05_p001_cfg=7.5_sampler=dpmpp-2m_steps=2_s1",
+            "ch05_p001_cfg=7.5_sampler=dpmpp-2m_steps=3_s1",
+        ]
+    );
+    assert_eq!(summary["totals"]["succeeded"], 4, "{summary:#}");
+    // Parts in any order, with a variant; a value as the key does not write it selects none.
+    let path = summary["report"].as_str().unwrap();
+    rerun_reproduces(path, "ch05_p001_steps=3_cfg=7.5_s1", 1);
+    bin()
+        .args(["rerun", path, "--sim", "--job", "ch05_p001_steps=3_cfg=7"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("matches no job"));
+}
+
 /// The contact sheet shows page 1 as one grid per step count, cfg across, sampler down, each
 /// cell holding its point's one card.
 fn check_grids(sheet: &str) {
