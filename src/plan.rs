@@ -557,7 +557,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             }
         }
         match &r.lora {
-            Some((_, span)) if !template.uses(Placeholder::LoraName) => {
+            Some((lora, span)) if !template.uses(Placeholder::LoraName) => {
                 if reported.insert(("lora_ignored", written.get_ref().clone(), span.start)) {
                     problems.push(
                         Problem::at(
@@ -571,10 +571,13 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                             ),
                             "this LoRA would be ignored",
                         )
-                        .with_help(
-                            "set `lora_workflow = \"../workflows/txt2img-lora.json\"` in \
-                             [defaults], or `workflow` on the page, to a workflow with a LoraLoader",
-                        ),
+                        .with_help(format!(
+                            "write it as a stack, `loras = [{{ name = {:?}, strength_model = \
+                             {:?}, strength_clip = {:?} }}]`, which is chained into any workflow \
+                             with a checkpoint loader; or set `lora_workflow` in [defaults] (or \
+                             `workflow` on the page) to a workflow with `{{{{lora_name}}}}` slots",
+                            lora.name, lora.strength_model, lora.strength_clip
+                        )),
                     );
                 }
                 continue;
