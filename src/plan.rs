@@ -467,6 +467,28 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
         );
     }
 
+    // A `[bind]` table's `loras` anchor names a node of its workflow whether or not a page
+    // has a stack yet: a typo is reported now, not when a stack first meets it.
+    for bind in &manifest.bind {
+        let (Some(named), Some(template)) =
+            (&bind.lora_anchor, templates.get(bind.workflow.get_ref()))
+        else {
+            continue;
+        };
+        if let Err(error) = find_anchor(template.graph(), Some(named.get_ref())) {
+            let written = bind.workflow.get_ref().clone();
+            reported.insert(("anchor", written, named.span().start));
+            problems.push(no_anchor_problem(
+                &error,
+                template.graph(),
+                Some(named.get_ref()),
+                template.file().name(),
+                &manifest.file,
+                named.span(),
+            ));
+        }
+    }
+
     // Pages without a value for a template's LoRA slots, per template.
     let mut lacking_lora: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
     let mut work: Vec<PageWork<'_>> = Vec::with_capacity(resolved.len());
