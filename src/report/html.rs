@@ -238,7 +238,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
             variant = job.variant,
             seed = job.seed,
             steps = job.params.steps,
-            cfg = job.params.cfg,
+            cfg = format!("{:?}", job.params.cfg),
             sampler = escape(&job.params.sampler),
             scheduler = escape(&job.params.scheduler),
             lora = match job.params.lora_names().as_slice() {

@@ -257,6 +257,8 @@ fn check_grids(sheet: &str) {
                     "{cell}"
                 );
                 assert_eq!(cell.matches("class=\"card\"").count(), 1, "{cell}");
+                // The card writes the value as the axis and the key do (`5.0`, not `5`).
+                assert!(cell.contains(&format!(" · cfg {cfg} · ")), "{cell}");
                 assert!(
                     cell.contains(&format!("<span class=\"key\">{key}</span>")),
                     "{cell}"
