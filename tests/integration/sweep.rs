@@ -371,3 +371,27 @@ fn a_variable_axis_sets_the_variable_each_point_sends_and_rerun_reproduces_it() 
 
     rerun_reproduces(&report_path, "ch03_p001_denoise=1.0", 2);
 }
+
+#[test]
+fn the_plan_line_of_a_sweep_stays_one_short_line_whatever_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "y".repeat(100_000);
+    let manifest = swept_vars_manifest(dir.path());
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "style = [\"ink wash\", \"charcoal\"]",
+        &format!("style = [\"two\\nlines\", \"{long}\"]"),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let table = stdout_of(bin().arg("plan").arg(&manifest));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("page 1 sweeps"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        line,
+        format!(
+            "page 1 sweeps denoise [0.3, 1.0] x style [two\\nlines, {}…]: 4 points, 4 jobs",
+            &long[..40]
+        )
+    );
+}
