@@ -519,6 +519,10 @@ impl Checker<'_> {
         if !fixed.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
             fixed.insert(0, '_');
         }
+        if !fixed.contains(|c: char| c.is_ascii_alphanumeric()) {
+            // Nothing of the name is left (`é` would become `_`): show the form instead.
+            "style_2".clone_into(&mut fixed);
+        }
         self.error(
             "manifest::var_name",
             span,
