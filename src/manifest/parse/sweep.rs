@@ -191,11 +191,24 @@ impl Checker<'_> {
         let mut ok = true;
         for value in values {
             let text = value_text(name, value.get_ref());
-            if let Some(first) = seen.get(&text) {
+            // Keys name files on the server too, where `Ink` and `ink` may be one file.
+            if let Some(first) = seen.get(&text.to_ascii_lowercase()) {
+                let first_text = value_text(name, first.get_ref());
                 let (message, help) = if first.get_ref() == value.get_ref() {
                     (
                         format!("sweep axis `{name}` lists {text} twice"),
                         "each value is one sweep point; remove the repeat".to_owned(),
+                    )
+                } else if first_text != text {
+                    (
+                        format!(
+                            "two values of sweep axis `{name}` give key texts `{first_text}` and \
+                             `{text}`, which differ only in case"
+                        ),
+                        "job keys name the server's image files, and a file system that ignores \
+                         case (Windows, macOS) would store both points' images as one file: \
+                         make the values differ in more than case"
+                            .to_owned(),
                     )
                 } else {
                     (
@@ -220,7 +233,7 @@ impl Checker<'_> {
                 );
                 ok = false;
             } else {
-                seen.insert(text, value);
+                seen.insert(text.to_ascii_lowercase(), value);
             }
         }
         ok
