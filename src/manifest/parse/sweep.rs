@@ -293,37 +293,7 @@ impl Checker<'_> {
             page.settings.sweep = is_own.then_some(sweep);
             return self.problems.len() == before;
         }
-        let from = if is_own { "the page" } else { "[defaults]" };
-        for axis in sweep.get_ref().axes.iter().filter(|a| !a.is_var) {
-            if is_set(&page.settings, &axis.name) {
-                let help = if is_own {
-                    format!(
-                        "remove `{}` from the page or from its sweep: the axis gives every value",
-                        axis.name
-                    )
-                } else {
-                    format!(
-                        "remove `{}` from the page, or give the page its own `sweep` \
-                         (`sweep = {{}}` sweeps nothing)",
-                        axis.name
-                    )
-                };
-                self.problems.push(
-                    Problem::at(
-                        "manifest::sweep_conflict",
-                        self.file,
-                        page.header.clone(),
-                        format!(
-                            "page {} sets `{}`, which {from} sweeps",
-                            page.page, axis.name
-                        ),
-                        "this page",
-                    )
-                    .with_label(axis.span.clone(), "swept here")
-                    .with_help(help),
-                );
-            }
-        }
+        self.conflicts(defaults, page, sweep.get_ref(), is_own);
         let images = match &page.seeds {
             PageSeeds::Explicit(seeds) => seeds.len() as u64,
             PageSeeds::Derived => u64::from(
@@ -353,6 +323,57 @@ impl Checker<'_> {
         }
         page.settings.sweep = is_own.then_some(sweep);
         self.problems.len() == before && !over
+    }
+
+    /// `manifest::sweep_conflict` for each axis of the page's sweep that the page also sets:
+    /// a setting, or its own value of a variable (never sent), unless that value only gives
+    /// its own sweep's variable the type no `[defaults]` value gives.
+    fn conflicts(&mut self, defaults: &Settings, page: &Page, sweep: &Sweep, is_own: bool) {
+        let from = if is_own { "the page" } else { "[defaults]" };
+        for axis in &sweep.axes {
+            let name = &axis.name;
+            let (span, what, label, remove_from) = if axis.is_var {
+                let Some(value) = page.settings.vars.get(name) else {
+                    continue;
+                };
+                if is_own && !defaults.vars.contains_key(name) {
+                    continue;
+                }
+                let what = format!("variable `{name}`");
+                (value.span(), what, "never sent", "the page's `vars`")
+            } else if is_set(&page.settings, name) {
+                (
+                    page.header.clone(),
+                    format!("`{name}`"),
+                    "this page",
+                    "the page",
+                )
+            } else {
+                continue;
+            };
+            let help = if is_own {
+                format!(
+                    "remove `{name}` from {remove_from} or from its sweep: the axis gives every \
+                     value"
+                )
+            } else {
+                format!(
+                    "remove `{name}` from {remove_from}, or give the page its own `sweep` \
+                     (`sweep = {{}}` sweeps nothing)"
+                )
+            };
+            self.problems.push(
+                Problem::at(
+                    "manifest::sweep_conflict",
+                    self.file,
+                    span,
+                    format!("page {} sets {what}, which {from} sweeps", page.page),
+                    label,
+                )
+                .with_label(axis.span.clone(), "swept here")
+                .with_help(help),
+            );
+        }
     }
 
     /// Whether the page's sweep makes more jobs than the chapter allows (said if `say`).
