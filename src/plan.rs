@@ -715,8 +715,23 @@ fn var_problems(
     }
     if every_page_known {
         let slots: Vec<&str> = used.iter().copied().collect();
+        // A swept variable no workflow uses is reported at each sweep
+        // (`manifest::sweep_unused_axis`), where it is to be fixed: not twice.
+        let swept: BTreeSet<&str> = manifest
+            .pages
+            .iter()
+            .filter_map(|p| {
+                p.settings
+                    .sweep
+                    .as_ref()
+                    .or(manifest.defaults.sweep.as_ref())
+            })
+            .flat_map(|s| &s.get_ref().axes)
+            .filter(|a| a.is_var)
+            .map(|a| a.name.as_str())
+            .collect();
         for (name, value) in defaults {
-            if !used.contains(name.as_str()) {
+            if !used.contains(name.as_str()) && !swept.contains(name.as_str()) {
                 let message = format!("variable `{name}` is used by no workflow of this chapter");
                 problems.push(unused_var(manifest, name, value.span(), message, &slots));
             }
