@@ -58,7 +58,7 @@ pub(super) fn unused_axis_problem(
 ) -> Problem {
     let name = &axis.name;
     let file = template.file().name();
-    Problem::at(
+    let problem = Problem::at(
         "manifest::sweep_unused_axis",
         &manifest.file,
         axis.span.clone(),
@@ -67,11 +67,22 @@ pub(super) fn unused_axis_problem(
             page.page
         ),
         "fills no input of that workflow",
-    )
-    .with_help(format!(
+    );
+    let (problem, or) = if page.settings.sweep.is_some() {
+        (problem, "remove the axis".to_owned())
+    } else {
+        (
+            problem.with_label(page.header.clone(), "this page"),
+            format!(
+                "give page {} its own `sweep` (`sweep = {{}}` sweeps nothing)",
+                page.page
+            ),
+        )
+    };
+    problem.with_help(format!(
         "write `{{{{{name}}}}}` in the workflow input it should change, bind it in \
-         `[bind.\"{workflow}\"]` (`{name} = \"<node>.<input>\"`), or remove the axis (its \
-         points would render the same image)"
+         `[bind.\"{workflow}\"]` (`{name} = \"<node>.<input>\"`), or {or}: its points would \
+         render the same image"
     ))
 }
 
