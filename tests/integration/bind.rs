@@ -473,3 +473,45 @@ fn every_sweep_point_of_a_page_with_a_stack_sends_the_chain() {
     }
     assert_ne!(plan.jobs[0].hash, plan.jobs[1].hash);
 }
+
+#[test]
+fn an_export_whose_size_is_not_bound_fails_saying_to_bind_width_and_height() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    let workflow = exported().display().to_string();
+    std::fs::write(
+        &manifest,
+        format!(
+            "[chapter]\nnumber = 1\n\n[defaults]\nworkflow = \"{workflow}\"\n\n\
+             [bind.\"{workflow}\"]\nprompt = \"Positive.text\"\n\n\
+             [[pages]]\npage = 1\nprompt = \"a lighthouse\"\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(plasma_batch::exit_codes::JOBS_FAILED)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(summary["report"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let message = job(&report, "ch01_p001_s1")["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("the image is 512x512, expected 512x768")
+            && message.contains("`width` and `height` are bound")
+            && !message.contains("not a complete PNG"),
+        "{message}"
+    );
+}
