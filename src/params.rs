@@ -216,6 +216,74 @@ pub fn is_key_or_part(text: &str) -> bool {
     }
 }
 
+/// A key (or selector) split into its page part (`ch01_p003`), its sweep point's
+/// `name=value` parts and its variant (`s2`), if it has that form.
+struct KeyParts<'k> {
+    page: &'k str,
+    point: Vec<&'k str>,
+    variant: Option<&'k str>,
+}
+
+fn key_parts(text: &str) -> Option<KeyParts<'_>> {
+    let page_end = text
+        .match_indices('_')
+        .nth(1)
+        .map_or(text.len(), |(i, _)| i);
+    let page = &text[..page_end];
+    let rest = text.get(page_end + 1..).unwrap_or_default();
+    let (rest, variant) = match rest.rsplit_once('_') {
+        Some((point, last)) if !last.contains('=') => (point, Some(last)),
+        None if !rest.is_empty() && !rest.contains('=') => ("", Some(rest)),
+        _ => (rest, None),
+    };
+    // A name may hold `_`, a value never does: a part ends at the first `_` after its `=`.
+    let mut point = Vec::new();
+    let mut start = 0;
+    let mut seen_eq = false;
+    for (i, b) in rest.bytes().enumerate() {
+        match b {
+            b'=' => seen_eq = true,
+            b'_' if seen_eq => {
+                point.push(&rest[start..i]);
+                start = i + 1;
+                seen_eq = false;
+            }
+            _ => {}
+        }
+    }
+    if !rest.is_empty() {
+        if !seen_eq {
+            return None;
+        }
+        point.push(&rest[start..]);
+    }
+    Some(KeyParts {
+        page,
+        point,
+        variant,
+    })
+}
+
+/// Whether selector `selector` (checked by [`is_key_or_part`]) selects job key `key`: `key`
+/// starts with it, whole parts at a time (`ch01_p001_s1` is not `ch01_p001_s10`), or it names
+/// a page, some of its sweep point's `name=value` parts in any order, and maybe a variant, all
+/// of which `key` has (`ch01_p003_sampler=euler` selects every `cfg` of that sampler).
+pub fn key_selects(selector: &str, key: &str) -> bool {
+    if key
+        .strip_prefix(selector)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+    {
+        return true;
+    }
+    let (Some(wanted), Some(have)) = (key_parts(selector), key_parts(key)) else {
+        return false;
+    };
+    !wanted.point.is_empty()
+        && wanted.page == have.page
+        && wanted.point.iter().all(|part| have.point.contains(part))
+        && wanted.variant.is_none_or(|v| have.variant == Some(v))
+}
+
 /// `cfg=7.0_my_var=a-b`: axis names (identifiers) each with `=` and a value's key text.
 fn is_point(text: &str) -> bool {
     // A name may hold `_`, a value text never does: each `=` ends a name, and the value runs
@@ -300,6 +368,37 @@ mod tests {
             filename_prefix(1, "ch01_p003_s2"),
             "plasma/ch01/ch01_p003_s2"
         );
+    }
+
+    #[test]
+    fn a_selector_names_a_page_and_any_of_its_point_parts() {
+        let key = "ch01_p003_cfg=7.0_my_var=a-b_sampler=euler_s2";
+        for selector in [
+            "ch01",
+            "ch01_p003",
+            "ch01_p003_cfg=7.0",
+            "ch01_p003_cfg=7.0_my_var=a-b_sampler=euler_s2",
+            "ch01_p003_sampler=euler",
+            "ch01_p003_my_var=a-b",
+            "ch01_p003_sampler=euler_cfg=7.0",
+            "ch01_p003_my_var=a-b_s2",
+        ] {
+            assert!(key_selects(selector, key), "{selector}");
+        }
+        for selector in [
+            "ch01_p00",
+            "ch01_p004_sampler=euler",
+            "ch01_p003_sampler=eule",
+            "ch01_p003_var=a-b",
+            "ch01_p003_cfg=7",
+            "ch01_p003_sampler=euler_s1",
+            "ch01_p003_s2",
+            "ch02_p003_sampler=euler",
+        ] {
+            assert!(!key_selects(selector, key), "{selector}");
+        }
+        assert!(key_selects("ch01_p001_s1", "ch01_p001_s1"));
+        assert!(!key_selects("ch01_p001_s1", "ch01_p001_s10"));
     }
 
     #[test]

@@ -472,6 +472,28 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
         );
     }
 
+    // A `[bind]` table's `loras` anchor names a node of its workflow whether or not a page
+    // has a stack yet: a typo is reported now, not when a stack first meets it.
+    for bind in &manifest.bind {
+        let (Some(named), Some(template)) =
+            (&bind.lora_anchor, templates.get(bind.workflow.get_ref()))
+        else {
+            continue;
+        };
+        if let Err(error) = find_anchor(template.graph(), Some(named.get_ref())) {
+            let written = bind.workflow.get_ref().clone();
+            reported.insert(("anchor", written, named.span().start));
+            problems.push(no_anchor_problem(
+                &error,
+                template.graph(),
+                Some(named.get_ref()),
+                template.file().name(),
+                &manifest.file,
+                named.span(),
+            ));
+        }
+    }
+
     // Pages without a value for a template's LoRA slots, per template.
     let mut lacking_lora: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
     let mut work: Vec<PageWork<'_>> = Vec::with_capacity(resolved.len());
@@ -562,7 +584,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
             }
         }
         match &r.lora {
-            Some((_, span)) if !template.uses(Placeholder::LoraName) => {
+            Some((lora, span)) if !template.uses(Placeholder::LoraName) => {
                 if reported.insert(("lora_ignored", written.get_ref().clone(), span.start)) {
                     problems.push(
                         Problem::at(
@@ -576,10 +598,13 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                             ),
                             "this LoRA would be ignored",
                         )
-                        .with_help(
-                            "set `lora_workflow = \"../workflows/txt2img-lora.json\"` in \
-                             [defaults], or `workflow` on the page, to a workflow with a LoraLoader",
-                        ),
+                        .with_help(format!(
+                            "write it as a stack, `loras = [{{ name = {:?}, strength_model = \
+                             {:?}, strength_clip = {:?} }}]`, which is chained into any workflow \
+                             with a checkpoint loader; or set `lora_workflow` in [defaults] (or \
+                             `workflow` on the page) to a workflow with `{{{{lora_name}}}}` slots",
+                            lora.name, lora.strength_model, lora.strength_clip
+                        )),
                     );
                 }
                 continue;
@@ -592,6 +617,22 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
                 continue;
             }
             _ => {}
+        }
+        let unused = sweep::unused_axes(manifest, r.page, template);
+        for axis in &unused {
+            let at = (written.get_ref().clone(), axis.span.start);
+            if reported.insert(("sweep_unused", at.0, at.1)) {
+                problems.push(sweep::unused_axis_problem(
+                    manifest,
+                    r.page,
+                    axis,
+                    template,
+                    written.get_ref(),
+                ));
+            }
+        }
+        if !unused.is_empty() {
+            continue;
         }
         work.push(PageWork {
             resolved: r,
@@ -679,8 +720,23 @@ fn var_problems(
     }
     if every_page_known {
         let slots: Vec<&str> = used.iter().copied().collect();
+        // A swept variable no workflow uses is reported at each sweep
+        // (`manifest::sweep_unused_axis`), where it is to be fixed: not twice.
+        let swept: BTreeSet<&str> = manifest
+            .pages
+            .iter()
+            .filter_map(|p| {
+                p.settings
+                    .sweep
+                    .as_ref()
+                    .or(manifest.defaults.sweep.as_ref())
+            })
+            .flat_map(|s| &s.get_ref().axes)
+            .filter(|a| a.is_var)
+            .map(|a| a.name.as_str())
+            .collect();
         for (name, value) in defaults {
-            if !used.contains(name.as_str()) {
+            if !used.contains(name.as_str()) && !swept.contains(name.as_str()) {
                 let message = format!("variable `{name}` is used by no workflow of this chapter");
                 problems.push(unused_var(manifest, name, value.span(), message, &slots));
             }
@@ -771,9 +827,27 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
         .max(1);
     let build = |pages: &[PageWork<'_>]| {
         let mut jobs = Vec::new();
+        // A stack makes the page's own template: the file's graph with the chain in it,
+        // built once per template and stack (pages and sweep points share it).
+        let mut chained: Vec<(&PageWork<'_>, Template)> = Vec::new();
         for w in pages {
+            let template = match &w.chain {
+                None => w.template,
+                Some((anchor, stack)) => {
+                    let same = |(other, _): &(&PageWork<'_>, Template)| {
+                        std::ptr::eq(other.template, w.template) && other.chain == w.chain
+                    };
+                    let index = chained.iter().position(same).unwrap_or_else(|| {
+                        let graph =
+                            crate::workflow::lora_chain::chain(w.template.graph(), anchor, stack);
+                        chained.push((w, w.template.derive(&graph)));
+                        chained.len() - 1
+                    });
+                    &chained[index].1
+                }
+            };
             for point in sweep::points(manifest, w.resolved.page) {
-                page_jobs(manifest, w, point, &mut jobs);
+                page_jobs(manifest, w, template, point, &mut jobs);
             }
         }
         jobs
@@ -801,20 +875,16 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
     jobs
 }
 
-/// The jobs of one page (or of one sweep point of it), appended in variant order.
+/// The jobs of one page (or of one sweep point of it), appended in variant order;
+/// `template` is the page's, its LoRA stack chained in.
 fn page_jobs(
     manifest: &Manifest,
     work: &PageWork<'_>,
+    template: &Template,
     point: sweep::Point,
     jobs: &mut Vec<Arc<Job>>,
 ) {
     let r = work.resolved;
-    // A stack makes the page's own template: the file's graph with the chain in it.
-    let chained = work.chain.as_ref().map(|(anchor, stack)| {
-        let graph = crate::workflow::lora_chain::chain(work.template.graph(), anchor, stack);
-        work.template.derive(&graph)
-    });
-    let template = chained.as_ref().unwrap_or(work.template);
     let (d, s) = (&manifest.defaults, &point.settings);
     let chapter = manifest.chapter.number;
     let page = r.page.page;

@@ -237,10 +237,10 @@ fn job_problems(server: &str, object_info: &Value, job: &Job) -> Vec<(String, Op
             let Some(spec) = input_spec(info, name) else {
                 continue;
             };
-            if let Some(problem) = check_value(spec, value) {
+            if let Some((problem, help)) = check_value(spec, value) {
                 problems.push((
                     format!("node {node_id} ({class}): {name} {problem} on {server}"),
-                    None,
+                    help.map(str::to_owned),
                 ));
             }
         }
@@ -256,8 +256,15 @@ fn input_spec<'a>(info: &'a Value, name: &str) -> Option<&'a Value> {
         .or_else(|| input.get("optional").and_then(|o| o.get(name)))
 }
 
-/// `None` if the value is acceptable (or a link, or not checkable).
-fn check_value(spec: &Value, value: &Value) -> Option<String> {
+/// What to do about a number outside an input's range (whatever filled it: a setting, a
+/// variable, a sweep value or the template's own literal).
+const RANGE_HELP: &str = "change the value in the manifest (the setting, variable or sweep \
+                          value that fills this input) or in the workflow to one within the \
+                          range; `plasma-batch validate --server URL` repeats this check";
+
+/// `None` if the value is acceptable (or a link, or not checkable); else the problem and, if
+/// not the default (a missing model), what to do.
+fn check_value(spec: &Value, value: &Value) -> Option<(String, Option<&'static str>)> {
     if is_link(value) {
         return None;
     }
@@ -294,18 +301,24 @@ fn check_value(spec: &Value, value: &Value) -> Option<String> {
         } else {
             format!("available: {}", listed.join(", "))
         };
-        return Some(format!("{value} is not available ({available})"));
+        return Some((format!("{value} is not available ({available})"), None));
     }
     if let (Some(number), Some(options)) = (value.as_f64(), options) {
         if let Some(min) = options.get("min").and_then(Value::as_f64)
             && number < min
         {
-            return Some(format!("{value} is below the minimum {min}"));
+            return Some((
+                format!("{value} is below the minimum {min}"),
+                Some(RANGE_HELP),
+            ));
         }
         if let Some(max) = options.get("max").and_then(Value::as_f64)
             && number > max
         {
-            return Some(format!("{value} is above the maximum {max}"));
+            return Some((
+                format!("{value} is above the maximum {max}"),
+                Some(RANGE_HELP),
+            ));
         }
     }
     None

@@ -124,7 +124,7 @@ fn sweep_line(page: &[std::sync::Arc<Job>]) -> Option<String> {
     let shown: Vec<String> = axes
         .iter()
         .map(|(name, values)| {
-            let values: Vec<String> = values.iter().map(|v| sweep::value_label(v)).collect();
+            let values: Vec<String> = values.iter().map(|v| line_label(v)).collect();
             format!("{name} [{}]", values.join(", "))
         })
         .collect();
@@ -135,6 +135,25 @@ fn sweep_line(page: &[std::sync::Arc<Job>]) -> Option<String> {
         shown.join(" x "),
         page.len()
     ))
+}
+
+/// An axis value for the one-line sweep summary: control characters escaped (a newline
+/// would break the line) and a long string cut to its first 40 characters and `…`.
+fn line_label(value: &crate::manifest::model::VarValue) -> String {
+    const SHOWN: usize = 40;
+    let label = sweep::value_label(value);
+    let mut text = String::new();
+    for c in label.chars().take(SHOWN) {
+        if c.is_control() {
+            text.extend(c.escape_debug());
+        } else {
+            text.push(c);
+        }
+    }
+    if label.chars().nth(SHOWN).is_some() {
+        text.push('…');
+    }
+    text
 }
 
 /// The plan as an aligned text table, one job per line: one pass for the column widths,

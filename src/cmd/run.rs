@@ -418,8 +418,9 @@ pub fn select_jobs(jobs: Vec<Arc<Job>>, only: &[String]) -> Result<Vec<Arc<Job>>
     )
 }
 
-/// Keep the items whose key a selector names: a chapter (`ch01`), a page (`ch01_p003`) or one
-/// job (`ch01_p003_s2`), matched whole part by part (`ch01_p001_s1` is not `ch01_p001_s10`).
+/// Keep the items whose key a selector names: a chapter (`ch01`), a page (`ch01_p003`), one
+/// job (`ch01_p003_s2`), or some axis values of a sweep point (`ch01_p003_sampler=euler`), as
+/// [`params::key_selects`] matches them.
 /// No selector keeps everything. A selector that is empty, not of that form, or matches no
 /// key is a usage error (exit 2) naming it and the keys closest to it: a run that silently
 /// selects nothing (or everything) is never what was meant.
@@ -448,10 +449,7 @@ pub fn select_by_key<T>(
             );
         }
     }
-    let selects = |selector: &str, key: &str| {
-        key.strip_prefix(selector)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
-    };
+    let selects = params::key_selects;
     let unmatched: Vec<&str> = selectors
         .iter()
         .map(String::as_str)

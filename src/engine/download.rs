@@ -274,7 +274,9 @@ async fn download(
 fn stage_error(client: &ComfyClient, e: StageError) -> DownloadError {
     match e {
         StageError::Io(e) => DownloadError::Io(e.to_string()),
-        e @ StageError::NotPng(_) => DownloadError::Bad(format!("{}: {e}", client.url())),
+        e @ (StageError::NotPng(_) | StageError::WrongSize(_)) => {
+            DownloadError::Bad(format!("{}: {e}", client.url()))
+        }
     }
 }
 

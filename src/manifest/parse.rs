@@ -509,6 +509,20 @@ impl Checker<'_> {
             );
             return false;
         }
+        if SETTING_KEYS.contains(&name) || PAGE_ONLY_KEYS.contains(&name) {
+            // `sweep = { lora = [..] }` and `[bind] loras = ".."` would mean the setting.
+            self.error(
+                "manifest::var_name",
+                span,
+                format!("variable `{name}` has the name of a page setting"),
+                "a page setting",
+                format!(
+                    "a sweep axis or a `[bind]` entry named `{name}` would be the setting, not \
+                     the variable: give the variable another name, e.g. `my_{name}`"
+                ),
+            );
+            return false;
+        }
         if params::is_var_name(name) {
             return true;
         }
@@ -518,6 +532,10 @@ impl Checker<'_> {
             .collect();
         if !fixed.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
             fixed.insert(0, '_');
+        }
+        if !fixed.contains(|c: char| c.is_ascii_alphanumeric()) {
+            // Nothing of the name is left (`é` would become `_`): show the form instead.
+            "style_2".clone_into(&mut fixed);
         }
         self.error(
             "manifest::var_name",

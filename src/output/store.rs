@@ -170,7 +170,7 @@ impl ImageStore {
         if let Some((w, h)) = expected
             && (w, h) != (width, height)
         {
-            return Err(StageError::NotPng(format!(
+            return Err(StageError::WrongSize(format!(
                 "the image is {width}x{height}, expected {w}x{h}"
             )));
         }
@@ -237,6 +237,12 @@ pub enum StageError {
     Io(PathError),
     #[error("the server sent something that is not a complete PNG: {0}")]
     NotPng(String),
+    /// A complete PNG of another size than the job's `width` x `height`.
+    #[error(
+        "{0}: the workflow does not render the job's size (a workflow used as exported makes \
+         its own size unless `width` and `height` are bound in its `[bind]` table, or set to it)"
+    )]
+    WrongSize(String),
 }
 
 #[cfg(test)]
@@ -352,6 +358,7 @@ mod tests {
         write_png(temp.path(), 16, 8);
         let err = store.stage(temp, Some((16, 16))).unwrap_err();
         assert!(err.to_string().contains("16x8, expected 16x16"), "{err}");
+        assert!(matches!(err, StageError::WrongSize(_)), "{err}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 
 use toml::Spanned;
 
+use crate::diagnostic::Problem;
 use crate::manifest::Manifest;
-use crate::manifest::model::{Page, Settings, VarValue};
+use crate::manifest::model::{Axis, Page, Settings, VarValue};
 use crate::manifest::sweep::{AxisValue, Sweep};
+use crate::workflow::{Placeholder, Template};
 
 /// One sweep point of a page: its settings and the axis values that made them.
 pub(super) struct Point {
@@ -22,6 +24,66 @@ fn page_sweep<'m>(manifest: &'m Manifest, page: &'m Page) -> Option<&'m Sweep> {
         .as_ref()
         .or(manifest.defaults.sweep.as_ref())
         .map(Spanned::get_ref)
+}
+
+/// The axes of the page's sweep that its workflow has no slot for: every point would send
+/// the same value there, so the "sweep" would render one image many times. A variable the
+/// page itself defines is left out (`manifest::unused_var` already names it).
+pub(super) fn unused_axes<'m>(
+    manifest: &'m Manifest,
+    page: &'m Page,
+    template: &Template,
+) -> Vec<&'m Axis> {
+    let Some(sweep) = page_sweep(manifest, page) else {
+        return Vec::new();
+    };
+    sweep
+        .axes
+        .iter()
+        .filter(|axis| match Placeholder::from_name(&axis.name) {
+            Some(placeholder) => !template.uses(placeholder),
+            None => !template.uses_var(&axis.name) && !page.settings.vars.contains_key(&axis.name),
+        })
+        .collect()
+}
+
+/// `manifest::sweep_unused_axis`: `axis` of the page's sweep fills nothing in `workflow` (as
+/// written in the manifest).
+pub(super) fn unused_axis_problem(
+    manifest: &Manifest,
+    page: &Page,
+    axis: &Axis,
+    template: &Template,
+    workflow: &str,
+) -> Problem {
+    let name = &axis.name;
+    let file = template.file().name();
+    let problem = Problem::at(
+        "manifest::sweep_unused_axis",
+        &manifest.file,
+        axis.span.clone(),
+        format!(
+            "page {} sweeps `{name}`, but its workflow `{file}` has no `{{{{{name}}}}}` slot",
+            page.page
+        ),
+        "fills no input of that workflow",
+    );
+    let (problem, or) = if page.settings.sweep.is_some() {
+        (problem, "remove the axis".to_owned())
+    } else {
+        (
+            problem.with_label(page.header.clone(), "this page"),
+            format!(
+                "give page {} its own `sweep` (`sweep = {{}}` sweeps nothing)",
+                page.page
+            ),
+        )
+    };
+    problem.with_help(format!(
+        "write `{{{{{name}}}}}` in the workflow input it should change, bind it in \
+         `[bind.\"{workflow}\"]` (`{name} = \"<node>.<input>\"`), or {or}: its points would \
+         render the same image"
+    ))
 }
 
 /// The page's points; a page without a sweep has one, with no axis values.

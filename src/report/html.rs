@@ -289,7 +289,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
         let _ = write!(
             html,
             "<div><span class=\"key\">{key}</span> <span class=\"status {status}\">{status}</span></div>\
-             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg} · {sampler}/{scheduler}{lora}{vars}</div>\
+             <div class=\"meta\">variant {variant} · seed {seed} · {steps} steps · cfg {cfg:?} · {sampler}/{scheduler}{lora}{vars}</div>\
              <div class=\"prompt\">{prompt}</div>",
             key = escape(&job.key),
             variant = job.variant,

@@ -60,12 +60,21 @@ impl Templates {
                         "it has no SaveImage node".to_owned(),
                     ));
                 }
-                if let Some(name) = template.vars().next() {
+                let vars: Vec<String> = template.vars().map(|n| format!("{{{{{n}}}}}")).collect();
+                if !vars.is_empty() {
+                    let (which, each) = if vars.len() == 1 {
+                        ("is no built-in placeholder", "it")
+                    } else {
+                        ("are no built-in placeholders", "each")
+                    };
                     return Err(TemplateError::Invalid(
                         path.display().to_string(),
                         format!(
-                            "it uses {{{{{name}}}}}, which is no built-in placeholder; the job \
-                             service has no variables (they come from a chapter manifest)"
+                            "it uses {}, which {which}; the job service has no variables (they \
+                             come from a chapter manifest): write the value {each} should have \
+                             into the template, or render these jobs with `plasma-batch run \
+                             MANIFEST`",
+                            vars.join(", ")
                         ),
                     ));
                 }

@@ -229,7 +229,10 @@ pub(super) fn apply(
         return problems;
     };
     let mut bound: BTreeMap<(String, String), Range<usize>> = BTreeMap::new();
-    for b in &bindings.list {
+    // In the order written, so "first bound" is the one above (a table's keys come sorted).
+    let mut list: Vec<&Binding> = bindings.list.iter().collect();
+    list.sort_by_key(|b| b.target_span.start);
+    for b in list {
         let (id, input) = match target(nodes, b, bindings, tree, workflow) {
             Ok(Some(found)) => found,
             // No inputs object: the template check reports the node.

@@ -476,3 +476,48 @@ fn every_sweep_point_of_a_page_with_a_stack_sends_the_chain() {
     }
     assert_ne!(plan.jobs[0].hash, plan.jobs[1].hash);
 }
+
+#[test]
+fn an_export_whose_size_is_not_bound_renders_at_the_size_its_graph_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.toml");
+    let workflow = exported().display().to_string();
+    // The manifest's size (the default 512x768) is not bound: the export's own 512x512 is
+    // what the graph renders, and the image is checked against that.
+    std::fs::write(
+        &manifest,
+        format!(
+            "[chapter]\nnumber = 1\n\n[defaults]\nworkflow = \"{workflow}\"\n\n\
+             [bind.\"{workflow}\"]\nprompt = \"6.text\"\n\n\
+             [[pages]]\npage = 1\nprompt = \"a lighthouse\"\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sim", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(plasma_batch::exit_codes::OK),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(summary["report"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let image = &job(&report, "ch01_p001_s1")["images"][0];
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(512), Some(512))
+    );
+    assert_eq!(
+        png_size(&out.join(image["path"].as_str().unwrap())),
+        (512, 512)
+    );
+}

@@ -27,7 +27,7 @@ fn invalid(manifest: &Path) -> String {
 }
 
 /// `stderr` as one line: miette wraps messages at the terminal's width, behind a `│` gutter.
-fn flat(stderr: &[u8]) -> String {
+pub(crate) fn flat(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
         .split_whitespace()
         .filter(|w| *w != "│")

@@ -178,6 +178,49 @@ fn a_value_added_to_an_axis_renders_only_the_new_points() {
     );
 }
 
+#[test]
+fn only_and_rerun_job_select_by_any_axis_values_of_a_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "5, 7.5");
+    let out = dir.path().join("out");
+    // `sampler` is the second axis: its row is every cfg and step count of that sampler.
+    let summary = json_of(
+        bin()
+            .arg("run")
+            .arg(&manifest)
+            .args([
+                "--sim",
+                "--json",
+                "--only",
+                "ch05_p001_sampler=dpmpp-2m",
+                "--out",
+            ])
+            .arg(&out),
+    );
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(summary["report"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        keys(&report["jobs"]),
+        [
+            "ch05_p001_cfg=5.0_sampler=dpmpp-2m_steps=2_s1",
+            "ch05_p001_cfg=5.0_sampler=dpmpp-2m_steps=3_s1",
+            "ch05_p001_cfg=7.5_sampler=dpmpp-2m_steps=2_s1",
+            "ch05_p001_cfg=7.5_sampler=dpmpp-2m_steps=3_s1",
+        ]
+    );
+    assert_eq!(summary["totals"]["succeeded"], 4, "{summary:#}");
+    // Parts in any order, with a variant; a value as the key does not write it selects none.
+    let path = summary["report"].as_str().unwrap();
+    rerun_reproduces(path, "ch05_p001_steps=3_cfg=7.5_s1", 1);
+    bin()
+        .args(["rerun", path, "--sim", "--job", "ch05_p001_steps=3_cfg=7"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("matches no job"));
+}
+
 /// The contact sheet shows page 1 as one grid per step count, cfg across, sampler down, each
 /// cell holding its point's one card.
 fn check_grids(sheet: &str) {
@@ -214,6 +257,8 @@ fn check_grids(sheet: &str) {
                     "{cell}"
                 );
                 assert_eq!(cell.matches("class=\"card\"").count(), 1, "{cell}");
+                // The card writes the value as the axis and the key do (`5.0`, not `5`).
+                assert!(cell.contains(&format!(" · cfg {cfg} · ")), "{cell}");
                 assert!(
                     cell.contains(&format!("<span class=\"key\">{key}</span>")),
                     "{cell}"
@@ -325,4 +370,28 @@ fn a_variable_axis_sets_the_variable_each_point_sends_and_rerun_reproduces_it() 
     assert_eq!(jobs[4]["params"]["vars"]["style"], "charcoal");
 
     rerun_reproduces(&report_path, "ch03_p001_denoise=1.0", 2);
+}
+
+#[test]
+fn the_plan_line_of_a_sweep_stays_one_short_line_whatever_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "y".repeat(100_000);
+    let manifest = swept_vars_manifest(dir.path());
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "style = [\"ink wash\", \"charcoal\"]",
+        &format!("style = [\"two\\nlines\", \"{long}\"]"),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let table = stdout_of(bin().arg("plan").arg(&manifest));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("page 1 sweeps"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        line,
+        format!(
+            "page 1 sweeps denoise [0.3, 1.0] x style [two\\nlines, {}…]: 4 points, 4 jobs",
+            &long[..40]
+        )
+    );
 }

@@ -171,6 +171,7 @@ fn preflight_checks_the_values_variables_fill_in() {
                     "denoise 2.5 is above the maximum 1",
                 ))
                 .and(predicate::str::contains("(jobs ch03_p002_s1)"))
+                .and(predicate::str::contains("to one within the"))
                 .and(predicate::str::contains("ch03_p001_s1").not()),
         );
     assert!(
@@ -195,4 +196,34 @@ fn preflight_checks_the_values_variables_fill_in() {
         );
     assert!(out.join("ch-03/raw/comfyui/ch03_p001_v1.png").exists());
     assert!(!out.join("ch-03/raw/comfyui/ch03_p002_v1.png").exists());
+}
+
+#[test]
+fn serve_refuses_a_workflow_with_variables_at_start_naming_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = bin()
+        .arg("serve")
+        .arg("--workflow")
+        .arg(repo().join("tests/fixtures/workflows/good/txt2img-vars.json"))
+        .args(["--sim", "--listen", "127.0.0.1:0", "--out"])
+        .arg(&out)
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(plasma_batch::exit_codes::INVALID_INPUT)
+        .get_output()
+        .clone();
+    let stderr = crate::hostile::flat(&output.stderr);
+    for expected in [
+        "txt2img-vars.json is not a valid template",
+        "it uses {{batch}}, {{denoise}}, {{noise_schedule}}, {{style}}, which are no built-in",
+        "write the value each should have into the template, or render these jobs with \
+         `plasma-batch run MANIFEST`",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
+    assert!(
+        !out.exists(),
+        "nothing is written when the start is refused"
+    );
 }

@@ -191,11 +191,24 @@ impl Checker<'_> {
         let mut ok = true;
         for value in values {
             let text = value_text(name, value.get_ref());
-            if let Some(first) = seen.get(&text) {
+            // Keys name files on the server too, where `Ink` and `ink` may be one file.
+            if let Some(first) = seen.get(&text.to_ascii_lowercase()) {
+                let first_text = value_text(name, first.get_ref());
                 let (message, help) = if first.get_ref() == value.get_ref() {
                     (
                         format!("sweep axis `{name}` lists {text} twice"),
                         "each value is one sweep point; remove the repeat".to_owned(),
+                    )
+                } else if first_text != text {
+                    (
+                        format!(
+                            "two values of sweep axis `{name}` give key texts `{first_text}` and \
+                             `{text}`, which differ only in case"
+                        ),
+                        "job keys name the server's image files, and a file system that ignores \
+                         case (Windows, macOS) would store both points' images as one file: \
+                         make the values differ in more than case"
+                            .to_owned(),
                     )
                 } else {
                     (
@@ -220,7 +233,7 @@ impl Checker<'_> {
                 );
                 ok = false;
             } else {
-                seen.insert(text, value);
+                seen.insert(text.to_ascii_lowercase(), value);
             }
         }
         ok
@@ -280,37 +293,7 @@ impl Checker<'_> {
             page.settings.sweep = is_own.then_some(sweep);
             return self.problems.len() == before;
         }
-        let from = if is_own { "the page" } else { "[defaults]" };
-        for axis in sweep.get_ref().axes.iter().filter(|a| !a.is_var) {
-            if is_set(&page.settings, &axis.name) {
-                let help = if is_own {
-                    format!(
-                        "remove `{}` from the page or from its sweep: the axis gives every value",
-                        axis.name
-                    )
-                } else {
-                    format!(
-                        "remove `{}` from the page, or give the page its own `sweep` \
-                         (`sweep = {{}}` sweeps nothing)",
-                        axis.name
-                    )
-                };
-                self.problems.push(
-                    Problem::at(
-                        "manifest::sweep_conflict",
-                        self.file,
-                        page.header.clone(),
-                        format!(
-                            "page {} sets `{}`, which {from} sweeps",
-                            page.page, axis.name
-                        ),
-                        "this page",
-                    )
-                    .with_label(axis.span.clone(), "swept here")
-                    .with_help(help),
-                );
-            }
-        }
+        self.conflicts(defaults, page, sweep.get_ref(), is_own);
         let images = match &page.seeds {
             PageSeeds::Explicit(seeds) => seeds.len() as u64,
             PageSeeds::Derived => u64::from(
@@ -340,6 +323,57 @@ impl Checker<'_> {
         }
         page.settings.sweep = is_own.then_some(sweep);
         self.problems.len() == before && !over
+    }
+
+    /// `manifest::sweep_conflict` for each axis of the page's sweep that the page also sets:
+    /// a setting, or its own value of a variable (never sent), unless that value only gives
+    /// its own sweep's variable the type no `[defaults]` value gives.
+    fn conflicts(&mut self, defaults: &Settings, page: &Page, sweep: &Sweep, is_own: bool) {
+        let from = if is_own { "the page" } else { "[defaults]" };
+        for axis in &sweep.axes {
+            let name = &axis.name;
+            let (span, what, label, remove_from) = if axis.is_var {
+                let Some(value) = page.settings.vars.get(name) else {
+                    continue;
+                };
+                if is_own && !defaults.vars.contains_key(name) {
+                    continue;
+                }
+                let what = format!("variable `{name}`");
+                (value.span(), what, "never sent", "the page's `vars`")
+            } else if is_set(&page.settings, name) {
+                (
+                    page.header.clone(),
+                    format!("`{name}`"),
+                    "this page",
+                    "the page",
+                )
+            } else {
+                continue;
+            };
+            let help = if is_own {
+                format!(
+                    "remove `{name}` from {remove_from} or from its sweep: the axis gives every \
+                     value"
+                )
+            } else {
+                format!(
+                    "remove `{name}` from {remove_from}, or give the page its own `sweep` \
+                     (`sweep = {{}}` sweeps nothing)"
+                )
+            };
+            self.problems.push(
+                Problem::at(
+                    "manifest::sweep_conflict",
+                    self.file,
+                    span,
+                    format!("page {} sets {what}, which {from} sweeps", page.page),
+                    label,
+                )
+                .with_label(axis.span.clone(), "swept here")
+                .with_help(help),
+            );
+        }
     }
 
     /// Whether the page's sweep makes more jobs than the chapter allows (said if `say`).
