@@ -115,7 +115,7 @@ pub enum InputImageError {
     )]
     TooLarge { path: PathBuf, len: u64, limit: u64 },
     #[error(
-        "input image {path} is not a PNG, JPEG or WebP file (it starts with {head}); convert it to one of those"
+        "input image {path} is not a PNG, JPEG or WebP file ({head}); convert it to one of those"
     )]
     NotAnImage { path: PathBuf, head: String },
     #[error(
@@ -278,17 +278,27 @@ fn decode_webp(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), Fail> {
     Ok((width, height))
 }
 
-/// The first bytes of a file, for "it starts with ...": text when they are printable.
+/// What a file that is no accepted image seems to be, by its first bytes. Never the bytes
+/// themselves: a path may name any file (a key, a password list), and an error message must
+/// not show what it holds.
 fn describe_head(bytes: &[u8]) -> String {
-    let head = &bytes[..bytes.len().min(8)];
-    if head.is_empty() {
-        return "nothing: it is empty".into();
-    }
-    if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-        format!("{:?}", String::from_utf8_lossy(head))
+    let head = &bytes[..bytes.len().min(16)];
+    let kind = if head.is_empty() {
+        "it is empty"
+    } else if head.starts_with(b"GIF8") {
+        "it is a GIF image"
+    } else if head.starts_with(b"BM") {
+        "it is a BMP image"
+    } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
+        "it is a TIFF image"
+    } else if head.starts_with(b"%PDF") {
+        "it is a PDF document"
+    } else if std::str::from_utf8(head).is_ok_and(|t| !t.contains('\0')) {
+        "it looks like text"
     } else {
-        format!("bytes {}", hex::encode(head))
-    }
+        "it holds other data"
+    };
+    kind.to_owned()
 }
 
 #[cfg(test)]
@@ -357,18 +367,19 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_an_image_says_what_it_starts_with() {
+    fn a_file_that_is_not_an_image_says_what_it_seems_to_be_never_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "notes.png", b"these are notes\n");
         let e = check_image_file(&path).unwrap_err().to_string();
         assert!(e.contains("notes.png"), "{e}");
         assert!(
-            e.contains("is not a PNG, JPEG or WebP file (it starts with \"these ar\")"),
+            e.contains("is not a PNG, JPEG or WebP file (it looks like text)")
+                && !e.contains("these"),
             "{e}"
         );
         let path = write(dir.path(), "empty.png", b"");
         let e = check_image_file(&path).unwrap_err().to_string();
-        assert!(e.contains("it starts with nothing: it is empty"), "{e}");
+        assert!(e.contains("(it is empty)"), "{e}");
     }
 
     #[test]

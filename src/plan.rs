@@ -320,9 +320,10 @@ fn load_images(manifest: &mut Manifest, base: &Path, problems: &mut Vec<Problem>
                 || "plasma/unchecked".to_owned(),
                 |image| UploadedName::for_image(image).load_image_value(),
             );
-            settings
-                .vars
-                .insert(name.clone(), toml::Spanned::new(written.span(), VarValue::Str(value)));
+            settings.vars.insert(
+                name.clone(),
+                toml::Spanned::new(written.span(), VarValue::Str(value)),
+            );
         }
     }
     images

@@ -62,7 +62,13 @@ pub(super) async fn write_images(
         ));
     }
     let _download = shared.downloads.clone().acquire_owned().await.ok();
-    let expected = Some((task.job.params.width, task.job.params.height));
+    // A job with input images (an img2img pass, an upscale) takes its size from them, not
+    // from `width` and `height`: only the PNG itself is checked then.
+    let expected = task
+        .job
+        .inputs
+        .is_empty()
+        .then_some((task.job.params.width, task.job.params.height));
     let mut staged = Vec::with_capacity(images.len());
     for image in images {
         let mut last_error = None;

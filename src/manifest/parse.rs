@@ -481,7 +481,7 @@ impl Checker<'_> {
         };
         for (key, value) in t {
             let name: &str = key.get_ref();
-            let named = self.var_name(name, key.span());
+            let named = self.var_name(name, key.span(), "input image");
             let path = self.string(value, &format!("images.{name}"), false);
             if let (true, Some(path)) = (named, path) {
                 images.insert(name.to_owned(), Spanned::new(value.span(), path));
@@ -530,7 +530,7 @@ impl Checker<'_> {
         };
         for (key, value) in t {
             let name: &str = key.get_ref();
-            let named = self.var_name(name, key.span());
+            let named = self.var_name(name, key.span(), "variable");
             let typed = self.var_value(name, value);
             if let (true, Some(typed)) = (named, typed) {
                 let span = key.span().start..value.span().end.max(key.span().end);
@@ -540,12 +540,13 @@ impl Checker<'_> {
         vars
     }
 
-    fn var_name(&mut self, name: &str, span: Range<usize>) -> bool {
+    /// `what` is `variable` or `input image`, as the problem names the entry.
+    fn var_name(&mut self, name: &str, span: Range<usize>, what: &str) -> bool {
         if params::PLACEHOLDER_NAMES.contains(&name) {
             let help = if SETTING_KEYS.contains(&name) || PAGE_ONLY_KEYS.contains(&name) {
                 format!(
                     "`{{{{{name}}}}}` is filled from the `{name}` setting: set `{name} = ...` in \
-                     [defaults] or on the page, or give the variable another name"
+                     [defaults] or on the page, or give the {what} another name"
                 )
             } else if name.starts_with("lora_") {
                 format!(
@@ -553,14 +554,12 @@ impl Checker<'_> {
                      another name"
                 )
             } else {
-                format!(
-                    "`{{{{{name}}}}}` is filled by plasma-batch; give the variable another name"
-                )
+                format!("`{{{{{name}}}}}` is filled by plasma-batch; give the {what} another name")
             };
             self.error(
                 "manifest::var_name",
                 span,
-                format!("variable `{name}` has the name of a built-in placeholder"),
+                format!("{what} `{name}` has the name of a built-in placeholder"),
                 "a built-in placeholder",
                 help,
             );
@@ -579,7 +578,7 @@ impl Checker<'_> {
         self.error(
             "manifest::var_name",
             span,
-            format!("variable name `{name}` is not an identifier"),
+            format!("{what} name `{name}` is not an identifier"),
             "not an identifier",
             format!(
                 "a variable is written `{{{{name}}}}` in a workflow, so its name is an ASCII \
