@@ -517,20 +517,20 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
     }
 }
 
-/// Plan every job of a checked manifest, given its loaded templates. Pure: no files, clock or
-/// network. Returns the problems that need both the manifest and the templates to see.
-/// Pages whose template is absent from `templates` (it failed to load, and that problem is
-/// already recorded) are skipped.
-#[allow(
-    clippy::too_many_lines,
-    reason = "one page's fields resolved in the manifest's order, defaults first"
-)]
+/// [`expand_with`] for a manifest without input images.
 #[cfg(test)]
 fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
     expand_with(manifest, templates, &Images::new())
 }
 
-/// [`expand`] with the manifest's checked input images (see [`load_images`]).
+/// Plan every job of a checked manifest, given its loaded templates and checked input images
+/// (see [`load_images`]). Pure: no files, clock or network. Returns the problems that need
+/// both the manifest and the templates to see. Pages whose template is absent from
+/// `templates` (it failed to load, and that problem is already recorded) are skipped.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's fields resolved in the manifest's order, defaults first"
+)]
 fn expand_with(
     manifest: &Manifest,
     templates: &Templates,
