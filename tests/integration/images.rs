@@ -1,0 +1,137 @@
+//! Input images named in the manifest, end to end through the binary: the shipped chapter 3
+//! (pages and img2img passes over `manifests/refs/`) renders on the simulator, the filled
+//! workflow names each image by its content, and a changed reference re-renders exactly the
+//! pages that use it. (Each rule's diagnostic is in the broken-manifest corpus,
+//! `tests/fixtures/manifests/bad/images-*.toml`.)
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::cli::{bin, json_of};
+use crate::support::*;
+
+/// A copy of the shipped chapter 3 in `dir` (manifest, refs and the workflows it names), so
+/// that a test may change a reference without touching the repository.
+fn chapter3(dir: &Path) -> PathBuf {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(manifests.join("refs")).unwrap();
+    std::fs::create_dir_all(dir.join("workflows")).unwrap();
+    for file in [
+        "manifests/ch03.toml",
+        "manifests/refs/pose-03.png",
+        "manifests/refs/mira-sheet.png",
+        "manifests/refs/salt-flat.png",
+        "workflows/txt2img.json",
+        "workflows/img2img.json",
+    ] {
+        std::fs::copy(repo().join(file), dir.join(file)).unwrap();
+    }
+    manifests.join("ch03.toml")
+}
+
+fn run(manifest: &Path, out: &Path) -> (Value, Value) {
+    let summary = json_of(
+        bin()
+            .arg("run")
+            .arg(manifest)
+            .args(["--sim", "--json", "--out"])
+            .arg(out),
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(summary["report"].as_str().unwrap()).unwrap())
+            .unwrap();
+    (summary, report)
+}
+
+/// The statuses of a report's jobs, by key.
+fn statuses(report: &Value) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["key"].as_str().unwrap().to_owned(),
+                j["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn chapter_3_renders_img2img_passes_and_a_changed_reference_rerenders_only_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let out = dir.path().join("out");
+    let refs = dir.path().join("manifests/refs");
+
+    let (summary, report) = run(&manifest, &out);
+    assert_eq!(summary["totals"]["succeeded"], 5, "{summary:#}");
+    let jobs = report["jobs"].as_array().unwrap();
+    let job = |key: &str| jobs.iter().find(|j| j["key"] == key).unwrap();
+    // The LoadImage input names the uploaded file by its content.
+    let pose_hash = sha256_file(&refs.join("pose-03.png"));
+    let sent = job("ch03_p002_s1")["prompt"]["10"]["inputs"]["image"].clone();
+    assert_eq!(sent, format!("plasma/{}.png", &pose_hash[..32]), "{sent}");
+    assert_eq!(
+        job("ch03_p002_s1")["prompt"]["3"]["inputs"]["denoise"],
+        0.85
+    );
+    // An img2img pass keeps its input's size; a text page has the manifest's.
+    let image_of = |key: &str| out.join(job(key)["images"][0]["path"].as_str().unwrap());
+    assert_eq!(png_size(&image_of("ch03_p002_s1")), (64, 96));
+    assert_eq!(png_size(&image_of("ch03_p004_s1")), (96, 64));
+    assert_eq!(png_size(&image_of("ch03_p001_s1")), (512, 768));
+
+    // Nothing changed: nothing is rendered again.
+    let (_, again) = run(&manifest, &out);
+    assert!(
+        statuses(&again).iter().all(|(_, s)| s == "skipped"),
+        "{:?}",
+        statuses(&again)
+    );
+
+    // The character sheet changes (same name, other bytes): only page 3's two jobs render.
+    std::fs::copy(refs.join("pose-03.png"), refs.join("mira-sheet.png")).unwrap();
+    let (_, changed) = run(&manifest, &out);
+    let rendered: Vec<String> = statuses(&changed)
+        .into_iter()
+        .filter(|(_, s)| s != "skipped")
+        .map(|(k, s)| format!("{k} {s}"))
+        .collect();
+    assert_eq!(
+        rendered,
+        ["ch03_p003_s1 succeeded", "ch03_p003_s2 succeeded"],
+        "{rendered:?}"
+    );
+}
+
+#[test]
+fn a_file_that_is_no_image_is_refused_without_showing_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let secret = dir.path().join("credentials.png");
+    std::fs::write(&secret, "token=hunter2-0123456789abcdef\n").unwrap();
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"refs/salt-flat.png\"", "\"../credentials.png\"");
+    std::fs::write(&manifest, text).unwrap();
+    for command in ["validate", "plan"] {
+        let output = bin().arg(command).arg(&manifest).output().unwrap();
+        assert_eq!(output.status.code(), Some(3), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("(it looks like text)") && stderr.contains("not an image"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("ch03.toml:"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2") && !stderr.contains("0123456789abcdef"),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty() || command == "validate");
+    }
+}
