@@ -105,6 +105,28 @@ pub struct InputImage {
     pub sha256: Sha256Digest,
 }
 
+/// The server subfolder (of its input folder) input images are uploaded to.
+pub const UPLOAD_SUBFOLDER: &str = "plasma";
+/// Hex digits of the sha256 in an uploaded file's name (128 bits).
+pub const UPLOAD_NAME_HEX_DIGITS: usize = 32;
+
+impl InputImage {
+    /// The file name it is uploaded under: `<32 hex digits of its sha256>.<png|jpg|webp>`.
+    pub fn upload_file_name(&self) -> String {
+        let hex = self.sha256.to_string();
+        format!(
+            "{}.{}",
+            &hex[..UPLOAD_NAME_HEX_DIGITS],
+            self.format.extension()
+        )
+    }
+
+    /// What a `LoadImage` node's `image` input names it by: `plasma/<hash>.png`.
+    pub fn load_image_value(&self) -> String {
+        format!("{UPLOAD_SUBFOLDER}/{}", self.upload_file_name())
+    }
+}
+
 /// Why a file cannot be an input image. Each message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum InputImageError {

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::comfy::upload::UploadedName;
 use crate::diagnostic::{Problem, did_you_mean};
 use crate::inputs::{InputImage, InputImageError, check_image_file};
 use crate::manifest::model::{LoraSetting, Page, PageSeeds, Settings, VarValue};
@@ -318,7 +317,7 @@ fn load_images(manifest: &mut Manifest, base: &Path, problems: &mut Vec<Problem>
             // A failed image still fills its slot, so that its problem stands alone.
             let value = images.get(written.get_ref()).map_or_else(
                 || "plasma/unchecked".to_owned(),
-                |image| UploadedName::for_image(image).load_image_value(),
+                InputImage::load_image_value,
             );
             settings.vars.insert(
                 name.clone(),
