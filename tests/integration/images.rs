@@ -135,3 +135,60 @@ fn a_file_that_is_no_image_is_refused_without_showing_its_bytes() {
         assert!(output.stdout.is_empty() || command == "validate");
     }
 }
+
+#[test]
+fn the_report_and_contact_sheet_list_inputs_and_rerun_uploads_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let out = dir.path().join("out");
+    let refs = dir.path().join("manifests/refs");
+    let (summary, report) = run(&manifest, &out);
+    let errors: Vec<String> = crate::report_schema::validator()
+        .iter_errors(&report)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let jobs = report["jobs"].as_array().unwrap();
+    let job = |key: &str| jobs.iter().find(|j| j["key"] == key).unwrap();
+    assert!(job("ch03_p001_s1").get("inputs").is_none());
+    let input = &job("ch03_p004_s1")["inputs"][0];
+    let salt = sha256_file(&refs.join("salt-flat.png"));
+    assert_eq!(input["sha256"], salt.as_str());
+    assert_eq!(input["name"], format!("plasma/{}.png", &salt[..32]));
+    assert!(
+        input["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("refs/salt-flat.png"),
+        "{input}"
+    );
+    assert_eq!(
+        (input["width"].as_u64(), input["height"].as_u64()),
+        (Some(96), Some(64))
+    );
+    // The contact sheet shows each input beside its output, with a thumbnail.
+    let sheet = std::fs::read_to_string(summary["contact_sheet"].as_str().unwrap()).unwrap();
+    let marker = format!("input salt-flat.png · {}", &salt[..12]);
+    assert!(sheet.contains(&marker), "no `{marker}` in the sheet");
+    assert_eq!(sheet.matches("<div class=\"input\"><img").count(), 4);
+
+    // `rerun` uploads the same bytes to a fresh server and reproduces every image.
+    let report_path = summary["report"].as_str().unwrap().to_owned();
+    let rerun = json_of(bin().args(["rerun", &report_path, "--sim", "--json"]));
+    assert_eq!(rerun["identical"], 5, "{rerun:#}");
+
+    // A reference changed since: the rerun says which job and file, and sends nothing.
+    std::fs::copy(refs.join("pose-03.png"), refs.join("salt-flat.png")).unwrap();
+    let before = files_under(&out);
+    let output = bin()
+        .args(["rerun", &report_path, "--sim", "--json"])
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rerun::input_changed"), "{stderr}");
+    assert!(stderr.contains("ch03_p004_s1"), "{stderr}");
+    assert!(stderr.contains("salt-flat.png"), "{stderr}");
+    assert!(stderr.contains(&salt), "{stderr}");
+    assert_eq!(files_under(&out), before);
+}
