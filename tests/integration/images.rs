@@ -110,6 +110,40 @@ fn chapter_3_renders_img2img_passes_and_a_changed_reference_rerenders_only_its_p
 }
 
 #[test]
+fn plan_shows_each_input_image_with_its_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let pose = manifest.parent().unwrap().join("refs/pose-03.png");
+    let hash = sha256_file(&pose);
+    let plan = json_of(bin().arg("plan").arg(&manifest).arg("--json"));
+    let jobs = plan["jobs"].as_array().unwrap();
+    let with_inputs: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.get("inputs").is_some())
+        .map(|j| j["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        with_inputs,
+        [
+            "ch03_p002_s1",
+            "ch03_p003_s1",
+            "ch03_p003_s2",
+            "ch03_p004_s1"
+        ]
+    );
+    assert_eq!(jobs[1]["inputs"][0]["sha256"], hash.as_str());
+    assert_eq!(jobs[1]["inputs"][0]["path"], pose.display().to_string());
+    let output = bin().arg("plan").arg(&manifest).output().unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    let line = format!(
+        "page 2 input {} sha256 {hash} (plasma/{}.png)",
+        pose.display(),
+        &hash[..32]
+    );
+    assert!(table.contains(&line), "no `{line}` in\n{table}");
+}
+
+#[test]
 fn a_file_that_is_no_image_is_refused_without_showing_its_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = chapter3(dir.path());
