@@ -144,6 +144,45 @@ fn plan_shows_each_input_image_with_its_sha256() {
 }
 
 #[test]
+fn a_page_image_is_merged_over_the_defaults_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(
+            "vars = { denoise = 0.6 }",
+            "vars = { denoise = 0.6 }\nimages = { source = \"refs/salt-flat.png\" }",
+        )
+        .replace(
+            "images = { source = \"refs/salt-flat.png\" }\nvars = { denoise = 0.45 }",
+            "",
+        );
+    std::fs::write(&manifest, &text).unwrap();
+    assert_eq!(text.matches("salt-flat.png").count(), 1, "{text}");
+    let refs = manifest.parent().unwrap().join("refs");
+    let plan = json_of(bin().arg("plan").arg(&manifest).arg("--json"));
+    let input_of = |key: &str| {
+        let job = plan["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["key"] == key)
+            .unwrap();
+        job["inputs"][0]["sha256"].as_str().unwrap().to_owned()
+    };
+    // Page 4 takes the default; page 2 its own; page 1's workflow loads no image.
+    assert_eq!(
+        input_of("ch03_p004_s1"),
+        sha256_file(&refs.join("salt-flat.png"))
+    );
+    assert_eq!(
+        input_of("ch03_p002_s1"),
+        sha256_file(&refs.join("pose-03.png"))
+    );
+    assert!(plan["jobs"][0].get("inputs").is_none());
+}
+
+#[test]
 fn a_file_that_is_no_image_is_refused_without_showing_its_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = chapter3(dir.path());
