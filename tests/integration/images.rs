@@ -183,6 +183,43 @@ fn a_page_image_is_merged_over_the_defaults_by_name() {
 }
 
 #[test]
+fn an_earlier_page_s_image_file_is_an_input_of_a_second_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chapter3(dir.path());
+    let out = dir.path().join("out");
+    let (first, _) = run(&manifest, &out);
+    assert_eq!(first["totals"]["succeeded"], 5, "{first:#}");
+    // Page 5: an img2img pass over page 1's first version, named by its file.
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(
+        "\n[[pages]]\npage = 5\nprompt = \"page 1 again, cleaner\"\n\
+         workflow = \"../workflows/img2img.json\"\n\
+         images = { source = \"../out/ch-03/raw/comfyui/ch03_p001_v1.png\" }\n",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let page1 = out.join("ch-03/raw/comfyui/ch03_p001_v1.png");
+    let (_, report) = run(&manifest, &out);
+    let rendered: Vec<(String, String)> = statuses(&report)
+        .into_iter()
+        .filter(|(_, s)| s != "skipped")
+        .collect();
+    assert_eq!(
+        rendered,
+        [("ch03_p005_s1".to_owned(), "succeeded".to_owned())],
+        "{rendered:?}"
+    );
+    let job = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["key"] == "ch03_p005_s1")
+        .unwrap();
+    assert_eq!(job["inputs"][0]["sha256"], sha256_file(&page1).as_str());
+    let image = out.join(job["images"][0]["path"].as_str().unwrap());
+    assert_eq!(png_size(&image), png_size(&page1));
+}
+
+#[test]
 fn a_file_that_is_no_image_is_refused_without_showing_its_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = chapter3(dir.path());
