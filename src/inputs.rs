@@ -105,6 +105,28 @@ pub struct InputImage {
     pub sha256: Sha256Digest,
 }
 
+/// The server subfolder (of its input folder) input images are uploaded to.
+pub const UPLOAD_SUBFOLDER: &str = "plasma";
+/// Hex digits of the sha256 in an uploaded file's name (128 bits).
+pub const UPLOAD_NAME_HEX_DIGITS: usize = 32;
+
+impl InputImage {
+    /// The file name it is uploaded under: `<32 hex digits of its sha256>.<png|jpg|webp>`.
+    pub fn upload_file_name(&self) -> String {
+        let hex = self.sha256.to_string();
+        format!(
+            "{}.{}",
+            &hex[..UPLOAD_NAME_HEX_DIGITS],
+            self.format.extension()
+        )
+    }
+
+    /// What a `LoadImage` node's `image` input names it by: `plasma/<hash>.png`.
+    pub fn load_image_value(&self) -> String {
+        format!("{UPLOAD_SUBFOLDER}/{}", self.upload_file_name())
+    }
+}
+
 /// Why a file cannot be an input image. Each message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum InputImageError {
@@ -115,7 +137,7 @@ pub enum InputImageError {
     )]
     TooLarge { path: PathBuf, len: u64, limit: u64 },
     #[error(
-        "input image {path} is not a PNG, JPEG or WebP file (it starts with {head}); convert it to one of those"
+        "input image {path} is not a PNG, JPEG or WebP file ({head}); convert it to one of those"
     )]
     NotAnImage { path: PathBuf, head: String },
     #[error(
@@ -278,17 +300,27 @@ fn decode_webp(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), Fail> {
     Ok((width, height))
 }
 
-/// The first bytes of a file, for "it starts with ...": text when they are printable.
+/// What a file that is no accepted image seems to be, by its first bytes. Never the bytes
+/// themselves: a path may name any file (a key, a password list), and an error message must
+/// not show what it holds.
 fn describe_head(bytes: &[u8]) -> String {
-    let head = &bytes[..bytes.len().min(8)];
-    if head.is_empty() {
-        return "nothing: it is empty".into();
-    }
-    if head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-        format!("{:?}", String::from_utf8_lossy(head))
+    let head = &bytes[..bytes.len().min(16)];
+    let kind = if head.is_empty() {
+        "it is empty"
+    } else if head.starts_with(b"GIF8") {
+        "it is a GIF image"
+    } else if head.starts_with(b"BM") {
+        "it is a BMP image"
+    } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
+        "it is a TIFF image"
+    } else if head.starts_with(b"%PDF") {
+        "it is a PDF document"
+    } else if std::str::from_utf8(head).is_ok_and(|t| !t.contains('\0')) {
+        "it looks like text"
     } else {
-        format!("bytes {}", hex::encode(head))
-    }
+        "it holds other data"
+    };
+    kind.to_owned()
 }
 
 #[cfg(test)]
@@ -357,18 +389,19 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_an_image_says_what_it_starts_with() {
+    fn a_file_that_is_not_an_image_says_what_it_seems_to_be_never_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "notes.png", b"these are notes\n");
         let e = check_image_file(&path).unwrap_err().to_string();
         assert!(e.contains("notes.png"), "{e}");
         assert!(
-            e.contains("is not a PNG, JPEG or WebP file (it starts with \"these ar\")"),
+            e.contains("is not a PNG, JPEG or WebP file (it looks like text)")
+                && !e.contains("these"),
             "{e}"
         );
         let path = write(dir.path(), "empty.png", b"");
         let e = check_image_file(&path).unwrap_err().to_string();
-        assert!(e.contains("it starts with nothing: it is empty"), "{e}");
+        assert!(e.contains("(it is empty)"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diagnostic::{Problem, did_you_mean};
+use crate::inputs::{InputImage, InputImageError, check_image_file};
 use crate::manifest::model::{LoraSetting, Page, PageSeeds, Settings, VarValue};
 use crate::manifest::read::read_bounded;
 use crate::manifest::sweep::{AxisValue, point_text};
@@ -188,14 +189,15 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
     let file = read_manifest(manifest).map_err(|p| vec![p])?;
     let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
     let (parsed, mut problems) = parse_manifest(&file);
-    let Some(parsed) = parsed else {
+    let Some(mut parsed) = parsed else {
         return Err(finish(problems, file.name()));
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
+    let images = load_images(&mut parsed, base, &mut problems);
     let templates = load_templates(&parsed, base, &mut problems);
     unused_bindings(&parsed, &mut problems);
     let checked = if parsed.defaults_complete {
-        expand(&parsed, &templates)
+        expand_with(&parsed, &templates, &images)
     } else {
         Err(Vec::new())
     };
@@ -279,6 +281,86 @@ fn load_templates(manifest: &Manifest, base: &Path, problems: &mut Vec<Problem>)
         }
     }
     templates
+}
+
+/// Input images by the path as written in the manifest, checked. One that failed its check
+/// is absent (its problem is recorded).
+type Images = BTreeMap<String, InputImage>;
+
+/// Check every input image the manifest names, once each, relative to the manifest's
+/// directory, and give each `images` entry its variable: `{{name}}` is filled with the
+/// image's upload name (`plasma/<hash>.<ext>`), so the filled workflow, and with it the job
+/// hash, follows the image's content.
+fn load_images(manifest: &mut Manifest, base: &Path, problems: &mut Vec<Problem>) -> Images {
+    let mut images = Images::new();
+    let mut tried = BTreeSet::new();
+    let all_settings =
+        std::iter::once(&manifest.defaults).chain(manifest.pages.iter().map(|p| &p.settings));
+    for settings in all_settings {
+        for written in settings.images.values() {
+            if !tried.insert(written.get_ref().clone()) {
+                continue;
+            }
+            // The file is the user's to name (a shared reference may live anywhere); the
+            // check reads it as an image only and never shows its bytes.
+            match check_image_file(&base.join(written.get_ref())) {
+                Ok(image) => {
+                    images.insert(written.get_ref().clone(), image);
+                }
+                Err(err) => problems.push(image_problem(manifest, written, &err)),
+            }
+        }
+    }
+    let all_settings = std::iter::once(&mut manifest.defaults)
+        .chain(manifest.pages.iter_mut().map(|p| &mut p.settings));
+    for settings in all_settings {
+        for (name, written) in &settings.images {
+            // A failed image still fills its slot, so that its problem stands alone.
+            let value = images.get(written.get_ref()).map_or_else(
+                || "plasma/unchecked".to_owned(),
+                InputImage::load_image_value,
+            );
+            settings.vars.insert(
+                name.clone(),
+                toml::Spanned::new(written.span(), VarValue::Str(value)),
+            );
+        }
+    }
+    images
+}
+
+/// An input image that failed its check, underlined where the manifest names it.
+fn image_problem(
+    manifest: &Manifest,
+    written: &toml::Spanned<String>,
+    err: &InputImageError,
+) -> Problem {
+    let (label, help) = match err {
+        InputImageError::Read { .. } => (
+            "cannot read this image",
+            "image paths are relative to the manifest's directory, e.g. \"refs/pose-03.png\"",
+        ),
+        InputImageError::TooLarge { .. } | InputImageError::TooManyPixels { .. } => (
+            "image too large",
+            "scale the image down, or save it as JPEG or WebP",
+        ),
+        InputImageError::NotAnImage { .. } => (
+            "not an image",
+            "ComfyUI's LoadImage takes PNG, JPEG or WebP: convert the file to one of those",
+        ),
+        InputImageError::Undecodable { .. } => (
+            "does not decode",
+            "the file is damaged or cut short: export it again",
+        ),
+    };
+    Problem::at(
+        "manifest::bad_image",
+        &manifest.file,
+        written.span(),
+        err.to_string(),
+        label,
+    )
+    .with_help(help)
 }
 
 /// The `[bind."<path>"]` bindings of the workflow written as `written`, if it has any.
@@ -435,15 +517,25 @@ fn resolve<'m>(manifest: &'m Manifest, page: &'m Page) -> Resolved<'m> {
     }
 }
 
-/// Plan every job of a checked manifest, given its loaded templates. Pure: no files, clock or
-/// network. Returns the problems that need both the manifest and the templates to see.
-/// Pages whose template is absent from `templates` (it failed to load, and that problem is
-/// already recorded) are skipped.
+/// [`expand_with`] for a manifest without input images.
+#[cfg(test)]
+fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
+    expand_with(manifest, templates, &Images::new())
+}
+
+/// Plan every job of a checked manifest, given its loaded templates and checked input images
+/// (see [`load_images`]). Pure: no files, clock or network. Returns the problems that need
+/// both the manifest and the templates to see. Pages whose template is absent from
+/// `templates` (it failed to load, and that problem is already recorded) are skipped.
 #[allow(
     clippy::too_many_lines,
     reason = "one page's fields resolved in the manifest's order, defaults first"
 )]
-fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
+fn expand_with(
+    manifest: &Manifest,
+    templates: &Templates,
+    images: &Images,
+) -> Result<Vec<Arc<Job>>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut reported: BTreeSet<(&'static str, String, usize)> = BTreeSet::new();
     let mut pages: Vec<&Page> = manifest.pages.iter().collect();
@@ -649,7 +741,7 @@ fn expand(manifest: &Manifest, templates: &Templates) -> Result<Vec<Arc<Job>>, V
     }
     problems.extend(var_problems(manifest, templates, &resolved));
     if problems.is_empty() {
-        Ok(build_jobs(manifest, &work))
+        Ok(build_jobs(manifest, &work, images))
     } else {
         Err(problems)
     }
@@ -672,6 +764,18 @@ fn var_problems(
         .map(String::as_str)
         .collect();
     let defined_list: Vec<&str> = defined.iter().copied().collect();
+    let image_names: BTreeSet<&str> = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .flat_map(|s| s.images.keys())
+        .map(String::as_str)
+        .collect();
+    let what = |name: &str| {
+        if image_names.contains(name) {
+            "input image"
+        } else {
+            "variable"
+        }
+    };
     // Every template the manifest names, used by a page or not (as a broken one is).
     let named: BTreeSet<&str> = std::iter::once(&manifest.defaults)
         .chain(manifest.pages.iter().map(|p| &p.settings))
@@ -707,7 +811,8 @@ fn var_problems(
         for (name, value) in own {
             if !template.uses_var(name) {
                 let message = format!(
-                    "variable `{name}` of page {} is not used by its workflow `{}`",
+                    "{} `{name}` of page {} is not used by its workflow `{}`",
+                    what(name),
                     r.page.page,
                     template.file().name()
                 );
@@ -716,7 +821,14 @@ fn var_problems(
         }
     }
     for ((written, name), pages) in lacking {
-        problems.push(no_var_value(manifest, &templates[written], name, &pages));
+        let image = image_names.contains(name);
+        problems.push(no_var_value(
+            manifest,
+            &templates[written],
+            name,
+            &pages,
+            image,
+        ));
     }
     if every_page_known {
         let slots: Vec<&str> = used.iter().copied().collect();
@@ -737,7 +849,10 @@ fn var_problems(
             .collect();
         for (name, value) in defaults {
             if !used.contains(name.as_str()) && !swept.contains(name.as_str()) {
-                let message = format!("variable `{name}` is used by no workflow of this chapter");
+                let message = format!(
+                    "{} `{name}` is used by no workflow of this chapter",
+                    what(name)
+                );
                 problems.push(unused_var(manifest, name, value.span(), message, &slots));
             }
         }
@@ -747,7 +862,13 @@ fn var_problems(
 
 /// Pages whose workflow uses variable `name` but that have no value for it (neither their
 /// own nor a default): underlined in the manifest, where the value is missing.
-fn no_var_value(manifest: &Manifest, template: &Template, name: &str, pages: &[&Page]) -> Problem {
+fn no_var_value(
+    manifest: &Manifest,
+    template: &Template,
+    name: &str,
+    pages: &[&Page],
+    image: bool,
+) -> Problem {
     const SHOWN: usize = 8;
     let numbers: Vec<String> = pages.iter().map(|p| p.page.to_string()).collect();
     let which = match numbers.as_slice() {
@@ -767,7 +888,8 @@ fn no_var_value(manifest: &Manifest, template: &Template, name: &str, pages: &[&
         &manifest.file,
         pages[0].header.clone(),
         format!(
-            "{which} no value for variable `{name}`, which node `{node}` of workflow `{}` uses",
+            "{which} no value for {} `{name}`, which node `{node}` of workflow `{}` uses",
+            if image { "input image" } else { "variable" },
             template.file().name()
         ),
         format!("no `{name}` for this page"),
@@ -775,9 +897,10 @@ fn no_var_value(manifest: &Manifest, template: &Template, name: &str, pages: &[&
     for page in pages.iter().skip(1).take(SHOWN - 1) {
         problem = problem.with_label(page.header.clone(), "nor for this one");
     }
+    let table = if image { "images" } else { "vars" };
     problem.with_help(format!(
-        "give the page(s) `vars = {{ {name} = ... }}`, or give `{name}` a default in [defaults] \
-         `vars`"
+        "give the page(s) `{table} = {{ {name} = ... }}`, or give `{name}` a default in \
+         [defaults] `{table}`"
     ))
 }
 
@@ -820,7 +943,7 @@ const PAGES_PER_THREAD: usize = 64;
 
 /// Every page's jobs, in page order. Large plans are built on several threads, each taking a
 /// contiguous run of pages, and joined in order, so the result is the same as sequentially.
-fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
+fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>], images: &Images) -> Vec<Arc<Job>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(work.len() / PAGES_PER_THREAD)
@@ -847,7 +970,7 @@ fn build_jobs(manifest: &Manifest, work: &[PageWork<'_>]) -> Vec<Arc<Job>> {
                 }
             };
             for point in sweep::points(manifest, w.resolved.page) {
-                page_jobs(manifest, w, template, point, &mut jobs);
+                page_jobs(manifest, w, template, point, images, &mut jobs);
             }
         }
         jobs
@@ -882,6 +1005,7 @@ fn page_jobs(
     work: &PageWork<'_>,
     template: &Template,
     point: sweep::Point,
+    images: &Images,
     jobs: &mut Vec<Arc<Job>>,
 ) {
     let r = work.resolved;
@@ -935,6 +1059,16 @@ fn page_jobs(
         workflow_path: Path::new(template.file().name()).into(),
         sweep: point.values,
     });
+    // The input images the workflow names (a page's own, else the defaults'), once each.
+    let mut inputs: Vec<InputImage> = Vec::new();
+    for name in template.vars() {
+        let written = s.images.get(name).or_else(|| d.images.get(name));
+        if let Some(image) = written.and_then(|w| images.get(w.get_ref()))
+            && !inputs.contains(image)
+        {
+            inputs.push(image.clone());
+        }
+    }
     let point_text = point_text(&base.sweep);
     // The page's values once, shared by its jobs; each variant only adds seed and prefix.
     let values = template.page_values(page_values(&base));
@@ -964,7 +1098,7 @@ fn page_jobs(
             params,
             output_nodes: work.output_nodes.clone(),
             workflow_sha256: template.sha256().clone(),
-            inputs: Vec::new(),
+            inputs: inputs.clone(),
         }));
     }
 }

@@ -75,6 +75,7 @@ impl Serialize for Jobs<'_> {
             output_nodes: &job.output_nodes,
             hash: &job.hash,
             workflow_sha256: &job.workflow_sha256,
+            inputs: &job.inputs,
         }))
     }
 }
@@ -89,6 +90,9 @@ struct JobDoc<'j> {
     output_nodes: &'j [String],
     hash: &'j JobHash,
     workflow_sha256: &'j str,
+    /// The job's input images (path, format, size, sha256); absent when it has none.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    inputs: &'j [crate::inputs::InputImage],
 }
 
 const TABLE_HEADER: [&str; 9] = [
@@ -186,6 +190,20 @@ pub fn write_plan_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     for page in plan.jobs.chunk_by(|a, b| a.page == b.page) {
         if let Some(axes) = sweep_line(page) {
             writeln!(out, "{axes}")?;
+        }
+        let mut shown = Vec::new();
+        for input in page.iter().flat_map(|j| &j.inputs) {
+            if !shown.contains(&input) {
+                shown.push(input);
+                writeln!(
+                    out,
+                    "page {} input {} sha256 {} ({})",
+                    page[0].page,
+                    input.path.display(),
+                    input.sha256,
+                    input.load_image_value()
+                )?;
+            }
         }
     }
     writeln!(out, "{}", plan.summary())

@@ -14,8 +14,49 @@ use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::diagnostic::Problem;
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::report::RunReport;
+use crate::report::json::JobReport;
 use crate::report::progress::Mode;
 use crate::runner::{self, RunOptions};
+
+/// Every input image of the selected jobs must still be the file the report recorded (same
+/// sha256), or the rerun could not reproduce its images: each that is not is a problem,
+/// naming the job, the file and both digests, and nothing is sent.
+fn check_inputs(selected: &[&JobReport]) -> Result<(), CmdError> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for job in selected {
+        for input in &job.inputs {
+            if !seen.insert((&input.path, input.sha256)) {
+                continue;
+            }
+            let path = input.path.display();
+            let found = match crate::inputs::check_image_file(&input.path) {
+                Ok(now) if now.sha256 == input.sha256 => continue,
+                Ok(now) => format!("its sha256 is now {}", now.sha256),
+                Err(err) => err.to_string(),
+            };
+            problems.push(
+                Problem::bare(
+                    "rerun::input_changed",
+                    format!(
+                        "job {}: input image {path} is not the one the report recorded \
+                         (sha256 {}): {found}",
+                        job.key, input.sha256
+                    ),
+                )
+                .with_help(
+                    "put the recorded file back to reproduce the job, or render the new \
+                     content with `plasma-batch run` on the manifest",
+                ),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.into())
+    }
+}
 
 /// One job's comparison.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,6 +110,7 @@ pub async fn rerun(args: RerunArgs) -> CmdResult {
         Some(out) => out.clone(),
         None => output_root_of(&args.report, report.chapter)?,
     };
+    check_inputs(&selected)?;
     let dirs = check_output(&out_root, report.chapter)?;
     let old: BTreeMap<String, Vec<String>> = selected
         .iter()

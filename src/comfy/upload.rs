@@ -43,9 +43,9 @@ use crate::digest::Sha256Digest;
 use crate::inputs::InputImage;
 
 /// The server subfolder of the input folder uploads go to.
-pub const SUBFOLDER: &str = "plasma";
+pub const SUBFOLDER: &str = crate::inputs::UPLOAD_SUBFOLDER;
 /// Hex digits of the sha256 in an uploaded file's name (128 bits).
-pub const NAME_HEX_DIGITS: usize = 32;
+pub const NAME_HEX_DIGITS: usize = crate::inputs::UPLOAD_NAME_HEX_DIGITS;
 /// The size of the pieces a file is read and sent in.
 const CHUNK: usize = 256 * 1024;
 
@@ -59,10 +59,9 @@ pub struct UploadedName {
 impl UploadedName {
     /// The name an image is uploaded under: `plasma`, `<32 hex digits of its sha256>.<ext>`.
     pub fn for_image(image: &InputImage) -> UploadedName {
-        let hex = image.sha256.to_string();
         UploadedName {
             subfolder: SUBFOLDER.to_owned(),
-            name: format!("{}.{}", &hex[..NAME_HEX_DIGITS], image.format.extension()),
+            name: image.upload_file_name(),
         }
     }
 

@@ -63,9 +63,16 @@ pub(super) async fn write_images(
         ));
     }
     let _download = shared.downloads.clone().acquire_owned().await.ok();
-    // The size the graph gives its saved images (larger after an upscale pass), else the job's.
-    let expected = saved_size(&task.job.workflow.to_value(), &task.job.output_nodes)
-        .or(Some((task.job.params.width, task.job.params.height)));
+    // The size the graph gives its saved images (larger after an upscale pass), else the
+    // job's; a job with input images (an img2img pass) whose graph does not say takes its
+    // size from them: only the PNG itself is checked then.
+    let expected =
+        saved_size(&task.job.workflow.to_value(), &task.job.output_nodes).or_else(|| {
+            task.job
+                .inputs
+                .is_empty()
+                .then_some((task.job.params.width, task.job.params.height))
+        });
     let mut staged = Vec::with_capacity(images.len());
     for image in images {
         let mut last_error = None;

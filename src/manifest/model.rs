@@ -89,6 +89,10 @@ pub struct Settings {
     /// the defaults' one. Referenced from templates as `{{name}}`. Each span covers the whole
     /// `name = value` entry.
     pub vars: std::collections::BTreeMap<String, Spanned<VarValue>>,
+    /// Input images (`images = { name = "path" }`), by name; merged like `vars`. Each path is
+    /// relative to the manifest's directory, its span covers the path string. Referenced from
+    /// templates as `{{name}}`, which is filled with the image's upload name.
+    pub images: std::collections::BTreeMap<String, Spanned<String>>,
     /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
     /// (`sweep = {}` on a page sweeps nothing).
     pub sweep: Option<Spanned<Sweep>>,

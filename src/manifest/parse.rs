@@ -44,6 +44,7 @@ const SETTING_KEYS: &[&str] = &[
     "loras",
     "variants",
     "vars",
+    "images",
     "sweep",
 ];
 /// Keys only a page has; a page also takes every key of [`SETTING_KEYS`].
@@ -102,6 +103,10 @@ pub fn parse_manifest(file: &SourceFile) -> (Option<Manifest>, Vec<Problem>) {
     pages.retain_mut(|page| c.check_page_sweep(&chapter, &defaults, page, &mut reported));
     let pages_complete = c.problems.len() == before_pages;
     let bind = root.get("bind").map(|v| c.bind(v)).unwrap_or_default();
+    let all: Vec<&Settings> = std::iter::once(&defaults)
+        .chain(pages.iter().map(|p| &p.settings))
+        .collect();
+    c.images_and_vars(&all);
     let manifest = Manifest {
         file: file.clone(),
         chapter,
@@ -457,10 +462,62 @@ impl Checker<'_> {
         if let Some(v) = t.get("vars") {
             s.vars = self.vars(v);
         }
+        if let Some(v) = t.get("images") {
+            s.images = self.images(v);
+        }
         if let Some(v) = t.get("sweep") {
             s.sweep = self.sweep(v);
         }
         s
+    }
+
+    /// `images = { name = "path", ... }`: each name an identifier that is no built-in
+    /// placeholder, each path a non-empty string (the file is checked when the plan is
+    /// loaded). Each entry's span covers the path.
+    fn images(&mut self, v: &Value<'_>) -> BTreeMap<String, Spanned<String>> {
+        let mut images = BTreeMap::new();
+        let Some(t) = self.table(v, "images") else {
+            return images;
+        };
+        for (key, value) in t {
+            let name: &str = key.get_ref();
+            let named = self.var_name(name, key.span(), "input image");
+            let path = self.string(value, &format!("images.{name}"), false);
+            if let (true, Some(path)) = (named, path) {
+                images.insert(name.to_owned(), Spanned::new(value.span(), path));
+            }
+        }
+        images
+    }
+
+    /// A name is an image or a variable, not both: both would fill the same `{{name}}`.
+    fn images_and_vars(&mut self, all: &[&Settings]) {
+        let images: BTreeMap<&str, Range<usize>> = all
+            .iter()
+            .flat_map(|s| s.images.iter())
+            .map(|(name, path)| (name.as_str(), path.span()))
+            .collect();
+        for settings in all {
+            for (name, value) in &settings.vars {
+                let Some(image) = images.get(name.as_str()) else {
+                    continue;
+                };
+                self.problems.push(
+                    Problem::at(
+                        "manifest::image_and_var",
+                        self.file,
+                        value.span(),
+                        format!("`{name}` is both a variable and an input image"),
+                        "a variable",
+                    )
+                    .with_label(image.clone(), "an input image")
+                    .with_help(format!(
+                        "`{{{{{name}}}}}` is filled by one of them: rename the variable or the \
+                         image"
+                    )),
+                );
+            }
+        }
     }
 
     /// `vars = { name = value, ... }`: each name an identifier that is no built-in
@@ -473,7 +530,7 @@ impl Checker<'_> {
         };
         for (key, value) in t {
             let name: &str = key.get_ref();
-            let named = self.var_name(name, key.span());
+            let named = self.var_name(name, key.span(), "variable");
             let typed = self.var_value(name, value);
             if let (true, Some(typed)) = (named, typed) {
                 let span = key.span().start..value.span().end.max(key.span().end);
@@ -483,12 +540,13 @@ impl Checker<'_> {
         vars
     }
 
-    fn var_name(&mut self, name: &str, span: Range<usize>) -> bool {
+    /// `what` is `variable` or `input image`, as the problem names the entry.
+    fn var_name(&mut self, name: &str, span: Range<usize>, what: &str) -> bool {
         if params::PLACEHOLDER_NAMES.contains(&name) {
             let help = if SETTING_KEYS.contains(&name) || PAGE_ONLY_KEYS.contains(&name) {
                 format!(
                     "`{{{{{name}}}}}` is filled from the `{name}` setting: set `{name} = ...` in \
-                     [defaults] or on the page, or give the variable another name"
+                     [defaults] or on the page, or give the {what} another name"
                 )
             } else if name.starts_with("lora_") {
                 format!(
@@ -496,14 +554,12 @@ impl Checker<'_> {
                      another name"
                 )
             } else {
-                format!(
-                    "`{{{{{name}}}}}` is filled by plasma-batch; give the variable another name"
-                )
+                format!("`{{{{{name}}}}}` is filled by plasma-batch; give the {what} another name")
             };
             self.error(
                 "manifest::var_name",
                 span,
-                format!("variable `{name}` has the name of a built-in placeholder"),
+                format!("{what} `{name}` has the name of a built-in placeholder"),
                 "a built-in placeholder",
                 help,
             );
@@ -540,7 +596,7 @@ impl Checker<'_> {
         self.error(
             "manifest::var_name",
             span,
-            format!("variable name `{name}` is not an identifier"),
+            format!("{what} name `{name}` is not an identifier"),
             "not an identifier",
             format!(
                 "a variable is written `{{{{name}}}}` in a workflow, so its name is an ASCII \

@@ -67,6 +67,7 @@ h1{{font-size:20px}} h2{{font-size:16px;margin:28px 0 8px;border-bottom:1px soli
 .totals span{{margin-right:14px}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}
 .card{{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:220px}}
 .card img{{display:block;max-width:100%;margin:0 auto 6px;border-radius:3px}}
+.card .input{{display:flex;align-items:center;gap:6px;margin-bottom:4px}} .card .input img{{width:48px;margin:0}}
 .noimg{{height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}}
 .key{{font-weight:600}} .meta{{color:#555;font-size:12px}} .prompt{{font-size:12px;margin-top:4px;white-space:pre-wrap;word-break:break-word}}
 .status{{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;color:#fff}}
@@ -286,6 +287,7 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
             }
             _ => {}
         }
+        inputs(html, job, thumbs);
         let _ = write!(
             html,
             "<div><span class=\"key\">{key}</span> <span class=\"status {status}\">{status}</span></div>\
@@ -313,6 +315,36 @@ fn card(html: &mut String, job: &JobReport, out_root: &Path, thumbs: &mut ThumbR
             );
         }
         html.push_str("</div>\n");
+    }
+}
+
+/// A job's input images beside its output: a small thumbnail (when the file is a PNG that
+/// can still be read, or its thumbnail was kept), the file's name and its sha256's start.
+fn inputs(html: &mut String, job: &JobReport, thumbs: &mut ThumbReader) {
+    for input in &job.inputs {
+        html.push_str("<div class=\"input\">");
+        if let Some(png) = thumbs.get_or_make(&input.sha256, &input.path) {
+            let _ = write!(
+                html,
+                "<img src=\"data:image/png;base64,{}\" alt=\"input\">",
+                base64::engine::general_purpose::STANDARD.encode(png)
+            );
+        }
+        let path = input.path.display().to_string();
+        let sha = input.sha256.to_string();
+        let _ = write!(
+            html,
+            "<span class=\"meta\" title=\"{path} sha256 {sha}\">input {name} · {short}</span></div>",
+            path = escape(&path),
+            name = escape(
+                input
+                    .path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(&path)
+            ),
+            short = &sha[..12],
+        );
     }
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::diagnostic::{Problem, SourceFile};
 use crate::events::{ImageRecord, JobError, JobOutcome, JobStatus, ServerRouting, Timings};
+use crate::inputs::InputImage;
 use crate::manifest::read::{NotJson, read_bounded};
 use crate::output::{PathError, write_atomic_with};
 use crate::params;
@@ -280,6 +281,9 @@ struct Entry<'a> {
     timings: Cow<'a, Timings>,
     #[serde(default, skip_serializing_if = "is_none")]
     change: Cow<'a, Option<JobChange>>,
+    /// The job's input images (left out when it has none).
+    #[serde(default, skip_serializing_if = "<[InputRecord]>::is_empty")]
+    inputs: Vec<InputRecord>,
     prompt: Cow<'a, Workflow>,
 }
 
@@ -289,6 +293,16 @@ struct Entry<'a> {
 )]
 fn is_none(change: &Cow<'_, Option<JobChange>>) -> bool {
     change.is_none()
+}
+
+/// An input image as the report records it: the checked file (path as the run read it,
+/// sha256, format, size) and the name it was uploaded under on the job's server.
+#[derive(Serialize, Deserialize)]
+struct InputRecord {
+    #[serde(flatten)]
+    image: InputImage,
+    /// `plasma/<32 hex digits of the sha256>.<ext>`, what the workflow's `LoadImage` names.
+    name: String,
 }
 
 impl Serialize for JobReport {
@@ -311,6 +325,14 @@ impl Serialize for JobReport {
             images: Cow::Borrowed(&self.images),
             timings: Cow::Borrowed(&self.timings),
             change: Cow::Borrowed(&self.change),
+            inputs: job
+                .inputs
+                .iter()
+                .map(|image| InputRecord {
+                    name: image.load_image_value(),
+                    image: image.clone(),
+                })
+                .collect(),
             prompt: Cow::Borrowed(&job.workflow),
         }
         .serialize(serializer)
@@ -333,7 +355,7 @@ impl<'de> Deserialize<'de> for JobReport {
             output_nodes: entry.output_nodes.into_owned().into(),
             hash: entry.job_hash,
             workflow_sha256: entry.workflow_sha256.into_owned().into(),
-            inputs: Vec::new(),
+            inputs: entry.inputs.into_iter().map(|i| i.image).collect(),
         };
         Ok(JobReport {
             job: Arc::new(job),

@@ -14,6 +14,7 @@ mod faults_outage;
 mod faults_process;
 mod faults_sim_leftovers;
 mod hostile;
+mod images;
 mod manifest;
 mod real_comfy;
 mod report_schema;

@@ -638,3 +638,66 @@ async fn ch02_renders_on_the_real_sampler() {
     }
     check_ch02_graphs(&report);
 }
+
+/// `workflows/img2img.json` through the real sampler: each input image is uploaded under its
+/// content's name, `LoadImage` reads it, `VAEEncode` keeps its size, and the server's copy
+/// is the file's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn img2img_template_with_uploaded_inputs_on_the_real_sampler() {
+    let Some(case) = Case::start("img2img_template_with_uploaded_inputs_on_the_real_sampler").await
+    else {
+        return;
+    };
+    let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
+    let refs = repo().join("manifests/refs");
+    let text = format!(
+        "[chapter]\nnumber = 7\n\n[defaults]\nworkflow = \"{}\"\ncheckpoint = \"{CHECKPOINT}\"\nsteps = 2\nvars = {{ denoise = 0.6 }}\n\n\
+         [[pages]]\npage = 1\nprompt = \"after the pose sketch, {marker}\"\nimages = {{ source = \"{}\" }}\nvars = {{ denoise = 0.85 }}\n\n\
+         [[pages]]\npage = 2\nprompt = \"second pass, {marker}\"\nimages = {{ source = \"{}\" }}\n",
+        repo().join("workflows/img2img.json").display(),
+        refs.join("pose-03.png").display(),
+        refs.join("salt-flat.png").display(),
+    );
+    let manifest = case.dir.path().join("chapter.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report = report(out);
+    assert_eq!(report.jobs.len(), 2);
+    for (job, (file, size)) in report
+        .jobs
+        .iter()
+        .zip([("pose-03.png", (64, 96)), ("salt-flat.png", (96, 64))])
+    {
+        assert_eq!(
+            job.status,
+            ReportStatus::Succeeded,
+            "{}: {:?}",
+            job.key,
+            job.error
+        );
+        let path = out.join(&job.images[0].path);
+        assert_eq!(png_size(&path), size, "{}", path.display());
+        let hash = sha256_file(&refs.join(file));
+        let name = format!("{}.png", &hash[..32]);
+        let prompt_id = job.prompt_id.as_deref().unwrap();
+        let (status, types) = history_messages(url, prompt_id).await;
+        assert_eq!(status, "success", "{}: {types:?}", job.key);
+        let entry = get(&format!("{url}/history/{prompt_id}")).await;
+        let graph = &entry[prompt_id]["prompt"][2];
+        assert_eq!(graph["10"]["inputs"]["image"], format!("plasma/{name}"));
+        assert_eq!(graph["11"]["class_type"], "VAEEncode");
+        // The server's copy is the file's bytes.
+        let copy = reqwest::get(format!(
+            "{url}/view?filename={name}&subfolder=plasma&type=input"
+        ))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+        let copy_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&copy));
+        assert_eq!(copy_hash, hash, "{name}");
+    }
+}
