@@ -63,12 +63,20 @@ pub struct ValidateArgs {
     /// Also check node classes and model names against this ComfyUI server's `/object_info`.
     #[arg(long = "server", value_name = "URL")]
     pub servers: Vec<String>,
+    /// Output root whose chapter ledger resolves earlier pages named as input images
+    /// (`images = { source = { page = 3 } }`); as `run --out`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// The chapter manifest (TOML).
     pub manifest: PathBuf,
+    /// Output root whose chapter ledger resolves earlier pages named as input images
+    /// (`images = { source = { page = 3 } }`); as `run --out`.
+    #[arg(long, value_name = "DIR", default_value = "output")]
+    pub out: PathBuf,
     /// Print the jobs as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -90,6 +90,11 @@ pub const VARIANTS: Limit<i128> = Limit {
     range: 1..=1000,
     help: "`variants` is images per page, 1..=1000",
 };
+/// An image file's version, `ch03_p003_v<version>.png`.
+pub const VERSION: Limit<i128> = Limit {
+    range: 1..=999_999,
+    help: "a version is the number after `_v` in an image's file name, e.g. 2 for `ch03_p003_v2.png`",
+};
 /// `[chapter] max_sweep_jobs`: how many jobs one page's sweep may expand to.
 pub const MAX_SWEEP_JOBS: Limit<i128> = Limit {
     range: 1..=100_000,

@@ -33,7 +33,10 @@ use crate::workflow::lora_chain::{find_anchor, no_anchor_problem};
 use crate::workflow::template::MAX_TEMPLATE_BYTES;
 use crate::workflow::{Placeholder, SlotName, SlotValues, Template, Variant, Workflow};
 
+mod pages;
 mod sweep;
+
+pub use pages::{PageInputs, PageSource};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -51,6 +54,10 @@ pub struct Plan {
     /// Page ascending, then variant ascending. Shared from here on: the engine, the report
     /// and the caller hold the same jobs.
     pub jobs: Vec<Arc<Job>>,
+    /// Input images that are the chapter's own earlier images
+    /// (`images = { source = { page = 3 } }`): what each resolved to, which page takes which,
+    /// and the pages waiting for an image this run renders.
+    pub page_inputs: PageInputs,
 }
 
 impl Plan {
@@ -185,7 +192,26 @@ pub enum SeedSource {
 
 /// Read a manifest and the workflow templates it names, check everything, and plan every job.
 /// On failure, returns every problem found (manifest problems first, in file order).
+/// Earlier pages named as input images resolve from the chapter's ledger under `output`
+/// (see [`load_plan_in`]).
 pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
+    load_plan_in(manifest, Path::new("output"))
+}
+
+/// [`load_plan`] with the output root whose chapter ledger resolves earlier pages named as
+/// input images (`images = { source = { page = 3 } }`).
+pub fn load_plan_in(manifest: &Path, out_root: &Path) -> Result<Plan, Vec<Problem>> {
+    load_plan_with(manifest, out_root, false)
+}
+
+/// [`load_plan_in`] where an earlier page that has no image yet is one this run renders
+/// first: the pages taking it are [`PageInputs::waiting`] (planned with a stand-in input)
+/// instead of a problem.
+pub fn load_plan_waiting(manifest: &Path, out_root: &Path) -> Result<Plan, Vec<Problem>> {
+    load_plan_with(manifest, out_root, true)
+}
+
+fn load_plan_with(manifest: &Path, out_root: &Path, wait: bool) -> Result<Plan, Vec<Problem>> {
     let file = read_manifest(manifest).map_err(|p| vec![p])?;
     let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
     let (parsed, mut problems) = parse_manifest(&file);
@@ -193,6 +219,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
         return Err(finish(problems, file.name()));
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
+    let page_inputs = pages::resolve_page_images(&mut parsed, out_root, wait, &mut problems);
     let images = load_images(&mut parsed, base, &mut problems);
     let templates = load_templates(&parsed, base, &mut problems);
     unused_bindings(&parsed, &mut problems);
@@ -215,6 +242,7 @@ pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
                 outage_window_secs: parsed.comfy.outage_window_secs,
             },
             jobs,
+            page_inputs,
         }),
         Ok(_) => Err(finish(problems, file.name())),
         Err(more) => {

@@ -11,6 +11,7 @@ pub mod run;
 pub mod serve;
 pub mod sim;
 pub mod validate;
+mod waves;
 
 pub use error::{CmdError, CmdResult, Failure, Outcome, UserError, finish};
 

@@ -10,11 +10,11 @@ use serde::ser::{Serialize, Serializer};
 use crate::cli::PlanArgs;
 use crate::cmd::{CmdError, CmdResult, Failure, Outcome};
 use crate::manifest::sweep;
-use crate::plan::{Job, JobParams, Plan, load_plan};
+use crate::plan::{Job, JobParams, Plan, load_plan_waiting};
 use crate::workflow::canonical::JobHash;
 
 pub fn plan(args: &PlanArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest)?;
+    let plan = load_plan_waiting(&args.manifest, &args.out)?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if args.json {
         write_plan_json(&plan, &mut out)
@@ -191,13 +191,30 @@ pub fn write_plan_table(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         if let Some(axes) = sweep_line(page) {
             writeln!(out, "{axes}")?;
         }
+        let number = page[0].page;
+        if plan.page_inputs.waiting.contains(&number) {
+            for dep in plan.page_inputs.deps.get(&number).into_iter().flatten() {
+                writeln!(
+                    out,
+                    "page {number} input <- page {dep} (rendered by this run; this page's \
+                     hash is known once it is)"
+                )?;
+            }
+        }
         let mut shown = Vec::new();
         for input in page.iter().flat_map(|j| &j.inputs) {
             if !shown.contains(&input) {
                 shown.push(input);
+                // An earlier page's image says which page and version it is.
+                let source = plan
+                    .page_inputs
+                    .sources
+                    .get(&input.path)
+                    .map(|s| format!(" <- page {} v{}", s.page, s.version))
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "page {} input {} sha256 {} ({})",
+                    "page {} input {} sha256 {} ({}){source}",
                     page[0].page,
                     input.path.display(),
                     input.sha256,

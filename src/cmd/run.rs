@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cli::RunArgs;
+use crate::cmd::waves::Waves;
 use crate::cmd::{CmdError, CmdResult, Failure, Outcome, UserError};
 use crate::comfy::{ComfyClient, http_client};
 use crate::engine::{Choices, EngineConfig, EngineSettings};
 use crate::output::{ChapterDirs, new_temp_file, remove_own_temp_files};
 use crate::params;
-use crate::plan::{ComfySettings, Job, Plan, load_plan};
+use crate::plan::{ComfySettings, Job, Plan, load_plan_waiting};
 use crate::report::Totals;
 use crate::report::progress::Mode;
 use crate::runner::{self, BookOptions, BookSummary, ChapterRun, RunSummary};
@@ -25,11 +26,15 @@ pub const SERVER_ENV: &str = "PLASMA_COMFY_URL";
 /// Where ComfyUI listens by default.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8188";
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a command's steps in order, top to bottom; split, they would pass the same state around"
+)]
 pub async fn run(args: RunArgs) -> CmdResult {
     // Every manifest is read and checked before anything else happens.
     let paths = manifest_paths(&args.manifests)?;
     let is_book = paths.len() > 1 || args.manifests.iter().any(|p| p.is_dir());
-    let plans = load_plans(&paths)?;
+    let plans = load_plans(&paths, &args.out)?;
     let shard = args
         .shard
         .as_deref()
@@ -63,7 +68,10 @@ pub async fn run(args: RunArgs) -> CmdResult {
             None,
         ));
     }
-    let chapters = chapter_runs(&plans, &selected, args.only.is_empty(), shard);
+    // Pages that take an earlier page this run renders wait for it (see `waves`).
+    let mut waves = Waves::default();
+    let mut wave = waves.next(&plans, &selected, &args.out, args.force);
+    let chapters = chapter_runs(&plans, &wave.jobs, args.only.is_empty(), shard);
     // Every folder the run writes, checked before any server is asked.
     let mut temp_dirs = Vec::new();
     for chapter in &chapters {
@@ -107,19 +115,65 @@ pub async fn run(args: RunArgs) -> CmdResult {
         shard,
         summary: is_book,
     };
-    let result = runner::run_book(options, chapters, clients, cancel_rx).await;
+    let mut books = Vec::new();
+    let mut chapters = chapters;
+    let result = loop {
+        let book = match runner::run_book(
+            options.clone(),
+            chapters,
+            clients.clone(),
+            cancel_rx.clone(),
+        )
+        .await
+        {
+            Ok(book) => book,
+            Err(err) => break Err(CmdError::from(err)),
+        };
+        waves.finished(&book.chapters);
+        let stop = book.cancelled || !wave.more;
+        books.push(book);
+        if stop {
+            break Ok(());
+        }
+        // The waiting pages' inputs now exist: plan again, so that they resolve to them.
+        let replanned = load_plans(&paths, &args.out).and_then(|plans| {
+            let jobs = plans.iter().flat_map(|p| p.jobs.iter().cloned()).collect();
+            Ok((select_jobs(jobs, &args.only)?, plans))
+        });
+        let (selected, plans) = match replanned {
+            Ok(found) => found,
+            Err(err) => break Err(err),
+        };
+        wave = waves.next(&plans, &selected, &args.out, args.force);
+        if wave.jobs.is_empty() {
+            break Ok(());
+        }
+        chapters = chapter_runs(&plans, &wave.jobs, false, shard);
+    };
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    let book = result?;
-    let t = &book.totals;
-    let outcome = Outcome::ended(book.cancelled, t.failed + t.timed_out + t.cancelled > 0);
-    if is_book {
-        print_book(&book, shard, outcome, args.json);
-    } else {
-        print_summary(&book.chapters[0], shard, outcome, args.json);
+    result?;
+    for line in &waves.not_run {
+        eprintln!("error: {line}");
     }
-    let chapters: Vec<&RunSummary> = book.chapters.iter().collect();
+    let mut outcome = Outcome::Done;
+    for book in &books {
+        let t = &book.totals;
+        let ended = Outcome::ended(
+            book.cancelled,
+            t.failed + t.timed_out + t.cancelled > 0 || !waves.not_run.is_empty(),
+        );
+        if ended != Outcome::Done {
+            outcome = ended;
+        }
+        if is_book {
+            print_book(book, shard, ended, args.json);
+        } else {
+            print_summary(&book.chapters[0], shard, ended, args.json);
+        }
+    }
+    let chapters: Vec<&RunSummary> = books.iter().flat_map(|b| &b.chapters).collect();
     crate::cmd::ci::write(&args.route_ci, &chapters)?;
     Ok(outcome)
 }
@@ -163,14 +217,14 @@ fn manifest_paths(given: &[PathBuf]) -> Result<Vec<PathBuf>, CmdError> {
 
 /// Every manifest planned; the problems of all of them at once, and two manifests of one
 /// chapter (their images, ledger and reports would be the same files) named together.
-fn load_plans(paths: &[PathBuf]) -> Result<Vec<Plan>, CmdError> {
+fn load_plans(paths: &[PathBuf], out_root: &std::path::Path) -> Result<Vec<Plan>, CmdError> {
     let mut plans: Vec<Plan> = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
         if plans.iter().any(|p| p.manifest_path == *path) {
             continue;
         }
-        match load_plan(path) {
+        match load_plan_waiting(path, out_root) {
             Ok(plan) => plans.push(plan),
             Err(mut found) => problems.append(&mut found),
         }

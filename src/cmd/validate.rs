@@ -3,10 +3,10 @@
 
 use crate::cli::ValidateArgs;
 use crate::cmd::{CmdResult, Outcome};
-use crate::plan::load_plan;
+use crate::plan::load_plan_waiting;
 
 pub async fn validate(args: ValidateArgs) -> CmdResult {
-    let plan = load_plan(&args.manifest)?;
+    let plan = load_plan_waiting(&args.manifest, &args.out)?;
     println!("ok: {}: {}", plan.manifest_path.display(), plan.summary());
     if !args.servers.is_empty() {
         // The same check `run` makes before submitting anything.

@@ -93,9 +93,23 @@ pub struct Settings {
     /// relative to the manifest's directory, its span covers the path string. Referenced from
     /// templates as `{{name}}`, which is filled with the image's upload name.
     pub images: std::collections::BTreeMap<String, Spanned<String>>,
+    /// Input images that are one of the chapter's own earlier images
+    /// (`images = { name = { page = 3, variant = 1, version = 2 } }`), by name; resolved from
+    /// the chapter's ledger when the plan is loaded. Each span covers the inline table. A name
+    /// is in `images` or here, not both.
+    pub page_images: std::collections::BTreeMap<String, Spanned<PageImage>>,
     /// `sweep = { axis = [values] }`, spanning the table; a page's replaces the defaults'
     /// (`sweep = {}` on a page sweeps nothing).
     pub sweep: Option<Spanned<Sweep>>,
+}
+
+/// An earlier image of the chapter as an input: page `page`'s latest verified image of
+/// `variant` (1-based), or its file version `version` (`ch03_p003_v<version>.png`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageImage {
+    pub page: u16,
+    pub variant: Option<u32>,
+    pub version: Option<u32>,
 }
 
 /// The value of a user variable: the four TOML scalar types a workflow input can take.

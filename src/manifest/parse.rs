@@ -9,8 +9,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::model::{
-    BindInput, Chapter, Comfy, LoraSetting, Manifest, Page, PageSeeds, Settings, VarValue,
-    WorkflowBind,
+    BindInput, Chapter, Comfy, LoraSetting, Manifest, Page, PageImage, PageSeeds, Settings,
+    VarValue, WorkflowBind,
 };
 use crate::comfyui::LATENT_STEP;
 use crate::comfyui::SCHEDULERS;
@@ -463,7 +463,7 @@ impl Checker<'_> {
             s.vars = self.vars(v);
         }
         if let Some(v) = t.get("images") {
-            s.images = self.images(v);
+            (s.images, s.page_images) = self.images(v);
         }
         if let Some(v) = t.get("sweep") {
             s.sweep = self.sweep(v);
@@ -473,29 +473,98 @@ impl Checker<'_> {
 
     /// `images = { name = "path", ... }`: each name an identifier that is no built-in
     /// placeholder, each path a non-empty string (the file is checked when the plan is
-    /// loaded). Each entry's span covers the path.
-    fn images(&mut self, v: &Value<'_>) -> BTreeMap<String, Spanned<String>> {
+    /// loaded), or an earlier image of the chapter, `{ page = 3, variant = 1, version = 2 }`
+    /// (see [`PageImage`]). Each entry's span covers the path or the table.
+    fn images(
+        &mut self,
+        v: &Value<'_>,
+    ) -> (
+        BTreeMap<String, Spanned<String>>,
+        BTreeMap<String, Spanned<PageImage>>,
+    ) {
         let mut images = BTreeMap::new();
+        let mut pages = BTreeMap::new();
         let Some(t) = self.table(v, "images") else {
-            return images;
+            return (images, pages);
         };
         for (key, value) in t {
             let name: &str = key.get_ref();
             let named = self.var_name(name, key.span(), "input image");
+            if let Some(table) = value.get_ref().as_table() {
+                let page = self.page_image(table, value.span(), name);
+                if let (true, Some(page)) = (named, page) {
+                    pages.insert(name.to_owned(), Spanned::new(value.span(), page));
+                }
+                continue;
+            }
             let path = self.string(value, &format!("images.{name}"), false);
             if let (true, Some(path)) = (named, path) {
                 images.insert(name.to_owned(), Spanned::new(value.span(), path));
             }
         }
-        images
+        (images, pages)
+    }
+
+    /// `{ page = N, variant = V, version = K }`: `page` required, the others optional, and
+    /// `variant` and `version` not both (a version is one file, whatever its variant).
+    fn page_image(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        name: &str,
+    ) -> Option<PageImage> {
+        let place = format!("images.{name}");
+        self.unknown_keys(table, &["page", "variant", "version"], &place);
+        let page = if let Some(v) = table.get("page") {
+            self.integer(v, &format!("{place}.page"), &params::PAGE)
+        } else {
+            self.missing(
+                span,
+                "page",
+                &place,
+                "an earlier image is named by its page: `{ page = 3 }` (the latest image of its \
+                 first variant), with `variant = 2` or `version = 4` if needed",
+            );
+            None
+        };
+        let variant = table
+            .get("variant")
+            .map(|v| self.integer(v, &format!("{place}.variant"), &params::VARIANTS));
+        let version = table
+            .get("version")
+            .map(|v| self.integer(v, &format!("{place}.version"), &params::VERSION));
+        if let (Some(_), Some(v)) = (table.get("variant"), table.get("version")) {
+            self.error(
+                "manifest::variant_and_version",
+                v.span(),
+                format!("`{place}` names both a variant and a version"),
+                "a version is one file",
+                "keep `version` for that exact file, or `variant` for its latest image",
+            );
+            return None;
+        }
+        Some(PageImage {
+            page: u16::try_from(page?).ok()?,
+            variant: match variant {
+                Some(v) => Some(u32::try_from(v?).ok()?),
+                None => None,
+            },
+            version: match version {
+                Some(v) => Some(u32::try_from(v?).ok()?),
+                None => None,
+            },
+        })
     }
 
     /// A name is an image or a variable, not both: both would fill the same `{{name}}`.
     fn images_and_vars(&mut self, all: &[&Settings]) {
         let images: BTreeMap<&str, Range<usize>> = all
             .iter()
-            .flat_map(|s| s.images.iter())
-            .map(|(name, path)| (name.as_str(), path.span()))
+            .flat_map(|s| {
+                let pages = s.page_images.iter().map(|(n, p)| (n, p.span()));
+                s.images.iter().map(|(n, p)| (n, p.span())).chain(pages)
+            })
+            .map(|(name, span)| (name.as_str(), span))
             .collect();
         for settings in all {
             for (name, value) in &settings.vars {

@@ -1,0 +1,339 @@
+//! Earlier pages as input images (`images = { source = { page = 3 } }`): checked against the
+//! manifest (the page exists, is not swept, no page takes its own image however indirectly)
+//! and resolved from the chapter's ledger under the output root to the file of that image,
+//! which is then an input image like any file the manifest names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use crate::diagnostic::Problem;
+use crate::ledger;
+use crate::manifest::Manifest;
+use crate::manifest::model::{PageImage, Settings, VarValue};
+use crate::output::{ChapterDirs, image_file_name};
+use crate::params::job_key;
+
+/// What a page reference resolved to, for `plan` to show: the page, the file's version and
+/// its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSource {
+    pub page: u16,
+    pub version: u32,
+    pub path: PathBuf,
+}
+
+/// A page's image inputs that name earlier pages, merged over the defaults' by name (a page's
+/// own file image of the same name replaces a defaults' page reference).
+fn page_refs<'m>(
+    defaults: &'m Settings,
+    settings: &'m Settings,
+) -> BTreeMap<&'m str, &'m Spanned<PageImage>> {
+    let mut refs: BTreeMap<&str, &Spanned<PageImage>> = defaults
+        .page_images
+        .iter()
+        .filter(|(name, _)| !settings.images.contains_key(*name))
+        .map(|(n, p)| (n.as_str(), p))
+        .collect();
+    refs.extend(settings.page_images.iter().map(|(n, p)| (n.as_str(), p)));
+    refs
+}
+
+/// Earlier pages as inputs, as the plan found them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageInputs {
+    /// Each resolved input's page and version, by its path.
+    pub sources: BTreeMap<PathBuf, PageSource>,
+    /// Page -> the pages whose latest image it takes (not explicit versions).
+    pub deps: BTreeMap<u16, BTreeSet<u16>>,
+    /// Pages whose input is an image the ledger does not have yet, to be rendered by this
+    /// run (only when asked to wait for them: otherwise a problem). Their jobs are planned
+    /// with a stand-in input and are not to be run until it exists.
+    pub waiting: BTreeSet<u16>,
+}
+
+/// Resolve every page reference of `manifest` into a file image in its `images` table (the
+/// absolute path of the ledger's image, so that it reads from wherever the manifest is).
+/// Problems (a missing page, a cycle, a swept page, an image the ledger does not have) are
+/// spanned on the reference; a reference that failed fills its `{{name}}` with a stand-in so
+/// that its problem stands alone. With `wait`, a page's latest image that does not exist yet
+/// is not a problem: the pages taking it are `waiting`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one check after the other, top to bottom; split, they would pass the same state around"
+)]
+pub(super) fn resolve_page_images(
+    manifest: &mut Manifest,
+    out_root: &Path,
+    wait: bool,
+    problems: &mut Vec<Problem>,
+) -> PageInputs {
+    let mut found = PageInputs::default();
+    let any = std::iter::once(&manifest.defaults)
+        .chain(manifest.pages.iter().map(|p| &p.settings))
+        .any(|s| !s.page_images.is_empty());
+    if !any {
+        return found;
+    }
+    let failed = check_graph(manifest, problems);
+    let chapter = manifest.chapter.number;
+    let dirs = ChapterDirs::new(
+        &std::path::absolute(out_root).unwrap_or_else(|_| out_root.to_owned()),
+        chapter,
+    );
+    let records = if dirs.ledger().is_file() {
+        ledger::read_records(&dirs.ledger()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let verified = ledger::verified_images(&dirs.root, &records);
+    let latest = ledger::latest_images(&verified, &records);
+    let by_file: BTreeMap<&str, &ledger::VerifiedImage> = verified
+        .values()
+        .flatten()
+        .map(|image| (image.file.as_str(), image))
+        .collect();
+
+    // Each reference (by its span's start) -> the image, or None (not there: a problem, or
+    // waiting).
+    let mut images: BTreeMap<usize, Option<ledger::VerifiedImage>> = BTreeMap::new();
+    let mut later: BTreeSet<usize> = BTreeSet::new();
+    let all = std::iter::once(&manifest.defaults).chain(manifest.pages.iter().map(|p| &p.settings));
+    for reference in all.flat_map(|s| s.page_images.values()) {
+        let span = reference.span();
+        let r = *reference.get_ref();
+        if failed.contains(&span.start) {
+            images.insert(span.start, None);
+            continue;
+        }
+        let image = if let Some(version) = r.version {
+            let file_name = format!("raw/comfyui/{}", image_file_name(chapter, r.page, version));
+            let image = by_file.get(file_name.as_str()).copied();
+            if image.is_none() {
+                problems.push(
+                    Problem::at(
+                        "manifest::image_page_not_rendered",
+                        &manifest.file,
+                        span.clone(),
+                        format!(
+                            "page {} has no version {version} in the ledger of `{}`",
+                            r.page,
+                            dirs.root.display()
+                        ),
+                        "no such image",
+                    )
+                    .with_help(format!(
+                        "name a version the chapter has (`{}` for the first), or leave \
+                         `version` out for the page's latest image; with another output \
+                         folder, pass `--out`",
+                        image_file_name(chapter, r.page, 1)
+                    )),
+                );
+            }
+            image
+        } else {
+            let variant = r.variant.unwrap_or(1);
+            let image = latest
+                .get(&job_key(chapter, r.page, variant))
+                .map(|(_, i)| i);
+            if image.is_none() && wait {
+                later.insert(span.start);
+            } else if image.is_none() {
+                problems.push(
+                    Problem::at(
+                        "manifest::image_page_not_rendered",
+                        &manifest.file,
+                        span.clone(),
+                        format!(
+                            "page {} variant {variant} has no image yet in `{}`",
+                            r.page,
+                            dirs.root.display()
+                        ),
+                        "not rendered yet",
+                    )
+                    .with_help(format!(
+                        "render page {} first, or run both: `run` waits for it; with \
+                         another output folder, pass `--out`",
+                        r.page
+                    )),
+                );
+            }
+            image
+        };
+        images.insert(span.start, image.cloned());
+    }
+    for page in &manifest.pages {
+        for reference in page_refs(&manifest.defaults, &page.settings).into_values() {
+            if reference.get_ref().version.is_none() {
+                found
+                    .deps
+                    .entry(page.page)
+                    .or_default()
+                    .insert(reference.get_ref().page);
+            }
+            if later.contains(&reference.span().start) {
+                found.waiting.insert(page.page);
+            }
+        }
+    }
+
+    let all = std::iter::once(&mut manifest.defaults)
+        .chain(manifest.pages.iter_mut().map(|p| &mut p.settings));
+    for settings in all {
+        let refs = std::mem::take(&mut settings.page_images);
+        for (name, reference) in refs {
+            let span = reference.span();
+            let r = reference.into_inner();
+            match images.remove(&span.start).flatten() {
+                Some(image) => {
+                    let version = version_of(&image.file).unwrap_or(0);
+                    found.sources.insert(
+                        image.path.clone(),
+                        PageSource {
+                            page: r.page,
+                            version,
+                            path: image.path.clone(),
+                        },
+                    );
+                    settings
+                        .images
+                        .insert(name, Spanned::new(span, image.path.display().to_string()));
+                }
+                None => {
+                    settings.vars.insert(
+                        name,
+                        Spanned::new(span, VarValue::Str("plasma/unresolved".to_owned())),
+                    );
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `raw/comfyui/ch03_p003_v2.png` -> 2.
+fn version_of(file: &str) -> Option<u32> {
+    let stem = file.rsplit('/').next()?.strip_suffix(".png")?;
+    stem.rsplit_once("_v")?.1.parse().ok()
+}
+
+/// Check that each referenced page is in the manifest and not swept, and that no page takes
+/// its own image, directly or through others. Returns the span starts of the references
+/// that failed.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one check after the other, top to bottom; split, they would pass the same state around"
+)]
+fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usize> {
+    let mut failed = BTreeSet::new();
+    let pages: BTreeMap<u16, &Settings> = manifest
+        .pages
+        .iter()
+        .map(|p| (p.page, &p.settings))
+        .collect();
+    // page -> (referenced page, the reference), in page order.
+    let mut edges: BTreeMap<u16, Vec<(u16, &Spanned<PageImage>)>> = BTreeMap::new();
+    for page in &manifest.pages {
+        for reference in page_refs(&manifest.defaults, &page.settings).into_values() {
+            let r = reference.get_ref();
+            let Some(target) = pages.get(&r.page) else {
+                if failed.insert(reference.span().start) {
+                    let known: Vec<String> = pages.keys().map(u16::to_string).collect();
+                    problems.push(
+                        Problem::at(
+                            "manifest::image_page_missing",
+                            &manifest.file,
+                            reference.span(),
+                            format!(
+                                "page {} takes page {}'s image, but the manifest has no page {}",
+                                page.page, r.page, r.page
+                            ),
+                            "no such page",
+                        )
+                        .with_help(format!(
+                            "an earlier image is one of this chapter's pages: {}",
+                            known.join(", ")
+                        )),
+                    );
+                }
+                continue;
+            };
+            let swept = target
+                .sweep
+                .as_ref()
+                .or(manifest.defaults.sweep.as_ref())
+                .is_some_and(|s| !s.get_ref().axes.is_empty());
+            if swept && r.version.is_none() && failed.insert(reference.span().start) {
+                problems.push(
+                    Problem::at(
+                        "manifest::image_page_swept",
+                        &manifest.file,
+                        reference.span(),
+                        format!(
+                            "page {} is swept: its images are several sweep points, not one",
+                            r.page
+                        ),
+                        "a swept page",
+                    )
+                    .with_help("name the file's `version` (the number after `_v` in its name)"),
+                );
+                continue;
+            }
+            // An explicit version is a file that exists already: it cannot wait on anything.
+            if r.version.is_some() {
+                continue;
+            }
+            edges
+                .entry(page.page)
+                .or_default()
+                .push((r.page, reference));
+        }
+    }
+    // A cycle: a path from a page back to itself. Each is reported once, at the reference
+    // that closes it, naming the pages along it.
+    let mut reported: BTreeSet<Vec<u16>> = BTreeSet::new();
+    for &start in edges.keys() {
+        let mut stack: Vec<(u16, Vec<u16>)> = vec![(start, vec![start])];
+        while let Some((page, path)) = stack.pop() {
+            for &(next, reference) in edges.get(&page).into_iter().flatten() {
+                if next == start {
+                    let mut members = path.clone();
+                    members.sort_unstable();
+                    if reported.insert(members) {
+                        failed.insert(reference.span().start);
+                        let chain: Vec<String> = path
+                            .iter()
+                            .chain([&start])
+                            .map(|p| format!("page {p}"))
+                            .collect();
+                        let message = if path.len() == 1 {
+                            format!("page {start} takes its own image as input")
+                        } else {
+                            format!("the pages take each other's images: {}", chain.join(" <- "))
+                        };
+                        problems.push(
+                            Problem::at(
+                                "manifest::image_page_cycle",
+                                &manifest.file,
+                                reference.span(),
+                                message,
+                                "closes the cycle",
+                            )
+                            .with_help(
+                                "a page's input is an image made before it: take the file of \
+                                 a version that exists instead (an image path), or drop one of \
+                                 these references",
+                            ),
+                        );
+                    }
+                } else if !path.contains(&next) {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push((next, longer));
+                }
+            }
+        }
+    }
+    failed
+}
