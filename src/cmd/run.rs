@@ -158,7 +158,7 @@ pub async fn run(args: RunArgs) -> CmdResult {
         eprintln!("error: {line}");
     }
     let mut outcome = Outcome::Done;
-    for book in &books {
+    for (n, book) in books.iter().enumerate() {
         let t = &book.totals;
         let ended = Outcome::ended(
             book.cancelled,
@@ -169,8 +169,12 @@ pub async fn run(args: RunArgs) -> CmdResult {
         }
         if is_book {
             print_book(book, shard, ended, args.json);
-        } else {
-            print_summary(&book.chapters[0], shard, ended, args.json);
+        } else if !args.json {
+            print_summary(&book.chapters[0], shard, ended, false, &[]);
+        } else if n + 1 == books.len() {
+            // One document: the last wave's, naming the earlier waves' reports.
+            let earlier: Vec<&RunSummary> = books[..n].iter().map(|b| &b.chapters[0]).collect();
+            print_summary(&book.chapters[0], shard, outcome, true, &earlier);
         }
     }
     let chapters: Vec<&RunSummary> = books.iter().flat_map(|b| &b.chapters).collect();
@@ -635,7 +639,15 @@ pub async fn watch_signals(cancel: watch::Sender<bool>, temp_dirs: Vec<PathBuf>)
     }
 }
 
-fn print_summary(summary: &RunSummary, shard: Option<Shard>, outcome: Outcome, json: bool) {
+/// `earlier`: the summaries of the waves before this one (pages waiting for an input page),
+/// listed under `earlier_waves` in the JSON summary.
+fn print_summary(
+    summary: &RunSummary,
+    shard: Option<Shard>,
+    outcome: Outcome,
+    json: bool,
+    earlier: &[&RunSummary],
+) {
     let t = &summary.totals;
     if json {
         let mut value = serde_json::json!({
@@ -648,6 +660,19 @@ fn print_summary(summary: &RunSummary, shard: Option<Shard>, outcome: Outcome, j
         });
         if let Some(shard) = shard {
             value["shard"] = shard.to_string().into();
+        }
+        if !earlier.is_empty() {
+            value["earlier_waves"] = earlier
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "run_id": s.run_id,
+                        "report": s.report_path,
+                        "contact_sheet": s.contact_sheet_path,
+                        "totals": s.totals,
+                    })
+                })
+                .collect();
         }
         println!(
             "{}",

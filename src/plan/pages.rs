@@ -294,14 +294,17 @@ fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usi
     // that closes it, naming the pages along it.
     let mut reported: BTreeSet<Vec<u16>> = BTreeSet::new();
     for &start in edges.keys() {
-        let mut stack: Vec<(u16, Vec<u16>)> = vec![(start, vec![start])];
-        while let Some((page, path)) = stack.pop() {
+        // (page, the pages from `start` to it, the references taken on the way)
+        let mut stack: Vec<(u16, Vec<u16>, Vec<usize>)> = vec![(start, vec![start], Vec::new())];
+        while let Some((page, path, taken)) = stack.pop() {
             for &(next, reference) in edges.get(&page).into_iter().flatten() {
                 if next == start {
+                    // Every reference of a cycle fails: none of its pages can be resolved.
+                    failed.extend(taken.iter().copied());
+                    failed.insert(reference.span().start);
                     let mut members = path.clone();
                     members.sort_unstable();
                     if reported.insert(members) {
-                        failed.insert(reference.span().start);
                         let chain: Vec<String> = path
                             .iter()
                             .chain([&start])
@@ -330,7 +333,9 @@ fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usi
                 } else if !path.contains(&next) {
                     let mut longer = path.clone();
                     longer.push(next);
-                    stack.push((next, longer));
+                    let mut more = taken.clone();
+                    more.push(reference.span().start);
+                    stack.push((next, longer, more));
                 }
             }
         }

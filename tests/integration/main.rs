@@ -16,6 +16,7 @@ mod faults_sim_leftovers;
 mod hostile;
 mod images;
 mod manifest;
+mod page_inputs;
 mod real_comfy;
 mod report_schema;
 mod routing;
