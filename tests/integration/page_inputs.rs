@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::cli::{bin, json_of};
+use crate::faults_outage::SimProcess;
 use crate::support::*;
 
 /// A chapter whose page 2 is an img2img pass over page 1's latest image; `first` is page 1's
@@ -157,4 +158,31 @@ fn a_page_whose_input_page_is_not_rendered_is_a_clear_error() {
         "{stderr}"
     );
     assert!(!out.join("ch-07/raw/comfyui/ch07_p002_v1.png").exists());
+}
+
+#[test]
+fn a_page_whose_input_page_failed_is_not_rendered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let manifest = chapter(dir.path(), "the salt flat at noon");
+    // Page 1's txt2img has the only EmptyLatentImage: it fails there, page 2 would not.
+    let failing = SimProcess::start(&["--step-ms", "1", "--fault", "raise:EmptyLatentImage"]);
+    let output = bin()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--server", &failing.url, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("page 2 was not rendered: its input page 1 failed"),
+        "{stderr}"
+    );
+    let images: Vec<_> = std::fs::read_dir(out.join("ch-07/raw/comfyui"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(images.is_empty(), "{images:?}");
 }
