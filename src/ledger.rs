@@ -235,6 +235,80 @@ pub fn latest_images<S: std::hash::BuildHasher>(
     latest
 }
 
+/// The chapter ledgers under an output root, as the planner sees earlier images (an
+/// earlier page as an input image).
+#[derive(Debug, Clone)]
+pub struct LedgerImages {
+    out_root: PathBuf,
+}
+
+impl LedgerImages {
+    /// `out_root` is made absolute, so that an image's path reads from anywhere.
+    pub fn new(out_root: &Path) -> LedgerImages {
+        LedgerImages {
+            out_root: std::path::absolute(out_root).unwrap_or_else(|_| out_root.to_owned()),
+        }
+    }
+}
+
+impl crate::plan::EarlierImages for LedgerImages {
+    fn place(&self, chapter: u16) -> String {
+        crate::output::ChapterDirs::new(&self.out_root, chapter)
+            .root
+            .display()
+            .to_string()
+    }
+
+    fn images(&self, chapter: u16) -> Vec<crate::plan::EarlierImage> {
+        let dirs = crate::output::ChapterDirs::new(&self.out_root, chapter);
+        // Only read: a chapter never run has no ledger, and planning creates nothing.
+        let records = if dirs.ledger().is_file() {
+            read_records(&dirs.ledger()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let verified = verified_images(&dirs.root, &records);
+        let mut seen = std::collections::HashSet::new();
+        let mut images = Vec::new();
+        for record in &records {
+            let (LedgerRecord::Image(entry) | LedgerRecord::ImageIntent(entry)) = record else {
+                continue;
+            };
+            let Some(image) = verified.get(&entry.job_hash).and_then(|all| {
+                all.iter()
+                    .find(|i| i.file == entry.file && i.key == entry.key)
+            }) else {
+                continue;
+            };
+            // `raw/comfyui/ch03_p003_v2.png` -> page 3, version 2.
+            let name = entry.file.rsplit('/').next().unwrap_or_default();
+            let Some((page, version)) = name
+                .strip_suffix(".png")
+                .and_then(|stem| stem.rsplit_once("_v"))
+                .and_then(|(head, version)| {
+                    let page = head.rsplit_once("_p")?.1.parse().ok()?;
+                    Some((page, version.parse().ok()?))
+                })
+            else {
+                continue;
+            };
+            if seen.insert(entry.file.clone()) {
+                images.push(crate::plan::EarlierImage {
+                    key: entry.key.clone(),
+                    page,
+                    version,
+                    path: image.path.clone(),
+                });
+            } else if let Some(at) = images.iter().position(|i| i.path == image.path) {
+                // A later record of the same file: it is the latest again.
+                let again = images.remove(at);
+                images.push(again);
+            }
+        }
+        images
+    }
+}
+
 /// A submission whose run never recorded an end for it (the runner was killed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenSubmission {

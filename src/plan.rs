@@ -36,7 +36,7 @@ use crate::workflow::{Placeholder, SlotName, SlotValues, Template, Variant, Work
 mod pages;
 mod sweep;
 
-pub use pages::{PageInputs, PageSource};
+pub use pages::{EarlierImage, EarlierImages, NoEarlierImages, PageInputs, PageSource};
 
 /// Derived seeds keep only the low 53 bits, so every JSON tool reads them exactly.
 pub const DERIVED_SEED_MASK: u64 = (1 << 53) - 1;
@@ -192,26 +192,33 @@ pub enum SeedSource {
 
 /// Read a manifest and the workflow templates it names, check everything, and plan every job.
 /// On failure, returns every problem found (manifest problems first, in file order).
-/// Earlier pages named as input images resolve from the chapter's ledger under `output`
-/// (see [`load_plan_in`]).
+/// Earlier pages named as input images find no image (see [`load_plan_in`]).
 pub fn load_plan(manifest: &Path) -> Result<Plan, Vec<Problem>> {
-    load_plan_in(manifest, Path::new("output"))
+    load_plan_in(manifest, &NoEarlierImages)
 }
 
-/// [`load_plan`] with the output root whose chapter ledger resolves earlier pages named as
-/// input images (`images = { source = { page = 3 } }`).
-pub fn load_plan_in(manifest: &Path, out_root: &Path) -> Result<Plan, Vec<Problem>> {
-    load_plan_with(manifest, out_root, false)
+/// [`load_plan`] where earlier pages named as input images
+/// (`images = { source = { page = 3 } }`) resolve from `earlier` (the chapter ledger under
+/// the output root: `ledger::LedgerImages`).
+pub fn load_plan_in(manifest: &Path, earlier: &dyn EarlierImages) -> Result<Plan, Vec<Problem>> {
+    load_plan_with(manifest, earlier, false)
 }
 
 /// [`load_plan_in`] where an earlier page that has no image yet is one this run renders
 /// first: the pages taking it are [`PageInputs::waiting`] (planned with a stand-in input)
 /// instead of a problem.
-pub fn load_plan_waiting(manifest: &Path, out_root: &Path) -> Result<Plan, Vec<Problem>> {
-    load_plan_with(manifest, out_root, true)
+pub fn load_plan_waiting(
+    manifest: &Path,
+    earlier: &dyn EarlierImages,
+) -> Result<Plan, Vec<Problem>> {
+    load_plan_with(manifest, earlier, true)
 }
 
-fn load_plan_with(manifest: &Path, out_root: &Path, wait: bool) -> Result<Plan, Vec<Problem>> {
+fn load_plan_with(
+    manifest: &Path,
+    earlier: &dyn EarlierImages,
+    wait: bool,
+) -> Result<Plan, Vec<Problem>> {
     let file = read_manifest(manifest).map_err(|p| vec![p])?;
     let manifest_sha256 = hex::encode(Sha256::digest(file.text().as_bytes()));
     let (parsed, mut problems) = parse_manifest(&file);
@@ -219,7 +226,7 @@ fn load_plan_with(manifest: &Path, out_root: &Path, wait: bool) -> Result<Plan, 
         return Err(finish(problems, file.name()));
     };
     let base = manifest.parent().unwrap_or(Path::new(""));
-    let page_inputs = pages::resolve_page_images(&mut parsed, out_root, wait, &mut problems);
+    let page_inputs = pages::resolve_page_images(&mut parsed, earlier, wait, &mut problems);
     let images = load_images(&mut parsed, base, &mut problems);
     let templates = load_templates(&parsed, base, &mut problems);
     unused_bindings(&parsed, &mut problems);

@@ -14,7 +14,7 @@ use crate::plan::{Job, JobParams, Plan, load_plan_waiting};
 use crate::workflow::canonical::JobHash;
 
 pub fn plan(args: &PlanArgs) -> CmdResult {
-    let plan = load_plan_waiting(&args.manifest, &args.out)?;
+    let plan = load_plan_waiting(&args.manifest, &crate::ledger::LedgerImages::new(&args.out))?;
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if args.json {
         write_plan_json(&plan, &mut out)

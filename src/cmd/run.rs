@@ -228,7 +228,7 @@ fn load_plans(paths: &[PathBuf], out_root: &std::path::Path) -> Result<Vec<Plan>
         if plans.iter().any(|p| p.manifest_path == *path) {
             continue;
         }
-        match load_plan_waiting(path, out_root) {
+        match load_plan_waiting(path, &crate::ledger::LedgerImages::new(out_root)) {
             Ok(plan) => plans.push(plan),
             Err(mut found) => problems.append(&mut found),
         }

@@ -6,7 +6,7 @@ use crate::cmd::{CmdResult, Outcome};
 use crate::plan::load_plan_waiting;
 
 pub async fn validate(args: ValidateArgs) -> CmdResult {
-    let plan = load_plan_waiting(&args.manifest, &args.out)?;
+    let plan = load_plan_waiting(&args.manifest, &crate::ledger::LedgerImages::new(&args.out))?;
     println!("ok: {}: {}", plan.manifest_path.display(), plan.summary());
     if !args.servers.is_empty() {
         // The same check `run` makes before submitting anything.

@@ -4,16 +4,46 @@
 //! which is then an input image like any file the manifest names.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use toml::Spanned;
 
 use crate::diagnostic::Problem;
-use crate::ledger;
 use crate::manifest::Manifest;
 use crate::manifest::model::{PageImage, Settings, VarValue};
-use crate::output::{ChapterDirs, image_file_name};
-use crate::params::job_key;
+
+/// Where earlier images of a chapter are found: the chapter ledger under an output root
+/// (`ledger::LedgerImages`), or nowhere ([`NoEarlierImages`]).
+pub trait EarlierImages {
+    /// The folder named in messages (`<out>/ch-03`).
+    fn place(&self, chapter: u16) -> String;
+    /// Every verified image of the chapter, in ledger order (the latest of a job key last).
+    fn images(&self, chapter: u16) -> Vec<EarlierImage>;
+}
+
+/// One verified image of a chapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierImage {
+    /// The job key it was made for (`ch03_p001_s1`).
+    pub key: String,
+    pub page: u16,
+    /// The number after `_v` in its file name.
+    pub version: u32,
+    pub path: PathBuf,
+}
+
+/// No earlier images anywhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEarlierImages;
+
+impl EarlierImages for NoEarlierImages {
+    fn place(&self, chapter: u16) -> String {
+        format!("output/ch-{chapter:02}")
+    }
+    fn images(&self, _chapter: u16) -> Vec<EarlierImage> {
+        Vec::new()
+    }
+}
 
 /// What a page reference resolved to, for `plan` to show: the page, the file's version and
 /// its path.
@@ -65,7 +95,7 @@ pub struct PageInputs {
 )]
 pub(super) fn resolve_page_images(
     manifest: &mut Manifest,
-    out_root: &Path,
+    earlier: &dyn EarlierImages,
     wait: bool,
     problems: &mut Vec<Problem>,
 ) -> PageInputs {
@@ -78,26 +108,16 @@ pub(super) fn resolve_page_images(
     }
     let failed = check_graph(manifest, problems);
     let chapter = manifest.chapter.number;
-    let dirs = ChapterDirs::new(
-        &std::path::absolute(out_root).unwrap_or_else(|_| out_root.to_owned()),
-        chapter,
-    );
-    let records = if dirs.ledger().is_file() {
-        ledger::read_records(&dirs.ledger()).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let verified = ledger::verified_images(&dirs.root, &records);
-    let latest = ledger::latest_images(&verified, &records);
-    let by_file: BTreeMap<&str, &ledger::VerifiedImage> = verified
-        .values()
-        .flatten()
-        .map(|image| (image.file.as_str(), image))
-        .collect();
+    let place = earlier.place(chapter);
+    let known = earlier.images(chapter);
+    // The latest image of each job key, and each page's versions.
+    let latest: BTreeMap<&str, &EarlierImage> = known.iter().map(|i| (i.key.as_str(), i)).collect();
+    let by_version: BTreeMap<(u16, u32), &EarlierImage> =
+        known.iter().map(|i| ((i.page, i.version), i)).collect();
 
     // Each reference (by its span's start) -> the image, or None (not there: a problem, or
     // waiting).
-    let mut images: BTreeMap<usize, Option<ledger::VerifiedImage>> = BTreeMap::new();
+    let mut images: BTreeMap<usize, Option<EarlierImage>> = BTreeMap::new();
     let mut later: BTreeSet<usize> = BTreeSet::new();
     let all = std::iter::once(&manifest.defaults).chain(manifest.pages.iter().map(|p| &p.settings));
     for reference in all.flat_map(|s| s.page_images.values()) {
@@ -108,8 +128,7 @@ pub(super) fn resolve_page_images(
             continue;
         }
         let image = if let Some(version) = r.version {
-            let file_name = format!("raw/comfyui/{}", image_file_name(chapter, r.page, version));
-            let image = by_file.get(file_name.as_str()).copied();
+            let image = by_version.get(&(r.page, version)).copied();
             if image.is_none() {
                 problems.push(
                     Problem::at(
@@ -117,26 +136,24 @@ pub(super) fn resolve_page_images(
                         &manifest.file,
                         span.clone(),
                         format!(
-                            "page {} has no version {version} in the ledger of `{}`",
+                            "page {} has no version {version} in the ledger of `{place}`",
                             r.page,
-                            dirs.root.display()
                         ),
                         "no such image",
                     )
-                    .with_help(format!(
-                        "name a version the chapter has (`{}` for the first), or leave \
-                         `version` out for the page's latest image; with another output \
-                         folder, pass `--out`",
-                        image_file_name(chapter, r.page, 1)
-                    )),
+                    .with_help(
+                        "name a version the chapter has (the number after `_v` in an image's \
+                         file name), or leave `version` out for the page's latest image; with \
+                         another output folder, pass `--out`",
+                    ),
                 );
             }
             image
         } else {
             let variant = r.variant.unwrap_or(1);
             let image = latest
-                .get(&job_key(chapter, r.page, variant))
-                .map(|(_, i)| i);
+                .get(crate::params::job_key(chapter, r.page, variant).as_str())
+                .copied();
             if image.is_none() && wait {
                 later.insert(span.start);
             } else if image.is_none() {
@@ -146,9 +163,8 @@ pub(super) fn resolve_page_images(
                         &manifest.file,
                         span.clone(),
                         format!(
-                            "page {} variant {variant} has no image yet in `{}`",
+                            "page {} variant {variant} has no image yet in `{place}`",
                             r.page,
-                            dirs.root.display()
                         ),
                         "not rendered yet",
                     )
@@ -187,12 +203,11 @@ pub(super) fn resolve_page_images(
             let r = reference.into_inner();
             match images.remove(&span.start).flatten() {
                 Some(image) => {
-                    let version = version_of(&image.file).unwrap_or(0);
                     found.sources.insert(
                         image.path.clone(),
                         PageSource {
                             page: r.page,
-                            version,
+                            version: image.version,
                             path: image.path.clone(),
                         },
                     );
@@ -210,12 +225,6 @@ pub(super) fn resolve_page_images(
         }
     }
     found
-}
-
-/// `raw/comfyui/ch03_p003_v2.png` -> 2.
-fn version_of(file: &str) -> Option<u32> {
-    let stem = file.rsplit('/').next()?.strip_suffix(".png")?;
-    stem.rsplit_once("_v")?.1.parse().ok()
 }
 
 /// Check that each referenced page is in the manifest and not swept, and that no page takes
