@@ -186,3 +186,52 @@ fn a_page_whose_input_page_failed_is_not_rendered() {
         .collect();
     assert!(images.is_empty(), "{images:?}");
 }
+
+#[test]
+fn a_version_names_one_file_and_a_missing_version_is_a_spanned_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let manifest = chapter(dir.path(), "the salt flat at noon");
+    run(&manifest, &out);
+    let page1 = out.join("ch-07/raw/comfyui/ch07_p001_v1.png");
+    let add = |reference: &str| {
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        text.push_str(&format!(
+            "\n[[pages]]\npage = 3\nprompt = \"a third pass\"\n\
+             workflow = {:?}\nimages = {{ source = {reference} }}\n",
+            repo().join("workflows/img2img.json").display().to_string()
+        ));
+        let edited = dir.path().join("edited.toml");
+        std::fs::write(&edited, text).unwrap();
+        edited
+    };
+    let shown = plan(&add("{ page = 1, version = 1 }"), &out);
+    assert!(
+        shown.contains(&format!(
+            "page 3 input {} sha256 {}",
+            page1.display(),
+            sha256_file(&page1)
+        )) && shown.contains("<- page 1 v1"),
+        "{shown}"
+    );
+    let missing = add("{ page = 1, version = 9 }");
+    let text = std::fs::read_to_string(&missing).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.contains("version = 9"))
+        .unwrap();
+    let output = bin()
+        .arg("validate")
+        .arg(&missing)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("page 1 has no version 9 in the ledger of")
+            && stderr.contains(&format!("edited.toml:{line}:21]")),
+        "{stderr}"
+    );
+}
