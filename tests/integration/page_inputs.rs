@@ -195,12 +195,12 @@ fn a_version_names_one_file_and_a_missing_version_is_a_spanned_error() {
     run(&manifest, &out);
     let page1 = out.join("ch-07/raw/comfyui/ch07_p001_v1.png");
     let add = |reference: &str| {
-        let mut text = std::fs::read_to_string(&manifest).unwrap();
-        text.push_str(&format!(
-            "\n[[pages]]\npage = 3\nprompt = \"a third pass\"\n\
+        let text = format!(
+            "{}\n[[pages]]\npage = 3\nprompt = \"a third pass\"\n\
              workflow = {:?}\nimages = {{ source = {reference} }}\n",
+            std::fs::read_to_string(&manifest).unwrap(),
             repo().join("workflows/img2img.json").display().to_string()
-        ));
+        );
         let edited = dir.path().join("edited.toml");
         std::fs::write(&edited, text).unwrap();
         edited
