@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use crate::diagnostic::Problem;
 use crate::manifest::Manifest;
-use crate::manifest::model::{PageImage, Settings, VarValue};
+use crate::manifest::model::{PageImage, PageSeeds, Settings, VarValue};
 
 /// Where earlier images of a chapter are found: the chapter ledger under an output root
 /// (`ledger::LedgerImages`), or nowhere ([`NoEarlierImages`]).
@@ -241,6 +241,22 @@ fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usi
         .iter()
         .map(|p| (p.page, &p.settings))
         .collect();
+    // How many variants each page has.
+    let variants: BTreeMap<u16, u32> = manifest
+        .pages
+        .iter()
+        .map(|p| {
+            let n = match &p.seeds {
+                PageSeeds::Explicit(seeds) => u32::try_from(seeds.len()).unwrap_or(u32::MAX),
+                PageSeeds::Derived => p
+                    .settings
+                    .variants
+                    .or(manifest.defaults.variants)
+                    .unwrap_or(1),
+            };
+            (p.page, n)
+        })
+        .collect();
     // page -> (referenced page, the reference), in page order.
     let mut edges: BTreeMap<u16, Vec<(u16, &Spanned<PageImage>)>> = BTreeMap::new();
     for page in &manifest.pages {
@@ -268,6 +284,25 @@ fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usi
                 }
                 continue;
             };
+            let has = variants.get(&r.page).copied().unwrap_or(1);
+            if let Some(variant) = r.variant.filter(|v| *v > has) {
+                if failed.insert(reference.span().start) {
+                    problems.push(
+                        Problem::at(
+                            "manifest::image_page_variant",
+                            &manifest.file,
+                            reference.span(),
+                            format!(
+                                "page {} has {has} variant(s), not a variant {variant}",
+                                r.page
+                            ),
+                            "no such variant",
+                        )
+                        .with_help(format!("name a variant from 1 to {has}")),
+                    );
+                }
+                continue;
+            }
             let swept = target
                 .sweep
                 .as_ref()
