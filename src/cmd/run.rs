@@ -167,14 +167,17 @@ pub async fn run(args: RunArgs) -> CmdResult {
         if ended != Outcome::Done {
             outcome = ended;
         }
-        if is_book {
-            print_book(book, shard, ended, args.json);
-        } else if !args.json {
-            print_summary(&book.chapters[0], shard, ended, false, &[]);
-        } else if n + 1 == books.len() {
-            // One document: the last wave's, naming the earlier waves' reports.
-            let earlier: Vec<&RunSummary> = books[..n].iter().map(|b| &b.chapters[0]).collect();
-            print_summary(&book.chapters[0], shard, outcome, true, &earlier);
+        // With --json, one document after the last wave, naming the earlier waves.
+        let last = n + 1 == books.len();
+        match (is_book, args.json) {
+            (true, false) => print_book(book, shard, ended, false, &[]),
+            (false, false) => print_summary(&book.chapters[0], shard, ended, false, &[]),
+            (_, true) if !last => {}
+            (true, true) => print_book(book, shard, outcome, true, &books[..n]),
+            (false, true) => {
+                let earlier: Vec<&RunSummary> = books[..n].iter().map(|b| &b.chapters[0]).collect();
+                print_summary(&book.chapters[0], shard, outcome, true, &earlier);
+            }
         }
     }
     let chapters: Vec<&RunSummary> = books.iter().flat_map(|b| &b.chapters).collect();
@@ -686,9 +689,17 @@ fn print_summary(
 }
 
 /// A book run: a line per chapter, the book's totals and where its summary is.
-fn print_book(book: &BookSummary, shard: Option<Shard>, outcome: Outcome, json: bool) {
+/// `earlier`: the waves before this one (pages waiting for an input page), listed under
+/// `earlier_waves` in the JSON summary.
+fn print_book(
+    book: &BookSummary,
+    shard: Option<Shard>,
+    outcome: Outcome,
+    json: bool,
+    earlier: &[BookSummary],
+) {
     if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "run_id": book.run_id,
             "summary": book.summary_path,
             "summary_html": book.summary_html_path,
@@ -703,6 +714,19 @@ fn print_book(book: &BookSummary, shard: Option<Shard>, outcome: Outcome, json: 
             "cancelled": book.cancelled,
             "exit_code": outcome.exit_code(),
         });
+        if !earlier.is_empty() {
+            value["earlier_waves"] = earlier
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "run_id": b.run_id,
+                        "summary": b.summary_path,
+                        "reports": b.chapters.iter().map(|c| &c.report_path).collect::<Vec<_>>(),
+                        "totals": b.totals,
+                    })
+                })
+                .collect();
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&value).expect("summary serializes")
