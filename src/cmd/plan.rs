@@ -44,7 +44,7 @@ pub fn write_plan_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         manifest_sha256: &plan.manifest_sha256,
         chapter: plan.chapter,
         title: plan.title.as_deref(),
-        jobs: Jobs(&plan.jobs),
+        jobs: Jobs(&plan.jobs, &plan.page_inputs),
     };
     let mut serializer = serde_json::Serializer::pretty(&mut *out);
     doc.serialize(&mut serializer).map_err(io::Error::from)?;
@@ -61,8 +61,9 @@ struct PlanDoc<'p> {
     jobs: Jobs<'p>,
 }
 
-/// The jobs, serialized one at a time (never collected into a list of values).
-struct Jobs<'p>(&'p [std::sync::Arc<Job>]);
+/// The jobs, serialized one at a time (never collected into a list of values), and the
+/// earlier pages that pages waiting for an input page take.
+struct Jobs<'p>(&'p [std::sync::Arc<Job>], &'p crate::plan::PageInputs);
 
 impl Serialize for Jobs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -76,6 +77,14 @@ impl Serialize for Jobs<'_> {
             hash: &job.hash,
             workflow_sha256: &job.workflow_sha256,
             inputs: &job.inputs,
+            waits_for_pages: if self.1.waiting.contains(&job.page) {
+                self.1
+                    .deps
+                    .get(&job.page)
+                    .map(|d| d.iter().copied().collect())
+            } else {
+                None
+            },
         }))
     }
 }
@@ -93,6 +102,10 @@ struct JobDoc<'j> {
     /// The job's input images (path, format, size, sha256); absent when it has none.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     inputs: &'j [crate::inputs::InputImage],
+    /// The pages whose image this run renders first and this job takes as input: its `hash`
+    /// and `inputs` are known once they are. Absent for a job that waits for nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waits_for_pages: Option<Vec<u16>>,
 }
 
 const TABLE_HEADER: [&str; 9] = [

@@ -92,6 +92,15 @@ fn a_page_waits_for_the_page_it_takes_and_follows_it_when_it_changes() {
         before.contains("page 2 input <- page 1 (rendered by this run"),
         "{before}"
     );
+    let json = json_of(
+        bin()
+            .arg("plan")
+            .arg(&manifest)
+            .args(["--json", "--out"])
+            .arg(&out),
+    );
+    assert!(json["jobs"][0].get("waits_for_pages").is_none(), "{json:#}");
+    assert_eq!(json["jobs"][1]["waits_for_pages"], serde_json::json!([1]));
 
     // One run: page 1 first, then page 2 over the image page 1 just got.
     let (summary, reports) = run(&manifest, &out);
