@@ -498,4 +498,41 @@ mod tests {
             .collect();
         assert_eq!(found, [("raw/v1.png", "r"), ("raw/v2.png", "c")]);
     }
+
+    #[test]
+    fn earlier_images_are_the_verified_ones_in_ledger_order_with_page_and_version() {
+        use crate::plan::EarlierImages;
+        let out = tempfile::tempdir().unwrap();
+        let root = out.path().join("ch-01");
+        let images = root.join("raw/comfyui");
+        std::fs::create_dir_all(&images).unwrap();
+        let mut records = Vec::new();
+        for (version, body) in [(1, &b"first"[..]), (2, b"second"), (3, b"gone")] {
+            let name = format!("ch01_p001_v{version}.png");
+            std::fs::write(images.join(&name), body).unwrap();
+            let (bytes, sha) = digest_file(&images.join(&name)).unwrap();
+            records.push(image(
+                &format!("raw/comfyui/{name}"),
+                &sha.to_string(),
+                bytes,
+            ));
+        }
+        // Version 3 changed on disk since: not verified, so not an earlier image.
+        std::fs::write(images.join("ch01_p001_v3.png"), b"changed").unwrap();
+        let (ledger, _) = Ledger::open(&root.join("ledger.jsonl")).unwrap();
+        for record in &records {
+            ledger.append(record).unwrap();
+        }
+        let found = LedgerImages::new(out.path()).images(1);
+        let seen: Vec<(u16, u32, &str)> = found
+            .iter()
+            .map(|i| (i.page, i.version, i.key.as_str()))
+            .collect();
+        assert_eq!(seen, [(1, 1, "ch01_p001_s1"), (1, 2, "ch01_p001_s1")]);
+        assert_eq!(found[1].path, images.join("ch01_p001_v2.png"));
+        assert!(found[1].path.is_absolute());
+        // A chapter never run: nothing, and nothing created.
+        assert!(LedgerImages::new(out.path()).images(2).is_empty());
+        assert!(!out.path().join("ch-02").exists());
+    }
 }
