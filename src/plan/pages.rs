@@ -334,53 +334,68 @@ fn check_graph(manifest: &Manifest, problems: &mut Vec<Problem>) -> BTreeSet<usi
                 .push((r.page, reference));
         }
     }
-    // A cycle: a path from a page back to itself. Each is reported once, at the reference
-    // that closes it, naming the pages along it.
-    let mut reported: BTreeSet<Vec<u16>> = BTreeSet::new();
+    // A cycle: a reference back to a page still on the depth-first path (each page is
+    // visited once, so this stays linear however the pages take each other). Reported at the
+    // reference that closes it, naming the pages along it; every reference of it fails.
+    // Page -> on the path now (true) or done with (false); absent: not visited yet.
+    let mut marks: BTreeMap<u16, bool> = BTreeMap::new();
     for &start in edges.keys() {
-        // (page, the pages from `start` to it, the references taken on the way)
-        let mut stack: Vec<(u16, Vec<u16>, Vec<usize>)> = vec![(start, vec![start], Vec::new())];
-        while let Some((page, path, taken)) = stack.pop() {
-            for &(next, reference) in edges.get(&page).into_iter().flatten() {
-                if next == start {
-                    // Every reference of a cycle fails: none of its pages can be resolved.
-                    failed.extend(taken.iter().copied());
+        if marks.contains_key(&start) {
+            continue;
+        }
+        // The path: each page with the index of its next reference to follow; `taken[i]` is
+        // the reference from `path[i]` to `path[i + 1]`.
+        let mut path: Vec<(u16, usize)> = vec![(start, 0)];
+        let mut taken: Vec<usize> = Vec::new();
+        marks.insert(start, true);
+        while let Some(&(page, i)) = path.last() {
+            let refs = edges.get(&page).map_or(&[][..], Vec::as_slice);
+            let Some(&(next, reference)) = refs.get(i) else {
+                marks.insert(page, false);
+                path.pop();
+                taken.pop();
+                continue;
+            };
+            if let Some(last) = path.last_mut() {
+                last.1 += 1;
+            }
+            match marks.get(&next) {
+                None => {
+                    marks.insert(next, true);
+                    path.push((next, 0));
+                    taken.push(reference.span().start);
+                }
+                Some(true) => {
+                    let at = path.iter().position(|(p, _)| *p == next).unwrap_or(0);
+                    failed.extend(taken[at..].iter().copied());
                     failed.insert(reference.span().start);
-                    let mut members = path.clone();
-                    members.sort_unstable();
-                    if reported.insert(members) {
-                        let chain: Vec<String> = path
+                    let pages: Vec<u16> = path[at..].iter().map(|(p, _)| *p).collect();
+                    let message = if pages.len() == 1 {
+                        format!("page {next} takes its own image as input")
+                    } else {
+                        let chain: Vec<String> = pages
                             .iter()
-                            .chain([&start])
+                            .chain([&next])
                             .map(|p| format!("page {p}"))
                             .collect();
-                        let message = if path.len() == 1 {
-                            format!("page {start} takes its own image as input")
-                        } else {
-                            format!("the pages take each other's images: {}", chain.join(" <- "))
-                        };
-                        problems.push(
-                            Problem::at(
-                                "manifest::image_page_cycle",
-                                &manifest.file,
-                                reference.span(),
-                                message,
-                                "closes the cycle",
-                            )
-                            .with_help(
-                                "a page's input is an image made before it: take the file of \
-                                 a version that exists instead (an image path), or drop one of \
-                                 these references",
-                            ),
-                        );
-                    }
-                } else if !path.contains(&next) {
-                    let mut longer = path.clone();
-                    longer.push(next);
-                    let mut more = taken.clone();
-                    more.push(reference.span().start);
-                    stack.push((next, longer, more));
+                        format!("the pages take each other's images: {}", chain.join(" <- "))
+                    };
+                    problems.push(
+                        Problem::at(
+                            "manifest::image_page_cycle",
+                            &manifest.file,
+                            reference.span(),
+                            message,
+                            "closes the cycle",
+                        )
+                        .with_help(
+                            "a page's input is an image made before it: take the file of a \
+                             version that exists instead (an image path), or drop one of these \
+                             references",
+                        ),
+                    );
                 }
+                Some(false) => {}
             }
         }
     }
