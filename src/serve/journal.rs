@@ -19,8 +19,9 @@ use crate::output::jsonl::{self, BadLine, JsonLines};
 use crate::output::lock::{LockError, OwnerLock};
 use crate::output::{PathError, open_append};
 
-/// Journal format version, written in every line.
-pub const JOURNAL_VERSION: u32 = 1;
+/// Journal format version, written in every line. v2 added a request's `images` (input
+/// images kept under `<out>/serve/inputs/`); v1 lines are read as they are (no images).
+pub const JOURNAL_VERSION: u32 = 2;
 
 /// One line of the journal.
 #[derive(Debug, Serialize, Deserialize)]
@@ -291,7 +292,7 @@ mod tests {
             format!("{damaged}\n")
         );
 
-        let newer = r#"{"v":2,"job":{"jobId":"dddddddd","whatever":true}}"#;
+        let newer = r#"{"v":3,"job":{"jobId":"dddddddd","whatever":true}}"#;
         let mut file = open_append(&path).unwrap();
         file.write_all(format!("{newer}\n").as_bytes()).unwrap();
         let before = std::fs::read(&path).unwrap();
@@ -299,7 +300,7 @@ mod tests {
             Err(
                 e @ OpenError::Newer {
                     line: 3,
-                    version: 2,
+                    version: 3,
                     ..
                 },
             ) => {

@@ -23,6 +23,7 @@ pub(crate) fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
         out_root: out.to_owned(),
         workflow: None,
         max_queue: 1000,
+        max_input_bytes: plasma_batch::serve::inputs::DEFAULT_MAX_INPUT_BYTES,
         token: None,
         engine: engine(),
         on_shutdown: ShutdownMode::Cancel,
