@@ -467,6 +467,51 @@ async fn read_multipart(
     Ok((json, files))
 }
 
+/// The image of an earlier job of this service, for `field`.
+async fn earlier_image(app: &App, field: &str, id: &str) -> Result<Vec<u8>, ApiError> {
+    let refuse = |status: StatusCode, reason: String| ApiError {
+        status,
+        ..ApiError::invalid(vec![FieldProblem {
+            field: field.to_owned(),
+            reason,
+        }])
+    };
+    let Some(record) = app.table.get(id) else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no job with id {id}; name a job of this service"),
+        ));
+    };
+    let path = match (&record.image_path, record.status) {
+        (Some(path), Status::Complete) => path.clone(),
+        (_, status) if !status.is_terminal() => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "job {id} is {}; it has no image yet: wait until it is complete, then send this again",
+                    status_word(status)
+                ),
+            ));
+        }
+        (_, status) => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("job {id} is {}; it has no image", status_word(status)),
+            ));
+        }
+    };
+    let root = app.out_root.clone();
+    tokio::task::spawn_blocking(move || read_png_no_follow(&root, &path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            refuse(
+                StatusCode::GONE,
+                format!("the image of job {id} cannot be read any more: {e}"),
+            )
+        })
+}
+
 /// Keep each input image the request sends (checked, named by content) and record it in
 /// `request.images`; the checked images by slot, for the job.
 async fn store_images(
@@ -496,52 +541,7 @@ async fn store_images(
                 images.insert(slot, image);
                 continue;
             }
-            ImageSource::Job(id) => {
-                let Some(record) = app.table.get(&id) else {
-                    return Err(ApiError {
-                        status: StatusCode::NOT_FOUND,
-                        ..invalid(
-                            &field,
-                            format!("no job with id {id}; name a job of this service"),
-                        )
-                    });
-                };
-                let path = match (&record.image_path, record.status) {
-                    (Some(path), Status::Complete) => path.clone(),
-                    (_, status) if !status.is_terminal() => {
-                        return Err(ApiError {
-                            status: StatusCode::CONFLICT,
-                            ..invalid(
-                                &field,
-                                format!(
-                                    "job {id} is {}; it has no image yet: wait until it is complete, then send this again",
-                                    status_word(status)
-                                ),
-                            )
-                        });
-                    }
-                    (_, status) => {
-                        return Err(ApiError {
-                            status: StatusCode::CONFLICT,
-                            ..invalid(
-                                &field,
-                                format!("job {id} is {}; it has no image", status_word(status)),
-                            )
-                        });
-                    }
-                };
-                let root = app.out_root.clone();
-                let read = tokio::task::spawn_blocking(move || read_png_no_follow(&root, &path))
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                read.map_err(|e| ApiError {
-                    status: StatusCode::GONE,
-                    ..invalid(
-                        &field,
-                        format!("the image of job {id} cannot be read any more: {e}"),
-                    )
-                })?
-            }
+            ImageSource::Job(id) => earlier_image(app, &field, &id).await?,
         };
         let store = app.clone();
         let stored = tokio::task::spawn_blocking(move || store.inputs.store(&bytes))
