@@ -257,4 +257,28 @@ mod tests {
         let err = Templates::load(Some(&path)).err().expect("refused");
         assert!(err.to_string().contains("{{batch}}"), "{err}");
     }
+
+    #[test]
+    fn a_load_image_input_that_is_exactly_a_variable_is_an_image_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let img2img = include_str!("../../workflows/img2img.json");
+        let path = dir.path().join("img2img.json");
+        // `{{denoise}}` is no image slot: refused, naming it and not `{{source}}`.
+        std::fs::write(&path, img2img).unwrap();
+        let err = Templates::load(Some(&path)).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("{{denoise}}") && !text.contains("{{source}}"),
+            "{text}"
+        );
+        std::fs::write(&path, img2img.replace("\"{{denoise}}\"", "0.5")).unwrap();
+        let templates = Templates::load(Some(&path)).unwrap();
+        assert_eq!(templates.image_slots, BTreeSet::from(["source".to_owned()]));
+        // Inside a longer text it is no image slot.
+        let prefixed = img2img
+            .replace("\"{{denoise}}\"", "0.5")
+            .replace("\"{{source}}\"", "\"refs/{{source}}\"");
+        std::fs::write(&path, prefixed).unwrap();
+        assert!(Templates::load(Some(&path)).is_err());
+    }
 }

@@ -1748,6 +1748,22 @@ async fn an_input_image_sent_as_a_multipart_file_part_runs() {
         error["error"].as_str().unwrap().contains("`request`"),
         "{error}"
     );
+    // A form a web page posts cross-site (multipart needs no CORS preflight) is refused.
+    let form = reqwest::multipart::Form::new()
+        .text("request", small(json!({})).to_string())
+        .part("source", reqwest::multipart::Part::bytes(bytes.clone()));
+    let (status, _, error) = send(
+        http()
+            .post(format!("{url}/jobs"))
+            .header("origin", "http://evil.example")
+            .multipart(form),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 403, "{error}");
+    let (_, list, _) = call("get", &url, "/jobs", "/jobs", None).await;
+    assert_eq!(list["total"], 1);
     service.shutdown().await.unwrap();
 }
 
@@ -1812,14 +1828,20 @@ async fn a_restarted_service_runs_a_job_with_the_input_it_was_sent() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = sketch(dir.path(), 15);
 
-    // The job is running (it hangs) when the service stops.
+    // The job is running (it hangs) when the process is killed.
     let hanging = TestSim::start(&["hang:KSampler"]).await;
-    let service = start(img2img_config(&[&hanging], dir.path())).await;
-    let url = service.url();
+    let workflow = img2img_workflow(dir.path());
+    let args = [
+        "--server",
+        &hanging.url(),
+        "--workflow",
+        workflow.to_str().unwrap(),
+    ];
+    let (mut child, url) = spawn_serve(&args, &dir.path().join("out"), None).await;
     let body = small(json!({"page": 7, "images": {"source": {"base64": b64(&bytes)}}}));
     let id = id_of(&post_job(&url, &body).await.1);
     wait_job(&url, &id, status_is("running")).await;
-    service.shutdown().await.unwrap();
+    child.kill().await.unwrap(); // SIGKILL: no shutdown
 
     // A fresh server that never saw the image: the restarted service uploads the kept bytes.
     let good = TestSim::start(&[]).await;
