@@ -226,6 +226,29 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_line_is_read_as_a_job_without_images_and_compaction_writes_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let mut line = serde_json::to_value(Line::of(&record("aaaaaaaa"))).unwrap();
+        line["v"] = 1.into();
+        assert!(line["job"]["request"].get("images").is_none());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let Opened { jobs, warnings, .. } = Journal::open(&path).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            jobs,
+            [record("aaaaaaaa")].map(|r| JobRecord {
+                timings: jobs[0].timings.clone(),
+                ..r
+            })
+        );
+        assert!(jobs[0].request.images.is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(r#"{"v":2,"#), "{text}");
+    }
+
+    #[test]
     fn the_last_line_of_a_job_wins_and_a_torn_line_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serve/jobs.jsonl");

@@ -766,6 +766,51 @@ mod tests {
     }
 
     #[test]
+    fn images_take_base64_a_job_or_a_kept_sha256_and_name_each_problem() {
+        let c = parse(
+            br#"{"prompt_text": "a", "images": {"source": {"base64": "aGk=", "filename": "s.png"},
+                 "pose": {"job": "j1"}, "ref": {"sha256": "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789", "path": "x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.images["source"], ImageSource::Bytes(b"hi".to_vec()));
+        assert_eq!(c.images["pose"], ImageSource::Job("j1".to_owned()));
+        assert_eq!(
+            c.images["ref"],
+            ImageSource::Stored(
+                "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789".to_owned()
+            )
+        );
+        assert!(c.request.images.is_empty(), "filled by the service");
+        assert_eq!(
+            fields(
+                r#"{"prompt_text": "a", "images": {"a": {"base64": "%%"}, "b": {"job": "x", "base64": ""},
+                    "c": {}, "d": 1, "e-f": {"job": "x"}, "g": {"job": 5}, "h": {"sha256": "12"},
+                    "i": {"job": "x", "colour": 1}}}"#
+            ),
+            [
+                "images.a.base64",
+                "images.b",
+                "images.c",
+                "images.d",
+                "images.e-f",
+                "images.g.job",
+                "images.h.sha256",
+                "images.i.colour"
+            ]
+        );
+        assert_eq!(fields(r#"{"prompt_text": "a", "images": []}"#), ["images"]);
+        // A file part for a slot the JSON also gives is refused; one of its own is taken.
+        let files = BTreeMap::from([("source".to_owned(), vec![1, 2])]);
+        let both = parse_with(
+            br#"{"prompt_text": "a", "images": {"source": {"job": "j"}}}"#,
+            files.clone(),
+        );
+        assert_eq!(both.unwrap_err()[0].field, "images.source");
+        let c = parse_with(br#"{"prompt_text": "a"}"#, files).unwrap();
+        assert_eq!(c.images["source"], ImageSource::Bytes(vec![1, 2]));
+    }
+
+    #[test]
     fn a_key_given_twice_is_refused_at_any_depth() {
         assert_eq!(
             fields(r#"{"prompt_text": "a", "seed": 1, "seed": 2, "seed": 3}"#),
