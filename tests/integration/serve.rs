@@ -1305,8 +1305,12 @@ async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies(
         assert!(text.contains(reason) && !text.contains("e+19"), "{text}");
     }
 
-    // 413 in the JSON error shape.
-    let huge = format!(r#"{{"prompt_text": "{}"}}"#, "a".repeat(2 << 20));
+    // 413 in the JSON error shape: past 1 MiB plus room for input images (3x the cap).
+    let cap = usize::try_from(plasma_batch::serve::inputs::DEFAULT_MAX_INPUT_BYTES).unwrap();
+    let huge = format!(
+        r#"{{"prompt_text": "{}"}}"#,
+        "a".repeat((1 << 20) + 3 * cap)
+    );
     let (status, _, error) = send(
         http()
             .post(format!("{url}/jobs"))
