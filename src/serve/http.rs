@@ -536,7 +536,15 @@ async fn store_images(
         let bytes = match source {
             ImageSource::Bytes(bytes) => bytes,
             ImageSource::Stored(sha256) => {
-                let (stored, image) = app.inputs.find(&sha256).map_err(|r| invalid(&field, r))?;
+                // Decoding the kept file is blocking work, as storing is.
+                let store = app.clone();
+                let (stored, image) =
+                    tokio::task::spawn_blocking(move || store.inputs.find(&sha256))
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?
+                        .map_err(|r| invalid(&field, r))?;
                 request.images.insert(slot.clone(), stored);
                 images.insert(slot, image);
                 continue;
