@@ -207,6 +207,9 @@ pub struct ServeArgs {
     /// Jobs queued or running at once; beyond that `POST /jobs` answers 429.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_queue: usize,
+    /// Largest input image a `POST /jobs` may send, in bytes; larger ones answer 413.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::serve::inputs::DEFAULT_MAX_INPUT_BYTES)]
+    pub max_input_bytes: u64,
     /// Bearer token every request (but /healthz) must carry; required off loopback.
     #[arg(long, env = "PLASMA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

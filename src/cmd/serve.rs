@@ -72,6 +72,7 @@ pub async fn serve(args: ServeArgs) -> CmdResult {
         out_root: args.out.clone(),
         workflow: args.workflow.clone(),
         max_queue: args.max_queue,
+        max_input_bytes: args.max_input_bytes,
         token: args.token.clone(),
         engine: EngineConfig::from_settings(&EngineSettings {
             flags: Choices {

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use super::catalogue::Catalogue;
+use super::inputs::InputStore;
 use super::jobs::Table;
 use super::templates::Templates;
 use crate::comfy::ComfyClient;
@@ -25,6 +26,8 @@ pub(crate) struct App {
     /// The bound address (the real port when asked for port 0).
     pub addr: SocketAddr,
     pub max_queue: usize,
+    /// Where received input images are kept.
+    pub inputs: InputStore,
     /// Set at shutdown: new jobs get 503.
     pub draining: AtomicBool,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -48,9 +48,16 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/jobs/{id}/image", get(image))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(body_limit(&app)))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .with_state(app)
+}
+
+/// The largest body `POST /jobs` reads: a job request plus input images (base64 is 4/3 of
+/// the bytes; room for two images at the cap).
+fn body_limit(app: &App) -> usize {
+    let images = usize::try_from(app.inputs.max_bytes().saturating_mul(3)).unwrap_or(usize::MAX);
+    BODY_LIMIT.saturating_add(images)
 }
 
 /// The error body of every non-2xx answer.
@@ -285,11 +292,8 @@ struct Accepted {
     seed: u64,
 }
 
-async fn create(
-    State(app): State<Arc<App>>,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+async fn create(State(app): State<Arc<App>>, request: Request) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -303,37 +307,37 @@ async fn create(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim());
-    if !media.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+    // `multipart/form-data` also needs a preflight when a page sets it from script, and a
+    // plain HTML form cannot carry a bearer token.
+    let multipart = media.is_some_and(|m| m.eq_ignore_ascii_case("multipart/form-data"));
+    if !multipart && !media.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "a job request is JSON: send `Content-Type: application/json` (found {})",
+                "a job request is JSON: send `Content-Type: application/json`, or \
+                 `multipart/form-data` with a `request` JSON part and image file parts (found {})",
                 media.map_or_else(|| "none".to_owned(), |m| format!("{m:?}"))
             ),
         ));
     }
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!("the body is larger than {BODY_LIMIT} bytes; a job request is a few KB"),
-            )
-        } else {
-            ApiError::new(
-                status,
-                format!("the body could not be read: {}", rejection.body_text()),
-            )
-        }
-    })?;
+    let limit = body_limit(&app);
+    let (body, files) = if multipart {
+        read_multipart(request, limit).await?
+    } else {
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|r| too_large(&r, limit))?;
+        (body, std::collections::BTreeMap::new())
+    };
     if let Err(error) = app.table.journal_usable() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("jobs cannot be recorded: {error}; restart the service"),
         ));
     }
-    let checked = request::parse(&body).map_err(ApiError::invalid)?;
-    let request = checked.request;
+    let checked = request::parse_with(&body, files).map_err(ApiError::invalid)?;
+    let mut request = checked.request;
+    let images = store_images(&app, &mut request, checked.images).await?;
     let template = app.templates.template_for(&request);
     let missing = app
         .catalogue
@@ -348,7 +352,7 @@ async fn create(
         let key = service_job_key(request.chapter, request.page, &id);
         let job = app
             .templates
-            .build(&key, &request)
+            .build(&key, &request, &images)
             .map_err(|(field, reason)| ApiError::invalid(vec![FieldProblem { field, reason }]))?;
         let record = JobRecord::new(id.to_string(), key, request.clone(), checked.seed_drawn);
         let accepted = Accepted {
@@ -384,6 +388,199 @@ async fn create(
         StatusCode::INTERNAL_SERVER_ERROR,
         "could not find a free job key",
     ))
+}
+
+fn too_large(rejection: &BytesRejection, limit: usize) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            format!(
+                "the body is larger than {limit} bytes; a job request is a few KB, plus its input images (each at most the service's --max-input-bytes)"
+            ),
+        )
+    } else {
+        ApiError::new(
+            status,
+            format!("the body could not be read: {}", rejection.body_text()),
+        )
+    }
+}
+
+/// A `multipart/form-data` job request: the JSON request in a part named `request`, each
+/// input image in a file part named after its slot.
+async fn read_multipart(
+    request: Request,
+    limit: usize,
+) -> Result<(Bytes, std::collections::BTreeMap<String, Vec<u8>>), ApiError> {
+    let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, e);
+    let mut form = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| {
+            bad(format!(
+                "the multipart body could not be read: {}",
+                e.body_text()
+            ))
+        })?;
+    let mut json = None;
+    let mut files = std::collections::BTreeMap::new();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {limit} bytes; send smaller input images"),
+                ));
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "the multipart body could not be read: {}",
+                    e.body_text()
+                )));
+            }
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let bytes = field.bytes().await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                format!("part `{name}` could not be read: {}", e.body_text()),
+            )
+        })?;
+        if name == "request" {
+            if json.replace(bytes).is_some() {
+                return Err(bad("the `request` part is given more than once".to_owned()));
+            }
+        } else if files.insert(name.clone(), bytes.to_vec()).is_some() {
+            return Err(bad(format!(
+                "the file part `{name}` is given more than once"
+            )));
+        }
+    }
+    let json = json.ok_or_else(|| {
+        bad(
+            "a multipart job request needs a part named `request` holding the JSON request"
+                .to_owned(),
+        )
+    })?;
+    Ok((json, files))
+}
+
+/// The image of an earlier job of this service, for `field`.
+async fn earlier_image(app: &App, field: &str, id: &str) -> Result<Vec<u8>, ApiError> {
+    let refuse = |status: StatusCode, reason: String| ApiError {
+        status,
+        ..ApiError::invalid(vec![FieldProblem {
+            field: field.to_owned(),
+            reason,
+        }])
+    };
+    let Some(record) = app.table.get(id) else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no job with id {id}; name a job of this service"),
+        ));
+    };
+    let path = match (&record.image_path, record.status) {
+        (Some(path), Status::Complete) => path.clone(),
+        (_, status) if !status.is_terminal() => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "job {id} is {}; it has no image yet: wait until it is complete, then send this again",
+                    status_word(status)
+                ),
+            ));
+        }
+        (_, status) => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                format!("job {id} is {}; it has no image", status_word(status)),
+            ));
+        }
+    };
+    let root = app.out_root.clone();
+    tokio::task::spawn_blocking(move || read_png_no_follow(&root, &path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            refuse(
+                StatusCode::GONE,
+                format!("the image of job {id} cannot be read any more: {e}"),
+            )
+        })
+}
+
+/// Keep each input image the request sends (checked, named by content) and record it in
+/// `request.images`; the checked images by slot, for the job.
+async fn store_images(
+    app: &Arc<App>,
+    request: &mut request::JobRequest,
+    sources: std::collections::BTreeMap<String, request::ImageSource>,
+) -> Result<std::collections::BTreeMap<String, crate::inputs::InputImage>, ApiError> {
+    use super::inputs::StoreError;
+    use request::ImageSource;
+    let invalid = |field: &str, reason: String| {
+        ApiError::invalid(vec![FieldProblem {
+            field: field.to_owned(),
+            reason,
+        }])
+    };
+    let mut images = std::collections::BTreeMap::new();
+    for (slot, source) in sources {
+        let field = format!("images.{slot}");
+        if let Some(reason) = app.templates.image_slot_problem(request, &slot) {
+            return Err(invalid(&field, reason));
+        }
+        let bytes = match source {
+            ImageSource::Bytes(bytes) => bytes,
+            ImageSource::Stored(sha256) => {
+                // Decoding the kept file is blocking work, as storing is.
+                let store = app.clone();
+                let (stored, image) =
+                    tokio::task::spawn_blocking(move || store.inputs.find(&sha256))
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?
+                        .map_err(|r| invalid(&field, r))?;
+                request.images.insert(slot.clone(), stored);
+                images.insert(slot, image);
+                continue;
+            }
+            ImageSource::Job(id) => earlier_image(app, &field, &id).await?,
+        };
+        let store = app.clone();
+        let stored = tokio::task::spawn_blocking(move || store.inputs.store(&bytes))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        match stored {
+            Ok((stored, image)) => {
+                request.images.insert(slot.clone(), stored);
+                images.insert(slot, image);
+            }
+            Err(StoreError::TooLarge { len, limit }) => {
+                return Err(ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..invalid(
+                        &field,
+                        format!(
+                            "is {len} bytes, over the limit of {limit} bytes (--max-input-bytes); scale it down or send JPEG or WebP"
+                        ),
+                    )
+                });
+            }
+            Err(StoreError::NotAnImage(reason)) => return Err(invalid(&field, reason)),
+            Err(StoreError::Io(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the input image could not be kept: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(images)
 }
 
 #[derive(Deserialize)]

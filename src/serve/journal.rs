@@ -19,8 +19,9 @@ use crate::output::jsonl::{self, BadLine, JsonLines};
 use crate::output::lock::{LockError, OwnerLock};
 use crate::output::{PathError, open_append};
 
-/// Journal format version, written in every line.
-pub const JOURNAL_VERSION: u32 = 1;
+/// Journal format version, written in every line. v2 added a request's `images` (input
+/// images kept under `<out>/serve/inputs/`); v1 lines are read as they are (no images).
+pub const JOURNAL_VERSION: u32 = 2;
 
 /// One line of the journal.
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,6 +226,29 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_line_is_read_as_a_job_without_images_and_compaction_writes_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve/jobs.jsonl");
+        let mut line = serde_json::to_value(Line::of(&record("aaaaaaaa"))).unwrap();
+        line["v"] = 1.into();
+        assert!(line["job"]["request"].get("images").is_none());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let Opened { jobs, warnings, .. } = Journal::open(&path).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            jobs,
+            [record("aaaaaaaa")].map(|r| JobRecord {
+                timings: jobs[0].timings.clone(),
+                ..r
+            })
+        );
+        assert!(jobs[0].request.images.is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(r#"{"v":2,"#), "{text}");
+    }
+
+    #[test]
     fn the_last_line_of_a_job_wins_and_a_torn_line_is_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serve/jobs.jsonl");
@@ -291,7 +315,7 @@ mod tests {
             format!("{damaged}\n")
         );
 
-        let newer = r#"{"v":2,"job":{"jobId":"dddddddd","whatever":true}}"#;
+        let newer = r#"{"v":3,"job":{"jobId":"dddddddd","whatever":true}}"#;
         let mut file = open_append(&path).unwrap();
         file.write_all(format!("{newer}\n").as_bytes()).unwrap();
         let before = std::fs::read(&path).unwrap();
@@ -299,7 +323,7 @@ mod tests {
             Err(
                 e @ OpenError::Newer {
                     line: 3,
-                    version: 2,
+                    version: 3,
                     ..
                 },
             ) => {

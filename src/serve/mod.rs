@@ -6,6 +6,7 @@
 mod app;
 mod catalogue;
 mod http;
+pub mod inputs;
 pub mod jobs;
 pub mod journal;
 pub mod record;

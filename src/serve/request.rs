@@ -3,6 +3,9 @@
 //! Ranges, and the help that says them, are the manifest's, from `params`
 //! (`docs/manifest.md`). Knows nothing of HTTP or the engine.
 
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -15,7 +18,7 @@ use crate::params::{
 use crate::plan::DERIVED_SEED_MASK;
 
 /// The fields `POST /jobs` takes.
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 13] = [
     "prompt_text",
     "negative_prompt",
     "seed",
@@ -28,6 +31,7 @@ pub const FIELDS: [&str; 12] = [
     "resolution",
     "chapter",
     "page",
+    "images",
 ];
 const LORA_FIELDS: [&str; 3] = ["name", "strength_model", "strength_clip"];
 const RESOLUTION_FIELDS: [&str; 2] = ["width", "height"];
@@ -50,13 +54,39 @@ pub struct JobRequest {
     pub resolution: Resolution,
     pub chapter: u16,
     pub page: u16,
+    /// Input images by slot (`{{source}}` in a `LoadImage` node's `image` input), as the
+    /// service stored them (`serve::inputs`). Not written when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, StoredImage>,
 }
 
-/// A checked request, and whether its seed was drawn here (the body gave none).
+/// An input image the service keeps: `<out>/serve/inputs/<sha256>.<ext>`, named by content.
+/// `POST /jobs` takes it back as `{"sha256": "..."}` (`path` may be given; it is derived).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImage {
+    pub sha256: String,
+    /// Relative to the output root: `serve/inputs/<sha256>.png`.
+    pub path: String,
+}
+
+/// Where a request's input image comes from, before the service stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// The bytes, sent base64 in JSON or as a multipart file part.
+    Bytes(Vec<u8>),
+    /// The image of an earlier job of this service, by job id.
+    Job(String),
+    /// An image the service already keeps, by its sha256 (lower-case hex).
+    Stored(String),
+}
+
+/// A checked request, whether its seed was drawn here (the body gave none), and its input
+/// images by slot (stored and put into `request.images` by the service).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     pub request: JobRequest,
     pub seed_drawn: bool,
+    pub images: BTreeMap<String, ImageSource>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +119,14 @@ pub fn draw_seed() -> u64 {
 
 /// Parse and check a request body. Every problem is returned, in field order.
 pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
+    parse_with(body, BTreeMap::new())
+}
+
+/// [`parse`] with image bytes sent beside the JSON (multipart file parts, by slot).
+pub fn parse_with(
+    body: &[u8],
+    files: BTreeMap<String, Vec<u8>>,
+) -> Result<Checked, Vec<FieldProblem>> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         vec![FieldProblem::new(
             "",
@@ -159,6 +197,7 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
             c.integer(v, "page", &params::PAGE).map(|n| n as u16)
         })
         .unwrap_or(Some(1));
+    let images = c.images_with_files(&map, files);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -177,11 +216,25 @@ pub fn parse(body: &[u8]) -> Result<Checked, Vec<FieldProblem>> {
         resolution: resolution.expect("checked"),
         chapter: chapter.expect("checked"),
         page: page.expect("checked"),
+        images: BTreeMap::new(),
     };
     Ok(Checked {
         request,
         seed_drawn: given.is_none(),
+        images,
     })
+}
+
+const IMAGE_FORMS: &str = "give {\"base64\": \"...\", \"filename\": \"sketch.png\"}, {\"job\": \"<job id>\"} or {\"sha256\": \"<64 hex digits>\"}";
+const SLOT_NAME_RULE: &str =
+    "is not a slot name: use letters, digits and `_` (the `{{name}}` of a LoadImage `image` input)";
+
+fn is_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
 #[derive(Default)]
@@ -382,6 +435,131 @@ impl Checker {
             width: width?,
             height: height?,
         })
+    }
+
+    /// `images` with the file parts sent beside the JSON.
+    fn images_with_files(
+        &mut self,
+        map: &Map<String, Value>,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> BTreeMap<String, ImageSource> {
+        let mut images = self
+            .optional(map, "images", Checker::images)
+            .flatten()
+            .unwrap_or_default();
+        for (slot, bytes) in files {
+            if !is_slot_name(&slot) {
+                self.problem(&format!("images.{slot}"), SLOT_NAME_RULE);
+                continue;
+            }
+            match images.entry(slot) {
+                std::collections::btree_map::Entry::Occupied(e) => self.problem(
+                    &format!("images.{}", e.key()),
+                    "is given both in the JSON part and as a file part; give it once",
+                ),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(ImageSource::Bytes(bytes));
+                }
+            }
+        }
+        images
+    }
+
+    /// `images`: slot -> one of [`IMAGE_FORMS`]. Never repeats the bytes it was sent.
+    fn images(&mut self, v: &Value) -> Option<BTreeMap<String, ImageSource>> {
+        let Value::Object(map) = v else {
+            self.problem(
+                "images",
+                format!(
+                    "must be an object naming each image slot, such as {{\"source\": {{\"job\": \"<job id>\"}}}}, found {}",
+                    kind(v)
+                ),
+            );
+            return None;
+        };
+        let mut images = BTreeMap::new();
+        for (slot, spec) in map {
+            let field = format!("images.{slot}");
+            if !is_slot_name(slot) {
+                self.problem(&field, SLOT_NAME_RULE);
+                continue;
+            }
+            let Value::Object(spec) = spec else {
+                self.problem(
+                    &field,
+                    format!("must be an object: {IMAGE_FORMS}; found {}", kind(spec)),
+                );
+                continue;
+            };
+            let forms: Vec<&str> = ["base64", "job", "sha256"]
+                .into_iter()
+                .filter(|k| spec.contains_key(*k))
+                .collect();
+            let known: &[&str] = match forms.as_slice() {
+                ["base64"] => &["base64", "filename"],
+                ["job"] => &["job"],
+                ["sha256"] => &["sha256", "path"],
+                [] => {
+                    self.problem(&field, format!("names no image: {IMAGE_FORMS}"));
+                    continue;
+                }
+                _ => {
+                    self.problem(
+                        &field,
+                        format!("gives {}; give exactly one", forms.join(" and ")),
+                    );
+                    continue;
+                }
+            };
+            self.unknown(spec, &format!("{field}."), known);
+            let text = |c: &mut Self, key: &str| match spec.get(key) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    c.problem(
+                        &format!("{field}.{key}"),
+                        format!("must be a string, found {}", kind(other)),
+                    );
+                    None
+                }
+                None => None,
+            };
+            if spec.contains_key("filename") {
+                text(self, "filename");
+            }
+            let source = match forms[0] {
+                "base64" => text(self, "base64").and_then(|b64| {
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim().as_bytes())
+                        .map_err(|e| {
+                            self.problem(
+                                &format!("{field}.base64"),
+                                format!("is not valid base64 (standard alphabet, padded): {e}"),
+                            );
+                        })
+                        .ok()?;
+                    Some(ImageSource::Bytes(decoded))
+                }),
+                "job" => text(self, "job").map(ImageSource::Job),
+                _ => text(self, "sha256").and_then(|hex| {
+                    let ok = hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit());
+                    if !ok {
+                        self.problem(
+                            &format!("{field}.sha256"),
+                            "must be 64 hex digits, the sha256 the service showed for the image",
+                        );
+                        return None;
+                    }
+                    if spec.contains_key("path") {
+                        text(self, "path");
+                    }
+                    Some(ImageSource::Stored(hex.to_ascii_lowercase()))
+                }),
+            };
+            if let Some(source) = source {
+                images.insert(slot.clone(), source);
+            }
+        }
+        Some(images)
     }
 
     fn lora(&mut self, v: &Value) -> Option<LoraParams> {
@@ -585,6 +763,51 @@ mod tests {
             .unwrap_or_else(|| panic!("no problem with {field} in {problems:?}"))
             .reason
             .clone()
+    }
+
+    #[test]
+    fn images_take_base64_a_job_or_a_kept_sha256_and_name_each_problem() {
+        let c = parse(
+            br#"{"prompt_text": "a", "images": {"source": {"base64": "aGk=", "filename": "s.png"},
+                 "pose": {"job": "j1"}, "ref": {"sha256": "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789", "path": "x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.images["source"], ImageSource::Bytes(b"hi".to_vec()));
+        assert_eq!(c.images["pose"], ImageSource::Job("j1".to_owned()));
+        assert_eq!(
+            c.images["ref"],
+            ImageSource::Stored(
+                "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789".to_owned()
+            )
+        );
+        assert!(c.request.images.is_empty(), "filled by the service");
+        assert_eq!(
+            fields(
+                r#"{"prompt_text": "a", "images": {"a": {"base64": "%%"}, "b": {"job": "x", "base64": ""},
+                    "c": {}, "d": 1, "e-f": {"job": "x"}, "g": {"job": 5}, "h": {"sha256": "12"},
+                    "i": {"job": "x", "colour": 1}}}"#
+            ),
+            [
+                "images.a.base64",
+                "images.b",
+                "images.c",
+                "images.d",
+                "images.e-f",
+                "images.g.job",
+                "images.h.sha256",
+                "images.i.colour"
+            ]
+        );
+        assert_eq!(fields(r#"{"prompt_text": "a", "images": []}"#), ["images"]);
+        // A file part for a slot the JSON also gives is refused; one of its own is taken.
+        let files = BTreeMap::from([("source".to_owned(), vec![1, 2])]);
+        let both = parse_with(
+            br#"{"prompt_text": "a", "images": {"source": {"job": "j"}}}"#,
+            files.clone(),
+        );
+        assert_eq!(both.unwrap_err()[0].field, "images.source");
+        let c = parse_with(br#"{"prompt_text": "a"}"#, files).unwrap();
+        assert_eq!(c.images["source"], ImageSource::Bytes(vec![1, 2]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use super::app::App;
 use super::catalogue::Catalogue;
 use super::http;
+use super::inputs::InputStore;
 use super::jobs::Table;
 use super::journal::{Journal, OpenError, Opened};
 use super::record::Status;
@@ -49,6 +50,8 @@ pub struct ServeConfig {
     pub workflow: Option<PathBuf>,
     /// Jobs queued or running at once; more answer 429.
     pub max_queue: usize,
+    /// Cap on one input image a request sends (larger: 413).
+    pub max_input_bytes: u64,
     /// Bearer token every request but `/healthz` must carry. Required off loopback.
     pub token: Option<String>,
     pub engine: EngineConfig,
@@ -195,7 +198,19 @@ impl Service {
             // Only accepted and finished states are journaled, so this is the accepted one.
             record.status = Status::Queued;
             record.progress = None;
-            match templates.build(&record.key, &record.request) {
+            let store = InputStore::new(&config.out_root, config.max_input_bytes);
+            let images = record
+                .request
+                .images
+                .iter()
+                .map(|(slot, stored)| {
+                    store
+                        .find(&stored.sha256)
+                        .map(|(_, image)| (slot.clone(), image))
+                        .map_err(|reason| (format!("images.{slot}"), reason))
+                })
+                .collect::<Result<_, _>>();
+            match images.and_then(|images| templates.build(&record.key, &record.request, &images)) {
                 Ok(job) => initial.push(Arc::new(job)),
                 Err((_, reason)) => failed.push((record.job_id.clone(), reason)),
             }
@@ -258,6 +273,7 @@ impl Service {
             token: config.token.clone(),
             addr,
             max_queue: config.max_queue,
+            inputs: InputStore::new(&config.out_root, config.max_input_bytes),
             draining: AtomicBool::new(false),
         });
         let events = {

@@ -23,6 +23,7 @@ pub(crate) fn config(sims: &[&Sim], out: &Path) -> ServeConfig {
         out_root: out.to_owned(),
         workflow: None,
         max_queue: 1000,
+        max_input_bytes: plasma_batch::serve::inputs::DEFAULT_MAX_INPUT_BYTES,
         token: None,
         engine: engine(),
         on_shutdown: ShutdownMode::Cancel,
@@ -1304,8 +1305,12 @@ async fn post_refuses_paths_as_names_repeated_keys_huge_numbers_and_huge_bodies(
         assert!(text.contains(reason) && !text.contains("e+19"), "{text}");
     }
 
-    // 413 in the JSON error shape.
-    let huge = format!(r#"{{"prompt_text": "{}"}}"#, "a".repeat(2 << 20));
+    // 413 in the JSON error shape: past 1 MiB plus room for input images (3x the cap).
+    let cap = usize::try_from(plasma_batch::serve::inputs::DEFAULT_MAX_INPUT_BYTES).unwrap();
+    let huge = format!(
+        r#"{{"prompt_text": "{}"}}"#,
+        "a".repeat((1 << 20) + 3 * cap)
+    );
     let (status, _, error) = send(
         http()
             .post(format!("{url}/jobs"))
@@ -1563,4 +1568,299 @@ async fn only_the_names_the_template_fills_in_are_checked_against_the_server() {
     .await;
     assert_eq!(job["status"], "complete", "{job:#}");
     service.shutdown().await.unwrap();
+}
+
+// ---- Input images (`images` in `POST /jobs`) ----
+
+/// The shipped img2img template with its one non-image variable written in: its only
+/// variable left is the image slot `{{source}}`.
+fn img2img_workflow(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("workflows/img2img.json")).unwrap();
+    assert!(text.contains("\"{{denoise}}\"") && text.contains("\"{{source}}\""));
+    let path = dir.join("img2img.json");
+    std::fs::write(&path, text.replace("\"{{denoise}}\"", "0.6")).unwrap();
+    path
+}
+
+fn img2img_config(sims: &[&Sim], dir: &Path) -> ServeConfig {
+    let mut cfg = config(sims, &dir.join("out"));
+    cfg.workflow = Some(img2img_workflow(dir));
+    cfg
+}
+
+fn sketch(dir: &Path, seed: u32) -> Vec<u8> {
+    let path = crate::uploads::png_file(dir, &format!("sketch{seed}.png"), 24, 16, seed);
+    std::fs::read(path).unwrap()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// What the simulator holds under the name the engine uploads `bytes` as.
+fn on_server(sim: &TestSim, bytes: &[u8]) -> Vec<u8> {
+    let name = format!("{}.png", &hex_sha256(bytes)[..32]);
+    std::fs::read(sim.input_dir().join("plasma").join(name)).unwrap()
+}
+
+#[tokio::test]
+async fn an_input_image_sent_base64_or_as_an_earlier_job_is_kept_uploaded_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&[]).await;
+    let service = start(img2img_config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let bytes = sketch(dir.path(), 11);
+    let sha = hex_sha256(&bytes);
+
+    // The bytes, base64.
+    let body = small(
+        json!({"page": 3, "images": {"source": {"base64": b64(&bytes), "filename": "sketch.png"}}}),
+    );
+    let (status, accepted) = post_job(&url, &body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let first = id_of(&accepted);
+    let (job, _) = wait_job(&url, &first, status_is("complete")).await;
+    let shown = &job["request"]["images"]["source"];
+    assert_eq!(shown["sha256"], sha.as_str());
+    let kept = format!("serve/inputs/{sha}.png");
+    assert_eq!(shown["path"], kept.as_str());
+    assert_eq!(
+        std::fs::read(dir.path().join("out").join(&kept)).unwrap(),
+        bytes
+    );
+    assert_eq!(
+        on_server(&sim, &bytes),
+        bytes,
+        "the server got the same bytes"
+    );
+    let workflow = &sim.stats();
+    assert!(workflow.uploads >= 1);
+
+    // "Page 3 again, starting from that job's image": one request, by job id.
+    let body = small(json!({"page": 3, "images": {"source": {"job": first}}}));
+    let (status, accepted) = post_job(&url, &body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (second, _) = wait_job(&url, &id_of(&accepted), status_is("complete")).await;
+    let earlier = std::fs::read(
+        dir.path()
+            .join("out")
+            .join(job["imagePath"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(
+        second["request"]["images"]["source"]["sha256"],
+        hex_sha256(&earlier).as_str()
+    );
+    assert_eq!(on_server(&sim, &earlier), earlier);
+
+    // A job's request is accepted back as it is (the kept image, by sha256).
+    let (status, accepted) = post_job(&url, &second["request"]).await;
+    assert_eq!(status, 202, "{accepted}");
+    wait_job(&url, &id_of(&accepted), status_is("complete")).await;
+
+    // An unknown job, or none at all for the workflow's image slot, is refused clearly.
+    let body = small(json!({"images": {"source": {"job": "no-such-job"}}}));
+    let (status, error) = post_job(&url, &body).await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["field"], "images.source");
+    assert!(error["error"].as_str().unwrap().contains("no-such-job"));
+    let (status, error) = post_job(&url, &small(json!({}))).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "images.source");
+    let body = small(json!({"images": {"pose": {"base64": b64(&bytes)}}}));
+    let (status, error) = post_job(&url, &body).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "images.pose");
+    assert!(
+        error["reason"].as_str().unwrap().contains("source"),
+        "{error}"
+    );
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_earlier_job_not_finished_yet_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&["hang:KSampler"]).await;
+    let service = start(img2img_config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let bytes = sketch(dir.path(), 12);
+    let body = small(json!({"images": {"source": {"base64": b64(&bytes)}}}));
+    let running = id_of(&post_job(&url, &body).await.1);
+    wait_job(&url, &running, status_is("running")).await;
+    let body = small(json!({"images": {"source": {"job": running}}}));
+    let (status, error) = post_job(&url, &body).await;
+    assert_eq!(status, 409, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("running"),
+        "{error}"
+    );
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_input_image_sent_as_a_multipart_file_part_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&[]).await;
+    let service = start(img2img_config(&[&sim], dir.path())).await;
+    let url = service.url();
+    let bytes = sketch(dir.path(), 13);
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "request",
+            reqwest::multipart::Part::text(small(json!({"page": 5})).to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "source",
+            reqwest::multipart::Part::bytes(bytes.clone())
+                .file_name("sketch.png")
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let (status, _, accepted) = send(
+        http().post(format!("{url}/jobs")).multipart(form),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let (job, _) = wait_job(&url, &id_of(&accepted), status_is("complete")).await;
+    assert_eq!(
+        job["request"]["images"]["source"]["sha256"],
+        hex_sha256(&bytes).as_str()
+    );
+    assert_eq!(on_server(&sim, &bytes), bytes);
+    // Without the JSON part, the answer says what is missing.
+    let form = reqwest::multipart::Form::new()
+        .part("source", reqwest::multipart::Part::bytes(bytes.clone()));
+    let (status, _, error) = send(
+        http().post(format!("{url}/jobs")).multipart(form),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("`request`"),
+        "{error}"
+    );
+    // A form a web page posts cross-site (multipart needs no CORS preflight) is refused.
+    let form = reqwest::multipart::Form::new()
+        .text("request", small(json!({})).to_string())
+        .part("source", reqwest::multipart::Part::bytes(bytes.clone()));
+    let (status, _, error) = send(
+        http()
+            .post(format!("{url}/jobs"))
+            .header("origin", "http://evil.example")
+            .multipart(form),
+        "post",
+        "/jobs",
+    )
+    .await;
+    assert_eq!(status, 403, "{error}");
+    let (_, list, _) = call("get", &url, "/jobs", "/jobs", None).await;
+    assert_eq!(list["total"], 1);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_input_over_the_cap_is_413_and_one_that_is_no_image_is_400_without_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = TestSim::start(&[]).await.idle_ok();
+    let mut cfg = img2img_config(&[&sim], dir.path());
+    cfg.max_input_bytes = 1000;
+    let service = start(cfg).await;
+    let url = service.url();
+    let big = std::fs::read(crate::uploads::png_file(dir.path(), "big.png", 40, 40, 14)).unwrap();
+    assert!(big.len() > 1000);
+    let (status, error) = post_job(
+        &url,
+        &small(json!({"images": {"source": {"base64": b64(&big)}}})),
+    )
+    .await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["field"], "images.source");
+    assert!(
+        error["reason"].as_str().unwrap().contains("1000 bytes"),
+        "{error}"
+    );
+
+    let secret = b"password=hunter2-do-not-echo this is not an image at all";
+    let (status, error) = post_job(
+        &url,
+        &small(json!({"images": {"source": {"base64": b64(secret)}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "images.source");
+    let text = error.to_string();
+    assert!(
+        text.contains("PNG, JPEG or WebP") && text.contains("text"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains(&b64(secret)),
+        "{text}"
+    );
+    let (status, error) = post_job(
+        &url,
+        &small(json!({"images": {"source": {"base64": "%%%"}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "images.source.base64");
+    // Nothing refused was kept, and no job was created.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("out/serve/inputs"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "{kept:?}");
+    let (_, list, _) = call("get", &url, "/jobs", "/jobs", None).await;
+    assert_eq!(list["total"], 0);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_service_runs_a_job_with_the_input_it_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = sketch(dir.path(), 15);
+
+    // The job is running (it hangs) when the process is killed.
+    let hanging = TestSim::start(&["hang:KSampler"]).await;
+    let workflow = img2img_workflow(dir.path());
+    let args = [
+        "--server",
+        &hanging.url(),
+        "--workflow",
+        workflow.to_str().unwrap(),
+    ];
+    let (mut child, url) = spawn_serve(&args, &dir.path().join("out"), None).await;
+    let body = small(json!({"page": 7, "images": {"source": {"base64": b64(&bytes)}}}));
+    let id = id_of(&post_job(&url, &body).await.1);
+    wait_job(&url, &id, status_is("running")).await;
+    child.kill().await.unwrap(); // SIGKILL: no shutdown
+
+    // A fresh server that never saw the image: the restarted service uploads the kept bytes.
+    let good = TestSim::start(&[]).await;
+    let service = start(img2img_config(&[&good], dir.path())).await;
+    let url = service.url();
+    let (job, _) = wait_job(&url, &id, status_is("complete")).await;
+    assert_eq!(
+        job["request"]["images"]["source"]["sha256"],
+        hex_sha256(&bytes).as_str()
+    );
+    assert_eq!(on_server(&good, &bytes), bytes);
+    service.shutdown().await.unwrap();
+    let journal = std::fs::read_to_string(dir.path().join("out/serve/jobs.jsonl")).unwrap();
+    assert!(
+        journal.lines().all(|l| l.starts_with(r#"{"v":2,"#)),
+        "{journal}"
+    );
 }

@@ -19,7 +19,7 @@ use crate::real_comfy::{SERVER, real_comfy};
 use crate::support::{TestSim, client, engine, no_cancel, options, plan, png_size, small_manifest};
 
 /// A real PNG of `width` x `height` whose pixels depend on `seed`.
-fn png_file(dir: &Path, name: &str, width: u32, height: u32, seed: u32) -> PathBuf {
+pub(crate) fn png_file(dir: &Path, name: &str, width: u32, height: u32, seed: u32) -> PathBuf {
     let path = dir.join(name);
     let file = std::fs::File::create(&path).unwrap();
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
