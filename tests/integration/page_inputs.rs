@@ -244,3 +244,29 @@ fn a_version_names_one_file_and_a_missing_version_is_a_spanned_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_chain_of_pages_renders_in_as_many_waves_each_over_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let manifest = chapter(dir.path(), "the salt flat at noon");
+    // Page 3 takes page 2, which takes page 1.
+    let text = format!(
+        "{}\n[[pages]]\npage = 3\nprompt = \"a third pass\"\nworkflow = {:?}\n\
+         images = {{ source = {{ page = 2 }} }}\n",
+        std::fs::read_to_string(&manifest).unwrap(),
+        repo().join("workflows/img2img.json").display().to_string()
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let (summary, reports) = run(&manifest, &out);
+    assert_eq!(reports.len(), 3, "{summary:#}");
+    let images = out.join("ch-07/raw/comfyui");
+    for (page, input) in [(2, "ch07_p001_v1.png"), (3, "ch07_p002_v1.png")] {
+        let entry = job(&reports, &format!("ch07_p00{page}_s1"));
+        assert_eq!(entry["status"], "succeeded", "{entry:#}");
+        assert_eq!(
+            entry["inputs"][0]["sha256"],
+            sha256_file(&images.join(input)).as_str()
+        );
+    }
+}
