@@ -1,7 +1,7 @@
 //! Input images named in the manifest, end to end through the binary: the shipped chapter 3
-//! (pages and img2img passes over `manifests/refs/`) renders on the simulator, the filled
-//! workflow names each image by its content, and a changed reference re-renders exactly the
-//! pages that use it. (Each rule's diagnostic is in the broken-manifest corpus,
+//! (pages, img2img passes over `manifests/refs/`, and a second pass over its own page 1)
+//! renders on the simulator in two waves, the filled workflow names each image by its content,
+//! and a changed reference re-renders exactly the pages that use it. (Each rule's diagnostic is in the broken-manifest corpus,
 //! `tests/fixtures/manifests/bad/images-*.toml`.)
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::cli::{bin, json_of};
+// Run on the simulator: the JSON summary (the last wave's) and every wave's report.
+use crate::page_inputs::run;
 use crate::support::*;
 
 /// A copy of the shipped chapter 3 in `dir` (manifest, refs and the workflows it names), so
@@ -30,26 +32,20 @@ fn chapter3(dir: &Path) -> PathBuf {
     manifests.join("ch03.toml")
 }
 
-fn run(manifest: &Path, out: &Path) -> (Value, Value) {
-    let summary = json_of(
-        bin()
-            .arg("run")
-            .arg(manifest)
-            .args(["--sim", "--json", "--out"])
-            .arg(out),
-    );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(summary["report"].as_str().unwrap()).unwrap())
-            .unwrap();
-    (summary, report)
+/// A job's entry among the waves' reports.
+fn job_in<'r>(reports: &'r [Value], key: &str) -> &'r Value {
+    reports
+        .iter()
+        .flat_map(|r| r["jobs"].as_array().unwrap())
+        .find(|j| j["key"] == key)
+        .unwrap_or_else(|| panic!("no job {key} in {reports:#?}"))
 }
 
-/// The statuses of a report's jobs, by key.
-fn statuses(report: &Value) -> Vec<(String, String)> {
-    let mut all: Vec<(String, String)> = report["jobs"]
-        .as_array()
-        .unwrap()
+/// The statuses of the waves' jobs, by key.
+fn statuses(reports: &[Value]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = reports
         .iter()
+        .flat_map(|r| r["jobs"].as_array().unwrap())
         .map(|j| {
             (
                 j["key"].as_str().unwrap().to_owned(),
@@ -68,10 +64,27 @@ fn chapter_3_renders_img2img_passes_and_a_changed_reference_rerenders_only_its_p
     let out = dir.path().join("out");
     let refs = dir.path().join("manifests/refs");
 
-    let (summary, report) = run(&manifest, &out);
-    assert_eq!(summary["totals"]["succeeded"], 5, "{summary:#}");
-    let jobs = report["jobs"].as_array().unwrap();
-    let job = |key: &str| jobs.iter().find(|j| j["key"] == key).unwrap();
+    let (summary, reports) = run(&manifest, &out);
+    // Two waves: every page that waits for nothing, then page 5, the pass over page 1.
+    assert_eq!(reports.len(), 2, "{summary:#}");
+    let keys = |report: &Value| -> Vec<String> {
+        report["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!keys(&reports[0]).contains(&"ch03_p005_s1".to_owned()));
+    assert_eq!(keys(&reports[1]), ["ch03_p005_s1"]);
+    assert_eq!(summary["earlier_waves"][0]["totals"]["succeeded"], 5);
+    assert!(
+        statuses(&reports).iter().all(|(_, s)| s == "succeeded"),
+        "{:?}",
+        statuses(&reports)
+    );
+    assert_eq!(statuses(&reports).len(), 6);
+    let job = |key: &str| job_in(&reports, key);
     // The LoadImage input names the uploaded file by its content.
     let pose_hash = sha256_file(&refs.join("pose-03.png"));
     let sent = job("ch03_p002_s1")["prompt"]["10"]["inputs"]["image"].clone();
@@ -85,9 +98,27 @@ fn chapter_3_renders_img2img_passes_and_a_changed_reference_rerenders_only_its_p
     assert_eq!(png_size(&image_of("ch03_p002_s1")), (64, 96));
     assert_eq!(png_size(&image_of("ch03_p004_s1")), (96, 64));
     assert_eq!(png_size(&image_of("ch03_p001_s1")), (512, 768));
+    // Page 5's input is page 1's image file, just rendered: its bytes, under its content's name.
+    let page1 = image_of("ch03_p001_s1");
+    let page1_sha = sha256_file(&page1);
+    let second = job("ch03_p005_s1");
+    assert_eq!(
+        second["inputs"][0]["sha256"],
+        page1_sha.as_str(),
+        "{second:#}"
+    );
+    assert_eq!(second["inputs"][0]["path"], page1.display().to_string());
+    assert_eq!(
+        second["prompt"]["10"]["inputs"]["image"],
+        format!("plasma/{}.png", &page1_sha[..32])
+    );
+    assert_eq!(second["prompt"]["3"]["inputs"]["denoise"], 0.35);
+    assert_eq!(png_size(&image_of("ch03_p005_s1")), (512, 768));
 
-    // Nothing changed: nothing is rendered again.
+    // Nothing changed: nothing is rendered again, in one wave.
     let (_, again) = run(&manifest, &out);
+    assert_eq!(again.len(), 1);
+    assert_eq!(statuses(&again).len(), 6);
     assert!(
         statuses(&again).iter().all(|(_, s)| s == "skipped"),
         "{:?}",
@@ -115,8 +146,18 @@ fn plan_shows_each_input_image_with_its_sha256() {
     let manifest = chapter3(dir.path());
     let pose = manifest.parent().unwrap().join("refs/pose-03.png");
     let hash = sha256_file(&pose);
-    let plan = json_of(bin().arg("plan").arg(&manifest).arg("--json"));
+    let out = dir.path().join("out");
+    let plan = json_of(
+        bin()
+            .arg("plan")
+            .arg(&manifest)
+            .args(["--json", "--out"])
+            .arg(&out),
+    );
     let jobs = plan["jobs"].as_array().unwrap();
+    // Page 5 takes page 1, which has no image yet: it waits, its input is not known.
+    assert_eq!(jobs[5]["key"], "ch03_p005_s1");
+    assert_eq!(jobs[5]["waits_for_pages"], serde_json::json!([1]));
     let with_inputs: Vec<&str> = jobs
         .iter()
         .filter(|j| j.get("inputs").is_some())
@@ -133,8 +174,18 @@ fn plan_shows_each_input_image_with_its_sha256() {
     );
     assert_eq!(jobs[1]["inputs"][0]["sha256"], hash.as_str());
     assert_eq!(jobs[1]["inputs"][0]["path"], pose.display().to_string());
-    let output = bin().arg("plan").arg(&manifest).output().unwrap();
+    let output = bin()
+        .arg("plan")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("page 5 input <- page 1 (rendered by this run"),
+        "{table}"
+    );
     let line = format!(
         "page 2 input {} sha256 {hash} (plasma/{}.png)",
         pose.display(),
@@ -160,7 +211,13 @@ fn a_page_image_is_merged_over_the_defaults_by_name() {
     std::fs::write(&manifest, &text).unwrap();
     assert_eq!(text.matches("salt-flat.png").count(), 1, "{text}");
     let refs = manifest.parent().unwrap().join("refs");
-    let plan = json_of(bin().arg("plan").arg(&manifest).arg("--json"));
+    let plan = json_of(
+        bin()
+            .arg("plan")
+            .arg(&manifest)
+            .args(["--json", "--out"])
+            .arg(dir.path().join("out")),
+    );
     let input_of = |key: &str| {
         let job = plan["jobs"]
             .as_array()
@@ -187,33 +244,29 @@ fn an_earlier_page_s_image_file_is_an_input_of_a_second_pass() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = chapter3(dir.path());
     let out = dir.path().join("out");
-    let (first, _) = run(&manifest, &out);
-    assert_eq!(first["totals"]["succeeded"], 5, "{first:#}");
-    // Page 5: an img2img pass over page 1's first version, named by its file.
+    let (first, reports) = run(&manifest, &out);
+    assert_eq!(statuses(&reports).len(), 6, "{first:#}");
+    assert!(statuses(&reports).iter().all(|(_, s)| s == "succeeded"));
+    // Page 6: an img2img pass over page 1's first version, named by its file.
     let mut text = std::fs::read_to_string(&manifest).unwrap();
     text.push_str(
-        "\n[[pages]]\npage = 5\nprompt = \"page 1 again, cleaner\"\n\
+        "\n[[pages]]\npage = 6\nprompt = \"page 1 again, cleaner\"\n\
          workflow = \"../workflows/img2img.json\"\n\
          images = { source = \"../out/ch-03/raw/comfyui/ch03_p001_v1.png\" }\n",
     );
     std::fs::write(&manifest, text).unwrap();
     let page1 = out.join("ch-03/raw/comfyui/ch03_p001_v1.png");
-    let (_, report) = run(&manifest, &out);
-    let rendered: Vec<(String, String)> = statuses(&report)
+    let (_, reports) = run(&manifest, &out);
+    let rendered: Vec<(String, String)> = statuses(&reports)
         .into_iter()
         .filter(|(_, s)| s != "skipped")
         .collect();
     assert_eq!(
         rendered,
-        [("ch03_p005_s1".to_owned(), "succeeded".to_owned())],
+        [("ch03_p006_s1".to_owned(), "succeeded".to_owned())],
         "{rendered:?}"
     );
-    let job = report["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["key"] == "ch03_p005_s1")
-        .unwrap();
+    let job = job_in(&reports, "ch03_p006_s1");
     assert_eq!(job["inputs"][0]["sha256"], sha256_file(&page1).as_str());
     let image = out.join(job["images"][0]["path"].as_str().unwrap());
     assert_eq!(png_size(&image), png_size(&page1));
@@ -252,12 +305,17 @@ fn the_report_and_contact_sheet_list_inputs_and_rerun_uploads_the_same_bytes() {
     let manifest = chapter3(dir.path());
     let out = dir.path().join("out");
     let refs = dir.path().join("manifests/refs");
-    let (summary, report) = run(&manifest, &out);
-    let errors: Vec<String> = crate::report_schema::validator()
-        .iter_errors(&report)
-        .map(|e| format!("{e} at {}", e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    let (summary, reports) = run(&manifest, &out);
+    for report in &reports {
+        let errors: Vec<String> = crate::report_schema::validator()
+            .iter_errors(report)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    // The first wave: pages 1 to 4 (page 5 waits for page 1 and is the second wave's).
+    let first = &summary["earlier_waves"][0];
+    let report = &reports[0];
     let jobs = report["jobs"].as_array().unwrap();
     let job = |key: &str| jobs.iter().find(|j| j["key"] == key).unwrap();
     assert!(job("ch03_p001_s1").get("inputs").is_none());
@@ -277,15 +335,19 @@ fn the_report_and_contact_sheet_list_inputs_and_rerun_uploads_the_same_bytes() {
         (Some(96), Some(64))
     );
     // The contact sheet shows each input beside its output, with a thumbnail.
-    let sheet = std::fs::read_to_string(summary["contact_sheet"].as_str().unwrap()).unwrap();
+    let sheet = std::fs::read_to_string(first["contact_sheet"].as_str().unwrap()).unwrap();
     let marker = format!("input salt-flat.png · {}", &salt[..12]);
     assert!(sheet.contains(&marker), "no `{marker}` in the sheet");
     assert_eq!(sheet.matches("<div class=\"input\"><img").count(), 4);
 
     // `rerun` uploads the same bytes to a fresh server and reproduces every image.
-    let report_path = summary["report"].as_str().unwrap().to_owned();
+    let report_path = first["report"].as_str().unwrap().to_owned();
     let rerun = json_of(bin().args(["rerun", &report_path, "--sim", "--json"]));
     assert_eq!(rerun["identical"], 5, "{rerun:#}");
+    // The second wave's pass over page 1 too: page 1's file is its input.
+    let second_wave = summary["report"].as_str().unwrap();
+    let rerun = json_of(bin().args(["rerun", second_wave, "--sim", "--json"]));
+    assert_eq!(rerun["identical"], 1, "{rerun:#}");
 
     // A reference changed since: the rerun says which job and file, and sends nothing.
     std::fs::copy(refs.join("pose-03.png"), refs.join("salt-flat.png")).unwrap();

@@ -35,7 +35,7 @@ fn chapter(dir: &Path, first: &str) -> PathBuf {
 }
 
 /// Run on the simulator: the JSON summary and every wave's report, earliest first.
-fn run(manifest: &Path, out: &Path) -> (Value, Vec<Value>) {
+pub(crate) fn run(manifest: &Path, out: &Path) -> (Value, Vec<Value>) {
     let summary = json_of(
         bin()
             .arg("run")
