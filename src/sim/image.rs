@@ -166,6 +166,30 @@ impl Image {
         }
     }
 
+    /// `ImageBlend`: `other` (already this image's size) blended over this image per
+    /// `mode`, mixed in by `factor` and clamped to 0..=1, as `nodes_post_processing` does.
+    /// Batches broadcast: a batch of 1 meets any batch; the caller refuses other mismatches.
+    pub fn blend(&self, other: &Image, factor: f32, mode: &str) -> Image {
+        let batch = self.batch.max(other.batch);
+        let len = self.frame_len();
+        let mut out = Vec::with_capacity(len * batch as usize);
+        for b in 0..batch {
+            let one = self.frame(if self.batch == 1 { 0 } else { b });
+            let two = other.frame(if other.batch == 1 { 0 } else { b });
+            for (p, q) in one.iter().zip(two.iter()) {
+                let (a, c) = (f32::from(*p) / 255.0, f32::from(*q) / 255.0);
+                let mixed = blend_mode(a, c, mode);
+                out.push(to_u8(a * (1.0 - factor) + mixed * factor));
+            }
+        }
+        Image {
+            batch,
+            width: self.width,
+            height: self.height,
+            pixels: Pixels::Raster(Arc::new(out)),
+        }
+    }
+
     /// `ImageToMask` for channel 0..=2 (the caller raises for alpha, as ComfyUI does).
     pub fn channel_mask(&self, channel: usize) -> Mask {
         let values = match &self.pixels {
@@ -228,6 +252,27 @@ impl Mask {
             self.width as usize,
         ];
         torch_repr(&shape, &|idx: &[usize]| self.value(idx[0], idx[1], idx[2]))
+    }
+}
+
+/// `ImageBlend.blend_mode` for one channel value of each image (0..=1).
+fn blend_mode(a: f32, b: f32, mode: &str) -> f32 {
+    match mode {
+        "multiply" => a * b,
+        "screen" => 1.0 - (1.0 - a) * (1.0 - b),
+        "overlay" if a <= 0.5 => 2.0 * a * b,
+        "overlay" => 1.0 - 2.0 * (1.0 - a) * (1.0 - b),
+        "soft_light" if b <= 0.5 => a - (1.0 - 2.0 * b) * a * (1.0 - a),
+        "soft_light" => {
+            let g = if a <= 0.25 {
+                ((16.0 * a - 12.0) * a + 4.0) * a
+            } else {
+                a.sqrt()
+            };
+            a + (2.0 * b - 1.0) * (g - a)
+        }
+        "difference" => a - b,
+        _ => b,
     }
 }
 

@@ -45,6 +45,7 @@ fn pixels(graph: &Value, link: &Value, depth: usize) -> Option<(u64, u64)> {
         "KSampler" | "KSamplerAdvanced" => from("latent_image"),
         "VAEEncode" => from("pixels").map(|(w, h)| ((w / 8) * 8, (h / 8) * 8)),
         "ImageBlur" => from("image"),
+        "ImageBlend" => from("image1"),
         "LatentUpscaleBy" => {
             let (w, h) = cells(from("samples")?);
             let by = float("scale_by")?;
@@ -66,8 +67,12 @@ fn pixels(graph: &Value, link: &Value, depth: usize) -> Option<(u64, u64)> {
             Some((scaled(w, by), scaled(h, by)))
         }
         "ImageScale" => {
+            let size = (int("width")?, int("height")?);
+            if size.0 > 0 && size.1 > 0 {
+                return Some(size);
+            }
             let (w, h) = from("image")?;
-            match (int("width")?, int("height")?) {
+            match size {
                 (0, 0) => Some((w, h)),
                 (0, ht) => Some(((w * ht / h.max(1)).max(1), ht)),
                 (wd, 0) => Some((wd, (h * wd / w.max(1)).max(1))),

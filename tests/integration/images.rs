@@ -364,3 +364,47 @@ fn the_report_and_contact_sheet_list_inputs_and_rerun_uploads_the_same_bytes() {
     assert!(stderr.contains(&salt), "{stderr}");
     assert_eq!(files_under(&out), before);
 }
+
+/// `workflows/pose-reference.json` on the simulator: a pose sketch and a character sheet,
+/// each brought to the page's size and blended by `pose_weight`, go through img2img; the
+/// graph sent names each image by its content and the image saved has the page's size.
+#[test]
+fn pose_reference_template_blends_two_inputs_to_the_page_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let refs = repo().join("manifests/refs");
+    let manifest = dir.path().join("pose.toml");
+    let text = format!(
+        "[chapter]\nnumber = 9\n\n[defaults]\nworkflow = \"{}\"\nwidth = 72\nheight = 96\nsteps = 2\n\
+         vars = {{ denoise = 0.7, pose_weight = 0.35 }}\n\n\
+         [[pages]]\npage = 1\nprompt = \"Mira, after the pose sketch\"\n\
+         images = {{ pose = \"{}\", reference = \"{}\" }}\n",
+        repo().join("workflows/pose-reference.json").display(),
+        refs.join("pose-03.png").display(),
+        refs.join("mira-sheet.png").display(),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let out = dir.path().join("out");
+    let (summary, report) = run(&manifest, &out);
+    assert_eq!(summary["totals"]["succeeded"], 1, "{summary:#}");
+    let job = &report["jobs"][0];
+    let graph = &job["prompt"];
+    let named = |file: &str| format!("plasma/{}.png", &sha256_file(&refs.join(file))[..32]);
+    assert_eq!(graph["10"]["inputs"]["image"], named("pose-03.png"));
+    assert_eq!(graph["12"]["inputs"]["image"], named("mira-sheet.png"));
+    for scale in ["13", "14"] {
+        assert_eq!(graph[scale]["class_type"], "ImageScale");
+        assert_eq!(graph[scale]["inputs"]["width"], 72);
+        assert_eq!(graph[scale]["inputs"]["height"], 96);
+        assert_eq!(graph[scale]["inputs"]["crop"], "center");
+    }
+    assert_eq!(graph["15"]["class_type"], "ImageBlend");
+    assert_eq!(graph["15"]["inputs"]["blend_factor"], 0.35);
+    assert_eq!(graph["15"]["inputs"]["blend_mode"], "normal");
+    assert_eq!(
+        graph["11"]["inputs"]["pixels"],
+        serde_json::json!(["15", 0])
+    );
+    assert_eq!(graph["3"]["inputs"]["denoise"], 0.7);
+    let image = out.join(job["images"][0]["path"].as_str().unwrap());
+    assert_eq!(png_size(&image), (72, 96));
+}

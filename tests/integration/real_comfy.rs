@@ -701,3 +701,56 @@ async fn img2img_template_with_uploaded_inputs_on_the_real_sampler() {
         assert_eq!(copy_hash, hash, "{name}");
     }
 }
+
+/// `workflows/pose-reference.json` through the real sampler: the pose sketch and the character
+/// sheet are uploaded, brought to the page's size by `ImageScale`, blended by the real
+/// `ImageBlend`, and the image saved has the page's size.
+#[tokio::test]
+async fn pose_reference_template_blends_uploaded_inputs_on_the_real_sampler() {
+    let Some(case) =
+        Case::start("pose_reference_template_blends_uploaded_inputs_on_the_real_sampler").await
+    else {
+        return;
+    };
+    let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
+    let refs = repo().join("manifests/refs");
+    let text = format!(
+        "[chapter]\nnumber = 7\n\n[defaults]\nworkflow = \"{}\"\ncheckpoint = \"{CHECKPOINT}\"\nwidth = 72\nheight = 96\nsteps = 2\n\
+         vars = {{ denoise = 0.7, pose_weight = 0.35 }}\n\n\
+         [[pages]]\npage = 1\nprompt = \"Mira, after the pose sketch, {marker}\"\n\
+         images = {{ pose = \"{}\", reference = \"{}\" }}\n",
+        repo().join("workflows/pose-reference.json").display(),
+        refs.join("pose-03.png").display(),
+        refs.join("mira-sheet.png").display(),
+    );
+    let manifest = case.dir.path().join("chapter.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report = report(out);
+    assert_eq!(report.jobs.len(), 1);
+    let job = &report.jobs[0];
+    assert_eq!(
+        job.status,
+        ReportStatus::Succeeded,
+        "{}: {:?}",
+        job.key,
+        job.error
+    );
+    assert_eq!(png_size(&out.join(&job.images[0].path)), (72, 96));
+    let prompt_id = job.prompt_id.as_deref().unwrap();
+    let (status, types) = history_messages(url, prompt_id).await;
+    assert_eq!(status, "success", "{types:?}");
+    let entry = get(&format!("{url}/history/{prompt_id}")).await;
+    let graph = &entry[prompt_id]["prompt"][2];
+    for (node, file) in [("10", "pose-03.png"), ("12", "mira-sheet.png")] {
+        let hash = sha256_file(&refs.join(file));
+        assert_eq!(
+            graph[node]["inputs"]["image"],
+            format!("plasma/{}.png", &hash[..32])
+        );
+    }
+    assert_eq!(graph["15"]["class_type"], "ImageBlend");
+    assert_eq!(graph["15"]["inputs"]["blend_factor"], 0.35);
+}

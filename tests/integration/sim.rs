@@ -745,3 +745,69 @@ async fn idle_time_counts_only_between_prompts() {
     assert!((120..2000).contains(&idle), "{idle}");
     assert_eq!(stats["executed"], 2);
 }
+
+/// `ImageBlend` as ComfyUI 0.8.0 has it: its `/object_info` entry word for word (as a real
+/// server answers), `image2` of another size brought to `image1`'s, the mode's formula mixed
+/// in by `blend_factor`, and batches that do not broadcast failing with PyTorch's error.
+#[tokio::test]
+async fn image_blend_describes_blends_and_fails_like_comfyui() {
+    let sim = TestSim::with_config(quick()).await;
+    let base = sim.url();
+    let (_, info) = get_json(&base, "/object_info/ImageBlend").await;
+    let real = json!({"ImageBlend": {"input": {"required": {"image1": ["IMAGE", {}], "image2": ["IMAGE", {}], "blend_factor": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01}], "blend_mode": ["COMBO", {"multiselect": false, "options": ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]}]}}, "input_order": {"required": ["image1", "image2", "blend_factor", "blend_mode"]}, "output": ["IMAGE"], "output_is_list": [false], "output_name": ["IMAGE"], "output_tooltips": [null], "output_matchtypes": null, "name": "ImageBlend", "display_name": null, "description": "", "python_module": "comfy_extras.nodes_post_processing", "category": "image/postprocessing", "output_node": false, "deprecated": false, "experimental": false, "api_node": false}});
+    assert_eq!(info, real);
+
+    let graph = |batch2: u32, mode: &str, factor: f64, prefix: &str| {
+        json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0xFF_0000}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": batch2, "color": 0x00_00FF}},
+            "3": {"class_type": "ImageBlend", "inputs": {"image1": ["1", 0], "image2": ["2", 0], "blend_factor": factor, "blend_mode": mode}},
+            "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["3", 0]}}
+        })
+    };
+    let mut ws = Ws::connect(&base, "b").await;
+    // Red screened by blue is magenta; multiplied, black; half of blue over red, normal, is
+    // half red and half blue. Each output has image1's size.
+    for (mode, factor, prefix, rgb) in [
+        ("screen", 1.0, "screen", [255, 0, 255]),
+        ("multiply", 1.0, "multiply", [0, 0, 0]),
+        ("normal", 0.0, "normal", [255, 0, 0]),
+    ] {
+        let pid = submit(&base, Some("b"), &graph(1, mode, factor, prefix)).await;
+        ws.until_done(&pid).await;
+        let resp = view(&base, &format!("filename={prefix}_00001_.png")).await;
+        let pixels = png_pixels(&resp.bytes().await.unwrap());
+        assert_eq!(pixels.len(), 64 * 48 * 3, "{mode}");
+        assert_eq!(pixels[..3], rgb, "{mode}");
+        assert!(pixels.chunks(3).all(|p| p == rgb), "{mode}");
+    }
+
+    // A batch of 1 meets a batch of 3; 2 against 3 raises.
+    let (status, body) = post_json(
+        &base,
+        "/prompt",
+        &json!({"prompt": graph(3, "normal", 0.5, "three"), "client_id": "b"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    ws.until_done(body["prompt_id"].as_str().unwrap()).await;
+    let mut bad = graph(3, "multiply", 0.5, "bad");
+    bad["1"]["inputs"]["batch_size"] = json!(2);
+    let pid = submit(&base, Some("b"), &bad).await;
+    let frames = ws.until_done(&pid).await;
+    let err = frames
+        .iter()
+        .find(|f| f["type"] == "execution_error")
+        .expect("an execution_error");
+    assert_eq!(err["data"]["node_type"], "ImageBlend");
+    assert_eq!(err["data"]["exception_type"], "RuntimeError");
+    assert_eq!(
+        err["data"]["exception_message"],
+        "The size of tensor a (2) must match the size of tensor b (3) at non-singleton dimension 0\n"
+    );
+    let last = err["data"]["traceback"].as_array().unwrap().last().unwrap();
+    assert!(
+        last.as_str().unwrap().contains("nodes_post_processing.py"),
+        "{last}"
+    );
+}

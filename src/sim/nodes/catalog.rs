@@ -24,6 +24,7 @@ const CLASSES: &[fn(&Models) -> NodeClass] = &[
     save::preview_image,
     images::empty_image,
     images::image_blur,
+    images::image_blend,
     mask::image_to_mask,
     mask::mask_to_image,
     load_image::load_image,

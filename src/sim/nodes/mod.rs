@@ -9,7 +9,7 @@
 //! (`CLIPTextEncode`, `CLIPSetLastLayer`, `ConditioningCombine`), `latent`
 //! (`EmptyLatentImage`, `VAEDecode`, `VAEEncode`, `LatentUpscale`, `LatentUpscaleBy`),
 //! `sampling` (`KSampler`, `KSamplerAdvanced`), `save` (`SaveImage`, `PreviewImage`), `images`
-//! (`EmptyImage`, `ImageBlur`, `ImageScale`, `ImageScaleBy`), `mask` (`ImageToMask`,
+//! (`EmptyImage`, `ImageBlur`, `ImageBlend`, `ImageScale`, `ImageScaleBy`), `mask` (`ImageToMask`,
 //! `MaskToImage`), `load_image` (`LoadImage`).
 
 mod catalog;
