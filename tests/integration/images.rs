@@ -384,9 +384,10 @@ fn pose_reference_template_blends_two_inputs_to_the_page_size() {
     );
     std::fs::write(&manifest, text).unwrap();
     let out = dir.path().join("out");
-    let (summary, report) = run(&manifest, &out);
+    let (summary, reports) = run(&manifest, &out);
     assert_eq!(summary["totals"]["succeeded"], 1, "{summary:#}");
-    let job = &report["jobs"][0];
+    assert_eq!(reports.len(), 1, "no page waits for another: one wave");
+    let job = &reports[0]["jobs"][0];
     let graph = &job["prompt"];
     let named = |file: &str| format!("plasma/{}.png", &sha256_file(&refs.join(file))[..32]);
     assert_eq!(graph["10"]["inputs"]["image"], named("pose-03.png"));
