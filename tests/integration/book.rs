@@ -97,6 +97,20 @@ pub fn rendered_keys(report: &RunReport, root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// `run --force --shard K/N` of `manifest` on the simulator into `out`: its report's path.
+fn forced_shard_run(manifest: &Path, out: &Path, shard: &str) -> PathBuf {
+    path_of(
+        &json_of(
+            bin()
+                .arg("run")
+                .arg(manifest)
+                .args(["--sim", "--json", "--force", "--shard", shard, "--out"])
+                .arg(out),
+            0,
+        )["report"],
+    )
+}
+
 fn path_of(value: &serde_json::Value) -> PathBuf {
     PathBuf::from(value.as_str().unwrap())
 }
@@ -359,18 +373,7 @@ fn a_merge_fails_naming_the_keys_of_a_missing_shard_or_of_a_shard_run_twice() {
     write_book(&book, &[(5, 4, 1)], &plain);
     let manifest = book.join("ch05.toml");
     let out = dir.path().join("out");
-    let shard_run = |shard: &str| {
-        path_of(
-            &json_of(
-                bin()
-                    .arg("run")
-                    .arg(&manifest)
-                    .args(["--sim", "--json", "--force", "--shard", shard, "--out"])
-                    .arg(&out),
-                0,
-            )["report"],
-        )
-    };
+    let shard_run = |shard: &str| forced_shard_run(&manifest, &out, shard);
     let first = shard_run("0/2");
     let second = shard_run("1/2");
     let again = shard_run("1/2");
@@ -440,18 +443,7 @@ fn reports_of_other_splits_or_of_whole_runs_do_not_merge() {
     write_book(&book, &[(6, 2, 1)], &plain);
     let manifest = book.join("ch06.toml");
     let out = dir.path().join("out");
-    let shard_run = |shard: &str| {
-        path_of(
-            &json_of(
-                bin()
-                    .arg("run")
-                    .arg(&manifest)
-                    .args(["--sim", "--json", "--force", "--shard", shard, "--out"])
-                    .arg(&out),
-                0,
-            )["report"],
-        )
-    };
+    let shard_run = |shard: &str| forced_shard_run(&manifest, &out, shard);
     let first = shard_run("0/2");
     // Shards of different splits do not merge: an input problem naming both.
     let of_three = shard_run("2/3");

@@ -134,6 +134,13 @@ fn run_cmd(manifest: &Path, out: &Path, url: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// `run --quiet` of `manifest` on the real server, which must exit 0 (stderr shown if not).
+fn run_ok(manifest: &Path, out: &Path, url: &str) {
+    let output = run_cmd(manifest, out, url, &["--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
 fn report(out: &Path) -> RunReport {
     let dir = out.join("ch-07/reports");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -207,9 +214,7 @@ async fn chapter_through_the_shipped_workflows_on_the_real_sampler() {
     };
     let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
     let manifest = manifest(case.dir.path(), marker, 2, 3, CHECKPOINT);
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     let report = report(out);
     assert_eq!(report.jobs.len(), 2);
     for job in &report.jobs {
@@ -475,9 +480,7 @@ async fn an_unedited_export_with_bindings_and_a_lora_stack_on_the_real_server() 
         ),
     )
     .unwrap();
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     let job = &report(out).jobs[0];
     assert_eq!(job.status, ReportStatus::Succeeded, "{:?}", job.error);
     assert_eq!(png_size(&out.join(&job.images[0].path)), (64, 96));
@@ -580,9 +583,7 @@ async fn chapter_of_the_templates_with_variables_on_the_real_sampler() {
     };
     let (url, out, marker) = (case.url.as_str(), case.out.as_path(), case.marker.as_str());
     let manifest = chapter_manifest(case.dir.path(), CHECKPOINT, marker);
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     for job in &check_chapter(out).jobs {
         let prompt_id = job.prompt_id.as_deref().unwrap();
         let (status, types) = history_messages(url, prompt_id).await;
@@ -612,9 +613,7 @@ async fn ch02_renders_on_the_real_sampler() {
             .replace("inkline_v2.safetensors", LORA)
             .replace("screentone_v1.safetensors", LORA)
     });
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     let report = ch02_report(out);
     for job in report["jobs"].as_array().unwrap() {
         let prompt_id = job["prompt_id"].as_str().unwrap();
@@ -660,9 +659,7 @@ async fn img2img_template_with_uploaded_inputs_on_the_real_sampler() {
     );
     let manifest = case.dir.path().join("chapter.toml");
     std::fs::write(&manifest, text).unwrap();
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     let report = report(out);
     assert_eq!(report.jobs.len(), 2);
     for (job, (file, size)) in report
@@ -725,9 +722,7 @@ async fn pose_reference_template_blends_uploaded_inputs_on_the_real_sampler() {
     );
     let manifest = case.dir.path().join("chapter.toml");
     std::fs::write(&manifest, text).unwrap();
-    let output = run_cmd(&manifest, out, url, &["--quiet"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    run_ok(&manifest, out, url);
     let report = report(out);
     assert_eq!(report.jobs.len(), 1);
     let job = &report.jobs[0];

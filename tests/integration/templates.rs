@@ -373,16 +373,13 @@ fn run_takes_the_upscaled_images_of_a_two_pass_template() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasma-batch"))
+    crate::cli::bin()
         .arg("run")
         .arg(&manifest)
         .args(["--sim", "--quiet", "--out"])
         .arg(&out)
-        .env_remove("PLASMA_COMFY_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+        .assert()
+        .success();
     let raw = out.join("ch-02/raw/comfyui");
     for v in 1..=2 {
         // 64x96 is 8x12 latent cells; x1.5 is 12x18: 96x144 pixels.
@@ -451,15 +448,12 @@ fn a_chapter_of_the_templates_with_variables_and_a_sweep_renders_on_sim() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = chapter_manifest(dir.path(), CHECKPOINT, "sim");
     let out = dir.path().join("out");
-    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("plasma-batch"))
+    crate::cli::bin()
         .arg("run")
         .arg(&manifest)
         .args(["--sim", "--quiet", "--out"])
         .arg(&out)
-        .env_remove("PLASMA_COMFY_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+        .assert()
+        .success();
     check_chapter(&out);
 }
