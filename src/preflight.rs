@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::comfy::ComfyClient;
+use crate::comfy::{ComfyClient, ComfyError};
 use crate::events::{Refusal, RouteState, ServerRouting};
 use crate::plan::Job;
 
@@ -54,7 +54,7 @@ pub async fn check(
 }
 
 async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Vec<PreflightError>> {
-    let (info, object_info) = reach(server).await.map_err(|(e, _)| vec![e])?;
+    let (info, object_info) = reach(server, jobs).await.map_err(|(e, _)| vec![e])?;
     let problems = check_jobs(server.url(), &object_info, jobs);
     if !problems.is_empty() {
         return Err(problems);
@@ -63,7 +63,10 @@ async fn probe(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<ServerInfo, Ve
 }
 
 /// Ask a server what it is (`/system_stats`) and what it has (`/object_info`).
-async fn reach(server: &ComfyClient) -> Result<(ServerInfo, Value), (PreflightError, String)> {
+async fn reach(
+    server: &ComfyClient,
+    jobs: &[Arc<Job>],
+) -> Result<(ServerInfo, Value), (PreflightError, String)> {
     let unreachable = |error: crate::comfy::ComfyError| {
         let reason = error.to_string();
         let error = PreflightError {
@@ -76,7 +79,7 @@ async fn reach(server: &ComfyClient) -> Result<(ServerInfo, Value), (PreflightEr
         (error, reason)
     };
     let stats = server.system_stats().await.map_err(unreachable)?;
-    let object_info = server.object_info().await.map_err(unreachable)?;
+    let object_info = catalogue(server, jobs).await.map_err(unreachable)?;
     let info = ServerInfo {
         url: server.url().to_owned(),
         comfyui_version: stats
@@ -112,9 +115,9 @@ impl Survey {
 }
 
 /// Ask every server, at once, what it is and what it has.
-pub async fn survey(servers: &[ComfyClient]) -> Vec<Survey> {
+pub async fn survey(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Vec<Survey> {
     futures::future::join_all(servers.iter().map(|server| async move {
-        match reach(server).await {
+        match reach(server, jobs).await {
             Ok((info, object_info)) => Survey::Up {
                 info,
                 catalogue: Arc::new(object_info),
@@ -178,6 +181,46 @@ pub fn grouped<'k>(
             .map(|(reason, jobs)| Refusal { reason, jobs })
             .collect(),
         reason: None,
+    }
+}
+
+/// The server's catalogue entries of the classes `jobs` use, one `/object_info/{class}` each
+/// (at once). The whole `/object_info` only when one is not found that way (to be sure it is
+/// really missing: a name a proxy mangles, a server without the per-class route), so the
+/// answer is the same as from the whole catalogue.
+async fn catalogue(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<Value, ComfyError> {
+    // A template's classes are the same in all its jobs: one job per template is enough.
+    let mut templates = BTreeSet::new();
+    let mut classes = BTreeSet::new();
+    for job in jobs {
+        if !templates.insert(job.workflow_sha256.clone()) {
+            continue;
+        }
+        let workflow = job.workflow.to_value();
+        for node in workflow.as_object().into_iter().flat_map(|n| n.values()) {
+            if let Some(class) = node.get("class_type").and_then(Value::as_str) {
+                classes.insert(class.to_owned());
+            }
+        }
+    }
+    let answers =
+        futures::future::join_all(classes.iter().map(|class| server.object_info_class(class)))
+            .await;
+    let mut found = serde_json::Map::new();
+    for answer in answers {
+        match answer {
+            Ok(Value::Object(entries)) => found.extend(entries),
+            // A route this server (or a proxy in front of it) does not have.
+            Ok(_) | Err(ComfyError::Status { .. }) => {
+                return server.object_info().await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    if classes.iter().all(|class| found.contains_key(class)) {
+        Ok(Value::Object(found))
+    } else {
+        server.object_info().await
     }
 }
 
@@ -424,5 +467,120 @@ mod tests {
         let listed = json!({"X": {"input": {"required": {"image": [["a.png"], {}]}}}});
         let wf = job(json!({"10": {"class_type": "X", "inputs": {"image": "plasma/0123.png"}}}));
         assert_eq!(check_jobs("http://s", &listed, &[wf]).len(), 1);
+    }
+
+    /// A server that knows `EmptyImage` and `SaveImage` on real loopback HTTP, logging the
+    /// path of every request; `per_class`: whether it has `/object_info/{class}`.
+    async fn catalogue_server(
+        per_class: bool,
+    ) -> (ComfyClient, Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::extract::{Path, State};
+        use axum::routing::get;
+        type Log = Arc<std::sync::Mutex<Vec<String>>>;
+        fn all() -> Value {
+            json!({
+                "EmptyImage": {"input": {"required": {"width": ["INT", {"min": 1, "max": 16384}]}}},
+                "SaveImage": {"input": {"required": {"images": ["IMAGE", {}]}}}
+            })
+        }
+        fn note(log: &Log, path: String) {
+            log.lock().unwrap().push(path);
+        }
+        let log: Log = Arc::default();
+        let mut app = axum::Router::new()
+            .route(
+                "/system_stats",
+                get(|State(log): State<Log>| async move {
+                    note(&log, "/system_stats".into());
+                    axum::Json(json!({"system": {"comfyui_version": "0.8.0"}}))
+                }),
+            )
+            .route(
+                "/object_info",
+                get(|State(log): State<Log>| async move {
+                    note(&log, "/object_info".into());
+                    axum::Json(all())
+                }),
+            );
+        if per_class {
+            app = app.route(
+                "/object_info/{class}",
+                get(
+                    |State(log): State<Log>, Path(class): Path<String>| async move {
+                        note(&log, format!("/object_info/{class}"));
+                        let one = all().get(&class).map(|info| json!({ class: info }));
+                        axum::Json(one.unwrap_or_else(|| json!({})))
+                    },
+                ),
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(axum::serve(listener, app.with_state(log.clone())).into_future());
+        let client = ComfyClient::new(&url, crate::comfy::http_client()).unwrap();
+        (client, log)
+    }
+
+    fn trivial(class: &str, width: u32) -> Arc<Job> {
+        job(json!({
+            "1": {"class_type": class, "inputs": {"width": width}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}
+        }))
+    }
+
+    #[tokio::test]
+    async fn asks_only_for_the_classes_the_jobs_use() {
+        let (server, log) = catalogue_server(true).await;
+        let jobs = [trivial("EmptyImage", 512), trivial("EmptyImage", 768)];
+        let infos = check(std::slice::from_ref(&server), &jobs).await.unwrap();
+        assert_eq!(infos[0].comfyui_version.as_deref(), Some("0.8.0"));
+        let mut asked = log.lock().unwrap().clone();
+        asked.sort();
+        assert_eq!(
+            asked,
+            [
+                "/object_info/EmptyImage",
+                "/object_info/SaveImage",
+                "/system_stats"
+            ],
+            "one request per class, never the whole catalogue"
+        );
+        // The entries found one by one are checked as the whole catalogue's would be.
+        let problems = check(&[server], &[trivial("EmptyImage", 0)])
+            .await
+            .unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("width 0 is below the minimum 1"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_class_not_found_by_name_is_looked_up_in_the_whole_catalogue() {
+        // Missing one by one: the whole catalogue confirms it (the name went out encoded).
+        let (server, log) = catalogue_server(true).await;
+        let problems = check(&[server], &[trivial("Fancy Save", 8)])
+            .await
+            .unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("class Fancy Save does not exist"),
+            "{}",
+            problems[0].message
+        );
+        let asked = log.lock().unwrap().clone();
+        assert!(
+            asked.contains(&"/object_info/Fancy Save".to_owned()),
+            "{asked:?}"
+        );
+        assert!(asked.contains(&"/object_info".to_owned()), "{asked:?}");
+        // A server without the per-class route: the whole catalogue, and all is well.
+        let (server, log) = catalogue_server(false).await;
+        check(&[server], &[trivial("EmptyImage", 8)]).await.unwrap();
+        assert!(log.lock().unwrap().contains(&"/object_info".to_owned()));
     }
 }

@@ -463,7 +463,7 @@ impl Routes {
 /// jobs no server that is up can take fail, the rest run. Stops before anything runs (a
 /// preflight failure) when no server is up, or no job can run anywhere.
 async fn route(servers: &[ComfyClient], jobs: &[Arc<Job>]) -> Result<Routes, Vec<PreflightError>> {
-    let surveys = preflight::survey(servers).await;
+    let surveys = preflight::survey(servers, jobs).await;
     if !surveys.iter().any(|s| matches!(s, Survey::Up { .. })) {
         return Err(surveys
             .into_iter()

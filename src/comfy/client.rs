@@ -140,7 +140,11 @@ impl ComfyClient {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let builder = self.http.request(method, self.endpoint(path));
+        self.request_to(method, self.endpoint(path))
+    }
+
+    fn request_to(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, url);
         match &self.auth {
             Auth::None => builder,
             Auth::Basic { user, password } => builder.basic_auth(user, password.as_ref()),
@@ -258,6 +262,22 @@ impl ComfyClient {
     /// `GET /object_info`: every node class with its input specs.
     pub async fn object_info(&self) -> Result<Value, ComfyError> {
         self.get_json("object_info", OBJECT_INFO_TIMEOUT).await
+    }
+
+    /// `GET /object_info/{class}`: one node class, `{}` if the server has none by that name.
+    /// A few KB instead of the whole catalogue (~600 KB, and a model-folder scan that holds
+    /// the server's interpreter lock for 0.2 s or more).
+    pub async fn object_info_class(&self, class: &str) -> Result<Value, ComfyError> {
+        let mut url = self.endpoint("object_info");
+        url.path_segments_mut()
+            .expect("an http(s) URL has a path")
+            .push(class);
+        let path = format!("object_info/{class}");
+        let request = self
+            .request_to(reqwest::Method::GET, url)
+            .timeout(JSON_TIMEOUT);
+        let response = self.send(request, &path).await?;
+        self.json_body(response, &path).await
     }
 
     /// `POST /prompt` with our own `prompt_id` and `client_id`.
