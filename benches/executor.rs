@@ -1,8 +1,11 @@
 //! Executor benchmark (issue 6): plasma-batch's executor against the serial client pattern
-//! on the same simulator settings, plus the planning cost of a 100,000-job manifest.
+//! on the same simulator settings, plus the planning cost of a 100,000-job manifest, and,
+//! with `PLASMA_REAL_COMFY` set, against a client that queues every prompt at once on a real
+//! ComfyUI (`real.rs`).
 //!
 //! `cargo bench --bench executor` runs every scenario; `cargo bench --bench executor -- b e10k`
-//! (or `PLASMA_BENCH=b,e10k`) runs some. Scenarios: a b c d e1k e10k planning, and, only
+//! (or `PLASMA_BENCH=b,e10k`) runs some. Scenarios: a b c d e1k e10k planning r1 r2 (r1 and r2 need
+//! `PLASMA_REAL_COMFY`), and, only
 //! when named (`-- shards`), the sharded book: 10,000 jobs in 10 chapters over 16
 //! simulators, rendered by 4 `run --shard K/4` processes at once into one output root, then
 //! `report merge`.
@@ -23,12 +26,15 @@ use futures::StreamExt;
 use plasma_batch::comfy::{ComfyClient, http_client};
 use plasma_batch::engine::EngineConfig;
 use plasma_batch::events::JobStatus;
-use plasma_batch::plan::{Job, load_plan};
+use plasma_batch::plan::{Job, Plan, load_plan};
 use plasma_batch::report::progress::Mode;
 use plasma_batch::runner::{RunOptions, run_jobs};
 use plasma_batch::sim::{Sim, SimConfig};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "executor/real.rs"]
+mod real;
 
 /// One benchmark scenario: jobs of `steps` `KSampler` steps at `step_ms` on `sims` simulators.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +149,9 @@ fn main() {
         for s in SCENARIOS {
             println!("  {}: {}", s.name, s.what);
         }
+        for s in real::REAL_SCENARIOS {
+            println!("  {}: {}", s.name, s.what);
+        }
     }
     let runs = |name: &str| all || wanted.iter().any(|w| w == name);
 
@@ -211,6 +220,7 @@ fn main() {
     if wanted.iter().any(|w| w == "shards") {
         failed |= !sharded();
     }
+    failed |= !real::run(&runs);
     if failed {
         println!("some targets were missed");
     }
@@ -366,59 +376,25 @@ fn child(scenario: &str, client: &str) {
         println!("RESULT {wall} {} 0 0 {} 0", peak_rss_kb(), cpu_ms());
         return;
     }
+    if let Some(s) = real::REAL_SCENARIOS.iter().find(|s| s.name == scenario) {
+        return real::child(s, client);
+    }
     let s = *SCENARIOS
         .iter()
         .find(|s| s.name == scenario)
         .unwrap_or_else(|| panic!("no scenario {scenario}"));
     let (sims, urls) = start_sims(&s);
-    // Kept until the whole benchmark ends (see `OUTPUT_ROOT`).
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{scenario}-{client}-"))
-        .tempdir_in(std::env::var_os(OUTPUT_ROOT).unwrap_or_else(|| std::env::temp_dir().into()))
-        .expect("tempdir")
-        .keep();
+    let dir = child_dir(scenario, client);
     let manifest = scenario_manifest(&dir, &s);
     let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
     let out = dir.join("out");
-    let jobs: Vec<Arc<Job>> = plan.jobs;
     let rt = runtime();
     let (wall, failed) = match client {
-        "plasma-batch" => {
-            let options = RunOptions {
-                out_root: out,
-                chapter: plan.chapter,
-                title: plan.title.clone(),
-                manifest_path: manifest.display().to_string(),
-                manifest_sha256: plan.manifest_sha256.clone(),
-                force: false,
-                only: Vec::new(),
-                simulator: true,
-                all_or_nothing: false,
-                engine: EngineConfig::default(),
-                mode: Mode::Quiet,
-            };
-            let http = http_client();
-            let clients: Vec<ComfyClient> = urls
-                .iter()
-                .map(|u| ComfyClient::new(u, http.clone()).expect("url"))
-                .collect();
-            let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
-            let started = Instant::now();
-            let summary = rt
-                .block_on(run_jobs(options, clients, jobs, cancel))
-                .expect("run");
-            let wall = started.elapsed().as_secs_f64();
-            let failed = summary
-                .outcomes
-                .iter()
-                .filter(|o| o.status != JobStatus::Succeeded)
-                .count();
-            (wall, failed)
-        }
+        "plasma-batch" => run_plasma(&rt, plan, &manifest, out, &urls, true),
         "serial" => {
             std::fs::create_dir_all(&out).expect("out");
             let started = Instant::now();
-            let failed = rt.block_on(serial(&urls, &jobs, &out));
+            let failed = rt.block_on(serial(&urls, &plan.jobs, &out));
             (started.elapsed().as_secs_f64(), failed)
         }
         other => panic!("no client {other}"),
@@ -428,6 +404,57 @@ fn child(scenario: &str, client: &str) {
     rt.shutdown_background();
     let (idle_ms, sim_cpu) = sims.stop();
     println!("RESULT {wall} {rss} {failed} {idle_ms} {cpu} {sim_cpu}");
+}
+
+/// A folder for one child's files, kept until the whole benchmark ends (see `OUTPUT_ROOT`).
+fn child_dir(scenario: &str, client: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("{scenario}-{client}-"))
+        .tempdir_in(std::env::var_os(OUTPUT_ROOT).unwrap_or_else(|| std::env::temp_dir().into()))
+        .expect("tempdir")
+        .keep()
+}
+
+/// plasma-batch's whole run of `plan` on the servers at `urls` (`runner::run_jobs` with the
+/// default `EngineConfig`, as `plasma-batch run` does): (wall s, jobs that did not succeed).
+fn run_plasma(
+    rt: &tokio::runtime::Runtime,
+    plan: Plan,
+    manifest: &Path,
+    out: PathBuf,
+    urls: &[String],
+    simulator: bool,
+) -> (f64, usize) {
+    let options = RunOptions {
+        out_root: out,
+        chapter: plan.chapter,
+        title: plan.title.clone(),
+        manifest_path: manifest.display().to_string(),
+        manifest_sha256: plan.manifest_sha256.clone(),
+        force: false,
+        only: Vec::new(),
+        simulator,
+        all_or_nothing: false,
+        engine: EngineConfig::default(),
+        mode: Mode::Quiet,
+    };
+    let http = http_client();
+    let clients: Vec<ComfyClient> = urls
+        .iter()
+        .map(|u| ComfyClient::new(u, http.clone()).expect("url"))
+        .collect();
+    let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let summary = rt
+        .block_on(run_jobs(options, clients, plan.jobs, cancel))
+        .expect("run");
+    let wall = started.elapsed().as_secs_f64();
+    let failed = summary
+        .outcomes
+        .iter()
+        .filter(|o| o.status != JobStatus::Succeeded)
+        .count();
+    (wall, failed)
 }
 
 /// The usual client pattern (ComfyUI's websocket example): per job, open a socket, POST,
