@@ -269,7 +269,9 @@ pub fn child(s: &RealScenario, client: &str) {
     let http = http_client();
     rt.block_on(prepare(&http, &url));
     let (wall, failed) = match client {
-        "plasma-batch" => super::run_plasma(&rt, plan, &manifest, out, &[url.clone()], false),
+        "plasma-batch" => {
+            super::run_plasma(&rt, plan, &manifest, out, std::slice::from_ref(&url), false)
+        }
         REFERENCE | "warm-up" => {
             if client == "warm-up" {
                 plan.jobs.truncate(2);
