@@ -10,10 +10,13 @@
 //!   at least 0.97 of the reference client's (median of the rounds).
 //!
 //! Each (scenario, client, round) is a fresh child process, as for the simulator scenarios.
-//! Before each run the child clears the server's history and, when `PLASMA_REAL_COMFY_OUTPUT`
-//! names the server's output folder, removes the `plasma/` folder the runs write there
-//! (SaveImage lists its output folder for every image, so it slows as files pile up). Every
-//! run uses a chapter number of its own, so no prompt repeats one the server has cached.
+//! Before each run the child waits for the server to be idle, has it free its memory (which
+//! runs its garbage collector now rather than by chance inside the run, see [`prepare`]),
+//! renders one warm-up prompt (loading the checkpoint again in r1), clears the server's
+//! history and, when `PLASMA_REAL_COMFY_OUTPUT` names the server's output folder, removes
+//! the `plasma/` folder the runs write there (SaveImage lists its output folder for every
+//! image, so it slows as files pile up). Every run uses a chapter number of its own, so no
+//! prompt repeats one the server has cached.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,7 +125,9 @@ pub fn run(wanted: &dyn Fn(&str) -> bool) -> bool {
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0)
-        .unwrap_or(5);
+        .unwrap_or(5)
+        // Chapters 1..=499 for the runs, 501..=999 for their warm-ups.
+        .min(100);
     match std::env::var_os(OUTPUT_ENV) {
         Some(dir) => println!(
             "real server {url}: its output folder {}: {}/plasma is removed before each run",
@@ -153,9 +158,6 @@ pub fn run(wanted: &dyn Fn(&str) -> bool) -> bool {
     // Each run gets a chapter of its own (1..=999): distinct prompts and file names.
     let mut chapter = 0u32;
     for s in scenarios {
-        // Load the checkpoint, warm the server's caches: not measured.
-        chapter += 1;
-        run_child(s.name, "warm-up", &url, chapter);
         let mut ratios = Vec::with_capacity(rounds);
         for round in 1..=rounds {
             // Interleaved, and each client first every other round, so drift in the machine's
@@ -262,20 +264,24 @@ pub fn child(s: &RealScenario, client: &str) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(1);
     let dir = super::child_dir(s.name, client);
-    let manifest = manifest(&dir, s, chapter);
-    let mut plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
+    let manifest = write_manifest(&dir, s, chapter);
+    let plan = load_plan(&manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
     let out = dir.join("out");
+    // The warm-up prompt is another chapter's: the run's first prompt must not be cached.
+    let warm_dir = dir.join("warm-up");
+    std::fs::create_dir_all(warm_dir.join("out")).expect("warm-up folder");
+    let warm_manifest = write_manifest(&warm_dir, s, chapter + 500);
+    let mut warm = load_plan(&warm_manifest).unwrap_or_else(|d| panic!("{} problems", d.len()));
+    warm.jobs.truncate(1);
     let rt = super::runtime();
     let http = http_client();
-    rt.block_on(prepare(&http, &url));
+    rt.block_on(prepare(&http, &url, &warm.jobs, &warm_dir.join("out")));
+    let cpu_before = super::cpu_ms();
     let (wall, failed) = match client {
         "plasma-batch" => {
             super::run_plasma(&rt, plan, &manifest, out, std::slice::from_ref(&url), false)
         }
-        REFERENCE | "warm-up" => {
-            if client == "warm-up" {
-                plan.jobs.truncate(2);
-            }
+        REFERENCE => {
             std::fs::create_dir_all(&out).expect("out");
             let started = Instant::now();
             let failed = rt.block_on(all_at_once(&url, &plan.jobs, &out));
@@ -283,7 +289,7 @@ pub fn child(s: &RealScenario, client: &str) {
         }
         other => panic!("no client {other}"),
     };
-    let cpu = super::cpu_ms();
+    let cpu = super::cpu_ms() - cpu_before;
     let rss = super::peak_rss_kb();
     let ended = epoch_ms();
     let began = ended - (wall * 1000.0) as i64;
@@ -301,8 +307,9 @@ pub fn child(s: &RealScenario, client: &str) {
     );
 }
 
-/// Before a run: the server idle, its history cleared, the benchmark's old images removed.
-async fn prepare(http: &reqwest::Client, url: &str) {
+/// Before a run: the server idle and in the same state for every run (see the module's
+/// notes), its history cleared, the benchmark's old images removed.
+async fn prepare(http: &reqwest::Client, url: &str, warm_up: &[Arc<Job>], warm_out: &Path) {
     for _ in 0..600 {
         let queue: Value = http
             .get(format!("{url}/queue"))
@@ -321,6 +328,21 @@ async fn prepare(http: &reqwest::Client, url: &str) {
         // Someone else's prompts (or a previous child's) are still on the server.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ComfyUI's prompt worker runs Python's garbage collector after a prompt once 10 s have
+    // passed since the last collection: 0.4-1 s in which nothing renders, falling into a
+    // run or not by chance. `free_memory` has it collect now (and drop its caches and
+    // models); the warm-up prompt, rendered after that, reloads what the run needs. A run
+    // that lasts under 10 s then has no collection inside it.
+    http.post(format!("{url}/free"))
+        .json(&json!({"free_memory": true}))
+        .send()
+        .await
+        .expect("POST /free");
+    assert_eq!(
+        all_at_once(url, warm_up, warm_out).await,
+        0,
+        "the warm-up prompt rendered"
+    );
     http.post(format!("{url}/history"))
         .json(&json!({"clear": true}))
         .send()
@@ -381,7 +403,7 @@ async fn server_times(http: &reqwest::Client, url: &str) -> ServerTimes {
 
 /// A chapter of `s.jobs` jobs (pages of up to 100 variants); the trivial workflow is written
 /// next to it.
-fn manifest(dir: &Path, s: &RealScenario, chapter: u32) -> PathBuf {
+fn write_manifest(dir: &Path, s: &RealScenario, chapter: u32) -> PathBuf {
     let workflow = match s.workflow {
         Some(name) => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("workflows")
