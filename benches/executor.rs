@@ -159,20 +159,23 @@ fn main() {
         "plasma-batch executor benchmark ({} cores)",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
-    println!(
-        "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7}  target",
-        "scen",
-        "client",
-        "jobs",
-        "wall s",
-        "ideal s",
-        "eff",
-        "jobs/s",
-        "RSS MB",
-        "idle s",
-        "CPU s",
-        "sim CPU"
-    );
+    let simulated = SCENARIOS.iter().any(|s| runs(s.name)) || runs("planning");
+    if simulated {
+        println!(
+            "{:<5} {:<13} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7}  target",
+            "scen",
+            "client",
+            "jobs",
+            "wall s",
+            "ideal s",
+            "eff",
+            "jobs/s",
+            "RSS MB",
+            "idle s",
+            "CPU s",
+            "sim CPU"
+        );
+    }
     let mut failed = false;
     let mut rss = std::collections::HashMap::new();
     for scenario in SCENARIOS.iter().filter(|s| runs(s.name)) {
