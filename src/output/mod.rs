@@ -33,7 +33,7 @@ pub use files::{
 };
 pub use jsonl::{BadLine, JsonLines};
 pub use lock::{LockError, OwnerLock};
-pub use pixels::{NotPng, Pixels, decode_png};
+pub use pixels::{Decoded, NotPng, decode_png};
 pub use store::{CommittedImage, ImageStore, StageError, StagedImage, image_file_name};
 pub(crate) use temp::new_temp_file;
 pub use temp::{remove_own_temp_files, remove_stale_temp_files};

@@ -19,7 +19,7 @@ use super::error::PathError;
 use super::files::{digest_file, sync_dir};
 use super::pixels::decode_png;
 use super::temp::{is_stale_temp_file, new_temp_file};
-use super::thumbs::{Thumbs, thumbnail};
+use super::thumbs::Thumbs;
 use crate::digest::Sha256Digest;
 
 /// `ch01_p003_v2.png`
@@ -158,15 +158,13 @@ impl ImageStore {
             .map_err(|e| StageError::Io(PathError::new("fsync", temp.path(), e)))?;
         let temp = temp.into_temp_path();
         let thumbs = self.thumbs.as_ref();
-        let (width, height) = decode_png(png, |pixels| {
-            if let Some(thumbs) = thumbs
-                && let Err(e) = thumbs.append(&sha256, &thumbnail(pixels))
-            {
-                tracing::debug!("thumbnail in {} not kept: {e}", thumbs.path().display());
-            }
-            (pixels.width, pixels.height)
-        })
-        .map_err(|e| StageError::NotPng(e.0))?;
+        let decoded = decode_png(png, thumbs.is_some()).map_err(|e| StageError::NotPng(e.0))?;
+        if let (Some(thumbs), Some(thumbnail)) = (thumbs, &decoded.thumbnail)
+            && let Err(e) = thumbs.append(&sha256, thumbnail)
+        {
+            tracing::debug!("thumbnail in {} not kept: {e}", thumbs.path().display());
+        }
+        let (width, height) = (decoded.width, decoded.height);
         if let Some((w, h)) = expected
             && (w, h) != (width, height)
         {
