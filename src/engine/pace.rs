@@ -9,6 +9,16 @@
 //! averages), and the depth stays within the configured bounds: a fixed `[comfy] in_flight`
 //! sets both.
 //!
+//! Renders shorter than [`BATCH_BELOW`] are refilled in batches instead: when the prompts
+//! posted fall to the number needed, as many are posted at once as bring them back to the
+//! maximum. On a real ComfyUI every `POST /prompt` is handled by the same Python interpreter
+//! as the render (one lock), so a POST arriving while a render of a few ms runs slows that
+//! render; several arriving together are handled in one go. Measured on ComfyUI 0.8.0 with
+//! 9 ms renders (docs/performance.md, r2): posting one prompt as each finished cost ~6 % of
+//! the throughput of posting them all at once; batches of 6 with at most 8 posted matched
+//! it. A render of 50 ms or more hardly notices a POST (~1 ms of the server's time), and
+//! keeps few prompts in ComfyUI's volatile queue.
+//!
 //! Owns this arithmetic only: it is handed durations, and must not read the clock, hold
 //! slots or talk to servers (the slots are `slots.rs`'s).
 
@@ -16,6 +26,9 @@ use std::time::Duration;
 
 /// Weight of a new sample in the moving averages.
 const ALPHA: f64 = 0.2;
+
+/// Renders shorter than this (in seconds) are refilled in batches.
+const BATCH_BELOW: f64 = 0.050;
 
 /// The measured pace of one server.
 #[derive(Debug, Clone)]
@@ -48,8 +61,35 @@ impl Pace {
         average(&mut self.post, took);
     }
 
-    /// Prompts to keep posted now: the minimum until both times are known.
+    /// Prompts to keep posted now: the minimum until both times are known; the maximum
+    /// while refilling in batches.
     pub fn depth(&self) -> usize {
+        if self.batched() {
+            self.max
+        } else {
+            self.needed()
+        }
+    }
+
+    /// Free slots to wait for before posting again: 1 (post as each prompt finishes), or
+    /// while refilling in batches, enough that the prompts still posted are the number
+    /// needed when the batch goes out.
+    pub fn batch(&self) -> usize {
+        if self.batched() {
+            self.max + 1 - self.needed()
+        } else {
+            1
+        }
+    }
+
+    fn batched(&self) -> bool {
+        self.post.is_some()
+            && self.render.is_some_and(|render| render < BATCH_BELOW)
+            && self.needed() < self.max
+    }
+
+    /// Prompts needed so the server's queue never runs dry while we refill it.
+    fn needed(&self) -> usize {
         let (Some(render), Some(post)) = (self.render, self.post) else {
             return self.min;
         };
@@ -86,13 +126,13 @@ mod tests {
             pace.rendered(ms(render_ms));
             pace.posted(ms(post_ms));
         }
-        pace.depth()
+        pace.needed()
     }
 
     #[test]
     fn depth_covers_the_refill_with_queued_renders() {
         // Unknown yet: the minimum.
-        assert_eq!(Pace::new(2, 8).depth(), 2);
+        assert_eq!(Pace::new(2, 8).needed(), 2);
         // A GPU on the same machine or LAN: one rendering, one waiting.
         assert_eq!(settled(2, 8, 20.0, 0.5), 2);
         // 100 ms renders behind a 25 ms-each-way link: the refill (~50 ms) fits in one.
@@ -109,6 +149,35 @@ mod tests {
         assert_eq!(settled(3, 3, 500.0, 0.1), 3);
     }
 
+    fn refill(min: usize, max: usize, render_ms: f64, post_ms: f64) -> (usize, usize) {
+        let mut pace = Pace::new(min, max);
+        for _ in 0..50 {
+            pace.rendered(ms(render_ms));
+            pace.posted(ms(post_ms));
+        }
+        (pace.depth(), pace.batch())
+    }
+
+    #[test]
+    fn short_renders_are_refilled_in_batches() {
+        // Unknown yet: one at a time.
+        assert_eq!(Pace::new(2, 8).batch(), 1);
+        // Renders of 50 ms and more (a GPU, the sampler path, a remote server): one prompt
+        // as each finishes, two posted.
+        assert_eq!(refill(2, 8, 500.0, 2.0), (2, 1));
+        assert_eq!(refill(2, 8, 100.0, 26.0), (2, 1));
+        assert_eq!(refill(2, 8, 50.0, 0.5), (2, 1));
+        // A 9 ms render and 1 ms posts (ComfyUI's trivial graph): up to 8 posted, 7 at once
+        // when one is left (it covers the 2 ms refill).
+        assert_eq!(refill(2, 8, 9.0, 1.0), (8, 7));
+        // 10 ms renders, 12 ms posts: 4 needed, so a batch of 5 when 3 are left.
+        assert_eq!(refill(2, 8, 10.0, 12.0), (8, 5));
+        // As many needed as allowed: nothing left to batch.
+        assert_eq!(refill(2, 8, 0.1, 0.6), (8, 1));
+        // A fixed depth stays fixed, one at a time.
+        assert_eq!(refill(3, 3, 9.0, 1.0), (3, 1));
+    }
+
     #[test]
     fn averages_follow_a_change_of_pace() {
         let mut pace = Pace::new(2, 8);
@@ -117,10 +186,11 @@ mod tests {
             pace.posted(ms(0.6));
         }
         assert_eq!(pace.depth(), 8);
-        // The server got slow (real work now): back to two within a few prompts.
+        // The server got slow (real work now): back to two within a few prompts, one at a
+        // time.
         for _ in 0..15 {
             pace.rendered(ms(2000.0));
         }
-        assert_eq!(pace.depth(), 2);
+        assert_eq!((pace.depth(), pace.batch()), (2, 1));
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::queue::Next;
@@ -24,6 +24,8 @@ pub(super) async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reat
     let slots = Arc::new(Semaphore::new(depth));
     let mut attempts = JoinSet::new();
     let mut reattach = reattach.into_iter();
+    // The free slots of a batch not handed out yet (see `pace::Pace::batch`).
+    let mut batch: Option<OwnedSemaphorePermit> = None;
     loop {
         // Follow the pace: more slots for short renders, back down for long ones (a slot
         // in use is taken away once it is released).
@@ -34,8 +36,28 @@ pub(super) async fn server_main(shared: Arc<Shared>, conn: Arc<ServerConn>, reat
         } else if wanted < depth {
             depth -= slots.forget_permits(depth - wanted);
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        let permit = match batch.take() {
+            Some(mut rest) if rest.num_permits() > 1 => {
+                let one = rest.split(1).expect("more than one permit");
+                batch = Some(rest);
+                one
+            }
+            Some(last) => last,
+            None => {
+                // Short renders: wait until a batch of slots is free, then fill them at once.
+                let size = conn.pace().batch().clamp(1, depth.max(1));
+                let size = u32::try_from(size).unwrap_or(u32::MAX);
+                let Ok(mut free) = slots.clone().acquire_many_owned(size).await else {
+                    break;
+                };
+                if size > 1 {
+                    let one = free.split(1).expect("more than one permit");
+                    batch = Some(free);
+                    one
+                } else {
+                    free
+                }
+            }
         };
         let Ok(unwritten) = shared.unwritten.clone().acquire_owned().await else {
             break;
