@@ -14,10 +14,11 @@
 //! runs its garbage collector now rather than by chance inside the run, see [`prepare`]),
 //! renders one warm-up prompt (loading the checkpoint again in r1), clears the server's
 //! history and, when `PLASMA_REAL_COMFY_OUTPUT` names the server's output folder, removes
-//! the `plasma/` folder the runs write there (SaveImage lists its output folder for every
+//! the `plasma/` folder the runs write there (`SaveImage` lists its output folder for every
 //! image, so it slows as files pile up). Every run uses a chapter number of its own, so no
 //! prompt repeats one the server has cached.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,7 +76,7 @@ pub const REAL_SCENARIOS: &[RealScenario] = &[
     },
 ];
 
-/// The trivial graph of r2: no model, the server's work is SaveImage's PNG encode and file.
+/// The trivial graph of r2: no model, the server's work is `SaveImage`'s PNG encode and file.
 const TRIVIAL_WORKFLOW: &str = r#"{
   "1": {"class_type": "EmptyImage",
         "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1, "color": 0}},
@@ -178,7 +179,7 @@ pub fn run(wanted: &dyn Fn(&str) -> bool) -> bool {
                     round,
                     s.jobs,
                     r.wall,
-                    s.jobs as f64 / r.wall,
+                    f64::from(s.jobs) / r.wall,
                     r.busy(),
                     r.lead_ms as f64 / 1000.0,
                     r.gaps_ms as f64 / 1000.0,
@@ -219,7 +220,7 @@ fn median(values: &mut [f64]) -> f64 {
     if n % 2 == 1 {
         values[n / 2]
     } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
     }
 }
 
@@ -404,15 +405,12 @@ async fn server_times(http: &reqwest::Client, url: &str) -> ServerTimes {
 /// A chapter of `s.jobs` jobs (pages of up to 100 variants); the trivial workflow is written
 /// next to it.
 fn write_manifest(dir: &Path, s: &RealScenario, chapter: u32) -> PathBuf {
-    let workflow = match s.workflow {
-        Some(name) => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("workflows")
-            .join(name),
-        None => {
-            let path = dir.join("trivial.json");
-            std::fs::write(&path, TRIVIAL_WORKFLOW).expect("write the workflow");
-            path
-        }
+    let workflow = if let Some(name) = s.workflow { Path::new(env!("CARGO_MANIFEST_DIR"))
+    .join("workflows")
+    .join(name) } else {
+        let path = dir.join("trivial.json");
+        std::fs::write(&path, TRIVIAL_WORKFLOW).expect("write the workflow");
+        path
     };
     let per_page = 100.min(s.jobs);
     assert_eq!(s.jobs % per_page, 0, "whole pages");
@@ -425,9 +423,10 @@ fn write_manifest(dir: &Path, s: &RealScenario, chapter: u32) -> PathBuf {
         s.height
     );
     for page in 1..=s.jobs / per_page {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[pages]]\npage = {page}\nprompt = \"page {page}: a lighthouse at dusk, ink\"\n"
-        ));
+        );
     }
     let path = dir.join("chapter.toml");
     std::fs::write(&path, text).expect("write the manifest");
@@ -446,6 +445,10 @@ struct Ended {
 /// posted at once with an id chosen here, and each prompt's images, named by its `executed`
 /// messages, fetched from `/view` and written (no fsync) as soon as its `executing` null
 /// arrives. Returns the number of jobs without an image.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one client's whole protocol exchange, kept in one piece to read as a reference"
+)]
 async fn all_at_once(url: &str, jobs: &[Arc<Job>], out: &Path) -> usize {
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)

@@ -66,6 +66,8 @@ pub(super) async fn attempt(
         prompt_id: &prompt_id,
     };
     task.prompt_id = Some(prompt_id.clone());
+    // Images may come of this attempt until it ends: group syncs wait for them meanwhile.
+    let _coming = ctx.outputs.image_coming();
     // Recorded before the POST, so a killed run leaves a prompt to look for; also for a
     // re-attached prompt: this run owns it now, and its `finished` record closes it.
     let appended = ctx.outputs.chapter(task.job.chapter).and_then(|output| {

@@ -153,6 +153,9 @@ pub(super) async fn write_images(
     let prompt_id = prompt_id.to_owned();
     let out_root = ctx.out_root.clone();
     let committed = tokio::task::spawn_blocking(move || -> Result<Vec<ImageRecord>, String> {
+        // Group commits: the bytes of every image staged by now are made durable at once,
+        // then the names (see `output::group_sync`).
+        output.store.sync_staged().map_err(|e| e.to_string())?;
         let mut records = Vec::with_capacity(staged.len());
         for image in staged {
             let (bytes, sha256, width, height) =
@@ -181,6 +184,7 @@ pub(super) async fn write_images(
                 height,
             });
         }
+        output.store.sync_names().map_err(|e| e.to_string())?;
         Ok(records)
     })
     .await;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ledger::{Ledger, LedgerRecord};
@@ -46,6 +47,8 @@ impl ChapterOutput {
 pub struct Outputs {
     out_root: PathBuf,
     chapters: Mutex<HashMap<u16, Arc<ChapterOutput>>>,
+    /// Attempts under way, each of which may bring images (see [`Outputs::image_coming`]).
+    coming: Arc<AtomicUsize>,
 }
 
 impl Outputs {
@@ -53,12 +56,20 @@ impl Outputs {
         Outputs {
             out_root: out_root.to_owned(),
             chapters: Mutex::new(HashMap::new()),
+            coming: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// An attempt is under way and may bring images until the guard is dropped: the image
+    /// stores' group syncs wait for it only while it is (`output::group_sync`).
+    pub fn image_coming(&self) -> ImageComing {
+        self.coming.fetch_add(1, Ordering::SeqCst);
+        ImageComing(self.coming.clone())
     }
 
     /// Register a chapter opened by the caller (who wanted its ledger records).
     pub fn insert(&self, chapter: u16, output: ChapterOutput) -> Arc<ChapterOutput> {
-        let output = Arc::new(output);
+        let output = Arc::new(self.expecting(output));
         self.chapters
             .lock()
             .expect("outputs poisoned")
@@ -74,9 +85,16 @@ impl Outputs {
         // A chapter no caller opened (the job service's jobs come in any chapter): the one
         // place the engine makes a chapter's folders from the output root.
         let (output, _) = ChapterOutput::open(ChapterDirs::new(&self.out_root, chapter), chapter)?;
-        let output = Arc::new(output);
+        let output = Arc::new(self.expecting(output));
         chapters.insert(chapter, output.clone());
         Ok(output)
+    }
+
+    fn expecting(&self, output: ChapterOutput) -> ChapterOutput {
+        ChapterOutput {
+            store: output.store.expect_from(&self.coming),
+            ..output
+        }
     }
 
     /// fsync every open ledger.
@@ -84,6 +102,16 @@ impl Outputs {
         for output in self.chapters.lock().expect("outputs poisoned").values() {
             let _ = output.ledger.sync();
         }
+    }
+}
+
+/// One attempt counted in [`Outputs::image_coming`] until dropped.
+#[derive(Debug)]
+pub struct ImageComing(Arc<AtomicUsize>);
+
+impl Drop for ImageComing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

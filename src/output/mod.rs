@@ -19,6 +19,7 @@
 pub mod chapter;
 pub mod error;
 pub mod files;
+pub mod group_sync;
 pub mod jsonl;
 pub mod lock;
 pub mod pixels;

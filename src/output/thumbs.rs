@@ -236,9 +236,9 @@ fn next_magic(reader: &mut BufReader<&File>, from: u64, size: u64) -> Option<u64
 
 /// The thumbnail's size: the image's, scaled down to [`THUMB_MAX`] on the long side.
 fn thumb_size(width: u32, height: u32) -> (u32, u32) {
-    let scale = (width.max(height) as f64 / THUMB_MAX as f64).max(1.0);
-    let tw = ((width as f64 / scale).round() as u32).max(1);
-    let th = ((height as f64 / scale).round() as u32).max(1);
+    let scale = (f64::from(width.max(height)) / f64::from(THUMB_MAX)).max(1.0);
+    let tw = ((f64::from(width) / scale).round() as u32).max(1);
+    let th = ((f64::from(height) / scale).round() as u32).max(1);
     (tw, th)
 }
 
@@ -471,8 +471,8 @@ mod tests {
                     for x in x0..x1 {
                         let i = ((y * width + x) as usize) * channels;
                         let p = match channels {
-                            1 | 2 => [data[i] as u32; 3],
-                            _ => [data[i] as u32, data[i + 1] as u32, data[i + 2] as u32],
+                            1 | 2 => [u32::from(data[i]); 3],
+                            _ => [u32::from(data[i]), u32::from(data[i + 1]), u32::from(data[i + 2])],
                         };
                         sum = [sum[0] + p[0], sum[1] + p[1], sum[2] + p[2]];
                     }
@@ -519,7 +519,7 @@ mod tests {
             let mean = Mean::new(n);
             let step = (n / 50).max(1) as usize;
             for sum in (0..=255 * n as u32).step_by(step).chain([255 * n as u32]) {
-                assert_eq!(mean.of(sum), (sum as u64 / n) as u8, "{sum} / {n}");
+                assert_eq!(mean.of(sum), (u64::from(sum) / n) as u8, "{sum} / {n}");
             }
         }
     }
