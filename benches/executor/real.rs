@@ -405,9 +405,11 @@ async fn server_times(http: &reqwest::Client, url: &str) -> ServerTimes {
 /// A chapter of `s.jobs` jobs (pages of up to 100 variants); the trivial workflow is written
 /// next to it.
 fn write_manifest(dir: &Path, s: &RealScenario, chapter: u32) -> PathBuf {
-    let workflow = if let Some(name) = s.workflow { Path::new(env!("CARGO_MANIFEST_DIR"))
-    .join("workflows")
-    .join(name) } else {
+    let workflow = if let Some(name) = s.workflow {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workflows")
+            .join(name)
+    } else {
         let path = dir.join("trivial.json");
         std::fs::write(&path, TRIVIAL_WORKFLOW).expect("write the workflow");
         path

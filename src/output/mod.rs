@@ -23,6 +23,7 @@ pub mod group_sync;
 pub mod jsonl;
 pub mod lock;
 pub mod pixels;
+pub mod shrink;
 pub mod store;
 pub mod temp;
 pub mod thumbs;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use super::thumbs::Shrinker;
+use super::shrink::Shrinker;
 
 /// Why some bytes are not a complete PNG (the decoder's words).
 #[derive(Debug, thiserror::Error)]

@@ -330,6 +330,49 @@ mod tests {
     }
 
     #[test]
+    fn images_committed_together_share_their_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        // Six attempts under way: the group's leader waits for all six, not the window.
+        let coming = Arc::new(AtomicUsize::new(6));
+        let store = Arc::new(
+            ImageStore::open(dir.path(), 1)
+                .unwrap()
+                .expect_from(&coming),
+        );
+        let images: Vec<_> = (1..=6u16)
+            .map(|page| (page, staged(&store, 8, 8)))
+            .collect();
+        let threads: Vec<_> = images
+            .into_iter()
+            .map(|(page, image)| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store.sync_staged().unwrap();
+                    let target = store.commit(image, page, |_| Ok(())).unwrap();
+                    store.sync_names().unwrap();
+                    target
+                })
+            })
+            .collect();
+        for thread in threads {
+            let target = thread.join().unwrap();
+            assert!(target.path.exists(), "{}", target.path.display());
+        }
+        let (data, names) = store.syncs();
+        // One each unless a thread started later than the 25 ms window (a loaded machine).
+        assert!(
+            (1..6).contains(&data),
+            "{data} syncs of the staged bytes for six images"
+        );
+        assert!(
+            (1..6).contains(&names),
+            "{names} folder syncs for six names"
+        );
+        // Nothing but the six images is left in the folder (no temp files).
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 6);
+    }
+
+    #[test]
     fn names_round_trip() {
         assert_eq!(image_file_name(1, 3, 2), "ch01_p003_v2.png");
         assert_eq!(parse_image_file_name(1, "ch01_p003_v2.png"), Some((3, 2)));
