@@ -2,8 +2,8 @@
 //! one sync that starts after they asked serves all of them.
 //!
 //! The first caller of a generation leads it: it waits out a short window (so that images
-//! arriving meanwhile join; cut short once every image the run has on its way has joined,
-//! see [`GroupSync::expect_from`]), waits for the previous generation to finish, closes its own (a
+//! arriving meanwhile join; cut short once the group is full, or once every image the run has
+//! on its way has joined, see [`GroupSync::expect_from`]), waits for the previous generation to finish, closes its own (a
 //! caller from now on joins the next one) and runs the sync once for everybody in it. A
 //! sync that starts after a caller's writes covers them, and no generation starts before
 //! the one before it finished, so each caller is answered by the first sync that covers it.
@@ -30,6 +30,8 @@ const KEPT_FAILURES: usize = 64;
 #[derive(Debug)]
 pub struct GroupSync {
     window: Duration,
+    /// A generation of this many callers syncs without waiting out the window.
+    full: usize,
     /// How many callers may still come (see [`GroupSync::expect_from`]).
     coming: Option<Arc<AtomicUsize>>,
     state: Mutex<State>,
@@ -55,11 +57,13 @@ struct State {
 }
 
 impl GroupSync {
-    /// A leader waits `window` for others to join before it syncs (zero: it syncs at once;
-    /// callers that arrive while a sync runs still share the next one).
-    pub fn new(window: Duration) -> GroupSync {
+    /// A leader waits `window` for others to join before it syncs, or until `full` callers
+    /// have (zero: it syncs at once; callers that arrive while a sync runs still share the
+    /// next one).
+    pub fn new(window: Duration, full: usize) -> GroupSync {
         GroupSync {
             window,
+            full: full.max(1),
             coming: None,
             state: Mutex::new(State {
                 open: 1,
@@ -99,10 +103,11 @@ impl GroupSync {
         state.led = true;
         let deadline = Instant::now() + self.window;
         loop {
-            let everyone_in = self
-                .coming
-                .as_ref()
-                .is_some_and(|coming| state.members >= coming.load(Ordering::SeqCst));
+            let everyone_in = state.members >= self.full
+                || self
+                    .coming
+                    .as_ref()
+                    .is_some_and(|coming| state.members >= coming.load(Ordering::SeqCst));
             let now = Instant::now();
             if everyone_in || now >= deadline {
                 break;
@@ -170,7 +175,7 @@ mod tests {
 
     #[test]
     fn callers_within_a_window_share_one_sync() {
-        let group = Arc::new(GroupSync::new(Duration::from_millis(200)));
+        let group = Arc::new(GroupSync::new(Duration::from_millis(200), 100));
         let runs = Arc::new(AtomicUsize::new(0));
         let (joined, ready) = mpsc::channel();
         let threads: Vec<_> = (0..8)
@@ -199,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_caller_is_served_only_by_a_sync_that_started_after_it_asked() {
-        let group = Arc::new(GroupSync::new(Duration::ZERO));
+        let group = Arc::new(GroupSync::new(Duration::ZERO, 100));
         // The first sync blocks until told; a caller arriving during it waits for a second.
         let (started_tx, started) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<()>();
@@ -235,7 +240,8 @@ mod tests {
     fn a_leader_stops_waiting_once_every_image_on_its_way_joined() {
         // A window far longer than the test: it passes only if the wait is cut short.
         let coming = Arc::new(AtomicUsize::new(3));
-        let group = Arc::new(GroupSync::new(Duration::from_secs(600)).expect_from(coming.clone()));
+        let group =
+            Arc::new(GroupSync::new(Duration::from_secs(600), 100).expect_from(coming.clone()));
         let runs = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..3)
             .map(|_| {
@@ -259,8 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn a_full_group_syncs_without_waiting_out_the_window() {
+        // A window far longer than the test, groups of two.
+        let group = Arc::new(GroupSync::new(Duration::from_secs(600), 2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let group = group.clone();
+                std::thread::spawn(move || group.sync(|| Ok(())))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        assert_eq!(group.runs(), 1);
+    }
+
+    #[test]
     fn every_caller_of_a_failed_sync_gets_the_error() {
-        let group = Arc::new(GroupSync::new(Duration::from_millis(200)));
+        let group = Arc::new(GroupSync::new(Duration::from_millis(200), 100));
         let (joined, ready) = mpsc::channel();
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -28,12 +28,19 @@ use super::temp::{is_stale_temp_file, new_temp_file};
 use super::thumbs::Thumbs;
 use crate::digest::Sha256Digest;
 
-/// How long the first image of a group sync waits for others to join. Each image waits up
-/// to this twice (its data, then its name) before it is committed; a server is not kept
-/// waiting by it (its slot is free once the prompt finished). 25 ms groups the ~3 images a
-/// real ComfyUI renders meanwhile at its fastest (trivial graphs, docs/performance.md r2)
-/// and adds ~0.3 % to a run of 0.6 s renders at most.
+/// How long the first image of a group sync of staged bytes waits for others to join. Each
+/// image waits up to this before it is committed; a server is not kept waiting by it (its
+/// slot is free once the prompt finished). 25 ms groups the ~3 images a real ComfyUI renders
+/// meanwhile at its fastest (trivial graphs, docs/performance.md r2) and adds ~0.15 % to a
+/// run of 0.6 s renders at most.
 pub const GROUP_WINDOW: Duration = Duration::from_millis(25);
+
+/// The names of a group of staged images are made together (the group's sync releases them
+/// at once): their folder sync waits this long for them to gather.
+pub const NAMES_WINDOW: Duration = Duration::from_millis(2);
+
+/// A group of this many images syncs at once: the sync costs each an eighth or less.
+pub const GROUP_FULL: usize = 8;
 
 /// `ch01_p003_v2.png`
 pub fn image_file_name(chapter: u16, page: u16, version: u32) -> String {
@@ -109,8 +116,8 @@ impl ImageStore {
             chapter,
             highest: Mutex::new(highest),
             thumbs: None,
-            data_sync: GroupSync::new(GROUP_WINDOW),
-            names_sync: GroupSync::new(GROUP_WINDOW),
+            data_sync: GroupSync::new(GROUP_WINDOW, GROUP_FULL),
+            names_sync: GroupSync::new(NAMES_WINDOW, GROUP_FULL),
         })
     }
 
@@ -213,7 +220,7 @@ impl ImageStore {
     }
 
     /// Make every image staged before this call durable: one sync of the folder's filesystem
-    /// (`syncfs`) shared by all the callers of a [`GROUP_WINDOW`]. Call it before
+    /// (`syncfs`) shared by all the callers of a [`GROUP_WINDOW`] (or [`GROUP_FULL`] of them). Call it before
     /// [`ImageStore::commit`], so that no name ever points at bytes a power loss could take.
     pub fn sync_staged(&self) -> Result<(), PathError> {
         #[cfg(target_os = "linux")]
@@ -234,7 +241,7 @@ impl ImageStore {
     }
 
     /// Make every name committed before this call durable: one fsync of the folder shared by
-    /// all the callers of a [`GROUP_WINDOW`]. An image is recorded as done only after it.
+    /// the names made together ([`NAMES_WINDOW`]). An image is recorded as done only after it.
     pub fn sync_names(&self) -> Result<(), PathError> {
         self.names_sync
             .sync(|| File::open(&self.dir).and_then(|d| d.sync_all()))
@@ -422,8 +429,8 @@ mod tests {
             chapter: 1,
             highest: Mutex::new(HashMap::from([(1, 4)])),
             thumbs: None,
-            data_sync: GroupSync::new(Duration::ZERO),
-            names_sync: GroupSync::new(Duration::ZERO),
+            data_sync: GroupSync::new(Duration::ZERO, 1),
+            names_sync: GroupSync::new(Duration::ZERO, 1),
         };
         let second = other.commit(staged(&other, 8, 8), 1, |_| Ok(())).unwrap();
         assert_eq!(second.file_name, "ch01_p001_v6.png");
