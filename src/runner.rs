@@ -157,8 +157,8 @@ pub async fn run_jobs(
 struct Opened {
     dirs: ChapterDirs,
     skipped: Vec<JobOutcome>,
-    /// Each job's change mark, in the chapter's job order.
-    changes: Vec<crate::report::JobChange>,
+    /// Each job's change mark, in the chapter's job order (moved into the report's entries).
+    changes: Vec<Arc<crate::report::JobChange>>,
 }
 
 /// Run the chapters' jobs on `servers` (one engine, one socket per server for all of them)
@@ -261,7 +261,7 @@ pub async fn run_book(
 
     let mut writers = Vec::with_capacity(chapters.len());
     let mut total = 0;
-    for (run, chapter) in chapters.iter().zip(&opened) {
+    for (run, chapter) in chapters.iter().zip(&mut opened) {
         total += run.jobs.len();
         let report = RunReport {
             schema_version: crate::report::json::REPORT_SCHEMA_VERSION,
@@ -298,9 +298,9 @@ pub async fn run_book(
             jobs: run
                 .jobs
                 .iter()
-                .zip(&chapter.changes)
+                .zip(std::mem::take(&mut chapter.changes))
                 .map(|(job, change)| JobReport {
-                    change: Some(change.clone()),
+                    change: Some(change),
                     ..JobReport::pending(job)
                 })
                 .collect(),

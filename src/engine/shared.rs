@@ -61,6 +61,9 @@ impl Shared {
 
     pub(super) fn record(&self, done: Done) {
         let Done { job, outcome } = done;
+        for conn in &self.servers {
+            conn.forget_verdict(&job.key);
+        }
         if let Ok(output) = self.ctx.outputs.chapter(job.chapter) {
             let _ = output.ledger.append(&LedgerRecord::Finished {
                 v: LEDGER_VERSION,

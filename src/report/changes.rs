@@ -21,13 +21,14 @@ type Recorded = serde_json::Map<String, Value>;
 
 /// The change marks of `jobs`, in their order. `previous` is
 /// [`crate::ledger::latest_images`]; `reports` the chapter's report folder; `out_root` the
-/// output root image paths are written relative to.
+/// output root image paths are written relative to. Every `new` mark is one shared `Arc`
+/// (a first run of 10,000 jobs holds one mark, not 10,000).
 pub fn job_changes<S: std::hash::BuildHasher>(
     jobs: &[Arc<Job>],
     previous: &HashMap<String, (String, VerifiedImage), S>,
     reports: &Path,
     out_root: &Path,
-) -> Vec<JobChange> {
+) -> Vec<Arc<JobChange>> {
     // Each earlier report is read once, and only for the keys asked about.
     let mut wanted: HashMap<&str, Vec<&str>> = HashMap::new();
     for job in jobs {
@@ -42,14 +43,15 @@ pub fn job_changes<S: std::hash::BuildHasher>(
         .into_iter()
         .map(|(run_id, keys)| (run_id, read_recorded(reports, run_id, &keys)))
         .collect();
+    let new = Arc::new(JobChange {
+        kind: ChangeKind::New,
+        previous: None,
+        params: Vec::new(),
+    });
     jobs.iter()
         .map(|job| {
             let Some((hash, image)) = previous.get(&job.key) else {
-                return JobChange {
-                    kind: ChangeKind::New,
-                    previous: None,
-                    params: Vec::new(),
-                };
+                return new.clone();
             };
             let now = job.hash.to_string();
             let unchanged = *hash == now;
@@ -62,7 +64,7 @@ pub fn job_changes<S: std::hash::BuildHasher>(
                     .map(|before| changed_params(before, &self::recorded(job)))
                     .unwrap_or_default()
             };
-            JobChange {
+            Arc::new(JobChange {
                 kind: if unchanged {
                     ChangeKind::Unchanged
                 } else {
@@ -80,7 +82,7 @@ pub fn job_changes<S: std::hash::BuildHasher>(
                     },
                 }),
                 params,
-            }
+            })
         })
         .collect()
 }

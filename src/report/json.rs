@@ -204,8 +204,9 @@ pub struct JobReport {
     pub error: Option<Box<JobError>>,
     pub images: Vec<ImageRecord>,
     pub timings: Timings,
-    /// New, unchanged or changed since the chapter's previous image of this job.
-    pub change: Option<JobChange>,
+    /// New, unchanged or changed since the chapter's previous image of this job. Shared:
+    /// every new job of a run points at one `new` mark.
+    pub change: Option<Arc<JobChange>>,
 }
 
 /// What changed about a job since the chapter's previous image of it (its latest image the
@@ -280,7 +281,7 @@ struct Entry<'a> {
     images: Cow<'a, [ImageRecord]>,
     timings: Cow<'a, Timings>,
     #[serde(default, skip_serializing_if = "is_none")]
-    change: Cow<'a, Option<JobChange>>,
+    change: Cow<'a, Option<Arc<JobChange>>>,
     /// The job's input images (left out when it has none).
     #[serde(default, skip_serializing_if = "<[InputRecord]>::is_empty")]
     inputs: Vec<InputRecord>,
@@ -291,7 +292,7 @@ struct Entry<'a> {
     clippy::ptr_arg,
     reason = "serde's skip_serializing_if hands over the field as it is typed"
 )]
-fn is_none(change: &Cow<'_, Option<JobChange>>) -> bool {
+fn is_none(change: &Cow<'_, Option<Arc<JobChange>>>) -> bool {
     change.is_none()
 }
 
@@ -691,7 +692,9 @@ impl ReportWriter {
             job.prompt_id.clone_from(&outcome.prompt_id);
             job.attempts = outcome.attempts;
             job.error = outcome.error.clone().map(Box::new);
-            job.images.clone_from(&outcome.images);
+            // A copy of exactly its length: `clone_from` into the empty vector reserves
+            // room for four images (216 bytes a job more for the usual one image).
+            job.images = Vec::from(outcome.images.as_slice());
             job.timings = outcome.timings.clone();
         }
         let new = self.finished - self.written_finished;
