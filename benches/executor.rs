@@ -460,6 +460,16 @@ fn run_plasma(
     (wall, failed)
 }
 
+/// `GET /view` of one image as ComfyUI names it (`filename`, `subfolder`, `type`), for the
+/// reference clients (the serial one here, the all-at-once one in `real.rs`).
+fn view_request(http: &reqwest::Client, base: &str, image: &Value) -> reqwest::RequestBuilder {
+    http.get(format!("{base}/view")).query(&[
+        ("filename", image["filename"].as_str().unwrap_or("")),
+        ("subfolder", image["subfolder"].as_str().unwrap_or("")),
+        ("type", image["type"].as_str().unwrap_or("output")),
+    ])
+}
+
 /// The usual client pattern (ComfyUI's websocket example): per job, open a socket, POST,
 /// wait for `executing` null, fetch `/history`, download each image from `/view`, write it,
 /// and only then submit the next job. Jobs go round-robin over the servers. Returns the
@@ -534,13 +544,7 @@ async fn serial_job(
     let mut written = 0;
     for output in outputs.values() {
         for image in output["images"].as_array().into_iter().flatten() {
-            let bytes = http
-                .get(format!("{base}/view"))
-                .query(&[
-                    ("filename", image["filename"].as_str().unwrap_or("")),
-                    ("subfolder", image["subfolder"].as_str().unwrap_or("")),
-                    ("type", image["type"].as_str().unwrap_or("output")),
-                ])
+            let bytes = view_request(http, base, image)
                 .send()
                 .await?
                 .error_for_status()?

@@ -568,13 +568,7 @@ async fn all_at_once(url: &str, jobs: &[Arc<Job>], out: &Path) -> usize {
         let path = out.join(format!("{}.png", jobs[end.index].key));
         downloads.spawn(async move {
             for image in end.images {
-                let bytes = http
-                    .get(format!("{url}/view"))
-                    .query(&[
-                        ("filename", image["filename"].as_str().unwrap_or("")),
-                        ("subfolder", image["subfolder"].as_str().unwrap_or("")),
-                        ("type", image["type"].as_str().unwrap_or("output")),
-                    ])
+                let bytes = super::view_request(&http, &url, &image)
                     .send()
                     .await
                     .ok()?
