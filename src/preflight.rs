@@ -189,13 +189,14 @@ pub fn grouped<'k>(
 /// really missing: a name a proxy mangles, a server without the per-class route), so the
 /// answer is the same as from the whole catalogue.
 async fn catalogue(server: &ComfyClient, jobs: &[Arc<Job>]) -> Result<Value, ComfyError> {
-    // A template's classes are the same in all its jobs: one job per template is enough.
-    let mut templates = BTreeSet::new();
+    // A graph's classes are the same in all the jobs filled from it: one job each is enough.
+    let mut graphs: Vec<&crate::workflow::Workflow> = Vec::new();
     let mut classes = BTreeSet::new();
     for job in jobs {
-        if !templates.insert(job.workflow_sha256.clone()) {
+        if graphs.iter().any(|seen| seen.same_graph(&job.workflow)) {
             continue;
         }
+        graphs.push(&job.workflow);
         let workflow = job.workflow.to_value();
         for node in workflow.as_object().into_iter().flat_map(|n| n.values()) {
             if let Some(class) = node.get("class_type").and_then(Value::as_str) {
@@ -555,6 +556,23 @@ mod tests {
                 .contains("width 0 is below the minimum 1"),
             "{}",
             problems[0].message
+        );
+    }
+
+    #[tokio::test]
+    async fn jobs_of_one_workflow_file_with_other_graphs_are_asked_for_all_their_classes() {
+        // Same workflow file (a LoRA stack chained into one page's graph keeps the file's
+        // sha256), other nodes: the second job's classes are asked for too.
+        let (server, log) = catalogue_server(true).await;
+        let save_only =
+            job(json!({"2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}));
+        check(&[server], &[save_only, trivial("EmptyImage", 8)])
+            .await
+            .unwrap();
+        let asked = log.lock().unwrap().clone();
+        assert!(
+            asked.contains(&"/object_info/EmptyImage".to_owned()),
+            "{asked:?}"
         );
     }
 

@@ -50,6 +50,17 @@ impl Workflow {
         }
     }
 
+    /// Whether both were filled from the same template graph (the same nodes and classes;
+    /// only values differ). A page with a LoRA stack has a graph of its own even though its
+    /// workflow file, and so its `workflow_sha256`, is its template's.
+    pub fn same_graph(&self, other: &Workflow) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Text(a), Repr::Text(b)) => Arc::ptr_eq(a, b),
+            (Repr::Filled(a, _), Repr::Filled(b, _)) => Arc::ptr_eq(&a.text, &b.text),
+            _ => false,
+        }
+    }
+
     /// Parsed (a fresh `Value` each call: for inspection, not the hot path).
     pub fn to_value(&self) -> Value {
         serde_json::from_str(&self.text()).expect("a Workflow holds valid JSON")

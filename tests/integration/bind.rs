@@ -250,6 +250,46 @@ loras = [{{ name = "inkline_v2.safetensors" }}, {{ name = "screentone_v1.safeten
 }
 
 #[test]
+fn a_page_with_a_stack_after_one_without_passes_preflight() {
+    // The export has no LoraLoader: only page 2's graph (its own, though the same file) has
+    // one, and the preflight must ask the server for it.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("chapter.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"[chapter]
+number = 6
+
+[defaults]
+workflow = "{exported}"
+steps = 2
+width = 64
+height = 64
+
+[bind."{exported}"]
+width = "Empty Latent Image.width"
+height = "Empty Latent Image.height"
+
+[[pages]]
+page = 1
+prompt = "no lora"
+
+[[pages]]
+page = 2
+prompt = "a stack of one"
+loras = [{{ name = "inkline_v2.safetensors" }}]
+"#,
+            exported = exported().display(),
+        ),
+    )
+    .unwrap();
+    let (report, _) = run_sim(&manifest, &dir.path().join("out"));
+    assert_eq!(report["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(job(&report, "ch06_p002_s1")["status"], "succeeded");
+}
+
+#[test]
 fn a_stack_of_0_1_or_3_loras_sends_that_many_loaders_chained_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = stack_manifest(dir.path());
